@@ -1,0 +1,25 @@
+/* cli: the kbsync command-line program, private to cli/. kbsync.c parses
+ * the subcommand and runs leader/query/delete/status; cli_ingest.c runs
+ * ingest. Shared here: option helpers and the JSON renderings of answers. */
+#ifndef CLI_H
+#define CLI_H
+
+#include "kbsync.pb-c.h"
+
+#include <stdint.h>
+
+#define CLI_DEFAULT_ENDPOINT "tcp://127.0.0.1:7400"
+#define CLI_DEFAULT_TIMEOUT_MS 30000
+
+int cli_ingest_main(int argc, char **argv);
+
+/* Parses a non-negative integer option value or exits with a message
+ * naming the option. */
+uint64_t cli_uint(const char *opt, const char *val, uint64_t max);
+
+/* Prints the final summary line of a write command as one JSON object:
+ * {"written":..,"failed":..,"version":..,"seconds":..}. */
+void cli_print_write_summary(uint64_t written, uint64_t failed,
+                             uint64_t version, double seconds, uint64_t missing);
+
+#endif

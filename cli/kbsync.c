@@ -1,0 +1,438 @@
+/* kbsync: the program. `kbsync leader` opens a knowledge base (indexer/) and
+ * serves it (query/, replicator/); `ingest`, `query`, `delete` and `status`
+ * are clients that speak the protobuf API (schemas/) over ZeroMQ and print
+ * answers for people, or with --json as the documented JSON contract. */
+#include "cli.h"
+
+#include "idx.h"
+#include "idx_vec.h"
+#include "kb_err.h"
+#include "kb_json.h"
+#include "kb_util.h"
+#include "qry_client.h"
+#include "qry_node.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char USAGE[] =
+    "usage: kbsync <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  leader  --data DIR [--dim N] [--listen EP] [--index DESC] [--metric ip|l2]\n"
+    "          [--id NAME] [--map-size-gb N] [--no-sync] [--threads N]\n"
+    "          [--max-msg-mb N] [--endpoint-file FILE] [--log-level LEVEL]\n"
+    "          start a node that owns the knowledge base in DIR (created on\n"
+    "          first start, which needs --dim) and serves writes and queries\n"
+    "  ingest  --to EP [--batch N] [--window N] [--keep-going] [--dry-run] FILE...\n"
+    "          upsert documents from JSONL files (id, text, embedding,\n"
+    "          metadata) or, for other files, paragraph chunks of their text\n"
+    "  query   --to EP [-k N] (--vector JSON | --text TEXT) [--min-version V] [--json]\n"
+    "  delete  --to EP ID...\n"
+    "  status  --to EP [--json]\n"
+    "\n"
+    "EP is a ZeroMQ endpoint; default " CLI_DEFAULT_ENDPOINT ".\n"
+    "See README.md and docs/ for the JSON output contract.\n";
+
+static volatile sig_atomic_t g_stop; /* set by SIGINT/SIGTERM only */
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_stop = 1;
+}
+
+static void die_usage(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "kbsync: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n\n%s", USAGE);
+    exit(2);
+}
+
+uint64_t cli_uint(const char *opt, const char *val, uint64_t max)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(val, &end, 10);
+    if (errno || end == val || *end || val[0] == '-' || v > max) {
+        fprintf(stderr, "kbsync: %s needs a whole number from 0 to %llu, not "
+                        "\"%s\"\n",
+                opt, (unsigned long long)max, val);
+        exit(2);
+    }
+    return v;
+}
+
+void cli_print_write_summary(uint64_t written, uint64_t failed,
+                             uint64_t version, double seconds, uint64_t missing)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "written", (double)written);
+    cJSON_AddNumberToObject(o, "failed", (double)failed);
+    cJSON_AddNumberToObject(o, "version", (double)version);
+    cJSON_AddNumberToObject(o, "seconds", seconds);
+    if (missing)
+        cJSON_AddNumberToObject(o, "missing", (double)missing);
+    char *s = cJSON_PrintUnformatted(o);
+    printf("%s\n", s);
+    fflush(stdout);
+    cJSON_free(s);
+    cJSON_Delete(o);
+}
+
+static int parse_level(const char *s)
+{
+    if (!strcmp(s, "debug"))
+        return KB_LOG_DEBUG;
+    if (!strcmp(s, "info"))
+        return KB_LOG_INFO;
+    if (!strcmp(s, "warn"))
+        return KB_LOG_WARN;
+    if (!strcmp(s, "error"))
+        return KB_LOG_ERROR;
+    die_usage("--log-level must be debug, info, warn or error, not \"%s\"", s);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- leader */
+
+static int cmd_leader(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"data", required_argument, 0, 'd'},
+        {"dim", required_argument, 0, 'n'},
+        {"listen", required_argument, 0, 'l'},
+        {"index", required_argument, 0, 'i'},
+        {"metric", required_argument, 0, 'm'},
+        {"id", required_argument, 0, 'I'},
+        {"map-size-gb", required_argument, 0, 'M'},
+        {"no-sync", no_argument, 0, 'S'},
+        {"threads", required_argument, 0, 't'},
+        {"max-msg-mb", required_argument, 0, 'x'},
+        {"endpoint-file", required_argument, 0, 'e'},
+        {"log-level", required_argument, 0, 'L'},
+        {0, 0, 0, 0}};
+    idx_config_t ic = {0};
+    qry_node_config_t nc = {CLI_DEFAULT_ENDPOINT, NULL, KB_DEFAULT_MAX_MSG};
+    int threads = 1, c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'd': ic.dir = optarg; break;
+        case 'n': ic.dim = (uint32_t)cli_uint("--dim", optarg, KB_MAX_DIM); break;
+        case 'l': nc.listen = optarg; break;
+        case 'i': ic.index = optarg; break;
+        case 'm': ic.metric = optarg; break;
+        case 'I': ic.node_id = optarg; break;
+        case 'M': ic.map_size = cli_uint("--map-size-gb", optarg, 1u << 20) << 30; break;
+        case 'S': ic.nosync = 1; break;
+        case 't': threads = (int)cli_uint("--threads", optarg, 64); break;
+        case 'x': nc.max_msg = (size_t)cli_uint("--max-msg-mb", optarg, 1024) << 20; break;
+        case 'e': nc.endpoint_file = optarg; break;
+        case 'L': kb_log_setup(parse_level(optarg), NULL); break;
+        default: die_usage("bad option for leader%s", ""); /* fallthrough */
+        }
+    }
+    if (!ic.dir)
+        die_usage("leader needs --data DIR%s", "");
+    if (ic.dim == 0 && argc > 0) {
+        /* --dim 0 is "not given": the stored dim is used. */
+    }
+    if (ic.metric && strcmp(ic.metric, "ip") && strcmp(ic.metric, "l2"))
+        die_usage("--metric must be ip or l2, not \"%s\"", ic.metric);
+    if (nc.max_msg == 0)
+        die_usage("--max-msg-mb must be at least 1%s", "");
+
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    idx_vec_setup(threads);
+    char err[512];
+    idx_t *ix = NULL;
+    int rc = idx_open(&ic, &ix, err, sizeof err);
+    if (rc) {
+        kb_error("cannot open knowledge base: %s", err);
+        return 1;
+    }
+    rc = qry_node_run(ix, &nc, &g_stop, err, sizeof err);
+    idx_close(&ix);
+    if (rc) {
+        kb_error("%s", err);
+        return 1;
+    }
+    return 0;
+}
+
+/* --------------------------------------------------------------- clients */
+
+static qry_client_t *connect_or_die(const char *ep)
+{
+    char err[512];
+    qry_client_t *c;
+    if (qry_client_open(ep, &c, err, sizeof err)) {
+        fprintf(stderr, "kbsync: %s\n", err);
+        exit(1);
+    }
+    return c;
+}
+
+/* Sends req, waits, and exits with a message on a transport error or an
+ * error answer. Returns the Response (caller frees). */
+static Kbsync__Response *call_or_die(qry_client_t *c, Kbsync__Request *req,
+                                     int timeout_ms)
+{
+    char err[512];
+    Kbsync__Response *r;
+    if (qry_client_call(c, req, timeout_ms, &r, err, sizeof err)) {
+        fprintf(stderr, "kbsync: %s\n", err);
+        exit(1);
+    }
+    if (r->error) {
+        fprintf(stderr, "kbsync: error %s (%d): %s\n",
+                kb_errname(r->error->code), r->error->code, r->error->message);
+        exit(1);
+    }
+    return r;
+}
+
+static void add_state(cJSON *o, const Kbsync__NodeState *s)
+{
+    cJSON_AddStringToObject(o, "node_id", s->node_id);
+    cJSON_AddNumberToObject(o, "version", (double)s->version);
+    cJSON_AddNumberToObject(o, "leader_version", (double)s->leader_version);
+    cJSON_AddNumberToObject(o, "lag_ops", (double)s->lag_ops);
+    cJSON_AddNumberToObject(o, "lag_ms", (double)s->lag_ms);
+}
+
+static void print_json(cJSON *o)
+{
+    char *s = cJSON_PrintUnformatted(o);
+    printf("%s\n", s);
+    cJSON_free(s);
+    cJSON_Delete(o);
+}
+
+static int cmd_status(int argc, char **argv)
+{
+    static const struct option opts[] = {{"to", required_argument, 0, 't'},
+                                         {"json", no_argument, 0, 'j'},
+                                         {"timeout-ms", required_argument, 0, 'T'},
+                                         {0, 0, 0, 0}};
+    const char *ep = CLI_DEFAULT_ENDPOINT;
+    int json = 0, timeout = 5000, c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 't': ep = optarg; break;
+        case 'j': json = 1; break;
+        case 'T': timeout = (int)cli_uint("--timeout-ms", optarg, 86400000); break;
+        default: die_usage("bad option for status%s", "");
+        }
+    }
+    qry_client_t *cl = connect_or_die(ep);
+    Kbsync__Request req = KBSYNC__REQUEST__INIT;
+    Kbsync__StatusRequest sr = KBSYNC__STATUS_REQUEST__INIT;
+    req.body_case = KBSYNC__REQUEST__BODY_STATUS;
+    req.status = &sr;
+    Kbsync__Response *r = call_or_die(cl, &req, timeout);
+    const Kbsync__NodeState *s = r->status;
+    if (!s) {
+        fprintf(stderr, "kbsync: status answer without node state\n");
+        return 1;
+    }
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "role", s->role);
+        add_state(o, s);
+        cJSON_AddNumberToObject(o, "docs", (double)s->docs);
+        cJSON_AddNumberToObject(o, "dim", s->dim);
+        cJSON_AddStringToObject(o, "metric", s->metric);
+        cJSON_AddStringToObject(o, "index", s->index);
+        print_json(o);
+    } else {
+        printf("%s %s: version %llu (leader %llu), lag %llu ops / %llu ms, "
+               "%llu docs, dim %u, metric %s, index %s\n",
+               s->role, s->node_id, (unsigned long long)s->version,
+               (unsigned long long)s->leader_version,
+               (unsigned long long)s->lag_ops, (unsigned long long)s->lag_ms,
+               (unsigned long long)s->docs, s->dim, s->metric, s->index);
+    }
+    kbsync__response__free_unpacked(r, NULL);
+    qry_client_close(&cl);
+    return 0;
+}
+
+static int cmd_query(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"to", required_argument, 0, 't'},
+        {"json", no_argument, 0, 'j'},
+        {"vector", required_argument, 0, 'v'},
+        {"text", required_argument, 0, 'x'},
+        {"min-version", required_argument, 0, 'm'},
+        {"max-lag-ms", required_argument, 0, 'g'},
+        {"timeout-ms", required_argument, 0, 'T'},
+        {0, 0, 0, 0}};
+    const char *ep = CLI_DEFAULT_ENDPOINT, *vec = NULL, *text = NULL;
+    int json = 0, timeout = CLI_DEFAULT_TIMEOUT_MS, c;
+    Kbsync__QueryRequest q = KBSYNC__QUERY_REQUEST__INIT;
+    q.k = 10;
+    while ((c = getopt_long(argc, argv, "k:", opts, NULL)) != -1) {
+        switch (c) {
+        case 't': ep = optarg; break;
+        case 'j': json = 1; break;
+        case 'k': q.k = (uint32_t)cli_uint("-k", optarg, KB_MAX_K); break;
+        case 'v': vec = optarg; break;
+        case 'x': text = optarg; break;
+        case 'm': q.min_version = cli_uint("--min-version", optarg, UINT64_MAX); break;
+        case 'g': q.max_lag_ms = cli_uint("--max-lag-ms", optarg, UINT64_MAX); break;
+        case 'T': timeout = (int)cli_uint("--timeout-ms", optarg, 86400000); break;
+        default: die_usage("bad option for query%s", "");
+        }
+    }
+    if (!vec == !text)
+        die_usage("query needs exactly one of --vector or --text%s", "");
+    if (q.k == 0)
+        die_usage("-k must be at least 1%s", "");
+    float *v = NULL;
+    if (vec) {
+        char err[256];
+        size_t n;
+        v = malloc(sizeof(float) * KB_MAX_DIM);
+        if (!v || kb_json_parse_floats(vec, strlen(vec), v, KB_MAX_DIM, &n, err,
+                                       sizeof err)) {
+            fprintf(stderr, "kbsync: --vector: %s\n", v ? err : "out of memory");
+            return 2;
+        }
+        q.vector = v;
+        q.n_vector = n;
+    } else {
+        q.text = (char *)text;
+    }
+    qry_client_t *cl = connect_or_die(ep);
+    Kbsync__Request req = KBSYNC__REQUEST__INIT;
+    req.body_case = KBSYNC__REQUEST__BODY_QUERY;
+    req.query = &q;
+    Kbsync__Response *r = call_or_die(cl, &req, timeout);
+    const Kbsync__QueryResult *qr = r->query;
+    if (!qr || !qr->state) {
+        fprintf(stderr, "kbsync: query answer without result\n");
+        return 1;
+    }
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        add_state(o, qr->state);
+        cJSON *hits = cJSON_AddArrayToObject(o, "hits");
+        for (size_t i = 0; i < qr->n_hits; i++) {
+            const Kbsync__Hit *h = qr->hits[i];
+            cJSON *ho = cJSON_CreateObject();
+            cJSON_AddStringToObject(ho, "id", h->id);
+            cJSON_AddNumberToObject(ho, "score", h->score);
+            cJSON_AddStringToObject(ho, "text", h->text);
+            /* Stored metadata was checked to be a JSON object on ingest. */
+            if (h->metadata_json && *h->metadata_json)
+                cJSON_AddRawToObject(ho, "metadata", h->metadata_json);
+            else
+                cJSON_AddItemToObject(ho, "metadata", cJSON_CreateObject());
+            cJSON_AddItemToArray(hits, ho);
+        }
+        print_json(o);
+    } else {
+        const Kbsync__NodeState *s = qr->state;
+        printf("%s %s: version %llu (leader %llu), lag %llu ops / %llu ms, "
+               "%zu hits\n",
+               s->role, s->node_id, (unsigned long long)s->version,
+               (unsigned long long)s->leader_version,
+               (unsigned long long)s->lag_ops, (unsigned long long)s->lag_ms,
+               qr->n_hits);
+        for (size_t i = 0; i < qr->n_hits; i++) {
+            const Kbsync__Hit *h = qr->hits[i];
+            int tl = (int)strlen(h->text);
+            printf("%3zu. %8.4f  %s  %.*s%s\n", i + 1, h->score, h->id,
+                   tl > 100 ? 100 : tl, h->text, tl > 100 ? "..." : "");
+        }
+    }
+    kbsync__response__free_unpacked(r, NULL);
+    qry_client_close(&cl);
+    free(v);
+    return 0;
+}
+
+static int cmd_delete(int argc, char **argv)
+{
+    static const struct option opts[] = {{"to", required_argument, 0, 't'},
+                                         {"json", no_argument, 0, 'j'},
+                                         {"timeout-ms", required_argument, 0, 'T'},
+                                         {0, 0, 0, 0}};
+    const char *ep = CLI_DEFAULT_ENDPOINT;
+    int timeout = CLI_DEFAULT_TIMEOUT_MS, c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 't': ep = optarg; break;
+        case 'j': break; /* the summary line is always JSON */
+        case 'T': timeout = (int)cli_uint("--timeout-ms", optarg, 86400000); break;
+        default: die_usage("bad option for delete%s", "");
+        }
+    }
+    size_t n = (size_t)(argc - optind);
+    if (n == 0)
+        die_usage("delete needs at least one ID%s", "");
+    uint64_t t0 = kb_mono_us();
+    qry_client_t *cl = connect_or_die(ep);
+    Kbsync__Request req = KBSYNC__REQUEST__INIT;
+    Kbsync__DeleteRequest d = KBSYNC__DELETE_REQUEST__INIT;
+    d.n_ids = n;
+    d.ids = argv + optind;
+    req.body_case = KBSYNC__REQUEST__BODY_DELETE;
+    req.delete_ = &d;
+    char err[512];
+    Kbsync__Response *r;
+    int rc = qry_client_call(cl, &req, timeout, &r, err, sizeof err);
+    double secs = (double)(kb_mono_us() - t0) / 1e6;
+    if (rc || r->error || !r->write) {
+        fprintf(stderr, "kbsync: delete failed: %s\n",
+                rc ? err : r->error ? r->error->message : "no write result");
+        cli_print_write_summary(0, n, 0, secs, 0);
+        return 1;
+    }
+    if (r->write->missing)
+        fprintf(stderr, "kbsync: %u of %zu ids were not present\n",
+                r->write->missing, n);
+    cli_print_write_summary(r->write->written, 0, r->write->version, secs,
+                            r->write->missing);
+    kbsync__response__free_unpacked(r, NULL);
+    qry_client_close(&cl);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ||
+        !strcmp(argv[1], "help")) {
+        fputs(USAGE, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    kb_log_setup(KB_LOG_INFO, cmd);
+    argc--;
+    argv++;
+    if (!strcmp(cmd, "leader"))
+        return cmd_leader(argc, argv);
+    if (!strcmp(cmd, "ingest"))
+        return cli_ingest_main(argc, argv);
+    if (!strcmp(cmd, "query"))
+        return cmd_query(argc, argv);
+    if (!strcmp(cmd, "delete"))
+        return cmd_delete(argc, argv);
+    if (!strcmp(cmd, "status"))
+        return cmd_status(argc, argv);
+    die_usage("unknown command \"%s\"", cmd);
+    return 2;
+}

@@ -1,0 +1,46 @@
+/* kb_util: what every kbsync module shares: clocks, logging to stderr, and
+ * the error-text buffer convention. No state beyond the process-wide log
+ * level, which is set once at start-up by main(). */
+#ifndef KB_UTIL_H
+#define KB_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Limits that the wire protocol, the store and the CLI all enforce. */
+#define KB_PROTOCOL_VERSION 1u
+#define KB_MAX_ID_LEN 256u             /* bytes; LMDB keys stay < 511 */
+#define KB_MAX_TEXT_LEN (1u << 20)     /* 1 MiB per document text */
+#define KB_MAX_METADATA_LEN (64u << 10) /* 64 KiB of JSON per document */
+#define KB_MAX_DIM 4096u
+#define KB_MAX_K 1000u
+#define KB_DEFAULT_MAX_MSG (64u << 20) /* bytes in one request */
+
+/* An error-text buffer: functions that can fail with a reason take
+ * (char *err, size_t errlen) and write a NUL-terminated text there; err may
+ * be NULL. kb_seterr returns code so callers can write
+ * `return kb_seterr(err, errlen, KB_EDIM, "...", ...)`. */
+int kb_seterr(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Microseconds: monotonic (for durations) and wall clock (for timestamps
+ * that cross machines, e.g. a leader's commit time). */
+uint64_t kb_mono_us(void);
+uint64_t kb_wall_us(void);
+
+enum { KB_LOG_DEBUG = 0, KB_LOG_INFO = 1, KB_LOG_WARN = 2, KB_LOG_ERROR = 3 };
+
+/* Sets the minimum level printed (default KB_LOG_INFO) and the name printed
+ * in front of each line (borrowed; must outlive all logging). */
+void kb_log_setup(int level, const char *who);
+
+/* Prints "2026-11-21T11:22:33.456Z who LEVEL: message" to stderr. */
+void kb_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define kb_debug(...) kb_log(KB_LOG_DEBUG, __VA_ARGS__)
+#define kb_info(...) kb_log(KB_LOG_INFO, __VA_ARGS__)
+#define kb_warn(...) kb_log(KB_LOG_WARN, __VA_ARGS__)
+#define kb_error(...) kb_log(KB_LOG_ERROR, __VA_ARGS__)
+
+#endif

@@ -1,0 +1,249 @@
+/* kb_wire: receive/decode/send of protobuf messages over ZeroMQ (see
+ * kb_wire.h). Every ZMQ call of the project's server side goes through
+ * here; errno from libzmq is read right after the failing call. */
+#include "kb_wire.h"
+
+#include "kb_err.h"
+#include "kb_util.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+static int more_frames(void *sock)
+{
+    int more = 0;
+    size_t sz = sizeof more;
+    zmq_getsockopt(sock, ZMQ_RCVMORE, &more, &sz);
+    return more;
+}
+
+static void drain(void *sock)
+{
+    while (more_frames(sock)) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        zmq_msg_recv(&m, sock, 0);
+        zmq_msg_close(&m);
+    }
+}
+
+int kb_wire_recv(void *router, kb_peer_t *peer, kb_buf_t *payload)
+{
+    memset(payload, 0, sizeof *payload);
+    peer->nframes = 0;
+    zmq_msg_t *m = malloc(sizeof *m);
+    if (!m)
+        return KB_ENOMEM;
+    for (;;) {
+        zmq_msg_init(m);
+        int first = peer->nframes == 0;
+        int rc = zmq_msg_recv(m, router, first ? ZMQ_DONTWAIT : 0);
+        if (rc < 0) {
+            int e = errno;
+            zmq_msg_close(m);
+            free(m);
+            if (e == EAGAIN && first)
+                return -EAGAIN;
+            return e == EINTR ? -EINTR : KB_ENET;
+        }
+        if (!zmq_msg_more(m)) {
+            payload->data = zmq_msg_data(m);
+            payload->len = zmq_msg_size(m);
+            payload->priv = m;
+            return 0;
+        }
+        size_t n = zmq_msg_size(m);
+        if (peer->nframes == KB_MAX_ENVELOPE || n > sizeof peer->frame[0]) {
+            zmq_msg_close(m);
+            free(m);
+            drain(router);
+            return KB_EBADMSG;
+        }
+        memcpy(peer->frame[peer->nframes], zmq_msg_data(m), n);
+        peer->len[peer->nframes++] = n;
+        zmq_msg_close(m);
+    }
+}
+
+void kb_buf_free(kb_buf_t *b)
+{
+    if (!b || !b->priv)
+        return;
+    zmq_msg_close(b->priv);
+    free(b->priv);
+    memset(b, 0, sizeof *b);
+}
+
+/* Reads field 2 (request_id, varint) straight off the wire so that even an
+ * undecodable request can get a correlated error. Best effort. */
+static uint64_t peek_request_id(const unsigned char *p, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        uint64_t key = 0;
+        int shift = 0;
+        while (i < len && shift < 64) {
+            key |= (uint64_t)(p[i] & 0x7f) << shift;
+            shift += 7;
+            if (!(p[i++] & 0x80))
+                break;
+        }
+        unsigned wt = key & 7;
+        uint64_t v = 0;
+        shift = 0;
+        if (wt == 0) {
+            while (i < len && shift < 64) {
+                v |= (uint64_t)(p[i] & 0x7f) << shift;
+                shift += 7;
+                if (!(p[i++] & 0x80))
+                    break;
+            }
+            if ((key >> 3) == 2)
+                return v;
+        } else if (wt == 2) {
+            while (i < len && shift < 64) {
+                v |= (uint64_t)(p[i] & 0x7f) << shift;
+                shift += 7;
+                if (!(p[i++] & 0x80))
+                    break;
+            }
+            if (v > len - i)
+                return 0;
+            i += v;
+        } else if (wt == 1) {
+            i += 8;
+        } else if (wt == 5) {
+            i += 4;
+        } else {
+            return 0;
+        }
+    }
+    return 0;
+}
+
+int kb_wire_decode_request(const void *data, size_t len, size_t max_len,
+                           Kbsync__Request **req, uint64_t *request_id,
+                           char *err, size_t errlen)
+{
+    *req = NULL;
+    *request_id = 0;
+    if (len > max_len) {
+        *request_id = peek_request_id(data, len < 64 ? len : 64);
+        return kb_seterr(err, errlen, KB_ETOOBIG,
+                         "request of %zu bytes exceeds the limit of %zu bytes "
+                         "(send smaller batches, e.g. ingest --batch)",
+                         len, max_len);
+    }
+    if (len == 0)
+        return kb_seterr(err, errlen, KB_EBADMSG, "empty request");
+    Kbsync__Request *r = kbsync__request__unpack(NULL, len, data);
+    if (!r) {
+        *request_id = peek_request_id(data, len);
+        return kb_seterr(err, errlen, KB_EBADMSG,
+                         "request of %zu bytes cannot be decoded as a "
+                         "kbsync.Request (truncated or not protobuf)",
+                         len);
+    }
+    *request_id = r->request_id;
+    if (r->protocol_version == 0 || r->protocol_version > KB_PROTOCOL_VERSION) {
+        int rc = kb_seterr(err, errlen, KB_EPROTO,
+                           "request has protocol_version %u; this node speaks "
+                           "version %u",
+                           r->protocol_version, KB_PROTOCOL_VERSION);
+        kbsync__request__free_unpacked(r, NULL);
+        return rc;
+    }
+    if (r->body_case == KBSYNC__REQUEST__BODY__NOT_SET) {
+        kbsync__request__free_unpacked(r, NULL);
+        return kb_seterr(err, errlen, KB_EBADMSG,
+                         "request has no body, or a body type this node does "
+                         "not know (protocol version %u)",
+                         KB_PROTOCOL_VERSION);
+    }
+    *req = r;
+    return 0;
+}
+
+static void free_packed(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* Sends a packed protobuf as the last frame, taking ownership of buf. */
+static int send_packed(void *sock, void *buf, size_t len, int flags)
+{
+    zmq_msg_t m;
+    if (zmq_msg_init_data(&m, buf, len, free_packed, NULL)) {
+        free(buf);
+        return KB_ENET;
+    }
+    if (zmq_msg_send(&m, sock, flags) < 0) {
+        int e = errno;
+        zmq_msg_close(&m);
+        return e == EAGAIN ? -EAGAIN : e == EHOSTUNREACH ? -EHOSTUNREACH
+                                                         : KB_ENET;
+    }
+    return 0;
+}
+
+int kb_wire_send_msg(void *sock, const void *msg, int flags)
+{
+    const ProtobufCMessage *pm = msg;
+    size_t len = protobuf_c_message_get_packed_size(pm);
+    void *buf = malloc(len ? len : 1);
+    if (!buf)
+        return KB_ENOMEM;
+    protobuf_c_message_pack(pm, buf);
+    return send_packed(sock, buf, len, flags);
+}
+
+int kb_wire_send_response(void *router, const kb_peer_t *peer,
+                          Kbsync__Response *resp)
+{
+    resp->protocol_version = KB_PROTOCOL_VERSION;
+    for (size_t i = 0; i < peer->nframes; i++) {
+        /* ZMQ_DONTWAIT: a peer that went away (EHOSTUNREACH with
+         * ROUTER_MANDATORY off is silent) must not block the node. */
+        if (zmq_send(router, peer->frame[i], peer->len[i],
+                     ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+            return KB_ENET;
+    }
+    return kb_wire_send_msg(router, resp, ZMQ_DONTWAIT);
+}
+
+int kb_wire_send_error(void *router, const kb_peer_t *peer,
+                       uint64_t request_id, int code, const char *message)
+{
+    Kbsync__Response r = KBSYNC__RESPONSE__INIT;
+    Kbsync__Error e = KBSYNC__ERROR__INIT;
+    e.code = code;
+    e.message = (char *)message;
+    r.request_id = request_id;
+    r.error = &e;
+    return kb_wire_send_response(router, peer, &r);
+}
+
+int kb_wire_socket(void *ctx, int type, const char *endpoint, int bind,
+                   void **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    void *s = zmq_socket(ctx, type);
+    if (!s)
+        return kb_seterr(err, errlen, KB_ENET, "zmq_socket: %s",
+                         zmq_strerror(errno));
+    int zero = 0;
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    int rc = bind ? zmq_bind(s, endpoint) : zmq_connect(s, endpoint);
+    if (rc) {
+        int e = errno;
+        zmq_close(s);
+        return kb_seterr(err, errlen, KB_ENET, "cannot %s %s: %s",
+                         bind ? "listen on" : "connect to", endpoint,
+                         zmq_strerror(e));
+    }
+    *out = s;
+    return 0;
+}

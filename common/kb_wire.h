@@ -1,0 +1,63 @@
+/* kb_wire: the ZeroMQ boundary. In: multipart messages on a node's ROUTER
+ * socket. Out: decoded Requests with the sender's envelope, and Responses
+ * sent back to that envelope. ZMQ errors become -errno / KB_ENET here, once.
+ * Sockets are passed as void * so that no header outside this file's .c
+ * needs <zmq.h>. No state. */
+#ifndef KB_WIRE_H
+#define KB_WIRE_H
+
+#include "kbsync.pb-c.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KB_MAX_ENVELOPE 4 /* ROUTER identity (+ REQ's empty delimiter) */
+
+/* Who sent a message: the frames in front of the payload, echoed on reply. */
+typedef struct kb_peer {
+    size_t nframes;
+    size_t len[KB_MAX_ENVELOPE];
+    unsigned char frame[KB_MAX_ENVELOPE][256];
+} kb_peer_t;
+
+/* A received payload; data is borrowed from the message until kb_buf_free. */
+typedef struct kb_buf {
+    const void *data;
+    size_t len;
+    void *priv; /* the zmq_msg_t */
+} kb_buf_t;
+
+/* Receives one multipart message from a ROUTER socket without blocking.
+ * Returns 0, -EAGAIN when none is waiting, KB_EBADMSG for a message with
+ * too many frames or an over-long identity (it is consumed and dropped), or
+ * KB_ENET. */
+int kb_wire_recv(void *router, kb_peer_t *peer, kb_buf_t *payload);
+void kb_buf_free(kb_buf_t *b);
+
+/* Decodes a Request. Refuses (with a reason in err and the code as return):
+ * payloads above max_len (KB_ETOOBIG), undecodable or truncated bytes
+ * (KB_EBADMSG), a missing body (KB_EBADMSG), an unsupported
+ * protocol_version (KB_EPROTO). On error *req is NULL but *request_id holds
+ * the request id when it could be read, so the error can be correlated. */
+int kb_wire_decode_request(const void *data, size_t len, size_t max_len,
+                           Kbsync__Request **req, uint64_t *request_id,
+                           char *err, size_t errlen);
+
+/* Sends resp to peer (protocol_version is filled in). */
+int kb_wire_send_response(void *router, const kb_peer_t *peer,
+                          Kbsync__Response *resp);
+
+/* Sends an error Response {request_id, error {code, message}}. */
+int kb_wire_send_error(void *router, const kb_peer_t *peer,
+                       uint64_t request_id, int code, const char *message);
+
+/* Packs any protobuf-c message and sends it as one frame on a socket.
+ * flags are ZMQ send flags (e.g. ZMQ_DONTWAIT). */
+int kb_wire_send_msg(void *sock, const void *protobuf_msg, int flags);
+
+/* Opens a socket of ZMQ type `type` (ZMQ_ROUTER, ...) on ctx and binds
+ * (bind = 1) or connects it to endpoint, with linger 0. */
+int kb_wire_socket(void *ctx, int type, const char *endpoint, int bind,
+                   void **out, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,115 @@
+/* idx: one node's knowledge base: the LMDB document store and the FAISS
+ * index behind one interface. In: validated writes (upsert/delete) stamped
+ * with LSNs, and kNN queries. Out: LSNs, hits with their documents, and the
+ * node's applied version. Owns an idx_store (truth, durable) and an idx_vec
+ * (derived, rebuilt from the store at open). Single-threaded: the node loop
+ * is its only caller. */
+#ifndef IDX_H
+#define IDX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct idx idx_t;
+
+typedef struct idx_config {
+    const char *dir;     /* data directory; created on first open */
+    uint32_t dim;        /* 0 = take the stored one (must exist) */
+    const char *metric;  /* "ip" or "l2"; NULL = stored, or "ip" when new */
+    const char *index;   /* FAISS factory string; NULL = stored/"IDMap2,Flat" */
+    const char *node_id; /* NULL = stored, or "node" when new */
+    uint64_t map_size;   /* bytes; 0 = 64 GiB */
+    int nosync;          /* 1 = no fsync on commit (benchmarks only) */
+} idx_config_t;
+
+/* Opens or creates the knowledge base in cfg->dir and rebuilds the vector
+ * index from the stored documents. A dim, metric or index that differs from
+ * what the directory was created with is refused with KB_EMISMATCH naming
+ * both values. Returns 0 and sets *out, or a negative code with err set. */
+int idx_open(const idx_config_t *cfg, idx_t **out, char *err, size_t errlen);
+
+/* Closes; accepts NULL and sets *ix to NULL. */
+void idx_close(idx_t **ix);
+
+typedef enum idx_opcode { IDX_OP_UPSERT = 1, IDX_OP_DELETE = 2 } idx_opcode_t;
+
+/* One write. Strings are NUL-terminated; everything is borrowed for the
+ * duration of the call. */
+typedef struct idx_op {
+    idx_opcode_t op;
+    const char *id;         /* 1..KB_MAX_ID_LEN bytes */
+    const char *text;       /* NULL or "" = none */
+    const float *embedding; /* embedding_len floats, or NULL: embed text */
+    size_t embedding_len;
+    const char *metadata;   /* JSON object text; NULL or "" = none */
+} idx_op_t;
+
+/* Checks ops against the knowledge base without changing anything: ids,
+ * dimension, finite values, text and metadata sizes, metadata is a JSON
+ * object. The first problem is described in err, naming the op's index and
+ * id. Returns 0 or KB_EBADID / KB_EDIM / KB_ENONFINITE / KB_ETOOBIG /
+ * KB_EBADJSON / KB_EINVAL. */
+int idx_validate(const idx_t *ix, const idx_op_t *ops, size_t n, char *err,
+                 size_t errlen);
+
+/* Leader path. Commits n validated ops in ONE durable transaction under
+ * consecutive LSNs after the current version, then updates the vector index.
+ * lsns (n entries, caller-allocated) receives each op's LSN, or 0 for a
+ * delete of an id that is not present (such a delete takes no LSN).
+ * commit_us is the commit time recorded with each log record (0 = now).
+ * On failure nothing is committed. */
+int idx_write(idx_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
+              uint64_t *lsns, char *err, size_t errlen);
+
+/* Replica path. Applies serialized LogRecords (as read from a leader's log)
+ * in one durable transaction. Their LSNs must continue the current version
+ * with no gap, duplicate or reordering: anything else is refused with
+ * KB_EGAP and changes nothing. */
+int idx_apply_log(idx_t *ix, size_t n, const void *const *recs,
+                  const size_t *lens, char *err, size_t errlen);
+
+/* A query hit. Strings are NUL-terminated and owned by the idx_hits_t. */
+typedef struct idx_hit {
+    const char *id;
+    float score;
+    const char *text;
+    const char *metadata; /* "" when the document has none */
+} idx_hit_t;
+
+typedef struct idx_hits {
+    size_t n;
+    idx_hit_t *hit;
+    void *priv; /* decoded documents backing the strings */
+} idx_hits_t;
+
+/* Top-k search with a query vector of dim floats (or, with text, the
+ * built-in embedding of the text: pass q = NULL). Fills *out; free with
+ * idx_hits_free(). Scores: inner product (higher = closer) or squared L2
+ * distance (lower = closer). */
+int idx_search(idx_t *ix, const float *q, const char *text, size_t text_len,
+               uint32_t k, idx_hits_t *out, char *err, size_t errlen);
+void idx_hits_free(idx_hits_t *h);
+
+typedef struct idx_stats {
+    uint64_t version;   /* LSN of the last write applied here */
+    uint64_t commit_us; /* leader commit time of that write (0 = none) */
+    uint64_t docs;      /* live documents */
+    uint64_t vectors;   /* vectors in the FAISS index (== docs) */
+    uint32_t dim;
+    const char *metric;  /* borrowed: valid until idx_close */
+    const char *index;   /* borrowed */
+    const char *node_id; /* borrowed */
+    double rebuild_s;   /* seconds the last index rebuild took */
+} idx_stats_t;
+
+void idx_stats(idx_t *ix, idx_stats_t *st);
+
+/* Calls cb for each stored log record with LSN >= from (at most max), in
+ * order; bytes are a serialized LogRecord, borrowed for the call. A non-zero
+ * return from cb stops the scan and is returned. */
+typedef int (*idx_log_cb)(void *ctx, uint64_t lsn, const void *bytes,
+                          size_t len);
+int idx_read_log(idx_t *ix, uint64_t from, size_t max, idx_log_cb cb,
+                 void *ctx, char *err, size_t errlen);
+
+#endif

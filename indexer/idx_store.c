@@ -1,0 +1,488 @@
+/* idx_store: LMDB layout and transactions for one node's documents, id map,
+ * write log and applied state (layout in idx_store.h). LMDB codes are
+ * translated here, once, into KB_ESTORE/KB_ECORRUPT with mdb_strerror text.
+ * Documents and log records are packed straight into LMDB's pages
+ * (MDB_RESERVE); labels and LSNs only grow, so both go in with MDB_APPEND. */
+#include "idx_store.h"
+
+#include "kb_err.h"
+#include "kb_util.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define STORE_DEFAULT_MAP (64ull << 30)
+#define STORE_STATE_LEN 16
+
+struct idx_store {
+    MDB_env *env;
+    MDB_dbi meta, docs, ids, log;
+    uint64_t applied_lsn; /* LSN of the last committed write; 0 = none */
+    uint64_t applied_us;  /* leader commit time of that write */
+    uint64_t map_size;
+};
+
+struct idx_wtxn {
+    idx_store_t *s;
+    MDB_txn *txn;
+    uint64_t applied_lsn, applied_us;
+};
+
+struct idx_rtxn {
+    idx_store_t *s;
+    MDB_txn *txn;
+};
+
+static int store_fail(char *err, size_t errlen, int rc, const char *what)
+{
+    if (rc == MDB_MAP_FULL)
+        return kb_seterr(err, errlen, KB_ESTORE,
+                         "LMDB %s: knowledge base is full (MDB_MAP_FULL); "
+                         "restart the node with a larger --map-size-gb",
+                         what);
+    if (rc == MDB_CORRUPTED || rc == MDB_PAGE_NOTFOUND || rc == MDB_INVALID)
+        return kb_seterr(err, errlen, KB_ECORRUPT, "LMDB %s: %s", what,
+                         mdb_strerror(rc));
+    return kb_seterr(err, errlen, KB_ESTORE, "LMDB %s: %s", what,
+                     mdb_strerror(rc));
+}
+
+static MDB_val u64_val(uint64_t *v)
+{
+    MDB_val m = {sizeof *v, v};
+    return m;
+}
+
+static uint64_t get_u64(const void *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static int store_load_state(idx_store_t *s, MDB_txn *txn)
+{
+    MDB_val k = {5, "state"}, v;
+    int rc = mdb_get(txn, s->meta, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        s->applied_lsn = s->applied_us = 0;
+        return 0;
+    }
+    if (rc)
+        return rc;
+    if (v.mv_size != STORE_STATE_LEN)
+        return MDB_CORRUPTED;
+    s->applied_lsn = get_u64(v.mv_data);
+    s->applied_us = get_u64((const char *)v.mv_data + 8);
+    return 0;
+}
+
+int idx_store_open(const char *dir, uint64_t map_size, int nosync,
+                   idx_store_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (mkdir(dir, 0755) && errno != EEXIST)
+        return kb_seterr(err, errlen, -errno, "cannot create data dir %s: %s",
+                         dir, strerror(errno));
+    idx_store_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    s->map_size = map_size ? map_size : STORE_DEFAULT_MAP;
+    int rc = mdb_env_create(&s->env);
+    if (!rc)
+        rc = mdb_env_set_maxdbs(s->env, 8);
+    if (!rc)
+        rc = mdb_env_set_mapsize(s->env, (size_t)s->map_size);
+    if (rc) {
+        mdb_env_close(s->env);
+        free(s);
+        return store_fail(err, errlen, rc, "env setup");
+    }
+    /* MDB_NOTLS: read transactions are not tied to threads (the query path
+     * keeps one and may move). MDB_NORDAHEAD: random doc reads by label. */
+    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (nosync ? MDB_NOSYNC : 0);
+    rc = mdb_env_open(s->env, dir, flags, 0644);
+    if (rc) {
+        mdb_env_close(s->env);
+        free(s);
+        return kb_seterr(err, errlen, rc > 0 ? -rc : KB_ESTORE,
+                         "cannot open LMDB store in %s: %s", dir,
+                         mdb_strerror(rc));
+    }
+    MDB_txn *txn;
+    rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (!rc)
+        rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta);
+    if (!rc)
+        rc = mdb_dbi_open(txn, "docs", MDB_CREATE | MDB_INTEGERKEY, &s->docs);
+    if (!rc)
+        rc = mdb_dbi_open(txn, "ids", MDB_CREATE, &s->ids);
+    if (!rc)
+        rc = mdb_dbi_open(txn, "log", MDB_CREATE | MDB_INTEGERKEY, &s->log);
+    if (!rc)
+        rc = store_load_state(s, txn);
+    if (!rc)
+        rc = mdb_txn_commit(txn);
+    else
+        mdb_txn_abort(txn);
+    if (rc) {
+        mdb_env_close(s->env);
+        free(s);
+        return store_fail(err, errlen, rc, "open databases");
+    }
+    *out = s;
+    return 0;
+}
+
+void idx_store_close(idx_store_t **s)
+{
+    if (!s || !*s)
+        return;
+    mdb_env_close((*s)->env);
+    free(*s);
+    *s = NULL;
+}
+
+int idx_store_get_meta(idx_store_t *s, Kbsync__KbMeta **meta, char *err,
+                       size_t errlen)
+{
+    *meta = NULL;
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc)
+        return store_fail(err, errlen, rc, "read meta");
+    MDB_val k = {2, "kb"}, v;
+    rc = mdb_get(txn, s->meta, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        mdb_txn_abort(txn);
+        return 0;
+    }
+    if (rc) {
+        mdb_txn_abort(txn);
+        return store_fail(err, errlen, rc, "read meta");
+    }
+    *meta = kbsync__kb_meta__unpack(NULL, v.mv_size, v.mv_data);
+    mdb_txn_abort(txn);
+    if (!*meta)
+        return kb_seterr(err, errlen, KB_ECORRUPT,
+                         "stored knowledge-base settings cannot be decoded");
+    return 0;
+}
+
+int idx_store_put_meta(idx_store_t *s, const Kbsync__KbMeta *meta, char *err,
+                       size_t errlen)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc)
+        return store_fail(err, errlen, rc, "write meta");
+    MDB_val k = {2, "kb"}, v;
+    v.mv_size = kbsync__kb_meta__get_packed_size(meta);
+    rc = mdb_put(txn, s->meta, &k, &v, MDB_RESERVE);
+    if (!rc) {
+        kbsync__kb_meta__pack(meta, v.mv_data);
+        rc = mdb_txn_commit(txn);
+    } else {
+        mdb_txn_abort(txn);
+    }
+    return rc ? store_fail(err, errlen, rc, "write meta") : 0;
+}
+
+void idx_store_state(const idx_store_t *s, uint64_t *lsn, uint64_t *commit_us)
+{
+    if (lsn)
+        *lsn = s->applied_lsn;
+    if (commit_us)
+        *commit_us = s->applied_us;
+}
+
+uint64_t idx_store_count(idx_store_t *s)
+{
+    MDB_txn *txn;
+    MDB_stat st;
+    if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn))
+        return 0;
+    int rc = mdb_stat(txn, s->ids, &st);
+    mdb_txn_abort(txn);
+    return rc ? 0 : (uint64_t)st.ms_entries;
+}
+
+int idx_store_begin(idx_store_t *s, idx_wtxn_t **t, char *err, size_t errlen)
+{
+    *t = NULL;
+    idx_wtxn_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    int rc = mdb_txn_begin(s->env, NULL, 0, &w->txn);
+    if (rc) {
+        free(w);
+        return store_fail(err, errlen, rc, "begin write");
+    }
+    w->s = s;
+    w->applied_lsn = s->applied_lsn;
+    w->applied_us = s->applied_us;
+    *t = w;
+    return 0;
+}
+
+int idx_store_wlabel(idx_wtxn_t *t, const char *id, size_t id_len,
+                     int64_t *label)
+{
+    MDB_val k = {id_len, (void *)id}, v;
+    int rc = mdb_get(t->txn, t->s->ids, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        *label = -1;
+        return 0;
+    }
+    if (rc)
+        return rc;
+    if (v.mv_size != 8)
+        return MDB_CORRUPTED;
+    *label = (int64_t)get_u64(v.mv_data);
+    return 0;
+}
+
+/* Packs a LogRecord for lsn into the log database. */
+static int store_put_log(idx_wtxn_t *t, const Kbsync__LogRecord *rec)
+{
+    uint64_t key = rec->lsn;
+    MDB_val k = u64_val(&key), v;
+    v.mv_size = kbsync__log_record__get_packed_size(rec);
+    int rc = mdb_put(t->txn, t->s->log, &k, &v, MDB_RESERVE | MDB_APPEND);
+    if (rc == MDB_KEYEXIST) /* not above the last LSN: a reordered write */
+        return MDB_KEYEXIST;
+    if (!rc)
+        kbsync__log_record__pack(rec, v.mv_data);
+    return rc;
+}
+
+int idx_store_upsert(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
+                     const Kbsync__Doc *doc, int64_t *old_label, char *err,
+                     size_t errlen)
+{
+    *old_label = -1;
+    int rc = idx_store_wlabel(t, doc->id, strlen(doc->id), old_label);
+    if (rc)
+        return store_fail(err, errlen, rc, "upsert: look up id");
+    if (*old_label >= 0) {
+        uint64_t ok = (uint64_t)*old_label;
+        MDB_val k = u64_val(&ok);
+        rc = mdb_del(t->txn, t->s->docs, &k, NULL);
+        if (rc && rc != MDB_NOTFOUND)
+            return store_fail(err, errlen, rc, "upsert: drop old version");
+    }
+    uint64_t label = lsn;
+    MDB_val k = u64_val(&label), v;
+    v.mv_size = kbsync__doc__get_packed_size(doc);
+    rc = mdb_put(t->txn, t->s->docs, &k, &v, MDB_RESERVE | MDB_APPEND);
+    if (rc == MDB_KEYEXIST)
+        return kb_seterr(err, errlen, KB_EGAP,
+                         "upsert: LSN %llu is not above the last one written",
+                         (unsigned long long)lsn);
+    if (rc)
+        return store_fail(err, errlen, rc, "upsert: put document");
+    kbsync__doc__pack(doc, v.mv_data);
+
+    MDB_val ik = {strlen(doc->id), doc->id}, iv = u64_val(&label);
+    rc = mdb_put(t->txn, t->s->ids, &ik, &iv, 0);
+    if (rc)
+        return store_fail(err, errlen, rc, "upsert: put id");
+
+    Kbsync__LogRecord rec = KBSYNC__LOG_RECORD__INIT;
+    rec.lsn = lsn;
+    rec.commit_time_us = commit_us;
+    rec.op = KBSYNC__LOG_OP__LOG_OP_UPSERT;
+    rec.doc = (Kbsync__Doc *)doc;
+    rc = store_put_log(t, &rec);
+    if (rc == MDB_KEYEXIST)
+        return kb_seterr(err, errlen, KB_EGAP, "log: LSN %llu already present",
+                         (unsigned long long)lsn);
+    if (rc)
+        return store_fail(err, errlen, rc, "upsert: append log");
+    return 0;
+}
+
+int idx_store_delete(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
+                     const char *id, size_t id_len, int64_t *old_label,
+                     char *err, size_t errlen)
+{
+    int rc = idx_store_wlabel(t, id, id_len, old_label);
+    if (rc)
+        return store_fail(err, errlen, rc, "delete: look up id");
+    if (*old_label < 0)
+        return 0;
+    uint64_t ok = (uint64_t)*old_label;
+    MDB_val k = u64_val(&ok);
+    rc = mdb_del(t->txn, t->s->docs, &k, NULL);
+    if (rc && rc != MDB_NOTFOUND)
+        return store_fail(err, errlen, rc, "delete: drop document");
+    MDB_val ik = {id_len, (void *)id};
+    rc = mdb_del(t->txn, t->s->ids, &ik, NULL);
+    if (rc)
+        return store_fail(err, errlen, rc, "delete: drop id");
+
+    Kbsync__LogRecord rec = KBSYNC__LOG_RECORD__INIT;
+    rec.lsn = lsn;
+    rec.commit_time_us = commit_us;
+    rec.op = KBSYNC__LOG_OP__LOG_OP_DELETE;
+    /* protobuf-c wants a NUL-terminated string; ids are validated to hold
+     * no NUL, and id_len <= KB_MAX_ID_LEN. */
+    char idbuf[KB_MAX_ID_LEN + 1];
+    if (id_len > KB_MAX_ID_LEN)
+        return kb_seterr(err, errlen, KB_EBADID, "delete: id too long");
+    memcpy(idbuf, id, id_len);
+    idbuf[id_len] = 0;
+    rec.id = idbuf;
+    rc = store_put_log(t, &rec);
+    if (rc == MDB_KEYEXIST)
+        return kb_seterr(err, errlen, KB_EGAP, "log: LSN %llu already present",
+                         (unsigned long long)lsn);
+    if (rc)
+        return store_fail(err, errlen, rc, "delete: append log");
+    return 0;
+}
+
+void idx_store_set_applied(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us)
+{
+    t->applied_lsn = lsn;
+    t->applied_us = commit_us;
+}
+
+int idx_store_commit(idx_wtxn_t **tp, char *err, size_t errlen)
+{
+    idx_wtxn_t *t = *tp;
+    *tp = NULL;
+    unsigned char state[STORE_STATE_LEN];
+    memcpy(state, &t->applied_lsn, 8);
+    memcpy(state + 8, &t->applied_us, 8);
+    MDB_val k = {5, "state"}, v = {sizeof state, state};
+    int rc = mdb_put(t->txn, t->s->meta, &k, &v, 0);
+    if (rc) {
+        mdb_txn_abort(t->txn);
+        free(t);
+        return store_fail(err, errlen, rc, "write state");
+    }
+    rc = mdb_txn_commit(t->txn);
+    if (!rc) {
+        t->s->applied_lsn = t->applied_lsn;
+        t->s->applied_us = t->applied_us;
+    }
+    free(t);
+    return rc ? store_fail(err, errlen, rc, "commit") : 0;
+}
+
+void idx_store_abort(idx_wtxn_t **tp)
+{
+    if (!tp || !*tp)
+        return;
+    mdb_txn_abort((*tp)->txn);
+    free(*tp);
+    *tp = NULL;
+}
+
+int idx_store_rbegin(idx_store_t *s, idx_rtxn_t **t, char *err, size_t errlen)
+{
+    *t = NULL;
+    idx_rtxn_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &r->txn);
+    if (rc) {
+        free(r);
+        return store_fail(err, errlen, rc, "begin read");
+    }
+    r->s = s;
+    *t = r;
+    return 0;
+}
+
+void idx_store_rend(idx_rtxn_t **t)
+{
+    if (!t || !*t)
+        return;
+    mdb_txn_abort((*t)->txn);
+    free(*t);
+    *t = NULL;
+}
+
+int idx_store_doc_by_label(idx_rtxn_t *t, int64_t label, const void **bytes,
+                           size_t *len)
+{
+    uint64_t key = (uint64_t)label;
+    MDB_val k = u64_val(&key), v;
+    int rc = mdb_get(t->txn, t->s->docs, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return -ENOENT;
+    if (rc)
+        return KB_ESTORE;
+    *bytes = v.mv_data;
+    *len = v.mv_size;
+    return 0;
+}
+
+/* Walks database dbi from key `from` (0 = first) calling visit. */
+static int store_scan(idx_store_t *s, MDB_dbi dbi, uint64_t from, size_t max,
+                      int (*visit)(void *, uint64_t, const void *, size_t),
+                      void *ctx, char *err, size_t errlen)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc)
+        return store_fail(err, errlen, rc, "scan");
+    rc = mdb_cursor_open(txn, dbi, &cur);
+    if (rc) {
+        mdb_txn_abort(txn);
+        return store_fail(err, errlen, rc, "scan");
+    }
+    uint64_t key = from;
+    MDB_val k = u64_val(&key), v;
+    rc = mdb_cursor_get(cur, &k, &v, from ? MDB_SET_RANGE : MDB_FIRST);
+    int out = 0;
+    size_t n = 0;
+    while (rc == 0 && n < max) {
+        if (k.mv_size != 8) {
+            out = kb_seterr(err, errlen, KB_ECORRUPT, "scan: bad key size %zu",
+                            k.mv_size);
+            break;
+        }
+        out = visit(ctx, get_u64(k.mv_data), v.mv_data, v.mv_size);
+        if (out)
+            break;
+        n++;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    if (!out && rc && rc != MDB_NOTFOUND)
+        out = store_fail(err, errlen, rc, "scan");
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    return out;
+}
+
+struct doc_visit {
+    idx_store_doc_cb cb;
+    void *ctx;
+};
+
+static int doc_visit(void *ctx, uint64_t key, const void *b, size_t n)
+{
+    struct doc_visit *d = ctx;
+    return d->cb(d->ctx, (int64_t)key, b, n);
+}
+
+int idx_store_scan_docs(idx_store_t *s, idx_store_doc_cb cb, void *ctx,
+                        char *err, size_t errlen)
+{
+    struct doc_visit d = {cb, ctx};
+    return store_scan(s, s->docs, 0, SIZE_MAX, doc_visit, &d, err, errlen);
+}
+
+int idx_store_scan_log(idx_store_t *s, uint64_t from, size_t max,
+                       idx_store_log_cb cb, void *ctx, char *err,
+                       size_t errlen)
+{
+    return store_scan(s, s->log, from, max, cb, ctx, err, errlen);
+}

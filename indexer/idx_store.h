@@ -1,0 +1,89 @@
+/* idx_store: the LMDB document store of one node, private to indexer/.
+ * In: documents and deletes stamped with an LSN. Out: documents by label,
+ * the write log in LSN order, and the node's applied state. Owns the LMDB
+ * environment in DIR with four databases:
+ *   meta  "kb"    -> KbMeta (dim, metric, index, node id, embedder)
+ *         "state" -> applied LSN (u64) + its leader commit time in us (u64)
+ *   docs  label (u64 = LSN of the upsert that wrote it) -> Doc
+ *   ids   document id bytes -> label (u64)
+ *   log   LSN (u64) -> LogRecord, exactly the bytes streamed to replicas
+ * One write transaction at a time (LMDB's rule); reads use their own. */
+#ifndef IDX_STORE_H
+#define IDX_STORE_H
+
+#include "kbsync.pb-c.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct idx_store idx_store_t;
+typedef struct idx_wtxn idx_wtxn_t;
+typedef struct idx_rtxn idx_rtxn_t;
+
+/* Opens (creating DIR and the databases if needed) the store in DIR.
+ * map_size is the most bytes the store may grow to (0 = 64 GiB).
+ * nosync skips fsync on commit (benchmarks only: acknowledged data can be
+ * lost on power failure, not on a process crash). */
+int idx_store_open(const char *dir, uint64_t map_size, int nosync,
+                   idx_store_t **out, char *err, size_t errlen);
+void idx_store_close(idx_store_t **s);
+
+/* Reads the KbMeta; *meta is NULL when the store is new. The caller frees
+ * it with kbsync__kb_meta__free_unpacked(). */
+int idx_store_get_meta(idx_store_t *s, Kbsync__KbMeta **meta, char *err,
+                       size_t errlen);
+int idx_store_put_meta(idx_store_t *s, const Kbsync__KbMeta *meta, char *err,
+                       size_t errlen);
+
+/* Applied state: LSN of the last committed write and its commit time. */
+void idx_store_state(const idx_store_t *s, uint64_t *lsn, uint64_t *commit_us);
+
+/* Number of live documents (entries in `ids`). */
+uint64_t idx_store_count(idx_store_t *s);
+
+/* --- writing ------------------------------------------------------------
+ * begin, then any number of upsert/delete with strictly increasing LSNs,
+ * then commit (durable when it returns 0) or abort. old_label receives the
+ * label the write made obsolete (-1: none); its vector must leave the index. */
+int idx_store_begin(idx_store_t *s, idx_wtxn_t **t, char *err, size_t errlen);
+int idx_store_upsert(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
+                     const Kbsync__Doc *doc, int64_t *old_label, char *err,
+                     size_t errlen);
+/* A delete of an id that is not present writes nothing and sets
+ * *old_label = -1; the caller must not give it an LSN. */
+int idx_store_delete(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
+                     const char *id, size_t id_len, int64_t *old_label,
+                     char *err, size_t errlen);
+/* Looks up the live label of an id inside the write transaction. */
+int idx_store_wlabel(idx_wtxn_t *t, const char *id, size_t id_len,
+                     int64_t *label);
+/* Records the applied state that the commit makes durable. */
+void idx_store_set_applied(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us);
+int idx_store_commit(idx_wtxn_t **t, char *err, size_t errlen);
+void idx_store_abort(idx_wtxn_t **t);
+
+/* --- reading ------------------------------------------------------------
+ * Pointers returned by reads are borrowed from LMDB's map and valid only
+ * until idx_store_rend() of that transaction. */
+int idx_store_rbegin(idx_store_t *s, idx_rtxn_t **t, char *err, size_t errlen);
+void idx_store_rend(idx_rtxn_t **t);
+/* Returns 0, or -ENOENT when no document has that label. */
+int idx_store_doc_by_label(idx_rtxn_t *t, int64_t label, const void **bytes,
+                           size_t *len);
+
+/* Calls cb for every document in label order; stops and returns cb's value
+ * when it is non-zero. bytes are a serialized Doc, borrowed for the call. */
+typedef int (*idx_store_doc_cb)(void *ctx, int64_t label, const void *bytes,
+                                size_t len);
+int idx_store_scan_docs(idx_store_t *s, idx_store_doc_cb cb, void *ctx,
+                        char *err, size_t errlen);
+
+/* Calls cb for each log record with LSN >= from, in LSN order, at most max
+ * of them; bytes are a serialized LogRecord borrowed for the call. */
+typedef int (*idx_store_log_cb)(void *ctx, uint64_t lsn, const void *bytes,
+                                size_t len);
+int idx_store_scan_log(idx_store_t *s, uint64_t from, size_t max,
+                       idx_store_log_cb cb, void *ctx, char *err,
+                       size_t errlen);
+
+#endif
