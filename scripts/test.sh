@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds, and runs the whole
+# cmocka/CTest suite twice: a Release build, then an ASan+UBSan build.
+# KB_TEST_SANITIZE=0 skips the sanitizer pass.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=1
+bash scripts/build.sh build Release
+(cd build && ctest --output-on-failure -j2 --timeout 600)
+if [ "${KB_TEST_SANITIZE:-1}" != 0 ]; then
+  bash scripts/build.sh build-san Sanitize
+  # detect_leaks=0: libgomp and OpenBLAS keep thread pools alive at exit.
+  (cd build-san && ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+     ctest --output-on-failure -j2 --timeout 900)
+fi

@@ -1,0 +1,159 @@
+/* kb_proc: process helpers for end-to-end tests. Starts real `kbsync`
+ * processes on loopback with ephemeral ports (--listen tcp://127.0.0.1:*
+ * and --endpoint-file), runs CLI commands and captures their output, and
+ * makes sure every child dies with the test: children get PR_SET_PDEATHSIG
+ * and are killed in kbp_kill_all(), which tests call from teardown and
+ * atexit. Header-only; test code only. */
+#ifndef KB_PROC_H
+#define KB_PROC_H
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define KBP_MAX_CHILDREN 16
+
+static pid_t kbp_children[KBP_MAX_CHILDREN];
+
+static const char *kbp_bin(void)
+{
+    const char *b = getenv("KBSYNC_BIN");
+    return b ? b : "./kbsync";
+}
+
+static void kbp_forget(pid_t pid)
+{
+    for (int i = 0; i < KBP_MAX_CHILDREN; i++)
+        if (kbp_children[i] == pid)
+            kbp_children[i] = 0;
+}
+
+/* Kills (SIGKILL) and reaps every child still running. */
+static void kbp_kill_all(void)
+{
+    for (int i = 0; i < KBP_MAX_CHILDREN; i++) {
+        if (kbp_children[i] > 0) {
+            kill(kbp_children[i], SIGKILL);
+            waitpid(kbp_children[i], NULL, 0);
+            kbp_children[i] = 0;
+        }
+    }
+}
+
+/* Starts `kbsync <argv...>` with stderr appended to logpath. */
+static pid_t kbp_spawn(const char *logpath, char *const argv[])
+{
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 2);
+            dup2(fd, 1);
+            close(fd);
+        }
+        execv(kbp_bin(), argv);
+        _exit(127);
+    }
+    for (int i = 0; pid > 0 && i < KBP_MAX_CHILDREN; i++)
+        if (kbp_children[i] == 0) {
+            kbp_children[i] = pid;
+            break;
+        }
+    return pid;
+}
+
+/* Waits up to timeout_ms for path to hold a line; copies it (no newline). */
+static int kbp_wait_file(const char *path, char *out, size_t cap, int timeout_ms)
+{
+    for (int waited = 0; waited < timeout_ms; waited += 20) {
+        FILE *f = fopen(path, "r");
+        if (f) {
+            char *ok = fgets(out, (int)cap, f);
+            fclose(f);
+            if (ok && strchr(out, '\n')) {
+                out[strcspn(out, "\n")] = 0;
+                return 0;
+            }
+        }
+        usleep(20000);
+    }
+    return -1;
+}
+
+/* Sends sig to pid and waits up to timeout_ms for it to exit. Returns its
+ * wait status, or -1 if it did not exit (it is then killed). */
+static int kbp_stop(pid_t pid, int sig, int timeout_ms)
+{
+    kill(pid, sig);
+    int st;
+    for (int waited = 0; waited < timeout_ms; waited += 10) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid) {
+            kbp_forget(pid);
+            return st;
+        }
+        usleep(10000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    kbp_forget(pid);
+    return -1;
+}
+
+/* Runs a shell command line, captures stdout (up to cap bytes) and returns
+ * the exit status (or -1). stderr goes to the test's stderr. */
+static int kbp_run(char *out, size_t cap, const char *fmt, ...)
+{
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    size_t n = out ? fread(out, 1, cap - 1, p) : 0;
+    if (out)
+        out[n] = 0;
+    else {
+        char sink[4096];
+        while (fread(sink, 1, sizeof sink, p) > 0) {
+        }
+    }
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Parses the last non-empty line of out as a JSON object (caller deletes). */
+static cJSON *kbp_last_json(const char *out)
+{
+    const char *end = out + strlen(out);
+    while (end > out && (end[-1] == '\n' || end[-1] == ' '))
+        end--;
+    const char *start = end;
+    while (start > out && start[-1] != '\n')
+        start--;
+    return cJSON_ParseWithLength(start, (size_t)(end - start));
+}
+
+static double kbp_num(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : -1;
+}
+
+#endif

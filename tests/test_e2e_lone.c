@@ -1,0 +1,369 @@
+/* End-to-end test of a lone node: starts a real `kbsync leader` process on
+ * a loopback port and drives it with the real CLI (ingest, query, delete,
+ * status), including bad input, kill -9 and restart. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "kb_proc.h"
+
+#define DIM 16
+#define NDOCS 300
+
+typedef struct e2e {
+    char dir[256];
+    char data[300], epfile[300], log[300];
+    char ep[256];
+    pid_t leader;
+} e2e_t;
+
+static float vec_of(int doc, int j)
+{
+    /* deterministic, distinct per document */
+    unsigned x = (unsigned)(doc * 2654435761u) ^ (unsigned)(j * 40503u);
+    x ^= x >> 13;
+    x *= 0x5bd1e995u;
+    x ^= x >> 15;
+    return (float)((x % 2001u) / 1000.0 - 1.0);
+}
+
+static void write_jsonl(const char *path, int from, int to, float bump)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    for (int i = from; i < to; i++) {
+        fprintf(f, "{\"id\": \"doc-%d\", \"text\": \"document number %d\", "
+                   "\"metadata\": {\"n\": %d, \"tag\": \"t%d\"}, \"embedding\": [",
+                i, i, i, i % 3);
+        for (int j = 0; j < DIM; j++)
+            fprintf(f, "%s%.9g", j ? ", " : "", vec_of(i, j) + bump);
+        fprintf(f, "]}\n");
+    }
+    fclose(f);
+}
+
+static char *vector_arg(int doc, char *buf, size_t cap)
+{
+    size_t n = (size_t)snprintf(buf, cap, "[");
+    for (int j = 0; j < DIM; j++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s%.9g", j ? "," : "",
+                              vec_of(doc, j));
+    snprintf(buf + n, cap - n, "]");
+    return buf;
+}
+
+/* with_dim: 0 = reuse the stored dim, else create with that dim */
+static void start_leader(e2e_t *e, int with_dim)
+{
+    unlink(e->epfile);
+    char dim[16];
+    snprintf(dim, sizeof dim, "%d", with_dim);
+    char *argv_dim[] = {"kbsync", "leader", "--data", e->data, "--dim", dim,
+                        "--listen", "tcp://127.0.0.1:*", "--endpoint-file",
+                        e->epfile, NULL};
+    char *argv_nodim[] = {"kbsync", "leader", "--data", e->data, "--listen",
+                          "tcp://127.0.0.1:*", "--endpoint-file", e->epfile,
+                          NULL};
+    e->leader = kbp_spawn(e->log, with_dim ? argv_dim : argv_nodim);
+    assert_true(e->leader > 0);
+    assert_int_equal(kbp_wait_file(e->epfile, e->ep, sizeof e->ep, 20000), 0);
+}
+
+static int setup(void **state)
+{
+    e2e_t *e = calloc(1, sizeof *e);
+    snprintf(e->dir, sizeof e->dir, "/tmp/kbsync-e2e-XXXXXX");
+    if (!mkdtemp(e->dir))
+        return -1;
+    snprintf(e->data, sizeof e->data, "%s/data", e->dir);
+    snprintf(e->epfile, sizeof e->epfile, "%s/ep", e->dir);
+    snprintf(e->log, sizeof e->log, "%s/leader.log", e->dir);
+    *state = e;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    e2e_t *e = *state;
+    kbp_kill_all();
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", e->dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", e->dir);
+    free(e);
+    return 0;
+}
+
+static cJSON *status_json(e2e_t *e)
+{
+    static char out[65536];
+    int rc = kbp_run(out, sizeof out, "'%s' status --to '%s' --json",
+                     kbp_bin(), e->ep);
+    assert_int_equal(rc, 0);
+    cJSON *o = kbp_last_json(out);
+    assert_non_null(o);
+    return o;
+}
+
+static cJSON *query_json(e2e_t *e, int doc, int k)
+{
+    static char out[1 << 20];
+    char v[2048];
+    int rc = kbp_run(out, sizeof out, "'%s' query --to '%s' -k %d --json --vector '%s'",
+                     kbp_bin(), e->ep, k, vector_arg(doc, v, sizeof v));
+    assert_int_equal(rc, 0);
+    cJSON *o = kbp_last_json(out);
+    assert_non_null(o);
+    return o;
+}
+
+static int count_id(const cJSON *q, const char *id, int *rank)
+{
+    const cJSON *hits = cJSON_GetObjectItemCaseSensitive(q, "hits");
+    int n = 0, i = 0;
+    const cJSON *h;
+    cJSON_ArrayForEach(h, hits)
+    {
+        const cJSON *hid = cJSON_GetObjectItemCaseSensitive(h, "id");
+        if (cJSON_IsString(hid) && !strcmp(hid->valuestring, id)) {
+            if (rank && n == 0)
+                *rank = i;
+            n++;
+        }
+        i++;
+    }
+    return n;
+}
+
+static void test_e2e_lone_ingest_query_delete_restart(void **state)
+{
+    e2e_t *e = *state;
+    char path[400], out[1 << 16];
+    start_leader(e, DIM);
+
+    /* ingest: every doc acknowledged, version = number of writes */
+    snprintf(path, sizeof path, "%s/docs.jsonl", e->dir);
+    write_jsonl(path, 0, NDOCS, 0);
+    int rc = kbp_run(out, sizeof out, "'%s' ingest --to '%s' --batch 64 '%s'",
+                     kbp_bin(), e->ep, path);
+    assert_int_equal(rc, 0);
+    cJSON *s = kbp_last_json(out);
+    assert_non_null(s);
+    assert_int_equal((int)kbp_num(s, "written"), NDOCS);
+    assert_int_equal((int)kbp_num(s, "failed"), 0);
+    assert_int_equal((int)kbp_num(s, "version"), NDOCS);
+    assert_true(kbp_num(s, "seconds") >= 0);
+    cJSON_Delete(s);
+
+    cJSON *st = status_json(e);
+    assert_string_equal(cJSON_GetObjectItem(st, "role")->valuestring, "leader");
+    assert_true(cJSON_IsString(cJSON_GetObjectItem(st, "node_id")));
+    assert_int_equal((int)kbp_num(st, "version"), NDOCS);
+    assert_int_equal((int)kbp_num(st, "leader_version"), NDOCS);
+    assert_int_equal((int)kbp_num(st, "lag_ops"), 0);
+    assert_int_equal((int)kbp_num(st, "lag_ms"), 0);
+    assert_int_equal((int)kbp_num(st, "docs"), NDOCS);
+    assert_int_equal((int)kbp_num(st, "dim"), DIM);
+    cJSON_Delete(st);
+
+    /* query by a document's own vector: it is the top hit, with metadata */
+    cJSON *q = query_json(e, 7, 5);
+    int rank = -1;
+    assert_int_equal(count_id(q, "doc-7", &rank), 1);
+    assert_int_equal(rank, 0);
+    assert_int_equal((int)kbp_num(q, "version"), NDOCS);
+    assert_int_equal((int)kbp_num(q, "leader_version"), NDOCS);
+    assert_int_equal((int)kbp_num(q, "lag_ops"), 0);
+    const cJSON *h0 = cJSON_GetArrayItem(cJSON_GetObjectItem(q, "hits"), 0);
+    assert_string_equal(cJSON_GetObjectItem(h0, "text")->valuestring,
+                        "document number 7");
+    const cJSON *meta = cJSON_GetObjectItem(h0, "metadata");
+    assert_true(cJSON_IsObject(meta));
+    assert_int_equal((int)kbp_num(meta, "n"), 7);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(q, "hits")), 5);
+    cJSON_Delete(q);
+
+    /* upsert the same ids with moved vectors: never two hits per id */
+    snprintf(path, sizeof path, "%s/update.jsonl", e->dir);
+    write_jsonl(path, 0, 20, 0.05f);
+    rc = kbp_run(out, sizeof out, "'%s' ingest --to '%s' '%s'", kbp_bin(),
+                 e->ep, path);
+    assert_int_equal(rc, 0);
+    s = kbp_last_json(out);
+    assert_int_equal((int)kbp_num(s, "version"), NDOCS + 20);
+    cJSON_Delete(s);
+    q = query_json(e, 7, 50);
+    assert_int_equal(count_id(q, "doc-7", NULL), 1);
+    cJSON_Delete(q);
+    st = status_json(e);
+    assert_int_equal((int)kbp_num(st, "docs"), NDOCS);
+    cJSON_Delete(st);
+
+    /* delete: gone from search; missing ids take no version */
+    rc = kbp_run(out, sizeof out, "'%s' delete --to '%s' doc-7 no-such-doc",
+                 kbp_bin(), e->ep);
+    assert_int_equal(rc, 0);
+    s = kbp_last_json(out);
+    assert_int_equal((int)kbp_num(s, "written"), 1);
+    assert_int_equal((int)kbp_num(s, "missing"), 1);
+    assert_int_equal((int)kbp_num(s, "version"), NDOCS + 21);
+    cJSON_Delete(s);
+    q = query_json(e, 7, 50);
+    assert_int_equal(count_id(q, "doc-7", NULL), 0);
+    cJSON_Delete(q);
+
+    /* kill -9, restart without --dim: everything acknowledged is there */
+    kill(e->leader, SIGKILL);
+    waitpid(e->leader, NULL, 0);
+    kbp_forget(e->leader);
+    start_leader(e, 0);
+    st = status_json(e);
+    assert_int_equal((int)kbp_num(st, "version"), NDOCS + 21);
+    assert_int_equal((int)kbp_num(st, "docs"), NDOCS - 1);
+    cJSON_Delete(st);
+    q = query_json(e, 8, 3);
+    rank = -1;
+    assert_int_equal(count_id(q, "doc-8", &rank), 1);
+    assert_int_equal(rank, 0);
+    assert_int_equal(count_id(q, "doc-7", NULL), 0);
+    cJSON_Delete(q);
+
+    /* SIGTERM: clean exit, status 0 */
+    int ws = kbp_stop(e->leader, SIGTERM, 10000);
+    assert_true(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+
+    /* restart with a different dim is refused with a clear error */
+    char dim2[] = "32";
+    char *argv_bad[] = {"kbsync", "leader", "--data", e->data, "--dim", dim2,
+                        "--listen", "tcp://127.0.0.1:*", NULL};
+    pid_t bad = kbp_spawn(e->log, argv_bad);
+    int bst;
+    waitpid(bad, &bst, 0);
+    kbp_forget(bad);
+    assert_true(WIFEXITED(bst) && WEXITSTATUS(bst) != 0);
+    rc = kbp_run(out, sizeof out, "grep -c 'dim 16; --dim 32 differs' '%s'",
+                 e->log);
+    assert_int_equal(rc, 0);
+}
+
+static void test_e2e_lone_bad_input_changes_nothing(void **state)
+{
+    e2e_t *e = *state;
+    char path[400], out[1 << 16];
+    start_leader(e, DIM);
+    snprintf(path, sizeof path, "%s/good.jsonl", e->dir);
+    write_jsonl(path, 0, 10, 0);
+    assert_int_equal(kbp_run(out, sizeof out, "'%s' ingest --to '%s' '%s'",
+                             kbp_bin(), e->ep, path),
+                     0);
+
+    /* malformed JSON on line 3: error names file and line; nothing sent */
+    snprintf(path, sizeof path, "%s/bad.jsonl", e->dir);
+    FILE *f = fopen(path, "w");
+    fprintf(f, "{\"id\": \"x1\", \"text\": \"fine\"}\n\n{\"id\": \"x2\", \"text\": }\n");
+    fclose(f);
+    int rc = kbp_run(out, sizeof out, "'%s' ingest --to '%s' '%s' 2>&1",
+                     kbp_bin(), e->ep, path);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "bad.jsonl:3:"));
+    cJSON *s = kbp_last_json(out);
+    assert_int_equal((int)kbp_num(s, "written"), 0);
+    assert_int_equal((int)kbp_num(s, "failed"), 2);
+    cJSON_Delete(s);
+
+    /* wrong dimension: refused by the node, naming the doc */
+    f = fopen(path, "w");
+    fprintf(f, "{\"id\": \"y1\", \"embedding\": [1, 2, 3]}\n");
+    fclose(f);
+    rc = kbp_run(out, sizeof out, "'%s' ingest --to '%s' '%s' 2>&1", kbp_bin(),
+                 e->ep, path);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "KB_EDIM"));
+    assert_non_null(strstr(out, "\"y1\""));
+
+    /* a value that overflows float is refused as non-finite */
+    f = fopen(path, "w");
+    fprintf(f, "{\"id\": \"z1\", \"embedding\": [1e999");
+    for (int j = 1; j < DIM; j++)
+        fprintf(f, ", 0.5");
+    fprintf(f, "]}\n");
+    fclose(f);
+    rc = kbp_run(out, sizeof out, "'%s' ingest --to '%s' '%s' 2>&1", kbp_bin(),
+                 e->ep, path);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "KB_ENONFINITE"));
+
+    /* empty id, over-long id */
+    f = fopen(path, "w");
+    fprintf(f, "{\"id\": \"\", \"text\": \"no id\"}\n");
+    fclose(f);
+    rc = kbp_run(out, sizeof out, "'%s' ingest --to '%s' '%s' 2>&1", kbp_bin(),
+                 e->ep, path);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "KB_EBADID"));
+
+    /* query with the wrong dimension */
+    rc = kbp_run(out, sizeof out, "'%s' query --to '%s' --vector '[1,2]' 2>&1",
+                 kbp_bin(), e->ep);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "KB_EDIM"));
+
+    /* nothing of the above changed the knowledge base */
+    cJSON *st = status_json(e);
+    assert_int_equal((int)kbp_num(st, "version"), 10);
+    assert_int_equal((int)kbp_num(st, "docs"), 10);
+    cJSON_Delete(st);
+}
+
+static void test_e2e_lone_text_ingest_and_text_query(void **state)
+{
+    e2e_t *e = *state;
+    char path[400], out[1 << 16];
+    start_leader(e, 256); /* the lexical embedder needs room: not 16 dims */
+    snprintf(path, sizeof path, "%s/notes.txt", e->dir);
+    FILE *f = fopen(path, "w");
+    /* three paragraphs, each longer than one chunk's target size */
+    static const char *para[] = {
+        "LMDB is a memory-mapped key value store with ACID transactions. ",
+        "ZeroMQ sockets carry messages between processes and threads. ",
+        "FAISS searches dense vectors for their nearest neighbours. "};
+    for (int p = 0; p < 3; p++) {
+        for (int r = 0; r < 14; r++)
+            fputs(para[p], f);
+        fputs("\n\n", f);
+    }
+    fclose(f);
+    assert_int_equal(kbp_run(out, sizeof out, "'%s' ingest --to '%s' '%s'",
+                             kbp_bin(), e->ep, path),
+                     0);
+    cJSON *s = kbp_last_json(out);
+    assert_int_equal((int)kbp_num(s, "written"), 3);
+    cJSON_Delete(s);
+    assert_int_equal(kbp_run(out, sizeof out,
+                             "'%s' query --to '%s' --json -k 1 --text 'key "
+                             "value transactions'",
+                             kbp_bin(), e->ep),
+                     0);
+    cJSON *q = kbp_last_json(out);
+    const cJSON *h0 = cJSON_GetArrayItem(cJSON_GetObjectItem(q, "hits"), 0);
+    assert_non_null(h0);
+    assert_non_null(strstr(cJSON_GetObjectItem(h0, "text")->valuestring, "LMDB"));
+    cJSON_Delete(q);
+}
+
+int main(void)
+{
+    atexit(kbp_kill_all);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(
+            test_e2e_lone_ingest_query_delete_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_e2e_lone_bad_input_changes_nothing,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_e2e_lone_text_ingest_and_text_query, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
