@@ -94,20 +94,21 @@ static int rebuild_flush(struct rebuild *r)
 static int rebuild_visit(void *ctx, int64_t label, const void *bytes, size_t len)
 {
     struct rebuild *r = ctx;
-    Kbsync__Doc *d = kbsync__doc__unpack(NULL, len, bytes);
-    if (!d)
-        return kb_seterr(r->err, r->errlen, KB_ECORRUPT,
-                         "document with label %lld cannot be decoded",
-                         (long long)label);
-    if (d->n_embedding != r->ix->dim) {
-        kbsync__doc__free_unpacked(d, NULL);
-        return kb_seterr(r->err, r->errlen, KB_ECORRUPT,
-                         "document with label %lld has %zu floats, dim is %u",
-                         (long long)label, d->n_embedding, r->ix->dim);
+    Kbsync__LogRecord *rec = kbsync__log_record__unpack(NULL, len, bytes);
+    const Kbsync__Doc *d = rec ? rec->doc : NULL;
+    if (!d || d->n_embedding != r->ix->dim) {
+        int rc = kb_seterr(r->err, r->errlen, KB_ECORRUPT,
+                           "document with label %lld: %s", (long long)label,
+                           !rec ? "record cannot be decoded"
+                           : !d ? "record holds no document"
+                                : "embedding size differs from dim");
+        if (rec)
+            kbsync__log_record__free_unpacked(rec, NULL);
+        return rc;
     }
     memcpy(r->x + r->n * r->ix->dim, d->embedding, sizeof(float) * r->ix->dim);
     r->labels[r->n++] = label;
-    kbsync__doc__free_unpacked(d, NULL);
+    kbsync__log_record__free_unpacked(rec, NULL);
     return r->n == IDX_REBUILD_CHUNK ? rebuild_flush(r) : 0;
 }
 
@@ -429,7 +430,6 @@ int idx_write(idx_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
         return rc;
     uint64_t lsn;
     idx_store_state(ix->store, &lsn, NULL);
-    uint64_t first = lsn + 1;
     for (size_t i = 0; i < n && !rc; i++) {
         const idx_op_t *o = &ops[i];
         int64_t old = -1;
@@ -444,7 +444,7 @@ int idx_write(idx_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
             }
         } else {
             rc = idx_store_delete(t, lsn + 1, commit_us, o->id, strlen(o->id),
-                                  &old, err, errlen);
+                                  0, &old, err, errlen);
             if (!rc && old >= 0) {
                 lsns[i] = ++lsn;
                 idx_note(ix, -1, NULL, old);
@@ -453,8 +453,6 @@ int idx_write(idx_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
             }
         }
     }
-    if (!rc && lsn >= first)
-        idx_store_set_applied(t, lsn, commit_us);
     if (rc) {
         idx_store_abort(&t);
         ix->add_n = ix->rm_n = 0;
@@ -478,7 +476,7 @@ int idx_apply_log(idx_t *ix, size_t n, const void *const *recs,
     Kbsync__LogRecord **r = calloc(n, sizeof *r);
     if (!r)
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
-    uint64_t lsn, last_us = 0;
+    uint64_t lsn;
     idx_store_state(ix->store, &lsn, NULL);
     int rc = 0;
     /* Decode and check everything before the transaction: a bad record
@@ -528,14 +526,12 @@ int idx_apply_log(idx_t *ix, size_t n, const void *const *recs,
                 idx_note(ix, (int64_t)r[i]->lsn, r[i]->doc->embedding, old);
         } else {
             rc = idx_store_delete(t, r[i]->lsn, r[i]->commit_time_us, r[i]->id,
-                                  strlen(r[i]->id), &old, err, errlen);
+                                  strlen(r[i]->id), 1, &old, err, errlen);
             if (!rc)
                 idx_note(ix, -1, NULL, old);
         }
-        last_us = r[i]->commit_time_us;
     }
     if (!rc) {
-        idx_store_set_applied(t, lsn + n, last_us);
         rc = idx_store_commit(&t, err, errlen);
     } else {
         idx_store_abort(&t);
@@ -555,7 +551,7 @@ int idx_apply_log(idx_t *ix, size_t n, const void *const *recs,
 
 struct hits_priv {
     size_t n;
-    Kbsync__Doc *doc[];
+    Kbsync__LogRecord *rec[]; /* each holds the hit's Doc */
 };
 
 int idx_search(idx_t *ix, const float *q, const char *text, size_t text_len,
@@ -582,7 +578,7 @@ int idx_search(idx_t *ix, const float *q, const char *text, size_t text_len,
     }
     float *scores = malloc(sizeof(float) * k);
     int64_t *labels = malloc(sizeof(int64_t) * k);
-    struct hits_priv *p = calloc(1, sizeof *p + sizeof(Kbsync__Doc *) * k);
+    struct hits_priv *p = calloc(1, sizeof *p + sizeof(Kbsync__LogRecord *) * k);
     idx_hit_t *hit = calloc(k, sizeof *hit);
     int rc = 0;
     if (!scores || !labels || !p || !hit) {
@@ -607,13 +603,16 @@ int idx_search(idx_t *ix, const float *q, const char *text, size_t text_len,
                      (long long)labels[i]);
             continue;
         }
-        Kbsync__Doc *d = kbsync__doc__unpack(NULL, len, b);
-        if (!d) {
+        Kbsync__LogRecord *rec = kbsync__log_record__unpack(NULL, len, b);
+        if (!rec || !rec->doc) {
             kb_error("search: document with label %lld cannot be decoded",
                      (long long)labels[i]);
+            if (rec)
+                kbsync__log_record__free_unpacked(rec, NULL);
             continue;
         }
-        p->doc[p->n] = d;
+        const Kbsync__Doc *d = rec->doc;
+        p->rec[p->n] = rec;
         hit[p->n].id = d->id;
         hit[p->n].text = d->text;
         hit[p->n].metadata = d->metadata_json;
@@ -641,7 +640,7 @@ void idx_hits_free(idx_hits_t *h)
     struct hits_priv *p = h->priv;
     if (p) {
         for (size_t i = 0; i < p->n; i++)
-            kbsync__doc__free_unpacked(p->doc[i], NULL);
+            kbsync__log_record__free_unpacked(p->rec[i], NULL);
         free(p);
     }
     free(h->hit);

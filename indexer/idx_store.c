@@ -1,8 +1,8 @@
-/* idx_store: LMDB layout and transactions for one node's documents, id map,
- * write log and applied state (layout in idx_store.h). LMDB codes are
- * translated here, once, into KB_ESTORE/KB_ECORRUPT with mdb_strerror text.
- * Documents and log records are packed straight into LMDB's pages
- * (MDB_RESERVE); labels and LSNs only grow, so both go in with MDB_APPEND. */
+/* idx_store: LMDB layout and transactions for one node's documents, id map
+ * and write log (layout in idx_store.h). LMDB codes are translated here,
+ * once, into KB_ESTORE/KB_ECORRUPT with mdb_strerror text. Log records are
+ * packed straight into LMDB's pages (MDB_RESERVE); LSNs only grow, so the log
+ * takes MDB_APPEND and a reordered LSN is caught by LMDB itself. */
 #include "idx_store.h"
 
 #include "kb_err.h"
@@ -15,20 +15,18 @@
 #include <sys/stat.h>
 
 #define STORE_DEFAULT_MAP (64ull << 30)
-#define STORE_STATE_LEN 16
 
 struct idx_store {
     MDB_env *env;
-    MDB_dbi meta, docs, ids, log;
-    uint64_t applied_lsn; /* LSN of the last committed write; 0 = none */
-    uint64_t applied_us;  /* leader commit time of that write */
-    uint64_t map_size;
+    MDB_dbi meta, ids, log;
+    uint64_t applied_lsn; /* LSN of the newest log record; 0 = none */
+    uint64_t applied_us;  /* its leader commit time */
 };
 
 struct idx_wtxn {
     idx_store_t *s;
     MDB_txn *txn;
-    uint64_t applied_lsn, applied_us;
+    uint64_t last_lsn, last_us; /* newest record written in this txn */
 };
 
 struct idx_rtxn {
@@ -63,21 +61,32 @@ static uint64_t get_u64(const void *p)
     return v;
 }
 
+/* The applied state is the newest log record. */
 static int store_load_state(idx_store_t *s, MDB_txn *txn)
 {
-    MDB_val k = {5, "state"}, v;
-    int rc = mdb_get(txn, s->meta, &k, &v);
-    if (rc == MDB_NOTFOUND) {
-        s->applied_lsn = s->applied_us = 0;
-        return 0;
-    }
+    MDB_cursor *cur;
+    MDB_val k, v;
+    s->applied_lsn = s->applied_us = 0;
+    int rc = mdb_cursor_open(txn, s->log, &cur);
     if (rc)
         return rc;
-    if (v.mv_size != STORE_STATE_LEN)
-        return MDB_CORRUPTED;
-    s->applied_lsn = get_u64(v.mv_data);
-    s->applied_us = get_u64((const char *)v.mv_data + 8);
-    return 0;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    if (rc == 0) {
+        Kbsync__LogRecord *r = kbsync__log_record__unpack(NULL, v.mv_size,
+                                                          v.mv_data);
+        if (k.mv_size != 8 || !r || r->lsn != get_u64(k.mv_data)) {
+            rc = MDB_CORRUPTED;
+        } else {
+            s->applied_lsn = r->lsn;
+            s->applied_us = r->commit_time_us;
+        }
+        if (r)
+            kbsync__log_record__free_unpacked(r, NULL);
+    } else if (rc == MDB_NOTFOUND) {
+        rc = 0;
+    }
+    mdb_cursor_close(cur);
+    return rc;
 }
 
 int idx_store_open(const char *dir, uint64_t map_size, int nosync,
@@ -90,19 +99,19 @@ int idx_store_open(const char *dir, uint64_t map_size, int nosync,
     idx_store_t *s = calloc(1, sizeof *s);
     if (!s)
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
-    s->map_size = map_size ? map_size : STORE_DEFAULT_MAP;
     int rc = mdb_env_create(&s->env);
     if (!rc)
         rc = mdb_env_set_maxdbs(s->env, 8);
     if (!rc)
-        rc = mdb_env_set_mapsize(s->env, (size_t)s->map_size);
+        rc = mdb_env_set_mapsize(s->env,
+                                 (size_t)(map_size ? map_size : STORE_DEFAULT_MAP));
     if (rc) {
         mdb_env_close(s->env);
         free(s);
         return store_fail(err, errlen, rc, "env setup");
     }
-    /* MDB_NOTLS: read transactions are not tied to threads (the query path
-     * keeps one and may move). MDB_NORDAHEAD: random doc reads by label. */
+    /* MDB_NOTLS: read transactions are not tied to threads. MDB_NORDAHEAD:
+     * document reads by label are random. */
     unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (nosync ? MDB_NOSYNC : 0);
     rc = mdb_env_open(s->env, dir, flags, 0644);
     if (rc) {
@@ -116,8 +125,6 @@ int idx_store_open(const char *dir, uint64_t map_size, int nosync,
     rc = mdb_txn_begin(s->env, NULL, 0, &txn);
     if (!rc)
         rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta);
-    if (!rc)
-        rc = mdb_dbi_open(txn, "docs", MDB_CREATE | MDB_INTEGERKEY, &s->docs);
     if (!rc)
         rc = mdb_dbi_open(txn, "ids", MDB_CREATE, &s->ids);
     if (!rc)
@@ -222,8 +229,8 @@ int idx_store_begin(idx_store_t *s, idx_wtxn_t **t, char *err, size_t errlen)
         return store_fail(err, errlen, rc, "begin write");
     }
     w->s = s;
-    w->applied_lsn = s->applied_lsn;
-    w->applied_us = s->applied_us;
+    w->last_lsn = s->applied_lsn;
+    w->last_us = s->applied_us;
     *t = w;
     return 0;
 }
@@ -245,130 +252,89 @@ int idx_store_wlabel(idx_wtxn_t *t, const char *id, size_t id_len,
     return 0;
 }
 
-/* Packs a LogRecord for lsn into the log database. */
-static int store_put_log(idx_wtxn_t *t, const Kbsync__LogRecord *rec)
+/* Appends rec to the log. An LSN not above the newest one is a gap in the
+ * caller's sequence: KB_EGAP. */
+static int store_put_log(idx_wtxn_t *t, const Kbsync__LogRecord *rec,
+                         const char *what, char *err, size_t errlen)
 {
+    if (rec->lsn <= t->last_lsn)
+        return kb_seterr(err, errlen, KB_EGAP,
+                         "%s: LSN %llu is not above the newest one, %llu",
+                         what, (unsigned long long)rec->lsn,
+                         (unsigned long long)t->last_lsn);
     uint64_t key = rec->lsn;
     MDB_val k = u64_val(&key), v;
     v.mv_size = kbsync__log_record__get_packed_size(rec);
     int rc = mdb_put(t->txn, t->s->log, &k, &v, MDB_RESERVE | MDB_APPEND);
-    if (rc == MDB_KEYEXIST) /* not above the last LSN: a reordered write */
-        return MDB_KEYEXIST;
-    if (!rc)
-        kbsync__log_record__pack(rec, v.mv_data);
-    return rc;
+    if (rc == MDB_KEYEXIST)
+        return kb_seterr(err, errlen, KB_EGAP, "%s: LSN %llu already logged",
+                         what, (unsigned long long)rec->lsn);
+    if (rc)
+        return store_fail(err, errlen, rc, what);
+    kbsync__log_record__pack(rec, v.mv_data);
+    t->last_lsn = rec->lsn;
+    t->last_us = rec->commit_time_us;
+    return 0;
 }
 
 int idx_store_upsert(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
                      const Kbsync__Doc *doc, int64_t *old_label, char *err,
                      size_t errlen)
 {
-    *old_label = -1;
-    int rc = idx_store_wlabel(t, doc->id, strlen(doc->id), old_label);
+    size_t idlen = strlen(doc->id);
+    int rc = idx_store_wlabel(t, doc->id, idlen, old_label);
     if (rc)
         return store_fail(err, errlen, rc, "upsert: look up id");
-    if (*old_label >= 0) {
-        uint64_t ok = (uint64_t)*old_label;
-        MDB_val k = u64_val(&ok);
-        rc = mdb_del(t->txn, t->s->docs, &k, NULL);
-        if (rc && rc != MDB_NOTFOUND)
-            return store_fail(err, errlen, rc, "upsert: drop old version");
-    }
-    uint64_t label = lsn;
-    MDB_val k = u64_val(&label), v;
-    v.mv_size = kbsync__doc__get_packed_size(doc);
-    rc = mdb_put(t->txn, t->s->docs, &k, &v, MDB_RESERVE | MDB_APPEND);
-    if (rc == MDB_KEYEXIST)
-        return kb_seterr(err, errlen, KB_EGAP,
-                         "upsert: LSN %llu is not above the last one written",
-                         (unsigned long long)lsn);
-    if (rc)
-        return store_fail(err, errlen, rc, "upsert: put document");
-    kbsync__doc__pack(doc, v.mv_data);
-
-    MDB_val ik = {strlen(doc->id), doc->id}, iv = u64_val(&label);
-    rc = mdb_put(t->txn, t->s->ids, &ik, &iv, 0);
-    if (rc)
-        return store_fail(err, errlen, rc, "upsert: put id");
-
     Kbsync__LogRecord rec = KBSYNC__LOG_RECORD__INIT;
     rec.lsn = lsn;
     rec.commit_time_us = commit_us;
     rec.op = KBSYNC__LOG_OP__LOG_OP_UPSERT;
     rec.doc = (Kbsync__Doc *)doc;
-    rc = store_put_log(t, &rec);
-    if (rc == MDB_KEYEXIST)
-        return kb_seterr(err, errlen, KB_EGAP, "log: LSN %llu already present",
-                         (unsigned long long)lsn);
+    rc = store_put_log(t, &rec, "upsert", err, errlen);
     if (rc)
-        return store_fail(err, errlen, rc, "upsert: append log");
-    return 0;
+        return rc;
+    uint64_t label = lsn;
+    MDB_val ik = {idlen, doc->id}, iv = u64_val(&label);
+    rc = mdb_put(t->txn, t->s->ids, &ik, &iv, 0);
+    return rc ? store_fail(err, errlen, rc, "upsert: put id") : 0;
 }
 
 int idx_store_delete(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
-                     const char *id, size_t id_len, int64_t *old_label,
-                     char *err, size_t errlen)
+                     const char *id, size_t id_len, int log_missing,
+                     int64_t *old_label, char *err, size_t errlen)
 {
     int rc = idx_store_wlabel(t, id, id_len, old_label);
     if (rc)
         return store_fail(err, errlen, rc, "delete: look up id");
-    if (*old_label < 0)
+    if (*old_label < 0 && !log_missing)
         return 0;
-    uint64_t ok = (uint64_t)*old_label;
-    MDB_val k = u64_val(&ok);
-    rc = mdb_del(t->txn, t->s->docs, &k, NULL);
-    if (rc && rc != MDB_NOTFOUND)
-        return store_fail(err, errlen, rc, "delete: drop document");
-    MDB_val ik = {id_len, (void *)id};
-    rc = mdb_del(t->txn, t->s->ids, &ik, NULL);
-    if (rc)
-        return store_fail(err, errlen, rc, "delete: drop id");
-
+    if (*old_label >= 0) {
+        MDB_val ik = {id_len, (void *)id};
+        rc = mdb_del(t->txn, t->s->ids, &ik, NULL);
+        if (rc)
+            return store_fail(err, errlen, rc, "delete: drop id");
+    }
+    if (id_len > KB_MAX_ID_LEN)
+        return kb_seterr(err, errlen, KB_EBADID, "delete: id too long");
+    char idbuf[KB_MAX_ID_LEN + 1]; /* protobuf-c wants NUL-terminated */
+    memcpy(idbuf, id, id_len);
+    idbuf[id_len] = 0;
     Kbsync__LogRecord rec = KBSYNC__LOG_RECORD__INIT;
     rec.lsn = lsn;
     rec.commit_time_us = commit_us;
     rec.op = KBSYNC__LOG_OP__LOG_OP_DELETE;
-    /* protobuf-c wants a NUL-terminated string; ids are validated to hold
-     * no NUL, and id_len <= KB_MAX_ID_LEN. */
-    char idbuf[KB_MAX_ID_LEN + 1];
-    if (id_len > KB_MAX_ID_LEN)
-        return kb_seterr(err, errlen, KB_EBADID, "delete: id too long");
-    memcpy(idbuf, id, id_len);
-    idbuf[id_len] = 0;
     rec.id = idbuf;
-    rc = store_put_log(t, &rec);
-    if (rc == MDB_KEYEXIST)
-        return kb_seterr(err, errlen, KB_EGAP, "log: LSN %llu already present",
-                         (unsigned long long)lsn);
-    if (rc)
-        return store_fail(err, errlen, rc, "delete: append log");
-    return 0;
-}
-
-void idx_store_set_applied(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us)
-{
-    t->applied_lsn = lsn;
-    t->applied_us = commit_us;
+    return store_put_log(t, &rec, "delete", err, errlen);
 }
 
 int idx_store_commit(idx_wtxn_t **tp, char *err, size_t errlen)
 {
     idx_wtxn_t *t = *tp;
     *tp = NULL;
-    unsigned char state[STORE_STATE_LEN];
-    memcpy(state, &t->applied_lsn, 8);
-    memcpy(state + 8, &t->applied_us, 8);
-    MDB_val k = {5, "state"}, v = {sizeof state, state};
-    int rc = mdb_put(t->txn, t->s->meta, &k, &v, 0);
-    if (rc) {
-        mdb_txn_abort(t->txn);
-        free(t);
-        return store_fail(err, errlen, rc, "write state");
-    }
-    rc = mdb_txn_commit(t->txn);
+    int rc = mdb_txn_commit(t->txn);
     if (!rc) {
-        t->s->applied_lsn = t->applied_lsn;
-        t->s->applied_us = t->applied_us;
+        t->s->applied_lsn = t->last_lsn;
+        t->s->applied_us = t->last_us;
     }
     free(t);
     return rc ? store_fail(err, errlen, rc, "commit") : 0;
@@ -413,7 +379,7 @@ int idx_store_doc_by_label(idx_rtxn_t *t, int64_t label, const void **bytes,
 {
     uint64_t key = (uint64_t)label;
     MDB_val k = u64_val(&key), v;
-    int rc = mdb_get(t->txn, t->s->docs, &k, &v);
+    int rc = mdb_get(t->txn, t->s->log, &k, &v);
     if (rc == MDB_NOTFOUND)
         return -ENOENT;
     if (rc)
@@ -423,66 +389,98 @@ int idx_store_doc_by_label(idx_rtxn_t *t, int64_t label, const void **bytes,
     return 0;
 }
 
-/* Walks database dbi from key `from` (0 = first) calling visit. */
-static int store_scan(idx_store_t *s, MDB_dbi dbi, uint64_t from, size_t max,
-                      int (*visit)(void *, uint64_t, const void *, size_t),
-                      void *ctx, char *err, size_t errlen)
+static int cmp_u64(const void *a, const void *b)
 {
-    MDB_txn *txn;
-    MDB_cursor *cur;
-    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
-    if (rc)
-        return store_fail(err, errlen, rc, "scan");
-    rc = mdb_cursor_open(txn, dbi, &cur);
-    if (rc) {
-        mdb_txn_abort(txn);
-        return store_fail(err, errlen, rc, "scan");
-    }
-    uint64_t key = from;
-    MDB_val k = u64_val(&key), v;
-    rc = mdb_cursor_get(cur, &k, &v, from ? MDB_SET_RANGE : MDB_FIRST);
-    int out = 0;
-    size_t n = 0;
-    while (rc == 0 && n < max) {
-        if (k.mv_size != 8) {
-            out = kb_seterr(err, errlen, KB_ECORRUPT, "scan: bad key size %zu",
-                            k.mv_size);
-            break;
-        }
-        out = visit(ctx, get_u64(k.mv_data), v.mv_data, v.mv_size);
-        if (out)
-            break;
-        n++;
-        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-    }
-    if (!out && rc && rc != MDB_NOTFOUND)
-        out = store_fail(err, errlen, rc, "scan");
-    mdb_cursor_close(cur);
-    mdb_txn_abort(txn);
-    return out;
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
 }
 
-struct doc_visit {
-    idx_store_doc_cb cb;
-    void *ctx;
-};
-
-static int doc_visit(void *ctx, uint64_t key, const void *b, size_t n)
-{
-    struct doc_visit *d = ctx;
-    return d->cb(d->ctx, (int64_t)key, b, n);
-}
-
+/* Live documents are the labels in `ids`: collect them, sort, and read their
+ * log records in LSN order (sequential in the file). */
 int idx_store_scan_docs(idx_store_t *s, idx_store_doc_cb cb, void *ctx,
                         char *err, size_t errlen)
 {
-    struct doc_visit d = {cb, ctx};
-    return store_scan(s, s->docs, 0, SIZE_MAX, doc_visit, &d, err, errlen);
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    MDB_stat st;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc)
+        return store_fail(err, errlen, rc, "scan documents");
+    rc = mdb_stat(txn, s->ids, &st);
+    if (!rc)
+        rc = mdb_cursor_open(txn, s->ids, &cur);
+    if (rc) {
+        mdb_txn_abort(txn);
+        return store_fail(err, errlen, rc, "scan documents");
+    }
+    size_t n = 0, cap = st.ms_entries ? st.ms_entries : 1;
+    uint64_t *labels = malloc(cap * sizeof *labels);
+    int out = labels ? 0 : kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    MDB_val k, v;
+    rc = out ? MDB_NOTFOUND : mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    while (rc == 0 && n < cap) {
+        if (v.mv_size != 8) {
+            out = kb_seterr(err, errlen, KB_ECORRUPT, "id entry of %zu bytes",
+                            v.mv_size);
+            break;
+        }
+        labels[n++] = get_u64(v.mv_data);
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    if (!out && rc && rc != MDB_NOTFOUND)
+        out = store_fail(err, errlen, rc, "scan documents");
+    if (!out)
+        qsort(labels, n, sizeof *labels, cmp_u64);
+    for (size_t i = 0; i < n && !out; i++) {
+        k = u64_val(&labels[i]);
+        rc = mdb_get(txn, s->log, &k, &v);
+        if (rc)
+            out = rc == MDB_NOTFOUND
+                      ? kb_seterr(err, errlen, KB_ECORRUPT,
+                                  "live document %llu has no log record",
+                                  (unsigned long long)labels[i])
+                      : store_fail(err, errlen, rc, "scan documents");
+        else
+            out = cb(ctx, (int64_t)labels[i], v.mv_data, v.mv_size);
+    }
+    free(labels);
+    mdb_txn_abort(txn);
+    return out;
 }
 
 int idx_store_scan_log(idx_store_t *s, uint64_t from, size_t max,
                        idx_store_log_cb cb, void *ctx, char *err,
                        size_t errlen)
 {
-    return store_scan(s, s->log, from, max, cb, ctx, err, errlen);
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc)
+        return store_fail(err, errlen, rc, "scan log");
+    rc = mdb_cursor_open(txn, s->log, &cur);
+    if (rc) {
+        mdb_txn_abort(txn);
+        return store_fail(err, errlen, rc, "scan log");
+    }
+    uint64_t key = from;
+    MDB_val k = u64_val(&key), v;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    int out = 0;
+    for (size_t n = 0; rc == 0 && n < max; n++) {
+        if (k.mv_size != 8) {
+            out = kb_seterr(err, errlen, KB_ECORRUPT, "log key of %zu bytes",
+                            k.mv_size);
+            break;
+        }
+        out = cb(ctx, get_u64(k.mv_data), v.mv_data, v.mv_size);
+        if (out)
+            break;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    if (!out && rc && rc != MDB_NOTFOUND)
+        out = store_fail(err, errlen, rc, "scan log");
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    return out;
 }

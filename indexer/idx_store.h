@@ -1,12 +1,15 @@
 /* idx_store: the LMDB document store of one node, private to indexer/.
  * In: documents and deletes stamped with an LSN. Out: documents by label,
  * the write log in LSN order, and the node's applied state. Owns the LMDB
- * environment in DIR with four databases:
- *   meta  "kb"    -> KbMeta (dim, metric, index, node id, embedder)
- *         "state" -> applied LSN (u64) + its leader commit time in us (u64)
- *   docs  label (u64 = LSN of the upsert that wrote it) -> Doc
- *   ids   document id bytes -> label (u64)
- *   log   LSN (u64) -> LogRecord, exactly the bytes streamed to replicas
+ * environment in DIR with three databases:
+ *   meta  "kb" -> KbMeta (dim, metric, index, node id, embedder)
+ *   log   LSN (u64) -> LogRecord, exactly the bytes streamed to replicas;
+ *         an upsert's record holds the whole document, embedding included
+ *   ids   document id bytes -> label (u64) of its live version
+ * A document's label is the LSN of the upsert that wrote it, so the live
+ * version of a document IS its upsert's log record: each document is stored
+ * once. The applied state (LSN, commit time) is the newest log record, so a
+ * commit touches only `log` and `ids`: fewer pages to fsync per write.
  * One write transaction at a time (LMDB's rule); reads use their own. */
 #ifndef IDX_STORE_H
 #define IDX_STORE_H
@@ -49,16 +52,15 @@ int idx_store_begin(idx_store_t *s, idx_wtxn_t **t, char *err, size_t errlen);
 int idx_store_upsert(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
                      const Kbsync__Doc *doc, int64_t *old_label, char *err,
                      size_t errlen);
-/* A delete of an id that is not present writes nothing and sets
- * *old_label = -1; the caller must not give it an LSN. */
+/* A delete of an id that is not present sets *old_label = -1 and writes
+ * nothing, unless log_missing is set (a replica applying the leader's log
+ * keeps every LSN): then only the log record is written. */
 int idx_store_delete(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
-                     const char *id, size_t id_len, int64_t *old_label,
-                     char *err, size_t errlen);
+                     const char *id, size_t id_len, int log_missing,
+                     int64_t *old_label, char *err, size_t errlen);
 /* Looks up the live label of an id inside the write transaction. */
 int idx_store_wlabel(idx_wtxn_t *t, const char *id, size_t id_len,
                      int64_t *label);
-/* Records the applied state that the commit makes durable. */
-void idx_store_set_applied(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us);
 int idx_store_commit(idx_wtxn_t **t, char *err, size_t errlen);
 void idx_store_abort(idx_wtxn_t **t);
 
@@ -67,12 +69,15 @@ void idx_store_abort(idx_wtxn_t **t);
  * until idx_store_rend() of that transaction. */
 int idx_store_rbegin(idx_store_t *s, idx_rtxn_t **t, char *err, size_t errlen);
 void idx_store_rend(idx_rtxn_t **t);
-/* Returns 0, or -ENOENT when no document has that label. */
+/* Finds the log record (a serialized LogRecord holding the Doc) of the
+ * document with that label. Returns 0, or -ENOENT when there is none. The
+ * caller knows the label is live (it came from the vector index). */
 int idx_store_doc_by_label(idx_rtxn_t *t, int64_t label, const void **bytes,
                            size_t *len);
 
-/* Calls cb for every document in label order; stops and returns cb's value
- * when it is non-zero. bytes are a serialized Doc, borrowed for the call. */
+/* Calls cb for every live document in label order; stops and returns cb's
+ * value when it is non-zero. bytes are the document's serialized LogRecord,
+ * borrowed for the call. */
 typedef int (*idx_store_doc_cb)(void *ctx, int64_t label, const void *bytes,
                                 size_t len);
 int idx_store_scan_docs(idx_store_t *s, idx_store_doc_cb cb, void *ctx,

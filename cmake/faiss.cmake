@@ -1,0 +1,119 @@
+# faiss.cmake: defines `kb_faiss`, the one target through which kbsync gets the
+# FAISS C API (<faiss/c_api/*.h>). Prefers a real faiss_c library; Debian 12
+# ships only the C++ libfaiss.a, so the fallback is our own C API unit
+# (indexer/faiss_c_compat.cpp) built as a static library on top of it.
+#
+# Knobs: -DKB_FAISS_FORCE_COMPAT=ON skips the faiss_c probe;
+#        KB_FAISS_C_LIBRARY / KB_FAISS_C_INCLUDE_DIR point at a faiss_c install.
+# Sets KB_FAISS_IMPL to "system" or "compat" for the includer.
+include_guard(GLOBAL)
+
+option(KB_FAISS_FORCE_COMPAT "Always build indexer/faiss_c_compat.cpp" OFF)
+
+# The C API functions kbsync calls; a faiss_c lacking any of them is unusable.
+set(_kb_faiss_probe_src [=[
+#include <faiss/c_api/AutoTune_c.h>
+#include <faiss/c_api/error_c.h>
+#include <faiss/c_api/impl/AuxIndexStructures_c.h>
+#include <faiss/c_api/index_factory_c.h>
+#include <faiss/c_api/index_io_c.h>
+#include <faiss/c_api/utils/distances_c.h>
+int main(int argc, char **argv)
+{
+    /* Called, not just named: a referenced address can be folded away. */
+    FaissIndex *idx = 0;
+    FaissIDSelectorBatch *sel = 0;
+    FaissParameterSpace *ps = 0;
+    if (argc > 99) {
+        faiss_index_factory(&idx, 4, argv[0], METRIC_INNER_PRODUCT);
+        faiss_IDSelectorBatch_new(&sel, 0, 0);
+        faiss_Index_remove_ids(idx, (FaissIDSelector *)sel, 0);
+        faiss_read_index_fname(argv[1], 0, &idx);
+        faiss_ParameterSpace_new(&ps);
+        faiss_ParameterSpace_set_index_parameter(ps, idx, argv[2], 1.0);
+        faiss_set_distance_compute_blas_threshold(
+            faiss_get_distance_compute_blas_threshold());
+    }
+    return faiss_get_last_error() != 0;
+}
+]=])
+
+# Dependencies of the C++ libfaiss.a: OpenMP (the imported `faiss` target
+# names OpenMP::OpenMP_CXX without finding it, hence the order), BLAS and
+# LAPACK (absolute paths inside the target) and libstdc++ (our link below).
+macro(_kb_faiss_find_cxx_faiss)
+  get_property(_kb_langs GLOBAL PROPERTY ENABLED_LANGUAGES)
+  if(NOT "CXX" IN_LIST _kb_langs)
+    enable_language(CXX)
+  endif()
+  find_package(OpenMP REQUIRED COMPONENTS CXX)
+  find_package(faiss REQUIRED CONFIG)
+endmacro()
+
+set(KB_FAISS_IMPL "")
+if(NOT KB_FAISS_FORCE_COMPAT)
+  find_library(KB_FAISS_C_LIBRARY NAMES faiss_c)
+  find_path(KB_FAISS_C_INCLUDE_DIR NAMES faiss/c_api/index_factory_c.h)
+  if(KB_FAISS_C_LIBRARY AND KB_FAISS_C_INCLUDE_DIR)
+    include(CheckCSourceCompiles)
+    include(CMakePushCheckState)
+    cmake_push_check_state(RESET)
+    set(CMAKE_REQUIRED_QUIET ON)
+    set(CMAKE_REQUIRED_INCLUDES ${KB_FAISS_C_INCLUDE_DIR})
+    set(CMAKE_REQUIRED_LIBRARIES ${KB_FAISS_C_LIBRARY})
+    set(_kb_faiss_c_static OFF)
+    if(KB_FAISS_C_LIBRARY MATCHES "\\.a$")
+      # A static faiss_c needs the C++ library and its runtime at link time.
+      set(_kb_faiss_c_static ON)
+      _kb_faiss_find_cxx_faiss()
+      list(APPEND CMAKE_REQUIRED_LIBRARIES faiss OpenMP::OpenMP_CXX stdc++ m)
+    endif()
+    # The cache key names the library so that pointing at another one
+    # re-runs the probe.
+    string(MAKE_C_IDENTIFIER "KB_FAISS_C_WORKS_${KB_FAISS_C_LIBRARY}" _kb_key)
+    check_c_source_compiles("${_kb_faiss_probe_src}" ${_kb_key})
+    cmake_pop_check_state()
+    if(${_kb_key})
+      add_library(kb_faiss INTERFACE)
+      target_include_directories(kb_faiss INTERFACE ${KB_FAISS_C_INCLUDE_DIR})
+      target_link_libraries(kb_faiss INTERFACE ${KB_FAISS_C_LIBRARY})
+      if(_kb_faiss_c_static)
+        target_link_libraries(kb_faiss INTERFACE faiss OpenMP::OpenMP_CXX
+                              stdc++ m)
+      else()
+        # kbsync sets OpenMP thread counts itself (omp_set_num_threads), so
+        # the runtime must be on the C link line, not only behind faiss_c.
+        find_package(OpenMP QUIET COMPONENTS C)
+        if(TARGET OpenMP::OpenMP_C)
+          target_link_libraries(kb_faiss INTERFACE
+                                $<LINK_ONLY:OpenMP::OpenMP_C>)
+        endif()
+      endif()
+      set(KB_FAISS_IMPL "system")
+      message(STATUS "kb_faiss: using system faiss_c ${KB_FAISS_C_LIBRARY}")
+    else()
+      message(STATUS "kb_faiss: ${KB_FAISS_C_LIBRARY} does not link the "
+                     "C API functions kbsync needs; not using it")
+    endif()
+  endif()
+endif()
+
+if(NOT KB_FAISS_IMPL)
+  _kb_faiss_find_cxx_faiss()
+  add_library(kb_faiss STATIC
+              ${CMAKE_CURRENT_LIST_DIR}/../indexer/faiss_c_compat.cpp)
+  # faiss's headers need C++11; the rest of the project may ask for more.
+  target_compile_features(kb_faiss PRIVATE cxx_std_11)
+  set_target_properties(kb_faiss PROPERTIES POSITION_INDEPENDENT_CODE ON)
+  # PUBLIC: C consumers get faiss's include dir (c_api headers live there),
+  # libfaiss.a, and through it OpenMP + BLAS + LAPACK. libstdc++ is named
+  # explicitly: CMake already links C programs with the C++ driver because a
+  # static CXX library is in their closure, but a consumer that forces
+  # LINKER_LANGUAGE C (or links the archive by hand) must still resolve it.
+  target_link_libraries(kb_faiss PUBLIC faiss OpenMP::OpenMP_CXX stdc++ m)
+  set(KB_FAISS_IMPL "compat")
+  get_target_property(_kb_faiss_loc faiss IMPORTED_LOCATION_NONE)
+  message(STATUS "kb_faiss: no usable faiss_c library; building "
+                 "indexer/faiss_c_compat.cpp on ${_kb_faiss_loc} "
+                 "(faiss ${faiss_VERSION}, OpenMP ${OpenMP_CXX_VERSION})")
+endif()
