@@ -17,9 +17,17 @@ int cli_ingest_main(int argc, char **argv);
  * naming the option. */
 uint64_t cli_uint(const char *opt, const char *val, uint64_t max);
 
+/* Parses "async" / "all" into a repl_mode_t or exits with a message. */
+int cli_mode(const char *s);
+/* repl_mode_t (0 = not given) -> Kbsync__WriteMode. */
+int cli_wire_mode(int mode);
+
 /* Prints the final summary line of a write command as one JSON object:
- * {"written":..,"failed":..,"version":..,"seconds":..}. */
+ * {"written":..,"failed":..,"version":..,"seconds":..}, plus "missing"
+ * (delete: ids not present) and "unreplicated" (committed on the leader but
+ * not confirmed by every named replica in time) when non-zero. */
 void cli_print_write_summary(uint64_t written, uint64_t failed,
-                             uint64_t version, double seconds, uint64_t missing);
+                             uint64_t version, double seconds, uint64_t missing,
+                             uint64_t unreplicated);
 
 #endif

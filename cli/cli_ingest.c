@@ -27,6 +27,7 @@
 typedef struct ingest {
     qry_client_t *cl;
     size_t batch, window;
+    int mode; /* repl_mode_t, 0 = the leader's default */
     int keep_going, dry_run, timeout_ms;
     /* the batch being filled: each doc and its strings in one allocation */
     Kbsync__Doc **docs;
@@ -37,6 +38,7 @@ typedef struct ingest {
     size_t inflight;
     /* totals */
     uint64_t written, failed, version, read;
+    uint64_t unreplicated; /* committed on the leader, `all` acks timed out */
     int stopped;
 } ingest_t;
 
@@ -109,7 +111,19 @@ static int ingest_reap(ingest_t *g)
     g->fl_id[slot] = g->fl_id[g->inflight - 1];
     g->fl_n[slot] = g->fl_n[g->inflight - 1];
     g->inflight--;
-    if (r->error || !r->write) {
+    if (r->error && r->write) {
+        /* `all` timed out: committed on the leader, not confirmed on every
+         * named replica. */
+        fprintf(stderr, "kbsync ingest: batch of %zu: %s\n", n,
+                r->error->message);
+        g->written += r->write->written;
+        g->unreplicated += r->write->written;
+        if (r->write->version > g->version)
+            g->version = r->write->version;
+        if (!g->keep_going)
+            g->stopped = 1;
+        rc = r->error->code;
+    } else if (r->error || !r->write) {
         fprintf(stderr, "kbsync ingest: batch of %zu refused, nothing of it "
                         "written: %s: %s\n",
                 n, r->error ? kb_errname(r->error->code) : "?",
@@ -146,6 +160,7 @@ static int ingest_send(ingest_t *g)
     Kbsync__UpsertRequest u = KBSYNC__UPSERT_REQUEST__INIT;
     u.docs = g->docs;
     u.n_docs = g->ndocs;
+    u.mode = cli_wire_mode(g->mode);
     Kbsync__Request req = KBSYNC__REQUEST__INIT;
     req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
     req.upsert = &u;
@@ -332,6 +347,7 @@ int cli_ingest_main(int argc, char **argv)
         {"dry-run", no_argument, 0, 'n'},
         {"json", no_argument, 0, 'j'},
         {"timeout-ms", required_argument, 0, 'T'},
+        {"mode", required_argument, 0, 'm'},
         {0, 0, 0, 0}};
     const char *ep = CLI_DEFAULT_ENDPOINT;
     ingest_t g = {.batch = 1000, .window = 4, .timeout_ms = 120000};
@@ -342,6 +358,7 @@ int cli_ingest_main(int argc, char **argv)
         case 'b': g.batch = cli_uint("--batch", optarg, 100000); break;
         case 'w': g.window = cli_uint("--window", optarg, 64); break;
         case 'k': g.keep_going = 1; break;
+        case 'm': g.mode = cli_mode(optarg); break;
         case 'n': g.dry_run = 1; break;
         case 'j': break; /* the summary line is always JSON */
         case 'T': g.timeout_ms = (int)cli_uint("--timeout-ms", optarg, 86400000); break;
@@ -386,15 +403,16 @@ int cli_ingest_main(int argc, char **argv)
         g.keep_going = keep;
     }
     double secs = (double)(kb_mono_us() - t0) / 1e6;
-    if (!g.failed)
+    if (!g.failed && !g.unreplicated)
         fprintf(stderr, "kbsync ingest: %llu documents in %.3f s (%.0f docs/s)%s\n",
                 (unsigned long long)g.written, secs,
                 secs > 0 ? (double)g.written / secs : 0.0,
                 g.dry_run ? " [dry run: nothing sent]" : "");
-    cli_print_write_summary(g.written, g.failed, g.version, secs, 0);
+    cli_print_write_summary(g.written, g.failed, g.version, secs, 0,
+                            g.unreplicated);
     qry_client_close(&g.cl);
     free(g.docs);
     free(g.fl_id);
     free(g.fl_n);
-    return g.failed ? 1 : 0;
+    return g.failed || g.unreplicated ? 1 : 0;
 }

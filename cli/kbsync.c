@@ -27,13 +27,21 @@ static const char USAGE[] =
     "  leader  --data DIR [--dim N] [--listen EP] [--index DESC] [--metric ip|l2]\n"
     "          [--id NAME] [--map-size-gb N] [--no-sync] [--threads N]\n"
     "          [--max-msg-mb N] [--endpoint-file FILE] [--log-level LEVEL]\n"
+    "          [--repl-listen EP] [--replicas r1,r2] [--write-mode async|all]\n"
+    "          [--write-timeout-ms N]\n"
     "          start a node that owns the knowledge base in DIR (created on\n"
-    "          first start, which needs --dim) and serves writes and queries\n"
-    "  ingest  --to EP [--batch N] [--window N] [--keep-going] [--dry-run] FILE...\n"
+    "          first start, which needs --dim), serves writes and queries, and\n"
+    "          streams its log to replicas\n"
+    "  replica --data DIR --id NAME --leader REPL_EP [--listen EP] [...]\n"
+    "          start a query node that follows the leader's replication\n"
+    "          endpoint and answers queries with its staleness\n"
+    "  ingest  --to EP [--mode async|all] [--batch N] [--window N] [--keep-going]\n"
+    "          [--dry-run] FILE...\n"
     "          upsert documents from JSONL files (id, text, embedding,\n"
     "          metadata) or, for other files, paragraph chunks of their text\n"
-    "  query   --to EP [-k N] (--vector JSON | --text TEXT) [--min-version V] [--json]\n"
-    "  delete  --to EP ID...\n"
+    "  query   --to EP [-k N] (--vector JSON | --text TEXT) [--min-version V]\n"
+    "          [--wait-ms N] [--max-lag-ms N] [--json]\n"
+    "  delete  --to EP [--mode async|all] ID...\n"
     "  status  --to EP [--json]\n"
     "\n"
     "EP is a ZeroMQ endpoint; default " CLI_DEFAULT_ENDPOINT ".\n"
@@ -70,7 +78,8 @@ uint64_t cli_uint(const char *opt, const char *val, uint64_t max)
 }
 
 void cli_print_write_summary(uint64_t written, uint64_t failed,
-                             uint64_t version, double seconds, uint64_t missing)
+                             uint64_t version, double seconds, uint64_t missing,
+                             uint64_t unreplicated)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "written", (double)written);
@@ -79,11 +88,30 @@ void cli_print_write_summary(uint64_t written, uint64_t failed,
     cJSON_AddNumberToObject(o, "seconds", seconds);
     if (missing)
         cJSON_AddNumberToObject(o, "missing", (double)missing);
+    if (unreplicated)
+        cJSON_AddNumberToObject(o, "unreplicated", (double)unreplicated);
     char *s = cJSON_PrintUnformatted(o);
     printf("%s\n", s);
     fflush(stdout);
     cJSON_free(s);
     cJSON_Delete(o);
+}
+
+int cli_wire_mode(int mode)
+{
+    return mode == REPL_ALL     ? KBSYNC__WRITE_MODE__WRITE_MODE_ALL
+           : mode == REPL_ASYNC ? KBSYNC__WRITE_MODE__WRITE_MODE_ASYNC
+                                : KBSYNC__WRITE_MODE__WRITE_MODE_DEFAULT;
+}
+
+int cli_mode(const char *s)
+{
+    if (!strcmp(s, "async"))
+        return REPL_ASYNC;
+    if (!strcmp(s, "all"))
+        return REPL_ALL;
+    fprintf(stderr, "kbsync: mode must be async or all, not \"%s\"\n", s);
+    exit(2);
 }
 
 static int parse_level(const char *s)
@@ -98,6 +126,15 @@ static int parse_level(const char *s)
         return KB_LOG_ERROR;
     die_usage("--log-level must be debug, info, warn or error, not \"%s\"", s);
     return 0;
+}
+
+static void install_signals(void)
+{
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
 }
 
 /* ---------------------------------------------------------------- leader */
@@ -117,9 +154,17 @@ static int cmd_leader(int argc, char **argv)
         {"max-msg-mb", required_argument, 0, 'x'},
         {"endpoint-file", required_argument, 0, 'e'},
         {"log-level", required_argument, 0, 'L'},
+        {"repl-listen", required_argument, 0, 'r'},
+        {"replicas", required_argument, 0, 'R'},
+        {"write-mode", required_argument, 0, 'w'},
+        {"write-timeout-ms", required_argument, 0, 'W'},
         {0, 0, 0, 0}};
     idx_config_t ic = {0};
-    qry_node_config_t nc = {CLI_DEFAULT_ENDPOINT, NULL, KB_DEFAULT_MAX_MSG};
+    qry_node_config_t nc = {.listen = CLI_DEFAULT_ENDPOINT,
+                            .max_msg = KB_DEFAULT_MAX_MSG,
+                            .role = QRY_LEADER};
+    nc.leader.default_mode = REPL_ASYNC;
+    nc.leader.write_timeout_ms = 5000;
     int threads = 1, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -135,25 +180,23 @@ static int cmd_leader(int argc, char **argv)
         case 'x': nc.max_msg = (size_t)cli_uint("--max-msg-mb", optarg, 1024) << 20; break;
         case 'e': nc.endpoint_file = optarg; break;
         case 'L': kb_log_setup(parse_level(optarg), NULL); break;
+        case 'r': nc.leader.repl_listen = optarg; break;
+        case 'R': nc.leader.replicas = optarg; break;
+        case 'w': nc.leader.default_mode = cli_mode(optarg); break;
+        case 'W': nc.leader.write_timeout_ms = (int)cli_uint("--write-timeout-ms", optarg, 3600000); break;
         default: die_usage("bad option for leader%s", ""); /* fallthrough */
         }
     }
+    if (nc.leader.replicas && !nc.leader.repl_listen)
+        die_usage("--replicas needs --repl-listen%s", "");
     if (!ic.dir)
         die_usage("leader needs --data DIR%s", "");
-    if (ic.dim == 0 && argc > 0) {
-        /* --dim 0 is "not given": the stored dim is used. */
-    }
     if (ic.metric && strcmp(ic.metric, "ip") && strcmp(ic.metric, "l2"))
         die_usage("--metric must be ip or l2, not \"%s\"", ic.metric);
     if (nc.max_msg == 0)
         die_usage("--max-msg-mb must be at least 1%s", "");
 
-    struct sigaction sa = {0};
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
+    install_signals();
     idx_vec_setup(threads);
     char err[512];
     idx_t *ix = NULL;
@@ -165,6 +208,56 @@ static int cmd_leader(int argc, char **argv)
     rc = qry_node_run(ix, &nc, &g_stop, err, sizeof err);
     idx_close(&ix);
     if (rc) {
+        kb_error("%s", err);
+        return 1;
+    }
+    return 0;
+}
+
+/* --------------------------------------------------------------- replica */
+
+static int cmd_replica(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"data", required_argument, 0, 'd'},
+        {"id", required_argument, 0, 'I'},
+        {"leader", required_argument, 0, 'l'},
+        {"listen", required_argument, 0, 'L'},
+        {"map-size-gb", required_argument, 0, 'M'},
+        {"no-sync", no_argument, 0, 'S'},
+        {"threads", required_argument, 0, 't'},
+        {"max-msg-mb", required_argument, 0, 'x'},
+        {"endpoint-file", required_argument, 0, 'e'},
+        {"log-level", required_argument, 0, 'g'},
+        {0, 0, 0, 0}};
+    qry_node_config_t nc = {.listen = "tcp://127.0.0.1:7410",
+                            .max_msg = KB_DEFAULT_MAX_MSG,
+                            .role = QRY_REPLICA};
+    int threads = 1, c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'd': nc.replica.data_dir = optarg; break;
+        case 'I': nc.replica.id = optarg; break;
+        case 'l': nc.replica.leader = optarg; break;
+        case 'L': nc.listen = optarg; break;
+        case 'M': nc.replica.map_size = cli_uint("--map-size-gb", optarg, 1u << 20) << 30; break;
+        case 'S': nc.replica.nosync = 1; break;
+        case 't': threads = (int)cli_uint("--threads", optarg, 64); break;
+        case 'x': nc.max_msg = (size_t)cli_uint("--max-msg-mb", optarg, 1024) << 20; break;
+        case 'e': nc.endpoint_file = optarg; break;
+        case 'g': kb_log_setup(parse_level(optarg), NULL); break;
+        default: die_usage("bad option for replica%s", "");
+        }
+    }
+    if (!nc.replica.data_dir || !nc.replica.id || !nc.replica.leader)
+        die_usage("replica needs --data DIR, --id NAME and --leader EP%s", "");
+    if (nc.max_msg == 0)
+        die_usage("--max-msg-mb must be at least 1%s", "");
+    kb_log_setup(KB_LOG_INFO, nc.replica.id);
+    install_signals();
+    idx_vec_setup(threads);
+    char err[512];
+    if (qry_node_run(NULL, &nc, &g_stop, err, sizeof err)) {
         kb_error("%s", err);
         return 1;
     }
@@ -255,6 +348,22 @@ static int cmd_status(int argc, char **argv)
         cJSON_AddNumberToObject(o, "dim", s->dim);
         cJSON_AddStringToObject(o, "metric", s->metric);
         cJSON_AddStringToObject(o, "index", s->index);
+        if (!strcmp(s->role, "replica"))
+            cJSON_AddNumberToObject(o, "leader_contact_ms",
+                                    (double)s->leader_contact_ms);
+        else {
+            cJSON *ra = cJSON_AddArrayToObject(o, "replicas");
+            for (size_t i = 0; i < s->n_replicas; i++) {
+                const Kbsync__ReplicaState *p = s->replicas[i];
+                cJSON *po = cJSON_CreateObject();
+                cJSON_AddStringToObject(po, "id", p->id);
+                cJSON_AddBoolToObject(po, "connected", p->connected);
+                cJSON_AddNumberToObject(po, "version", (double)p->version);
+                cJSON_AddNumberToObject(po, "lag_ops", (double)p->lag_ops);
+                cJSON_AddNumberToObject(po, "lag_ms", (double)p->lag_ms);
+                cJSON_AddItemToArray(ra, po);
+            }
+        }
         print_json(o);
     } else {
         printf("%s %s: version %llu (leader %llu), lag %llu ops / %llu ms, "
@@ -263,6 +372,17 @@ static int cmd_status(int argc, char **argv)
                (unsigned long long)s->leader_version,
                (unsigned long long)s->lag_ops, (unsigned long long)s->lag_ms,
                (unsigned long long)s->docs, s->dim, s->metric, s->index);
+        if (!strcmp(s->role, "replica"))
+            printf("  last heard from the leader %llu ms ago\n",
+                   (unsigned long long)s->leader_contact_ms);
+        for (size_t i = 0; i < s->n_replicas; i++) {
+            const Kbsync__ReplicaState *p = s->replicas[i];
+            printf("  replica %s: %s, version %llu, lag %llu ops / %llu ms\n",
+                   p->id, p->connected ? "connected" : "NOT connected",
+                   (unsigned long long)p->version,
+                   (unsigned long long)p->lag_ops,
+                   (unsigned long long)p->lag_ms);
+        }
     }
     kbsync__response__free_unpacked(r, NULL);
     qry_client_close(&cl);
@@ -278,6 +398,7 @@ static int cmd_query(int argc, char **argv)
         {"text", required_argument, 0, 'x'},
         {"min-version", required_argument, 0, 'm'},
         {"max-lag-ms", required_argument, 0, 'g'},
+        {"wait-ms", required_argument, 0, 'W'},
         {"timeout-ms", required_argument, 0, 'T'},
         {0, 0, 0, 0}};
     const char *ep = CLI_DEFAULT_ENDPOINT, *vec = NULL, *text = NULL;
@@ -293,6 +414,7 @@ static int cmd_query(int argc, char **argv)
         case 'x': text = optarg; break;
         case 'm': q.min_version = cli_uint("--min-version", optarg, UINT64_MAX); break;
         case 'g': q.max_lag_ms = cli_uint("--max-lag-ms", optarg, UINT64_MAX); break;
+        case 'W': q.wait_ms = (uint32_t)cli_uint("--wait-ms", optarg, 60000); break;
         case 'T': timeout = (int)cli_uint("--timeout-ms", optarg, 86400000); break;
         default: die_usage("bad option for query%s", "");
         }
@@ -369,13 +491,15 @@ static int cmd_delete(int argc, char **argv)
 {
     static const struct option opts[] = {{"to", required_argument, 0, 't'},
                                          {"json", no_argument, 0, 'j'},
+                                         {"mode", required_argument, 0, 'm'},
                                          {"timeout-ms", required_argument, 0, 'T'},
                                          {0, 0, 0, 0}};
     const char *ep = CLI_DEFAULT_ENDPOINT;
-    int timeout = CLI_DEFAULT_TIMEOUT_MS, c;
+    int timeout = CLI_DEFAULT_TIMEOUT_MS, c, mode = 0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 't': ep = optarg; break;
+        case 'm': mode = cli_mode(optarg); break;
         case 'j': break; /* the summary line is always JSON */
         case 'T': timeout = (int)cli_uint("--timeout-ms", optarg, 86400000); break;
         default: die_usage("bad option for delete%s", "");
@@ -390,23 +514,32 @@ static int cmd_delete(int argc, char **argv)
     Kbsync__DeleteRequest d = KBSYNC__DELETE_REQUEST__INIT;
     d.n_ids = n;
     d.ids = argv + optind;
+    d.mode = cli_wire_mode(mode);
     req.body_case = KBSYNC__REQUEST__BODY_DELETE;
     req.delete_ = &d;
     char err[512];
     Kbsync__Response *r;
     int rc = qry_client_call(cl, &req, timeout, &r, err, sizeof err);
     double secs = (double)(kb_mono_us() - t0) / 1e6;
-    if (rc || r->error || !r->write) {
+    if (rc || !r->write) {
         fprintf(stderr, "kbsync: delete failed: %s\n",
                 rc ? err : r->error ? r->error->message : "no write result");
-        cli_print_write_summary(0, n, 0, secs, 0);
+        cli_print_write_summary(0, n, 0, secs, 0, 0);
         return 1;
     }
+    if (r->error) /* `all` timed out: committed on the leader only */
+        fprintf(stderr, "kbsync: delete: %s\n", r->error->message);
     if (r->write->missing)
         fprintf(stderr, "kbsync: %u of %zu ids were not present\n",
                 r->write->missing, n);
     cli_print_write_summary(r->write->written, 0, r->write->version, secs,
-                            r->write->missing);
+                            r->write->missing,
+                            r->error ? r->write->written : 0);
+    if (r->error) {
+        kbsync__response__free_unpacked(r, NULL);
+        qry_client_close(&cl);
+        return 1;
+    }
     kbsync__response__free_unpacked(r, NULL);
     qry_client_close(&cl);
     return 0;
@@ -425,6 +558,8 @@ int main(int argc, char **argv)
     argv++;
     if (!strcmp(cmd, "leader"))
         return cmd_leader(argc, argv);
+    if (!strcmp(cmd, "replica"))
+        return cmd_replica(argc, argv);
     if (!strcmp(cmd, "ingest"))
         return cli_ingest_main(argc, argv);
     if (!strcmp(cmd, "query"))

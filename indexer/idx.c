@@ -416,7 +416,8 @@ static void idx_doc_from_op(idx_t *ix, const idx_op_t *o, Kbsync__Doc *d,
 }
 
 int idx_write(idx_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
-              uint64_t *lsns, char *err, size_t errlen)
+              uint64_t *lsns, idx_log_cb precommit, void *ctx, char *err,
+              size_t errlen)
 {
     if (n == 0)
         return 0;
@@ -430,6 +431,7 @@ int idx_write(idx_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
         return rc;
     uint64_t lsn;
     idx_store_state(ix->store, &lsn, NULL);
+    const uint64_t first = lsn + 1;
     for (size_t i = 0; i < n && !rc; i++) {
         const idx_op_t *o = &ops[i];
         int64_t old = -1;
@@ -452,6 +454,11 @@ int idx_write(idx_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
                 lsns[i] = 0;
             }
         }
+    }
+    if (!rc && precommit && lsn >= first) {
+        rc = idx_store_txn_log(t, first, precommit, ctx, err, errlen);
+        if (!rc)
+            rc = precommit(ctx, 0, NULL, 0);
     }
     if (rc) {
         idx_store_abort(&t);
@@ -660,6 +667,28 @@ void idx_stats(idx_t *ix, idx_stats_t *st)
     st->index = ix->meta->index;
     st->node_id = ix->meta->node_id;
     st->rebuild_s = ix->rebuild_s;
+}
+
+const void *idx_meta(const idx_t *ix)
+{
+    return ix->meta;
+}
+
+static int commit_time_visit(void *ctx, uint64_t lsn, const void *b, size_t n)
+{
+    (void)lsn;
+    Kbsync__LogRecord *r = kbsync__log_record__unpack(NULL, n, b);
+    *(uint64_t *)ctx = r ? r->commit_time_us : 0;
+    if (r)
+        kbsync__log_record__free_unpacked(r, NULL);
+    return 1;
+}
+
+uint64_t idx_commit_time(idx_t *ix, uint64_t lsn)
+{
+    uint64_t t = 0;
+    idx_store_scan_log(ix->store, lsn, 1, commit_time_visit, &t, NULL, 0);
+    return t;
 }
 
 int idx_read_log(idx_t *ix, uint64_t from, size_t max, idx_log_cb cb,

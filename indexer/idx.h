@@ -52,14 +52,26 @@ typedef struct idx_op {
 int idx_validate(const idx_t *ix, const idx_op_t *ops, size_t n, char *err,
                  size_t errlen);
 
+/* Receives log records in LSN order: bytes is a serialized LogRecord,
+ * borrowed for the call. A non-zero return stops the walk and is returned. */
+typedef int (*idx_log_cb)(void *ctx, uint64_t lsn, const void *bytes,
+                          size_t len);
+
 /* Leader path. Commits n validated ops in ONE durable transaction under
  * consecutive LSNs after the current version, then updates the vector index.
  * lsns (n entries, caller-allocated) receives each op's LSN, or 0 for a
  * delete of an id that is not present (such a delete takes no LSN).
  * commit_us is the commit time recorded with each log record (0 = now).
+ * precommit (may be NULL) is called with each new log record after all of
+ * them are in the transaction and BEFORE the commit, then once more with
+ * bytes == NULL; it lets the leader ship records to replicas while its own
+ * fsync is in flight. If precommit fails, nothing is committed. If the
+ * commit itself then fails, records already shipped exist elsewhere but not
+ * here: the caller must not reuse their LSNs (the leader stops).
  * On failure nothing is committed. */
 int idx_write(idx_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
-              uint64_t *lsns, char *err, size_t errlen);
+              uint64_t *lsns, idx_log_cb precommit, void *ctx, char *err,
+              size_t errlen);
 
 /* Replica path. Applies serialized LogRecords (as read from a leader's log)
  * in one durable transaction. Their LSNs must continue the current version
@@ -104,11 +116,17 @@ typedef struct idx_stats {
 
 void idx_stats(idx_t *ix, idx_stats_t *st);
 
+/* The stored settings (dim, metric, index, node id, embedder); borrowed,
+ * valid until idx_close. The pointer is a Kbsync__KbMeta. */
+const void *idx_meta(const idx_t *ix);
+
+/* Commit time (leader clock, us) of the log record with that LSN, or 0 when
+ * there is none. */
+uint64_t idx_commit_time(idx_t *ix, uint64_t lsn);
+
 /* Calls cb for each stored log record with LSN >= from (at most max), in
  * order; bytes are a serialized LogRecord, borrowed for the call. A non-zero
  * return from cb stops the scan and is returned. */
-typedef int (*idx_log_cb)(void *ctx, uint64_t lsn, const void *bytes,
-                          size_t len);
 int idx_read_log(idx_t *ix, uint64_t from, size_t max, idx_log_cb cb,
                  void *ctx, char *err, size_t errlen);
 

@@ -449,20 +449,15 @@ int idx_store_scan_docs(idx_store_t *s, idx_store_doc_cb cb, void *ctx,
     return out;
 }
 
-int idx_store_scan_log(idx_store_t *s, uint64_t from, size_t max,
-                       idx_store_log_cb cb, void *ctx, char *err,
-                       size_t errlen)
+/* Walks `log` from LSN `from` in transaction txn. */
+static int store_walk_log(MDB_txn *txn, MDB_dbi dbi, uint64_t from, size_t max,
+                          idx_store_log_cb cb, void *ctx, char *err,
+                          size_t errlen)
 {
-    MDB_txn *txn;
     MDB_cursor *cur;
-    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    int rc = mdb_cursor_open(txn, dbi, &cur);
     if (rc)
         return store_fail(err, errlen, rc, "scan log");
-    rc = mdb_cursor_open(txn, s->log, &cur);
-    if (rc) {
-        mdb_txn_abort(txn);
-        return store_fail(err, errlen, rc, "scan log");
-    }
     uint64_t key = from;
     MDB_val k = u64_val(&key), v;
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
@@ -481,6 +476,25 @@ int idx_store_scan_log(idx_store_t *s, uint64_t from, size_t max,
     if (!out && rc && rc != MDB_NOTFOUND)
         out = store_fail(err, errlen, rc, "scan log");
     mdb_cursor_close(cur);
-    mdb_txn_abort(txn);
     return out;
+}
+
+int idx_store_scan_log(idx_store_t *s, uint64_t from, size_t max,
+                       idx_store_log_cb cb, void *ctx, char *err,
+                       size_t errlen)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc)
+        return store_fail(err, errlen, rc, "scan log");
+    rc = store_walk_log(txn, s->log, from, max, cb, ctx, err, errlen);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+int idx_store_txn_log(idx_wtxn_t *t, uint64_t from, idx_store_log_cb cb,
+                      void *ctx, char *err, size_t errlen)
+{
+    return store_walk_log(t->txn, t->s->log, from, SIZE_MAX, cb, ctx, err,
+                          errlen);
 }

@@ -22,6 +22,8 @@
 typedef struct idx_store idx_store_t;
 typedef struct idx_wtxn idx_wtxn_t;
 typedef struct idx_rtxn idx_rtxn_t;
+typedef int (*idx_store_log_cb)(void *ctx, uint64_t lsn, const void *bytes,
+                                size_t len);
 
 /* Opens (creating DIR and the databases if needed) the store in DIR.
  * map_size is the most bytes the store may grow to (0 = 64 GiB).
@@ -61,6 +63,10 @@ int idx_store_delete(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
 /* Looks up the live label of an id inside the write transaction. */
 int idx_store_wlabel(idx_wtxn_t *t, const char *id, size_t id_len,
                      int64_t *label);
+/* Calls cb for each log record with LSN >= from written in this open
+ * transaction (they are readable before the commit). */
+int idx_store_txn_log(idx_wtxn_t *t, uint64_t from, idx_store_log_cb cb,
+                      void *ctx, char *err, size_t errlen);
 int idx_store_commit(idx_wtxn_t **t, char *err, size_t errlen);
 void idx_store_abort(idx_wtxn_t **t);
 

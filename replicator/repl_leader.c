@@ -1,44 +1,325 @@
-/* repl_leader: group commit on the leader (see repl_leader.h).
+/* repl_leader: group commit, log streaming and write acknowledgement on the
+ * leader (see repl_leader.h).
  *
  * GROUP COMMIT
  * The node loop hands over every write request it finds waiting on the
- * socket; each is validated on arrival (a bad one is refused alone) and
- * queued. repl_leader_flush() then writes all queued requests in one LMDB
+ * client socket; each is validated on arrival (a bad one is refused alone)
+ * and queued. repl_leader_flush() writes all queued requests in one LMDB
  * transaction, so one fsync covers many clients' writes, and LSNs follow
  * arrival order. Each request is still all-or-nothing: validation happened
- * before the transaction, and a transaction failure fails every request in
- * it. Only after the commit returns are clients answered; the answer's
- * `version` is the LSN of the request's last write, usable as a
- * read-your-writes token. */
+ * before the transaction, and a failed transaction fails every request in
+ * it. The answer's `version` is the LSN of the request's last write.
+ *
+ * STREAMING
+ * A replica connects a DEALER whose routing id is its replica id and sends
+ * ReplHello{applied_lsn, applied_commit_us}. The leader checks that record
+ * against its own log (same LSN, same commit time) and answers ReplWelcome,
+ * or ReplWelcome{diverged} when the replica holds a write the leader does
+ * not. Then it sends ReplRecords — consecutive serialized LogRecords, as
+ * stored — from applied_lsn + 1 on, never more than REPL_WINDOW records
+ * beyond what the replica acknowledged. The replica applies each batch
+ * durably (LMDB commit, then FAISS) and answers ReplAck{applied_lsn}.
+ * Records of a new group commit go to every replica that is caught up
+ * BEFORE the leader's own commit, so the replicas' fsyncs run while the
+ * leader's does; lagging replicas are fed from the committed log. If the
+ * leader's commit fails after records were shipped, it stops (abort): it
+ * must not give those LSNs to other writes. On restart, a replica holding
+ * such a record is told it diverged.
+ *
+ * SYNCHRONOUS REPLICATION (`all`)
+ * Before the commit: if a replica named in --replicas is not connected
+ * (no Hello, or silent for REPL_DEAD_MS), an `all` request is refused at
+ * once with KB_ENOREPLICA and nothing of it is written. After the commit,
+ * the answer waits until every named replica acknowledged an LSN >= the
+ * request's last LSN. If that does not happen within --write-timeout-ms,
+ * the client gets KB_ETIMEOUT saying the write IS committed on the leader,
+ * at which version, and which named replicas have not applied it (they get
+ * it when they are back). `async` requests are answered right after the
+ * leader's commit.
+ *
+ * HEARTBEATS
+ * Every REPL_BEAT_MS each replica gets ReplBeat{head_lsn, head_commit_us,
+ * leader_now_us, next_lsn, next_commit_us}: the newest write, the leader's
+ * clock, and the commit time of the oldest write that replica has not
+ * acknowledged. Replicas ack at the same rate; that is how both sides tell
+ * a live peer from a dead one. */
 #include "repl_leader.h"
 
 #include "kb_err.h"
 #include "kb_util.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zmq.h>
+
+#define REPL_BEAT_MS 100
+#define REPL_DEAD_MS 1000
+#define REPL_MAX_PEERS 64
+#define REPL_BATCH_RECORDS 2048
+#define REPL_BATCH_BYTES (4u << 20)
+#define REPL_WINDOW 65536 /* records sent but not acknowledged, per replica */
+
+typedef struct peer {
+    char id[64];
+    int named;    /* listed in --replicas */
+    int online;   /* said Hello and heard from within REPL_DEAD_MS */
+    uint64_t acked;        /* LSN the replica applied (durable, searchable) */
+    uint64_t sent;         /* newest LSN sent to it */
+    uint64_t heard_us;     /* monotonic time of its last message */
+    uint64_t beat_us;      /* monotonic time of our last beat to it */
+} peer_t;
 
 typedef struct pending {
     kb_peer_t peer;
     Kbsync__Request *req;
     size_t first_op, nops;
+    repl_mode_t mode;
+    int dropped;
 } pending_t;
+
+typedef struct parked { /* an `all` answer waiting for acks */
+    kb_peer_t peer;
+    uint64_t rid, lsn, deadline_us;
+    uint32_t written, missing;
+} parked_t;
+
+/* A batch of serialized log records to send (copied: the bytes they come
+ * from live only as long as an LMDB transaction). */
+typedef struct shipment {
+    ProtobufCBinaryData *rec;
+    size_t n, cap;
+    uint64_t first, last;
+    size_t bytes;
+} shipment_t;
 
 struct repl_leader {
     idx_t *ix;
+    void *sock; /* replication ROUTER, or NULL */
+    repl_leader_config_t cfg;
+    char client_ep[256];
+    peer_t peer[REPL_MAX_PEERS];
+    size_t npeers;
     pending_t *q;
     size_t qn, qcap;
     idx_op_t *ops;
     uint64_t *lsns;
     size_t nops, opcap;
+    parked_t *park;
+    size_t nparked, parkcap;
+    shipment_t ship;
+    int shipped; /* the current group commit sent records before commit */
+    Kbsync__ReplicaState rs[REPL_MAX_PEERS];
+    Kbsync__ReplicaState *rsp[REPL_MAX_PEERS];
 };
 
-int repl_leader_new(idx_t *ix, repl_leader_t **out)
+/* ------------------------------------------------------------- helpers */
+
+static peer_t *peer_find(repl_leader_t *l, const char *id, size_t len, int add)
 {
+    for (size_t i = 0; i < l->npeers; i++)
+        if (strlen(l->peer[i].id) == len && !memcmp(l->peer[i].id, id, len))
+            return &l->peer[i];
+    if (!add || l->npeers == REPL_MAX_PEERS || len == 0 ||
+        len >= sizeof l->peer[0].id)
+        return NULL;
+    peer_t *p = &l->peer[l->npeers++];
+    memset(p, 0, sizeof *p);
+    memcpy(p->id, id, len);
+    return p;
+}
+
+static void ship_reset(shipment_t *s)
+{
+    for (size_t i = 0; i < s->n; i++)
+        free(s->rec[i].data);
+    s->n = 0;
+    s->bytes = 0;
+    s->first = s->last = 0;
+}
+
+static int ship_add(shipment_t *s, uint64_t lsn, const void *b, size_t len)
+{
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 256;
+        ProtobufCBinaryData *r = realloc(s->rec, cap * sizeof *r);
+        if (!r)
+            return KB_ENOMEM;
+        s->rec = r;
+        s->cap = cap;
+    }
+    void *copy = malloc(len ? len : 1);
+    if (!copy)
+        return KB_ENOMEM;
+    memcpy(copy, b, len);
+    s->rec[s->n].data = copy;
+    s->rec[s->n].len = len;
+    if (s->n++ == 0)
+        s->first = lsn;
+    s->last = lsn;
+    s->bytes += len;
+    return 0;
+}
+
+static void fill_beat(repl_leader_t *l, const peer_t *p, Kbsync__ReplBeat *b)
+{
+    idx_stats_t st;
+    idx_stats(l->ix, &st);
+    kbsync__repl_beat__init(b);
+    b->head_lsn = st.version;
+    b->head_commit_us = st.commit_us;
+    b->leader_now_us = kb_wall_us();
+    b->client_endpoint = l->client_ep;
+    if (p->acked < st.version) {
+        b->next_lsn = p->acked + 1;
+        b->next_commit_us = idx_commit_time(l->ix, p->acked + 1);
+    }
+}
+
+static void free_packed(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* Sends a packed ReplMessage (buf, len; ownership taken) to replica p.
+ * Returns 0, -EAGAIN (its queue is full: try later) or -EHOSTUNREACH. */
+static int send_to_peer(repl_leader_t *l, peer_t *p, const void *buf,
+                        size_t len)
+{
+    if (zmq_send(l->sock, p->id, strlen(p->id), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        return errno == EAGAIN ? -EAGAIN : -EHOSTUNREACH;
+    void *copy = malloc(len ? len : 1);
+    if (!copy)
+        return KB_ENOMEM;
+    memcpy(copy, buf, len);
+    zmq_msg_t m;
+    zmq_msg_init_data(&m, copy, len, free_packed, NULL);
+    if (zmq_msg_send(&m, l->sock, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&m);
+        return -EHOSTUNREACH; /* the routing frame went: the peer is gone */
+    }
+    return 0;
+}
+
+static void peer_lost(peer_t *p, const char *why)
+{
+    if (p->online)
+        kb_warn("replica %s: %s; marked disconnected (applied LSN %llu)",
+                p->id, why, (unsigned long long)p->acked);
+    p->online = 0;
+}
+
+static int send_msg(repl_leader_t *l, peer_t *p, Kbsync__ReplMessage *m)
+{
+    m->protocol_version = KB_PROTOCOL_VERSION;
+    size_t len = kbsync__repl_message__get_packed_size(m);
+    void *buf = malloc(len ? len : 1);
+    if (!buf)
+        return KB_ENOMEM;
+    kbsync__repl_message__pack(m, buf);
+    int rc = send_to_peer(l, p, buf, len);
+    free(buf);
+    if (rc == -EHOSTUNREACH)
+        peer_lost(p, "connection gone");
+    return rc;
+}
+
+/* Sends the shipment to every peer in targets (NULL = p only). */
+static int ship_send(repl_leader_t *l, peer_t **targets, size_t nt)
+{
+    shipment_t *s = &l->ship;
+    if (s->n == 0)
+        return 0;
+    Kbsync__ReplRecords rr = KBSYNC__REPL_RECORDS__INIT;
+    rr.records = s->rec;
+    rr.n_records = s->n;
+    Kbsync__ReplBeat beat;
+    Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
+    m.protocol_version = KB_PROTOCOL_VERSION;
+    m.body_case = KBSYNC__REPL_MESSAGE__BODY_RECORDS;
+    m.records = &rr;
+    int sent_any = 0;
+    for (size_t i = 0; i < nt; i++) {
+        peer_t *p = targets[i];
+        fill_beat(l, p, &beat);
+        /* The head in a pre-commit shipment is not committed yet: announce
+         * what will be the head once it is, so lag_ops is not understated. */
+        if (beat.head_lsn < s->last)
+            beat.head_lsn = s->last;
+        rr.beat = &beat;
+        size_t len = kbsync__repl_message__get_packed_size(&m);
+        void *buf = malloc(len);
+        if (!buf)
+            continue;
+        kbsync__repl_message__pack(&m, buf);
+        int rc = send_to_peer(l, p, buf, len);
+        free(buf);
+        if (rc == 0) {
+            p->sent = s->last;
+            p->beat_us = kb_mono_us();
+            sent_any = 1;
+        } else if (rc == -EHOSTUNREACH) {
+            peer_lost(p, "connection gone");
+        }
+    }
+    ship_reset(s);
+    return sent_any;
+}
+
+/* ---------------------------------------------------------- lifecycle */
+
+int repl_leader_new(idx_t *ix, void *zctx, const repl_leader_config_t *cfg,
+                    repl_leader_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
     repl_leader_t *l = calloc(1, sizeof *l);
     if (!l)
-        return KB_ENOMEM;
+        return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     l->ix = ix;
+    l->cfg = *cfg;
+    if (!l->cfg.default_mode)
+        l->cfg.default_mode = REPL_ASYNC;
+    if (l->cfg.write_timeout_ms <= 0)
+        l->cfg.write_timeout_ms = 5000;
+    snprintf(l->client_ep, sizeof l->client_ep, "%s",
+             cfg->client_endpoint ? cfg->client_endpoint : "");
+    if (cfg->replicas && *cfg->replicas) {
+        const char *s = cfg->replicas;
+        while (*s) {
+            size_t n = strcspn(s, ",");
+            peer_t *p = n ? peer_find(l, s, n, 1) : NULL;
+            if (n && !p) {
+                free(l);
+                return kb_seterr(err, errlen, KB_EINVAL,
+                                 "--replicas: bad or too many replica ids in "
+                                 "\"%s\"", cfg->replicas);
+            }
+            if (p)
+                p->named = 1;
+            s += n;
+            if (*s == ',')
+                s++;
+        }
+    }
+    if (cfg->repl_listen) {
+        int rc = kb_wire_socket(zctx, ZMQ_ROUTER, cfg->repl_listen, 1, &l->sock,
+                                err, errlen);
+        if (rc) {
+            free(l);
+            return rc;
+        }
+        int one = 1, hwm = 100000;
+        zmq_setsockopt(l->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+        zmq_setsockopt(l->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
+        char ep[256];
+        size_t eplen = sizeof ep;
+        zmq_getsockopt(l->sock, ZMQ_LAST_ENDPOINT, ep, &eplen);
+        kb_info("replication on %s; replicas for `all`: %s; default mode %s",
+                ep, cfg->replicas && *cfg->replicas ? cfg->replicas : "(none)",
+                l->cfg.default_mode == REPL_ALL ? "all" : "async");
+    }
     *out = l;
     return 0;
 }
@@ -57,17 +338,29 @@ void repl_leader_free(repl_leader_t **lp)
         return;
     repl_leader_t *l = *lp;
     leader_clear(l);
+    ship_reset(&l->ship);
+    free(l->ship.rec);
+    if (l->sock)
+        zmq_close(l->sock);
     free(l->q);
     free(l->ops);
     free(l->lsns);
+    free(l->park);
     free(l);
     *lp = NULL;
+}
+
+void *repl_leader_socket(repl_leader_t *l)
+{
+    return l->sock;
 }
 
 size_t repl_leader_queued(const repl_leader_t *l)
 {
     return l->nops;
 }
+
+/* ------------------------------------------------------- client writes */
 
 static int leader_reserve(repl_leader_t *l, size_t more_ops)
 {
@@ -96,27 +389,13 @@ static int leader_reserve(repl_leader_t *l, size_t more_ops)
     return 0;
 }
 
-void repl_leader_submit(repl_leader_t *l, void *router, const kb_peer_t *peer,
-                        Kbsync__Request *req)
+/* Fills ops[0..n) from an upsert or delete request. */
+static size_t ops_from_request(const Kbsync__Request *req, idx_op_t *ops)
 {
-    char err[512];
     size_t n = req->body_case == KBSYNC__REQUEST__BODY_UPSERT
                    ? req->upsert->n_docs
                    : req->delete_->n_ids;
-    if (n == 0) {
-        kb_wire_send_error(router, peer, req->request_id, KB_EINVAL,
-                           "write request with no documents or ids");
-        kbsync__request__free_unpacked(req, NULL);
-        return;
-    }
-    if (leader_reserve(l, n)) {
-        kb_wire_send_error(router, peer, req->request_id, KB_ENOMEM,
-                           "out of memory");
-        kbsync__request__free_unpacked(req, NULL);
-        return;
-    }
-    idx_op_t *ops = l->ops + l->nops;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; ops && i < n; i++) {
         memset(&ops[i], 0, sizeof ops[i]);
         if (req->body_case == KBSYNC__REQUEST__BODY_UPSERT) {
             const Kbsync__Doc *d = req->upsert->docs[i];
@@ -131,7 +410,45 @@ void repl_leader_submit(repl_leader_t *l, void *router, const kb_peer_t *peer,
             ops[i].id = req->delete_->ids[i];
         }
     }
-    int rc = idx_validate(l->ix, ops, n, err, sizeof err);
+    return n;
+}
+
+static repl_mode_t request_mode(const repl_leader_t *l,
+                                const Kbsync__Request *req)
+{
+    Kbsync__WriteMode m = req->body_case == KBSYNC__REQUEST__BODY_UPSERT
+                              ? req->upsert->mode
+                              : req->delete_->mode;
+    if (m == KBSYNC__WRITE_MODE__WRITE_MODE_ALL)
+        return REPL_ALL;
+    if (m == KBSYNC__WRITE_MODE__WRITE_MODE_ASYNC)
+        return REPL_ASYNC;
+    return l->cfg.default_mode;
+}
+
+void repl_leader_submit(repl_leader_t *l, void *router, const kb_peer_t *peer,
+                        Kbsync__Request *req)
+{
+    char err[512];
+    size_t n = ops_from_request(req, NULL);
+    int rc = 0;
+    Kbsync__WriteMode wm = req->body_case == KBSYNC__REQUEST__BODY_UPSERT
+                               ? req->upsert->mode
+                               : req->delete_->mode;
+    if (n == 0)
+        rc = kb_seterr(err, sizeof err, KB_EINVAL,
+                       "write request with no documents or ids");
+    else if (wm != KBSYNC__WRITE_MODE__WRITE_MODE_DEFAULT &&
+             wm != KBSYNC__WRITE_MODE__WRITE_MODE_ASYNC &&
+             wm != KBSYNC__WRITE_MODE__WRITE_MODE_ALL)
+        rc = kb_seterr(err, sizeof err, KB_EINVAL, "unknown write mode %d",
+                       (int)wm);
+    else if (leader_reserve(l, n))
+        rc = kb_seterr(err, sizeof err, KB_ENOMEM, "out of memory");
+    if (!rc) {
+        ops_from_request(req, l->ops + l->nops);
+        rc = idx_validate(l->ix, l->ops + l->nops, n, err, sizeof err);
+    }
     if (rc) {
         kb_wire_send_error(router, peer, req->request_id, rc, err);
         kbsync__request__free_unpacked(req, NULL);
@@ -142,44 +459,428 @@ void repl_leader_submit(repl_leader_t *l, void *router, const kb_peer_t *peer,
     p->req = req;
     p->first_op = l->nops;
     p->nops = n;
+    p->mode = request_mode(l, req);
+    p->dropped = 0;
     l->nops += n;
 }
+
+/* Precommit hook: collect the new records; at the end (bytes == NULL) send
+ * them to every replica that is exactly caught up. */
+static int leader_precommit(void *ctx, uint64_t lsn, const void *bytes,
+                            size_t len)
+{
+    repl_leader_t *l = ctx;
+    if (!l->sock)
+        return 0;
+    if (bytes) {
+        int rc = ship_add(&l->ship, lsn, bytes, len);
+        if (rc)
+            return rc;
+        if (l->ship.n < REPL_BATCH_RECORDS && l->ship.bytes < REPL_BATCH_BYTES)
+            return 0;
+    }
+    if (l->ship.n == 0)
+        return 0;
+    peer_t *t[REPL_MAX_PEERS];
+    size_t nt = 0;
+    for (size_t i = 0; i < l->npeers; i++)
+        if (l->peer[i].online && l->peer[i].sent == l->ship.first - 1 &&
+            l->peer[i].sent - l->peer[i].acked < REPL_WINDOW)
+            t[nt++] = &l->peer[i];
+    if (ship_send(l, t, nt))
+        l->shipped = 1;
+    ship_reset(&l->ship);
+    return 0;
+}
+
+static int all_named_acked(const repl_leader_t *l, uint64_t lsn, char *missing,
+                           size_t cap, int *have, int *want)
+{
+    *have = *want = 0;
+    size_t used = 0;
+    if (missing && cap)
+        missing[0] = 0;
+    for (size_t i = 0; i < l->npeers; i++) {
+        if (!l->peer[i].named)
+            continue;
+        (*want)++;
+        if (l->peer[i].acked >= lsn)
+            (*have)++;
+        else if (missing && used < cap)
+            used += (size_t)snprintf(missing + used, cap - used, "%s%s",
+                                     used ? ", " : "", l->peer[i].id);
+    }
+    return *have == *want;
+}
+
+static void answer_write(void *router, const kb_peer_t *peer, uint64_t rid,
+                         uint64_t version, uint32_t written, uint32_t missing)
+{
+    Kbsync__WriteResult w = KBSYNC__WRITE_RESULT__INIT;
+    w.version = version;
+    w.written = written;
+    w.missing = missing;
+    Kbsync__Response r = KBSYNC__RESPONSE__INIT;
+    r.request_id = rid;
+    r.body_case = KBSYNC__RESPONSE__BODY_WRITE;
+    r.write = &w;
+    kb_wire_send_response(router, peer, &r);
+}
+
+static void stream_all(repl_leader_t *l);
 
 void repl_leader_flush(repl_leader_t *l, void *router)
 {
     if (l->qn == 0)
         return;
     char err[512];
-    int rc = idx_write(l->ix, l->ops, l->nops, 0, l->lsns, err, sizeof err);
-    if (rc)
+    /* `all` needs every named replica connected, checked before writing. */
+    const char *absent = NULL;
+    for (size_t i = 0; i < l->npeers && !absent; i++)
+        if (l->peer[i].named && !l->peer[i].online)
+            absent = l->peer[i].id;
+    size_t nops = 0;
+    for (size_t i = 0; i < l->qn; i++) {
+        pending_t *p = &l->q[i];
+        if (p->mode == REPL_ALL && absent) {
+            snprintf(err, sizeof err,
+                     "replica %s (named in --replicas) is not connected: "
+                     "`all` write refused, nothing was written",
+                     absent);
+            kb_wire_send_error(router, &p->peer, p->req->request_id,
+                               KB_ENOREPLICA, err);
+            p->dropped = 1;
+            continue;
+        }
+        /* compact the accepted requests' ops to the front */
+        if (p->first_op != nops)
+            memmove(l->ops + nops, l->ops + p->first_op,
+                    p->nops * sizeof *l->ops);
+        p->first_op = nops;
+        nops += p->nops;
+    }
+    l->nops = nops;
+    l->shipped = 0;
+    int rc = nops ? idx_write(l->ix, l->ops, l->nops, 0, l->lsns,
+                              leader_precommit, l, err, sizeof err)
+                  : 0;
+    if (rc) {
+        if (l->shipped) {
+            kb_error("commit failed after its records were sent to replicas "
+                     "(%s); stopping so that their LSNs are never reused",
+                     err);
+            abort();
+        }
         kb_warn("group commit of %zu requests (%zu ops) failed: %s", l->qn,
                 l->nops, err);
+    }
     idx_stats_t st;
     idx_stats(l->ix, &st);
     for (size_t i = 0; i < l->qn; i++) {
         pending_t *p = &l->q[i];
+        if (p->dropped)
+            continue;
         if (rc) {
             kb_wire_send_error(router, &p->peer, p->req->request_id, rc, err);
             continue;
         }
-        Kbsync__WriteResult w = KBSYNC__WRITE_RESULT__INIT;
-        w.version = st.version;
+        uint64_t version = 0;
+        uint32_t written = 0, missing = 0;
         for (size_t j = 0; j < p->nops; j++) {
             uint64_t lsn = l->lsns[p->first_op + j];
             if (lsn) {
-                w.written++;
-                w.version = lsn; /* ascending: ends at the request's last */
+                written++;
+                version = lsn; /* ascending: ends at the request's last */
             } else {
-                w.missing++;
+                missing++;
             }
         }
-        if (w.written == 0) /* only missing deletes: nothing newer to see */
-            w.version = st.version;
-        Kbsync__Response r = KBSYNC__RESPONSE__INIT;
-        r.request_id = p->req->request_id;
-        r.body_case = KBSYNC__RESPONSE__BODY_WRITE;
-        r.write = &w;
-        kb_wire_send_response(router, &p->peer, &r);
+        int have, want;
+        if (written == 0 || p->mode == REPL_ASYNC ||
+            all_named_acked(l, version, NULL, 0, &have, &want)) {
+            answer_write(router, &p->peer, p->req->request_id,
+                         written ? version : st.version, written, missing);
+            continue;
+        }
+        if (l->nparked == l->parkcap) {
+            size_t cap = l->parkcap ? l->parkcap * 2 : 64;
+            parked_t *np = realloc(l->park, cap * sizeof *np);
+            if (!np) {
+                kb_wire_send_error(router, &p->peer, p->req->request_id,
+                                   KB_ENOMEM, "out of memory");
+                continue;
+            }
+            l->park = np;
+            l->parkcap = cap;
+        }
+        parked_t *k = &l->park[l->nparked++];
+        k->peer = p->peer;
+        k->rid = p->req->request_id;
+        k->lsn = version;
+        k->written = written;
+        k->missing = missing;
+        k->deadline_us = kb_mono_us() + (uint64_t)l->cfg.write_timeout_ms * 1000u;
     }
     leader_clear(l);
+    if (l->sock)
+        stream_all(l);
+}
+
+/* Answers parked `all` writes that are now acknowledged, or timed out. */
+static void release_parked(repl_leader_t *l, void *router)
+{
+    uint64_t now = kb_mono_us();
+    size_t keep = 0;
+    for (size_t i = 0; i < l->nparked; i++) {
+        parked_t *k = &l->park[i];
+        char missing[512], err[768];
+        int have, want;
+        if (all_named_acked(l, k->lsn, missing, sizeof missing, &have, &want)) {
+            answer_write(router, &k->peer, k->rid, k->lsn, k->written,
+                         k->missing);
+        } else if (now >= k->deadline_us) {
+            snprintf(err, sizeof err,
+                     "write IS committed on the leader at version %llu, but "
+                     "only %d of %d named replicas applied it within %d ms "
+                     "(not yet: %s); it will reach them when they are back",
+                     (unsigned long long)k->lsn, have, want,
+                     l->cfg.write_timeout_ms, missing);
+            /* The error says the write is NOT fully acknowledged; the
+             * WriteResult beside it says what is committed on the leader. */
+            Kbsync__Error e = KBSYNC__ERROR__INIT;
+            e.code = KB_ETIMEOUT;
+            e.message = err;
+            Kbsync__WriteResult w = KBSYNC__WRITE_RESULT__INIT;
+            w.version = k->lsn;
+            w.written = k->written;
+            w.missing = k->missing;
+            Kbsync__Response r = KBSYNC__RESPONSE__INIT;
+            r.request_id = k->rid;
+            r.error = &e;
+            r.body_case = KBSYNC__RESPONSE__BODY_WRITE;
+            r.write = &w;
+            kb_wire_send_response(router, &k->peer, &r);
+        } else {
+            l->park[keep++] = *k;
+        }
+    }
+    l->nparked = keep;
+}
+
+/* --------------------------------------------------------- replication */
+
+static int catchup_visit(void *ctx, uint64_t lsn, const void *b, size_t len)
+{
+    shipment_t *s = ctx;
+    int rc = ship_add(s, lsn, b, len);
+    if (rc)
+        return rc;
+    return s->bytes >= REPL_BATCH_BYTES ? 1 : 0; /* 1 = batch full: stop */
+}
+
+/* Feeds one replica from the committed log until it is caught up, its
+ * window is full, or its queue is. */
+static void stream_peer(repl_leader_t *l, peer_t *p, uint64_t head)
+{
+    char err[256];
+    while (p->online && p->sent < head && p->sent - p->acked < REPL_WINDOW) {
+        size_t max = REPL_BATCH_RECORDS;
+        if (REPL_WINDOW - (p->sent - p->acked) < max)
+            max = REPL_WINDOW - (p->sent - p->acked);
+        int rc = idx_read_log(l->ix, p->sent + 1, max, catchup_visit, &l->ship,
+                              err, sizeof err);
+        if (rc < 0) {
+            kb_error("replica %s: cannot read the log from LSN %llu: %s", p->id,
+                     (unsigned long long)p->sent + 1, err);
+            ship_reset(&l->ship);
+            return;
+        }
+        if (l->ship.n == 0)
+            return;
+        if (l->ship.first != p->sent + 1) {
+            kb_error("replica %s: log record %llu is missing (next is %llu)",
+                     p->id, (unsigned long long)p->sent + 1,
+                     (unsigned long long)l->ship.first);
+            ship_reset(&l->ship);
+            peer_lost(p, "needed log record is gone");
+            return;
+        }
+        peer_t *t[1] = {p};
+        uint64_t before = p->sent;
+        ship_send(l, t, 1);
+        if (p->sent == before)
+            return; /* queue full: the next tick retries */
+    }
+}
+
+static void stream_all(repl_leader_t *l)
+{
+    idx_stats_t st;
+    idx_stats(l->ix, &st);
+    for (size_t i = 0; i < l->npeers; i++)
+        stream_peer(l, &l->peer[i], st.version);
+}
+
+static void on_hello(repl_leader_t *l, peer_t *p, const Kbsync__ReplHello *h)
+{
+    idx_stats_t st;
+    idx_stats(l->ix, &st);
+    Kbsync__ReplWelcome w = KBSYNC__REPL_WELCOME__INIT;
+    w.meta = (Kbsync__KbMeta *)idx_meta(l->ix);
+    w.head_lsn = st.version;
+    w.client_endpoint = l->client_ep;
+    char reason[256] = "";
+    if (h->applied_lsn > st.version) {
+        snprintf(reason, sizeof reason,
+                 "replica %s has applied LSN %llu but the leader's newest is "
+                 "%llu: it holds writes the leader never committed",
+                 p->id, (unsigned long long)h->applied_lsn,
+                 (unsigned long long)st.version);
+    } else if (h->applied_lsn > 0 &&
+               idx_commit_time(l->ix, h->applied_lsn) != h->applied_commit_us) {
+        snprintf(reason, sizeof reason,
+                 "replica %s's record at LSN %llu differs from the leader's "
+                 "(commit time %llu vs %llu)",
+                 p->id, (unsigned long long)h->applied_lsn,
+                 (unsigned long long)h->applied_commit_us,
+                 (unsigned long long)idx_commit_time(l->ix, h->applied_lsn));
+    }
+    if (*reason) {
+        w.diverged = 1;
+        w.reason = reason;
+        kb_error("%s; telling it to start over", reason);
+    }
+    Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
+    m.body_case = KBSYNC__REPL_MESSAGE__BODY_WELCOME;
+    m.welcome = &w;
+    p->heard_us = kb_mono_us();
+    if (send_msg(l, p, &m) || *reason)
+        return;
+    if (!p->online)
+        kb_info("replica %s connected: applied LSN %llu, leader at %llu%s",
+                p->id, (unsigned long long)h->applied_lsn,
+                (unsigned long long)st.version,
+                h->applied_lsn < st.version ? "; streaming what it missed" : "");
+    p->online = 1;
+    p->acked = p->sent = h->applied_lsn;
+    p->beat_us = 0;
+    stream_peer(l, p, st.version);
+}
+
+void repl_leader_on_repl(repl_leader_t *l, void *router)
+{
+    if (!l->sock)
+        return;
+    for (int i = 0; i < 1024; i++) {
+        kb_peer_t env;
+        kb_buf_t b;
+        int rc = kb_wire_recv(l->sock, &env, &b);
+        if (rc == -EAGAIN || rc == -EINTR)
+            break;
+        if (rc) {
+            kb_warn("replication socket: dropped a malformed message (%s)",
+                    kb_strerror(rc));
+            continue;
+        }
+        Kbsync__ReplMessage *m =
+            kbsync__repl_message__unpack(NULL, b.len, b.data);
+        peer_t *p = env.nframes == 1 ? peer_find(l, (const char *)env.frame[0],
+                                                 env.len[0], 1)
+                                     : NULL;
+        if (!m || !p) {
+            kb_warn("replication socket: undecodable message of %zu bytes or "
+                    "unknown sender",
+                    b.len);
+        } else if (m->body_case == KBSYNC__REPL_MESSAGE__BODY_HELLO) {
+            if (m->hello->protocol_version != KB_PROTOCOL_VERSION)
+                kb_warn("replica %s speaks protocol %u, leader %u: ignored",
+                        p->id, m->hello->protocol_version, KB_PROTOCOL_VERSION);
+            else
+                on_hello(l, p, m->hello);
+        } else if (m->body_case == KBSYNC__REPL_MESSAGE__BODY_ACK) {
+            p->heard_us = kb_mono_us();
+            if (!p->online) {
+                /* Ack from a replica we do not stream to (e.g. we restarted):
+                 * it must say hello again. */
+                Kbsync__Error e = KBSYNC__ERROR__INIT;
+                e.code = KB_EUNAVAIL;
+                e.message = "say hello first";
+                Kbsync__ReplMessage r = KBSYNC__REPL_MESSAGE__INIT;
+                r.body_case = KBSYNC__REPL_MESSAGE__BODY_ERROR;
+                r.error = &e;
+                send_msg(l, p, &r);
+            } else if (m->ack->applied_lsn > p->acked) {
+                p->acked = m->ack->applied_lsn;
+                if (p->acked > p->sent)
+                    p->sent = p->acked;
+            }
+        }
+        if (m)
+            kbsync__repl_message__free_unpacked(m, NULL);
+        kb_buf_free(&b);
+    }
+    release_parked(l, router);
+    stream_all(l);
+}
+
+int repl_leader_tick(repl_leader_t *l, void *router)
+{
+    uint64_t now = kb_mono_us();
+    int next = REPL_BEAT_MS;
+    for (size_t i = 0; l->sock && i < l->npeers; i++) {
+        peer_t *p = &l->peer[i];
+        if (!p->online)
+            continue;
+        if (now - p->heard_us > REPL_DEAD_MS * 1000u) {
+            peer_lost(p, "no word for over 1000 ms");
+            continue;
+        }
+        if (now - p->beat_us >= REPL_BEAT_MS * 1000u) {
+            Kbsync__ReplBeat beat;
+            fill_beat(l, p, &beat);
+            Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
+            m.body_case = KBSYNC__REPL_MESSAGE__BODY_BEAT;
+            m.beat = &beat;
+            if (send_msg(l, p, &m) == 0)
+                p->beat_us = now;
+        }
+    }
+    release_parked(l, router);
+    if (l->sock)
+        stream_all(l);
+    for (size_t i = 0; i < l->nparked; i++) {
+        int left = (int)((l->park[i].deadline_us > now
+                              ? l->park[i].deadline_us - now
+                              : 0) /
+                         1000u);
+        if (left < next)
+            next = left;
+    }
+    return next;
+}
+
+void repl_leader_replicas(repl_leader_t *l, Kbsync__ReplicaState ***out,
+                          size_t *n)
+{
+    idx_stats_t st;
+    idx_stats(l->ix, &st);
+    uint64_t now = kb_wall_us();
+    size_t k = 0;
+    for (size_t i = 0; i < l->npeers; i++) {
+        peer_t *p = &l->peer[i];
+        Kbsync__ReplicaState *r = &l->rs[k];
+        kbsync__replica_state__init(r);
+        r->id = p->id;
+        r->connected = p->online;
+        r->version = p->acked;
+        r->lag_ops = st.version > p->acked ? st.version - p->acked : 0;
+        if (r->lag_ops) {
+            uint64_t t = idx_commit_time(l->ix, p->acked + 1);
+            r->lag_ms = t && now > t ? (now - t) / 1000u : 0;
+        }
+        l->rsp[k] = r;
+        k++;
+    }
+    *out = l->rsp;
+    *n = k;
 }

@@ -1,8 +1,11 @@
-/* repl_leader: the leader's write path. In: decoded Upsert/Delete requests
- * from clients. Out: one durable group commit per batch of requests (LSNs
- * assigned in arrival order) and a WriteResult or error to each client.
- * Owns the queue of requests waiting for the next commit; borrows the idx
- * and the client socket. Single-threaded: called from the node loop only. */
+/* repl_leader: the leader's write path and replication. In: decoded
+ * Upsert/Delete requests from clients; Hello and Ack messages from replicas
+ * on the replication socket. Out: one durable group commit per batch of
+ * requests (LSNs in arrival order), the log streamed in LSN order to every
+ * replica, and a WriteResult or error to each client — at once (`async`) or
+ * once every named replica applied the write (`all`). Owns the replication
+ * ROUTER socket, the replica table and the requests waiting for acks;
+ * borrows the idx and the client socket. Single-threaded: node loop only. */
 #ifndef REPL_LEADER_H
 #define REPL_LEADER_H
 
@@ -10,14 +13,30 @@
 #include "kb_wire.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct repl_leader repl_leader_t;
 
-/* ix is borrowed and must outlive the leader. */
-int repl_leader_new(idx_t *ix, repl_leader_t **out);
-/* Answers nothing still queued (call repl_leader_flush first); accepts NULL
- * and sets *l to NULL. */
+typedef enum repl_mode { REPL_ASYNC = 1, REPL_ALL = 2 } repl_mode_t;
+
+typedef struct repl_leader_config {
+    const char *repl_listen;     /* replication endpoint; NULL = none */
+    const char *replicas;        /* "r1,r2": the replicas `all` waits for */
+    repl_mode_t default_mode;    /* for requests that do not choose */
+    int write_timeout_ms;        /* how long `all` waits for acks */
+    const char *client_endpoint; /* told to replicas, for KB_ENOTLEADER */
+} repl_leader_config_t;
+
+/* ix and zctx (a ZeroMQ context) are borrowed and must outlive the leader.
+ * Binds the replication socket when cfg->repl_listen is set. */
+int repl_leader_new(idx_t *ix, void *zctx, const repl_leader_config_t *cfg,
+                    repl_leader_t **out, char *err, size_t errlen);
+/* Answers nothing still queued or waiting (call repl_leader_flush first);
+ * accepts NULL and sets *l to NULL. */
 void repl_leader_free(repl_leader_t **l);
+
+/* The replication socket to poll for input, or NULL. */
+void *repl_leader_socket(repl_leader_t *l);
 
 /* Validates req (an upsert or delete) and queues it for the next group
  * commit, taking ownership of req. A request that fails validation is
@@ -29,8 +48,20 @@ void repl_leader_submit(repl_leader_t *l, void *router, const kb_peer_t *peer,
 size_t repl_leader_queued(const repl_leader_t *l);
 
 /* Commits every queued request in ONE durable LMDB transaction and answers
- * each; if the commit fails, every queued request gets the error and none of
- * them is written. */
+ * each (or parks it until its replicas ack). If the commit fails, every
+ * queued request gets the error and none of them is written. */
 void repl_leader_flush(repl_leader_t *l, void *router);
+
+/* Handles everything waiting on the replication socket. */
+void repl_leader_on_repl(repl_leader_t *l, void *router);
+
+/* Heartbeats, catch-up streaming, dead replicas and `all` timeouts. Call
+ * at least every repl_leader_tick() milliseconds (its return value). */
+int repl_leader_tick(repl_leader_t *l, void *router);
+
+/* Fills the leader-only part of a status answer: the replica list.
+ * Pointers are borrowed from the leader until the next call. */
+void repl_leader_replicas(repl_leader_t *l, Kbsync__ReplicaState ***out,
+                          size_t *n);
 
 #endif

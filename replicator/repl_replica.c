@@ -1,0 +1,445 @@
+/* repl_replica: following the leader (see repl_replica.h; the leader's side
+ * of the protocol is described in repl_leader.c).
+ *
+ * CATCH-UP HANDSHAKE
+ * Until it is streaming, the replica sends ReplHello{applied_lsn,
+ * applied_commit_us} every REPLICA_HELLO_MS. The leader answers ReplWelcome
+ * with its settings (the replica's store is created from them on first
+ * contact, and must match them later) and streams from applied_lsn + 1: a
+ * replica that was down resumes from its own applied LSN and receives only
+ * what it missed. ReplWelcome{diverged} means this replica holds a write the
+ * leader never committed (the leader crashed after shipping it): the replica
+ * moves its data directory aside (DIR.diverged-<time>, kept for inspection)
+ * and starts over from an empty knowledge base.
+ *
+ * APPLY
+ * All ReplRecords waiting on the socket are applied as one LMDB transaction
+ * (idx_apply_log: fsync, then FAISS), then ReplAck{applied_lsn} goes back.
+ * Records at or below the applied LSN (re-sent after a reconnect) are
+ * dropped and counted; a record that does not continue the applied LSN (a
+ * gap or reordering) is never applied: the batch is dropped and the replica
+ * says hello again, resuming from what it has.
+ *
+ * STALENESS
+ * Every message from the leader updates the leader's head (newest LSN and
+ * its commit time) and the clock offset (leader_now_us - local wall clock),
+ * so lag_ms is measured on the leader's clock. lag_ops = head - applied.
+ * lag_ms = leader_now - commit time of the oldest unapplied write (LSN
+ * applied + 1): exact when the last heartbeat named that LSN (next_lsn),
+ * otherwise the newest known commit time (a lower bound); 0 when lag_ops is
+ * 0. When the leader has been silent for more than REPLICA_SILENT_MS, writes
+ * committed since cannot have arrived: lag_ms is then at least the silence,
+ * so a cut-off replica shows its lag growing instead of freezing at 0. */
+#include "repl_replica.h"
+
+#include "kb_err.h"
+#include "kb_util.h"
+#include "kb_wire.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#define REPLICA_HELLO_MS 250
+#define REPLICA_ACK_MS 100
+#define REPLICA_SILENT_MS 300
+#define REPLICA_DEAD_MS 1000
+#define REPLICA_MAX_BATCH 16384 /* records applied in one transaction */
+
+struct repl_replica {
+    repl_replica_config_t cfg;
+    void *zctx, *sock;
+    idx_t *ix;
+    int streaming;
+    uint64_t hello_us, ack_us, heard_us; /* monotonic */
+    uint64_t head_lsn, head_commit_us;
+    int64_t offset_us; /* leader wall clock - local wall clock */
+    uint64_t next_lsn, next_commit_us;
+    char leader_ep[256];
+    uint64_t dup_records;
+    /* records of the batch being applied: bytes borrowed from messages */
+    const void **rec;
+    size_t *len;
+    Kbsync__ReplMessage **msgs;
+    size_t nrec, nmsgs;
+};
+
+static int replica_connect(repl_replica_t *r, char *err, size_t errlen)
+{
+    if (r->sock)
+        zmq_close(r->sock);
+    r->sock = zmq_socket(r->zctx, ZMQ_DEALER);
+    if (!r->sock)
+        return kb_seterr(err, errlen, KB_ENET, "zmq_socket: %s",
+                         zmq_strerror(errno));
+    int zero = 0, hwm = 100000;
+    zmq_setsockopt(r->sock, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(r->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(r->sock, ZMQ_ROUTING_ID, r->cfg.id, strlen(r->cfg.id));
+    if (zmq_connect(r->sock, r->cfg.leader))
+        return kb_seterr(err, errlen, KB_ENET, "cannot connect to leader %s: %s",
+                         r->cfg.leader, zmq_strerror(errno));
+    return 0;
+}
+
+int repl_replica_new(void *zctx, const repl_replica_config_t *cfg,
+                     repl_replica_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (!cfg->id || !*cfg->id || strlen(cfg->id) >= 64)
+        return kb_seterr(err, errlen, KB_EINVAL,
+                         "replica id must be 1 to 63 bytes");
+    repl_replica_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    r->cfg = *cfg;
+    r->zctx = zctx;
+    r->rec = malloc(REPLICA_MAX_BATCH * sizeof *r->rec);
+    r->len = malloc(REPLICA_MAX_BATCH * sizeof *r->len);
+    r->msgs = malloc(REPLICA_MAX_BATCH * sizeof *r->msgs);
+    if (!r->rec || !r->len || !r->msgs) {
+        repl_replica_free(&r);
+        return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    }
+    /* An existing knowledge base is served (stale) until the leader is
+     * reachable; a new directory waits for the leader's settings. */
+    idx_config_t ic = {.dir = cfg->data_dir, .node_id = cfg->id,
+                       .map_size = cfg->map_size, .nosync = cfg->nosync};
+    char why[512];
+    int rc = idx_open(&ic, &r->ix, why, sizeof why);
+    if (rc && rc != KB_EINVAL) {
+        repl_replica_free(&r);
+        return kb_seterr(err, errlen, rc, "%s", why);
+    }
+    if (rc)
+        kb_info("%s holds no knowledge base yet: it is created from the "
+                "leader's settings on first contact", cfg->data_dir);
+    rc = replica_connect(r, err, errlen);
+    if (rc) {
+        repl_replica_free(&r);
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
+void repl_replica_free(repl_replica_t **rp)
+{
+    if (!rp || !*rp)
+        return;
+    repl_replica_t *r = *rp;
+    if (r->sock)
+        zmq_close(r->sock);
+    idx_close(&r->ix);
+    free(r->rec);
+    free(r->len);
+    free(r->msgs);
+    free(r);
+    *rp = NULL;
+}
+
+void *repl_replica_socket(repl_replica_t *r)
+{
+    return r->sock;
+}
+
+idx_t *repl_replica_idx(repl_replica_t *r)
+{
+    return r->ix;
+}
+
+const char *repl_replica_leader_endpoint(const repl_replica_t *r)
+{
+    return r->leader_ep;
+}
+
+static int replica_send(repl_replica_t *r, Kbsync__ReplMessage *m)
+{
+    m->protocol_version = KB_PROTOCOL_VERSION;
+    return kb_wire_send_msg(r->sock, m, ZMQ_DONTWAIT);
+}
+
+static void replica_hello(repl_replica_t *r)
+{
+    Kbsync__ReplHello h = KBSYNC__REPL_HELLO__INIT;
+    h.protocol_version = KB_PROTOCOL_VERSION;
+    h.replica_id = (char *)r->cfg.id;
+    if (r->ix) {
+        idx_stats_t st;
+        idx_stats(r->ix, &st);
+        h.applied_lsn = st.version;
+        h.applied_commit_us = st.commit_us;
+    }
+    Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
+    m.body_case = KBSYNC__REPL_MESSAGE__BODY_HELLO;
+    m.hello = &h;
+    replica_send(r, &m);
+    r->hello_us = kb_mono_us();
+}
+
+static void replica_ack(repl_replica_t *r)
+{
+    if (!r->ix)
+        return;
+    idx_stats_t st;
+    idx_stats(r->ix, &st);
+    Kbsync__ReplAck a = KBSYNC__REPL_ACK__INIT;
+    a.applied_lsn = st.version;
+    Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
+    m.body_case = KBSYNC__REPL_MESSAGE__BODY_ACK;
+    m.ack = &a;
+    replica_send(r, &m);
+    r->ack_us = kb_mono_us();
+}
+
+static void replica_beat(repl_replica_t *r, const Kbsync__ReplBeat *b)
+{
+    if (!b)
+        return;
+    if (b->head_lsn >= r->head_lsn) {
+        r->head_lsn = b->head_lsn;
+        r->head_commit_us = b->head_commit_us;
+    }
+    if (b->leader_now_us)
+        r->offset_us = (int64_t)b->leader_now_us - (int64_t)kb_wall_us();
+    r->next_lsn = b->next_lsn;
+    r->next_commit_us = b->next_commit_us;
+    if (b->client_endpoint && *b->client_endpoint)
+        snprintf(r->leader_ep, sizeof r->leader_ep, "%s", b->client_endpoint);
+}
+
+/* Starts over after divergence: the old directory is kept, renamed. */
+static void replica_start_over(repl_replica_t *r, const char *reason)
+{
+    char aside[4096];
+    snprintf(aside, sizeof aside, "%s.diverged-%llu", r->cfg.data_dir,
+             (unsigned long long)(kb_wall_us() / 1000000u));
+    kb_error("leader says this replica diverged (%s); moving %s to %s and "
+             "starting over from an empty knowledge base",
+             reason, r->cfg.data_dir, aside);
+    idx_close(&r->ix);
+    if (rename(r->cfg.data_dir, aside))
+        kb_error("cannot move %s aside: %s", r->cfg.data_dir, strerror(errno));
+}
+
+static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
+{
+    if (w->diverged) {
+        replica_start_over(r, w->reason ? w->reason : "no reason given");
+        r->streaming = 0;
+        r->hello_us = 0; /* say hello again at once */
+        return;
+    }
+    const Kbsync__KbMeta *m = w->meta;
+    if (!m) {
+        kb_error("leader's welcome has no settings; ignored");
+        return;
+    }
+    if (!r->ix) {
+        idx_config_t ic = {.dir = r->cfg.data_dir, .dim = m->dim,
+                           .metric = m->metric, .index = m->index,
+                           .node_id = r->cfg.id, .map_size = r->cfg.map_size,
+                           .nosync = r->cfg.nosync};
+        char why[512];
+        if (idx_open(&ic, &r->ix, why, sizeof why)) {
+            kb_error("cannot create the replica's knowledge base: %s", why);
+            return;
+        }
+    } else {
+        idx_stats_t st;
+        idx_stats(r->ix, &st);
+        if (st.dim != m->dim || strcmp(st.metric, m->metric) ||
+            strcmp(st.index, m->index)) {
+            kb_error("this replica's knowledge base (dim %u, %s, %s) differs "
+                     "from the leader's (dim %u, %s, %s): not following it",
+                     st.dim, st.metric, st.index, m->dim, m->metric, m->index);
+            return;
+        }
+    }
+    if (w->client_endpoint && *w->client_endpoint)
+        snprintf(r->leader_ep, sizeof r->leader_ep, "%s", w->client_endpoint);
+    if (w->head_lsn > r->head_lsn)
+        r->head_lsn = w->head_lsn;
+    idx_stats_t st;
+    idx_stats(r->ix, &st);
+    kb_info("following leader %s: applied LSN %llu, leader at %llu",
+            r->cfg.leader, (unsigned long long)st.version,
+            (unsigned long long)w->head_lsn);
+    r->streaming = 1;
+}
+
+/* The LSN of a serialized LogRecord: field 1, a varint, packed first. */
+static uint64_t peek_lsn(const uint8_t *p, size_t len)
+{
+    if (len < 2 || p[0] != 0x08)
+        return 0;
+    uint64_t v = 0;
+    for (size_t i = 1, shift = 0; i < len && shift < 64; i++, shift += 7) {
+        v |= (uint64_t)(p[i] & 0x7f) << shift;
+        if (!(p[i] & 0x80))
+            return v;
+    }
+    return 0;
+}
+
+static void batch_release(repl_replica_t *r)
+{
+    for (size_t i = 0; i < r->nmsgs; i++)
+        kbsync__repl_message__free_unpacked(r->msgs[i], NULL);
+    r->nmsgs = r->nrec = 0;
+}
+
+/* Applies the collected records; returns how many were applied. */
+static size_t batch_apply(repl_replica_t *r)
+{
+    size_t n = r->nrec;
+    if (n == 0 || !r->ix) {
+        batch_release(r);
+        return 0;
+    }
+    char err[512];
+    int rc = idx_apply_log(r->ix, n, r->rec, r->len, err, sizeof err);
+    batch_release(r);
+    if (rc) {
+        kb_warn("not applying %zu records from the leader: %s; resuming from "
+                "the applied LSN",
+                n, err);
+        r->streaming = 0;
+        r->hello_us = 0;
+        return 0;
+    }
+    replica_ack(r);
+    return n;
+}
+
+size_t repl_replica_on_msg(repl_replica_t *r)
+{
+    size_t applied = 0;
+    uint64_t expect = 0;
+    if (r->ix) {
+        idx_stats_t st;
+        idx_stats(r->ix, &st);
+        expect = st.version + 1;
+    }
+    for (int i = 0; i < 4096; i++) {
+        zmq_msg_t zm;
+        zmq_msg_init(&zm);
+        if (zmq_msg_recv(&zm, r->sock, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&zm);
+            break;
+        }
+        Kbsync__ReplMessage *m = kbsync__repl_message__unpack(
+            NULL, zmq_msg_size(&zm), zmq_msg_data(&zm));
+        size_t mlen = zmq_msg_size(&zm);
+        zmq_msg_close(&zm);
+        r->heard_us = kb_mono_us();
+        if (!m) {
+            kb_warn("undecodable message of %zu bytes from the leader", mlen);
+            continue;
+        }
+        int keep = 0;
+        switch (m->body_case) {
+        case KBSYNC__REPL_MESSAGE__BODY_WELCOME:
+            applied += batch_apply(r);
+            on_welcome(r, m->welcome);
+            if (r->ix) {
+                idx_stats_t st;
+                idx_stats(r->ix, &st);
+                expect = st.version + 1;
+            }
+            break;
+        case KBSYNC__REPL_MESSAGE__BODY_BEAT:
+            replica_beat(r, m->beat);
+            break;
+        case KBSYNC__REPL_MESSAGE__BODY_ERROR:
+            kb_warn("leader: %s", m->error->message ? m->error->message : "?");
+            r->streaming = 0;
+            r->hello_us = 0;
+            break;
+        case KBSYNC__REPL_MESSAGE__BODY_RECORDS:
+            replica_beat(r, m->records->beat);
+            if (!r->streaming || !r->ix)
+                break;
+            for (size_t j = 0; j < m->records->n_records; j++) {
+                ProtobufCBinaryData *b = &m->records->records[j];
+                uint64_t lsn = peek_lsn(b->data, b->len);
+                if (lsn && lsn < expect) {
+                    r->dup_records++;
+                    continue;
+                }
+                if (r->nrec == REPLICA_MAX_BATCH) {
+                    applied += batch_apply(r); /* frees earlier messages */
+                    if (!r->streaming)
+                        break;
+                }
+                r->rec[r->nrec] = b->data;
+                r->len[r->nrec] = b->len;
+                r->nrec++;
+                expect = lsn + 1;
+                keep = 1;
+            }
+            break;
+        default:
+            kb_warn("unexpected message type %d from the leader",
+                    (int)m->body_case);
+            break;
+        }
+        if (keep)
+            r->msgs[r->nmsgs++] = m; /* its bytes are in the batch */
+        else
+            kbsync__repl_message__free_unpacked(m, NULL);
+        if (r->nmsgs == REPLICA_MAX_BATCH)
+            applied += batch_apply(r);
+    }
+    applied += batch_apply(r);
+    return applied;
+}
+
+int repl_replica_tick(repl_replica_t *r)
+{
+    uint64_t now = kb_mono_us();
+    if (r->streaming && now - r->heard_us > REPLICA_DEAD_MS * 1000u) {
+        kb_warn("no word from the leader %s for %d ms; saying hello until it "
+                "answers",
+                r->cfg.leader, REPLICA_DEAD_MS);
+        r->streaming = 0;
+    }
+    if (!r->streaming && now - r->hello_us >= REPLICA_HELLO_MS * 1000u)
+        replica_hello(r);
+    if (r->streaming && now - r->ack_us >= REPLICA_ACK_MS * 1000u)
+        replica_ack(r);
+    return r->streaming ? REPLICA_ACK_MS : REPLICA_HELLO_MS;
+}
+
+void repl_replica_staleness(repl_replica_t *r, Kbsync__NodeState *s)
+{
+    uint64_t version = 0, commit_us = 0;
+    if (r->ix) {
+        idx_stats_t st;
+        idx_stats(r->ix, &st);
+        version = st.version;
+        commit_us = st.commit_us;
+    }
+    uint64_t now_mono = kb_mono_us();
+    uint64_t leader_now = (uint64_t)((int64_t)kb_wall_us() + r->offset_us);
+    s->version = version;
+    s->leader_version = r->head_lsn > version ? r->head_lsn : version;
+    s->lag_ops = s->leader_version - version;
+    s->leader_contact_ms =
+        r->heard_us ? (now_mono - r->heard_us) / 1000u : UINT64_MAX / 1000u;
+    uint64_t lag_ms = 0;
+    if (s->lag_ops) {
+        uint64_t oldest = r->next_lsn == version + 1 && r->next_commit_us
+                              ? r->next_commit_us
+                              : r->head_commit_us;
+        if (!oldest)
+            oldest = commit_us;
+        lag_ms = oldest && leader_now > oldest ? (leader_now - oldest) / 1000u
+                                               : 0;
+    }
+    if (s->leader_contact_ms > REPLICA_SILENT_MS && s->leader_contact_ms > lag_ms)
+        lag_ms = r->heard_us ? s->leader_contact_ms : lag_ms;
+    s->lag_ms = lag_ms;
+}

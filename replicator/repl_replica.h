@@ -1,0 +1,55 @@
+/* repl_replica: a query node following the leader. In: ReplWelcome,
+ * ReplRecords and ReplBeat from the leader's replication socket. Out: the
+ * leader's log applied in LSN order, durably (LMDB, then FAISS), ReplAcks,
+ * and the node's staleness (leader_version, lag_ops, lag_ms, contact age).
+ * Owns the replica's idx (opened at start when DIR holds a knowledge base,
+ * else created from the leader's settings on first contact) and a DEALER
+ * socket to the leader. Single-threaded: called from the node loop only. */
+#ifndef REPL_REPLICA_H
+#define REPL_REPLICA_H
+
+#include "idx.h"
+#include "kbsync.pb-c.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct repl_replica repl_replica_t;
+
+typedef struct repl_replica_config {
+    const char *id;       /* replica id: the leader's --replicas names it */
+    const char *leader;   /* the leader's replication endpoint */
+    const char *data_dir; /* this replica's own knowledge base */
+    uint64_t map_size;    /* bytes; 0 = default */
+    int nosync;           /* benchmarks only */
+} repl_replica_config_t;
+
+/* zctx is borrowed. Opens DIR if it holds a knowledge base (so the replica
+ * can answer, stale, while the leader is away) and connects to the leader. */
+int repl_replica_new(void *zctx, const repl_replica_config_t *cfg,
+                     repl_replica_t **out, char *err, size_t errlen);
+void repl_replica_free(repl_replica_t **r);
+
+/* The DEALER socket to poll for input. */
+void *repl_replica_socket(repl_replica_t *r);
+
+/* Handles everything waiting from the leader: applies records, acks.
+ * Returns the number of log records applied. */
+size_t repl_replica_on_msg(repl_replica_t *r);
+
+/* Hellos while not streaming, acks as heartbeats. Returns the ms until it
+ * wants to be called again. */
+int repl_replica_tick(repl_replica_t *r);
+
+/* The replica's knowledge base, or NULL before the first contact with the
+ * leader created it. Borrowed; may change after repl_replica_on_msg(). */
+idx_t *repl_replica_idx(repl_replica_t *r);
+
+/* Fills version, leader_version, lag_ops, lag_ms and leader_contact_ms
+ * (see docs/CONSISTENCY.md for the exact rules). */
+void repl_replica_staleness(repl_replica_t *r, Kbsync__NodeState *s);
+
+/* The leader's client endpoint as it announced it ("" until known). */
+const char *repl_replica_leader_endpoint(const repl_replica_t *r);
+
+#endif
