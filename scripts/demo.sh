@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The main command: installs what is missing, builds, starts a kbsync leader
-# on the embedded default (data in data/demo, git-ignored), ingests a small
-# real-text knowledge base (this project's own docs and FAQ) with the
-# built-in embedder, runs a few text queries, shows version and staleness,
-# and stops the node.
+# and two replicas on 127.0.0.1 (data in data/demo, git-ignored), ingests a
+# small real-text knowledge base (this project's own FAQ and docs) with the
+# built-in embedder -- the FAQ in `all` mode, the docs in `async` mode --
+# queries a replica, shows versions and staleness, and stops all three.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh build Release >/dev/null
@@ -19,32 +19,54 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== starting leader (data in $DATA/leader, log in $DATA/leader.log)"
+wait_ep() { for _ in $(seq 200); do [ -s "$1" ] && break; sleep 0.05; done; cat "$1"; }
+
+# A free port for the replication endpoint (clients use ephemeral ports).
+REPL_PORT=$(for p in $(seq 7401 7499); do
+  (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo $p; break; }; done)
+REPL="tcp://127.0.0.1:$REPL_PORT"
+
+echo "== starting leader (replication on $REPL) and replicas r1, r2"
 $KB leader --data "$DATA/leader" --dim 384 --id leader \
   --listen 'tcp://127.0.0.1:*' --endpoint-file "$DATA/leader.ep" \
-  2> "$DATA/leader.log" &
+  --repl-listen "$REPL" --replicas r1,r2 2> "$DATA/leader.log" &
 pids+=($!)
-for _ in $(seq 100); do [ -s "$DATA/leader.ep" ] && break; sleep 0.1; done
-EP=$(cat "$DATA/leader.ep")
-echo "   leader serves on $EP"
+LEADER=$(wait_ep "$DATA/leader.ep")
+for r in r1 r2; do
+  $KB replica --data "$DATA/$r" --id $r --leader "$REPL" \
+    --listen 'tcp://127.0.0.1:*' --endpoint-file "$DATA/$r.ep" 2> "$DATA/$r.log" &
+  pids+=($!)
+done
+R1=$(wait_ep "$DATA/r1.ep"); R2=$(wait_ep "$DATA/r2.ep")
+echo "   leader $LEADER, r1 $R1, r2 $R2"
+for _ in $(seq 100); do
+  $KB status --to "$LEADER" --json | grep -q '"connected":true.*"connected":true' && break
+  sleep 0.1
+done
 
-echo "== ingesting the knowledge base"
-$KB ingest --to "$EP" examples/faq.jsonl README.md docs/*.md
+echo "== ingest the FAQ in all mode: acknowledged once both replicas applied it"
+$KB ingest --to "$LEADER" --mode all examples/faq.jsonl
+echo "== ingest the docs in async mode: acknowledged at the leader's commit"
+$KB ingest --to "$LEADER" --mode async README.md docs/*.md
 
-echo "== status"
-$KB status --to "$EP"
-$KB status --to "$EP" --json
+echo "== status of the leader (with its replicas) and of r1"
+$KB status --to "$LEADER"
+$KB status --to "$R1" --json
 
 for q in "what happens to an acknowledged write after kill -9" \
          "how far behind the leader is a replica" \
          "what does a malformed line do during ingest"; do
-  echo "== query: $q"
-  $KB query --to "$EP" -k 3 --text "$q"
+  echo "== query on r2: $q"
+  $KB query --to "$R2" -k 3 --text "$q"
 done
 
-echo "== query --json (the API contract)"
-$KB query --to "$EP" -k 1 --json --text "which metric gives a squared distance"
+echo "== read-your-writes: a write's version as the token for a replica read"
+V=$($KB ingest --to "$LEADER" --mode async examples/faq.jsonl 2>/dev/null | sed 's/.*"version":\([0-9]*\).*/\1/')
+$KB query --to "$R1" -k 1 --json --min-version "$V" --text "which metric gives a squared distance"
 
-echo "== stopping the leader"
-kill -TERM "${pids[0]}"; wait "${pids[0]}"; pids=()
-tail -n 3 "$DATA/leader.log"
+echo "== writes sent to a replica are refused"
+$KB delete --to "$R1" faq-lsn || true
+
+echo "== stopping"
+cleanup; pids=()
+tail -n 2 "$DATA/leader.log" "$DATA/r1.log"

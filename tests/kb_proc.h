@@ -25,13 +25,13 @@
 
 static pid_t kbp_children[KBP_MAX_CHILDREN];
 
-static const char *kbp_bin(void)
+static inline const char *kbp_bin(void)
 {
     const char *b = getenv("KBSYNC_BIN");
     return b ? b : "./kbsync";
 }
 
-static void kbp_forget(pid_t pid)
+static inline void kbp_forget(pid_t pid)
 {
     for (int i = 0; i < KBP_MAX_CHILDREN; i++)
         if (kbp_children[i] == pid)
@@ -39,7 +39,7 @@ static void kbp_forget(pid_t pid)
 }
 
 /* Kills (SIGKILL) and reaps every child still running. */
-static void kbp_kill_all(void)
+static inline void kbp_kill_all(void)
 {
     for (int i = 0; i < KBP_MAX_CHILDREN; i++) {
         if (kbp_children[i] > 0) {
@@ -51,7 +51,7 @@ static void kbp_kill_all(void)
 }
 
 /* Starts `kbsync <argv...>` with stderr appended to logpath. */
-static pid_t kbp_spawn(const char *logpath, char *const argv[])
+static inline pid_t kbp_spawn(const char *logpath, char *const argv[])
 {
     pid_t parent = getpid();
     pid_t pid = fork();
@@ -77,7 +77,7 @@ static pid_t kbp_spawn(const char *logpath, char *const argv[])
 }
 
 /* Waits up to timeout_ms for path to hold a line; copies it (no newline). */
-static int kbp_wait_file(const char *path, char *out, size_t cap, int timeout_ms)
+static inline int kbp_wait_file(const char *path, char *out, size_t cap, int timeout_ms)
 {
     for (int waited = 0; waited < timeout_ms; waited += 20) {
         FILE *f = fopen(path, "r");
@@ -96,7 +96,7 @@ static int kbp_wait_file(const char *path, char *out, size_t cap, int timeout_ms
 
 /* Sends sig to pid and waits up to timeout_ms for it to exit. Returns its
  * wait status, or -1 if it did not exit (it is then killed). */
-static int kbp_stop(pid_t pid, int sig, int timeout_ms)
+static inline int kbp_stop(pid_t pid, int sig, int timeout_ms)
 {
     kill(pid, sig);
     int st;
@@ -116,7 +116,7 @@ static int kbp_stop(pid_t pid, int sig, int timeout_ms)
 
 /* Runs a shell command line, captures stdout (up to cap bytes) and returns
  * the exit status (or -1). stderr goes to the test's stderr. */
-static int kbp_run(char *out, size_t cap, const char *fmt, ...)
+static inline int kbp_run(char *out, size_t cap, const char *fmt, ...)
 {
     char cmd[8192];
     va_list ap;
@@ -139,7 +139,7 @@ static int kbp_run(char *out, size_t cap, const char *fmt, ...)
 }
 
 /* Parses the last non-empty line of out as a JSON object (caller deletes). */
-static cJSON *kbp_last_json(const char *out)
+static inline cJSON *kbp_last_json(const char *out)
 {
     const char *end = out + strlen(out);
     while (end > out && (end[-1] == '\n' || end[-1] == ' '))
@@ -150,7 +150,7 @@ static cJSON *kbp_last_json(const char *out)
     return cJSON_ParseWithLength(start, (size_t)(end - start));
 }
 
-static double kbp_num(const cJSON *o, const char *key)
+static inline double kbp_num(const cJSON *o, const char *key)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     return cJSON_IsNumber(v) ? v->valuedouble : -1;

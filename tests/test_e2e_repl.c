@@ -1,0 +1,476 @@
+/* End-to-end test of replication: a real `kbsync leader` and two real
+ * `kbsync replica` processes on loopback, driven with the real CLI. Covers
+ * `all` and `async` ingest, upsert/delete on replicas, catch-up after a
+ * replica restart, an `all` write refused while a replica is down, a stalled
+ * replica timing an `all` write out, a cut-off replica's growing lag, and
+ * kill -9 of the leader. Timing assertions are generous (loaded 2-core CI). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "kb_proc.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#define DIM 16
+
+typedef struct node {
+    char data[300], epfile[300], log[300], ep[256];
+    pid_t pid;
+} node_t;
+
+typedef struct cluster {
+    char dir[256];
+    char repl_ep[64];
+    node_t leader, r[2];
+} cluster_t;
+
+static float vec_of(int doc, int j)
+{
+    unsigned x = (unsigned)(doc * 2654435761u) ^ (unsigned)(j * 40503u);
+    x ^= x >> 13;
+    x *= 0x5bd1e995u;
+    x ^= x >> 15;
+    return (float)((x % 2001u) / 1000.0 - 1.0);
+}
+
+static void write_jsonl(const char *path, const char *prefix, int from, int to)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    for (int i = from; i < to; i++) {
+        fprintf(f, "{\"id\": \"%s-%d\", \"text\": \"doc %d\", \"embedding\": [",
+                prefix, i, i);
+        for (int j = 0; j < DIM; j++)
+            fprintf(f, "%s%.9g", j ? "," : "", vec_of(i, j));
+        fprintf(f, "]}\n");
+    }
+    fclose(f);
+}
+
+static char *vector_arg(int doc, char *buf, size_t cap)
+{
+    size_t n = (size_t)snprintf(buf, cap, "[");
+    for (int j = 0; j < DIM; j++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s%.9g", j ? "," : "",
+                              vec_of(doc, j));
+    snprintf(buf + n, cap - n, "]");
+    return buf;
+}
+
+/* A free loopback port for the replication endpoint: bind :0, read, close.
+ * (The client endpoints use --listen tcp://127.0.0.1:* instead.) */
+static int free_port(void)
+{
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (bind(s, (struct sockaddr *)&a, sizeof a) ||
+        getsockname(s, (struct sockaddr *)&a, &len)) {
+        close(s);
+        return -1;
+    }
+    int port = ntohs(a.sin_port);
+    close(s);
+    return port;
+}
+
+static void node_paths(cluster_t *c, node_t *n, const char *name)
+{
+    snprintf(n->data, sizeof n->data, "%s/%s", c->dir, name);
+    snprintf(n->epfile, sizeof n->epfile, "%s/%s.ep", c->dir, name);
+    snprintf(n->log, sizeof n->log, "%s/%s.log", c->dir, name);
+}
+
+static void start_leader(cluster_t *c, const char *extra1, const char *extra2)
+{
+    node_t *n = &c->leader;
+    unlink(n->epfile);
+    char dim[8];
+    snprintf(dim, sizeof dim, "%d", DIM);
+    char *argv[20] = {"kbsync", "leader", "--data", n->data, "--dim", dim,
+                      "--listen", "tcp://127.0.0.1:*", "--endpoint-file",
+                      n->epfile, "--repl-listen", c->repl_ep, "--replicas",
+                      "r1,r2", NULL};
+    int k = 14;
+    if (extra1)
+        argv[k++] = (char *)extra1;
+    if (extra2)
+        argv[k++] = (char *)extra2;
+    argv[k] = NULL;
+    n->pid = kbp_spawn(n->log, argv);
+    assert_true(n->pid > 0);
+    assert_int_equal(kbp_wait_file(n->epfile, n->ep, sizeof n->ep, 20000), 0);
+}
+
+static void start_replica(cluster_t *c, int i)
+{
+    node_t *n = &c->r[i];
+    unlink(n->epfile);
+    char id[8];
+    snprintf(id, sizeof id, "r%d", i + 1);
+    char *argv[] = {"kbsync", "replica", "--data", n->data, "--id", id,
+                    "--leader", c->repl_ep, "--listen", "tcp://127.0.0.1:*",
+                    "--endpoint-file", n->epfile, NULL};
+    n->pid = kbp_spawn(n->log, argv);
+    assert_true(n->pid > 0);
+    assert_int_equal(kbp_wait_file(n->epfile, n->ep, sizeof n->ep, 20000), 0);
+}
+
+static cJSON *status(const node_t *n)
+{
+    static char out[1 << 16];
+    if (kbp_run(out, sizeof out, "'%s' status --to '%s' --json --timeout-ms 5000",
+                kbp_bin(), n->ep) != 0)
+        return NULL;
+    return kbp_last_json(out);
+}
+
+static int replica_connected(const cJSON *leader_status, const char *id)
+{
+    const cJSON *r;
+    cJSON_ArrayForEach(r, cJSON_GetObjectItem(leader_status, "replicas"))
+    {
+        if (!strcmp(cJSON_GetObjectItem(r, "id")->valuestring, id))
+            return cJSON_IsTrue(cJSON_GetObjectItem(r, "connected"));
+    }
+    return 0;
+}
+
+/* Waits until the leader reports replica `id` connected (want=1) or not. */
+static void wait_connected(cluster_t *c, const char *id, int want)
+{
+    for (int i = 0; i < 300; i++) {
+        cJSON *s = status(&c->leader);
+        int ok = s && replica_connected(s, id) == want;
+        cJSON_Delete(s);
+        if (ok)
+            return;
+        usleep(50000);
+    }
+    fail_msg("replica %s never became %s", id, want ? "connected" : "disconnected");
+}
+
+/* Waits until node n reports version >= v; returns the version seen. */
+static int wait_version(const node_t *n, int v, int timeout_ms)
+{
+    int seen = -1;
+    for (int waited = 0; waited <= timeout_ms; waited += 50) {
+        cJSON *s = status(n);
+        if (s)
+            seen = (int)kbp_num(s, "version");
+        cJSON_Delete(s);
+        if (seen >= v)
+            return seen;
+        usleep(50000);
+    }
+    return seen;
+}
+
+static int setup(void **state)
+{
+    cluster_t *c = calloc(1, sizeof *c);
+    snprintf(c->dir, sizeof c->dir, "/tmp/kbsync-repl-XXXXXX");
+    if (!mkdtemp(c->dir))
+        return -1;
+    snprintf(c->repl_ep, sizeof c->repl_ep, "tcp://127.0.0.1:%d", free_port());
+    node_paths(c, &c->leader, "leader");
+    node_paths(c, &c->r[0], "r1");
+    node_paths(c, &c->r[1], "r2");
+    *state = c;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    cluster_t *c = *state;
+    kbp_kill_all();
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", c->dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", c->dir);
+    free(c);
+    return 0;
+}
+
+static void start_cluster(cluster_t *c, const char *e1, const char *e2)
+{
+    start_leader(c, e1, e2);
+    start_replica(c, 0);
+    start_replica(c, 1);
+    wait_connected(c, "r1", 1);
+    wait_connected(c, "r2", 1);
+}
+
+static int ingest(cluster_t *c, const char *mode, const char *file,
+                  cJSON **summary)
+{
+    static char out[1 << 16];
+    int rc = kbp_run(out, sizeof out, "'%s' ingest --to '%s' --mode %s --batch 50 '%s'",
+                     kbp_bin(), c->leader.ep, mode, file);
+    if (summary)
+        *summary = kbp_last_json(out);
+    return rc;
+}
+
+/* Queries node n with doc's vector; returns the rank of id in the hits
+ * (-1 absent) and the answer's version in *version. */
+static int rank_on(const node_t *n, int doc, const char *id, int *version)
+{
+    static char out[1 << 18];
+    char v[1024];
+    int rc = kbp_run(out, sizeof out, "'%s' query --to '%s' -k 5 --json --vector '%s'",
+                     kbp_bin(), n->ep, vector_arg(doc, v, sizeof v));
+    assert_int_equal(rc, 0);
+    cJSON *q = kbp_last_json(out);
+    assert_non_null(q);
+    if (version)
+        *version = (int)kbp_num(q, "version");
+    int rank = -1, i = 0;
+    const cJSON *h;
+    cJSON_ArrayForEach(h, cJSON_GetObjectItem(q, "hits"))
+    {
+        if (rank < 0 && !strcmp(cJSON_GetObjectItem(h, "id")->valuestring, id))
+            rank = i;
+        i++;
+    }
+    cJSON_Delete(q);
+    return rank;
+}
+
+static void test_e2e_repl_all_mode_visible_on_every_replica(void **state)
+{
+    cluster_t *c = *state;
+    start_cluster(c, NULL, NULL);
+    char path[400];
+    snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
+    write_jsonl(path, "a", 0, 200);
+    cJSON *s;
+    assert_int_equal(ingest(c, "all", path, &s), 0);
+    assert_int_equal((int)kbp_num(s, "written"), 200);
+    assert_int_equal((int)kbp_num(s, "version"), 200);
+    cJSON_Delete(s);
+    /* immediately after the acknowledgement, every replica has every write */
+    for (int r = 0; r < 2; r++) {
+        cJSON *st = status(&c->r[r]);
+        assert_non_null(st);
+        assert_string_equal(cJSON_GetObjectItem(st, "role")->valuestring, "replica");
+        assert_int_equal((int)kbp_num(st, "version"), 200);
+        assert_int_equal((int)kbp_num(st, "docs"), 200);
+        assert_int_equal((int)kbp_num(st, "lag_ops"), 0);
+        cJSON_Delete(st);
+        for (int d = 0; d < 200; d += 37) {
+            char id[32];
+            snprintf(id, sizeof id, "a-%d", d);
+            int ver;
+            assert_int_equal(rank_on(&c->r[r], d, id, &ver), 0);
+            assert_int_equal(ver, 200);
+        }
+    }
+    /* upsert and delete in `all` mode are visible on replicas at once */
+    snprintf(path, sizeof path, "%s/b.jsonl", c->dir);
+    write_jsonl(path, "a", 5, 6); /* re-upsert a-5 */
+    assert_int_equal(ingest(c, "all", path, NULL), 0);
+    char out[4096];
+    assert_int_equal(kbp_run(out, sizeof out, "'%s' delete --to '%s' --mode all a-7",
+                             kbp_bin(), c->leader.ep),
+                     0);
+    for (int r = 0; r < 2; r++) {
+        int ver;
+        assert_int_equal(rank_on(&c->r[r], 7, "a-7", &ver), -1);
+        assert_int_equal(ver, 202);
+        assert_int_equal(rank_on(&c->r[r], 5, "a-5", NULL), 0);
+        cJSON *st = status(&c->r[r]);
+        assert_int_equal((int)kbp_num(st, "docs"), 199);
+        cJSON_Delete(st);
+    }
+    /* writes sent to a replica are refused, naming the leader */
+    int rc = kbp_run(out, sizeof out, "'%s' delete --to '%s' a-1 2>&1",
+                     kbp_bin(), c->r[0].ep);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, c->leader.ep));
+}
+
+static void test_e2e_repl_async_converges_and_lag_is_reported(void **state)
+{
+    cluster_t *c = *state;
+    start_cluster(c, NULL, NULL);
+    /* stall r1 so that async writes are acknowledged without it */
+    kill(c->r[0].pid, SIGSTOP);
+    char path[400];
+    snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
+    write_jsonl(path, "a", 0, 300);
+    cJSON *s;
+    assert_int_equal(ingest(c, "async", path, &s), 0);
+    assert_int_equal((int)kbp_num(s, "written"), 300);
+    cJSON_Delete(s);
+    /* the leader reports r1 behind: non-zero lag before it converges */
+    cJSON *ls = status(&c->leader);
+    const cJSON *r;
+    int seen = 0;
+    cJSON_ArrayForEach(r, cJSON_GetObjectItem(ls, "replicas"))
+    {
+        if (!strcmp(cJSON_GetObjectItem(r, "id")->valuestring, "r1")) {
+            assert_true(kbp_num(r, "lag_ops") > 0);
+            assert_true(kbp_num(r, "version") < 300);
+            seen = 1;
+        }
+    }
+    assert_true(seen);
+    cJSON_Delete(ls);
+    kill(c->r[0].pid, SIGCONT);
+    assert_int_equal(wait_version(&c->r[0], 300, 20000), 300);
+    assert_int_equal(wait_version(&c->r[1], 300, 20000), 300);
+    cJSON *st = status(&c->r[0]);
+    assert_int_equal((int)kbp_num(st, "lag_ops"), 0);
+    assert_int_equal((int)kbp_num(st, "docs"), 300);
+    cJSON_Delete(st);
+    assert_int_equal(rank_on(&c->r[0], 42, "a-42", NULL), 0);
+
+    /* a replica cut off from the leader shows its lag growing */
+    kill(c->leader.pid, SIGSTOP);
+    usleep(600000);
+    cJSON *s1 = status(&c->r[1]);
+    usleep(700000);
+    cJSON *s2 = status(&c->r[1]);
+    kill(c->leader.pid, SIGCONT);
+    assert_non_null(s1);
+    assert_non_null(s2);
+    assert_true(kbp_num(s1, "lag_ms") >= 300);
+    assert_true(kbp_num(s2, "lag_ms") >= kbp_num(s1, "lag_ms") + 300);
+    assert_true(kbp_num(s2, "leader_contact_ms") >= 1000);
+    cJSON_Delete(s1);
+    cJSON_Delete(s2);
+}
+
+static void test_e2e_repl_replica_restart_catches_up(void **state)
+{
+    cluster_t *c = *state;
+    start_cluster(c, NULL, NULL);
+    char path[400];
+    snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
+    write_jsonl(path, "a", 0, 100);
+    assert_int_equal(ingest(c, "all", path, NULL), 0);
+    /* r2 dies; async writes go on without it */
+    kill(c->r[1].pid, SIGKILL);
+    waitpid(c->r[1].pid, NULL, 0);
+    kbp_forget(c->r[1].pid);
+    wait_connected(c, "r2", 0);
+
+    /* `all` with r2 down: refused at once, nothing committed */
+    snprintf(path, sizeof path, "%s/b.jsonl", c->dir);
+    write_jsonl(path, "b", 0, 10);
+    static char out[1 << 16];
+    int rc = kbp_run(out, sizeof out, "'%s' ingest --to '%s' --mode all '%s' 2>&1",
+                     kbp_bin(), c->leader.ep, path);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "KB_ENOREPLICA"));
+    assert_non_null(strstr(out, "r2"));
+    cJSON *ls = status(&c->leader);
+    assert_int_equal((int)kbp_num(ls, "version"), 100);
+    cJSON_Delete(ls);
+
+    snprintf(path, sizeof path, "%s/c.jsonl", c->dir);
+    write_jsonl(path, "c", 0, 150);
+    assert_int_equal(ingest(c, "async", path, NULL), 0);
+    assert_int_equal(kbp_run(out, sizeof out, "'%s' delete --to '%s' a-3",
+                             kbp_bin(), c->leader.ep),
+                     0);
+    /* r2 restarts from its own applied LSN and receives only what it missed */
+    start_replica(c, 1);
+    assert_int_equal(wait_version(&c->r[1], 251, 20000), 251);
+    cJSON *st = status(&c->r[1]);
+    assert_int_equal((int)kbp_num(st, "docs"), 249);
+    cJSON_Delete(st);
+    assert_int_equal(rank_on(&c->r[1], 77, "c-77", NULL), 0);
+    assert_int_equal(rank_on(&c->r[1], 3, "a-3", NULL), -1);
+    rc = kbp_run(out, sizeof out, "grep -c 'applied LSN 100, leader at 251' '%s'",
+                 c->leader.log);
+    assert_int_equal(rc, 0);
+}
+
+static void test_e2e_repl_stalled_replica_times_out_all_write(void **state)
+{
+    cluster_t *c = *state;
+    start_cluster(c, "--write-timeout-ms", "800");
+    kill(c->r[0].pid, SIGSTOP); /* alive for TCP, but applies nothing */
+    static char out[1 << 16];
+    int rc = kbp_run(out, sizeof out, "'%s' delete --to '%s' --mode all x 2>&1",
+                     kbp_bin(), c->leader.ep);
+    assert_int_equal(rc, 0); /* a missing id takes no LSN: nothing to wait for */
+    char path[400];
+    snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
+    write_jsonl(path, "a", 0, 5);
+    rc = kbp_run(out, sizeof out, "'%s' ingest --to '%s' --mode all '%s' 2>&1",
+                 kbp_bin(), c->leader.ep, path);
+    kill(c->r[0].pid, SIGCONT);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "IS committed on the leader at version 5"));
+    assert_non_null(strstr(out, "r1"));
+    cJSON *s = kbp_last_json(out);
+    assert_int_equal((int)kbp_num(s, "written"), 5);
+    assert_int_equal((int)kbp_num(s, "unreplicated"), 5);
+    cJSON_Delete(s);
+    /* the write reaches r1 once it is back */
+    assert_int_equal(wait_version(&c->r[0], 5, 20000), 5);
+}
+
+static void test_e2e_repl_leader_kill9_loses_nothing(void **state)
+{
+    cluster_t *c = *state;
+    start_cluster(c, NULL, NULL);
+    char path[400];
+    snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
+    write_jsonl(path, "a", 0, 400);
+    cJSON *s;
+    assert_int_equal(ingest(c, "all", path, &s), 0);
+    int acked = (int)kbp_num(s, "version");
+    cJSON_Delete(s);
+    assert_int_equal(acked, 400);
+    kill(c->leader.pid, SIGKILL);
+    waitpid(c->leader.pid, NULL, 0);
+    kbp_forget(c->leader.pid);
+    /* replicas keep answering, stale but honest */
+    cJSON *st = status(&c->r[0]);
+    assert_int_equal((int)kbp_num(st, "version"), 400);
+    cJSON_Delete(st);
+    start_leader(c, NULL, NULL);
+    cJSON *ls = status(&c->leader);
+    assert_int_equal((int)kbp_num(ls, "version"), 400);
+    assert_int_equal((int)kbp_num(ls, "docs"), 400);
+    cJSON_Delete(ls);
+    wait_connected(c, "r1", 1);
+    wait_connected(c, "r2", 1);
+    snprintf(path, sizeof path, "%s/b.jsonl", c->dir);
+    write_jsonl(path, "b", 0, 10);
+    assert_int_equal(ingest(c, "all", path, &s), 0);
+    assert_int_equal((int)kbp_num(s, "version"), 410);
+    cJSON_Delete(s);
+    for (int r = 0; r < 2; r++)
+        assert_int_equal(rank_on(&c->r[r], 9, "b-9", NULL), 0);
+}
+
+int main(void)
+{
+    atexit(kbp_kill_all);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(
+            test_e2e_repl_all_mode_visible_on_every_replica, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_e2e_repl_async_converges_and_lag_is_reported, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_e2e_repl_replica_restart_catches_up,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_e2e_repl_stalled_replica_times_out_all_write, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_e2e_repl_leader_kill9_loses_nothing,
+                                        setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
