@@ -1,7 +1,7 @@
 /* bench_write: latency of single-document durable writes, as a client sees
  * them: one upsert of one 384-float document (+ ~300 bytes of text) at a
  * time, each waiting for its acknowledgement (closed loop, one client).
- * usage: bench_write ENDPOINT [N=2000] [dim=384] [id-prefix=w] */
+ * usage: bench_write ENDPOINT [N=2000] [dim=384] [id-prefix=w] [mode=default|async|all] */
 #include "bench_common.h"
 #include "kb_util.h"
 #include "qry_client.h"
@@ -15,6 +15,10 @@ int main(int argc, char **argv)
     int n = argc > 2 ? atoi(argv[2]) : 2000;
     int dim = argc > 3 ? atoi(argv[3]) : 384;
     const char *prefix = argc > 4 ? argv[4] : "w";
+    const char *mode = argc > 5 ? argv[5] : "default";
+    Kbsync__WriteMode wm = !strcmp(mode, "all")     ? KBSYNC__WRITE_MODE__WRITE_MODE_ALL
+                           : !strcmp(mode, "async") ? KBSYNC__WRITE_MODE__WRITE_MODE_ASYNC
+                                                    : KBSYNC__WRITE_MODE__WRITE_MODE_DEFAULT;
     char err[512];
     qry_client_t *c;
     if (qry_client_open(argv[1], &c, err, sizeof err)) {
@@ -38,6 +42,7 @@ int main(int argc, char **argv)
         Kbsync__UpsertRequest u = KBSYNC__UPSERT_REQUEST__INIT;
         u.docs = &dp;
         u.n_docs = 1;
+        u.mode = wm;
         Kbsync__Request req = KBSYNC__REQUEST__INIT;
         req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
         req.upsert = &u;
@@ -59,9 +64,9 @@ int main(int argc, char **argv)
     double mean = sum / n;
     double p50 = bench_pct(lat, (size_t)n, 50), p99 = bench_pct(lat, (size_t)n, 99);
     double p999 = bench_pct(lat, (size_t)n, 99.9), max = lat[n - 1];
-    printf("single-doc durable write, %d writes, dim %d: p50 %.3f ms  p99 %.3f ms  "
+    printf("single-doc durable write (mode %s), %d writes, dim %d: p50 %.3f ms  p99 %.3f ms  "
            "p99.9 %.3f ms  max %.3f ms  mean %.3f ms\n",
-           n, dim, p50, p99, p999, max, mean);
+           mode, n, dim, p50, p99, p999, max, mean);
     qry_client_close(&c);
     free(v);
     free(lat);

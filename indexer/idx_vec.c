@@ -15,6 +15,7 @@
 #include <faiss/c_api/utils/distances_c.h>
 
 #include <dlfcn.h>
+#include <float.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@
 struct idx_vec {
     FaissIndex *index;
     uint32_t dim;
+    int metric_ip;
 };
 
 static int vec_fail(char *err, size_t errlen, const char *what)
@@ -100,6 +102,7 @@ int idx_vec_new(uint32_t dim, const char *description, int metric_ip,
     }
     v->index = index;
     v->dim = dim;
+    v->metric_ip = metric_ip;
     *out = v;
     return 0;
 }
@@ -142,6 +145,17 @@ int idx_vec_remove(idx_vec_t *v, size_t n, const int64_t *labels, char *err,
 int idx_vec_search(const idx_vec_t *v, size_t nq, const float *q, uint32_t k,
                    float *scores, int64_t *labels, char *err, size_t errlen)
 {
+    /* FAISS 1.7.3's BLAS path (every query once idx_vec_setup() ran) returns
+     * early on an empty index without writing the result buffers, and IDMap2
+     * then maps those garbage labels through its empty id map: answer the
+     * empty result here. */
+    if (faiss_Index_ntotal(v->index) == 0) {
+        for (size_t i = 0; i < nq * (size_t)k; i++) {
+            labels[i] = -1;
+            scores[i] = v->metric_ip ? -FLT_MAX : FLT_MAX;
+        }
+        return 0;
+    }
     if (faiss_Index_search(v->index, (idx_t)nq, q, (idx_t)k, scores, labels))
         return vec_fail(err, errlen, "search");
     return 0;

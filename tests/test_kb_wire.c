@@ -1,0 +1,540 @@
+/* test_kb_wire: the ZeroMQ/protobuf boundary of common/kb_wire.h. In:
+ * hand-packed Requests (valid, oversized, truncated, garbage, wrong
+ * version) and real ROUTER/DEALER/REQ sockets on inproc endpoints. Out:
+ * pass/fail on decode codes, the request_id recovered from bad bytes, and
+ * on envelopes and replies making the round trip. Each test owns its own
+ * ZMQ context. */
+#include "kb_test.h"
+
+#include "kb_err.h"
+#include "kb_util.h"
+#include "kb_wire.h"
+
+#include <errno.h>
+#include <zmq.h>
+
+#define TIMEOUT_MS 5000
+
+/* ----------------------------------------------------------- helpers */
+
+/* Packs req into a malloc'd buffer; *len gets its size. */
+static unsigned char *pack_request(const Kbsync__Request *req, size_t *len)
+{
+    *len = kbsync__request__get_packed_size(req);
+    unsigned char *buf = malloc(*len ? *len : 1);
+    assert_non_null(buf);
+    assert_int_equal(kbsync__request__pack(req, buf), *len);
+    return buf;
+}
+
+/* A status request with the given version and id. */
+static unsigned char *status_request(uint32_t version, uint64_t rid,
+                                     size_t *len)
+{
+    Kbsync__StatusRequest st = KBSYNC__STATUS_REQUEST__INIT;
+    Kbsync__Request r = KBSYNC__REQUEST__INIT;
+    r.protocol_version = version;
+    r.request_id = rid;
+    r.body_case = KBSYNC__REQUEST__BODY_STATUS;
+    r.status = &st;
+    return pack_request(&r, len);
+}
+
+/* An upsert request of one doc with a 300-byte text and 8 floats. */
+static unsigned char *upsert_request(uint64_t rid, size_t *len)
+{
+    static float emb[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    char *text = kbt_repeat('t', 300);
+    Kbsync__Doc d = KBSYNC__DOC__INIT;
+    d.id = "doc-1";
+    d.text = text;
+    d.n_embedding = 8;
+    d.embedding = emb;
+    Kbsync__Doc *dp = &d;
+    Kbsync__UpsertRequest up = KBSYNC__UPSERT_REQUEST__INIT;
+    up.n_docs = 1;
+    up.docs = &dp;
+    Kbsync__Request r = KBSYNC__REQUEST__INIT;
+    r.protocol_version = KB_PROTOCOL_VERSION;
+    r.request_id = rid;
+    r.body_case = KBSYNC__REQUEST__BODY_UPSERT;
+    r.upsert = &up;
+    unsigned char *buf = pack_request(&r, len);
+    free(text);
+    return buf;
+}
+
+/* Waits until sock has a message to read; fails the test otherwise. */
+static void wait_readable(void *sock)
+{
+    zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
+    int rc = zmq_poll(&it, 1, TIMEOUT_MS);
+    if (rc != 1)
+        fail_msg("no message within %d ms (poll returned %d)", TIMEOUT_MS, rc);
+}
+
+/* Receives one frame into a malloc'd buffer; returns its size, *more says
+ * whether more frames follow. */
+static size_t recv_frame(void *sock, unsigned char **data, int *more)
+{
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    int rc = zmq_msg_recv(&m, sock, 0);
+    if (rc < 0) {
+        int e = errno;
+        zmq_msg_close(&m);
+        fail_msg("zmq_msg_recv: %s", zmq_strerror(e));
+    }
+    size_t n = zmq_msg_size(&m);
+    *data = malloc(n ? n : 1);
+    assert_non_null(*data);
+    memcpy(*data, zmq_msg_data(&m), n);
+    *more = zmq_msg_more(&m);
+    zmq_msg_close(&m);
+    return n;
+}
+
+/* Receives a one-frame Response on a DEALER/REQ socket and decodes it. */
+static Kbsync__Response *recv_response(void *sock)
+{
+    wait_readable(sock);
+    unsigned char *data;
+    int more;
+    size_t n = recv_frame(sock, &data, &more);
+    assert_false(more);
+    Kbsync__Response *r = kbsync__response__unpack(NULL, n, data);
+    free(data);
+    assert_non_null(r);
+    return r;
+}
+
+typedef struct pair {
+    void *ctx, *router, *client;
+} pair_t;
+
+/* A ROUTER bound on a fresh inproc endpoint and a client of `type`
+ * connected to it, both through kb_wire_socket. */
+static void pair_open(pair_t *p, int type, const char *name)
+{
+    char ep[128], err[256] = "";
+    snprintf(ep, sizeof ep, "inproc://kb-wire-%s", name);
+    p->ctx = zmq_ctx_new();
+    assert_non_null(p->ctx);
+    KBT_OK(
+        kb_wire_socket(p->ctx, ZMQ_ROUTER, ep, 1, &p->router, err, sizeof err),
+        err);
+    KBT_OK(kb_wire_socket(p->ctx, type, ep, 0, &p->client, err, sizeof err),
+           err);
+    assert_non_null(p->router);
+    assert_non_null(p->client);
+    /* A reply the client drops (e.g. a REQ socket seeing a bad envelope)
+     * must fail the test, not block it forever. */
+    int ms = TIMEOUT_MS;
+    zmq_setsockopt(p->client, ZMQ_RCVTIMEO, &ms, sizeof ms);
+    zmq_setsockopt(p->router, ZMQ_RCVTIMEO, &ms, sizeof ms);
+}
+
+static void pair_close(pair_t *p)
+{
+    zmq_close(p->client);
+    zmq_close(p->router);
+    zmq_ctx_term(p->ctx);
+}
+
+static void send_bytes(void *sock, const void *data, size_t len, int flags)
+{
+    if (zmq_send(sock, data, len, flags) != (int)len)
+        fail_msg("zmq_send of %zu bytes: %s", len, zmq_strerror(errno));
+}
+
+/* --------------------------------------------------------------- decode */
+
+static void test_kb_wire_decode_valid(void **state)
+{
+    (void)state;
+    size_t len;
+    unsigned char *buf = status_request(KB_PROTOCOL_VERSION, 4711, &len);
+    Kbsync__Request *req = (void *)1;
+    uint64_t rid = 0;
+    char err[256] = "";
+    KBT_OK(kb_wire_decode_request(buf, len, len, &req, &rid, err, sizeof err),
+           err);
+    assert_non_null(req);
+    KBT_U64(rid, 4711);
+    KBT_U64(req->request_id, 4711);
+    assert_int_equal(req->body_case, KBSYNC__REQUEST__BODY_STATUS);
+    kbsync__request__free_unpacked(req, NULL);
+    free(buf);
+}
+
+static void test_kb_wire_decode_rejects_oversized(void **state)
+{
+    (void)state;
+    size_t len;
+    unsigned char *buf = upsert_request(9001, &len);
+    Kbsync__Request *req = (void *)1;
+    uint64_t rid = 0;
+    char err[256] = "";
+    /* One byte above the limit is refused; exactly the limit is not. */
+    KBT_RC(
+        kb_wire_decode_request(buf, len, len - 1, &req, &rid, err, sizeof err),
+        KB_ETOOBIG, err);
+    assert_null(req);
+    KBT_U64(rid, 9001); /* read off the first bytes */
+    char want[64];
+    snprintf(want, sizeof want, "%zu bytes", len);
+    KBT_CONTAINS(err, want);
+    snprintf(want, sizeof want, "%zu bytes", len - 1);
+    KBT_CONTAINS(err, want);
+
+    KBT_OK(kb_wire_decode_request(buf, len, len, &req, &rid, err, sizeof err),
+           err);
+    assert_non_null(req);
+    assert_int_equal(req->body_case, KBSYNC__REQUEST__BODY_UPSERT);
+    assert_int_equal(req->upsert->n_docs, 1);
+    assert_string_equal(req->upsert->docs[0]->id, "doc-1");
+    kbsync__request__free_unpacked(req, NULL);
+    free(buf);
+}
+
+static void test_kb_wire_decode_rejects_truncated(void **state)
+{
+    (void)state;
+    size_t len;
+    unsigned char *buf = upsert_request(31337, &len);
+    char err[256];
+    /* Every cut inside the body (after the header fields) must fail. */
+    for (size_t cut = 1; cut <= 40; cut += 13) {
+        Kbsync__Request *req = (void *)1;
+        uint64_t rid = 0;
+        err[0] = 0;
+        KBT_RC(kb_wire_decode_request(buf, len - cut, len, &req, &rid, err,
+                                      sizeof err),
+               KB_EBADMSG, err);
+        assert_null(req);
+        KBT_U64(rid, 31337);
+        KBT_CONTAINS(err, "cannot be decoded");
+    }
+    free(buf);
+}
+
+static void test_kb_wire_decode_rejects_garbage(void **state)
+{
+    (void)state;
+    static const unsigned char junk[] = {0xff, 0xff, 0xff, 0xff, 0xff,
+                                         0xff, 0xff, 0xff, 0xff, 0xff,
+                                         0xff, 0x07, 0x00, 0x13};
+    Kbsync__Request *req = (void *)1;
+    uint64_t rid = 77;
+    char err[256] = "";
+    KBT_RC(kb_wire_decode_request(junk, sizeof junk, 1024, &req, &rid, err,
+                                  sizeof err),
+           KB_EBADMSG, err);
+    assert_null(req);
+    KBT_U64(rid, 0); /* unreadable: 0, never a stale value */
+}
+
+static void test_kb_wire_decode_rejects_empty(void **state)
+{
+    (void)state;
+    Kbsync__Request *req = (void *)1;
+    uint64_t rid = 77;
+    char err[256] = "";
+    KBT_RC(kb_wire_decode_request("", 0, 1024, &req, &rid, err, sizeof err),
+           KB_EBADMSG, err);
+    assert_null(req);
+    KBT_U64(rid, 0);
+    KBT_CONTAINS(err, "empty");
+}
+
+static void test_kb_wire_decode_rejects_missing_body(void **state)
+{
+    (void)state;
+    Kbsync__Request r = KBSYNC__REQUEST__INIT;
+    r.protocol_version = KB_PROTOCOL_VERSION;
+    r.request_id = 555;
+    size_t len;
+    unsigned char *buf = pack_request(&r, &len);
+    Kbsync__Request *req = (void *)1;
+    uint64_t rid = 0;
+    char err[256] = "";
+    KBT_RC(kb_wire_decode_request(buf, len, 1024, &req, &rid, err, sizeof err),
+           KB_EBADMSG, err);
+    assert_null(req);
+    KBT_U64(rid, 555);
+    KBT_CONTAINS(err, "no body");
+    free(buf);
+}
+
+static void test_kb_wire_decode_rejects_protocol_version(void **state)
+{
+    (void)state;
+    static const uint32_t bad[] = {0, 2, 99};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        size_t len;
+        unsigned char *buf = status_request(bad[i], 1000 + i, &len);
+        Kbsync__Request *req = (void *)1;
+        uint64_t rid = 0;
+        char err[256] = "", want[64];
+        KBT_RC(
+            kb_wire_decode_request(buf, len, 1024, &req, &rid, err, sizeof err),
+            KB_EPROTO, err);
+        assert_null(req);
+        KBT_U64(rid, 1000 + i);
+        /* The message names both versions. */
+        snprintf(want, sizeof want, "protocol_version %u", bad[i]);
+        KBT_CONTAINS(err, want);
+        snprintf(want, sizeof want, "version %u", KB_PROTOCOL_VERSION);
+        KBT_CONTAINS(err, want);
+        free(buf);
+    }
+}
+
+/* ------------------------------------------------------------ sockets */
+
+static void test_kb_wire_recv_nothing_is_eagain(void **state)
+{
+    (void)state;
+    pair_t p;
+    pair_open(&p, ZMQ_DEALER, "eagain");
+    kb_peer_t peer;
+    kb_buf_t b;
+    assert_int_equal(kb_wire_recv(p.router, &peer, &b), -EAGAIN);
+    assert_null(b.priv);
+    kb_buf_free(&b); /* a no-op on an empty buffer */
+    kb_buf_free(NULL);
+    pair_close(&p);
+}
+
+static void test_kb_wire_dealer_roundtrip(void **state)
+{
+    (void)state;
+    pair_t p;
+    pair_open(&p, ZMQ_DEALER, "dealer");
+
+    /* DEALER -> ROUTER: one frame of payload, one frame of identity. */
+    Kbsync__StatusRequest st = KBSYNC__STATUS_REQUEST__INIT;
+    Kbsync__Request r = KBSYNC__REQUEST__INIT;
+    r.protocol_version = KB_PROTOCOL_VERSION;
+    r.request_id = 123456789012345ull;
+    r.body_case = KBSYNC__REQUEST__BODY_STATUS;
+    r.status = &st;
+    assert_int_equal(kb_wire_send_msg(p.client, &r, 0), 0);
+
+    wait_readable(p.router);
+    kb_peer_t peer;
+    kb_buf_t b;
+    assert_int_equal(kb_wire_recv(p.router, &peer, &b), 0);
+    assert_int_equal(peer.nframes, 1);
+    assert_true(peer.len[0] > 0);
+    Kbsync__Request *req;
+    uint64_t rid;
+    char err[256] = "";
+    KBT_OK(kb_wire_decode_request(b.data, b.len, 1 << 20, &req, &rid, err,
+                                  sizeof err),
+           err);
+    KBT_U64(rid, 123456789012345ull);
+    assert_int_equal(req->body_case, KBSYNC__REQUEST__BODY_STATUS);
+    kbsync__request__free_unpacked(req, NULL);
+    kb_buf_free(&b);
+    assert_null(b.priv);
+
+    /* ROUTER -> DEALER: the reply reaches the sender, version filled in. */
+    Kbsync__NodeState ns = KBSYNC__NODE_STATE__INIT;
+    ns.role = "leader";
+    ns.node_id = "n1";
+    ns.version = 42;
+    ns.dim = 8;
+    Kbsync__Response resp = KBSYNC__RESPONSE__INIT;
+    resp.request_id = rid;
+    resp.body_case = KBSYNC__RESPONSE__BODY_STATUS;
+    resp.status = &ns;
+    assert_int_equal(kb_wire_send_response(p.router, &peer, &resp), 0);
+    assert_int_equal(resp.protocol_version, KB_PROTOCOL_VERSION);
+
+    Kbsync__Response *got = recv_response(p.client);
+    assert_int_equal(got->protocol_version, KB_PROTOCOL_VERSION);
+    KBT_U64(got->request_id, 123456789012345ull);
+    assert_null(got->error);
+    assert_int_equal(got->body_case, KBSYNC__RESPONSE__BODY_STATUS);
+    KBT_U64(got->status->version, 42);
+    assert_string_equal(got->status->node_id, "n1");
+    assert_int_equal(got->status->dim, 8);
+    kbsync__response__free_unpacked(got, NULL);
+
+    /* An error reply: code, text and request id. */
+    assert_int_equal(kb_wire_send_error(p.router, &peer, 99, KB_EDIM,
+                                        "embedding has 3 values"),
+                     0);
+    got = recv_response(p.client);
+    KBT_U64(got->request_id, 99);
+    assert_non_null(got->error);
+    assert_int_equal(got->error->code, KB_EDIM);
+    assert_string_equal(got->error->message, "embedding has 3 values");
+    assert_int_equal(got->body_case, KBSYNC__RESPONSE__BODY__NOT_SET);
+    kbsync__response__free_unpacked(got, NULL);
+    pair_close(&p);
+}
+
+static void test_kb_wire_req_envelope_roundtrip(void **state)
+{
+    (void)state;
+    pair_t p;
+    pair_open(&p, ZMQ_REQ, "req");
+    size_t len;
+    unsigned char *buf = status_request(KB_PROTOCOL_VERSION, 8080, &len);
+    send_bytes(p.client, buf, len, 0);
+    free(buf);
+
+    wait_readable(p.router);
+    kb_peer_t peer;
+    kb_buf_t b;
+    assert_int_equal(kb_wire_recv(p.router, &peer, &b), 0);
+    /* REQ adds an empty delimiter behind the ROUTER's identity frame. */
+    assert_int_equal(peer.nframes, 2);
+    assert_true(peer.len[0] > 0);
+    assert_int_equal(peer.len[1], 0);
+    Kbsync__Request *req;
+    uint64_t rid;
+    char err[256] = "";
+    KBT_OK(kb_wire_decode_request(b.data, b.len, 1 << 20, &req, &rid, err,
+                                  sizeof err),
+           err);
+    KBT_U64(rid, 8080);
+    kbsync__request__free_unpacked(req, NULL);
+    kb_buf_free(&b);
+
+    Kbsync__WriteResult w = KBSYNC__WRITE_RESULT__INIT;
+    w.version = 7;
+    w.written = 3;
+    Kbsync__Response resp = KBSYNC__RESPONSE__INIT;
+    resp.request_id = rid;
+    resp.body_case = KBSYNC__RESPONSE__BODY_WRITE;
+    resp.write = &w;
+    assert_int_equal(kb_wire_send_response(p.router, &peer, &resp), 0);
+
+    /* The REQ socket only delivers the reply if the envelope was echoed
+     * whole (identity + delimiter). */
+    Kbsync__Response *got = recv_response(p.client);
+    KBT_U64(got->request_id, 8080);
+    assert_int_equal(got->body_case, KBSYNC__RESPONSE__BODY_WRITE);
+    KBT_U64(got->write->version, 7);
+    assert_int_equal(got->write->written, 3);
+    kbsync__response__free_unpacked(got, NULL);
+    pair_close(&p);
+}
+
+static void test_kb_wire_envelope_limits(void **state)
+{
+    (void)state;
+    pair_t p;
+    pair_open(&p, ZMQ_DEALER, "limits");
+    size_t len;
+    unsigned char *buf = status_request(KB_PROTOCOL_VERSION, 5, &len);
+    kb_peer_t peer;
+    kb_buf_t b;
+
+    /* identity + 3 frames = KB_MAX_ENVELOPE: accepted and echoed. */
+    send_bytes(p.client, "a", 1, ZMQ_SNDMORE);
+    send_bytes(p.client, "bb", 2, ZMQ_SNDMORE);
+    send_bytes(p.client, "", 0, ZMQ_SNDMORE);
+    send_bytes(p.client, buf, len, 0);
+    wait_readable(p.router);
+    assert_int_equal(kb_wire_recv(p.router, &peer, &b), 0);
+    assert_int_equal(peer.nframes, 4);
+    assert_int_equal(peer.len[1], 1);
+    assert_memory_equal(peer.frame[2], "bb", 2);
+    assert_int_equal(peer.len[3], 0);
+    assert_int_equal(b.len, len);
+    assert_memory_equal(b.data, buf, len);
+    kb_buf_free(&b);
+    assert_int_equal(kb_wire_send_error(p.router, &peer, 5, KB_EINVAL, "x"), 0);
+    wait_readable(p.client);
+    static const char *want[] = {"a", "bb", ""};
+    for (int i = 0; i < 3; i++) {
+        unsigned char *f;
+        int more;
+        size_t n = recv_frame(p.client, &f, &more);
+        assert_true(more);
+        assert_int_equal(n, strlen(want[i]));
+        assert_memory_equal(f, want[i], n);
+        free(f);
+    }
+    Kbsync__Response *got = recv_response(p.client);
+    assert_int_equal(got->error->code, KB_EINVAL);
+    kbsync__response__free_unpacked(got, NULL);
+
+    /* identity + 4 frames: one too many; consumed and refused. */
+    for (int i = 0; i < 4; i++)
+        send_bytes(p.client, "x", 1, ZMQ_SNDMORE);
+    send_bytes(p.client, buf, len, 0);
+    wait_readable(p.router);
+    assert_int_equal(kb_wire_recv(p.router, &peer, &b), KB_EBADMSG);
+    assert_null(b.priv);
+
+    /* An envelope frame above 256 bytes: refused, consumed. */
+    char big[300];
+    memset(big, 'y', sizeof big);
+    send_bytes(p.client, big, sizeof big, ZMQ_SNDMORE);
+    send_bytes(p.client, buf, len, 0);
+    wait_readable(p.router);
+    assert_int_equal(kb_wire_recv(p.router, &peer, &b), KB_EBADMSG);
+
+    /* Both bad messages were drained whole: the socket is clean and the
+     * next good message comes through intact. */
+    assert_int_equal(kb_wire_recv(p.router, &peer, &b), -EAGAIN);
+    send_bytes(p.client, buf, len, 0);
+    wait_readable(p.router);
+    assert_int_equal(kb_wire_recv(p.router, &peer, &b), 0);
+    assert_int_equal(peer.nframes, 1);
+    assert_int_equal(b.len, len);
+    assert_memory_equal(b.data, buf, len);
+    kb_buf_free(&b);
+    free(buf);
+    pair_close(&p);
+}
+
+static void test_kb_wire_socket_bad_endpoint(void **state)
+{
+    (void)state;
+    void *ctx = zmq_ctx_new();
+    void *s = (void *)1;
+    char err[256] = "";
+    KBT_RC(kb_wire_socket(ctx, ZMQ_ROUTER, "nonsense://nowhere", 1, &s, err,
+                          sizeof err),
+           KB_ENET, err);
+    assert_null(s);
+    KBT_CONTAINS(err, "nonsense://nowhere");
+
+    /* Two binds on one inproc name: the second is refused. */
+    void *a;
+    KBT_OK(kb_wire_socket(ctx, ZMQ_ROUTER, "inproc://kb-wire-dup", 1, &a, err,
+                          sizeof err),
+           err);
+    KBT_RC(kb_wire_socket(ctx, ZMQ_ROUTER, "inproc://kb-wire-dup", 1, &s, err,
+                          sizeof err),
+           KB_ENET, err);
+    assert_null(s);
+    KBT_CONTAINS(err, "inproc://kb-wire-dup");
+    zmq_close(a);
+    zmq_ctx_term(ctx);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_kb_wire_decode_valid),
+        cmocka_unit_test(test_kb_wire_decode_rejects_oversized),
+        cmocka_unit_test(test_kb_wire_decode_rejects_truncated),
+        cmocka_unit_test(test_kb_wire_decode_rejects_garbage),
+        cmocka_unit_test(test_kb_wire_decode_rejects_empty),
+        cmocka_unit_test(test_kb_wire_decode_rejects_missing_body),
+        cmocka_unit_test(test_kb_wire_decode_rejects_protocol_version),
+        cmocka_unit_test(test_kb_wire_recv_nothing_is_eagain),
+        cmocka_unit_test(test_kb_wire_dealer_roundtrip),
+        cmocka_unit_test(test_kb_wire_req_envelope_roundtrip),
+        cmocka_unit_test(test_kb_wire_envelope_limits),
+        cmocka_unit_test(test_kb_wire_socket_bad_endpoint),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
