@@ -457,8 +457,6 @@ int idx_write(idx_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
     }
     if (!rc && precommit && lsn >= first) {
         rc = idx_store_txn_log(t, first, precommit, ctx, err, errlen);
-        if (!rc)
-            rc = precommit(ctx, 0, NULL, 0);
     }
     if (rc) {
         idx_store_abort(&t);
@@ -526,6 +524,7 @@ int idx_apply_log(idx_t *ix, size_t n, const void *const *recs,
         rc = idx_store_begin(ix->store, &t, err, errlen);
     for (size_t i = 0; i < n && !rc; i++) {
         int64_t old = -1;
+        idx_store_next_raw(t, recs[i], lens[i]); /* keep the leader's bytes */
         if (r[i]->op == KBSYNC__LOG_OP__LOG_OP_UPSERT) {
             rc = idx_store_upsert(t, r[i]->lsn, r[i]->commit_time_us, r[i]->doc,
                                   &old, err, errlen);
@@ -677,6 +676,8 @@ const void *idx_meta(const idx_t *ix)
 static int commit_time_visit(void *ctx, uint64_t lsn, const void *b, size_t n)
 {
     (void)lsn;
+    if (!b)
+        return 0;
     Kbsync__LogRecord *r = kbsync__log_record__unpack(NULL, n, b);
     *(uint64_t *)ctx = r ? r->commit_time_us : 0;
     if (r)
@@ -694,5 +695,5 @@ uint64_t idx_commit_time(idx_t *ix, uint64_t lsn)
 int idx_read_log(idx_t *ix, uint64_t from, size_t max, idx_log_cb cb,
                  void *ctx, char *err, size_t errlen)
 {
-    return idx_store_scan_log(ix->store, from, max, cb, ctx, err, errlen);
+    return idx_store_read_log(ix->store, from, max, cb, ctx, err, errlen);
 }

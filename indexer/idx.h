@@ -125,8 +125,9 @@ const void *idx_meta(const idx_t *ix);
 uint64_t idx_commit_time(idx_t *ix, uint64_t lsn);
 
 /* Calls cb for each stored log record with LSN >= from (at most max), in
- * order; bytes are a serialized LogRecord, borrowed for the call. A non-zero
- * return from cb stops the scan and is returned. */
+ * order, then once more with bytes == NULL (unless cb stopped the walk);
+ * bytes are a serialized LogRecord, valid until that last call returns. A
+ * non-zero return from cb stops the walk and is returned. */
 int idx_read_log(idx_t *ix, uint64_t from, size_t max, idx_log_cb cb,
                  void *ctx, char *err, size_t errlen);
 

@@ -306,8 +306,10 @@ int idx_store_delete(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
     int rc = idx_store_wlabel(t, id, id_len, old_label);
     if (rc)
         return store_fail(err, errlen, rc, "delete: look up id");
-    if (*old_label < 0 && !log_missing)
+    if (*old_label < 0 && !log_missing) {
+        t->raw = NULL;
         return 0;
+    }
     if (*old_label >= 0) {
         MDB_val ik = {id_len, (void *)id};
         rc = mdb_del(t->txn, t->s->ids, &ik, NULL);

@@ -60,11 +60,16 @@ int idx_store_upsert(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
 int idx_store_delete(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
                      const char *id, size_t id_len, int log_missing,
                      int64_t *old_label, char *err, size_t errlen);
+/* The next upsert/delete in t stores these bytes (borrowed for that call)
+ * as its log record instead of packing one: a replica keeps the leader's
+ * exact bytes. They must encode the same record the call describes. */
+void idx_store_next_raw(idx_wtxn_t *t, const void *bytes, size_t len);
 /* Looks up the live label of an id inside the write transaction. */
 int idx_store_wlabel(idx_wtxn_t *t, const char *id, size_t id_len,
                      int64_t *label);
 /* Calls cb for each log record with LSN >= from written in this open
- * transaction (they are readable before the commit). */
+ * transaction (they are readable before the commit), then once with bytes ==
+ * NULL; all bytes stay valid until that last call returns. */
 int idx_store_txn_log(idx_wtxn_t *t, uint64_t from, idx_store_log_cb cb,
                       void *ctx, char *err, size_t errlen);
 int idx_store_commit(idx_wtxn_t **t, char *err, size_t errlen);
@@ -94,6 +99,12 @@ int idx_store_scan_docs(idx_store_t *s, idx_store_doc_cb cb, void *ctx,
 typedef int (*idx_store_log_cb)(void *ctx, uint64_t lsn, const void *bytes,
                                 size_t len);
 int idx_store_scan_log(idx_store_t *s, uint64_t from, size_t max,
+                       idx_store_log_cb cb, void *ctx, char *err,
+                       size_t errlen);
+/* Like idx_store_scan_log, then calls cb once more with bytes == NULL
+ * (unless cb stopped the walk): every bytes pointer of the walk stays valid
+ * until that last call returns, so a caller can batch without copying. */
+int idx_store_read_log(idx_store_t *s, uint64_t from, size_t max,
                        idx_store_log_cb cb, void *ctx, char *err,
                        size_t errlen);
 

@@ -85,13 +85,16 @@ typedef struct parked { /* an `all` answer waiting for acks */
     uint32_t written, missing;
 } parked_t;
 
-/* A batch of serialized log records to send (copied: the bytes they come
- * from live only as long as an LMDB transaction). */
+/* A batch of serialized log records to send. The bytes are borrowed from
+ * LMDB: valid only during the log walk that found them, so a shipment is
+ * packed and sent before that walk ends (see idx_read_log's end call). */
 typedef struct shipment {
     ProtobufCBinaryData *rec;
     size_t n, cap;
     uint64_t first, last;
     size_t bytes;
+    struct peer *to; /* catch-up: the one replica it goes to */
+    int stalled;     /* catch-up: its queue was full */
 } shipment_t;
 
 struct repl_leader {
@@ -132,8 +135,6 @@ static peer_t *peer_find(repl_leader_t *l, const char *id, size_t len, int add)
 
 static void ship_reset(shipment_t *s)
 {
-    for (size_t i = 0; i < s->n; i++)
-        free(s->rec[i].data);
     s->n = 0;
     s->bytes = 0;
     s->first = s->last = 0;
@@ -149,17 +150,18 @@ static int ship_add(shipment_t *s, uint64_t lsn, const void *b, size_t len)
         s->rec = r;
         s->cap = cap;
     }
-    void *copy = malloc(len ? len : 1);
-    if (!copy)
-        return KB_ENOMEM;
-    memcpy(copy, b, len);
-    s->rec[s->n].data = copy;
+    s->rec[s->n].data = (uint8_t *)b;
     s->rec[s->n].len = len;
     if (s->n++ == 0)
         s->first = lsn;
     s->last = lsn;
     s->bytes += len;
     return 0;
+}
+
+static int ship_full(const shipment_t *s)
+{
+    return s->n >= REPL_BATCH_RECORDS || s->bytes >= REPL_BATCH_BYTES;
 }
 
 static void fill_beat(repl_leader_t *l, const peer_t *p, Kbsync__ReplBeat *b)
@@ -226,46 +228,65 @@ static int send_msg(repl_leader_t *l, peer_t *p, Kbsync__ReplMessage *m)
     return rc;
 }
 
-/* Sends the shipment to every peer in targets (NULL = p only). */
+/* Packs the shipment ONCE and sends it to every peer in targets (ZeroMQ
+ * shares the packed buffer between them). Returns how many got it. */
 static int ship_send(repl_leader_t *l, peer_t **targets, size_t nt)
 {
     shipment_t *s = &l->ship;
-    if (s->n == 0)
+    if (s->n == 0 || nt == 0) {
+        ship_reset(s);
         return 0;
+    }
+    idx_stats_t st;
+    idx_stats(l->ix, &st);
+    Kbsync__ReplBeat beat = KBSYNC__REPL_BEAT__INIT;
+    /* Records shipped before the leader's commit are not its head yet:
+     * announce the head they will make, so lag_ops is not understated. */
+    beat.head_lsn = st.version > s->last ? st.version : s->last;
+    beat.head_commit_us = st.commit_us;
+    beat.leader_now_us = kb_wall_us();
+    beat.client_endpoint = l->client_ep;
     Kbsync__ReplRecords rr = KBSYNC__REPL_RECORDS__INIT;
     rr.records = s->rec;
     rr.n_records = s->n;
-    Kbsync__ReplBeat beat;
+    rr.beat = &beat;
     Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
     m.protocol_version = KB_PROTOCOL_VERSION;
     m.body_case = KBSYNC__REPL_MESSAGE__BODY_RECORDS;
     m.records = &rr;
-    int sent_any = 0;
+    size_t len = kbsync__repl_message__get_packed_size(&m);
+    void *buf = malloc(len);
+    int sent = 0;
+    zmq_msg_t packed;
+    if (!buf || zmq_msg_init_data(&packed, buf, len, free_packed, NULL)) {
+        free(buf);
+        ship_reset(s);
+        return 0;
+    }
+    kbsync__repl_message__pack(&m, buf);
     for (size_t i = 0; i < nt; i++) {
         peer_t *p = targets[i];
-        fill_beat(l, p, &beat);
-        /* The head in a pre-commit shipment is not committed yet: announce
-         * what will be the head once it is, so lag_ops is not understated. */
-        if (beat.head_lsn < s->last)
-            beat.head_lsn = s->last;
-        rr.beat = &beat;
-        size_t len = kbsync__repl_message__get_packed_size(&m);
-        void *buf = malloc(len);
-        if (!buf)
+        if (zmq_send(l->sock, p->id, strlen(p->id), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+            if (errno == EAGAIN)
+                s->stalled = 1;
+            else
+                peer_lost(p, "connection gone");
             continue;
-        kbsync__repl_message__pack(&m, buf);
-        int rc = send_to_peer(l, p, buf, len);
-        free(buf);
-        if (rc == 0) {
-            p->sent = s->last;
-            p->beat_us = kb_mono_us();
-            sent_any = 1;
-        } else if (rc == -EHOSTUNREACH) {
-            peer_lost(p, "connection gone");
         }
+        zmq_msg_t copy;
+        zmq_msg_init(&copy);
+        zmq_msg_copy(&copy, &packed);
+        if (zmq_msg_send(&copy, l->sock, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&copy);
+            peer_lost(p, "connection gone");
+            continue;
+        }
+        p->sent = s->last;
+        sent++;
     }
+    zmq_msg_close(&packed);
     ship_reset(s);
-    return sent_any;
+    return sent;
 }
 
 /* ---------------------------------------------------------- lifecycle */
@@ -338,7 +359,6 @@ void repl_leader_free(repl_leader_t **lp)
         return;
     repl_leader_t *l = *lp;
     leader_clear(l);
-    ship_reset(&l->ship);
     free(l->ship.rec);
     if (l->sock)
         zmq_close(l->sock);
@@ -464,20 +484,17 @@ void repl_leader_submit(repl_leader_t *l, void *router, const kb_peer_t *peer,
     l->nops += n;
 }
 
-/* Precommit hook: collect the new records; at the end (bytes == NULL) send
- * them to every replica that is exactly caught up. */
+/* Precommit hook (groups holding an `all` request): collect the new
+ * records and send them, before the leader's own commit, to every replica
+ * that is exactly caught up, so that their fsyncs overlap the leader's. */
 static int leader_precommit(void *ctx, uint64_t lsn, const void *bytes,
                             size_t len)
 {
     repl_leader_t *l = ctx;
-    if (!l->sock)
-        return 0;
     if (bytes) {
         int rc = ship_add(&l->ship, lsn, bytes, len);
-        if (rc)
+        if (rc || !ship_full(&l->ship))
             return rc;
-        if (l->ship.n < REPL_BATCH_RECORDS && l->ship.bytes < REPL_BATCH_BYTES)
-            return 0;
     }
     if (l->ship.n == 0)
         return 0;
@@ -489,7 +506,6 @@ static int leader_precommit(void *ctx, uint64_t lsn, const void *bytes,
             t[nt++] = &l->peer[i];
     if (ship_send(l, t, nt))
         l->shipped = 1;
-    ship_reset(&l->ship);
     return 0;
 }
 
@@ -561,8 +577,14 @@ void repl_leader_flush(repl_leader_t *l, void *router)
     }
     l->nops = nops;
     l->shipped = 0;
+    /* Ship before the commit only when someone waits for the replicas;
+     * `async` groups are answered first and streamed right after. */
+    int any_all = 0;
+    for (size_t i = 0; i < l->qn; i++)
+        any_all |= !l->q[i].dropped && l->q[i].mode == REPL_ALL;
     int rc = nops ? idx_write(l->ix, l->ops, l->nops, 0, l->lsns,
-                              leader_precommit, l, err, sizeof err)
+                              l->sock && any_all ? leader_precommit : NULL, l,
+                              err, sizeof err)
                   : 0;
     if (rc) {
         if (l->shipped) {
@@ -669,13 +691,27 @@ static void release_parked(repl_leader_t *l, void *router)
 
 /* --------------------------------------------------------- replication */
 
+/* Log walk for one replica's catch-up: send a batch whenever one is full
+ * and at the end of the walk (bytes == NULL); stop when its queue is full. */
 static int catchup_visit(void *ctx, uint64_t lsn, const void *b, size_t len)
 {
-    shipment_t *s = ctx;
-    int rc = ship_add(s, lsn, b, len);
-    if (rc)
-        return rc;
-    return s->bytes >= REPL_BATCH_BYTES ? 1 : 0; /* 1 = batch full: stop */
+    repl_leader_t *l = ctx;
+    shipment_t *s = &l->ship;
+    if (b) {
+        if (s->n == 0 && lsn != s->to->sent + 1) {
+            kb_error("replica %s: log record %llu is missing (next is %llu)",
+                     s->to->id, (unsigned long long)s->to->sent + 1,
+                     (unsigned long long)lsn);
+            peer_lost(s->to, "needed log record is gone");
+            return 1;
+        }
+        int rc = ship_add(s, lsn, b, len);
+        if (rc || !ship_full(s))
+            return rc;
+    }
+    peer_t *t[1] = {s->to};
+    ship_send(l, t, 1);
+    return s->stalled || !s->to->online ? 1 : 0;
 }
 
 /* Feeds one replica from the committed log until it is caught up, its
@@ -683,34 +719,18 @@ static int catchup_visit(void *ctx, uint64_t lsn, const void *b, size_t len)
 static void stream_peer(repl_leader_t *l, peer_t *p, uint64_t head)
 {
     char err[256];
-    while (p->online && p->sent < head && p->sent - p->acked < REPL_WINDOW) {
-        size_t max = REPL_BATCH_RECORDS;
-        if (REPL_WINDOW - (p->sent - p->acked) < max)
-            max = REPL_WINDOW - (p->sent - p->acked);
-        int rc = idx_read_log(l->ix, p->sent + 1, max, catchup_visit, &l->ship,
-                              err, sizeof err);
-        if (rc < 0) {
-            kb_error("replica %s: cannot read the log from LSN %llu: %s", p->id,
-                     (unsigned long long)p->sent + 1, err);
-            ship_reset(&l->ship);
-            return;
-        }
-        if (l->ship.n == 0)
-            return;
-        if (l->ship.first != p->sent + 1) {
-            kb_error("replica %s: log record %llu is missing (next is %llu)",
-                     p->id, (unsigned long long)p->sent + 1,
-                     (unsigned long long)l->ship.first);
-            ship_reset(&l->ship);
-            peer_lost(p, "needed log record is gone");
-            return;
-        }
-        peer_t *t[1] = {p};
-        uint64_t before = p->sent;
-        ship_send(l, t, 1);
-        if (p->sent == before)
-            return; /* queue full: the next tick retries */
-    }
+    if (!p->online || p->sent >= head || p->sent - p->acked >= REPL_WINDOW)
+        return;
+    size_t room = REPL_WINDOW - (size_t)(p->sent - p->acked);
+    l->ship.to = p;
+    l->ship.stalled = 0;
+    ship_reset(&l->ship);
+    int rc = idx_read_log(l->ix, p->sent + 1, room, catchup_visit, l, err,
+                          sizeof err);
+    if (rc < 0)
+        kb_error("replica %s: cannot read the log from LSN %llu: %s", p->id,
+                 (unsigned long long)p->sent + 1, err);
+    ship_reset(&l->ship);
 }
 
 static void stream_all(repl_leader_t *l)

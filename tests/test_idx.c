@@ -187,6 +187,8 @@ typedef struct recs {
 static int copy_rec(void *ctx, uint64_t lsn, const void *bytes, size_t len)
 {
     recs_t *r = ctx;
+    if (!bytes) /* end of the walk */
+        return 0;
     assert_true(r->n < 256);
     r->lsn[r->n] = lsn;
     r->data[r->n] = malloc(len ? len : 1);
