@@ -21,12 +21,16 @@ struct idx_store {
     MDB_dbi meta, ids, log;
     uint64_t applied_lsn; /* LSN of the newest log record; 0 = none */
     uint64_t applied_us;  /* its leader commit time */
+    uint64_t ndocs;       /* entries in `ids`, kept in step with commits */
 };
 
 struct idx_wtxn {
     idx_store_t *s;
     MDB_txn *txn;
     uint64_t last_lsn, last_us; /* newest record written in this txn */
+    int64_t ndocs_delta;        /* ids added - ids removed in this txn */
+    const void *raw;            /* idx_store_next_raw(): bytes to store */
+    size_t rawlen;
 };
 
 struct idx_rtxn {
@@ -131,6 +135,9 @@ int idx_store_open(const char *dir, uint64_t map_size, int nosync,
         rc = mdb_dbi_open(txn, "log", MDB_CREATE | MDB_INTEGERKEY, &s->log);
     if (!rc)
         rc = store_load_state(s, txn);
+    MDB_stat st;
+    if (!rc && !(rc = mdb_stat(txn, s->ids, &st)))
+        s->ndocs = st.ms_entries;
     if (!rc)
         rc = mdb_txn_commit(txn);
     else
@@ -208,13 +215,7 @@ void idx_store_state(const idx_store_t *s, uint64_t *lsn, uint64_t *commit_us)
 
 uint64_t idx_store_count(idx_store_t *s)
 {
-    MDB_txn *txn;
-    MDB_stat st;
-    if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn))
-        return 0;
-    int rc = mdb_stat(txn, s->ids, &st);
-    mdb_txn_abort(txn);
-    return rc ? 0 : (uint64_t)st.ms_entries;
+    return s->ndocs;
 }
 
 int idx_store_begin(idx_store_t *s, idx_wtxn_t **t, char *err, size_t errlen)
@@ -264,17 +265,28 @@ static int store_put_log(idx_wtxn_t *t, const Kbsync__LogRecord *rec,
                          (unsigned long long)t->last_lsn);
     uint64_t key = rec->lsn;
     MDB_val k = u64_val(&key), v;
-    v.mv_size = kbsync__log_record__get_packed_size(rec);
+    const void *raw = t->raw;
+    t->raw = NULL;
+    v.mv_size = raw ? t->rawlen : kbsync__log_record__get_packed_size(rec);
     int rc = mdb_put(t->txn, t->s->log, &k, &v, MDB_RESERVE | MDB_APPEND);
     if (rc == MDB_KEYEXIST)
         return kb_seterr(err, errlen, KB_EGAP, "%s: LSN %llu already logged",
                          what, (unsigned long long)rec->lsn);
     if (rc)
         return store_fail(err, errlen, rc, what);
-    kbsync__log_record__pack(rec, v.mv_data);
+    if (raw)
+        memcpy(v.mv_data, raw, v.mv_size);
+    else
+        kbsync__log_record__pack(rec, v.mv_data);
     t->last_lsn = rec->lsn;
     t->last_us = rec->commit_time_us;
     return 0;
+}
+
+void idx_store_next_raw(idx_wtxn_t *t, const void *bytes, size_t len)
+{
+    t->raw = bytes;
+    t->rawlen = len;
 }
 
 int idx_store_upsert(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
@@ -296,7 +308,11 @@ int idx_store_upsert(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
     uint64_t label = lsn;
     MDB_val ik = {idlen, doc->id}, iv = u64_val(&label);
     rc = mdb_put(t->txn, t->s->ids, &ik, &iv, 0);
-    return rc ? store_fail(err, errlen, rc, "upsert: put id") : 0;
+    if (rc)
+        return store_fail(err, errlen, rc, "upsert: put id");
+    if (*old_label < 0)
+        t->ndocs_delta++;
+    return 0;
 }
 
 int idx_store_delete(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
@@ -315,6 +331,7 @@ int idx_store_delete(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
         rc = mdb_del(t->txn, t->s->ids, &ik, NULL);
         if (rc)
             return store_fail(err, errlen, rc, "delete: drop id");
+        t->ndocs_delta--;
     }
     if (id_len > KB_MAX_ID_LEN)
         return kb_seterr(err, errlen, KB_EBADID, "delete: id too long");
@@ -337,6 +354,7 @@ int idx_store_commit(idx_wtxn_t **tp, char *err, size_t errlen)
     if (!rc) {
         t->s->applied_lsn = t->last_lsn;
         t->s->applied_us = t->last_us;
+        t->s->ndocs = (uint64_t)((int64_t)t->s->ndocs + t->ndocs_delta);
     }
     free(t);
     return rc ? store_fail(err, errlen, rc, "commit") : 0;
@@ -451,10 +469,12 @@ int idx_store_scan_docs(idx_store_t *s, idx_store_doc_cb cb, void *ctx,
     return out;
 }
 
-/* Walks `log` from LSN `from` in transaction txn. */
+/* Walks `log` from LSN `from` in transaction txn. With end_call, cb is
+ * called once more with bytes == NULL after a walk that cb did not stop,
+ * still inside the transaction (so earlier pointers are still valid). */
 static int store_walk_log(MDB_txn *txn, MDB_dbi dbi, uint64_t from, size_t max,
-                          idx_store_log_cb cb, void *ctx, char *err,
-                          size_t errlen)
+                          int end_call, idx_store_log_cb cb, void *ctx,
+                          char *err, size_t errlen)
 {
     MDB_cursor *cur;
     int rc = mdb_cursor_open(txn, dbi, &cur);
@@ -478,25 +498,42 @@ static int store_walk_log(MDB_txn *txn, MDB_dbi dbi, uint64_t from, size_t max,
     if (!out && rc && rc != MDB_NOTFOUND)
         out = store_fail(err, errlen, rc, "scan log");
     mdb_cursor_close(cur);
+    if (!out && end_call)
+        out = cb(ctx, 0, NULL, 0);
     return out;
+}
+
+static int store_scan_log(idx_store_t *s, uint64_t from, size_t max,
+                          int end_call, idx_store_log_cb cb, void *ctx,
+                          char *err, size_t errlen)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc)
+        return store_fail(err, errlen, rc, "scan log");
+    rc = store_walk_log(txn, s->log, from, max, end_call, cb, ctx, err,
+                        errlen);
+    mdb_txn_abort(txn);
+    return rc;
 }
 
 int idx_store_scan_log(idx_store_t *s, uint64_t from, size_t max,
                        idx_store_log_cb cb, void *ctx, char *err,
                        size_t errlen)
 {
-    MDB_txn *txn;
-    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
-    if (rc)
-        return store_fail(err, errlen, rc, "scan log");
-    rc = store_walk_log(txn, s->log, from, max, cb, ctx, err, errlen);
-    mdb_txn_abort(txn);
-    return rc;
+    return store_scan_log(s, from, max, 0, cb, ctx, err, errlen);
+}
+
+int idx_store_read_log(idx_store_t *s, uint64_t from, size_t max,
+                       idx_store_log_cb cb, void *ctx, char *err,
+                       size_t errlen)
+{
+    return store_scan_log(s, from, max, 1, cb, ctx, err, errlen);
 }
 
 int idx_store_txn_log(idx_wtxn_t *t, uint64_t from, idx_store_log_cb cb,
                       void *ctx, char *err, size_t errlen)
 {
-    return store_walk_log(t->txn, t->s->log, from, SIZE_MAX, cb, ctx, err,
+    return store_walk_log(t->txn, t->s->log, from, SIZE_MAX, 1, cb, ctx, err,
                           errlen);
 }
