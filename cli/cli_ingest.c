@@ -203,25 +203,21 @@ static int ingest_jsonl(ingest_t *g, const char *path)
         return rc;
     }
     kb_jsonl_rec_t rec;
+    char why[600];
     while (!g->stopped && (rc = kb_jsonl_next(r, &rec)) != 0) {
-        if (rc < 0) {
-            fprintf(stderr, "kbsync ingest: %s\n", kb_jsonl_error(r));
+        if (rc < 0)
+            snprintf(why, sizeof why, "%s", kb_jsonl_error(r));
+        else if (rec.embedding && rec.embedding_len == 0)
+            snprintf(why, sizeof why, "%s:%llu: \"embedding\" is an empty array",
+                     path, (unsigned long long)rec.line);
+        else
+            why[0] = 0;
+        if (why[0]) {
+            fprintf(stderr, "kbsync ingest: %s\n", why);
             g->failed++;
             if (g->keep_going)
                 continue;
             /* The batch holding the bad record is not sent. */
-            g->failed += g->ndocs;
-            batch_clear(g);
-            g->stopped = 1;
-            break;
-        }
-        if (rec.embedding && rec.embedding_len == 0) {
-            fprintf(stderr, "kbsync ingest: %s:%llu: \"embedding\" is an "
-                            "empty array\n",
-                    path, (unsigned long long)rec.line);
-            g->failed++;
-            if (g->keep_going)
-                continue;
             g->failed += g->ndocs;
             batch_clear(g);
             g->stopped = 1;

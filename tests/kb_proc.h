@@ -156,4 +156,25 @@ static inline double kbp_num(const cJSON *o, const char *key)
     return cJSON_IsNumber(v) ? v->valuedouble : -1;
 }
 
+/* Deterministic test vectors: component j of document doc, in [-1, 1]. */
+static inline float kbp_vec(int doc, int j)
+{
+    unsigned x = (unsigned)(doc * 2654435761u) ^ (unsigned)(j * 40503u);
+    x ^= x >> 13;
+    x *= 0x5bd1e995u;
+    x ^= x >> 15;
+    return (float)((x % 2001u) / 1000.0 - 1.0);
+}
+
+/* Writes document doc's vector as a JSON array for --vector. */
+static inline char *kbp_vector_arg(int doc, int dim, char *buf, size_t cap)
+{
+    size_t n = (size_t)snprintf(buf, cap, "[");
+    for (int j = 0; j < dim; j++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s%.9g", j ? "," : "",
+                              kbp_vec(doc, j));
+    snprintf(buf + n, cap - n, "]");
+    return buf;
+}
+
 #endif

@@ -20,15 +20,6 @@ typedef struct e2e {
     pid_t leader;
 } e2e_t;
 
-static float vec_of(int doc, int j)
-{
-    /* deterministic, distinct per document */
-    unsigned x = (unsigned)(doc * 2654435761u) ^ (unsigned)(j * 40503u);
-    x ^= x >> 13;
-    x *= 0x5bd1e995u;
-    x ^= x >> 15;
-    return (float)((x % 2001u) / 1000.0 - 1.0);
-}
 
 static void write_jsonl(const char *path, int from, int to, float bump)
 {
@@ -39,21 +30,12 @@ static void write_jsonl(const char *path, int from, int to, float bump)
                    "\"metadata\": {\"n\": %d, \"tag\": \"t%d\"}, \"embedding\": [",
                 i, i, i, i % 3);
         for (int j = 0; j < DIM; j++)
-            fprintf(f, "%s%.9g", j ? ", " : "", vec_of(i, j) + bump);
+            fprintf(f, "%s%.9g", j ? ", " : "", kbp_vec(i, j) + bump);
         fprintf(f, "]}\n");
     }
     fclose(f);
 }
 
-static char *vector_arg(int doc, char *buf, size_t cap)
-{
-    size_t n = (size_t)snprintf(buf, cap, "[");
-    for (int j = 0; j < DIM; j++)
-        n += (size_t)snprintf(buf + n, cap - n, "%s%.9g", j ? "," : "",
-                              vec_of(doc, j));
-    snprintf(buf + n, cap - n, "]");
-    return buf;
-}
 
 /* with_dim: 0 = reuse the stored dim, else create with that dim */
 static void start_leader(e2e_t *e, int with_dim)
@@ -113,7 +95,7 @@ static cJSON *query_json(e2e_t *e, int doc, int k)
     static char out[1 << 20];
     char v[2048];
     int rc = kbp_run(out, sizeof out, "'%s' query --to '%s' -k %d --json --vector '%s'",
-                     kbp_bin(), e->ep, k, vector_arg(doc, v, sizeof v));
+                     kbp_bin(), e->ep, k, kbp_vector_arg(doc, DIM, v, sizeof v));
     assert_int_equal(rc, 0);
     cJSON *o = kbp_last_json(out);
     assert_non_null(o);

@@ -30,14 +30,6 @@ typedef struct cluster {
     node_t leader, r[2];
 } cluster_t;
 
-static float vec_of(int doc, int j)
-{
-    unsigned x = (unsigned)(doc * 2654435761u) ^ (unsigned)(j * 40503u);
-    x ^= x >> 13;
-    x *= 0x5bd1e995u;
-    x ^= x >> 15;
-    return (float)((x % 2001u) / 1000.0 - 1.0);
-}
 
 static void write_jsonl(const char *path, const char *prefix, int from, int to)
 {
@@ -47,21 +39,12 @@ static void write_jsonl(const char *path, const char *prefix, int from, int to)
         fprintf(f, "{\"id\": \"%s-%d\", \"text\": \"doc %d\", \"embedding\": [",
                 prefix, i, i);
         for (int j = 0; j < DIM; j++)
-            fprintf(f, "%s%.9g", j ? "," : "", vec_of(i, j));
+            fprintf(f, "%s%.9g", j ? "," : "", kbp_vec(i, j));
         fprintf(f, "]}\n");
     }
     fclose(f);
 }
 
-static char *vector_arg(int doc, char *buf, size_t cap)
-{
-    size_t n = (size_t)snprintf(buf, cap, "[");
-    for (int j = 0; j < DIM; j++)
-        n += (size_t)snprintf(buf + n, cap - n, "%s%.9g", j ? "," : "",
-                              vec_of(doc, j));
-    snprintf(buf + n, cap - n, "]");
-    return buf;
-}
 
 /* A free loopback port for the replication endpoint: bind :0, read, close.
  * (The client endpoints use --listen tcp://127.0.0.1:* instead.) */
@@ -227,7 +210,7 @@ static int rank_on(const node_t *n, int doc, const char *id, int *version)
     static char out[1 << 18];
     char v[1024];
     int rc = kbp_run(out, sizeof out, "'%s' query --to '%s' -k 5 --json --vector '%s'",
-                     kbp_bin(), n->ep, vector_arg(doc, v, sizeof v));
+                     kbp_bin(), n->ep, kbp_vector_arg(doc, DIM, v, sizeof v));
     assert_int_equal(rc, 0);
     cJSON *q = kbp_last_json(out);
     assert_non_null(q);
