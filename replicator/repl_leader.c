@@ -337,6 +337,9 @@ int repl_leader_new(idx_t *ix, void *zctx, const repl_leader_config_t *cfg,
         char ep[256];
         size_t eplen = sizeof ep;
         zmq_getsockopt(l->sock, ZMQ_LAST_ENDPOINT, ep, &eplen);
+        if (l->cfg.default_mode == REPL_ALL && !(cfg->replicas && *cfg->replicas))
+            kb_warn("--write-mode all without --replicas: `all` waits for no "
+                    "replica and is the same as `async`");
         kb_info("replication on %s; replicas for `all`: %s; default mode %s",
                 ep, cfg->replicas && *cfg->replicas ? cfg->replicas : "(none)",
                 l->cfg.default_mode == REPL_ALL ? "all" : "async");

@@ -394,6 +394,11 @@ size_t repl_replica_on_msg(repl_replica_t *r)
             applied += batch_apply(r);
     }
     applied += batch_apply(r);
+    if (r->dup_records) {
+        kb_info("dropped %llu re-sent records at or below the applied LSN",
+                (unsigned long long)r->dup_records);
+        r->dup_records = 0;
+    }
     return applied;
 }
 
