@@ -392,9 +392,12 @@ int qry_node_run(idx_t *ix, const qry_node_config_t *cfg,
             node_unpark(&n);
     }
     if (n.leader)
-        repl_leader_flush(n.leader, n.router);
-    for (size_t i = 0; i < n.nwait; i++)
+        repl_leader_shutdown(n.leader, n.router);
+    for (size_t i = 0; i < n.nwait; i++) {
+        kb_wire_send_error(n.router, &n.wait[i].peer, n.wait[i].req->request_id,
+                           KB_EUNAVAIL, "node is shutting down");
         kbsync__request__free_unpacked(n.wait[i].req, NULL);
+    }
     free(n.wait);
     repl_leader_free(&n.leader);
     repl_replica_free(&n.replica);

@@ -113,9 +113,12 @@ struct repl_leader {
     size_t nparked, parkcap;
     shipment_t ship;
     int shipped; /* the current group commit sent records before commit */
+    int closing; /* repl_leader_shutdown(): answer every parked write */
     Kbsync__ReplicaState rs[REPL_MAX_PEERS];
     Kbsync__ReplicaState *rsp[REPL_MAX_PEERS];
 };
+
+static void release_parked(repl_leader_t *l, void *router);
 
 /* ------------------------------------------------------------- helpers */
 
@@ -190,12 +193,16 @@ static void free_packed(void *data, void *hint)
 static int send_to_peer(repl_leader_t *l, peer_t *p, const void *buf,
                         size_t len)
 {
-    if (zmq_send(l->sock, p->id, strlen(p->id), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
-        return errno == EAGAIN ? -EAGAIN : -EHOSTUNREACH;
+    /* Allocate before the routing frame goes: once it is sent with SNDMORE
+     * the body must follow, or the next message would become its body. */
     void *copy = malloc(len ? len : 1);
     if (!copy)
         return KB_ENOMEM;
     memcpy(copy, buf, len);
+    if (zmq_send(l->sock, p->id, strlen(p->id), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        free(copy);
+        return errno == EAGAIN ? -EAGAIN : -EHOSTUNREACH;
+    }
     zmq_msg_t m;
     zmq_msg_init_data(&m, copy, len, free_packed, NULL);
     if (zmq_msg_send(&m, l->sock, ZMQ_DONTWAIT) < 0) {
@@ -331,8 +338,14 @@ int repl_leader_new(idx_t *ix, void *zctx, const repl_leader_config_t *cfg,
             free(l);
             return rc;
         }
-        int one = 1, hwm = 100000;
+        int one = 1, hwm = 100000, ivl = 1000, tmo = 3000;
         zmq_setsockopt(l->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+        /* A replica that comes back (same routing id) while its old
+         * connection is still half-open must take the id over, not be
+         * ignored as a duplicate; ZMTP heartbeats close dead connections. */
+        zmq_setsockopt(l->sock, ZMQ_ROUTER_HANDOVER, &one, sizeof one);
+        zmq_setsockopt(l->sock, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl);
+        zmq_setsockopt(l->sock, ZMQ_HEARTBEAT_TIMEOUT, &tmo, sizeof tmo);
         zmq_setsockopt(l->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
         char ep[256];
         size_t eplen = sizeof ep;
@@ -371,6 +384,13 @@ void repl_leader_free(repl_leader_t **lp)
     free(l->park);
     free(l);
     *lp = NULL;
+}
+
+void repl_leader_shutdown(repl_leader_t *l, void *router)
+{
+    repl_leader_flush(l, router);
+    l->closing = 1;
+    release_parked(l, router);
 }
 
 void *repl_leader_socket(repl_leader_t *l)
@@ -552,6 +572,7 @@ void repl_leader_flush(repl_leader_t *l, void *router)
 {
     if (l->qn == 0)
         return;
+    ship_reset(&l->ship); /* never carry LMDB pointers across transactions */
     char err[512];
     /* `all` needs every named replica connected, checked before writing. */
     const char *absent = NULL;
@@ -663,17 +684,18 @@ static void release_parked(repl_leader_t *l, void *router)
         if (all_named_acked(l, k->lsn, missing, sizeof missing, &have, &want)) {
             answer_write(router, &k->peer, k->rid, k->lsn, k->written,
                          k->missing);
-        } else if (now >= k->deadline_us) {
+        } else if (now >= k->deadline_us || l->closing) {
             snprintf(err, sizeof err,
                      "write IS committed on the leader at version %llu, but "
-                     "only %d of %d named replicas applied it within %d ms "
-                     "(not yet: %s); it will reach them when they are back",
+                     "only %d of %d named replicas applied it %s (not yet: "
+                     "%s); it will reach them when they are back",
                      (unsigned long long)k->lsn, have, want,
-                     l->cfg.write_timeout_ms, missing);
+                     l->closing ? "before the leader shut down" : "in time",
+                     missing);
             /* The error says the write is NOT fully acknowledged; the
              * WriteResult beside it says what is committed on the leader. */
             Kbsync__Error e = KBSYNC__ERROR__INIT;
-            e.code = KB_ETIMEOUT;
+            e.code = l->closing ? KB_EUNAVAIL : KB_ETIMEOUT;
             e.message = err;
             Kbsync__WriteResult w = KBSYNC__WRITE_RESULT__INIT;
             w.version = k->lsn;
@@ -772,6 +794,7 @@ static void on_hello(repl_leader_t *l, peer_t *p, const Kbsync__ReplHello *h)
         w.diverged = 1;
         w.reason = reason;
         kb_error("%s; telling it to start over", reason);
+        p->online = 0; /* not a follower until it says hello from scratch */
     }
     Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
     m.body_case = KBSYNC__REPL_MESSAGE__BODY_WELCOME;
@@ -807,8 +830,15 @@ void repl_leader_on_repl(repl_leader_t *l, void *router)
         }
         Kbsync__ReplMessage *m =
             kbsync__repl_message__unpack(NULL, b.len, b.data);
+        /* A peer enters the table only by saying hello with a routing id
+         * equal to its replica id (ZeroMQ's generated ids never match). */
+        int hello = env.nframes == 1 && m &&
+                    m->body_case == KBSYNC__REPL_MESSAGE__BODY_HELLO &&
+                    m->hello->replica_id &&
+                    strlen(m->hello->replica_id) == env.len[0] &&
+                    !memcmp(m->hello->replica_id, env.frame[0], env.len[0]);
         peer_t *p = env.nframes == 1 ? peer_find(l, (const char *)env.frame[0],
-                                                 env.len[0], 1)
+                                                 env.len[0], hello)
                                      : NULL;
         if (!m || !p) {
             kb_warn("replication socket: undecodable message of %zu bytes or "
@@ -832,10 +862,21 @@ void repl_leader_on_repl(repl_leader_t *l, void *router)
                 r.body_case = KBSYNC__REPL_MESSAGE__BODY_ERROR;
                 r.error = &e;
                 send_msg(l, p, &r);
+            } else if (m->ack->applied_lsn > p->sent) {
+                /* It claims records we never sent it in this session: its
+                 * store is not what its hello said (or the hello was stale).
+                 * Never count that for `all`: make it say hello again, which
+                 * checks its newest record against our log. */
+                peer_lost(p, "acknowledged an LSN it was never sent");
+                Kbsync__Error e = KBSYNC__ERROR__INIT;
+                e.code = KB_EUNAVAIL;
+                e.message = "say hello first";
+                Kbsync__ReplMessage r = KBSYNC__REPL_MESSAGE__INIT;
+                r.body_case = KBSYNC__REPL_MESSAGE__BODY_ERROR;
+                r.error = &e;
+                send_msg(l, p, &r);
             } else if (m->ack->applied_lsn > p->acked) {
                 p->acked = m->ack->applied_lsn;
-                if (p->acked > p->sent)
-                    p->sent = p->acked;
             }
         }
         if (m)
@@ -848,6 +889,9 @@ void repl_leader_on_repl(repl_leader_t *l, void *router)
 
 int repl_leader_tick(repl_leader_t *l, void *router)
 {
+    /* Read acks that arrived during a long group commit before judging who
+     * is dead. */
+    repl_leader_on_repl(l, router);
     uint64_t now = kb_mono_us();
     int next = REPL_BEAT_MS;
     for (size_t i = 0; l->sock && i < l->npeers; i++) {

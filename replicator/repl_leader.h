@@ -35,6 +35,10 @@ int repl_leader_new(idx_t *ix, void *zctx, const repl_leader_config_t *cfg,
  * accepts NULL and sets *l to NULL. */
 void repl_leader_free(repl_leader_t **l);
 
+/* Before stopping: commits what is queued and answers every `all` write
+ * still waiting for acks (KB_EUNAVAIL + its WriteResult: it IS committed). */
+void repl_leader_shutdown(repl_leader_t *l, void *router);
+
 /* The replication socket to poll for input, or NULL. */
 void *repl_leader_socket(repl_leader_t *l);
 

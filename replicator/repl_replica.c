@@ -40,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #define REPLICA_HELLO_MS 250
@@ -47,6 +48,8 @@
 #define REPLICA_SILENT_MS 300
 #define REPLICA_DEAD_MS 1000
 #define REPLICA_MAX_BATCH 16384 /* records applied in one transaction */
+#define REPLICA_STUCK_MS 1000   /* behind, yet no records: ask again */
+#define REPLICA_OFFSET_KEEP_US 10000000u /* clock-offset sample lifetime */
 
 struct repl_replica {
     repl_replica_config_t cfg;
@@ -56,6 +59,9 @@ struct repl_replica {
     uint64_t hello_us, ack_us, heard_us; /* monotonic */
     uint64_t head_lsn, head_commit_us;
     int64_t offset_us; /* leader wall clock - local wall clock */
+    uint64_t offset_mono; /* when offset_us was sampled (0 = never) */
+    uint64_t leader_sent_us; /* newest leader_now_us received */
+    uint64_t records_us;  /* monotonic time records last arrived */
     uint64_t next_lsn, next_commit_us;
     char leader_ep[256];
     uint64_t dup_records;
@@ -78,6 +84,12 @@ static int replica_connect(repl_replica_t *r, char *err, size_t errlen)
     zmq_setsockopt(r->sock, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt(r->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(r->sock, ZMQ_ROUTING_ID, r->cfg.id, strlen(r->cfg.id));
+    /* Do not queue hellos/acks while the leader is unreachable: a restarted
+     * leader would get every one of them at once. */
+    int one = 1, ivl = 1000, tmo = 3000;
+    zmq_setsockopt(r->sock, ZMQ_IMMEDIATE, &one, sizeof one);
+    zmq_setsockopt(r->sock, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl);
+    zmq_setsockopt(r->sock, ZMQ_HEARTBEAT_TIMEOUT, &tmo, sizeof tmo);
     if (zmq_connect(r->sock, r->cfg.leader))
         return kb_seterr(err, errlen, KB_ENET, "cannot connect to leader %s: %s",
                          r->cfg.leader, zmq_strerror(errno));
@@ -202,8 +214,21 @@ static void replica_beat(repl_replica_t *r, const Kbsync__ReplBeat *b)
         r->head_lsn = b->head_lsn;
         r->head_commit_us = b->head_commit_us;
     }
-    if (b->leader_now_us)
-        r->offset_us = (int64_t)b->leader_now_us - (int64_t)kb_wall_us();
+    if (b->leader_now_us) {
+        /* A message read late (it waited in our queue while we were busy or
+         * stopped) gives a sample that is too small by its wait: keep the
+         * largest recent sample, and measure contact on the leader's clock
+         * (when the leader sent it), not on when we read it. */
+        int64_t sample = (int64_t)b->leader_now_us - (int64_t)kb_wall_us();
+        uint64_t mono = kb_mono_us();
+        if (!r->offset_mono || sample >= r->offset_us ||
+            mono - r->offset_mono > REPLICA_OFFSET_KEEP_US) {
+            r->offset_us = sample;
+            r->offset_mono = mono;
+        }
+        if (b->leader_now_us > r->leader_sent_us)
+            r->leader_sent_us = b->leader_now_us;
+    }
     r->next_lsn = b->next_lsn;
     r->next_commit_us = b->next_commit_us;
     if (b->client_endpoint && *b->client_endpoint)
@@ -220,8 +245,23 @@ static void replica_start_over(repl_replica_t *r, const char *reason)
              "starting over from an empty knowledge base",
              reason, r->cfg.data_dir, aside);
     idx_close(&r->ix);
-    if (rename(r->cfg.data_dir, aside))
-        kb_error("cannot move %s aside: %s", r->cfg.data_dir, strerror(errno));
+    if (rename(r->cfg.data_dir, aside) == 0)
+        return;
+    /* DIR may be a mount point (EBUSY) or end in '/' (EINVAL): move the
+     * LMDB files instead. Never go on with the diverged store in place. */
+    kb_error("cannot move %s aside (%s); moving its LMDB files instead",
+             r->cfg.data_dir, strerror(errno));
+    char from[4096], to[4096], lock[4096];
+    snprintf(from, sizeof from, "%s/data.mdb", r->cfg.data_dir);
+    snprintf(to, sizeof to, "%s/data.mdb.diverged-%llu", r->cfg.data_dir,
+             (unsigned long long)(kb_wall_us() / 1000000u));
+    snprintf(lock, sizeof lock, "%s/lock.mdb", r->cfg.data_dir);
+    if (rename(from, to)) {
+        kb_error("cannot move %s aside either (%s): stopping, the diverged "
+                 "store must not be served", from, strerror(errno));
+        abort();
+    }
+    unlink(lock);
 }
 
 static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
@@ -247,6 +287,16 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
             kb_error("cannot create the replica's knowledge base: %s", why);
             return;
         }
+        idx_stats_t st0;
+        idx_stats(r->ix, &st0);
+        if (st0.version) {
+            /* Our hello said "empty", but DIR holds a store: say hello again
+             * with what it really holds, so the leader can check it. */
+            kb_warn("%s already holds LSN %llu; saying hello again",
+                    r->cfg.data_dir, (unsigned long long)st0.version);
+            r->hello_us = 0;
+            return;
+        }
     } else {
         idx_stats_t st;
         idx_stats(r->ix, &st);
@@ -260,8 +310,13 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
     }
     if (w->client_endpoint && *w->client_endpoint)
         snprintf(r->leader_ep, sizeof r->leader_ep, "%s", w->client_endpoint);
-    if (w->head_lsn > r->head_lsn)
-        r->head_lsn = w->head_lsn;
+    /* A new session: the leader's head is what it says now (it may be lower
+     * than a head announced before a leader crash). Its commit time is not
+     * known yet: 0 makes lag_ms fall back to an upper bound. */
+    r->head_lsn = w->head_lsn;
+    r->head_commit_us = 0;
+    r->next_lsn = r->next_commit_us = 0;
+    r->records_us = kb_mono_us();
     idx_stats_t st;
     idx_stats(r->ix, &st);
     kb_info("following leader %s: applied LSN %llu, leader at %llu",
@@ -360,6 +415,7 @@ size_t repl_replica_on_msg(repl_replica_t *r)
             break;
         case KBSYNC__REPL_MESSAGE__BODY_RECORDS:
             replica_beat(r, m->records->beat);
+            r->records_us = r->heard_us;
             if (!r->streaming || !r->ix)
                 break;
             for (size_t j = 0; j < m->records->n_records; j++) {
@@ -413,6 +469,22 @@ int repl_replica_tick(repl_replica_t *r)
     }
     if (!r->streaming && now - r->hello_us >= REPLICA_HELLO_MS * 1000u)
         replica_hello(r);
+    if (r->streaming && r->ix) {
+        /* Behind the head the leader announces, yet no records for a while:
+         * records were lost with a connection the leader did not see drop.
+         * Say hello again so it resends from our applied LSN. */
+        idx_stats_t st;
+        idx_stats(r->ix, &st);
+        if (r->head_lsn > st.version &&
+            now - r->records_us > REPLICA_STUCK_MS * 1000u) {
+            kb_warn("at LSN %llu, leader at %llu, no records for %d ms: "
+                    "asking the leader again",
+                    (unsigned long long)st.version,
+                    (unsigned long long)r->head_lsn, REPLICA_STUCK_MS);
+            r->streaming = 0;
+            replica_hello(r);
+        }
+    }
     if (r->streaming && now - r->ack_us >= REPLICA_ACK_MS * 1000u)
         replica_ack(r);
     return r->streaming ? REPLICA_ACK_MS : REPLICA_HELLO_MS;
@@ -427,24 +499,38 @@ void repl_replica_staleness(repl_replica_t *r, Kbsync__NodeState *s)
         version = st.version;
         commit_us = st.commit_us;
     }
-    uint64_t now_mono = kb_mono_us();
+    const uint64_t unknown = UINT64_MAX / 1000u;
     uint64_t leader_now = (uint64_t)((int64_t)kb_wall_us() + r->offset_us);
     s->version = version;
     s->leader_version = r->head_lsn > version ? r->head_lsn : version;
     s->lag_ops = s->leader_version - version;
+    /* Contact age on the leader's clock: a message that waited in our queue
+     * does not make the leader look recently heard. */
     s->leader_contact_ms =
-        r->heard_us ? (now_mono - r->heard_us) / 1000u : UINT64_MAX / 1000u;
+        r->leader_sent_us ? (leader_now > r->leader_sent_us
+                                 ? (leader_now - r->leader_sent_us) / 1000u
+                                 : 0)
+                          : unknown;
     uint64_t lag_ms = 0;
-    if (s->lag_ops) {
+    if (!r->leader_sent_us) {
+        /* Never heard from the leader since we started: we know nothing of
+         * what it committed. The only safe figure is an upper bound: the age
+         * of our newest write (or unknown when we hold none). */
+        lag_ms = commit_us && leader_now > commit_us
+                     ? (leader_now - commit_us) / 1000u
+                     : unknown;
+    } else if (s->lag_ops) {
         uint64_t oldest = r->next_lsn == version + 1 && r->next_commit_us
                               ? r->next_commit_us
                               : r->head_commit_us;
         if (!oldest)
-            oldest = commit_us;
-        lag_ms = oldest && leader_now > oldest ? (leader_now - oldest) / 1000u
-                                               : 0;
+            oldest = commit_us; /* upper bound */
+        lag_ms = !oldest ? unknown
+                 : leader_now > oldest ? (leader_now - oldest) / 1000u
+                                       : 0;
     }
-    if (s->leader_contact_ms > REPLICA_SILENT_MS && s->leader_contact_ms > lag_ms)
-        lag_ms = r->heard_us ? s->leader_contact_ms : lag_ms;
+    if (r->leader_sent_us && s->leader_contact_ms > REPLICA_SILENT_MS &&
+        s->leader_contact_ms > lag_ms)
+        lag_ms = s->leader_contact_ms;
     s->lag_ms = lag_ms;
 }
