@@ -424,6 +424,24 @@ static void test_e2e_repl_leader_kill9_loses_nothing(void **state)
     cJSON *st = status(&c->r[0]);
     assert_int_equal((int)kbp_num(st, "version"), 400);
     cJSON_Delete(st);
+    /* a replica restarted while its leader is down has heard nothing: it
+     * must not claim lag 0, and bounded-staleness reads are refused */
+    kill(c->r[0].pid, SIGKILL);
+    waitpid(c->r[0].pid, NULL, 0);
+    kbp_forget(c->r[0].pid);
+    usleep(400000);
+    start_replica(c, 0);
+    st = status(&c->r[0]);
+    assert_int_equal((int)kbp_num(st, "version"), 400);
+    assert_true(kbp_num(st, "lag_ms") >= 400);
+    cJSON_Delete(st);
+    static char out[1 << 16];
+    char v[1024];
+    int rc = kbp_run(out, sizeof out,
+                     "'%s' query --to '%s' --max-lag-ms 200 --vector '%s' 2>&1",
+                     kbp_bin(), c->r[0].ep, kbp_vector_arg(1, DIM, v, sizeof v));
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "KB_ESTALE"));
     start_leader(c, NULL, NULL);
     cJSON *ls = status(&c->leader);
     assert_int_equal((int)kbp_num(ls, "version"), 400);
