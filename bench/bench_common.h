@@ -47,11 +47,12 @@ static inline void bench_vector(uint64_t seed, uint64_t i, int dim, float *out)
 }
 
 static const char *const bench_words[] = {
-    "replica", "leader", "index", "vector", "query", "latency", "durable",
-    "commit", "document", "chunk", "embedding", "metadata", "version",
-    "staleness", "consistency", "throughput", "network", "partition",
-    "cluster", "storage", "search", "neighbour", "knowledge", "answer",
-    "retrieval", "generation", "model", "token", "context", "window"};
+    "replica",    "leader",    "index",     "vector",    "query",
+    "latency",    "durable",   "commit",    "document",  "chunk",
+    "embedding",  "metadata",  "version",   "staleness", "consistency",
+    "throughput", "network",   "partition", "cluster",   "storage",
+    "search",     "neighbour", "knowledge", "answer",    "retrieval",
+    "generation", "model",     "token",     "context",   "window"};
 
 /* ~len bytes of word salad, deterministic per i. */
 static inline void bench_text(uint64_t i, char *out, size_t len)

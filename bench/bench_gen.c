@@ -26,8 +26,9 @@ int main(int argc, char **argv)
     for (long i = 0; i < n; i++) {
         bench_vector(seed, (uint64_t)i, dim, v);
         bench_text((uint64_t)i, text, 300);
-        fprintf(f, "{\"id\": \"doc-%ld\", \"text\": \"%s\", \"metadata\": "
-                   "{\"source\": \"bench\", \"n\": %ld}, \"embedding\": [",
+        fprintf(f,
+                "{\"id\": \"doc-%ld\", \"text\": \"%s\", \"metadata\": "
+                "{\"source\": \"bench\", \"n\": %ld}, \"embedding\": [",
                 i, text, i);
         for (int j = 0; j < dim; j++)
             fprintf(f, j ? ", %.17g" : "%.17g", (double)v[j]);

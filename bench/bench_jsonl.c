@@ -1,8 +1,8 @@
 /* bench_jsonl: how fast kb_jsonl_next() reads ingest files. Writes N records
  * shaped like Python json.dumps output (a 384-float unit vector as "%.17g",
- * ~300 bytes of text with escapes, small metadata) to a temp file, times full passes over it (file in
- * the page cache) and prints records/s and MB/s. Removes the file.
- * Usage: bench_jsonl [records=20000] [passes=3] */
+ * ~300 bytes of text with escapes, small metadata) to a temp file, times full
+ * passes over it (file in the page cache) and prints records/s and MB/s.
+ * Removes the file. Usage: bench_jsonl [records=20000] [passes=3] */
 #include "kb_json.h"
 
 #include <errno.h>
@@ -32,9 +32,9 @@ static uint64_t rnd(uint64_t *s)
 }
 
 static const char *const words[] = {
-    "replica", "vector", "index",     "document", "query",  "leader",
+    "replica", "vector", "index",     "document",  "query",  "leader",
     "stream",  "offset", "commit",    "embedding", "search", "store",
-    "the",     "of",     "knowledge", "base",     "sync",   "chunk"};
+    "the",     "of",     "knowledge", "base",      "sync",   "chunk"};
 
 /* Writes n records to f. Returns 0 or -errno. */
 static int write_records(FILE *f, long n)
@@ -45,7 +45,8 @@ static int write_records(FILE *f, long n)
         fprintf(f, "{\"id\": \"doc-%ld\", \"text\": \"", i);
         /* ~300 bytes of words, then escapes as json.dumps writes them. */
         for (int len = 0; len < 300;)
-            len += fprintf(f, "%s ", words[rnd(&s) % (sizeof words / sizeof *words)]);
+            len += fprintf(f, "%s ",
+                           words[rnd(&s) % (sizeof words / sizeof *words)]);
         fputs("\\\"quoted\\\"\\n\", \"embedding\": [", f);
         /* A unit vector of float32 values widened to double, as numpy ->
          * Python gives: repr has ~17 digits, like 0.012345678901234567. */
@@ -55,9 +56,11 @@ static int write_records(FILE *f, long n)
             norm += (double)v[j] * v[j];
         }
         for (int j = 0; j < DIM; j++)
-            fprintf(f, j ? ", %.17g" : "%.17g", (double)(v[j] / (float)sqrt(norm)));
-        fprintf(f, "], \"metadata\": {\"source\": \"bench/%ld.md\", "
-                   "\"chunk\": %ld, \"tags\": [\"a\", \"b\"]}}\n",
+            fprintf(f, j ? ", %.17g" : "%.17g",
+                    (double)(v[j] / (float)sqrt(norm)));
+        fprintf(f,
+                "], \"metadata\": {\"source\": \"bench/%ld.md\", "
+                "\"chunk\": %ld, \"tags\": [\"a\", \"b\"]}}\n",
                 i / 10, i % 10);
     }
     return ferror(f) ? -EIO : 0;

@@ -76,7 +76,9 @@ static void *poller(void *arg)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: bench_lag LEADER_EP REPLICA_EP [rate] [seconds] [dim]\n");
+        fprintf(
+            stderr,
+            "usage: bench_lag LEADER_EP REPLICA_EP [rate] [seconds] [dim]\n");
         return 2;
     }
     lagrun_t L = {.leader = argv[1], .replica = argv[2]};
@@ -129,8 +131,9 @@ int main(int argc, char **argv)
         /* collect answers until the next send is due */
         uint64_t next = sent < L.n ? t0 + sent * 1000000u / (uint64_t)L.rate
                                    : now + 1000000;
-        int wait_ms = sent == L.n ? 10000
-                      : next > now ? (int)((next - now) / 1000u) : 0;
+        int wait_ms = sent == L.n  ? 10000
+                      : next > now ? (int)((next - now) / 1000u)
+                                   : 0;
         Kbsync__Response *r;
         int got = qry_client_recv(c, wait_ms, &r, err, sizeof err) == 0;
         if (!got && wait_ms == 0 && sent < L.n) {
@@ -155,7 +158,8 @@ int main(int argc, char **argv)
             acked++;
             kbsync__response__free_unpacked(r, NULL);
         } else if (sent == L.n) {
-            fprintf(stderr, "timed out waiting for acks (%zu of %zu)\n", acked, L.n);
+            fprintf(stderr, "timed out waiting for acks (%zu of %zu)\n", acked,
+                    L.n);
             break;
         }
     }
@@ -175,18 +179,20 @@ int main(int argc, char **argv)
                         ? (double)(L.visible_us[i] - L.ack_us[i]) / 1000.0
                         : 0.0;
     }
-    printf("async load %d docs/s for %d s (%zu writes, %.0f docs/s achieved, %zu "
-           "sent >1 ms late), dim %d\n",
-           L.rate, L.seconds, L.n, (double)acked / elapsed, late, L.dim);
+    printf(
+        "async load %d docs/s for %d s (%zu writes, %.0f docs/s achieved, %zu "
+        "sent >1 ms late), dim %d\n",
+        L.rate, L.seconds, L.n, (double)acked / elapsed, late, L.dim);
     printf("  replica lag (ack on leader -> visible on replica): p50 %.3f ms  "
            "p99 %.3f ms  max %.3f ms  (%zu writes measured, %zu never seen)\n",
-           bench_pct(lag, nl, 50), bench_pct(lag, nl, 99), bench_pct(lag, nl, 100),
-           nl, unseen);
-    printf("  replica's own lag_ms over %zu status samples: p50 %.0f  p99 %.0f  "
-           "max %.0f; max lag_ops seen %llu\n",
-           L.nself, bench_pct(L.self_lag, L.nself, 50),
-           bench_pct(L.self_lag, L.nself, 99), bench_pct(L.self_lag, L.nself, 100),
-           (unsigned long long)L.max_lag_ops);
+           bench_pct(lag, nl, 50), bench_pct(lag, nl, 99),
+           bench_pct(lag, nl, 100), nl, unseen);
+    printf(
+        "  replica's own lag_ms over %zu status samples: p50 %.0f  p99 %.0f  "
+        "max %.0f; max lag_ops seen %llu\n",
+        L.nself, bench_pct(L.self_lag, L.nself, 50),
+        bench_pct(L.self_lag, L.nself, 99), bench_pct(L.self_lag, L.nself, 100),
+        (unsigned long long)L.max_lag_ops);
     qry_client_close(&c);
     return 0;
 }

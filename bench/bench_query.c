@@ -4,7 +4,8 @@
  * "IDMap2,Flat" index and the node's thread/BLAS settings) and times
  * idx_vec_search; then it times the same queries sent to the node over
  * ZeroMQ (`kbsync query` API: FAISS + LMDB lookup of the hits + protobuf).
- * usage: bench_query ENDPOINT [N=100000] [queries=200] [k=10] [dim=384] [seed=1] */
+ * usage: bench_query ENDPOINT [N=100000] [queries=200] [k=10] [dim=384]
+ * [seed=1] */
 #include "bench_common.h"
 #include "idx_vec.h"
 #include "kb_util.h"
@@ -13,7 +14,8 @@
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_query ENDPOINT [N] [queries] [k] [dim] [seed]\n");
+        fprintf(stderr,
+                "usage: bench_query ENDPOINT [N] [queries] [k] [dim] [seed]\n");
         return 2;
     }
     long n = argc > 2 ? atol(argv[2]) : 100000;
@@ -70,7 +72,8 @@ int main(int argc, char **argv)
         Kbsync__Response *r;
         uint64_t t0 = kb_mono_us();
         if (qry_client_call(c, &req, 30000, &r, err, sizeof err) || r->error) {
-            fprintf(stderr, "query failed: %s\n", r && r->error ? r->error->message : err);
+            fprintf(stderr, "query failed: %s\n",
+                    r && r->error ? r->error->message : err);
             return 1;
         }
         if (i >= 0)
@@ -82,9 +85,12 @@ int main(int argc, char **argv)
         kbsync__response__free_unpacked(r, NULL);
     }
     qry_client_close(&c);
-    double rp50 = bench_pct(raw, (size_t)nq, 50), rp99 = bench_pct(raw, (size_t)nq, 99);
-    double sp50 = bench_pct(served, (size_t)nq, 50), sp99 = bench_pct(served, (size_t)nq, 99);
-    printf("single query, %ld x %d flat ip, k=%d, %d queries:\n", n, dim, k, nq);
+    double rp50 = bench_pct(raw, (size_t)nq, 50),
+           rp99 = bench_pct(raw, (size_t)nq, 99);
+    double sp50 = bench_pct(served, (size_t)nq, 50),
+           sp99 = bench_pct(served, (size_t)nq, 99);
+    printf("single query, %ld x %d flat ip, k=%d, %d queries:\n", n, dim, k,
+           nq);
     printf("  raw FAISS in-process : p50 %.3f ms  p99 %.3f ms\n", rp50, rp99);
     printf("  served by kbsync     : p50 %.3f ms  p99 %.3f ms\n", sp50, sp99);
     printf("  ratio served/raw p50 : %.3f\n", sp50 / rp50);

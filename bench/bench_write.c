@@ -1,7 +1,8 @@
 /* bench_write: latency of single-document durable writes, as a client sees
  * them: one upsert of one 384-float document (+ ~300 bytes of text) at a
  * time, each waiting for its acknowledgement (closed loop, one client).
- * usage: bench_write ENDPOINT [N=2000] [dim=384] [id-prefix=w] [mode=default|async|all] */
+ * usage: bench_write ENDPOINT [N=2000] [dim=384] [id-prefix=w]
+ * [mode=default|async|all] */
 #include "bench_common.h"
 #include "kb_util.h"
 #include "qry_client.h"
@@ -16,9 +17,10 @@ int main(int argc, char **argv)
     int dim = argc > 3 ? atoi(argv[3]) : 384;
     const char *prefix = argc > 4 ? argv[4] : "w";
     const char *mode = argc > 5 ? argv[5] : "default";
-    Kbsync__WriteMode wm = !strcmp(mode, "all")     ? KBSYNC__WRITE_MODE__WRITE_MODE_ALL
-                           : !strcmp(mode, "async") ? KBSYNC__WRITE_MODE__WRITE_MODE_ASYNC
-                                                    : KBSYNC__WRITE_MODE__WRITE_MODE_DEFAULT;
+    Kbsync__WriteMode wm =
+        !strcmp(mode, "all")     ? KBSYNC__WRITE_MODE__WRITE_MODE_ALL
+        : !strcmp(mode, "async") ? KBSYNC__WRITE_MODE__WRITE_MODE_ASYNC
+                                 : KBSYNC__WRITE_MODE__WRITE_MODE_DEFAULT;
     char err[512];
     qry_client_t *c;
     if (qry_client_open(argv[1], &c, err, sizeof err)) {
@@ -62,9 +64,11 @@ int main(int argc, char **argv)
     for (int i = 0; i < n; i++)
         sum += lat[i];
     double mean = sum / n;
-    double p50 = bench_pct(lat, (size_t)n, 50), p99 = bench_pct(lat, (size_t)n, 99);
+    double p50 = bench_pct(lat, (size_t)n, 50),
+           p99 = bench_pct(lat, (size_t)n, 99);
     double p999 = bench_pct(lat, (size_t)n, 99.9), max = lat[n - 1];
-    printf("single-doc durable write (mode %s), %d writes, dim %d: p50 %.3f ms  p99 %.3f ms  "
+    printf("single-doc durable write (mode %s), %d writes, dim %d: p50 %.3f ms "
+           " p99 %.3f ms  "
            "p99.9 %.3f ms  max %.3f ms  mean %.3f ms\n",
            mode, n, dim, p50, p99, p999, max, mean);
     qry_client_close(&c);

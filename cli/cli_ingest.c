@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define INGEST_CHUNK_TARGET 800  /* bytes of text per plain-text chunk */
+#define INGEST_CHUNK_TARGET 800 /* bytes of text per plain-text chunk */
 #define INGEST_CHUNK_MAX 2000
 
 typedef struct ingest {
@@ -47,8 +47,8 @@ static Kbsync__Doc *doc_new(const char *id, size_t idlen, const char *text,
                             size_t tlen, const float *emb, size_t nemb,
                             const char *meta, size_t mlen)
 {
-    size_t sz = sizeof(Kbsync__Doc) + nemb * sizeof(float) + idlen + tlen +
-                mlen + 3;
+    size_t sz =
+        sizeof(Kbsync__Doc) + nemb * sizeof(float) + idlen + tlen + mlen + 3;
     Kbsync__Doc *d = malloc(sz);
     if (!d)
         return NULL;
@@ -124,8 +124,9 @@ static int ingest_reap(ingest_t *g)
             g->stopped = 1;
         rc = r->error->code;
     } else if (r->error || !r->write) {
-        fprintf(stderr, "kbsync ingest: batch of %zu refused, nothing of it "
-                        "written: %s: %s\n",
+        fprintf(stderr,
+                "kbsync ingest: batch of %zu refused, nothing of it "
+                "written: %s: %s\n",
                 n, r->error ? kb_errname(r->error->code) : "?",
                 r->error ? r->error->message : "no write result");
         g->failed += n;
@@ -208,8 +209,9 @@ static int ingest_jsonl(ingest_t *g, const char *path)
         if (rc < 0)
             snprintf(why, sizeof why, "%s", kb_jsonl_error(r));
         else if (rec.embedding && rec.embedding_len == 0)
-            snprintf(why, sizeof why, "%s:%llu: \"embedding\" is an empty array",
-                     path, (unsigned long long)rec.line);
+            snprintf(why, sizeof why,
+                     "%s:%llu: \"embedding\" is an empty array", path,
+                     (unsigned long long)rec.line);
         else
             why[0] = 0;
         if (why[0]) {
@@ -272,12 +274,15 @@ static int ingest_text(ingest_t *g, const char *path)
     while (i <= len && !g->stopped) {
         /* next paragraph [i, e) */
         size_t e = i;
-        while (e < len && !(buf[e] == '\n' && e + 1 < len &&
-                            (buf[e + 1] == '\n' ||
-                             (buf[e + 1] == '\r' && e + 2 < len && buf[e + 2] == '\n'))))
+        while (e < len &&
+               !(buf[e] == '\n' && e + 1 < len &&
+                 (buf[e + 1] == '\n' ||
+                  (buf[e + 1] == '\r' && e + 2 < len && buf[e + 2] == '\n'))))
             e++;
         for (size_t j = i; j < e; j++) {
-            char ch = buf[j] == '\n' || buf[j] == '\r' || buf[j] == '\t' ? ' ' : buf[j];
+            char ch = buf[j] == '\n' || buf[j] == '\r' || buf[j] == '\t'
+                          ? ' '
+                          : buf[j];
             if (ch == ' ' && (cl == 0 || chunk[cl - 1] == ' '))
                 continue;
             chunk[cl++] = ch;
@@ -297,11 +302,11 @@ static int ingest_text(ingest_t *g, const char *path)
                         }
                 char id[300], meta[600];
                 snprintf(id, sizeof id, "%.200s#%zu", base, nchunk);
-                snprintf(meta, sizeof meta, "{\"source\":\"%.200s\",\"chunk\":%zu}",
-                         base, nchunk);
+                snprintf(meta, sizeof meta,
+                         "{\"source\":\"%.200s\",\"chunk\":%zu}", base, nchunk);
                 nchunk++;
-                ingest_add(g, doc_new(id, strlen(id), chunk, cut, NULL, 0,
-                                      meta, strlen(meta)));
+                ingest_add(g, doc_new(id, strlen(id), chunk, cut, NULL, 0, meta,
+                                      strlen(meta)));
                 memmove(chunk, chunk + cut, cl - cut);
                 cl -= cut;
             }
@@ -357,10 +362,13 @@ int cli_ingest_main(int argc, char **argv)
         case 'm': g.mode = cli_mode(optarg); break;
         case 'n': g.dry_run = 1; break;
         case 'j': break; /* the summary line is always JSON */
-        case 'T': g.timeout_ms = (int)cli_uint("--timeout-ms", optarg, 86400000); break;
+        case 'T':
+            g.timeout_ms = (int)cli_uint("--timeout-ms", optarg, 86400000);
+            break;
         default:
-            fprintf(stderr, "usage: kbsync ingest --to EP [--batch N] [--window N] "
-                            "[--keep-going] [--dry-run] FILE...\n");
+            fprintf(stderr,
+                    "usage: kbsync ingest --to EP [--batch N] [--window N] "
+                    "[--keep-going] [--dry-run] FILE...\n");
             return 2;
         }
     }
@@ -400,7 +408,8 @@ int cli_ingest_main(int argc, char **argv)
     }
     double secs = (double)(kb_mono_us() - t0) / 1e6;
     if (!g.failed && !g.unreplicated)
-        fprintf(stderr, "kbsync ingest: %llu documents in %.3f s (%.0f docs/s)%s\n",
+        fprintf(stderr,
+                "kbsync ingest: %llu documents in %.3f s (%.0f docs/s)%s\n",
                 (unsigned long long)g.written, secs,
                 secs > 0 ? (double)g.written / secs : 0.0,
                 g.dry_run ? " [dry run: nothing sent]" : "");

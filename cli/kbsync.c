@@ -24,18 +24,21 @@ static const char USAGE[] =
     "usage: kbsync <command> [options]\n"
     "\n"
     "commands:\n"
-    "  leader  --data DIR [--dim N] [--listen EP] [--index DESC] [--metric ip|l2]\n"
+    "  leader  --data DIR [--dim N] [--listen EP] [--index DESC] [--metric "
+    "ip|l2]\n"
     "          [--id NAME] [--map-size-gb N] [--no-sync] [--threads N]\n"
     "          [--max-msg-mb N] [--endpoint-file FILE] [--log-level LEVEL]\n"
     "          [--repl-listen EP] [--replicas r1,r2] [--write-mode async|all]\n"
     "          [--write-timeout-ms N]\n"
     "          start a node that owns the knowledge base in DIR (created on\n"
-    "          first start, which needs --dim), serves writes and queries, and\n"
+    "          first start, which needs --dim), serves writes and queries, "
+    "and\n"
     "          streams its log to replicas\n"
     "  replica --data DIR --id NAME --leader REPL_EP [--listen EP] [...]\n"
     "          start a query node that follows the leader's replication\n"
     "          endpoint and answers queries with its staleness\n"
-    "  ingest  --to EP [--mode async|all] [--batch N] [--window N] [--keep-going]\n"
+    "  ingest  --to EP [--mode async|all] [--batch N] [--window N] "
+    "[--keep-going]\n"
     "          [--dry-run] FILE...\n"
     "          upsert documents from JSONL files (id, text, embedding,\n"
     "          metadata) or, for other files, paragraph chunks of their text\n"
@@ -69,8 +72,9 @@ uint64_t cli_uint(const char *opt, const char *val, uint64_t max)
     errno = 0;
     unsigned long long v = strtoull(val, &end, 10);
     if (errno || end == val || *end || val[0] == '-' || v > max) {
-        fprintf(stderr, "kbsync: %s needs a whole number from 0 to %llu, not "
-                        "\"%s\"\n",
+        fprintf(stderr,
+                "kbsync: %s needs a whole number from 0 to %llu, not "
+                "\"%s\"\n",
                 opt, (unsigned long long)max, val);
         exit(2);
     }
@@ -169,21 +173,30 @@ static int cmd_leader(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'd': ic.dir = optarg; break;
-        case 'n': ic.dim = (uint32_t)cli_uint("--dim", optarg, KB_MAX_DIM); break;
+        case 'n':
+            ic.dim = (uint32_t)cli_uint("--dim", optarg, KB_MAX_DIM);
+            break;
         case 'l': nc.listen = optarg; break;
         case 'i': ic.index = optarg; break;
         case 'm': ic.metric = optarg; break;
         case 'I': ic.node_id = optarg; break;
-        case 'M': ic.map_size = cli_uint("--map-size-gb", optarg, 1u << 20) << 30; break;
+        case 'M':
+            ic.map_size = cli_uint("--map-size-gb", optarg, 1u << 20) << 30;
+            break;
         case 'S': ic.nosync = 1; break;
         case 't': threads = (int)cli_uint("--threads", optarg, 64); break;
-        case 'x': nc.max_msg = (size_t)cli_uint("--max-msg-mb", optarg, 1024) << 20; break;
+        case 'x':
+            nc.max_msg = (size_t)cli_uint("--max-msg-mb", optarg, 1024) << 20;
+            break;
         case 'e': nc.endpoint_file = optarg; break;
         case 'L': kb_log_setup(parse_level(optarg), NULL); break;
         case 'r': nc.leader.repl_listen = optarg; break;
         case 'R': nc.leader.replicas = optarg; break;
         case 'w': nc.leader.default_mode = cli_mode(optarg); break;
-        case 'W': nc.leader.write_timeout_ms = (int)cli_uint("--write-timeout-ms", optarg, 3600000); break;
+        case 'W':
+            nc.leader.write_timeout_ms =
+                (int)cli_uint("--write-timeout-ms", optarg, 3600000);
+            break;
         default: die_usage("bad option for leader%s", ""); /* fallthrough */
         }
     }
@@ -240,10 +253,15 @@ static int cmd_replica(int argc, char **argv)
         case 'I': nc.replica.id = optarg; break;
         case 'l': nc.replica.leader = optarg; break;
         case 'L': nc.listen = optarg; break;
-        case 'M': nc.replica.map_size = cli_uint("--map-size-gb", optarg, 1u << 20) << 30; break;
+        case 'M':
+            nc.replica.map_size = cli_uint("--map-size-gb", optarg, 1u << 20)
+                                  << 30;
+            break;
         case 'S': nc.replica.nosync = 1; break;
         case 't': threads = (int)cli_uint("--threads", optarg, 64); break;
-        case 'x': nc.max_msg = (size_t)cli_uint("--max-msg-mb", optarg, 1024) << 20; break;
+        case 'x':
+            nc.max_msg = (size_t)cli_uint("--max-msg-mb", optarg, 1024) << 20;
+            break;
         case 'e': nc.endpoint_file = optarg; break;
         case 'g': kb_log_setup(parse_level(optarg), NULL); break;
         default: die_usage("bad option for replica%s", "");
@@ -315,17 +333,20 @@ static void print_json(cJSON *o)
 
 static int cmd_status(int argc, char **argv)
 {
-    static const struct option opts[] = {{"to", required_argument, 0, 't'},
-                                         {"json", no_argument, 0, 'j'},
-                                         {"timeout-ms", required_argument, 0, 'T'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"to", required_argument, 0, 't'},
+        {"json", no_argument, 0, 'j'},
+        {"timeout-ms", required_argument, 0, 'T'},
+        {0, 0, 0, 0}};
     const char *ep = CLI_DEFAULT_ENDPOINT;
     int json = 0, timeout = 5000, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 't': ep = optarg; break;
         case 'j': json = 1; break;
-        case 'T': timeout = (int)cli_uint("--timeout-ms", optarg, 86400000); break;
+        case 'T':
+            timeout = (int)cli_uint("--timeout-ms", optarg, 86400000);
+            break;
         default: die_usage("bad option for status%s", "");
         }
     }
@@ -412,10 +433,18 @@ static int cmd_query(int argc, char **argv)
         case 'k': q.k = (uint32_t)cli_uint("-k", optarg, KB_MAX_K); break;
         case 'v': vec = optarg; break;
         case 'x': text = optarg; break;
-        case 'm': q.min_version = cli_uint("--min-version", optarg, UINT64_MAX); break;
-        case 'g': q.max_lag_ms = cli_uint("--max-lag-ms", optarg, UINT64_MAX); break;
-        case 'W': q.wait_ms = (uint32_t)cli_uint("--wait-ms", optarg, 60000); break;
-        case 'T': timeout = (int)cli_uint("--timeout-ms", optarg, 86400000); break;
+        case 'm':
+            q.min_version = cli_uint("--min-version", optarg, UINT64_MAX);
+            break;
+        case 'g':
+            q.max_lag_ms = cli_uint("--max-lag-ms", optarg, UINT64_MAX);
+            break;
+        case 'W':
+            q.wait_ms = (uint32_t)cli_uint("--wait-ms", optarg, 60000);
+            break;
+        case 'T':
+            timeout = (int)cli_uint("--timeout-ms", optarg, 86400000);
+            break;
         default: die_usage("bad option for query%s", "");
         }
     }
@@ -430,7 +459,8 @@ static int cmd_query(int argc, char **argv)
         v = malloc(sizeof(float) * KB_MAX_DIM);
         if (!v || kb_json_parse_floats(vec, strlen(vec), v, KB_MAX_DIM, &n, err,
                                        sizeof err)) {
-            fprintf(stderr, "kbsync: --vector: %s\n", v ? err : "out of memory");
+            fprintf(stderr, "kbsync: --vector: %s\n",
+                    v ? err : "out of memory");
             return 2;
         }
         q.vector = v;
@@ -489,11 +519,12 @@ static int cmd_query(int argc, char **argv)
 
 static int cmd_delete(int argc, char **argv)
 {
-    static const struct option opts[] = {{"to", required_argument, 0, 't'},
-                                         {"json", no_argument, 0, 'j'},
-                                         {"mode", required_argument, 0, 'm'},
-                                         {"timeout-ms", required_argument, 0, 'T'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"to", required_argument, 0, 't'},
+        {"json", no_argument, 0, 'j'},
+        {"mode", required_argument, 0, 'm'},
+        {"timeout-ms", required_argument, 0, 'T'},
+        {0, 0, 0, 0}};
     const char *ep = CLI_DEFAULT_ENDPOINT;
     int timeout = CLI_DEFAULT_TIMEOUT_MS, c, mode = 0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -501,7 +532,9 @@ static int cmd_delete(int argc, char **argv)
         case 't': ep = optarg; break;
         case 'm': mode = cli_mode(optarg); break;
         case 'j': break; /* the summary line is always JSON */
-        case 'T': timeout = (int)cli_uint("--timeout-ms", optarg, 86400000); break;
+        case 'T':
+            timeout = (int)cli_uint("--timeout-ms", optarg, 86400000);
+            break;
         default: die_usage("bad option for delete%s", "");
         }
     }
@@ -523,7 +556,9 @@ static int cmd_delete(int argc, char **argv)
     double secs = (double)(kb_mono_us() - t0) / 1e6;
     if (rc || !r->write) {
         fprintf(stderr, "kbsync: delete failed: %s\n",
-                rc ? err : r->error ? r->error->message : "no write result");
+                rc         ? err
+                : r->error ? r->error->message
+                           : "no write result");
         cli_print_write_summary(0, n, 0, secs, 0, 0);
         return 1;
     }

@@ -9,12 +9,10 @@ const char *kb_strerror(int code)
         return "success";
     switch (code) {
 #define KB__ERR_TEXT(name, val, text)                                          \
-    case val:                                                                  \
-        return text;
+    case val: return text;
         KB_ERRNO_MAP(KB__ERR_TEXT)
 #undef KB__ERR_TEXT
-    default:
-        break;
+    default: break;
     }
     if (code < 0 && code > -4096)
         return strerror(-code);
@@ -24,15 +22,12 @@ const char *kb_strerror(int code)
 const char *kb_errname(int code)
 {
     switch (code) {
-    case 0:
-        return "OK";
+    case 0: return "OK";
 #define KB__ERR_NAME(name, val, text)                                          \
-    case val:                                                                  \
-        return "KB_E" #name;
+    case val: return "KB_E" #name;
         KB_ERRNO_MAP(KB__ERR_NAME)
 #undef KB__ERR_NAME
-    default:
-        break;
+    default: break;
     }
     if (code < 0 && code > -4096) {
         const char *n = strerrorname_np(-code);

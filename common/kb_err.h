@@ -33,7 +33,8 @@ typedef enum kb_errno {
 #undef KB__ERR_ENUM
 } kb_errno_t;
 
-/* Returns a static, never-NULL text for any code: a KB_E* code, a -errno, or 0. */
+/* Returns a static, never-NULL text for any code: a KB_E* code, a -errno, or 0.
+ */
 const char *kb_strerror(int code);
 
 /* Returns the symbolic name ("KB_EDIM", "ENOENT", ...) of a code. Static. */

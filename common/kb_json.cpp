@@ -24,7 +24,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* ---- LINES AND CHUNKS --------------------------------------------------------
+/* ---- LINES AND CHUNKS
+ * --------------------------------------------------------
  *
  * The reader owns one buffer: buf[0..cap) of data plus SIMDJSON_PADDING more
  * bytes that are never data. buf[pos..end) has been read but not consumed;
@@ -54,7 +55,8 @@
  * here, stdin needs read() anyway, and a file truncated under a mapping
  * raises SIGBUS. */
 
-/* ---- RECORDS -----------------------------------------------------------------
+/* ---- RECORDS
+ * -----------------------------------------------------------------
  *
  * A non-blank line is one JSON object with keys id (required; string or
  * integer), text (string), embedding (array of numbers), metadata (object or
@@ -72,7 +74,8 @@
  * us (so the output is valid JSON even if the input used other escapes),
  * numbers are copied as written after a grammar check. */
 
-namespace {
+namespace
+{
 
 namespace od = simdjson::ondemand;
 using simdjson::error_code;
@@ -119,11 +122,11 @@ bool buf_put(kb__buf *b, const char *s, size_t n)
 
 /* The reader (opaque in the header). */
 struct kb_jsonl {
-    od::parser parser;  /* owns the unescaped id/text bytes of a record */
+    od::parser parser; /* owns the unescaped id/text bytes of a record */
     int fd = -1;
-    bool own_fd = false; /* false for standard input */
-    bool eof = false;    /* read() returned 0 or failed: no more input */
-    bool skip = false;   /* discard input up to the next '\n' first */
+    bool own_fd = false;  /* false for standard input */
+    bool eof = false;     /* read() returned 0 or failed: no more input */
+    bool skip = false;    /* discard input up to the next '\n' first */
     char *name = nullptr; /* path, or "<stdin>"; used in messages */
     char *buf = nullptr;  /* cap + KB__PAD bytes */
     size_t cap = 0;       /* data capacity of buf */
@@ -139,7 +142,8 @@ struct kb_jsonl {
     size_t errlen = 0;
 };
 
-namespace {
+namespace
+{
 
 const char *sj_name(error_code e)
 {
@@ -161,7 +165,8 @@ const char *sj_name(error_code e)
     case simdjson::UNCLOSED_STRING: return "UNCLOSED_STRING";
     case simdjson::INCORRECT_TYPE: return "INCORRECT_TYPE";
     case simdjson::NUMBER_OUT_OF_RANGE: return "NUMBER_OUT_OF_RANGE";
-    case simdjson::INCOMPLETE_ARRAY_OR_OBJECT: return "INCOMPLETE_ARRAY_OR_OBJECT";
+    case simdjson::INCOMPLETE_ARRAY_OR_OBJECT:
+        return "INCOMPLETE_ARRAY_OR_OBJECT";
     case simdjson::TRAILING_CONTENT: return "TRAILING_CONTENT";
     default: return "SIMDJSON_ERROR";
     }
@@ -171,9 +176,8 @@ const char *sj_name(error_code e)
 #define KB__SJ_FMT "%s: %s"
 #define KB__SJ_ARGS(e) sj_name(e), simdjson::error_message(e)
 
-__attribute__((format(printf, 4, 5))) int put_err(char *err, size_t errlen,
-                                                  int code, const char *fmt,
-                                                  ...)
+__attribute__((format(printf, 4, 5))) int
+put_err(char *err, size_t errlen, int code, const char *fmt, ...)
 {
     if (err && errlen) {
         va_list ap;
@@ -185,9 +189,8 @@ __attribute__((format(printf, 4, 5))) int put_err(char *err, size_t errlen,
 }
 
 /* Sets the reader's error to "NAME:LINE: message" and returns code. */
-__attribute__((format(printf, 4, 5))) int rd_fail(kb_jsonl *r, uint64_t line,
-                                                  int code, const char *fmt,
-                                                  ...)
+__attribute__((format(printf, 4, 5))) int
+rd_fail(kb_jsonl *r, uint64_t line, int code, const char *fmt, ...)
 {
     int n = snprintf(r->err, r->errlen, "%s:%llu: ", r->name,
                      static_cast<unsigned long long>(line));
@@ -205,7 +208,10 @@ inline bool is_ws(char c)
     return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
 
-inline bool is_digit(char c) { return c >= '0' && c <= '9'; }
+inline bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
 
 /* Without the whitespace that raw_json_token() keeps after a scalar. */
 std::string_view trim_token(std::string_view t)
@@ -572,7 +578,7 @@ error_code walk_value(od::value &v, kb__buf *out, int depth)
             if (e != simdjson::INCORRECT_TYPE)
                 return e;
             return v.raw_json_token()[0] == 't' ? simdjson::T_ATOM_ERROR
-                                                 : simdjson::F_ATOM_ERROR;
+                                                : simdjson::F_ATOM_ERROR;
         }
         if (out && !(b ? buf_put(out, "true", 4) : buf_put(out, "false", 5)))
             return simdjson::MEMALLOC;
@@ -679,8 +685,8 @@ int parse_record(kb_jsonl *r, const char *p, size_t len, size_t avail,
         od::field f;
         std::string_view k;
         if ((e = std::move(fr).get(f)) || (e = f.unescaped_key().get(k)))
-            return rd_fail(r, ln, KB_EBADJSON, "malformed JSON (" KB__SJ_FMT ")",
-                           KB__SJ_ARGS(e));
+            return rd_fail(r, ln, KB_EBADJSON,
+                           "malformed JSON (" KB__SJ_FMT ")", KB__SJ_ARGS(e));
         int ki = key_index(k);
         if (ki == K_UNKNOWN) {
             char shown[80];
@@ -752,17 +758,18 @@ int parse_record(kb_jsonl *r, const char *p, size_t len, size_t avail,
                                "\"embedding\" must be an array of numbers");
             if (e)
                 return rd_fail(r, ln, KB_EBADJSON,
-                               "malformed JSON in \"embedding\" (" KB__SJ_FMT ")",
+                               "malformed JSON in \"embedding\" (" KB__SJ_FMT
+                               ")",
                                KB__SJ_ARGS(e));
             size_t n = 0;
             for (auto er : a) {
                 od::value ev;
                 double d;
                 if ((e = std::move(er).get(ev)))
-                    return rd_fail(r, ln, KB_EBADJSON,
-                                   "malformed JSON in \"embedding\" (" KB__SJ_FMT
-                                   ")",
-                                   KB__SJ_ARGS(e));
+                    return rd_fail(
+                        r, ln, KB_EBADJSON,
+                        "malformed JSON in \"embedding\" (" KB__SJ_FMT ")",
+                        KB__SJ_ARGS(e));
                 if ((e = elem_double(ev, &d))) {
                     if (e == simdjson::INCORRECT_TYPE)
                         return rd_fail(r, ln, KB_EBADJSON,
@@ -772,10 +779,10 @@ int parse_record(kb_jsonl *r, const char *p, size_t len, size_t avail,
                                        "\"embedding\"[%zu] is not a valid "
                                        "number",
                                        n);
-                    return rd_fail(r, ln, KB_EBADJSON,
-                                   "malformed JSON in \"embedding\" (" KB__SJ_FMT
-                                   ")",
-                                   KB__SJ_ARGS(e));
+                    return rd_fail(
+                        r, ln, KB_EBADJSON,
+                        "malformed JSON in \"embedding\" (" KB__SJ_FMT ")",
+                        KB__SJ_ARGS(e));
                 }
                 if (simdjson_unlikely(n == r->emb_cap)) {
                     size_t ncap = r->emb_cap * 2;
@@ -795,13 +802,15 @@ int parse_record(kb_jsonl *r, const char *p, size_t len, size_t avail,
             od::json_type t;
             if ((e = v.type().get(t)))
                 return rd_fail(r, ln, KB_EBADJSON,
-                               "malformed JSON in \"metadata\" (" KB__SJ_FMT ")",
+                               "malformed JSON in \"metadata\" (" KB__SJ_FMT
+                               ")",
                                KB__SJ_ARGS(e));
             if (t == od::json_type::null) {
                 bool isnull = false;
                 if (v.is_null().get(isnull) || !isnull)
-                    return rd_fail(r, ln, KB_EBADJSON,
-                                   "malformed JSON in \"metadata\" (N_ATOM_ERROR)");
+                    return rd_fail(
+                        r, ln, KB_EBADJSON,
+                        "malformed JSON in \"metadata\" (N_ATOM_ERROR)");
                 continue;
             }
             if (t != od::json_type::object)
@@ -815,7 +824,8 @@ int parse_record(kb_jsonl *r, const char *p, size_t len, size_t avail,
                 return rd_fail(r, ln, -ENOMEM, "out of memory for metadata");
             if (e)
                 return rd_fail(r, ln, KB_EBADJSON,
-                               "malformed JSON in \"metadata\" (" KB__SJ_FMT ")",
+                               "malformed JSON in \"metadata\" (" KB__SJ_FMT
+                               ")",
                                KB__SJ_ARGS(e));
             rec->metadata = r->meta.p;
             rec->metadata_len = r->meta.len;
@@ -905,7 +915,8 @@ int next_line(kb_jsonl *r, kb_jsonl_rec_t *rec)
                 r->eof = true;
                 r->skip = false;
                 return rd_fail(r, r->line, static_cast<int>(n),
-                               "read error: %s", strerror(static_cast<int>(-n)));
+                               "read error: %s",
+                               strerror(static_cast<int>(-n)));
             }
             if (n == 0)
                 r->eof = true;
@@ -931,7 +942,8 @@ int next_line(kb_jsonl *r, kb_jsonl_rec_t *rec)
                 r->skip = true;
                 r->pos = r->scan = r->end = 0;
                 return rd_fail(r, r->line, KB_ETOOBIG,
-                               "line longer than %zu bytes", KB__JSONL_MAX_LINE);
+                               "line longer than %zu bytes",
+                               KB__JSONL_MAX_LINE);
             }
             if (rc < 0)
                 return rd_fail(r, r->line + 1, rc,
@@ -941,7 +953,8 @@ int next_line(kb_jsonl *r, kb_jsonl_rec_t *rec)
                 r->eof = true;
                 r->pos = r->scan = r->end = 0;
                 return rd_fail(r, r->line + 1, static_cast<int>(n),
-                               "read error: %s", strerror(static_cast<int>(-n)));
+                               "read error: %s",
+                               strerror(static_cast<int>(-n)));
             }
             if (n == 0)
                 r->eof = true;
@@ -1056,9 +1069,10 @@ int object_in(const char *b, size_t len, char *err, size_t errlen)
 
 } // namespace
 
-/* ---- the C interface ---------------------------------------------------------
- * No C++ exception crosses it: simdjson is used through its error codes and
- * our buffers are malloc'd, so the catch blocks are a last line of defence. */
+/* ---- the C interface
+ * --------------------------------------------------------- No C++ exception
+ * crosses it: simdjson is used through its error codes and our buffers are
+ * malloc'd, so the catch blocks are a last line of defence. */
 
 extern "C" {
 

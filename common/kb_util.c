@@ -54,7 +54,9 @@ void kb_log(int level, const char *fmt, ...)
                      "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s: ",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
                      tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000L, kb__log_who,
-                     names[level < 0 ? 0 : level > 3 ? 3 : level]);
+                     names[level < 0   ? 0
+                           : level > 3 ? 3
+                                       : level]);
     va_list ap;
     va_start(ap, fmt);
     if (n > 0 && (size_t)n < sizeof line)

@@ -10,8 +10,8 @@
 
 /* Limits that the wire protocol, the store and the CLI all enforce. */
 #define KB_PROTOCOL_VERSION 1u
-#define KB_MAX_ID_LEN 256u             /* bytes; LMDB keys stay < 511 */
-#define KB_MAX_TEXT_LEN (1u << 20)     /* 1 MiB per document text */
+#define KB_MAX_ID_LEN 256u              /* bytes; LMDB keys stay < 511 */
+#define KB_MAX_TEXT_LEN (1u << 20)      /* 1 MiB per document text */
 #define KB_MAX_METADATA_LEN (64u << 10) /* 64 KiB of JSON per document */
 #define KB_MAX_DIM 4096u
 #define KB_MAX_K 1000u
@@ -36,7 +36,8 @@ enum { KB_LOG_DEBUG = 0, KB_LOG_INFO = 1, KB_LOG_WARN = 2, KB_LOG_ERROR = 3 };
 void kb_log_setup(int level, const char *who);
 
 /* Prints "2026-11-21T11:22:33.456Z who LEVEL: message" to stderr. */
-void kb_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void kb_log(int level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 #define kb_debug(...) kb_log(KB_LOG_DEBUG, __VA_ARGS__)
 #define kb_info(...) kb_log(KB_LOG_INFO, __VA_ARGS__)

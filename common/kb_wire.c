@@ -183,8 +183,9 @@ static int send_packed(void *sock, void *buf, size_t len, int flags)
     if (zmq_msg_send(&m, sock, flags) < 0) {
         int e = errno;
         zmq_msg_close(&m);
-        return e == EAGAIN ? -EAGAIN : e == EHOSTUNREACH ? -EHOSTUNREACH
-                                                         : KB_ENET;
+        return e == EAGAIN         ? -EAGAIN
+               : e == EHOSTUNREACH ? -EHOSTUNREACH
+                                   : KB_ENET;
     }
     return 0;
 }
@@ -214,8 +215,8 @@ int kb_wire_send_response(void *router, const kb_peer_t *peer,
     return kb_wire_send_msg(router, resp, ZMQ_DONTWAIT);
 }
 
-int kb_wire_send_error(void *router, const kb_peer_t *peer,
-                       uint64_t request_id, int code, const char *message)
+int kb_wire_send_error(void *router, const kb_peer_t *peer, uint64_t request_id,
+                       int code, const char *message)
 {
     Kbsync__Response r = KBSYNC__RESPONSE__INIT;
     Kbsync__Error e = KBSYNC__ERROR__INIT;

@@ -48,8 +48,8 @@ int kb_wire_send_response(void *router, const kb_peer_t *peer,
                           Kbsync__Response *resp);
 
 /* Sends an error Response {request_id, error {code, message}}. */
-int kb_wire_send_error(void *router, const kb_peer_t *peer,
-                       uint64_t request_id, int code, const char *message);
+int kb_wire_send_error(void *router, const kb_peer_t *peer, uint64_t request_id,
+                       int code, const char *message);
 
 /* Packs any protobuf-c message and sends it as one frame on a socket.
  * flags are ZMQ send flags (e.g. ZMQ_DONTWAIT). */

@@ -51,9 +51,10 @@ static int idx_check_meta(const Kbsync__KbMeta *m, const idx_config_t *cfg,
                           const char *dir, char *err, size_t errlen)
 {
     if (cfg->dim && cfg->dim != m->dim)
-        return kb_seterr(err, errlen, KB_EMISMATCH,
-                         "%s holds a knowledge base of dim %u; --dim %u differs",
-                         dir, m->dim, cfg->dim);
+        return kb_seterr(
+            err, errlen, KB_EMISMATCH,
+            "%s holds a knowledge base of dim %u; --dim %u differs", dir,
+            m->dim, cfg->dim);
     if (cfg->metric && strcmp(cfg->metric, m->metric))
         return kb_seterr(err, errlen, KB_EMISMATCH,
                          "%s holds a knowledge base with metric %s; --metric "
@@ -91,7 +92,8 @@ static int rebuild_flush(struct rebuild *r)
     return rc;
 }
 
-static int rebuild_visit(void *ctx, int64_t label, const void *bytes, size_t len)
+static int rebuild_visit(void *ctx, int64_t label, const void *bytes,
+                         size_t len)
 {
     struct rebuild *r = ctx;
     Kbsync__LogRecord *rec = kbsync__log_record__unpack(NULL, len, bytes);
@@ -118,9 +120,10 @@ static int idx_rebuild(idx_t *ix, char *err, size_t errlen)
     struct rebuild r = {ix, NULL, NULL, 0, err, errlen};
     r.x = malloc(sizeof(float) * ix->dim * IDX_REBUILD_CHUNK);
     r.labels = malloc(sizeof(int64_t) * IDX_REBUILD_CHUNK);
-    int rc = (!r.x || !r.labels)
-                 ? kb_seterr(err, errlen, KB_ENOMEM, "out of memory")
-                 : idx_store_scan_docs(ix->store, rebuild_visit, &r, err, errlen);
+    int rc =
+        (!r.x || !r.labels)
+            ? kb_seterr(err, errlen, KB_ENOMEM, "out of memory")
+            : idx_store_scan_docs(ix->store, rebuild_visit, &r, err, errlen);
     if (!rc && r.n)
         rc = rebuild_flush(&r);
     free(r.x);
@@ -174,8 +177,10 @@ int idx_open(const idx_config_t *cfg, idx_t **out, char *err, size_t errlen)
             goto fail;
         }
         if (cfg->dim > KB_MAX_DIM) {
-            rc = kb_seterr(err, errlen, KB_EINVAL, "--dim %u is above the "
-                           "maximum %u", cfg->dim, KB_MAX_DIM);
+            rc = kb_seterr(err, errlen, KB_EINVAL,
+                           "--dim %u is above the "
+                           "maximum %u",
+                           cfg->dim, KB_MAX_DIM);
             goto fail;
         }
         const char *metric = cfg->metric ? cfg->metric : "ip";
@@ -281,8 +286,10 @@ int idx_validate(const idx_t *ix, const idx_op_t *ops, size_t n, char *err,
         if (o->op == IDX_OP_DELETE)
             continue;
         if (o->op != IDX_OP_UPSERT)
-            return kb_seterr(err, errlen, KB_EINVAL, "op #%zu (\"%s\"): "
-                             "unknown operation %d", i, o->id, (int)o->op);
+            return kb_seterr(err, errlen, KB_EINVAL,
+                             "op #%zu (\"%s\"): "
+                             "unknown operation %d",
+                             i, o->id, (int)o->op);
         size_t tlen = o->text ? strlen(o->text) : 0;
         if (tlen > KB_MAX_TEXT_LEN)
             return kb_seterr(err, errlen, KB_ETOOBIG,
@@ -378,7 +385,8 @@ static int idx_apply_vectors(idx_t *ix, char *err, size_t errlen)
     ix->add_n = ix->rm_n = 0;
     if (rc) {
         kb_error("vector index update failed after a durable commit (%s); "
-                 "rebuilding it from the store", err ? err : "");
+                 "rebuilding it from the store",
+                 err ? err : "");
         idx_vec_t *fresh = NULL;
         char why[256];
         int rc2 = idx_vec_new(ix->dim, ix->meta->index, ix->metric_ip, &fresh,
@@ -390,7 +398,8 @@ static int idx_apply_vectors(idx_t *ix, char *err, size_t errlen)
         }
         if (rc2) {
             kb_error("cannot rebuild the vector index (%s); stopping: restart "
-                     "the node to rebuild it from LMDB", why);
+                     "the node to rebuild it from LMDB",
+                     why);
             abort();
         }
     }
@@ -501,9 +510,9 @@ int idx_apply_log(idx_t *ix, size_t n, const void *const *recs,
                                                 : "gap");
         } else if (r[i]->op == KBSYNC__LOG_OP__LOG_OP_UPSERT) {
             Kbsync__Doc *d = r[i]->doc;
-            idx_op_t o = {IDX_OP_UPSERT, d ? d->id : NULL, d ? d->text : NULL,
-                          d ? d->embedding : NULL, d ? d->n_embedding : 0,
-                          d ? d->metadata_json : NULL};
+            idx_op_t o = {IDX_OP_UPSERT,          d ? d->id : NULL,
+                          d ? d->text : NULL,     d ? d->embedding : NULL,
+                          d ? d->n_embedding : 0, d ? d->metadata_json : NULL};
             if (!d || !d->embedding)
                 rc = kb_seterr(err, errlen, KB_EBADMSG,
                                "log record LSN %llu: upsert without embedding",
@@ -567,8 +576,8 @@ int idx_search(idx_t *ix, const float *q, const char *text, size_t text_len,
     if (k == 0)
         k = 10;
     if (k > KB_MAX_K)
-        return kb_seterr(err, errlen, KB_EINVAL, "k = %u is above the maximum %u",
-                         k, KB_MAX_K);
+        return kb_seterr(err, errlen, KB_EINVAL,
+                         "k = %u is above the maximum %u", k, KB_MAX_K);
     if (!q) {
         if (!text || !text_len)
             return kb_seterr(err, errlen, KB_EINVAL,
@@ -584,7 +593,8 @@ int idx_search(idx_t *ix, const float *q, const char *text, size_t text_len,
     }
     float *scores = malloc(sizeof(float) * k);
     int64_t *labels = malloc(sizeof(int64_t) * k);
-    struct hits_priv *p = calloc(1, sizeof *p + sizeof(Kbsync__LogRecord *) * k);
+    struct hits_priv *p =
+        calloc(1, sizeof *p + sizeof(Kbsync__LogRecord *) * k);
     idx_hit_t *hit = calloc(k, sizeof *hit);
     int rc = 0;
     if (!scores || !labels || !p || !hit) {
@@ -692,8 +702,8 @@ uint64_t idx_commit_time(idx_t *ix, uint64_t lsn)
     return t;
 }
 
-int idx_read_log(idx_t *ix, uint64_t from, size_t max, idx_log_cb cb,
-                 void *ctx, char *err, size_t errlen)
+int idx_read_log(idx_t *ix, uint64_t from, size_t max, idx_log_cb cb, void *ctx,
+                 char *err, size_t errlen)
 {
     return idx_store_read_log(ix->store, from, max, cb, ctx, err, errlen);
 }

@@ -41,7 +41,7 @@ typedef struct idx_op {
     const char *text;       /* NULL or "" = none */
     const float *embedding; /* embedding_len floats, or NULL: embed text */
     size_t embedding_len;
-    const char *metadata;   /* JSON object text; NULL or "" = none */
+    const char *metadata; /* JSON object text; NULL or "" = none */
 } idx_op_t;
 
 /* Checks ops against the knowledge base without changing anything: ids,
@@ -111,7 +111,7 @@ typedef struct idx_stats {
     const char *metric;  /* borrowed: valid until idx_close */
     const char *index;   /* borrowed */
     const char *node_id; /* borrowed */
-    double rebuild_s;   /* seconds the last index rebuild took */
+    double rebuild_s;    /* seconds the last index rebuild took */
 } idx_stats_t;
 
 void idx_stats(idx_t *ix, idx_stats_t *st);
@@ -128,7 +128,7 @@ uint64_t idx_commit_time(idx_t *ix, uint64_t lsn);
  * order, then once more with bytes == NULL (unless cb stopped the walk);
  * bytes are a serialized LogRecord, valid until that last call returns. A
  * non-zero return from cb stops the walk and is returned. */
-int idx_read_log(idx_t *ix, uint64_t from, size_t max, idx_log_cb cb,
-                 void *ctx, char *err, size_t errlen);
+int idx_read_log(idx_t *ix, uint64_t from, size_t max, idx_log_cb cb, void *ctx,
+                 char *err, size_t errlen);
 
 #endif

@@ -42,7 +42,8 @@ static int is_word_byte(unsigned char c)
            (c >= '0' && c <= '9') || c >= 0x80;
 }
 
-static void embed_word(float *out, uint32_t dim, const unsigned char *w, size_t n)
+static void embed_word(float *out, uint32_t dim, const unsigned char *w,
+                       size_t n)
 {
     unsigned char buf[EMBED_MAX_WORD + 2];
     if (n > EMBED_MAX_WORD)

@@ -76,8 +76,8 @@ static int store_load_state(idx_store_t *s, MDB_txn *txn)
         return rc;
     rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
     if (rc == 0) {
-        Kbsync__LogRecord *r = kbsync__log_record__unpack(NULL, v.mv_size,
-                                                          v.mv_data);
+        Kbsync__LogRecord *r =
+            kbsync__log_record__unpack(NULL, v.mv_size, v.mv_data);
         if (k.mv_size != 8 || !r || r->lsn != get_u64(k.mv_data)) {
             rc = MDB_CORRUPTED;
         } else {
@@ -107,8 +107,8 @@ int idx_store_open(const char *dir, uint64_t map_size, int nosync,
     if (!rc)
         rc = mdb_env_set_maxdbs(s->env, 8);
     if (!rc)
-        rc = mdb_env_set_mapsize(s->env,
-                                 (size_t)(map_size ? map_size : STORE_DEFAULT_MAP));
+        rc = mdb_env_set_mapsize(
+            s->env, (size_t)(map_size ? map_size : STORE_DEFAULT_MAP));
     if (rc) {
         mdb_env_close(s->env);
         free(s);
@@ -260,8 +260,8 @@ static int store_put_log(idx_wtxn_t *t, const Kbsync__LogRecord *rec,
 {
     if (rec->lsn <= t->last_lsn)
         return kb_seterr(err, errlen, KB_EGAP,
-                         "%s: LSN %llu is not above the newest one, %llu",
-                         what, (unsigned long long)rec->lsn,
+                         "%s: LSN %llu is not above the newest one, %llu", what,
+                         (unsigned long long)rec->lsn,
                          (unsigned long long)t->last_lsn);
     uint64_t key = rec->lsn;
     MDB_val k = u64_val(&key), v;
@@ -511,22 +511,19 @@ static int store_scan_log(idx_store_t *s, uint64_t from, size_t max,
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
     if (rc)
         return store_fail(err, errlen, rc, "scan log");
-    rc = store_walk_log(txn, s->log, from, max, end_call, cb, ctx, err,
-                        errlen);
+    rc = store_walk_log(txn, s->log, from, max, end_call, cb, ctx, err, errlen);
     mdb_txn_abort(txn);
     return rc;
 }
 
 int idx_store_scan_log(idx_store_t *s, uint64_t from, size_t max,
-                       idx_store_log_cb cb, void *ctx, char *err,
-                       size_t errlen)
+                       idx_store_log_cb cb, void *ctx, char *err, size_t errlen)
 {
     return store_scan_log(s, from, max, 0, cb, ctx, err, errlen);
 }
 
 int idx_store_read_log(idx_store_t *s, uint64_t from, size_t max,
-                       idx_store_log_cb cb, void *ctx, char *err,
-                       size_t errlen)
+                       idx_store_log_cb cb, void *ctx, char *err, size_t errlen)
 {
     return store_scan_log(s, from, max, 1, cb, ctx, err, errlen);
 }

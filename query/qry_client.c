@@ -108,11 +108,12 @@ int qry_client_call(qry_client_t *c, Kbsync__Request *req, int timeout_ms,
         return rc;
     uint64_t deadline = kb_mono_us() + (uint64_t)timeout_ms * 1000u;
     for (;;) {
-        int left = timeout_ms < 0 ? -1
-                                  : (int)((deadline > kb_mono_us()
-                                               ? deadline - kb_mono_us()
-                                               : 0) /
-                                          1000u);
+        int left =
+            timeout_ms < 0
+                ? -1
+                : (int)((deadline > kb_mono_us() ? deadline - kb_mono_us()
+                                                 : 0) /
+                        1000u);
         rc = qry_client_recv(c, left, resp, err, errlen);
         if (rc)
             return rc;

@@ -34,8 +34,8 @@
 #include <string.h>
 #include <zmq.h>
 
-#define NODE_DRAIN_MAX 256     /* client messages handled per wake-up */
-#define NODE_GROUP_MAX 100000  /* ops in one group commit */
+#define NODE_DRAIN_MAX 256    /* client messages handled per wake-up */
+#define NODE_GROUP_MAX 100000 /* ops in one group commit */
 #define NODE_WAIT_DEFAULT_MS 1000
 #define NODE_WAIT_MAX_MS 60000
 
@@ -159,9 +159,9 @@ static int node_query(node_t *n, const kb_peer_t *peer, uint64_t rid,
         return 1;
     }
     idx_hits_t h;
-    int rc = idx_search(ix, q->n_vector ? q->vector : NULL, q->text,
-                        q->text ? strlen(q->text) : 0, q->k, &h, err,
-                        sizeof err);
+    int rc =
+        idx_search(ix, q->n_vector ? q->vector : NULL, q->text,
+                   q->text ? strlen(q->text) : 0, q->k, &h, err, sizeof err);
     if (rc) {
         kb_wire_send_error(n->router, peer, rid, rc, err);
         return 1;
@@ -213,7 +213,8 @@ static void node_park(node_t *n, const kb_peer_t *peer, Kbsync__Request *req)
         n->wait = w;
         n->waitcap = cap;
     }
-    uint32_t ms = req->query->wait_ms ? req->query->wait_ms : NODE_WAIT_DEFAULT_MS;
+    uint32_t ms =
+        req->query->wait_ms ? req->query->wait_ms : NODE_WAIT_DEFAULT_MS;
     if (ms > NODE_WAIT_MAX_MS)
         ms = NODE_WAIT_MAX_MS;
     waiting_t *w = &n->wait[n->nwait++];
@@ -230,7 +231,8 @@ static void node_unpark(node_t *n)
     for (size_t i = 0; i < n->nwait; i++) {
         waiting_t *w = &n->wait[i];
         int may_wait = now < w->deadline_us;
-        if (node_query(n, &w->peer, w->req->request_id, w->req->query, may_wait))
+        if (node_query(n, &w->peer, w->req->request_id, w->req->query,
+                       may_wait))
             kbsync__request__free_unpacked(w->req, NULL);
         else
             n->wait[keep++] = *w;

@@ -63,12 +63,12 @@
 
 typedef struct peer {
     char id[64];
-    int named;    /* listed in --replicas */
-    int online;   /* said Hello and heard from within REPL_DEAD_MS */
-    uint64_t acked;        /* LSN the replica applied (durable, searchable) */
-    uint64_t sent;         /* newest LSN sent to it */
-    uint64_t heard_us;     /* monotonic time of its last message */
-    uint64_t beat_us;      /* monotonic time of our last beat to it */
+    int named;         /* listed in --replicas */
+    int online;        /* said Hello and heard from within REPL_DEAD_MS */
+    uint64_t acked;    /* LSN the replica applied (durable, searchable) */
+    uint64_t sent;     /* newest LSN sent to it */
+    uint64_t heard_us; /* monotonic time of its last message */
+    uint64_t beat_us;  /* monotonic time of our last beat to it */
 } peer_t;
 
 typedef struct pending {
@@ -199,7 +199,8 @@ static int send_to_peer(repl_leader_t *l, peer_t *p, const void *buf,
     if (!copy)
         return KB_ENOMEM;
     memcpy(copy, buf, len);
-    if (zmq_send(l->sock, p->id, strlen(p->id), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+    if (zmq_send(l->sock, p->id, strlen(p->id), ZMQ_SNDMORE | ZMQ_DONTWAIT) <
+        0) {
         free(copy);
         return errno == EAGAIN ? -EAGAIN : -EHOSTUNREACH;
     }
@@ -215,8 +216,8 @@ static int send_to_peer(repl_leader_t *l, peer_t *p, const void *buf,
 static void peer_lost(peer_t *p, const char *why)
 {
     if (p->online)
-        kb_warn("replica %s: %s; marked disconnected (applied LSN %llu)",
-                p->id, why, (unsigned long long)p->acked);
+        kb_warn("replica %s: %s; marked disconnected (applied LSN %llu)", p->id,
+                why, (unsigned long long)p->acked);
     p->online = 0;
 }
 
@@ -273,7 +274,8 @@ static int ship_send(repl_leader_t *l, peer_t **targets, size_t nt)
     kbsync__repl_message__pack(&m, buf);
     for (size_t i = 0; i < nt; i++) {
         peer_t *p = targets[i];
-        if (zmq_send(l->sock, p->id, strlen(p->id), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        if (zmq_send(l->sock, p->id, strlen(p->id),
+                     ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
             if (errno == EAGAIN)
                 s->stalled = 1;
             else
@@ -322,7 +324,8 @@ int repl_leader_new(idx_t *ix, void *zctx, const repl_leader_config_t *cfg,
                 free(l);
                 return kb_seterr(err, errlen, KB_EINVAL,
                                  "--replicas: bad or too many replica ids in "
-                                 "\"%s\"", cfg->replicas);
+                                 "\"%s\"",
+                                 cfg->replicas);
             }
             if (p)
                 p->named = 1;
@@ -350,7 +353,8 @@ int repl_leader_new(idx_t *ix, void *zctx, const repl_leader_config_t *cfg,
         char ep[256];
         size_t eplen = sizeof ep;
         zmq_getsockopt(l->sock, ZMQ_LAST_ENDPOINT, ep, &eplen);
-        if (l->cfg.default_mode == REPL_ALL && !(cfg->replicas && *cfg->replicas))
+        if (l->cfg.default_mode == REPL_ALL &&
+            !(cfg->replicas && *cfg->replicas))
             kb_warn("--write-mode all without --replicas: `all` waits for no "
                     "replica and is the same as `async`");
         kb_info("replication on %s; replicas for `all`: %s; default mode %s",
@@ -665,7 +669,8 @@ void repl_leader_flush(repl_leader_t *l, void *router)
         k->lsn = version;
         k->written = written;
         k->missing = missing;
-        k->deadline_us = kb_mono_us() + (uint64_t)l->cfg.write_timeout_ms * 1000u;
+        k->deadline_us =
+            kb_mono_us() + (uint64_t)l->cfg.write_timeout_ms * 1000u;
     }
     leader_clear(l);
     if (l->sock)
@@ -803,10 +808,10 @@ static void on_hello(repl_leader_t *l, peer_t *p, const Kbsync__ReplHello *h)
     if (send_msg(l, p, &m) || *reason)
         return;
     if (!p->online)
-        kb_info("replica %s connected: applied LSN %llu, leader at %llu%s",
-                p->id, (unsigned long long)h->applied_lsn,
-                (unsigned long long)st.version,
-                h->applied_lsn < st.version ? "; streaming what it missed" : "");
+        kb_info(
+            "replica %s connected: applied LSN %llu, leader at %llu%s", p->id,
+            (unsigned long long)h->applied_lsn, (unsigned long long)st.version,
+            h->applied_lsn < st.version ? "; streaming what it missed" : "");
     p->online = 1;
     p->acked = p->sent = h->applied_lsn;
     p->beat_us = 0;
@@ -916,10 +921,10 @@ int repl_leader_tick(repl_leader_t *l, void *router)
     if (l->sock)
         stream_all(l);
     for (size_t i = 0; i < l->nparked; i++) {
-        int left = (int)((l->park[i].deadline_us > now
-                              ? l->park[i].deadline_us - now
-                              : 0) /
-                         1000u);
+        int left =
+            (int)((l->park[i].deadline_us > now ? l->park[i].deadline_us - now
+                                                : 0) /
+                  1000u);
         if (left < next)
             next = left;
     }

@@ -58,10 +58,10 @@ struct repl_replica {
     int streaming;
     uint64_t hello_us, ack_us, heard_us; /* monotonic */
     uint64_t head_lsn, head_commit_us;
-    int64_t offset_us; /* leader wall clock - local wall clock */
-    uint64_t offset_mono; /* when offset_us was sampled (0 = never) */
+    int64_t offset_us;       /* leader wall clock - local wall clock */
+    uint64_t offset_mono;    /* when offset_us was sampled (0 = never) */
     uint64_t leader_sent_us; /* newest leader_now_us received */
-    uint64_t records_us;  /* monotonic time records last arrived */
+    uint64_t records_us;     /* monotonic time records last arrived */
     uint64_t next_lsn, next_commit_us;
     char leader_ep[256];
     uint64_t dup_records;
@@ -91,8 +91,9 @@ static int replica_connect(repl_replica_t *r, char *err, size_t errlen)
     zmq_setsockopt(r->sock, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl);
     zmq_setsockopt(r->sock, ZMQ_HEARTBEAT_TIMEOUT, &tmo, sizeof tmo);
     if (zmq_connect(r->sock, r->cfg.leader))
-        return kb_seterr(err, errlen, KB_ENET, "cannot connect to leader %s: %s",
-                         r->cfg.leader, zmq_strerror(errno));
+        return kb_seterr(err, errlen, KB_ENET,
+                         "cannot connect to leader %s: %s", r->cfg.leader,
+                         zmq_strerror(errno));
     return 0;
 }
 
@@ -117,8 +118,10 @@ int repl_replica_new(void *zctx, const repl_replica_config_t *cfg,
     }
     /* An existing knowledge base is served (stale) until the leader is
      * reachable; a new directory waits for the leader's settings. */
-    idx_config_t ic = {.dir = cfg->data_dir, .node_id = cfg->id,
-                       .map_size = cfg->map_size, .nosync = cfg->nosync};
+    idx_config_t ic = {.dir = cfg->data_dir,
+                       .node_id = cfg->id,
+                       .map_size = cfg->map_size,
+                       .nosync = cfg->nosync};
     char why[512];
     int rc = idx_open(&ic, &r->ix, why, sizeof why);
     if (rc && rc != KB_EINVAL) {
@@ -127,7 +130,8 @@ int repl_replica_new(void *zctx, const repl_replica_config_t *cfg,
     }
     if (rc)
         kb_info("%s holds no knowledge base yet: it is created from the "
-                "leader's settings on first contact", cfg->data_dir);
+                "leader's settings on first contact",
+                cfg->data_dir);
     rc = replica_connect(r, err, errlen);
     if (rc) {
         repl_replica_free(&r);
@@ -258,7 +262,8 @@ static void replica_start_over(repl_replica_t *r, const char *reason)
     snprintf(lock, sizeof lock, "%s/lock.mdb", r->cfg.data_dir);
     if (rename(from, to)) {
         kb_error("cannot move %s aside either (%s): stopping, the diverged "
-                 "store must not be served", from, strerror(errno));
+                 "store must not be served",
+                 from, strerror(errno));
         abort();
     }
     unlink(lock);
@@ -278,9 +283,12 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
         return;
     }
     if (!r->ix) {
-        idx_config_t ic = {.dir = r->cfg.data_dir, .dim = m->dim,
-                           .metric = m->metric, .index = m->index,
-                           .node_id = r->cfg.id, .map_size = r->cfg.map_size,
+        idx_config_t ic = {.dir = r->cfg.data_dir,
+                           .dim = m->dim,
+                           .metric = m->metric,
+                           .index = m->index,
+                           .node_id = r->cfg.id,
+                           .map_size = r->cfg.map_size,
                            .nosync = r->cfg.nosync};
         char why[512];
         if (idx_open(&ic, &r->ix, why, sizeof why)) {
@@ -405,9 +413,7 @@ size_t repl_replica_on_msg(repl_replica_t *r)
                 expect = st.version + 1;
             }
             break;
-        case KBSYNC__REPL_MESSAGE__BODY_BEAT:
-            replica_beat(r, m->beat);
-            break;
+        case KBSYNC__REPL_MESSAGE__BODY_BEAT: replica_beat(r, m->beat); break;
         case KBSYNC__REPL_MESSAGE__BODY_ERROR:
             kb_warn("leader: %s", m->error->message ? m->error->message : "?");
             r->streaming = 0;
@@ -506,11 +512,11 @@ void repl_replica_staleness(repl_replica_t *r, Kbsync__NodeState *s)
     s->lag_ops = s->leader_version - version;
     /* Contact age on the leader's clock: a message that waited in our queue
      * does not make the leader look recently heard. */
-    s->leader_contact_ms =
-        r->leader_sent_us ? (leader_now > r->leader_sent_us
-                                 ? (leader_now - r->leader_sent_us) / 1000u
-                                 : 0)
-                          : unknown;
+    s->leader_contact_ms = r->leader_sent_us
+                               ? (leader_now > r->leader_sent_us
+                                      ? (leader_now - r->leader_sent_us) / 1000u
+                                      : 0)
+                               : unknown;
     uint64_t lag_ms = 0;
     if (!r->leader_sent_us) {
         /* Never heard from the leader since we started: we know nothing of
@@ -525,7 +531,7 @@ void repl_replica_staleness(repl_replica_t *r, Kbsync__NodeState *s)
                               : r->head_commit_us;
         if (!oldest)
             oldest = commit_us; /* upper bound */
-        lag_ms = !oldest ? unknown
+        lag_ms = !oldest               ? unknown
                  : leader_now > oldest ? (leader_now - oldest) / 1000u
                                        : 0;
     }

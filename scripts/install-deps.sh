@@ -9,6 +9,7 @@ PKGS=(
   libzmq3-dev liblmdb-dev lmdb-utils
   libprotobuf-c-dev protobuf-c-compiler
   libsimdjson-dev libcjson-dev
+  gnuplot-nox
   libcmocka-dev
 )
 

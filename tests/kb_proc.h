@@ -77,7 +77,8 @@ static inline pid_t kbp_spawn(const char *logpath, char *const argv[])
 }
 
 /* Waits up to timeout_ms for path to hold a line; copies it (no newline). */
-static inline int kbp_wait_file(const char *path, char *out, size_t cap, int timeout_ms)
+static inline int kbp_wait_file(const char *path, char *out, size_t cap,
+                                int timeout_ms)
 {
     for (int waited = 0; waited < timeout_ms; waited += 20) {
         FILE *f = fopen(path, "r");

@@ -20,14 +20,14 @@ typedef struct e2e {
     pid_t leader;
 } e2e_t;
 
-
 static void write_jsonl(const char *path, int from, int to, float bump)
 {
     FILE *f = fopen(path, "w");
     assert_non_null(f);
     for (int i = from; i < to; i++) {
-        fprintf(f, "{\"id\": \"doc-%d\", \"text\": \"document number %d\", "
-                   "\"metadata\": {\"n\": %d, \"tag\": \"t%d\"}, \"embedding\": [",
+        fprintf(f,
+                "{\"id\": \"doc-%d\", \"text\": \"document number %d\", "
+                "\"metadata\": {\"n\": %d, \"tag\": \"t%d\"}, \"embedding\": [",
                 i, i, i, i % 3);
         for (int j = 0; j < DIM; j++)
             fprintf(f, "%s%.9g", j ? ", " : "", kbp_vec(i, j) + bump);
@@ -36,19 +36,19 @@ static void write_jsonl(const char *path, int from, int to, float bump)
     fclose(f);
 }
 
-
 /* with_dim: 0 = reuse the stored dim, else create with that dim */
 static void start_leader(e2e_t *e, int with_dim)
 {
     unlink(e->epfile);
     char dim[16];
     snprintf(dim, sizeof dim, "%d", with_dim);
-    char *argv_dim[] = {"kbsync", "leader", "--data", e->data, "--dim", dim,
-                        "--listen", "tcp://127.0.0.1:*", "--endpoint-file",
-                        e->epfile, NULL};
-    char *argv_nodim[] = {"kbsync", "leader", "--data", e->data, "--listen",
-                          "tcp://127.0.0.1:*", "--endpoint-file", e->epfile,
-                          NULL};
+    char *argv_dim[] = {
+        "kbsync",          "leader",  "--data",   e->data,
+        "--dim",           dim,       "--listen", "tcp://127.0.0.1:*",
+        "--endpoint-file", e->epfile, NULL};
+    char *argv_nodim[] = {"kbsync",          "leader",   "--data",
+                          e->data,           "--listen", "tcp://127.0.0.1:*",
+                          "--endpoint-file", e->epfile,  NULL};
     e->leader = kbp_spawn(e->log, with_dim ? argv_dim : argv_nodim);
     assert_true(e->leader > 0);
     assert_int_equal(kbp_wait_file(e->epfile, e->ep, sizeof e->ep, 20000), 0);
@@ -82,8 +82,8 @@ static int teardown(void **state)
 static cJSON *status_json(e2e_t *e)
 {
     static char out[65536];
-    int rc = kbp_run(out, sizeof out, "'%s' status --to '%s' --json",
-                     kbp_bin(), e->ep);
+    int rc = kbp_run(out, sizeof out, "'%s' status --to '%s' --json", kbp_bin(),
+                     e->ep);
     assert_int_equal(rc, 0);
     cJSON *o = kbp_last_json(out);
     assert_non_null(o);
@@ -94,8 +94,9 @@ static cJSON *query_json(e2e_t *e, int doc, int k)
 {
     static char out[1 << 20];
     char v[2048];
-    int rc = kbp_run(out, sizeof out, "'%s' query --to '%s' -k %d --json --vector '%s'",
-                     kbp_bin(), e->ep, k, kbp_vector_arg(doc, DIM, v, sizeof v));
+    int rc = kbp_run(
+        out, sizeof out, "'%s' query --to '%s' -k %d --json --vector '%s'",
+        kbp_bin(), e->ep, k, kbp_vector_arg(doc, DIM, v, sizeof v));
     assert_int_equal(rc, 0);
     cJSON *o = kbp_last_json(out);
     assert_non_null(o);
@@ -219,8 +220,9 @@ static void test_e2e_lone_ingest_query_delete_restart(void **state)
 
     /* restart with a different dim is refused with a clear error */
     char dim2[] = "32";
-    char *argv_bad[] = {"kbsync", "leader", "--data", e->data, "--dim", dim2,
-                        "--listen", "tcp://127.0.0.1:*", NULL};
+    char *argv_bad[] = {"kbsync", "leader", "--data",   e->data,
+                        "--dim",  dim2,     "--listen", "tcp://127.0.0.1:*",
+                        NULL};
     pid_t bad = kbp_spawn(e->log, argv_bad);
     int bst;
     waitpid(bad, &bst, 0);
@@ -245,7 +247,8 @@ static void test_e2e_lone_bad_input_changes_nothing(void **state)
     /* malformed JSON on line 3: error names file and line; nothing sent */
     snprintf(path, sizeof path, "%s/bad.jsonl", e->dir);
     FILE *f = fopen(path, "w");
-    fprintf(f, "{\"id\": \"x1\", \"text\": \"fine\"}\n\n{\"id\": \"x2\", \"text\": }\n");
+    fprintf(f, "{\"id\": \"x1\", \"text\": \"fine\"}\n\n{\"id\": \"x2\", "
+               "\"text\": }\n");
     fclose(f);
     int rc = kbp_run(out, sizeof out, "'%s' ingest --to '%s' '%s' 2>&1",
                      kbp_bin(), e->ep, path);
@@ -332,7 +335,8 @@ static void test_e2e_lone_text_ingest_and_text_query(void **state)
     cJSON *q = kbp_last_json(out);
     const cJSON *h0 = cJSON_GetArrayItem(cJSON_GetObjectItem(q, "hits"), 0);
     assert_non_null(h0);
-    assert_non_null(strstr(cJSON_GetObjectItem(h0, "text")->valuestring, "LMDB"));
+    assert_non_null(
+        strstr(cJSON_GetObjectItem(h0, "text")->valuestring, "LMDB"));
     cJSON_Delete(q);
 }
 

@@ -30,7 +30,6 @@ typedef struct cluster {
     node_t leader, r[2];
 } cluster_t;
 
-
 static void write_jsonl(const char *path, const char *prefix, int from, int to)
 {
     FILE *f = fopen(path, "w");
@@ -44,7 +43,6 @@ static void write_jsonl(const char *path, const char *prefix, int from, int to)
     }
     fclose(f);
 }
-
 
 /* A free loopback port for the replication endpoint: bind :0, read, close.
  * (The client endpoints use --listen tcp://127.0.0.1:* instead.) */
@@ -78,10 +76,21 @@ static void start_leader(cluster_t *c, const char *extra1, const char *extra2)
     unlink(n->epfile);
     char dim[8];
     snprintf(dim, sizeof dim, "%d", DIM);
-    char *argv[20] = {"kbsync", "leader", "--data", n->data, "--dim", dim,
-                      "--listen", "tcp://127.0.0.1:*", "--endpoint-file",
-                      n->epfile, "--repl-listen", c->repl_ep, "--replicas",
-                      "r1,r2", NULL};
+    char *argv[20] = {"kbsync",
+                      "leader",
+                      "--data",
+                      n->data,
+                      "--dim",
+                      dim,
+                      "--listen",
+                      "tcp://127.0.0.1:*",
+                      "--endpoint-file",
+                      n->epfile,
+                      "--repl-listen",
+                      c->repl_ep,
+                      "--replicas",
+                      "r1,r2",
+                      NULL};
     int k = 14;
     if (extra1)
         argv[k++] = (char *)extra1;
@@ -99,9 +108,19 @@ static void start_replica(cluster_t *c, int i)
     unlink(n->epfile);
     char id[8];
     snprintf(id, sizeof id, "r%d", i + 1);
-    char *argv[] = {"kbsync", "replica", "--data", n->data, "--id", id,
-                    "--leader", c->repl_ep, "--listen", "tcp://127.0.0.1:*",
-                    "--endpoint-file", n->epfile, NULL};
+    char *argv[] = {"kbsync",
+                    "replica",
+                    "--data",
+                    n->data,
+                    "--id",
+                    id,
+                    "--leader",
+                    c->repl_ep,
+                    "--listen",
+                    "tcp://127.0.0.1:*",
+                    "--endpoint-file",
+                    n->epfile,
+                    NULL};
     n->pid = kbp_spawn(n->log, argv);
     assert_true(n->pid > 0);
     assert_int_equal(kbp_wait_file(n->epfile, n->ep, sizeof n->ep, 20000), 0);
@@ -110,8 +129,9 @@ static void start_replica(cluster_t *c, int i)
 static cJSON *status(const node_t *n)
 {
     static char out[1 << 16];
-    if (kbp_run(out, sizeof out, "'%s' status --to '%s' --json --timeout-ms 5000",
-                kbp_bin(), n->ep) != 0)
+    if (kbp_run(out, sizeof out,
+                "'%s' status --to '%s' --json --timeout-ms 5000", kbp_bin(),
+                n->ep) != 0)
         return NULL;
     return kbp_last_json(out);
 }
@@ -138,7 +158,8 @@ static void wait_connected(cluster_t *c, const char *id, int want)
             return;
         usleep(50000);
     }
-    fail_msg("replica %s never became %s", id, want ? "connected" : "disconnected");
+    fail_msg("replica %s never became %s", id,
+             want ? "connected" : "disconnected");
 }
 
 /* Waits until node n reports version >= v; returns the version seen. */
@@ -196,7 +217,8 @@ static int ingest(cluster_t *c, const char *mode, const char *file,
                   cJSON **summary)
 {
     static char out[1 << 16];
-    int rc = kbp_run(out, sizeof out, "'%s' ingest --to '%s' --mode %s --batch 50 '%s'",
+    int rc = kbp_run(out, sizeof out,
+                     "'%s' ingest --to '%s' --mode %s --batch 50 '%s'",
                      kbp_bin(), c->leader.ep, mode, file);
     if (summary)
         *summary = kbp_last_json(out);
@@ -209,7 +231,8 @@ static int rank_on(const node_t *n, int doc, const char *id, int *version)
 {
     static char out[1 << 18];
     char v[1024];
-    int rc = kbp_run(out, sizeof out, "'%s' query --to '%s' -k 5 --json --vector '%s'",
+    int rc = kbp_run(out, sizeof out,
+                     "'%s' query --to '%s' -k 5 --json --vector '%s'",
                      kbp_bin(), n->ep, kbp_vector_arg(doc, DIM, v, sizeof v));
     assert_int_equal(rc, 0);
     cJSON *q = kbp_last_json(out);
@@ -244,7 +267,8 @@ static void test_e2e_repl_all_mode_visible_on_every_replica(void **state)
     for (int r = 0; r < 2; r++) {
         cJSON *st = status(&c->r[r]);
         assert_non_null(st);
-        assert_string_equal(cJSON_GetObjectItem(st, "role")->valuestring, "replica");
+        assert_string_equal(cJSON_GetObjectItem(st, "role")->valuestring,
+                            "replica");
         assert_int_equal((int)kbp_num(st, "version"), 200);
         assert_int_equal((int)kbp_num(st, "docs"), 200);
         assert_int_equal((int)kbp_num(st, "lag_ops"), 0);
@@ -262,8 +286,9 @@ static void test_e2e_repl_all_mode_visible_on_every_replica(void **state)
     write_jsonl(path, "a", 5, 6); /* re-upsert a-5 */
     assert_int_equal(ingest(c, "all", path, NULL), 0);
     char out[4096];
-    assert_int_equal(kbp_run(out, sizeof out, "'%s' delete --to '%s' --mode all a-7",
-                             kbp_bin(), c->leader.ep),
+    assert_int_equal(kbp_run(out, sizeof out,
+                             "'%s' delete --to '%s' --mode all a-7", kbp_bin(),
+                             c->leader.ep),
                      0);
     for (int r = 0; r < 2; r++) {
         int ver;
@@ -351,8 +376,9 @@ static void test_e2e_repl_replica_restart_catches_up(void **state)
     snprintf(path, sizeof path, "%s/b.jsonl", c->dir);
     write_jsonl(path, "b", 0, 10);
     static char out[1 << 16];
-    int rc = kbp_run(out, sizeof out, "'%s' ingest --to '%s' --mode all '%s' 2>&1",
-                     kbp_bin(), c->leader.ep, path);
+    int rc =
+        kbp_run(out, sizeof out, "'%s' ingest --to '%s' --mode all '%s' 2>&1",
+                kbp_bin(), c->leader.ep, path);
     assert_int_equal(rc, 1);
     assert_non_null(strstr(out, "KB_ENOREPLICA"));
     assert_non_null(strstr(out, "r2"));
@@ -374,8 +400,9 @@ static void test_e2e_repl_replica_restart_catches_up(void **state)
     cJSON_Delete(st);
     assert_int_equal(rank_on(&c->r[1], 77, "c-77", NULL), 0);
     assert_int_equal(rank_on(&c->r[1], 3, "a-3", NULL), -1);
-    rc = kbp_run(out, sizeof out, "grep -c 'applied LSN 100, leader at 251' '%s'",
-                 c->leader.log);
+    rc =
+        kbp_run(out, sizeof out,
+                "grep -c 'applied LSN 100, leader at 251' '%s'", c->leader.log);
     assert_int_equal(rc, 0);
 }
 
@@ -387,7 +414,8 @@ static void test_e2e_repl_stalled_replica_times_out_all_write(void **state)
     static char out[1 << 16];
     int rc = kbp_run(out, sizeof out, "'%s' delete --to '%s' --mode all x 2>&1",
                      kbp_bin(), c->leader.ep);
-    assert_int_equal(rc, 0); /* a missing id takes no LSN: nothing to wait for */
+    assert_int_equal(rc,
+                     0); /* a missing id takes no LSN: nothing to wait for */
     char path[400];
     snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
     write_jsonl(path, "a", 0, 5);
@@ -437,9 +465,10 @@ static void test_e2e_repl_leader_kill9_loses_nothing(void **state)
     cJSON_Delete(st);
     static char out[1 << 16];
     char v[1024];
-    int rc = kbp_run(out, sizeof out,
-                     "'%s' query --to '%s' --max-lag-ms 200 --vector '%s' 2>&1",
-                     kbp_bin(), c->r[0].ep, kbp_vector_arg(1, DIM, v, sizeof v));
+    int rc =
+        kbp_run(out, sizeof out,
+                "'%s' query --to '%s' --max-lag-ms 200 --vector '%s' 2>&1",
+                kbp_bin(), c->r[0].ep, kbp_vector_arg(1, DIM, v, sizeof v));
     assert_int_equal(rc, 1);
     assert_non_null(strstr(out, "KB_ESTALE"));
     start_leader(c, NULL, NULL);
@@ -466,12 +495,12 @@ int main(void)
             test_e2e_repl_all_mode_visible_on_every_replica, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_e2e_repl_async_converges_and_lag_is_reported, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_e2e_repl_replica_restart_catches_up,
-                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_e2e_repl_replica_restart_catches_up, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_e2e_repl_stalled_replica_times_out_all_write, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_e2e_repl_leader_kill9_loses_nothing,
-                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_e2e_repl_leader_kill9_loses_nothing, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

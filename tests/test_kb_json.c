@@ -117,16 +117,17 @@ static void test_kb_json_good_records(void **state)
 {
     (void)state;
     char path[512];
-    write_str(path, "good.jsonl",
-              "{\"id\": \"a1\", \"text\": \"say \\\"hi\\\"\\n\\u00e9\\ud83d\\ude00\","
-              " \"embedding\": [0.5, -1, 2e-3, 1e39, -1e39, 1E2],"
-              " \"metadata\": {\"b\": [1, 2.5e3, true, false, null],"
-              " \"s\": \"x\\ty\", \"n\": {}, \"e\": []}}\n"
-              "{\"id\": 42}\n"
-              "{\"metadata\": null, \"embedding\": [], \"id\": -7}\n"
-              "{\"id\": 18446744073709551615, \"text\": \"\"}\n"
-              "{\"\\u0069d\": \"esc-key\", \"metadata\": {\"q\": \"a\\\"b\\\\c"
-              "\\u0001\\/\", \"k\\u00e9\": \"\xc3\xa9\"}}\n");
+    write_str(
+        path, "good.jsonl",
+        "{\"id\": \"a1\", \"text\": \"say \\\"hi\\\"\\n\\u00e9\\ud83d\\ude00\","
+        " \"embedding\": [0.5, -1, 2e-3, 1e39, -1e39, 1E2],"
+        " \"metadata\": {\"b\": [1, 2.5e3, true, false, null],"
+        " \"s\": \"x\\ty\", \"n\": {}, \"e\": []}}\n"
+        "{\"id\": 42}\n"
+        "{\"metadata\": null, \"embedding\": [], \"id\": -7}\n"
+        "{\"id\": 18446744073709551615, \"text\": \"\"}\n"
+        "{\"\\u0069d\": \"esc-key\", \"metadata\": {\"q\": \"a\\\"b\\\\c"
+        "\\u0001\\/\", \"k\\u00e9\": \"\xc3\xa9\"}}\n");
     kb_jsonl_t *r = NULL;
     KBT_OK(kb_jsonl_open(path, &r), path);
     assert_non_null(r);
@@ -425,11 +426,17 @@ static void test_kb_json_damaged_lines_fail_cleanly(void **state)
         size_t pos = 1 + (size_t)(x >> 8) % (len - 1);
         char c = junk[(x >> 40) % (sizeof junk - 1)];
         switch (x % 4) {
-        case 0: line[pos] = c; break;                                /* replace */
-        case 1: memmove(line + pos, line + pos + 1, len - pos); len--; break;
-        case 2: memmove(line + pos + 1, line + pos, len - pos); line[pos] = c;
-                len++; break;                                         /* insert */
-        default: len = pos; break;                                    /* cut */
+        case 0: line[pos] = c; break; /* replace */
+        case 1:
+            memmove(line + pos, line + pos + 1, len - pos);
+            len--;
+            break;
+        case 2:
+            memmove(line + pos + 1, line + pos, len - pos);
+            line[pos] = c;
+            len++;
+            break;                 /* insert */
+        default: len = pos; break; /* cut */
         }
         sb_add(&sb, "%.*s\n", (int)len, line);
     }
@@ -546,8 +553,8 @@ static void test_kb_json_records_across_chunks(void **state)
 
     /* Chunks far smaller than a record (buffer grows), about one record, a
      * few records, and the default (file is ~2 MB, chunk 1 MiB). */
-    static const char *const chunks[] = {"64", "100", "1000", "4096", "65536",
-                                         NULL};
+    static const char *const chunks[] = {"64",   "100",   "1000",
+                                         "4096", "65536", NULL};
     for (int c = 0; c <= 5; c++) {
         kb_jsonl_t *r;
         if (chunks[c])
@@ -725,7 +732,8 @@ static void test_kb_json_parse_floats_match_strtod(void **state)
         sb_add(&sb, "]");
         size_t n;
         char err[128];
-        int rc = kb_json_parse_floats(sb.p, sb.len, v, per, &n, err, sizeof err);
+        int rc =
+            kb_json_parse_floats(sb.p, sb.len, v, per, &n, err, sizeof err);
         if (rc != 0)
             fail_msg("format %s: rc %d: %s", fmts[f], rc, err);
         assert_int_equal(n, per);
@@ -763,7 +771,8 @@ static void test_kb_json_parse_floats_bad(void **state)
         {"[1, 2", KB_EBADJSON, "malformed JSON (INCOMPLETE_ARRAY_OR_OBJECT"},
         {"[1,,2]", KB_EBADJSON, "malformed JSON ("},
         {"[1, 2] x", KB_EBADJSON, "trailing content after the array"},
-        {"[1, 2]]", KB_EBADJSON, "trailing content after the array (at byte 7)"},
+        {"[1, 2]]", KB_EBADJSON,
+         "trailing content after the array (at byte 7)"},
         {"[1, 2] [3]", KB_EBADJSON, "trailing content after the array"},
         {"[1, 2, 3, 4, 5]", KB_ETOOBIG, "5 numbers, more than the 4 allowed"},
     };
@@ -800,7 +809,8 @@ static void test_kb_json_check_object_good(void **state)
     static const char *const good[] = {
         "{}",
         " \r\n{ } \t\n",
-        "{\"a\": [1, {\"b\": null}, [], {}], \"c\": \"\\u00e9\\n\", \"d\": true}",
+        "{\"a\": [1, {\"b\": null}, [], {}], \"c\": \"\\u00e9\\n\", \"d\": "
+        "true}",
         "{\"big\": 1e400, \"long\": 123456789012345678901234567890, "
         "\"neg\": -0.5E-7}",
         "{\"a\": {\"a\": {\"a\": {\"a\": {\"a\": [[[[\"deep\"]]]]}}}}}",
@@ -808,7 +818,8 @@ static void test_kb_json_check_object_good(void **state)
     };
     for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
         char err[128] = "";
-        int rc = kb_json_check_object(good[i], strlen(good[i]), err, sizeof err);
+        int rc =
+            kb_json_check_object(good[i], strlen(good[i]), err, sizeof err);
         if (rc != 0)
             fail_msg("\"%s\": rc %d: %s", good[i], rc, err);
     }
@@ -869,7 +880,8 @@ static void test_kb_json_check_object_bad(void **state)
         sb_add(&sb, "]");
     sb_add(&sb, "}");
     char err[160];
-    KBT_RC(kb_json_check_object(sb.p, sb.len, err, sizeof err), KB_EBADJSON, err);
+    KBT_RC(kb_json_check_object(sb.p, sb.len, err, sizeof err), KB_EBADJSON,
+           err);
     assert_string_equal(err, "nested more than 128 levels deep");
     free(sb.p);
 }
