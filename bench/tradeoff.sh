@@ -26,9 +26,13 @@
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
+# benchmarks are not leak tests (and libgomp/OpenBLAS keep pools at exit)
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0}
 QUICK=0 CHECK=0 PLOTS=1
 REPLICAS="" DELAYS="" RUNS="" BUILD="" OUT="" DOC="" PLOTDIR=""
-ARGS="$*"
+ARGS=""
+for a in "$@"; do case "$a" in *[[:space:]]*|"") ARGS="$ARGS \"$a\"" ;; *) ARGS="$ARGS $a" ;; esac; done
+ARGS=${ARGS# }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -56,11 +60,12 @@ if [ $QUICK = 1 ]; then
   LAG_RATE=1000 INGEST_DOCS=5000 PART_S=2
 else
   : "${REPLICAS:=1 2 4}" "${DELAYS:=0 5 50}" "${RUNS:=3}"
-  CLOSED_S=1 RAW_S=1 MAX_WRITES=5000 RATES="1000 5000 20000" OPEN_S=2.5
+  CLOSED_S=1 RAW_S=1 MAX_WRITES=5000 RATES="1000 5000 20000" OPEN_S=2
   LAG_RATE=5000 INGEST_DOCS=100000 PART_S=2
 fi
 DIM=384
-WRITE_TIMEOUT_MS=1000   # leader --write-timeout-ms: `all` to a cut-off replica
+WRITE_TIMEOUT_MS=1000   # leader --write-timeout-ms in the partition cluster
+LOAD_WRITE_TIMEOUT_MS=5000  # ... and in the others (kbsync's default)
 PART_WRITE_RATE=200     # writes/s during the partition
 PART_READ_RATE=20       # reads/s to each replica during the partition
 READ_TIMEOUT_MS=500     # a partition read unanswered by then (+ 4 x delay) is lost
@@ -212,11 +217,11 @@ stop_cluster() {
   NODE_PIDS=()
 }
 
-# start_cluster N LOGDIR: a fresh leader + N replicas named r1..rN, all of
+# start_cluster N LOGDIR WRITE_TIMEOUT_MS: a fresh leader + N replicas named r1..rN, all of
 # them named in --replicas (so `all` waits for every one). Sets LEADER,
 # REP_EPS (comma list), VICTIM_PID (r1), CUT/HEAL (partition commands).
 start_cluster() {
-  local n=$1 logs=$2 i ids=""
+  local n=$1 logs=$2 wtmo=$3 i ids=""
   rm -rf "$WORK/c"; mkdir -p "$WORK/c" "$logs"
   for i in $(seq "$n"); do ids="$ids${ids:+,}r$i"; done
   local listen='tcp://127.0.0.1:*' repl='tcp://127.0.0.1:*'
@@ -225,7 +230,7 @@ start_cluster() {
   [ $MODEL = netns ] && listen='tcp://0.0.0.0:7400' repl='tcp://0.0.0.0:7500'
   "${INL[@]}" "$KB" leader --data "$WORK/c/L" --dim $DIM --listen "$listen" \
     --endpoint-file "$WORK/c/L.ep" --repl-listen "$repl" --replicas "$ids" \
-    --write-timeout-ms $WRITE_TIMEOUT_MS >/dev/null 2>"$logs/leader.log" &
+    --write-timeout-ms "$wtmo" >/dev/null 2>"$logs/leader.log" &
   PIDS+=($!); NODE_PIDS+=($!)
   wait_file "$WORK/c/L.ep" || { say "leader did not start (see $logs/leader.log)"; return 1; }
   LEADER=$(cat "$WORK/c/L.ep")
@@ -338,7 +343,7 @@ for d in $DELAYS; do
         # three fresh clusters per mode: a partition leaves TCP backing off
         # for a while, and the ingest must start from an empty knowledge base
         CUR_LOGS=$OUT/logs/d$d-n$n-run$run-$mode-load
-        if start_cluster "$n" "$CUR_LOGS"; then
+        if start_cluster "$n" "$CUR_LOGS" $LOAD_WRITE_TIMEOUT_MS; then
           drive closed "$tag" --mode $mode --seconds $CLOSED_S --raw-seconds $RAW_S \
             --max-writes $MAX_WRITES --timeout-ms $TMO || true
           for rate in $RATES; do
@@ -347,14 +352,14 @@ for d in $DELAYS; do
         fi
         stop_cluster
         CUR_LOGS=$OUT/logs/d$d-n$n-run$run-$mode-partition
-        if start_cluster "$n" "$CUR_LOGS"; then
+        if start_cluster "$n" "$CUR_LOGS" $WRITE_TIMEOUT_MS; then
           drive partition "$tag" --mode $mode --seconds $PART_S --cut "$CUT" --heal "$HEAL" \
             --write-rate $PART_WRITE_RATE --read-rate $PART_READ_RATE \
             --read-timeout-ms $RTMO --timeout-ms $(( TMO > 3000 ? TMO : 3000 )) --converge-s 60 || true
         fi
         stop_cluster
         CUR_LOGS=$OUT/logs/d$d-n$n-run$run-$mode-ingest
-        if start_cluster "$n" "$CUR_LOGS"; then
+        if start_cluster "$n" "$CUR_LOGS" $LOAD_WRITE_TIMEOUT_MS; then
           drive ingest "$tag" --mode $mode --docs $INGEST_DOCS --batch 1000 --window 4 \
             --timeout-ms $(( TMO * 4 )) || true
         fi
@@ -416,7 +421,7 @@ if [ -n "$DOC" ]; then
     echo
     echo "**Machine:** $(machine)."
     echo
-    sed -e "s/@DIM@/$DIM/g; s/@WTMO@/$WRITE_TIMEOUT_MS/g; s/@LAG_RATE@/$LAG_RATE/g" \
+    sed -e "s/@DIM@/$DIM/g; s/@WTMO@/$WRITE_TIMEOUT_MS/g; s/@LWTMO@/$LOAD_WRITE_TIMEOUT_MS/g; s/@LAG_RATE@/$LAG_RATE/g" \
         -e "s/@RAW_S@/$RAW_S/g; s/@CLOSED_S@/$CLOSED_S/g; s/@OPEN_S@/$OPEN_S/g" \
         -e "s/@INGEST_DOCS@/$INGEST_DOCS/g; s/@PART_S@/$PART_S/g; s/@RTMO@/$READ_TIMEOUT_MS/g" \
         -e "s/@PART_WRITE_RATE@/$PART_WRITE_RATE/g; s/@PART_READ_RATE@/$PART_READ_RATE/g" \

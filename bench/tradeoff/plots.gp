@@ -62,18 +62,23 @@ do for [di = 1:nd] {
 
 if (nd > 1) {
   set output sprintf("%s/tradeoff-delays.png", out)
-  set multiplot layout 1,2 title "what added network delay does to each mode"
-  set xlabel "added one-way delay per link, ms"
-  set xtics autofreq
+  set multiplot layout 1,3 title "what added network delay does to each mode (x: added one-way delay per link, ms)"
+  set xlabel "added delay, ms"
+  set xrange [-0.3:nd-0.7]
+  set logscale y
   set ylabel "ms"
   set title "single-doc write latency p50 (closed loop)"
-  plot for [i = 1:nn] f_delay("async", word(ns, i)) using 1:2 with linespoints lw 2 dt 1 title sprintf("async N=%s", word(ns, i)), \
-       for [i = 1:nn] f_delay("all", word(ns, i)) using 1:2 with linespoints lw 2 dt 2 title sprintf("all N=%s", word(ns, i))
-  set ylabel "share"
+  plot for [i = 1:nn] f_delay("async", word(ns, i)) using 0:2:xtic(1) with linespoints lw 2 dt 1 title sprintf("async N=%s", word(ns, i)), \
+       for [i = 1:nn] f_delay("all", word(ns, i)) using 0:2:xtic(1) with linespoints lw 2 dt 2 title sprintf("all N=%s", word(ns, i))
+  unset logscale y
+  set ylabel "share of reads that saw the write"
   set yrange [0:1.05]
   set key bottom left
-  set title "read-after-write visibility at a random replica"
-  plot for [i = 1:nn] f_delay("async", word(ns, i)) using 1:4 with linespoints lw 2 dt 1 title sprintf("async N=%s", word(ns, i)), \
-       for [i = 1:nn] f_delay("all", word(ns, i)) using 1:4 with linespoints lw 2 dt 2 title sprintf("all N=%s", word(ns, i))
+  set title "read-after-write, 1 client (all: dashed)"
+  plot for [i = 1:nn] f_delay("async", word(ns, i)) using 0:4:xtic(1) with linespoints lw 2 dt 1 title sprintf("async N=%s", word(ns, i)), \
+       for [i = 1:nn] f_delay("all", word(ns, i)) using 0:4:xtic(1) with linespoints lw 2 dt 2 title sprintf("all N=%s", word(ns, i))
+  set title "read-after-write, N clients at once (all: dashed)"
+  plot for [i = 1:nn] f_delay("async", word(ns, i)) using 0:8:xtic(1) with linespoints lw 2 dt 1 title sprintf("async N=%s", word(ns, i)), \
+       for [i = 1:nn] f_delay("all", word(ns, i)) using 0:8:xtic(1) with linespoints lw 2 dt 2 title sprintf("all N=%s", word(ns, i))
   unset multiplot
 }
