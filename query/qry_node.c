@@ -310,6 +310,10 @@ static int node_open(node_t *n, char *err, size_t errlen)
     int64_t hard = (int64_t)n->cfg->max_msg * 4 + (1 << 20);
     zmq_setsockopt(n->router, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt(n->router, ZMQ_MAXMSGSIZE, &hard, sizeof hard);
+    /* ROUTER drops answers silently past its send queue limit (1000 by
+     * default): let pipelining clients have many requests in flight. */
+    int hwm = 100000;
+    zmq_setsockopt(n->router, ZMQ_SNDHWM, &hwm, sizeof hwm);
     if (zmq_bind(n->router, n->cfg->listen))
         return kb_seterr(err, errlen, KB_ENET, "cannot listen on %s: %s",
                          n->cfg->listen, zmq_strerror(errno));
