@@ -212,7 +212,7 @@ static int cmd_leader(int argc, char **argv)
     install_signals();
     idx_vec_setup(threads);
     char err[512];
-    idx_t *ix = NULL;
+    idx_kb_t *ix = NULL;
     int rc = idx_open(&ic, &ix, err, sizeof err);
     if (rc) {
         kb_error("cannot open knowledge base: %s", err);

@@ -77,7 +77,7 @@ static int idx_check_meta(const Kbsync__KbMeta *m, const idx_config_t *cfg,
 }
 
 struct rebuild {
-    idx_t *ix;
+    idx_kb_t *ix;
     float *x;
     int64_t *labels;
     size_t n;
@@ -114,7 +114,7 @@ static int rebuild_visit(void *ctx, int64_t label, const void *bytes,
     return r->n == IDX_REBUILD_CHUNK ? rebuild_flush(r) : 0;
 }
 
-static int idx_rebuild(idx_t *ix, char *err, size_t errlen)
+static int idx_rebuild(idx_kb_t *ix, char *err, size_t errlen)
 {
     uint64_t t0 = kb_mono_us();
     struct rebuild r = {ix, NULL, NULL, 0, err, errlen};
@@ -132,7 +132,7 @@ static int idx_rebuild(idx_t *ix, char *err, size_t errlen)
     return rc;
 }
 
-static int idx_reserve(idx_t *ix, size_t adds, size_t rms)
+static int idx_reserve(idx_kb_t *ix, size_t adds, size_t rms)
 {
     if (adds > ix->add_cap) {
         float *x = realloc(ix->add_x, sizeof(float) * ix->dim * adds);
@@ -155,10 +155,10 @@ static int idx_reserve(idx_t *ix, size_t adds, size_t rms)
     return 0;
 }
 
-int idx_open(const idx_config_t *cfg, idx_t **out, char *err, size_t errlen)
+int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
 {
     *out = NULL;
-    idx_t *ix = calloc(1, sizeof *ix);
+    idx_kb_t *ix = calloc(1, sizeof *ix);
     if (!ix)
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     int rc = idx_store_open(cfg->dir, cfg->map_size, cfg->nosync, &ix->store,
@@ -240,11 +240,11 @@ fail:
     return rc;
 }
 
-void idx_close(idx_t **ixp)
+void idx_close(idx_kb_t **ixp)
 {
     if (!ixp || !*ixp)
         return;
-    idx_t *ix = *ixp;
+    idx_kb_t *ix = *ixp;
     idx_vec_free(&ix->vec);
     idx_store_close(&ix->store);
     if (ix->meta)
@@ -271,7 +271,7 @@ static int check_floats(const float *x, size_t n, char *what, size_t *bad)
     return 0;
 }
 
-int idx_validate(const idx_t *ix, const idx_op_t *ops, size_t n, char *err,
+int idx_validate(const idx_kb_t *ix, const idx_op_t *ops, size_t n, char *err,
                  size_t errlen)
 {
     for (size_t i = 0; i < n; i++) {
@@ -335,7 +335,7 @@ int idx_validate(const idx_t *ix, const idx_op_t *ops, size_t n, char *err,
 
 /* Index bookkeeping for one committed op: label `added` (or -1) holds vector
  * x, label `removed` (or -1) leaves the index. */
-static void idx_note(idx_t *ix, int64_t added, const float *x, int64_t removed)
+static void idx_note(idx_kb_t *ix, int64_t added, const float *x, int64_t removed)
 {
     if (removed >= 0)
         ix->rm_label[ix->rm_n++] = removed;
@@ -355,7 +355,7 @@ static int cmp_i64(const void *a, const void *b)
  * added and removed within the same write (the same id upserted twice) never
  * reaches the index. If FAISS fails here the store is ahead of the index:
  * rebuild it from the store, which is the truth. */
-static int idx_apply_vectors(idx_t *ix, char *err, size_t errlen)
+static int idx_apply_vectors(idx_kb_t *ix, char *err, size_t errlen)
 {
     size_t keep = 0, rm = 0;
     if (ix->rm_n) {
@@ -407,7 +407,7 @@ static int idx_apply_vectors(idx_t *ix, char *err, size_t errlen)
 }
 
 /* Fills a Doc for an upsert op; vec receives the vector to index. */
-static void idx_doc_from_op(idx_t *ix, const idx_op_t *o, Kbsync__Doc *d,
+static void idx_doc_from_op(idx_kb_t *ix, const idx_op_t *o, Kbsync__Doc *d,
                             const float **vec)
 {
     kbsync__doc__init(d);
@@ -424,7 +424,7 @@ static void idx_doc_from_op(idx_t *ix, const idx_op_t *o, Kbsync__Doc *d,
     d->embedding = (float *)*vec;
 }
 
-int idx_write(idx_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
+int idx_write(idx_kb_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
               uint64_t *lsns, idx_log_cb precommit, void *ctx, char *err,
               size_t errlen)
 {
@@ -480,7 +480,7 @@ int idx_write(idx_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
     return idx_apply_vectors(ix, err, errlen);
 }
 
-int idx_apply_log(idx_t *ix, size_t n, const void *const *recs,
+int idx_apply_log(idx_kb_t *ix, size_t n, const void *const *recs,
                   const size_t *lens, char *err, size_t errlen)
 {
     if (n == 0)
@@ -569,7 +569,7 @@ struct hits_priv {
     Kbsync__LogRecord *rec[]; /* each holds the hit's Doc */
 };
 
-int idx_search(idx_t *ix, const float *q, const char *text, size_t text_len,
+int idx_search(idx_kb_t *ix, const float *q, const char *text, size_t text_len,
                uint32_t k, idx_hits_t *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
@@ -665,7 +665,7 @@ void idx_hits_free(idx_hits_t *h)
 
 /* ----------------------------------------------------------------- stats */
 
-void idx_stats(idx_t *ix, idx_stats_t *st)
+void idx_stats(idx_kb_t *ix, idx_stats_t *st)
 {
     memset(st, 0, sizeof *st);
     idx_store_state(ix->store, &st->version, &st->commit_us);
@@ -678,7 +678,7 @@ void idx_stats(idx_t *ix, idx_stats_t *st)
     st->rebuild_s = ix->rebuild_s;
 }
 
-const void *idx_meta(const idx_t *ix)
+const void *idx_meta(const idx_kb_t *ix)
 {
     return ix->meta;
 }
@@ -695,14 +695,14 @@ static int commit_time_visit(void *ctx, uint64_t lsn, const void *b, size_t n)
     return 1;
 }
 
-uint64_t idx_commit_time(idx_t *ix, uint64_t lsn)
+uint64_t idx_commit_time(idx_kb_t *ix, uint64_t lsn)
 {
     uint64_t t = 0;
     idx_store_scan_log(ix->store, lsn, 1, commit_time_visit, &t, NULL, 0);
     return t;
 }
 
-int idx_read_log(idx_t *ix, uint64_t from, size_t max, idx_log_cb cb, void *ctx,
+int idx_read_log(idx_kb_t *ix, uint64_t from, size_t max, idx_log_cb cb, void *ctx,
                  char *err, size_t errlen)
 {
     return idx_store_read_log(ix->store, from, max, cb, ctx, err, errlen);

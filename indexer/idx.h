@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef struct idx idx_t;
+typedef struct idx idx_kb_t;
 
 typedef struct idx_config {
     const char *dir;     /* data directory; created on first open */
@@ -26,10 +26,10 @@ typedef struct idx_config {
  * index from the stored documents. A dim, metric or index that differs from
  * what the directory was created with is refused with KB_EMISMATCH naming
  * both values. Returns 0 and sets *out, or a negative code with err set. */
-int idx_open(const idx_config_t *cfg, idx_t **out, char *err, size_t errlen);
+int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen);
 
 /* Closes; accepts NULL and sets *ix to NULL. */
-void idx_close(idx_t **ix);
+void idx_close(idx_kb_t **ix);
 
 typedef enum idx_opcode { IDX_OP_UPSERT = 1, IDX_OP_DELETE = 2 } idx_opcode_t;
 
@@ -49,7 +49,7 @@ typedef struct idx_op {
  * object. The first problem is described in err, naming the op's index and
  * id. Returns 0 or KB_EBADID / KB_EDIM / KB_ENONFINITE / KB_ETOOBIG /
  * KB_EBADJSON / KB_EINVAL. */
-int idx_validate(const idx_t *ix, const idx_op_t *ops, size_t n, char *err,
+int idx_validate(const idx_kb_t *ix, const idx_op_t *ops, size_t n, char *err,
                  size_t errlen);
 
 /* Receives log records in LSN order: bytes is a serialized LogRecord,
@@ -69,7 +69,7 @@ typedef int (*idx_log_cb)(void *ctx, uint64_t lsn, const void *bytes,
  * commit itself then fails, records already shipped exist elsewhere but not
  * here: the caller must not reuse their LSNs (the leader stops).
  * On failure nothing is committed. */
-int idx_write(idx_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
+int idx_write(idx_kb_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
               uint64_t *lsns, idx_log_cb precommit, void *ctx, char *err,
               size_t errlen);
 
@@ -77,7 +77,7 @@ int idx_write(idx_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
  * in one durable transaction. Their LSNs must continue the current version
  * with no gap, duplicate or reordering: anything else is refused with
  * KB_EGAP and changes nothing. */
-int idx_apply_log(idx_t *ix, size_t n, const void *const *recs,
+int idx_apply_log(idx_kb_t *ix, size_t n, const void *const *recs,
                   const size_t *lens, char *err, size_t errlen);
 
 /* A query hit. Strings are NUL-terminated and owned by the idx_hits_t. */
@@ -98,7 +98,7 @@ typedef struct idx_hits {
  * built-in embedding of the text: pass q = NULL). Fills *out; free with
  * idx_hits_free(). Scores: inner product (higher = closer) or squared L2
  * distance (lower = closer). */
-int idx_search(idx_t *ix, const float *q, const char *text, size_t text_len,
+int idx_search(idx_kb_t *ix, const float *q, const char *text, size_t text_len,
                uint32_t k, idx_hits_t *out, char *err, size_t errlen);
 void idx_hits_free(idx_hits_t *h);
 
@@ -114,21 +114,21 @@ typedef struct idx_stats {
     double rebuild_s;    /* seconds the last index rebuild took */
 } idx_stats_t;
 
-void idx_stats(idx_t *ix, idx_stats_t *st);
+void idx_stats(idx_kb_t *ix, idx_stats_t *st);
 
 /* The stored settings (dim, metric, index, node id, embedder); borrowed,
  * valid until idx_close. The pointer is a Kbsync__KbMeta. */
-const void *idx_meta(const idx_t *ix);
+const void *idx_meta(const idx_kb_t *ix);
 
 /* Commit time (leader clock, us) of the log record with that LSN, or 0 when
  * there is none. */
-uint64_t idx_commit_time(idx_t *ix, uint64_t lsn);
+uint64_t idx_commit_time(idx_kb_t *ix, uint64_t lsn);
 
 /* Calls cb for each stored log record with LSN >= from (at most max), in
  * order, then once more with bytes == NULL (unless cb stopped the walk);
  * bytes are a serialized LogRecord, valid until that last call returns. A
  * non-zero return from cb stops the walk and is returned. */
-int idx_read_log(idx_t *ix, uint64_t from, size_t max, idx_log_cb cb, void *ctx,
+int idx_read_log(idx_kb_t *ix, uint64_t from, size_t max, idx_log_cb cb, void *ctx,
                  char *err, size_t errlen);
 
 #endif

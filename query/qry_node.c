@@ -46,7 +46,7 @@ typedef struct waiting { /* a query waiting for min_version */
 } waiting_t;
 
 typedef struct node {
-    idx_t *ix; /* leader: borrowed; replica: repl_replica's */
+    idx_kb_t *ix; /* leader: borrowed; replica: repl_replica's */
     const qry_node_config_t *cfg;
     void *ctx, *router;
     repl_leader_t *leader;
@@ -55,7 +55,7 @@ typedef struct node {
     size_t nwait, waitcap;
 } node_t;
 
-static idx_t *node_idx(node_t *n)
+static idx_kb_t *node_idx(node_t *n)
 {
     return n->replica ? repl_replica_idx(n->replica) : n->ix;
 }
@@ -64,7 +64,7 @@ static void node_state(node_t *n, Kbsync__NodeState *s,
                        Kbsync__ReplicaState ***rs, size_t *nrs)
 {
     kbsync__node_state__init(s);
-    idx_t *ix = node_idx(n);
+    idx_kb_t *ix = node_idx(n);
     idx_stats_t st;
     if (ix) {
         idx_stats(ix, &st);
@@ -109,7 +109,7 @@ static int node_query(node_t *n, const kb_peer_t *peer, uint64_t rid,
                       const Kbsync__QueryRequest *q, int may_wait)
 {
     char err[512];
-    idx_t *ix = node_idx(n);
+    idx_kb_t *ix = node_idx(n);
     if (!ix) {
         kb_wire_send_error(n->router, peer, rid, KB_EUNAVAIL,
                            "replica has not received the knowledge base's "
@@ -346,7 +346,7 @@ static int node_open(node_t *n, char *err, size_t errlen)
     return 0;
 }
 
-int qry_node_run(idx_t *ix, const qry_node_config_t *cfg,
+int qry_node_run(idx_kb_t *ix, const qry_node_config_t *cfg,
                  volatile sig_atomic_t *stop, char *err, size_t errlen)
 {
     node_t n = {.ix = ix, .cfg = cfg};

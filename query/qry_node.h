@@ -31,7 +31,7 @@ typedef struct qry_node_config {
  * ix: the leader's knowledge base (borrowed); NULL for a replica, which
  * opens its own. Returns 0 on a clean stop, or a negative code with err set
  * when the node could not start (e.g. the endpoint is in use). */
-int qry_node_run(idx_t *ix, const qry_node_config_t *cfg,
+int qry_node_run(idx_kb_t *ix, const qry_node_config_t *cfg,
                  volatile sig_atomic_t *stop, char *err, size_t errlen);
 
 #endif

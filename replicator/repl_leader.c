@@ -98,7 +98,7 @@ typedef struct shipment {
 } shipment_t;
 
 struct repl_leader {
-    idx_t *ix;
+    idx_kb_t *ix;
     void *sock; /* replication ROUTER, or NULL */
     repl_leader_config_t cfg;
     char client_ep[256];
@@ -300,7 +300,7 @@ static int ship_send(repl_leader_t *l, peer_t **targets, size_t nt)
 
 /* ---------------------------------------------------------- lifecycle */
 
-int repl_leader_new(idx_t *ix, void *zctx, const repl_leader_config_t *cfg,
+int repl_leader_new(idx_kb_t *ix, void *zctx, const repl_leader_config_t *cfg,
                     repl_leader_t **out, char *err, size_t errlen)
 {
     *out = NULL;

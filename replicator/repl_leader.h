@@ -29,7 +29,7 @@ typedef struct repl_leader_config {
 
 /* ix and zctx (a ZeroMQ context) are borrowed and must outlive the leader.
  * Binds the replication socket when cfg->repl_listen is set. */
-int repl_leader_new(idx_t *ix, void *zctx, const repl_leader_config_t *cfg,
+int repl_leader_new(idx_kb_t *ix, void *zctx, const repl_leader_config_t *cfg,
                     repl_leader_t **out, char *err, size_t errlen);
 /* Answers nothing still queued or waiting (call repl_leader_flush first);
  * accepts NULL and sets *l to NULL. */

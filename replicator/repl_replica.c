@@ -54,7 +54,7 @@
 struct repl_replica {
     repl_replica_config_t cfg;
     void *zctx, *sock;
-    idx_t *ix;
+    idx_kb_t *ix;
     int streaming;
     uint64_t hello_us, ack_us, heard_us; /* monotonic */
     uint64_t head_lsn, head_commit_us;
@@ -161,7 +161,7 @@ void *repl_replica_socket(repl_replica_t *r)
     return r->sock;
 }
 
-idx_t *repl_replica_idx(repl_replica_t *r)
+idx_kb_t *repl_replica_idx(repl_replica_t *r)
 {
     return r->ix;
 }

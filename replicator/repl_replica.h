@@ -43,7 +43,7 @@ int repl_replica_tick(repl_replica_t *r);
 
 /* The replica's knowledge base, or NULL before the first contact with the
  * leader created it. Borrowed; may change after repl_replica_on_msg(). */
-idx_t *repl_replica_idx(repl_replica_t *r);
+idx_kb_t *repl_replica_idx(repl_replica_t *r);
 
 /* Fills version, leader_version, lag_ops, lag_ms and leader_contact_ms
  * (see docs/CONSISTENCY.md for the exact rules). */

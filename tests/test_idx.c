@@ -31,10 +31,10 @@ typedef struct fx {
     char tmp[256];
     char dir[300];  /* leader / main knowledge base */
     char dir2[300]; /* replica */
-    idx_t *ix, *rep;
+    idx_kb_t *ix, *rep;
 } fx_t;
 
-static idx_t *kb_open(const char *dir, uint32_t dim, const char *metric,
+static idx_kb_t *kb_open(const char *dir, uint32_t dim, const char *metric,
                       const char *index, const char *node)
 {
     idx_config_t c = {.dir = dir,
@@ -43,7 +43,7 @@ static idx_t *kb_open(const char *dir, uint32_t dim, const char *metric,
                       .index = index,
                       .node_id = node,
                       .nosync = 1};
-    idx_t *ix = NULL;
+    idx_kb_t *ix = NULL;
     char err[512] = "";
     KBT_OK(idx_open(&c, &ix, err, sizeof err), err);
     assert_non_null(ix);
@@ -60,7 +60,7 @@ static int kb_open_rc(const char *dir, uint32_t dim, const char *metric,
                       .index = index,
                       .node_id = node,
                       .nosync = 1};
-    idx_t *ix = (void *)1;
+    idx_kb_t *ix = (void *)1;
     err[0] = 0;
     int rc = idx_open(&c, &ix, err, errlen);
     if (rc)
@@ -100,7 +100,7 @@ static int teardown(void **state)
     return 0;
 }
 
-static idx_stats_t stats(idx_t *ix)
+static idx_stats_t stats(idx_kb_t *ix)
 {
     idx_stats_t st;
     idx_stats(ix, &st);
@@ -122,21 +122,21 @@ static idx_op_t rm(const char *id)
 }
 
 /* Validates and writes ops; lsns (n entries) receive the LSNs. */
-static void write_ops(idx_t *ix, const idx_op_t *ops, size_t n, uint64_t *lsns)
+static void write_ops(idx_kb_t *ix, const idx_op_t *ops, size_t n, uint64_t *lsns)
 {
     char err[512] = "";
     KBT_OK(idx_validate(ix, ops, n, err, sizeof err), err);
     KBT_OK(idx_write(ix, ops, n, 0, lsns, NULL, NULL, err, sizeof err), err);
 }
 
-static uint64_t write1(idx_t *ix, idx_op_t op)
+static uint64_t write1(idx_kb_t *ix, idx_op_t op)
 {
     uint64_t lsn = 777;
     write_ops(ix, &op, 1, &lsn);
     return lsn;
 }
 
-static idx_hits_t search(idx_t *ix, const float *q, uint32_t k)
+static idx_hits_t search(idx_kb_t *ix, const float *q, uint32_t k)
 {
     idx_hits_t h;
     char err[512] = "";
@@ -144,7 +144,7 @@ static idx_hits_t search(idx_t *ix, const float *q, uint32_t k)
     return h;
 }
 
-static idx_hits_t search_text(idx_t *ix, const char *text, uint32_t k)
+static idx_hits_t search_text(idx_kb_t *ix, const char *text, uint32_t k)
 {
     idx_hits_t h;
     char err[512] = "";
@@ -199,7 +199,7 @@ static int copy_rec(void *ctx, uint64_t lsn, const void *bytes, size_t len)
     return 0;
 }
 
-static void read_log(idx_t *ix, uint64_t from, recs_t *r)
+static void read_log(idx_kb_t *ix, uint64_t from, recs_t *r)
 {
     char err[512] = "";
     memset(r, 0, sizeof *r);
@@ -213,7 +213,7 @@ static void recs_free(recs_t *r)
     r->n = 0;
 }
 
-static int apply(idx_t *ix, recs_t *r, size_t from, size_t n, char *err,
+static int apply(idx_kb_t *ix, recs_t *r, size_t from, size_t n, char *err,
                  size_t errlen)
 {
     err[0] = 0;
@@ -223,7 +223,7 @@ static int apply(idx_t *ix, recs_t *r, size_t from, size_t n, char *err,
 
 /* A small varied history on ix: plain upserts with metadata, a replace, a
  * text-only doc, deletes (one missing), all in several writes. */
-static void leader_history(idx_t *ix)
+static void leader_history(idx_kb_t *ix)
 {
     float v[12][DIM];
     for (int i = 0; i < 12; i++)
@@ -559,7 +559,7 @@ static void test_idx_missing_delete_takes_no_lsn(void **state)
 
 /* Runs idx_validate on [good, bad, good]; checks the code, that the text
  * names op #1 (and its id when it has one), and that nothing changed. */
-static void expect_invalid(idx_t *ix, idx_op_t bad, int code,
+static void expect_invalid(idx_kb_t *ix, idx_op_t bad, int code,
                            const char *needle)
 {
     float g[DIM];
@@ -753,7 +753,7 @@ static int empty_kb_child(void *arg)
 {
     fx_t *f = arg;
     idx_config_t c = {.dir = f->dir2, .dim = DIM, .nosync = 1};
-    idx_t *ix = NULL;
+    idx_kb_t *ix = NULL;
     char err[512];
     if (idx_open(&c, &ix, err, sizeof err))
         return 1;
@@ -790,7 +790,7 @@ static void test_idx_search_empty_kb(void **state)
 
 #define NQ 6
 
-static void snapshot(idx_t *ix, idx_hits_t *out)
+static void snapshot(idx_kb_t *ix, idx_hits_t *out)
 {
     for (int i = 0; i < NQ; i++) {
         float q[DIM];
@@ -806,7 +806,7 @@ static void snapshot_free(idx_hits_t *h)
 }
 
 /* Fails unless ix answers the snapshot queries exactly like `want`. */
-static void assert_unchanged_hits(idx_t *ix, idx_hits_t *want)
+static void assert_unchanged_hits(idx_kb_t *ix, idx_hits_t *want)
 {
     idx_hits_t now[NQ];
     snapshot(ix, now);
@@ -850,7 +850,7 @@ static void test_idx_crash_after_commit_rebuilds_index(void **state)
     assert_true(pid >= 0);
     if (pid == 0) {
         idx_config_t c = {.dir = f->dir, .dim = DIM, .metric = "ip"};
-        idx_t *ix = NULL;
+        idx_kb_t *ix = NULL;
         char err[512];
         if (idx_open(&c, &ix, err, sizeof err))
             _exit(2);
@@ -967,7 +967,7 @@ static void test_idx_apply_log_matches_leader(void **state)
 }
 
 /* Fails unless rep still answers exactly like `want` and is at version. */
-static void assert_unchanged(idx_t *rep, uint64_t version, idx_hits_t *want)
+static void assert_unchanged(idx_kb_t *rep, uint64_t version, idx_hits_t *want)
 {
     KBT_U64(stats(rep).version, version);
     idx_hits_t now[NQ];

@@ -34,7 +34,7 @@ const char *__asan_default_options(void)
 }
 
 typedef struct node_run {
-    idx_t *ix;
+    idx_kb_t *ix;
     qry_node_config_t cfg;
     volatile sig_atomic_t stop;
     pthread_t th;
@@ -79,7 +79,7 @@ static int read_endpoint(const char *path, char *out, size_t cap,
 /* Starts a node thread on ix; n->endpoint receives where it listens.
  * Returns 0 or a small failure code (no cmocka asserts: also used in a
  * forked child). */
-static int node_start(node_run_t *n, idx_t *ix, const char *epfile)
+static int node_start(node_run_t *n, idx_kb_t *ix, const char *epfile)
 {
     memset(n, 0, sizeof *n);
     n->ix = ix;
@@ -144,7 +144,7 @@ static int setup(void **state)
     kbt_path(f->epfile, sizeof f->epfile, f->tmp, "endpoint");
     idx_config_t c = {
         .dir = f->dir, .dim = DIM, .node_id = "test-node", .nosync = 1};
-    idx_t *ix = NULL;
+    idx_kb_t *ix = NULL;
     char err[512] = "";
     KBT_OK(idx_open(&c, &ix, err, sizeof err), err);
     int rc = node_start(&f->node, ix, f->epfile);
@@ -836,7 +836,7 @@ static void test_qry_node_cannot_start(void **state)
     char dir[300], err[512] = "";
     kbt_path(dir, sizeof dir, f->tmp, "kb2");
     idx_config_t c = {.dir = dir, .dim = DIM, .nosync = 1};
-    idx_t *ix = NULL;
+    idx_kb_t *ix = NULL;
     KBT_OK(idx_open(&c, &ix, err, sizeof err), err);
     volatile sig_atomic_t stop = 0;
 
@@ -870,7 +870,7 @@ static int empty_node_child(void *arg)
     snprintf(dir, sizeof dir, "%s/kb-empty", tmp);
     snprintf(ep, sizeof ep, "%s/endpoint-empty", tmp);
     idx_config_t c = {.dir = dir, .dim = DIM, .nosync = 1};
-    idx_t *ix = NULL;
+    idx_kb_t *ix = NULL;
     if (idx_open(&c, &ix, err, sizeof err))
         return 1;
     static node_run_t n;
