@@ -10,7 +10,7 @@
 #include "kb_json.h"
 #include "kb_util.h"
 #include "qry_client.h"
-#include "qry_node.h"
+#include "node.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -25,8 +25,9 @@ static const char USAGE[] =
     "\n"
     "commands:\n"
     "  leader  --data DIR [--dim N] [--listen EP] [--index DESC] [--metric "
-    "ip|l2]\n"
+    "ip|l2|cosine]\n"
     "          [--id NAME] [--map-size-gb N] [--no-sync] [--threads N]\n"
+    "          [--query-threads N]\n"
     "          [--max-msg-mb N] [--endpoint-file FILE] [--log-level LEVEL]\n"
     "          [--repl-listen EP] [--replicas r1,r2] [--write-mode async|all]\n"
     "          [--write-timeout-ms N]\n"
@@ -43,9 +44,13 @@ static const char USAGE[] =
     "          upsert documents from JSONL files (id, text, embedding,\n"
     "          metadata) or, for other files, paragraph chunks of their text\n"
     "  query   --to EP [-k N] (--vector JSON | --text TEXT) [--min-version V]\n"
-    "          [--wait-ms N] [--max-lag-ms N] [--json]\n"
+    "          [--wait-ms N] [--max-lag-ms N] [--ef-search N] [--nprobe N]\n"
+    "          [--filter KEY=VALUE]... [--json]\n"
     "  delete  --to EP [--mode async|all] ID...\n"
     "  status  --to EP [--json]\n"
+    "  rebuild --to EP [--json]\n"
+    "          rebuild the node's vector index in the background (drops\n"
+    "          replaced/deleted vectors; retrains an IVF index)\n"
     "\n"
     "EP is a ZeroMQ endpoint; default " CLI_DEFAULT_ENDPOINT ".\n"
     "See README.md and docs/ for the JSON output contract.\n";
@@ -162,11 +167,12 @@ static int cmd_leader(int argc, char **argv)
         {"replicas", required_argument, 0, 'R'},
         {"write-mode", required_argument, 0, 'w'},
         {"write-timeout-ms", required_argument, 0, 'W'},
+        {"query-threads", required_argument, 0, 'Q'},
         {0, 0, 0, 0}};
     idx_config_t ic = {0};
-    qry_node_config_t nc = {.listen = CLI_DEFAULT_ENDPOINT,
+    node_config_t nc = {.listen = CLI_DEFAULT_ENDPOINT,
                             .max_msg = KB_DEFAULT_MAX_MSG,
-                            .role = QRY_LEADER};
+                            .role = NODE_LEADER};
     nc.leader.default_mode = REPL_ASYNC;
     nc.leader.write_timeout_ms = 5000;
     int threads = 1, c;
@@ -185,6 +191,11 @@ static int cmd_leader(int argc, char **argv)
             break;
         case 'S': ic.nosync = 1; break;
         case 't': threads = (int)cli_uint("--threads", optarg, 64); break;
+        case 'Q':
+            nc.query_threads = (int)cli_uint("--query-threads", optarg, 256);
+            if (!nc.query_threads)
+                die_usage("--query-threads must be at least 1%s", "");
+            break;
         case 'x':
             nc.max_msg = (size_t)cli_uint("--max-msg-mb", optarg, 1024) << 20;
             break;
@@ -204,8 +215,9 @@ static int cmd_leader(int argc, char **argv)
         die_usage("--replicas needs --repl-listen%s", "");
     if (!ic.dir)
         die_usage("leader needs --data DIR%s", "");
-    if (ic.metric && strcmp(ic.metric, "ip") && strcmp(ic.metric, "l2"))
-        die_usage("--metric must be ip or l2, not \"%s\"", ic.metric);
+    if (ic.metric && strcmp(ic.metric, "ip") && strcmp(ic.metric, "l2") &&
+        strcmp(ic.metric, "cosine"))
+        die_usage("--metric must be ip, l2 or cosine, not \"%s\"", ic.metric);
     if (nc.max_msg == 0)
         die_usage("--max-msg-mb must be at least 1%s", "");
 
@@ -218,7 +230,7 @@ static int cmd_leader(int argc, char **argv)
         kb_error("cannot open knowledge base: %s", err);
         return 1;
     }
-    rc = qry_node_run(ix, &nc, &g_stop, err, sizeof err);
+    rc = node_run(ix, &nc, &g_stop, err, sizeof err);
     idx_close(&ix);
     if (rc) {
         kb_error("%s", err);
@@ -242,10 +254,11 @@ static int cmd_replica(int argc, char **argv)
         {"max-msg-mb", required_argument, 0, 'x'},
         {"endpoint-file", required_argument, 0, 'e'},
         {"log-level", required_argument, 0, 'g'},
+        {"query-threads", required_argument, 0, 'Q'},
         {0, 0, 0, 0}};
-    qry_node_config_t nc = {.listen = "tcp://127.0.0.1:7410",
+    node_config_t nc = {.listen = "tcp://127.0.0.1:7410",
                             .max_msg = KB_DEFAULT_MAX_MSG,
-                            .role = QRY_REPLICA};
+                            .role = NODE_REPLICA};
     int threads = 1, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -259,6 +272,11 @@ static int cmd_replica(int argc, char **argv)
             break;
         case 'S': nc.replica.nosync = 1; break;
         case 't': threads = (int)cli_uint("--threads", optarg, 64); break;
+        case 'Q':
+            nc.query_threads = (int)cli_uint("--query-threads", optarg, 256);
+            if (!nc.query_threads)
+                die_usage("--query-threads must be at least 1%s", "");
+            break;
         case 'x':
             nc.max_msg = (size_t)cli_uint("--max-msg-mb", optarg, 1024) << 20;
             break;
@@ -275,7 +293,7 @@ static int cmd_replica(int argc, char **argv)
     install_signals();
     idx_vec_setup(threads);
     char err[512];
-    if (qry_node_run(NULL, &nc, &g_stop, err, sizeof err)) {
+    if (node_run(NULL, &nc, &g_stop, err, sizeof err)) {
         kb_error("%s", err);
         return 1;
     }
@@ -331,7 +349,7 @@ static void print_json(cJSON *o)
     cJSON_Delete(o);
 }
 
-static int cmd_status(int argc, char **argv)
+static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
 {
     static const struct option opts[] = {
         {"to", required_argument, 0, 't'},
@@ -353,8 +371,14 @@ static int cmd_status(int argc, char **argv)
     qry_client_t *cl = connect_or_die(ep);
     Kbsync__Request req = KBSYNC__REQUEST__INIT;
     Kbsync__StatusRequest sr = KBSYNC__STATUS_REQUEST__INIT;
-    req.body_case = KBSYNC__REQUEST__BODY_STATUS;
-    req.status = &sr;
+    Kbsync__RebuildRequest rr = KBSYNC__REBUILD_REQUEST__INIT;
+    if (rebuild) {
+        req.body_case = KBSYNC__REQUEST__BODY_REBUILD;
+        req.rebuild = &rr;
+    } else {
+        req.body_case = KBSYNC__REQUEST__BODY_STATUS;
+        req.status = &sr;
+    }
     Kbsync__Response *r = call_or_die(cl, &req, timeout);
     const Kbsync__NodeState *s = r->status;
     if (!s) {
@@ -369,6 +393,21 @@ static int cmd_status(int argc, char **argv)
         cJSON_AddNumberToObject(o, "dim", s->dim);
         cJSON_AddStringToObject(o, "metric", s->metric);
         cJSON_AddStringToObject(o, "index", s->index);
+        cJSON_AddNumberToObject(o, "vectors", (double)s->vectors);
+        cJSON_AddNumberToObject(o, "dead_vectors", (double)s->dead_vectors);
+        cJSON_AddNumberToObject(o, "index_bytes", (double)s->index_bytes);
+        cJSON_AddNumberToObject(o, "store_bytes", (double)s->store_bytes);
+        cJSON_AddBoolToObject(o, "index_trained", s->index_trained);
+        cJSON_AddBoolToObject(o, "rebuilding", s->rebuilding);
+        cJSON_AddNumberToObject(o, "rebuilds", (double)s->rebuilds);
+        cJSON_AddNumberToObject(o, "commits", (double)s->commits);
+        cJSON_AddNumberToObject(o, "query_threads", s->query_threads);
+        cJSON_AddNumberToObject(o, "queries", (double)s->queries);
+        cJSON_AddNumberToObject(o, "query_batches", (double)s->query_batches);
+        cJSON *hist = cJSON_AddArrayToObject(o, "query_batch_hist");
+        for (size_t i = 0; i < s->n_query_batch_hist; i++)
+            cJSON_AddItemToArray(
+                hist, cJSON_CreateNumber((double)s->query_batch_hist[i]));
         if (!strcmp(s->role, "replica"))
             cJSON_AddNumberToObject(o, "leader_contact_ms",
                                     (double)s->leader_contact_ms);
@@ -393,6 +432,20 @@ static int cmd_status(int argc, char **argv)
                (unsigned long long)s->leader_version,
                (unsigned long long)s->lag_ops, (unsigned long long)s->lag_ms,
                (unsigned long long)s->docs, s->dim, s->metric, s->index);
+        printf("  index: %llu vectors (%llu dead), %.1f MB%s%s; store %.1f MB; "
+               "%llu commits\n",
+               (unsigned long long)s->vectors,
+               (unsigned long long)s->dead_vectors, s->index_bytes / 1e6,
+               s->index_trained ? "" : ", not trained yet (exact search)",
+               s->rebuilding ? ", rebuilding" : "", s->store_bytes / 1e6,
+               (unsigned long long)s->commits);
+        printf("  queries: %llu in %llu batches on %u threads; batch sizes "
+               "1/2/3-4/5-8/9-16/17-32/33-64:",
+               (unsigned long long)s->queries,
+               (unsigned long long)s->query_batches, s->query_threads);
+        for (size_t i = 0; i < s->n_query_batch_hist; i++)
+            printf(" %llu", (unsigned long long)s->query_batch_hist[i]);
+        printf("\n");
         if (!strcmp(s->role, "replica"))
             printf("  last heard from the leader %llu ms ago\n",
                    (unsigned long long)s->leader_contact_ms);
@@ -421,8 +474,15 @@ static int cmd_query(int argc, char **argv)
         {"max-lag-ms", required_argument, 0, 'g'},
         {"wait-ms", required_argument, 0, 'W'},
         {"timeout-ms", required_argument, 0, 'T'},
+        {"ef-search", required_argument, 0, 'E'},
+        {"nprobe", required_argument, 0, 'P'},
+        {"filter", required_argument, 0, 'F'},
         {0, 0, 0, 0}};
     const char *ep = CLI_DEFAULT_ENDPOINT, *vec = NULL, *text = NULL;
+    Kbsync__Filter filt[IDX_MAX_FILTERS + 1];
+    Kbsync__Filter *filtp[IDX_MAX_FILTERS + 1];
+    char *fbuf[IDX_MAX_FILTERS + 1];
+    size_t nf = 0;
     int json = 0, timeout = CLI_DEFAULT_TIMEOUT_MS, c;
     Kbsync__QueryRequest q = KBSYNC__QUERY_REQUEST__INIT;
     q.k = 10;
@@ -445,6 +505,32 @@ static int cmd_query(int argc, char **argv)
         case 'T':
             timeout = (int)cli_uint("--timeout-ms", optarg, 86400000);
             break;
+        case 'E':
+            q.ef_search = (uint32_t)cli_uint("--ef-search", optarg,
+                                             IDX_MAX_EF_SEARCH);
+            if (!q.ef_search)
+                die_usage("--ef-search must be at least 1%s", "");
+            break;
+        case 'P':
+            q.nprobe = (uint32_t)cli_uint("--nprobe", optarg, 1u << 20);
+            if (!q.nprobe)
+                die_usage("--nprobe must be at least 1%s", "");
+            break;
+        case 'F': {
+            char *eq = strchr(optarg, '=');
+            if (!eq || eq == optarg)
+                die_usage("--filter needs KEY=VALUE, not \"%s\"", optarg);
+            if (nf > IDX_MAX_FILTERS)
+                die_usage("at most 16 --filter options%s", "");
+            fbuf[nf] = strdup(optarg);
+            fbuf[nf][eq - optarg] = 0;
+            kbsync__filter__init(&filt[nf]);
+            filt[nf].key = fbuf[nf];
+            filt[nf].value = fbuf[nf] + (eq - optarg) + 1;
+            filtp[nf] = &filt[nf];
+            nf++;
+            break;
+        }
         default: die_usage("bad option for query%s", "");
         }
     }
@@ -468,6 +554,8 @@ static int cmd_query(int argc, char **argv)
     } else {
         q.text = (char *)text;
     }
+    q.filters = filtp;
+    q.n_filters = nf;
     qry_client_t *cl = connect_or_die(ep);
     Kbsync__Request req = KBSYNC__REQUEST__INIT;
     req.body_case = KBSYNC__REQUEST__BODY_QUERY;
@@ -514,6 +602,8 @@ static int cmd_query(int argc, char **argv)
     kbsync__response__free_unpacked(r, NULL);
     qry_client_close(&cl);
     free(v);
+    for (size_t i = 0; i < nf; i++)
+        free(fbuf[i]);
     return 0;
 }
 
@@ -602,7 +692,9 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "delete"))
         return cmd_delete(argc, argv);
     if (!strcmp(cmd, "status"))
-        return cmd_status(argc, argv);
+        return cmd_status_or_rebuild(argc, argv, 0);
+    if (!strcmp(cmd, "rebuild"))
+        return cmd_status_or_rebuild(argc, argv, 1);
     die_usage("unknown command \"%s\"", cmd);
     return 2;
 }

@@ -11,28 +11,63 @@ include_guard(GLOBAL)
 option(KB_FAISS_FORCE_COMPAT "Always build indexer/faiss_c_compat.cpp" OFF)
 
 # The C API functions kbsync calls; a faiss_c lacking any of them is unusable.
+# That includes the per-call search parameters declared in
+# indexer/faiss_c_ext.h (official since FAISS 1.7.4, absent from 1.7.3's C
+# API): an older faiss_c that lacks them falls back to the compat unit.
 set(_kb_faiss_probe_src [=[
 #include <faiss/c_api/AutoTune_c.h>
+#include <faiss/c_api/IndexIVF_c.h>
+#include <faiss/c_api/Index_c.h>
+#include <faiss/c_api/MetaIndexes_c.h>
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/impl/AuxIndexStructures_c.h>
 #include <faiss/c_api/index_factory_c.h>
 #include <faiss/c_api/index_io_c.h>
 #include <faiss/c_api/utils/distances_c.h>
+#include "faiss_c_ext.h"
 int main(int argc, char **argv)
 {
     /* Called, not just named: a referenced address can be folded away. */
     FaissIndex *idx = 0;
     FaissIDSelectorBatch *sel = 0;
+    FaissIDSelectorRange *range = 0;
     FaissParameterSpace *ps = 0;
+    FaissSearchParameters *sp = 0;
+    FaissSearchParametersIVF *ivf = 0;
+    FaissSearchParametersHNSW *hnsw = 0;
+    float x[4] = {0}, d = 0;
+    idx_t l = 0;
     if (argc > 99) {
         faiss_index_factory(&idx, 4, argv[0], METRIC_INNER_PRODUCT);
+        faiss_Index_train(idx, 1, x);
+        faiss_Index_add_with_ids(idx, 1, x, &l);
+        faiss_Index_search(idx, 1, x, 1, &d, &l);
+        faiss_Index_reconstruct(idx, l, x);
+        faiss_Index_reset(idx);
         faiss_IDSelectorBatch_new(&sel, 0, 0);
+        faiss_IDSelectorRange_new(&range, 0, 1);
         faiss_Index_remove_ids(idx, (FaissIDSelector *)sel, 0);
+        faiss_IDSelector_free((FaissIDSelector *)sel);
+        faiss_SearchParameters_new(&sp, (FaissIDSelector *)range);
+        faiss_SearchParametersIVF_new_with(&ivf, 0, 1, 0);
+        faiss_SearchParametersHNSW_new_with(&hnsw, 0, 16);
+        faiss_Index_search_with_params(idx, 1, x, 1, sp, &d, &l);
+        faiss_SearchParameters_free(sp);
+        faiss_SearchParametersIVF_free(ivf);
+        faiss_SearchParametersHNSW_free(hnsw);
+        faiss_IndexIVF_make_direct_map(
+            faiss_IndexIVF_cast(faiss_IndexIDMap2_sub_index(
+                faiss_IndexIDMap2_cast(idx))),
+            1);
+        faiss_write_index_fname(idx, argv[1]);
         faiss_read_index_fname(argv[1], 0, &idx);
         faiss_ParameterSpace_new(&ps);
         faiss_ParameterSpace_set_index_parameter(ps, idx, argv[2], 1.0);
+        faiss_ParameterSpace_free(ps);
         faiss_set_distance_compute_blas_threshold(
             faiss_get_distance_compute_blas_threshold());
+        return faiss_Index_d(idx) + faiss_Index_is_trained(idx) +
+               (int)faiss_Index_ntotal(idx) + faiss_Index_metric_type(idx);
     }
     return faiss_get_last_error() != 0;
 }
@@ -59,7 +94,8 @@ if(NOT KB_FAISS_FORCE_COMPAT)
     include(CMakePushCheckState)
     cmake_push_check_state(RESET)
     set(CMAKE_REQUIRED_QUIET ON)
-    set(CMAKE_REQUIRED_INCLUDES ${KB_FAISS_C_INCLUDE_DIR})
+    set(CMAKE_REQUIRED_INCLUDES ${KB_FAISS_C_INCLUDE_DIR}
+        ${CMAKE_CURRENT_LIST_DIR}/../indexer)
     set(CMAKE_REQUIRED_LIBRARIES ${KB_FAISS_C_LIBRARY})
     set(_kb_faiss_c_static OFF)
     if(KB_FAISS_C_LIBRARY MATCHES "\\.a$")
@@ -68,9 +104,12 @@ if(NOT KB_FAISS_FORCE_COMPAT)
       _kb_faiss_find_cxx_faiss()
       list(APPEND CMAKE_REQUIRED_LIBRARIES faiss OpenMP::OpenMP_CXX stdc++ m)
     endif()
-    # The cache key names the library so that pointing at another one
-    # re-runs the probe.
-    string(MAKE_C_IDENTIFIER "KB_FAISS_C_WORKS_${KB_FAISS_C_LIBRARY}" _kb_key)
+    # The cache key names the library and the probe's hash, so that
+    # pointing at another library, or probing for more functions, re-runs it.
+    string(MD5 _kb_probe_md5 "${_kb_faiss_probe_src}")
+    string(SUBSTRING "${_kb_probe_md5}" 0 8 _kb_probe_md5)
+    string(MAKE_C_IDENTIFIER
+           "KB_FAISS_C_WORKS_${KB_FAISS_C_LIBRARY}_${_kb_probe_md5}" _kb_key)
     check_c_source_compiles("${_kb_faiss_probe_src}" ${_kb_key})
     cmake_pop_check_state()
     if(${_kb_key})

@@ -1067,6 +1067,44 @@ int object_in(const char *b, size_t len, char *err, size_t errlen)
     return 0;
 }
 
+/* kb_json_fields() on a padded copy b[0..len), with the DOM API: metadata
+ * objects are small, and the DOM gives each number's text back as written
+ * by its minifier. */
+int fields_in(const char *b, size_t len, kb_json_field_cb cb, void *ctx)
+{
+    simdjson::dom::parser p;
+    simdjson::dom::object o;
+    if (p.parse(b, len, false).get(o))
+        return KB_EBADJSON;
+    for (auto field : o) {
+        std::string_view key = field.key;
+        simdjson::dom::element v = field.value;
+        simdjson::dom::array arr;
+        bool is_array = v.get(arr) == simdjson::SUCCESS;
+        auto one = [&](simdjson::dom::element e) -> int {
+            std::string_view sv;
+            if (e.get(sv) == simdjson::SUCCESS)
+                return cb(ctx, key.data(), key.size(), sv.data(), sv.size());
+            if (e.is_null() || e.is_object() || e.is_array())
+                return 0;
+            std::string t = simdjson::minify(e);
+            return cb(ctx, key.data(), key.size(), t.data(), t.size());
+        };
+        if (is_array) {
+            for (auto e : arr) {
+                int rc = one(e);
+                if (rc)
+                    return rc;
+            }
+        } else {
+            int rc = one(v);
+            if (rc)
+                return rc;
+        }
+    }
+    return 0;
+}
+
 } // namespace
 
 /* ---- the C interface
@@ -1199,6 +1237,24 @@ int kb_json_check_object(const char *s, size_t len, char *err, size_t errlen)
         rc = put_err(err, errlen, -ENOMEM, "out of memory");
     } catch (...) {
         rc = put_err(err, errlen, KB_EBADJSON, "internal error in the parser");
+    }
+    free(b);
+    return rc;
+}
+
+int kb_json_fields(const char *s, size_t len, kb_json_field_cb cb, void *ctx)
+{
+    assert(s || !len);
+    char *b = padded_copy(s, len);
+    if (!b)
+        return -ENOMEM;
+    int rc;
+    try {
+        rc = fields_in(b, len, cb, ctx);
+    } catch (const std::bad_alloc &) {
+        rc = -ENOMEM;
+    } catch (...) {
+        rc = KB_EBADJSON;
     }
     free(b);
     return rc;

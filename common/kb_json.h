@@ -62,6 +62,19 @@ int kb_json_parse_floats(const char *s, size_t len, float *out, size_t cap,
  * Returns 0 or KB_EBADJSON with a reason in err (as above). */
 int kb_json_check_object(const char *s, size_t len, char *err, size_t errlen);
 
+/* Receives one filterable field of a metadata object: its key and one
+ * value as text (a string unescaped; a number, true or false as minified
+ * JSON). Neither is NUL-terminated; both are borrowed for the call. A
+ * non-zero return stops the walk and is returned. */
+typedef int (*kb_json_field_cb)(void *ctx, const char *key, size_t key_len,
+                                const char *val, size_t val_len);
+
+/* Calls cb for each top-level field of the JSON object s[0..len) whose
+ * value is a string, number or boolean, and once per such element of a
+ * top-level array; null, nested objects and nested arrays are skipped.
+ * Returns 0, KB_EBADJSON (not an object), -ENOMEM, or cb's value. */
+int kb_json_fields(const char *s, size_t len, kb_json_field_cb cb, void *ctx);
+
 #ifdef __cplusplus
 }
 #endif

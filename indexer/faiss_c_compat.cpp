@@ -1,9 +1,10 @@
-/* faiss_c_compat: the subset of the FAISS C API (faiss/c_api/ headers) that
- * kbsync uses, implemented on the C++ libfaiss.a because Debian 12 ships no
- * libfaiss_c. In: opaque handles and caller-owned buffers from C. Out: int
- * codes (0 = OK, FAISS_EXCEPT / STD_EXCEPT / UNKNOWN_EXCEPT on failure). State
- * owned: one thread_local last-error text per thread. Built only when
- * cmake/faiss.cmake finds no usable faiss_c; written from the headers. */
+/* faiss_c_compat: the subset of the FAISS C API (faiss/c_api/ headers, plus
+ * the newer search-parameter functions of faiss_c_ext.h) that kbsync uses,
+ * implemented on the C++ libfaiss.a because Debian 12 ships no libfaiss_c.
+ * In: opaque handles and caller-owned buffers from C. Out: int codes (0 = OK,
+ * FAISS_EXCEPT / STD_EXCEPT / UNKNOWN_EXCEPT on failure). State owned: one
+ * thread_local last-error text per thread. Built only when cmake/faiss.cmake
+ * finds no usable faiss_c; written from the headers. */
 
 /* The C++ headers come first. The C headers then add, at global scope, the
  * typedef idx_t (== faiss::Index::idx_t, checked below) and the enumerators
@@ -11,23 +12,39 @@
  * file always qualifies them (no `using namespace faiss`). */
 #include <faiss/AutoTune.h>
 #include <faiss/Index.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IndexIDMap.h>
+#include <faiss/IndexIVF.h>
+#include <faiss/impl/HNSW.h>
 #include <faiss/impl/FaissException.h>
 #include <faiss/impl/IDSelector.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
 #include <faiss/utils/distances.h>
 
+#include <algorithm>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <memory>
 #include <new>
+#include <queue>
 #include <string>
 #include <type_traits>
+#include <typeinfo>
+#include <vector>
 
 #include <faiss/c_api/AutoTune_c.h>
+#include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/Index_c.h>
+#include <faiss/c_api/MetaIndexes_c.h>
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/impl/AuxIndexStructures_c.h>
 #include <faiss/c_api/index_factory_c.h>
 #include <faiss/c_api/index_io_c.h>
 #include <faiss/c_api/utils/distances_c.h>
+
+#include "faiss_c_ext.h"
 
 static_assert(std::is_same<idx_t, faiss::Index::idx_t>::value,
               "C idx_t must be faiss::Index::idx_t: buffers pass unconverted");
@@ -110,6 +127,328 @@ const faiss::ParameterSpace *space(const FaissParameterSpace *h)
 {
     return reinterpret_cast<const faiss::ParameterSpace *>(h);
 }
+const faiss::SearchParameters *sp(const FaissSearchParameters *h)
+{
+    return reinterpret_cast<const faiss::SearchParameters *>(h);
+}
+/* A new parameters object as the handle type T (base-class pointer inside). */
+template <typename T> T *sp_handle(faiss::SearchParameters *p)
+{
+    return reinterpret_cast<T *>(p);
+}
+
+/* ==== SEARCH PARAMETERS THROUGH AN ID MAP =================================
+ * FAISS 1.7.3's IndexIDMap / IndexIDMap2 ::search refuses any parameters
+ * ("search params not supported for this index") while the indexes they wrap
+ * accept theirs (IVF: nprobe, HNSW: efSearch, every kind: an IDSelector).
+ * Newer FAISS handles this itself; faiss_Index_search_with_params does it
+ * here, with the same result:
+ *  1. An ID map (IndexIDMap or IndexIDMap2, nested ones too) is unwrapped:
+ *     the search runs on its sub-index with the same n, k and buffers, then
+ *     each label >= 0 becomes id_map[label]; -1 (no result) stays -1.
+ *  2. A selector in the parameters speaks EXTERNAL ids, but the sub-index
+ *     asks about its INTERNAL ids (0..ntotal-1): it is wrapped in
+ *     ExternalIdSelector, which answers sel->is_member(id_map[internal]).
+ *     The wrapper needs a copy of the parameters with `sel` replaced; the
+ *     copy is made by dynamic type (SearchParameters, SearchParametersIVF,
+ *     SearchParametersHNSW), so the caller's object is never touched. A
+ *     subclass this file does not know cannot be copied: it is passed
+ *     through when it has no selector and refused when it has one.
+ *  3. An index (or sub-index) with no vectors answers every slot with label
+ *     -1 without calling FAISS: 1.7.3's BLAS path returns early on an empty
+ *     index and leaves the buffers unwritten.
+ * The copy and the wrapper live on this call's stack and the index is only
+ * read, so concurrent searches are safe while nobody writes the index. */
+struct ExternalIdSelector final : faiss::IDSelector {
+    const faiss::IDSelector *outer;
+    const std::vector<faiss::Index::idx_t> *id_map;
+
+    ExternalIdSelector(const faiss::IDSelector *o,
+                       const std::vector<faiss::Index::idx_t> *m)
+        : outer(o), id_map(m)
+    {
+    }
+    bool is_member(faiss::Index::idx_t internal) const override
+    {
+        return internal >= 0 &&
+               static_cast<size_t>(internal) < id_map->size() &&
+               outer->is_member((*id_map)[internal]);
+    }
+};
+
+/* Storage for one copy of a parameters object, whichever kind it is. */
+struct ParamsCopy {
+    faiss::SearchParameters base;
+    faiss::SearchParametersIVF ivf;
+    faiss::SearchParametersHNSW hnsw;
+};
+
+/* Returns p with its selector replaced by `sel` (a copy in c), or p itself
+ * when it carries no selector. */
+const faiss::SearchParameters *with_selector(const faiss::SearchParameters *p,
+                                             faiss::IDSelector *sel,
+                                             ParamsCopy &c)
+{
+    if (!p->sel)
+        return p;
+    if (auto *h = dynamic_cast<const faiss::SearchParametersHNSW *>(p)) {
+        c.hnsw = *h;
+        c.hnsw.sel = sel;
+        return &c.hnsw;
+    }
+    if (auto *v = dynamic_cast<const faiss::SearchParametersIVF *>(p)) {
+        c.ivf = *v;
+        c.ivf.sel = sel;
+        return &c.ivf;
+    }
+    if (typeid(*p) == typeid(faiss::SearchParameters)) {
+        c.base = *p;
+        c.base.sel = sel;
+        return &c.base;
+    }
+    throw faiss::FaissException(
+        std::string("an IDSelector cannot be passed through an IndexIDMap "
+                    "with search parameters of type ") +
+        typeid(*p).name());
+}
+
+void fill_empty(const faiss::Index *index, faiss::Index::idx_t n,
+                faiss::Index::idx_t k, float *distances,
+                faiss::Index::idx_t *labels)
+{
+    const float none = index->metric_type == faiss::METRIC_INNER_PRODUCT
+                           ? -std::numeric_limits<float>::max()
+                           : std::numeric_limits<float>::max();
+    for (faiss::Index::idx_t i = 0; i < n * k; i++) {
+        distances[i] = none;
+        labels[i] = -1;
+    }
+}
+
+/* ==== HNSW SEARCH WITH A PER-CALL efSearch ================================
+ * FAISS 1.7.3's IndexHNSW::search(params) sizes its candidate queue with
+ * params->efSearch but ends the level-0 walk by the index's own
+ * hnsw.efSearch field (default 16): a larger per-call efSearch changes
+ * nothing. Measured on 20,000 bench_common.h vectors (dim 384, HNSW32, IP,
+ * 200 queries): recall@10 0.952 with params efSearch 16, 64, 256 or 2000,
+ * but 0.990 / 1.000 with the field at 64 / 256. Newer FAISS honours the
+ * parameter, and so does this unit: on an IndexHNSW given
+ * SearchParametersHNSW, hnsw_search() walks FAISS's graph itself, reading it
+ * only:
+ *  - greedy descent from the entry point through levels max_level..1: move
+ *    to any closer neighbour until none is closer;
+ *  - level 0: best-first expansion from there. `beam` keeps the
+ *    ef = max(efSearch, k) closest nodes seen; the walk stops when the
+ *    closest unexpanded node is farther than the farthest of the beam;
+ *  - a selector filters the RESULTS (best k members seen), not the walk:
+ *    rejected nodes still lead to accepted ones.
+ * Distances are the storage's: squared L2, or inner product (negated while
+ * walking so that lower is always closer, restored on output). */
+struct HnswNode {
+    float d; /* lower = closer */
+    int32_t id;
+};
+struct HnswCloser { /* priority_queue top = farthest */
+    bool operator()(const HnswNode &a, const HnswNode &b) const
+    {
+        return a.d < b.d;
+    }
+};
+struct HnswFarther { /* priority_queue top = closest */
+    bool operator()(const HnswNode &a, const HnswNode &b) const
+    {
+        return a.d > b.d;
+    }
+};
+using HnswMaxQ =
+    std::priority_queue<HnswNode, std::vector<HnswNode>, HnswCloser>;
+using HnswMinQ =
+    std::priority_queue<HnswNode, std::vector<HnswNode>, HnswFarther>;
+
+/* One thread's walk state: the distance computer and a visited table
+ * (epoch per node; cleared when the epoch wraps). */
+struct HnswWalk {
+    const faiss::HNSW &g;
+    faiss::DistanceComputer &dc;
+    bool ip;
+    std::vector<uint8_t> seen;
+    uint8_t epoch = 0;
+
+    float dist(int32_t v)
+    {
+        float s = dc(v);
+        return ip ? -s : s;
+    }
+    bool visit(int32_t v) /* false when already visited in this query */
+    {
+        if (seen[v] == epoch)
+            return false;
+        seen[v] = epoch;
+        return true;
+    }
+    void next_query()
+    {
+        if (++epoch == 0) {
+            std::fill(seen.begin(), seen.end(), 0);
+            epoch = 1;
+        }
+    }
+};
+
+/* Greedy descent through the upper levels; returns the level-0 start. */
+HnswNode hnsw_descend(HnswWalk &w)
+{
+    HnswNode cur = {w.dist(w.g.entry_point), w.g.entry_point};
+    for (int level = w.g.max_level; level >= 1; level--) {
+        for (bool moved = true; moved;) {
+            moved = false;
+            size_t b, e;
+            w.g.neighbor_range(cur.id, level, &b, &e);
+            for (size_t j = b; j < e && w.g.neighbors[j] >= 0; j++) {
+                float d = w.dist(w.g.neighbors[j]);
+                if (d < cur.d) {
+                    cur = {d, w.g.neighbors[j]};
+                    moved = true;
+                }
+            }
+        }
+    }
+    return cur;
+}
+
+/* Offers node n to the k best selector members found so far. */
+void hnsw_offer(HnswMaxQ &best, faiss::Index::idx_t k,
+                const faiss::IDSelector *sel, HnswNode n)
+{
+    if (sel && !sel->is_member(n.id))
+        return;
+    if ((faiss::Index::idx_t)best.size() < k) {
+        best.push(n);
+    } else if (n.d < best.top().d) {
+        best.pop();
+        best.push(n);
+    }
+}
+
+void hnsw_search_one(HnswWalk &w, size_t ef, faiss::Index::idx_t k,
+                     const faiss::IDSelector *sel, float *D,
+                     faiss::Index::idx_t *L)
+{
+    w.next_query();
+    HnswNode start = hnsw_descend(w);
+    HnswMinQ todo;
+    HnswMaxQ beam, best;
+    w.visit(start.id);
+    todo.push(start);
+    beam.push(start);
+    hnsw_offer(best, k, sel, start);
+    while (!todo.empty()) {
+        HnswNode c = todo.top();
+        if (beam.size() >= ef && c.d > beam.top().d)
+            break;
+        todo.pop();
+        size_t b, e;
+        w.g.neighbor_range(c.id, 0, &b, &e);
+        for (size_t j = b; j < e && w.g.neighbors[j] >= 0; j++) {
+            int32_t v = w.g.neighbors[j];
+            if (!w.visit(v))
+                continue;
+            HnswNode n = {w.dist(v), v};
+            hnsw_offer(best, k, sel, n);
+            if (beam.size() < ef || n.d < beam.top().d) {
+                todo.push(n);
+                beam.push(n);
+                if (beam.size() > ef)
+                    beam.pop();
+            }
+        }
+    }
+    for (faiss::Index::idx_t i = (faiss::Index::idx_t)best.size(); i < k; i++) {
+        D[i] = w.ip ? -std::numeric_limits<float>::max()
+                    : std::numeric_limits<float>::max();
+        L[i] = -1;
+    }
+    for (faiss::Index::idx_t i = (faiss::Index::idx_t)best.size(); i-- > 0;) {
+        D[i] = w.ip ? -best.top().d : best.top().d;
+        L[i] = best.top().id;
+        best.pop();
+    }
+}
+
+/* n queries over OpenMP threads, like FAISS's own search. No exception may
+ * leave an OpenMP region (nor skip the loop's barrier): each is caught where
+ * it happens, the first one is kept and rethrown after the region. */
+void hnsw_search(const faiss::IndexHNSW *h, faiss::Index::idx_t n,
+                 const float *x, faiss::Index::idx_t k,
+                 const faiss::SearchParametersHNSW *p, float *distances,
+                 faiss::Index::idx_t *labels)
+{
+    FAISS_THROW_IF_NOT_MSG(k > 0, "k must be > 0");
+    FAISS_THROW_IF_NOT_MSG(h->storage, "IndexHNSW without storage");
+    const size_t ef = (size_t)std::max<faiss::Index::idx_t>(p->efSearch, k);
+    const bool ip = h->metric_type == faiss::METRIC_INNER_PRODUCT;
+    std::exception_ptr failed;
+#pragma omp parallel if (n > 1)
+    {
+        std::unique_ptr<faiss::DistanceComputer> dc;
+        std::unique_ptr<HnswWalk> w;
+        try {
+            dc.reset(h->storage->get_distance_computer());
+            w.reset(new HnswWalk{h->hnsw, *dc, ip,
+                                 std::vector<uint8_t>(h->ntotal, 0)});
+        } catch (...) {
+#pragma omp critical(kb_hnsw_search)
+            failed = failed ? failed : std::current_exception();
+        }
+#pragma omp for
+        for (faiss::Index::idx_t i = 0; i < n; i++) {
+            if (!w)
+                continue;
+            try {
+                dc->set_query(x + i * h->d);
+                hnsw_search_one(*w, ef, k, p->sel, distances + i * k,
+                                labels + i * k);
+            } catch (...) {
+#pragma omp critical(kb_hnsw_search)
+                failed = failed ? failed : std::current_exception();
+            }
+        }
+    }
+    if (failed)
+        std::rethrow_exception(failed);
+}
+
+void search_params(const faiss::Index *index, faiss::Index::idx_t n,
+                   const float *x, faiss::Index::idx_t k,
+                   const faiss::SearchParameters *params, float *distances,
+                   faiss::Index::idx_t *labels)
+{
+    if (index->ntotal == 0) {
+        fill_empty(index, n, k, distances, labels);
+        return;
+    }
+    auto *hnsw = dynamic_cast<const faiss::IndexHNSW *>(index);
+    auto *hp = dynamic_cast<const faiss::SearchParametersHNSW *>(params);
+    if (hnsw && hp) {
+        hnsw_search(hnsw, n, x, k, hp, distances, labels);
+        return;
+    }
+    auto *map = dynamic_cast<const faiss::IndexIDMap *>(index);
+    if (!map || !params) { /* 1.7.3's IDMap search is fine without params */
+        index->search(n, x, k, distances, labels, params);
+        return;
+    }
+    const std::vector<faiss::Index::idx_t> &ids = map->id_map;
+    ExternalIdSelector wrap(params->sel, &ids);
+    ParamsCopy copy;
+    search_params(map->index, n, x, k, with_selector(params, &wrap, copy),
+                  distances, labels);
+    for (faiss::Index::idx_t i = 0; i < n * k; i++) {
+        faiss::Index::idx_t l = labels[i];
+        labels[i] = l >= 0 && static_cast<size_t>(l) < ids.size() ? ids[l]
+                                                                    : -1;
+    }
+}
 
 } // namespace
 
@@ -178,6 +517,28 @@ int faiss_Index_search(const FaissIndex *index, idx_t n, const float *x,
     return guard([&] { ix(index)->search(n, x, k, distances, labels); });
 }
 
+int faiss_Index_search_with_params(const FaissIndex *index, idx_t n,
+                                   const float *x, idx_t k,
+                                   const FaissSearchParameters *params,
+                                   float *distances, idx_t *labels)
+{
+    return guard([&] {
+        search_params(ix(index), n, x, k, sp(params), distances, labels);
+    });
+}
+
+int faiss_Index_train(FaissIndex *index, idx_t n, const float *x)
+{
+    return guard([&] { ix(index)->train(n, x); });
+}
+
+int faiss_Index_reconstruct(const FaissIndex *index, idx_t key, float *recons)
+{
+    /* On an IndexIDMap2, key is the external id (unknown: std::out_of_range
+     * from its reverse map, returned as STD_EXCEPT). */
+    return guard([&] { ix(index)->reconstruct(key, recons); });
+}
+
 int faiss_Index_remove_ids(FaissIndex *index, const FaissIDSelector *s,
                            size_t *n_removed)
 {
@@ -191,6 +552,93 @@ int faiss_Index_remove_ids(FaissIndex *index, const FaissIDSelector *s,
 int faiss_Index_reset(FaissIndex *index)
 {
     return guard([&] { ix(index)->reset(); });
+}
+
+/* ---- search parameters (faiss_c_ext.h) ---------------------------------- */
+
+/* Handles hold the faiss::SearchParameters* base pointer, as index handles
+ * hold faiss::Index*; `sel` is borrowed (never freed by the parameters). */
+int faiss_SearchParameters_new(FaissSearchParameters **p_sp,
+                               FaissIDSelector *sel)
+{
+    return guard([&] {
+        faiss::SearchParameters *p = new faiss::SearchParameters;
+        p->sel = reinterpret_cast<faiss::IDSelector *>(sel);
+        *p_sp = sp_handle<FaissSearchParameters>(p);
+    });
+}
+
+int faiss_SearchParametersIVF_new_with(FaissSearchParametersIVF **p_sp,
+                                       FaissIDSelector *sel, size_t nprobe,
+                                       size_t max_codes)
+{
+    return guard([&] {
+        auto *p = new faiss::SearchParametersIVF;
+        p->sel = reinterpret_cast<faiss::IDSelector *>(sel);
+        p->nprobe = nprobe;
+        p->max_codes = max_codes;
+        *p_sp = sp_handle<FaissSearchParametersIVF>(p);
+    });
+}
+
+int faiss_SearchParametersHNSW_new_with(FaissSearchParametersHNSW **p_sp,
+                                        FaissIDSelector *sel, int efSearch)
+{
+    return guard([&] {
+        auto *p = new faiss::SearchParametersHNSW;
+        p->sel = reinterpret_cast<faiss::IDSelector *>(sel);
+        p->efSearch = efSearch;
+        *p_sp = sp_handle<FaissSearchParametersHNSW>(p);
+    });
+}
+
+/* All three free through the virtual destructor; NULL is a no-op. */
+void faiss_SearchParameters_free(FaissSearchParameters *obj)
+{
+    delete sp(obj);
+}
+
+void faiss_SearchParametersIVF_free(FaissSearchParametersIVF *obj)
+{
+    delete sp(obj);
+}
+
+void faiss_SearchParametersHNSW_free(FaissSearchParametersHNSW *obj)
+{
+    delete sp(obj);
+}
+
+/* ---- wrapped indexes: ID map, IVF ------------------------------------- */
+
+/* FaissIndexIDMap2 and FaissIndexIVF are the FaissIndex handle type itself
+ * (FAISS_DECLARE_CLASS_INHERITED); a cast answers NULL for another kind. */
+FaissIndexIDMap2 *faiss_IndexIDMap2_cast(FaissIndex *index)
+{
+    auto *p = dynamic_cast<faiss::IndexIDMap2 *>(ix(index));
+    return p ? handle(p) : nullptr;
+}
+
+FaissIndex *faiss_IndexIDMap2_sub_index(FaissIndexIDMap2 *index)
+{
+    auto *p = dynamic_cast<faiss::IndexIDMap2 *>(ix(index));
+    return p ? handle(p->index) : nullptr;
+}
+
+FaissIndexIVF *faiss_IndexIVF_cast(FaissIndex *index)
+{
+    auto *p = dynamic_cast<faiss::IndexIVF *>(ix(index));
+    return p ? handle(p) : nullptr;
+}
+
+int faiss_IndexIVF_make_direct_map(FaissIndexIVF *index,
+                                   int new_maintain_direct_map)
+{
+    return guard([&] {
+        auto *p = dynamic_cast<faiss::IndexIVF *>(ix(index));
+        if (!p)
+            throw faiss::FaissException("make_direct_map: not an IndexIVF");
+        p->make_direct_map(new_maintain_direct_map != 0);
+    });
 }
 
 /* ---- ID selectors ------------------------------------------------------ */

@@ -14,7 +14,9 @@
  * replacing a document is "remove old label, add new label". */
 #include "idx.h"
 
+#include "idx_delta.h"
 #include "idx_embed.h"
+#include "idx_filter.h"
 #include "idx_store.h"
 #include "idx_vec.h"
 #include "kb_err.h"
@@ -22,28 +24,106 @@
 #include "kb_util.h"
 #include "kbsync.pb-c.h"
 
+#include <float.h>
 #include <math.h>
+#include <omp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define IDX_FORMAT_VERSION 1
 #define IDX_REBUILD_CHUNK 8192
+#define IDX_MERGE_CHUNK_GRAPH 64   /* HNSW vectors merged per exclusive hold */
+#define IDX_MERGE_CHUNK_FLAT 16384 /* flat/IVF vectors merged per hold */
+#define IDX_MERGE_IDLE_MS 50       /* merger's look when nothing signals */
+#define IDX_MERGE_MIN 4096         /* delta entries that start a flat merge */
+#define IDX_MERGE_MAX_AGE_MS 200   /* ... or the age of the last merge */
+#define IDX_TRAIN_MAX 100000       /* vectors an IVF is trained on, at most */
+#define IDX_DEAD_MIN 1024          /* dead vectors before an automatic rebuild */
+#define IDX_FILTER_BRUTE_MIN 4096  /* candidates always scored exactly */
+
+/* The metadata of a document written while a rebuild runs, replayed on the
+ * rebuild's fresh postings before they replace the live ones. */
+typedef struct jentry {
+    int64_t label;
+    char *meta; /* owned */
+    size_t meta_len;
+} jentry_t;
+
+/* A removal the FAISS index does not hold yet: label died at lsn. */
+typedef struct pending_rm {
+    int64_t label;
+    uint64_t lsn;
+} pending_rm_t;
 
 struct idx {
     idx_store_t *store;
-    idx_vec_t *vec;
-    Kbsync__KbMeta *meta; /* as stored */
+    Kbsync__KbMeta *meta; /* as stored; immutable after open */
     uint32_t dim;
-    int metric_ip;
-    double rebuild_s;
-    /* Scratch for one write: vectors to add and labels to add/remove. */
+    int metric;     /* IDX_METRIC_* */
+    uint32_t nlist; /* IVF lists (0: not IVF), the bound of nprobe */
+
+    /* See THREADS in idx.h and the banner of the search section. */
+    pthread_mutex_t vmu; /* guards view */
+    idx_view_t view;
+    pthread_rwlock_t vlock; /* writers preferred; guards vec, merged,
+                               merge_paused */
+    idx_vec_t *vec;
+    uint64_t merged;      /* delta entries below are in vec */
+    int merge_paused;     /* a rebuild is building the next vec */
+    idx_delta_t *delta;   /* appended by the writer; see idx_delta.h */
+    pthread_mutex_t rm_mu; /* guards rm (removals vec does not hold) */
+    pending_rm_t *rm;
+    size_t rm_n, rm_cap;
+    pthread_mutex_t fmu; /* guards flt */
+    idx_filter_t *flt;
+
+    /* Writer thread only: scratch for one write, vectors to add (with the
+     * metadata of their documents) and labels to remove. */
     float *add_x;
     int64_t *add_label;
+    const char **add_meta;
+    size_t *add_meta_len;
     size_t add_n, add_cap;
     int64_t *rm_label;
-    size_t rm_n, rm_cap;
-    float *qbuf; /* dim floats for embedding a text query */
+    size_t rm_lab_n, rm_lab_cap;
+    uint64_t commits;
+    double rebuild_s;
+
+    /* The merger thread moves delta entries and removals into vec. */
+    pthread_mutex_t mg_mu; /* guards mg_stop, mg_kick */
+    pthread_cond_t mg_cv;
+    int mg_stop, mg_kick, mg_started;
+    pthread_t mg_thr;
+
+    /* Background rebuild. rb_mu guards rb_active, rb_stop, the journal and
+     * rebuilds; lock order: vlock, then fmu, then rb_mu. */
+    pthread_mutex_t rb_mu;
+    int rb_active; /* a rebuild runs and postings are journaled */
+    int rb_stop;   /* idx_close(): give up */
+    jentry_t *jr;
+    size_t jr_n, jr_cap;
+    uint64_t rebuilds;
+    int rb_started; /* writer thread: rb_thr must be joined */
+    pthread_t rb_thr;
+    idx_rtxn_t *rb_txn; /* the snapshot handed to the rebuild thread */
+    uint64_t rb_docs;   /* live documents in that snapshot */
+    uint64_t rb_version; /* its version */
 };
+
+static int metric_code(const char *m)
+{
+    return !strcmp(m, "ip") ? IDX_METRIC_IP
+           : !strcmp(m, "cosine") ? IDX_METRIC_COSINE
+                                  : IDX_METRIC_L2;
+}
+
+static uint32_t ivf_nlist(const char *index)
+{
+    const char *p = strstr(index, "IVF");
+    return p ? (uint32_t)strtoul(p + 3, NULL, 10) : 0;
+}
 
 /* ------------------------------------------------------------------ open */
 
@@ -76,60 +156,180 @@ static int idx_check_meta(const Kbsync__KbMeta *m, const idx_config_t *cfg,
     return 0;
 }
 
-struct rebuild {
+/* ------------------------------------------------------ building indexes */
+
+/* A fresh vector index and postings, filled from one store snapshot. */
+struct build {
     idx_kb_t *ix;
+    idx_vec_t *vec;
+    idx_filter_t *flt;
     float *x;
     int64_t *labels;
     size_t n;
+    size_t train_n, train_cap; /* collecting training vectors */
+    float *train_x;
+    int *stop; /* rebuild thread: &ix->rb_stop (read under rb_mu) */
     char *err;
     size_t errlen;
 };
 
-static int rebuild_flush(struct rebuild *r)
+static int build_stopped(struct build *b)
 {
-    int rc = idx_vec_add(r->ix->vec, r->n, r->x, r->labels, r->err, r->errlen);
-    r->n = 0;
-    return rc;
+    if (!b->stop)
+        return 0;
+    pthread_mutex_lock(&b->ix->rb_mu);
+    int stop = *b->stop;
+    pthread_mutex_unlock(&b->ix->rb_mu);
+    return stop ? kb_seterr(b->err, b->errlen, KB_EUNAVAIL, "stopped") : 0;
 }
 
-static int rebuild_visit(void *ctx, int64_t label, const void *bytes,
-                         size_t len)
+static int build_flush(struct build *b)
 {
-    struct rebuild *r = ctx;
+    int rc = idx_vec_add(b->vec, b->n, b->x, b->labels, b->err, b->errlen);
+    b->n = 0;
+    return rc ? rc : build_stopped(b);
+}
+
+static const Kbsync__Doc *build_doc(struct build *b, int64_t label,
+                                    Kbsync__LogRecord **recp, const void *bytes,
+                                    size_t len, int *rc)
+{
     Kbsync__LogRecord *rec = kbsync__log_record__unpack(NULL, len, bytes);
     const Kbsync__Doc *d = rec ? rec->doc : NULL;
-    if (!d || d->n_embedding != r->ix->dim) {
-        int rc = kb_seterr(r->err, r->errlen, KB_ECORRUPT,
-                           "document with label %lld: %s", (long long)label,
-                           !rec ? "record cannot be decoded"
-                           : !d ? "record holds no document"
-                                : "embedding size differs from dim");
-        if (rec)
-            kbsync__log_record__free_unpacked(rec, NULL);
-        return rc;
+    *recp = rec;
+    *rc = 0;
+    if (!d || d->n_embedding != b->ix->dim) {
+        *rc = kb_seterr(b->err, b->errlen, KB_ECORRUPT,
+                        "document with label %lld: %s", (long long)label,
+                        !rec ? "record cannot be decoded"
+                        : !d ? "record holds no document"
+                             : "embedding size differs from dim");
+        return NULL;
     }
-    memcpy(r->x + r->n * r->ix->dim, d->embedding, sizeof(float) * r->ix->dim);
-    r->labels[r->n++] = label;
-    kbsync__log_record__free_unpacked(rec, NULL);
-    return r->n == IDX_REBUILD_CHUNK ? rebuild_flush(r) : 0;
+    return d;
 }
 
-static int idx_rebuild(idx_kb_t *ix, char *err, size_t errlen)
+static int train_visit(void *ctx, int64_t label, const void *bytes, size_t len)
+{
+    struct build *b = ctx;
+    Kbsync__LogRecord *rec;
+    int rc;
+    const Kbsync__Doc *d = build_doc(b, label, &rec, bytes, len, &rc);
+    if (d) {
+        memcpy(b->train_x + b->train_n * b->ix->dim, d->embedding,
+               sizeof(float) * b->ix->dim);
+        b->train_n++;
+    }
+    if (rec)
+        kbsync__log_record__free_unpacked(rec, NULL);
+    return rc ? rc : b->train_n == b->train_cap ? 1 : 0;
+}
+
+static int build_visit(void *ctx, int64_t label, const void *bytes, size_t len)
+{
+    struct build *b = ctx;
+    Kbsync__LogRecord *rec;
+    int rc;
+    const Kbsync__Doc *d = build_doc(b, label, &rec, bytes, len, &rc);
+    if (d) {
+        memcpy(b->x + b->n * b->ix->dim, d->embedding,
+               sizeof(float) * b->ix->dim);
+        b->labels[b->n++] = label;
+        size_t ml = d->metadata_json ? strlen(d->metadata_json) : 0;
+        rc = idx_filter_add(b->flt, label, d->metadata_json, ml);
+        if (rc == KB_EBADJSON) /* validated on the way in: never expected */
+            rc = kb_seterr(b->err, b->errlen, KB_ECORRUPT,
+                           "document with label %lld: metadata is not a JSON "
+                           "object",
+                           (long long)label);
+        else if (rc)
+            rc = kb_seterr(b->err, b->errlen, rc, "out of memory");
+    }
+    if (rec)
+        kbsync__log_record__free_unpacked(rec, NULL);
+    if (!rc && b->n == IDX_REBUILD_CHUNK)
+        rc = build_flush(b);
+    return rc;
+}
+
+/* Builds a vector index and postings from the documents of snapshot t,
+ * training an IVF index first when the snapshot holds enough documents
+ * (at most IDX_TRAIN_MAX of them, the first in label order). ndocs is the
+ * snapshot's live document count. */
+static int build_fresh(idx_kb_t *ix, idx_rtxn_t *t, uint64_t ndocs, int *stop,
+                       idx_vec_t **vec_out, idx_filter_t **flt_out, char *err,
+                       size_t errlen)
+{
+    struct build b = {.ix = ix, .stop = stop, .err = err, .errlen = errlen};
+    *vec_out = NULL;
+    *flt_out = NULL;
+    int rc = idx_vec_new(ix->dim, ix->meta->index, ix->metric, &b.vec, err,
+                         errlen);
+    if (!rc && idx_filter_new(&b.flt))
+        rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    if (!rc && idx_vec_needs_training(b.vec) &&
+        ndocs >= idx_vec_train_min(b.vec)) {
+        b.train_cap = ndocs < IDX_TRAIN_MAX ? ndocs : IDX_TRAIN_MAX;
+        b.train_x = malloc(sizeof(float) * ix->dim * b.train_cap);
+        if (!b.train_x)
+            rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+        if (!rc) {
+            rc = idx_store_scan_docs_in(t, train_visit, &b, err, errlen);
+            if (rc == 1)
+                rc = 0;
+        }
+        if (!rc) {
+            uint64_t t0 = kb_mono_us();
+            rc = idx_vec_train(b.vec, b.train_n, b.train_x, err, errlen);
+            if (!rc)
+                kb_info("trained index \"%s\" on %zu vectors in %.2f s",
+                        ix->meta->index, b.train_n,
+                        (double)(kb_mono_us() - t0) / 1e6);
+        }
+        free(b.train_x);
+    }
+    if (!rc) {
+        b.x = malloc(sizeof(float) * ix->dim * IDX_REBUILD_CHUNK);
+        b.labels = malloc(sizeof(int64_t) * IDX_REBUILD_CHUNK);
+        rc = (!b.x || !b.labels)
+                 ? kb_seterr(err, errlen, KB_ENOMEM, "out of memory")
+                 : idx_store_scan_docs_in(t, build_visit, &b, err, errlen);
+        if (!rc && b.n)
+            rc = build_flush(&b);
+    }
+    free(b.x);
+    free(b.labels);
+    if (rc) {
+        idx_vec_free(&b.vec);
+        idx_filter_free(&b.flt);
+        return rc;
+    }
+    *vec_out = b.vec;
+    *flt_out = b.flt;
+    return 0;
+}
+
+/* Open-time build from the current store (nothing else runs yet). */
+static int idx_build_now(idx_kb_t *ix, char *err, size_t errlen)
 {
     uint64_t t0 = kb_mono_us();
-    struct rebuild r = {ix, NULL, NULL, 0, err, errlen};
-    r.x = malloc(sizeof(float) * ix->dim * IDX_REBUILD_CHUNK);
-    r.labels = malloc(sizeof(int64_t) * IDX_REBUILD_CHUNK);
-    int rc =
-        (!r.x || !r.labels)
-            ? kb_seterr(err, errlen, KB_ENOMEM, "out of memory")
-            : idx_store_scan_docs(ix->store, rebuild_visit, &r, err, errlen);
-    if (!rc && r.n)
-        rc = rebuild_flush(&r);
-    free(r.x);
-    free(r.labels);
+    idx_rtxn_t *t;
+    int rc = idx_store_rbegin(ix->store, &t, err, errlen);
+    if (rc)
+        return rc;
+    idx_vec_t *vec;
+    idx_filter_t *flt;
+    rc = build_fresh(ix, t, idx_store_count(ix->store), NULL, &vec, &flt, err,
+                     errlen);
+    idx_store_rend(&t);
+    if (rc)
+        return rc;
+    idx_vec_free(&ix->vec);
+    idx_filter_free(&ix->flt);
+    ix->vec = vec;
+    ix->flt = flt;
     ix->rebuild_s = (double)(kb_mono_us() - t0) / 1e6;
-    return rc;
+    return 0;
 }
 
 static int idx_reserve(idx_kb_t *ix, size_t adds, size_t rms)
@@ -143,17 +343,27 @@ static int idx_reserve(idx_kb_t *ix, size_t adds, size_t rms)
         if (!l)
             return KB_ENOMEM;
         ix->add_label = l;
+        const char **m = realloc(ix->add_meta, sizeof(char *) * adds);
+        if (!m)
+            return KB_ENOMEM;
+        ix->add_meta = m;
+        size_t *ml = realloc(ix->add_meta_len, sizeof(size_t) * adds);
+        if (!ml)
+            return KB_ENOMEM;
+        ix->add_meta_len = ml;
         ix->add_cap = adds;
     }
-    if (rms > ix->rm_cap) {
+    if (rms > ix->rm_lab_cap) {
         int64_t *l = realloc(ix->rm_label, sizeof(int64_t) * rms);
         if (!l)
             return KB_ENOMEM;
         ix->rm_label = l;
-        ix->rm_cap = rms;
+        ix->rm_lab_cap = rms;
     }
     return 0;
 }
+
+static void *merger_main(void *arg);
 
 int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
 {
@@ -161,6 +371,21 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
     idx_kb_t *ix = calloc(1, sizeof *ix);
     if (!ix)
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    /* A merger waiting for the lock stops new searches from taking it, so
+     * it waits for the searches already running, never for a queue of
+     * them. */
+    pthread_rwlockattr_setkind_np(&ra,
+                                  PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&ix->vlock, &ra);
+    pthread_rwlockattr_destroy(&ra);
+    pthread_mutex_init(&ix->vmu, NULL);
+    pthread_mutex_init(&ix->rm_mu, NULL);
+    pthread_mutex_init(&ix->fmu, NULL);
+    pthread_mutex_init(&ix->rb_mu, NULL);
+    pthread_mutex_init(&ix->mg_mu, NULL);
+    pthread_cond_init(&ix->mg_cv, NULL);
     int rc = idx_store_open(cfg->dir, cfg->map_size, cfg->nosync, &ix->store,
                             err, errlen);
     if (!rc)
@@ -184,9 +409,11 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
             goto fail;
         }
         const char *metric = cfg->metric ? cfg->metric : "ip";
-        if (strcmp(metric, "ip") && strcmp(metric, "l2")) {
+        if (strcmp(metric, "ip") && strcmp(metric, "l2") &&
+            strcmp(metric, "cosine")) {
             rc = kb_seterr(err, errlen, KB_EINVAL,
-                           "--metric must be ip or l2, not \"%s\"", metric);
+                           "--metric must be ip, l2 or cosine, not \"%s\"",
+                           metric);
             goto fail;
         }
         Kbsync__KbMeta m = KBSYNC__KB_META__INIT;
@@ -198,7 +425,7 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
         m.embedder = (char *)IDX_EMBED_NAME;
         /* Build the index first so a bad --index leaves no store behind
          * claiming it. */
-        rc = idx_vec_new(m.dim, m.index, !strcmp(metric, "ip"), &ix->vec, err,
+        rc = idx_vec_new(m.dim, m.index, metric_code(metric), &ix->vec, err,
                          errlen);
         if (!rc)
             rc = idx_store_put_meta(ix->store, &m, err, errlen);
@@ -210,29 +437,31 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
                 cfg->dir, m.dim, m.metric, m.index);
     } else {
         rc = idx_check_meta(ix->meta, cfg, cfg->dir, err, errlen);
-        if (!rc)
-            rc = idx_vec_new(ix->meta->dim, ix->meta->index,
-                             !strcmp(ix->meta->metric, "ip"), &ix->vec, err,
-                             errlen);
         if (rc)
             goto fail;
     }
     ix->dim = ix->meta->dim;
-    ix->metric_ip = !strcmp(ix->meta->metric, "ip");
-    ix->qbuf = malloc(sizeof(float) * ix->dim);
-    if (!ix->qbuf) {
+    ix->metric = metric_code(ix->meta->metric);
+    ix->nlist = ivf_nlist(ix->meta->index);
+    if (idx_delta_new(ix->dim, ix->metric, &ix->delta)) {
         rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
         goto fail;
     }
-    rc = idx_rebuild(ix, err, errlen);
+    rc = idx_build_now(ix, err, errlen);
     if (rc)
         goto fail;
-    uint64_t lsn;
-    idx_store_state(ix->store, &lsn, NULL);
-    kb_info("opened %s: version %llu, %llu documents; FAISS index rebuilt "
-            "from LMDB in %.3f s",
-            cfg->dir, (unsigned long long)lsn,
-            (unsigned long long)idx_vec_count(ix->vec), ix->rebuild_s);
+    idx_store_state(ix->store, &ix->view.version, &ix->view.commit_us);
+    ix->view.docs = idx_store_count(ix->store);
+    if (pthread_create(&ix->mg_thr, NULL, merger_main, ix)) {
+        rc = kb_seterr(err, errlen, KB_ENOMEM, "cannot start the merger");
+        goto fail;
+    }
+    ix->mg_started = 1;
+    kb_info("opened %s: version %llu, %llu documents; %s index built from "
+            "LMDB in %.3f s",
+            cfg->dir, (unsigned long long)ix->view.version,
+            (unsigned long long)idx_vec_count(ix->vec), idx_vec_kind(ix->vec),
+            ix->rebuild_s);
     *out = ix;
     return 0;
 fail:
@@ -240,19 +469,53 @@ fail:
     return rc;
 }
 
+static void journal_free(idx_kb_t *ix)
+{
+    for (size_t i = 0; i < ix->jr_n; i++)
+        free(ix->jr[i].meta);
+    free(ix->jr);
+    ix->jr = NULL;
+    ix->jr_n = ix->jr_cap = 0;
+}
+
 void idx_close(idx_kb_t **ixp)
 {
     if (!ixp || !*ixp)
         return;
     idx_kb_t *ix = *ixp;
+    if (ix->rb_started) {
+        pthread_mutex_lock(&ix->rb_mu);
+        ix->rb_stop = 1;
+        pthread_mutex_unlock(&ix->rb_mu);
+        pthread_join(ix->rb_thr, NULL);
+    }
+    if (ix->mg_started) {
+        pthread_mutex_lock(&ix->mg_mu);
+        ix->mg_stop = 1;
+        pthread_cond_signal(&ix->mg_cv);
+        pthread_mutex_unlock(&ix->mg_mu);
+        pthread_join(ix->mg_thr, NULL);
+    }
+    journal_free(ix);
     idx_vec_free(&ix->vec);
+    idx_filter_free(&ix->flt);
+    idx_delta_free(&ix->delta);
+    free(ix->rm);
     idx_store_close(&ix->store);
     if (ix->meta)
         kbsync__kb_meta__free_unpacked(ix->meta, NULL);
     free(ix->add_x);
     free(ix->add_label);
+    free(ix->add_meta);
+    free(ix->add_meta_len);
     free(ix->rm_label);
-    free(ix->qbuf);
+    pthread_rwlock_destroy(&ix->vlock);
+    pthread_mutex_destroy(&ix->vmu);
+    pthread_mutex_destroy(&ix->rm_mu);
+    pthread_mutex_destroy(&ix->fmu);
+    pthread_mutex_destroy(&ix->rb_mu);
+    pthread_mutex_destroy(&ix->mg_mu);
+    pthread_cond_destroy(&ix->mg_cv);
     free(ix);
     *ixp = NULL;
 }
@@ -269,6 +532,14 @@ static int check_floats(const float *x, size_t n, char *what, size_t *bad)
         }
     }
     return 0;
+}
+
+static int all_zero(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (x[i] != 0)
+            return 0;
+    return 1;
 }
 
 int idx_validate(const idx_kb_t *ix, const idx_op_t *ops, size_t n, char *err,
@@ -308,11 +579,25 @@ int idx_validate(const idx_kb_t *ix, const idx_op_t *ops, size_t n, char *err,
                 return kb_seterr(err, errlen, KB_ENONFINITE,
                                  "doc #%zu (\"%s\"): embedding[%zu] is %s", i,
                                  o->id, bad, what);
+            if (ix->metric == IDX_METRIC_COSINE &&
+                all_zero(o->embedding, ix->dim))
+                return kb_seterr(err, errlen, KB_EINVAL,
+                                 "doc #%zu (\"%s\"): embedding is all zeros: "
+                                 "it has no direction for the cosine metric",
+                                 i, o->id);
         } else if (tlen == 0) {
             return kb_seterr(err, errlen, KB_EINVAL,
                              "doc #%zu (\"%s\"): neither embedding nor text "
                              "to embed",
                              i, o->id);
+        } else if (ix->metric == IDX_METRIC_COSINE) {
+            float buf[KB_MAX_DIM];
+            idx_embed_text(o->text, tlen, buf, ix->dim);
+            if (all_zero(buf, ix->dim))
+                return kb_seterr(err, errlen, KB_EINVAL,
+                                 "doc #%zu (\"%s\"): text has no words to "
+                                 "embed (the cosine metric needs a direction)",
+                                 i, o->id);
         }
         size_t mlen = o->metadata ? strlen(o->metadata) : 0;
         if (mlen > KB_MAX_METADATA_LEN)
@@ -334,13 +619,17 @@ int idx_validate(const idx_kb_t *ix, const idx_op_t *ops, size_t n, char *err,
 /* ----------------------------------------------------------------- write */
 
 /* Index bookkeeping for one committed op: label `added` (or -1) holds vector
- * x, label `removed` (or -1) leaves the index. */
-static void idx_note(idx_kb_t *ix, int64_t added, const float *x, int64_t removed)
+ * x and documents metadata meta, label `removed` (or -1) leaves the index.
+ * x and meta must stay valid until idx_apply_vectors() returns. */
+static void idx_note(idx_kb_t *ix, int64_t added, const float *x,
+                     const char *meta, int64_t removed)
 {
     if (removed >= 0)
-        ix->rm_label[ix->rm_n++] = removed;
+        ix->rm_label[ix->rm_lab_n++] = removed;
     if (added >= 0) {
         memcpy(ix->add_x + ix->add_n * ix->dim, x, sizeof(float) * ix->dim);
+        ix->add_meta[ix->add_n] = meta;
+        ix->add_meta_len[ix->add_n] = meta ? strlen(meta) : 0;
         ix->add_label[ix->add_n++] = added;
     }
 }
@@ -351,64 +640,157 @@ static int cmp_i64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* After the commit: apply the noted removals and additions to FAISS. A label
- * added and removed within the same write (the same id upserted twice) never
- * reaches the index. If FAISS fails here the store is ahead of the index:
- * rebuild it from the store, which is the truth. */
+/* Journals the metadata of new documents for a running rebuild. Called with
+ * fmu held, in the same hold as the change to the live postings, so that a
+ * swap sees every change either in the postings it replaces or in the
+ * journal. */
+static void journal_add(idx_kb_t *ix, size_t n, const int64_t *labels,
+                        const char *const *meta, const size_t *meta_len)
+{
+    pthread_mutex_lock(&ix->rb_mu);
+    if (!ix->rb_active)
+        goto out;
+    if (ix->jr_n + n > ix->jr_cap) {
+        size_t cap = ix->jr_cap ? ix->jr_cap : 1024;
+        while (cap < ix->jr_n + n)
+            cap *= 2;
+        jentry_t *j = realloc(ix->jr, cap * sizeof *j);
+        if (!j)
+            goto nomem;
+        ix->jr = j;
+        ix->jr_cap = cap;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!meta_len[i])
+            continue;
+        jentry_t *e = &ix->jr[ix->jr_n];
+        e->label = labels[i];
+        e->meta = malloc(meta_len[i]);
+        if (!e->meta)
+            goto nomem;
+        memcpy(e->meta, meta[i], meta_len[i]);
+        e->meta_len = meta_len[i];
+        ix->jr_n++;
+    }
+    goto out;
+nomem:
+    /* The rebuild cannot be completed without every change: give it up. */
+    kb_error("out of memory journaling index changes; the background "
+             "rebuild is abandoned");
+    ix->rb_stop = 1;
+out:
+    pthread_mutex_unlock(&ix->rb_mu);
+}
+
+static void idx_maybe_rebuild(idx_kb_t *ix);
+
+static void merger_kick(idx_kb_t *ix)
+{
+    pthread_mutex_lock(&ix->mg_mu);
+    ix->mg_kick = 1;
+    pthread_cond_signal(&ix->mg_cv);
+    pthread_mutex_unlock(&ix->mg_mu);
+}
+
+/* After the commit, make the write searchable and publish it (see SEARCH):
+ * new vectors go to the delta, removals to the pending list, metadata to
+ * the postings, then the view moves to the new version in one short hold
+ * of vmu. Nothing here waits for a search. A label added and removed
+ * within the same write (the same id upserted twice) never reaches the
+ * index. */
 static int idx_apply_vectors(idx_kb_t *ix, char *err, size_t errlen)
 {
     size_t keep = 0, rm = 0;
-    if (ix->rm_n) {
-        qsort(ix->rm_label, ix->rm_n, sizeof(int64_t), cmp_i64);
+    /* Labels from first_new on were added by this write. */
+    const int64_t first_new = ix->add_n ? ix->add_label[0] : INT64_MAX;
+    if (ix->rm_lab_n) {
+        qsort(ix->rm_label, ix->rm_lab_n, sizeof(int64_t), cmp_i64);
         /* add_label is ascending (labels are LSNs). */
         for (size_t i = 0; i < ix->add_n; i++) {
             int64_t l = ix->add_label[i];
-            if (bsearch(&l, ix->rm_label, ix->rm_n, sizeof l, cmp_i64))
+            if (bsearch(&l, ix->rm_label, ix->rm_lab_n, sizeof l, cmp_i64))
                 continue;
             if (keep != i) {
                 ix->add_label[keep] = l;
+                ix->add_meta[keep] = ix->add_meta[i];
+                ix->add_meta_len[keep] = ix->add_meta_len[i];
                 memcpy(ix->add_x + keep * ix->dim, ix->add_x + i * ix->dim,
                        sizeof(float) * ix->dim);
             }
             keep++;
         }
-        int64_t first_new = ix->add_n ? ix->add_label[0] : INT64_MAX;
-        for (size_t i = 0; i < ix->rm_n; i++)
+        for (size_t i = 0; i < ix->rm_lab_n; i++)
             if (ix->rm_label[i] < first_new)
                 ix->rm_label[rm++] = ix->rm_label[i];
     } else {
         keep = ix->add_n;
     }
-    int rc = idx_vec_remove(ix->vec, rm, ix->rm_label, err, errlen);
-    if (!rc)
-        rc = idx_vec_add(ix->vec, keep, ix->add_x, ix->add_label, err, errlen);
-    ix->add_n = ix->rm_n = 0;
-    if (rc) {
-        kb_error("vector index update failed after a durable commit (%s); "
-                 "rebuilding it from the store",
-                 err ? err : "");
-        idx_vec_t *fresh = NULL;
-        char why[256];
-        int rc2 = idx_vec_new(ix->dim, ix->meta->index, ix->metric_ip, &fresh,
-                              why, sizeof why);
-        if (!rc2) {
-            idx_vec_free(&ix->vec);
-            ix->vec = fresh;
-            rc2 = idx_rebuild(ix, why, sizeof why);
-        }
-        if (rc2) {
-            kb_error("cannot rebuild the vector index (%s); stopping: restart "
-                     "the node to rebuild it from LMDB",
-                     why);
-            abort();
-        }
+    idx_view_t v;
+    idx_store_state(ix->store, &v.version, &v.commit_us);
+    v.docs = idx_store_count(ix->store);
+    int warned = 0;
+    int rc;
+    while ((rc = idx_delta_append(ix->delta, keep, ix->add_x,
+                                  ix->add_label)) == KB_EUNAVAIL) {
+        if (!warned++)
+            kb_warn("%u vectors wait for the index merger; writes wait too",
+                    IDX_DELTA_MAX);
+        merger_kick(ix);
+        nanosleep(&(struct timespec){0, 10000000}, NULL);
     }
+    if (rc) {
+        kb_error("out of memory adding %zu vectors after a durable commit; "
+                 "stopping: restart the node to rebuild its index from LMDB",
+                 keep);
+        abort();
+    }
+    pthread_mutex_lock(&ix->fmu);
+    for (size_t j = 0; j < keep && !rc; j++)
+        rc = idx_filter_add(ix->flt, ix->add_label[j], ix->add_meta[j],
+                            ix->add_meta_len[j]);
+    journal_add(ix, keep, ix->add_label, ix->add_meta, ix->add_meta_len);
+    pthread_mutex_unlock(&ix->fmu);
+    if (rc) {
+        kb_error("out of memory in the metadata postings after a durable "
+                 "commit; stopping: restart the node to rebuild them");
+        abort();
+    }
+    if (rm) {
+        pthread_mutex_lock(&ix->rm_mu);
+        if (ix->rm_n + rm > ix->rm_cap) {
+            size_t cap = ix->rm_cap ? ix->rm_cap : 1024;
+            while (cap < ix->rm_n + rm)
+                cap *= 2;
+            pending_rm_t *p = realloc(ix->rm, cap * sizeof *p);
+            if (!p) {
+                kb_error("out of memory noting %zu removals after a durable "
+                         "commit; stopping: restart the node",
+                         rm);
+                abort();
+            }
+            ix->rm = p;
+            ix->rm_cap = cap;
+        }
+        for (size_t i = 0; i < rm; i++)
+            ix->rm[ix->rm_n++] = (pending_rm_t){ix->rm_label[i], v.version};
+        pthread_mutex_unlock(&ix->rm_mu);
+    }
+    pthread_mutex_lock(&ix->vmu);
+    ix->view = v;
+    pthread_mutex_unlock(&ix->vmu);
+    ix->add_n = ix->rm_lab_n = 0;
+    if (keep || rm)
+        merger_kick(ix);
+    idx_maybe_rebuild(ix);
+    (void)err;
+    (void)errlen;
     return 0;
 }
 
-/* Fills a Doc for an upsert op; vec receives the vector to index. */
+/* Fills a Doc for an upsert op; vec receives the vector to index (written
+ * to buf, dim floats, when the op has text only). */
 static void idx_doc_from_op(idx_kb_t *ix, const idx_op_t *o, Kbsync__Doc *d,
-                            const float **vec)
+                            float *buf, const float **vec)
 {
     kbsync__doc__init(d);
     d->id = (char *)o->id;
@@ -417,8 +799,8 @@ static void idx_doc_from_op(idx_kb_t *ix, const idx_op_t *o, Kbsync__Doc *d,
     if (o->embedding) {
         *vec = o->embedding;
     } else {
-        idx_embed_text(d->text, strlen(d->text), ix->qbuf, ix->dim);
-        *vec = ix->qbuf;
+        idx_embed_text(d->text, strlen(d->text), buf, ix->dim);
+        *vec = buf;
     }
     d->n_embedding = ix->dim;
     d->embedding = (float *)*vec;
@@ -447,18 +829,19 @@ int idx_write(idx_kb_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
         if (o->op == IDX_OP_UPSERT) {
             Kbsync__Doc d;
             const float *vec;
-            idx_doc_from_op(ix, o, &d, &vec);
+            float buf[KB_MAX_DIM];
+            idx_doc_from_op(ix, o, &d, buf, &vec);
             rc = idx_store_upsert(t, lsn + 1, commit_us, &d, &old, err, errlen);
             if (!rc) {
                 lsns[i] = ++lsn;
-                idx_note(ix, (int64_t)lsn, vec, old);
+                idx_note(ix, (int64_t)lsn, vec, o->metadata, old);
             }
         } else {
             rc = idx_store_delete(t, lsn + 1, commit_us, o->id, strlen(o->id),
                                   0, &old, err, errlen);
             if (!rc && old >= 0) {
                 lsns[i] = ++lsn;
-                idx_note(ix, -1, NULL, old);
+                idx_note(ix, -1, NULL, NULL, old);
             } else if (!rc) {
                 lsns[i] = 0;
             }
@@ -469,14 +852,15 @@ int idx_write(idx_kb_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
     }
     if (rc) {
         idx_store_abort(&t);
-        ix->add_n = ix->rm_n = 0;
+        ix->add_n = ix->rm_lab_n = 0;
         return rc;
     }
     rc = idx_store_commit(&t, err, errlen);
     if (rc) {
-        ix->add_n = ix->rm_n = 0;
+        ix->add_n = ix->rm_lab_n = 0;
         return rc;
     }
+    ix->commits++;
     return idx_apply_vectors(ix, err, errlen);
 }
 
@@ -538,12 +922,13 @@ int idx_apply_log(idx_kb_t *ix, size_t n, const void *const *recs,
             rc = idx_store_upsert(t, r[i]->lsn, r[i]->commit_time_us, r[i]->doc,
                                   &old, err, errlen);
             if (!rc)
-                idx_note(ix, (int64_t)r[i]->lsn, r[i]->doc->embedding, old);
+                idx_note(ix, (int64_t)r[i]->lsn, r[i]->doc->embedding,
+                         r[i]->doc->metadata_json, old);
         } else {
             rc = idx_store_delete(t, r[i]->lsn, r[i]->commit_time_us, r[i]->id,
                                   strlen(r[i]->id), 1, &old, err, errlen);
             if (!rc)
-                idx_note(ix, -1, NULL, old);
+                idx_note(ix, -1, NULL, NULL, old);
         }
     }
     if (!rc) {
@@ -551,15 +936,313 @@ int idx_apply_log(idx_kb_t *ix, size_t n, const void *const *recs,
     } else {
         idx_store_abort(&t);
     }
+    if (!rc) {
+        ix->commits++;
+        rc = idx_apply_vectors(ix, err, errlen); /* metadata still in r[] */
+    } else {
+        ix->add_n = ix->rm_lab_n = 0;
+    }
     for (size_t i = 0; i < n; i++)
         if (r[i])
             kbsync__log_record__free_unpacked(r[i], NULL);
     free(r);
-    if (rc) {
-        ix->add_n = ix->rm_n = 0;
-        return rc;
+    return rc;
+}
+
+/* ---------------------------------------------------------------- merger
+ *
+ * MERGER
+ * One thread per knowledge base moves what the writer left in the delta
+ * and the pending removals into the FAISS index, so that the delta stays
+ * small (it is searched exactly, by brute force). Each step takes vlock
+ * exclusively (it waits for the searches inside FAISS, never the writer),
+ * adds up to IDX_MERGE_CHUNK_* delta entries to the index, advances
+ * `merged`, then tombstones in the index the pending removals that are
+ * published (lsn <= view) and whose labels the index now holds, and frees
+ * delta blocks below `merged`. Readers take vlock shared and read `merged`
+ * and the pending removals inside it, so each removal and each vector is
+ * seen in exactly one place. Flat and IVF merges wait for IDX_MERGE_MIN
+ * entries or IDX_MERGE_MAX_AGE_MS (each one makes new searches wait for the
+ * running ones); HNSW merges in small chunks continuously. A step is
+ * skipped while a rebuild prepares the next index (merge_paused): the
+ * rebuild takes over from the delta and the pending list at its swap. */
+
+/* One merge step, vlock held exclusively. Returns 1 when work remains. */
+static int merge_step(idx_kb_t *ix)
+{
+    char err[256];
+    pthread_mutex_lock(&ix->vmu);
+    uint64_t version = ix->view.version;
+    pthread_mutex_unlock(&ix->vmu);
+    uint64_t n = idx_delta_count(ix->delta);
+    size_t chunk = strcmp(idx_vec_kind(ix->vec), "hnsw") ? IDX_MERGE_CHUNK_FLAT
+                                                         : IDX_MERGE_CHUNK_GRAPH;
+    uint64_t end = ix->merged + chunk < n ? ix->merged + chunk : n;
+    int rc = 0;
+    int64_t *labels = malloc(chunk * sizeof *labels);
+    if (!labels)
+        return 0; /* try again later */
+    while (ix->merged < end && !rc) {
+        /* Entries are contiguous within a delta block. */
+        uint64_t i = ix->merged, m = 1;
+        const float *x = idx_delta_vector(ix->delta, i);
+        while (i + m < end && idx_delta_vector(ix->delta, i + m) ==
+                                  x + (size_t)m * ix->dim)
+            m++;
+        for (uint64_t j = 0; j < m; j++)
+            labels[j] = idx_delta_label(ix->delta, i + j);
+        rc = idx_vec_add(ix->vec, (size_t)m, x, labels, err, sizeof err);
+        if (!rc)
+            ix->merged += m;
     }
-    return idx_apply_vectors(ix, err, errlen);
+    free(labels);
+    if (rc) {
+        kb_error("cannot add merged vectors to the index (%s); stopping: "
+                 "restart the node to rebuild its index from LMDB",
+                 err);
+        abort();
+    }
+    int64_t first_unmerged =
+        ix->merged < n ? idx_delta_label(ix->delta, ix->merged) : INT64_MAX;
+    pthread_mutex_lock(&ix->rm_mu);
+    size_t keep = 0, nr = 0;
+    int64_t *done = malloc((ix->rm_n ? ix->rm_n : 1) * sizeof *done);
+    for (size_t i = 0; i < ix->rm_n; i++) {
+        pending_rm_t r = ix->rm[i];
+        if (done && r.lsn <= version && r.label < first_unmerged)
+            done[nr++] = r.label;
+        else
+            ix->rm[keep++] = r;
+    }
+    ix->rm_n = keep;
+    pthread_mutex_unlock(&ix->rm_mu);
+    if (nr)
+        idx_vec_remove(ix->vec, nr, done, err, sizeof err);
+    free(done);
+    idx_delta_free_below(ix->delta, ix->merged);
+    return ix->merged < n;
+}
+
+static void *merger_main(void *arg)
+{
+    idx_kb_t *ix = arg;
+    /* Merging competes with searches for the cores: one FAISS thread. */
+    omp_set_num_threads(1);
+    uint64_t last_us = kb_mono_us();
+    for (;;) {
+        pthread_mutex_lock(&ix->mg_mu);
+        if (!ix->mg_kick && !ix->mg_stop) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += IDX_MERGE_IDLE_MS * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&ix->mg_cv, &ix->mg_mu, &ts);
+        }
+        int stop = ix->mg_stop;
+        ix->mg_kick = 0;
+        pthread_mutex_unlock(&ix->mg_mu);
+        if (stop)
+            break;
+        /* Merge in bulk: each step makes new searches wait for the ones
+         * inside FAISS, and a small delta costs searches little. */
+        pthread_rwlock_rdlock(&ix->vlock);
+        uint64_t pending = idx_delta_count(ix->delta) - ix->merged;
+        int paused = ix->merge_paused;
+        int graph = !strcmp(idx_vec_kind(ix->vec), "hnsw");
+        pthread_rwlock_unlock(&ix->vlock);
+        pthread_mutex_lock(&ix->rm_mu);
+        size_t rms = ix->rm_n;
+        pthread_mutex_unlock(&ix->rm_mu);
+        uint64_t now = kb_mono_us();
+        if (paused || (!pending && !rms))
+            continue;
+        if (!graph && pending < IDX_MERGE_MIN && rms < IDX_MERGE_MIN &&
+            now - last_us < IDX_MERGE_MAX_AGE_MS * 1000u)
+            continue;
+        last_us = now;
+        int more = 1;
+        while (more) {
+            pthread_rwlock_wrlock(&ix->vlock);
+            more = ix->merge_paused ? 0 : merge_step(ix);
+            pthread_rwlock_unlock(&ix->vlock);
+            pthread_mutex_lock(&ix->mg_mu);
+            if (ix->mg_stop)
+                more = 0;
+            pthread_mutex_unlock(&ix->mg_mu);
+        }
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------- background rebuild
+ *
+ * BACKGROUND REBUILD
+ * Tombstoned vectors (replaced or deleted documents) stay in the FAISS index
+ * until it is rebuilt, and an IVF index searches exactly until trained. The
+ * writer starts a rebuild (idx_rebuild_start(), or automatically when dead
+ * vectors pass IDX_DEAD_MIN and a quarter of the stored ones, or when an
+ * untrained IVF holds enough documents to train): between two writes it
+ * opens a store snapshot at the published version S, pauses the merger and
+ * turns the postings journal on. The rebuild thread builds a fresh index
+ * and postings from that snapshot (training first for IVF) while queries
+ * and writes go on against the live index and the delta (which grows: the
+ * merger is paused). Then, holding vlock exclusively, it swaps the fresh
+ * index in, takes the delta over from the first entry above S, drops the
+ * pending removals at or below S (the snapshot has them), replays the
+ * journaled metadata on the fresh postings and swaps them in, and resumes
+ * the merger. The writer never waits for any of it. */
+
+static void *rebuild_main(void *arg)
+{
+    idx_kb_t *ix = arg;
+    char err[512];
+    uint64_t t0 = kb_mono_us();
+    idx_vec_t *vec = NULL;
+    idx_filter_t *flt = NULL;
+    idx_rtxn_t *t = ix->rb_txn;
+    int rc = build_fresh(ix, t, ix->rb_docs, &ix->rb_stop, &vec, &flt, err,
+                         sizeof err);
+    idx_store_rend(&t);
+    const uint64_t S = ix->rb_version;
+    pthread_rwlock_wrlock(&ix->vlock);
+    pthread_mutex_lock(&ix->fmu);
+    pthread_mutex_lock(&ix->rb_mu);
+    if (!rc && ix->rb_stop)
+        rc = kb_seterr(err, sizeof err, KB_EUNAVAIL, "stopped");
+    for (size_t i = 0; i < ix->jr_n && !rc; i++)
+        if (idx_filter_add(flt, ix->jr[i].label, ix->jr[i].meta,
+                           ix->jr[i].meta_len))
+            rc = kb_seterr(err, sizeof err, KB_ENOMEM, "out of memory");
+    idx_vec_t *old_vec = NULL;
+    idx_filter_t *old_flt = NULL;
+    uint64_t dead_dropped = 0;
+    size_t replayed = ix->jr_n;
+    if (!rc) {
+        old_vec = ix->vec;
+        old_flt = ix->flt;
+        dead_dropped = idx_vec_dead(old_vec);
+        ix->vec = vec;
+        ix->flt = flt;
+        vec = NULL;
+        flt = NULL;
+        /* The snapshot holds every delta entry up to S. */
+        uint64_t n = idx_delta_count(ix->delta), lo = ix->merged, hi = n;
+        while (lo < hi) {
+            uint64_t mid = lo + (hi - lo) / 2;
+            if (idx_delta_label(ix->delta, mid) <= (int64_t)S)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        ix->merged = lo;
+        idx_delta_free_below(ix->delta, ix->merged);
+        pthread_mutex_lock(&ix->rm_mu);
+        size_t keep = 0;
+        for (size_t i = 0; i < ix->rm_n; i++)
+            if (ix->rm[i].lsn > S)
+                ix->rm[keep++] = ix->rm[i];
+        ix->rm_n = keep;
+        pthread_mutex_unlock(&ix->rm_mu);
+        ix->rebuilds++;
+    }
+    ix->rb_active = 0;
+    ix->merge_paused = 0;
+    journal_free(ix);
+    pthread_mutex_unlock(&ix->rb_mu);
+    pthread_mutex_unlock(&ix->fmu);
+    uint64_t stored = idx_vec_stored(ix->vec);
+    pthread_rwlock_unlock(&ix->vlock);
+    merger_kick(ix);
+    double secs = (double)(kb_mono_us() - t0) / 1e6;
+    if (rc)
+        kb_warn("background index rebuild abandoned: %s", err);
+    else
+        kb_info("background index rebuild done in %.2f s: %llu vectors from "
+                "version %llu, %zu documents' metadata replayed; dropped %llu "
+                "dead vectors",
+                secs, (unsigned long long)stored, (unsigned long long)S,
+                replayed, (unsigned long long)dead_dropped);
+    idx_vec_free(&old_vec);
+    idx_filter_free(&old_flt);
+    idx_vec_free(&vec);
+    idx_filter_free(&flt);
+    return NULL;
+}
+
+int idx_rebuild_start(idx_kb_t *ix)
+{
+    pthread_mutex_lock(&ix->rb_mu);
+    int active = ix->rb_active;
+    pthread_mutex_unlock(&ix->rb_mu);
+    if (active)
+        return 1;
+    if (ix->rb_started) { /* the last one finished: reap it */
+        pthread_join(ix->rb_thr, NULL);
+        ix->rb_started = 0;
+    }
+    char err[256];
+    idx_rtxn_t *t;
+    if (idx_store_rbegin(ix->store, &t, err, sizeof err)) {
+        kb_warn("cannot start an index rebuild: %s", err);
+        return 0;
+    }
+    /* The writer is between two writes: the snapshot is exactly the
+     * published version; the merger stops before its next step. */
+    pthread_rwlock_wrlock(&ix->vlock);
+    pthread_mutex_lock(&ix->fmu);
+    pthread_mutex_lock(&ix->rb_mu);
+    ix->rb_active = 1;
+    ix->rb_stop = 0;
+    ix->rb_txn = t;
+    ix->rb_docs = ix->view.docs;
+    ix->rb_version = ix->view.version;
+    ix->merge_paused = 1;
+    pthread_mutex_unlock(&ix->rb_mu);
+    pthread_mutex_unlock(&ix->fmu);
+    uint64_t dead = idx_vec_dead(ix->vec), stored = idx_vec_stored(ix->vec);
+    int train = idx_vec_needs_training(ix->vec);
+    pthread_rwlock_unlock(&ix->vlock);
+    kb_info("background index rebuild started at version %llu: %llu stored "
+            "vectors, %llu dead%s",
+            (unsigned long long)ix->rb_version, (unsigned long long)stored,
+            (unsigned long long)dead, train ? ", training the index" : "");
+    if (pthread_create(&ix->rb_thr, NULL, rebuild_main, ix)) {
+        kb_warn("cannot start the index rebuild thread");
+        pthread_rwlock_wrlock(&ix->vlock);
+        pthread_mutex_lock(&ix->fmu);
+        pthread_mutex_lock(&ix->rb_mu);
+        ix->rb_active = 0;
+        ix->merge_paused = 0;
+        journal_free(ix);
+        pthread_mutex_unlock(&ix->rb_mu);
+        pthread_mutex_unlock(&ix->fmu);
+        pthread_rwlock_unlock(&ix->vlock);
+        idx_store_rend(&t);
+        return 0;
+    }
+    ix->rb_started = 1;
+    return 0;
+}
+
+/* Writer thread, after each write: start a rebuild when dead vectors pass
+ * the threshold or an untrained IVF can be trained. */
+static void idx_maybe_rebuild(idx_kb_t *ix)
+{
+    pthread_mutex_lock(&ix->rb_mu);
+    int active = ix->rb_active;
+    pthread_mutex_unlock(&ix->rb_mu);
+    if (active)
+        return;
+    pthread_rwlock_rdlock(&ix->vlock);
+    uint64_t dead = idx_vec_dead(ix->vec), stored = idx_vec_stored(ix->vec);
+    int train = idx_vec_needs_training(ix->vec) &&
+                ix->view.docs >= idx_vec_train_min(ix->vec);
+    pthread_rwlock_unlock(&ix->vlock);
+    if ((dead >= IDX_DEAD_MIN && dead * 4 > stored) || train)
+        idx_rebuild_start(ix);
 }
 
 /* ---------------------------------------------------------------- search */
@@ -569,52 +1252,243 @@ struct hits_priv {
     Kbsync__LogRecord *rec[]; /* each holds the hit's Doc */
 };
 
-int idx_search(idx_kb_t *ix, const float *q, const char *text, size_t text_len,
-               uint32_t k, idx_hits_t *out, char *err, size_t errlen)
+static int floats_bad(const float *x, size_t n, char *what, size_t *bad)
 {
-    memset(out, 0, sizeof *out);
-    if (k == 0)
-        k = 10;
-    if (k > KB_MAX_K)
+    return check_floats(x, n, what, bad);
+}
+
+int idx_check_query(const idx_kb_t *ix, const idx_query_t *q, char *err,
+                    size_t errlen)
+{
+    if (q->k > KB_MAX_K)
         return kb_seterr(err, errlen, KB_EINVAL,
-                         "k = %u is above the maximum %u", k, KB_MAX_K);
-    if (!q) {
-        if (!text || !text_len)
-            return kb_seterr(err, errlen, KB_EINVAL,
-                             "query has neither a vector nor text");
-        idx_embed_text(text, text_len, ix->qbuf, ix->dim);
-        q = ix->qbuf;
-    } else {
+                         "k = %u is above the maximum %u", q->k, KB_MAX_K);
+    if (q->vec) {
+        if (q->vec_len != ix->dim)
+            return kb_seterr(err, errlen, KB_EDIM,
+                             "query vector has %zu values, the knowledge base "
+                             "has dim %u",
+                             q->vec_len, ix->dim);
         char what[16];
         size_t bad;
-        if (check_floats(q, ix->dim, what, &bad))
+        if (floats_bad(q->vec, ix->dim, what, &bad))
             return kb_seterr(err, errlen, KB_ENONFINITE,
                              "query vector[%zu] is %s", bad, what);
+        if (ix->metric == IDX_METRIC_COSINE && all_zero(q->vec, ix->dim))
+            return kb_seterr(err, errlen, KB_EINVAL,
+                             "query vector is all zeros: it has no "
+                             "direction for the cosine metric");
+    } else if (!q->text || !q->text_len) {
+        return kb_seterr(err, errlen, KB_EINVAL,
+                         "query has neither a vector nor text");
+    } else {
+        float buf[KB_MAX_DIM];
+        idx_embed_text(q->text, q->text_len, buf, ix->dim);
+        if (all_zero(buf, ix->dim))
+            return kb_seterr(err, errlen, KB_EINVAL,
+                             "query text has no words to embed");
     }
-    float *scores = malloc(sizeof(float) * k);
-    int64_t *labels = malloc(sizeof(int64_t) * k);
-    struct hits_priv *p =
-        calloc(1, sizeof *p + sizeof(Kbsync__LogRecord *) * k);
-    idx_hit_t *hit = calloc(k, sizeof *hit);
+    if (q->ef_search > IDX_MAX_EF_SEARCH)
+        return kb_seterr(err, errlen, KB_EINVAL,
+                         "ef_search = %u is above the maximum %u",
+                         q->ef_search, IDX_MAX_EF_SEARCH);
+    if (q->nprobe && ix->nlist && q->nprobe > ix->nlist)
+        return kb_seterr(err, errlen, KB_EINVAL,
+                         "nprobe = %u is above the index's %u lists",
+                         q->nprobe, ix->nlist);
+    if (q->nfilters > IDX_MAX_FILTERS)
+        return kb_seterr(err, errlen, KB_EINVAL,
+                         "%zu filters: at most %u are allowed", q->nfilters,
+                         IDX_MAX_FILTERS);
+    for (size_t i = 0; i < q->nfilters; i++) {
+        size_t kl = q->filters[i].key ? strlen(q->filters[i].key) : 0;
+        size_t vl = q->filters[i].value ? strlen(q->filters[i].value) : 0;
+        if (kl == 0 || kl > IDX_MAX_FILTER_KEY)
+            return kb_seterr(err, errlen, KB_EINVAL,
+                             "filter #%zu: key of %zu bytes (1..%u allowed)",
+                             i, kl, IDX_MAX_FILTER_KEY);
+        if (vl > IDX_MAX_FILTER_VALUE)
+            return kb_seterr(err, errlen, KB_EINVAL,
+                             "filter #%zu (\"%s\"): value of %zu bytes is "
+                             "longer than %u",
+                             i, q->filters[i].key, vl, IDX_MAX_FILTER_VALUE);
+    }
+    return 0;
+}
+
+/* SEARCH
+ * A search holds vlock shared for its index part. Inside it reads the view
+ * V (under vmu), `merged`, the delta's count and the pending removals
+ * published at or before V (under rm_mu). It asks the FAISS index for
+ * labels <= V minus those removals, scans the delta entries [merged, count)
+ * with the same rule, and merges the two best-first lists. A write enters
+ * the view only after its vectors are in the delta and its removals are
+ * pending, and the merger moves both into the index under vlock held
+ * exclusively, so an answer reflects exactly version V: all of a write or
+ * none of it. */
+
+typedef struct rctx {
+    const int64_t *dead; /* sorted: removed at or before V, index lacks it */
+    size_t ndead;
+    const int64_t *cand; /* sorted filter matches, or NULL: no filter */
+    size_t ncand;
+} rctx_t;
+
+static int in_sorted(const int64_t *v, size_t n, int64_t x)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (v[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && v[lo] == x;
+}
+
+static int rctx_keep(void *ctx, int64_t label)
+{
+    const rctx_t *r = ctx;
+    if (r->ndead && in_sorted(r->dead, r->ndead, label))
+        return 0;
+    return !r->cand || in_sorted(r->cand, r->ncand, label);
+}
+
+/* The pending removals published at or before version, sorted. Called
+ * with vlock held shared. */
+static int pending_dead(idx_kb_t *ix, uint64_t version, int64_t **out,
+                        size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    pthread_mutex_lock(&ix->rm_mu);
+    size_t m = 0;
+    int64_t *d = ix->rm_n ? malloc(ix->rm_n * sizeof *d) : NULL;
+    for (size_t i = 0; d && i < ix->rm_n; i++)
+        if (ix->rm[i].lsn <= version)
+            d[m++] = ix->rm[i].label;
+    int fail = ix->rm_n && !d;
+    pthread_mutex_unlock(&ix->rm_mu);
+    if (fail)
+        return KB_ENOMEM;
+    qsort(d, m, sizeof *d, cmp_i64);
+    *out = d;
+    *n = m;
+    return 0;
+}
+
+struct scored {
+    float s;
+    int64_t l;
+};
+
+static int cmp_hi(const void *a, const void *b)
+{
+    float x = ((const struct scored *)a)->s, y = ((const struct scored *)b)->s;
+    return (x < y) - (x > y);
+}
+
+static int cmp_lo(const void *a, const void *b)
+{
+    float x = ((const struct scored *)a)->s, y = ((const struct scored *)b)->s;
+    return (x > y) - (x < y);
+}
+
+/* A filtered query, vlock held shared; r->cand holds the filter's matches.
+ * Small candidate sets (at most IDX_FILTER_BRUTE_MIN, or an eighth of the
+ * stored vectors) are scored exactly against the query: k matching hits
+ * whenever k match, whatever the index kind. Larger ones go through the
+ * index with the candidates as an allow-list (the index over-fetches until
+ * it has k). */
+static int search_filtered(idx_kb_t *ix, const float *x, uint32_t k,
+                           const idx_vec_params_t *base, rctx_t *r,
+                           uint64_t lo, uint64_t hi, float *scores,
+                           int64_t *labels, char *err, size_t errlen)
+{
     int rc = 0;
-    if (!scores || !labels || !p || !hit) {
-        rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
-        goto done;
+    const int64_t V = base->max_label;
+    uint64_t stored = idx_vec_stored(ix->vec);
+    if (r->ncand <= IDX_FILTER_BRUTE_MIN || r->ncand * 8 <= stored) {
+        int64_t first_delta =
+            lo < hi ? idx_delta_label(ix->delta, lo) : INT64_MAX;
+        size_t n = r->ncand, m = 0, md = 0;
+        int64_t *in_vec = malloc((n ? n : 1) * sizeof *in_vec);
+        struct scored *sc = malloc((n ? n : 1) * sizeof *sc);
+        float *s = malloc((n ? n : 1) * sizeof *s);
+        if (!in_vec || !sc || !s)
+            rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+        for (size_t i = 0; i < n && !rc; i++) {
+            int64_t l = r->cand[i];
+            if (l > V || (r->ndead && in_sorted(r->dead, r->ndead, l)))
+                continue;
+            if (l < first_delta) {
+                if (idx_vec_is_live(ix->vec, l))
+                    in_vec[m++] = l;
+                continue;
+            }
+            uint64_t e = idx_delta_find(ix->delta, lo, hi, l);
+            if (e != UINT64_MAX) {
+                sc[md].s = idx_delta_score(ix->delta, x, e);
+                sc[md++].l = l;
+            }
+        }
+        if (!rc && m)
+            rc = idx_vec_score_labels(ix->vec, x, m, in_vec, s, err, errlen);
+        if (!rc) {
+            for (size_t i = 0; i < m; i++) {
+                sc[md + i].s = s[i];
+                sc[md + i].l = in_vec[i];
+            }
+            qsort(sc, md + m, sizeof *sc,
+                  ix->metric == IDX_METRIC_L2 ? cmp_lo : cmp_hi);
+            for (size_t i = 0; i < md + m && i < k; i++) {
+                scores[i] = sc[i].s;
+                labels[i] = sc[i].l;
+            }
+        }
+        free(in_vec);
+        free(sc);
+        free(s);
+        return rc;
     }
-    rc = idx_vec_search(ix->vec, 1, q, k, scores, labels, err, errlen);
-    if (rc)
-        goto done;
-    idx_rtxn_t *t;
-    rc = idx_store_rbegin(ix->store, &t, err, errlen);
-    if (rc)
-        goto done;
+    idx_vec_params_t p = *base;
+    p.allow = rctx_keep;
+    p.allow_ctx = r;
+    rc = idx_vec_search_params(ix->vec, 1, x, k, &p, scores, labels, err,
+                               errlen);
+    if (!rc && idx_delta_search(ix->delta, lo, hi, V, rctx_keep, r, 1, x, k,
+                                scores, labels))
+        rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    return rc;
+}
+
+void idx_view(idx_kb_t *ix, idx_view_t *v)
+{
+    pthread_mutex_lock(&ix->vmu);
+    *v = ix->view;
+    pthread_mutex_unlock(&ix->vmu);
+}
+
+/* Turns labels into hits: each label names its document's log record. */
+static int resolve_hits(idx_kb_t *ix, idx_rtxn_t *t, const float *scores,
+                        const int64_t *labels, uint32_t k, idx_hits_t *out,
+                        char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    struct hits_priv *p =
+        calloc(1, sizeof *p + sizeof(Kbsync__LogRecord *) * (k ? k : 1));
+    idx_hit_t *hit = calloc(k ? k : 1, sizeof *hit);
+    if (!p || !hit) {
+        free(p);
+        free(hit);
+        return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    }
     for (uint32_t i = 0; i < k && labels[i] >= 0; i++) {
         const void *b;
         size_t len;
-        int r = idx_store_doc_by_label(t, labels[i], &b, &len);
-        if (r) {
-            /* The index and the store are updated together by this thread,
-             * so a label without a document means corruption. */
+        if (idx_store_doc_by_label(t, labels[i], &b, &len)) {
+            /* Log records are never removed while labels point at them. */
             kb_error("search: label %lld is in the index but not in the store",
                      (long long)labels[i]);
             continue;
@@ -635,18 +1509,122 @@ int idx_search(idx_kb_t *ix, const float *q, const char *text, size_t text_len,
         hit[p->n].score = scores[i];
         p->n++;
     }
-    idx_store_rend(&t);
+    (void)ix;
     out->n = p->n;
     out->hit = hit;
     out->priv = p;
-    hit = NULL;
-    p = NULL;
+    return 0;
+}
+
+int idx_search_batch(idx_kb_t *ix, size_t nq, const idx_query_t *q,
+                     idx_hits_t *out, idx_view_t *view, char *err,
+                     size_t errlen)
+{
+    if (nq == 0)
+        return 0;
+    uint32_t kmax = 0;
+    for (size_t i = 0; i < nq; i++) {
+        uint32_t k = q[i].k ? q[i].k : 10;
+        if (k > kmax)
+            kmax = k;
+    }
+    /* Everything a search writes is its own: query vectors, results. */
+    float *x = malloc(sizeof(float) * ix->dim * nq);
+    float *scores = malloc(sizeof(float) * kmax * nq);
+    int64_t *labels = malloc(sizeof(int64_t) * kmax * nq);
+    int rc = 0;
+    if (!x || !scores || !labels) {
+        rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < nq; i++) {
+        float *xi = x + i * ix->dim;
+        if (q[i].vec) {
+            memcpy(xi, q[i].vec, sizeof(float) * ix->dim);
+            continue;
+        }
+        idx_embed_text(q[i].text, q[i].text_len, xi, ix->dim);
+    }
+    idx_vec_params_t p = {.ef_search = q[0].ef_search, .nprobe = q[0].nprobe};
+    idx_rtxn_t *t = NULL;
+    rctx_t r = {0};
+    int64_t *dead = NULL, *cand = NULL;
+    pthread_rwlock_rdlock(&ix->vlock);
+    idx_view(ix, view);
+    p.max_label = (int64_t)view->version;
+    uint64_t lo = ix->merged, hi = idx_delta_count(ix->delta);
+    rc = pending_dead(ix, view->version, &dead, &r.ndead);
+    r.dead = dead;
+    for (size_t i = 0; i < nq * kmax; i++) {
+        scores[i] = ix->metric == IDX_METRIC_L2 ? FLT_MAX : -FLT_MAX;
+        labels[i] = -1;
+    }
+    if (!rc && nq == 1 && q[0].nfilters) {
+        idx_filter_pair_t pairs[IDX_MAX_FILTERS];
+        for (size_t i = 0; i < q[0].nfilters; i++) {
+            const char *v = q[0].filters[i].value ? q[0].filters[i].value : "";
+            pairs[i] = (idx_filter_pair_t){q[0].filters[i].key,
+                                           strlen(q[0].filters[i].key), v,
+                                           strlen(v)};
+        }
+        pthread_mutex_lock(&ix->fmu);
+        rc = idx_filter_match(ix->flt, pairs, q[0].nfilters, &cand, &r.ncand);
+        pthread_mutex_unlock(&ix->fmu);
+        r.cand = cand;
+        if (rc)
+            rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+        else if (r.ncand)
+            rc = search_filtered(ix, x, kmax, &p, &r, lo, hi, scores, labels,
+                                 err, errlen);
+    } else if (!rc) {
+        if (r.ndead) {
+            p.allow = rctx_keep;
+            p.allow_ctx = &r;
+        }
+        rc = idx_vec_search_params(ix->vec, nq, x, kmax, &p, scores, labels,
+                                   err, errlen);
+        if (!rc && idx_delta_search(ix->delta, lo, hi, p.max_label,
+                                    r.ndead ? rctx_keep : NULL, &r, nq, x,
+                                    kmax, scores, labels))
+            rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    } else {
+        rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    }
+    pthread_rwlock_unlock(&ix->vlock);
+    free(dead);
+    free(cand);
+    if (!rc)
+        rc = idx_store_rbegin(ix->store, &t, err, errlen);
+    for (size_t i = 0; i < nq && !rc; i++) {
+        uint32_t k = q[i].k ? q[i].k : 10;
+        rc = resolve_hits(ix, t, scores + i * kmax, labels + i * kmax, k,
+                          &out[i], err, errlen);
+        if (rc)
+            for (size_t j = 0; j < i; j++)
+                idx_hits_free(&out[j]);
+    }
+    idx_store_rend(&t);
 done:
+    free(x);
     free(scores);
     free(labels);
-    free(hit);
-    free(p);
     return rc;
+}
+
+int idx_search(idx_kb_t *ix, const float *q, const char *text, size_t text_len,
+               uint32_t k, idx_hits_t *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    idx_query_t qq = {.vec = q,
+                      .vec_len = q ? ix->dim : 0,
+                      .text = text,
+                      .text_len = text_len,
+                      .k = k};
+    int rc = idx_check_query(ix, &qq, err, errlen);
+    if (rc)
+        return rc;
+    idx_view_t v;
+    return idx_search_batch(ix, 1, &qq, out, &v, err, errlen);
 }
 
 void idx_hits_free(idx_hits_t *h)
@@ -669,12 +1647,31 @@ void idx_stats(idx_kb_t *ix, idx_stats_t *st)
 {
     memset(st, 0, sizeof *st);
     idx_store_state(ix->store, &st->version, &st->commit_us);
-    st->vectors = idx_vec_count(ix->vec);
     st->docs = idx_store_count(ix->store);
+    pthread_rwlock_rdlock(&ix->vlock);
+    uint64_t delta = idx_delta_count(ix->delta) - ix->merged;
+    pthread_mutex_lock(&ix->rm_mu);
+    uint64_t pending = ix->rm_n;
+    pthread_mutex_unlock(&ix->rm_mu);
+    st->vectors = idx_vec_count(ix->vec) + delta - pending;
+    st->dead = idx_vec_dead(ix->vec) + pending;
+    st->index_bytes = idx_vec_bytes(ix->vec) + idx_delta_bytes(ix->delta);
+    st->kind = idx_vec_kind(ix->vec);
+    st->trained = idx_vec_is_trained(ix->vec);
+    pthread_mutex_lock(&ix->fmu);
+    st->index_bytes += idx_filter_bytes(ix->flt);
+    pthread_mutex_unlock(&ix->fmu);
+    pthread_rwlock_unlock(&ix->vlock);
+    pthread_mutex_lock(&ix->rb_mu);
+    st->rebuilding = ix->rb_active;
+    st->rebuilds = ix->rebuilds;
+    pthread_mutex_unlock(&ix->rb_mu);
+    st->store_bytes = idx_store_bytes(ix->store);
     st->dim = ix->dim;
     st->metric = ix->meta->metric;
     st->index = ix->meta->index;
     st->node_id = ix->meta->node_id;
+    st->commits = ix->commits;
     st->rebuild_s = ix->rebuild_s;
 }
 

@@ -1,9 +1,25 @@
-/* idx: one node's knowledge base: the LMDB document store and the FAISS
- * index behind one interface. In: validated writes (upsert/delete) stamped
- * with LSNs, and kNN queries. Out: LSNs, hits with their documents, and the
- * node's applied version. Owns an idx_store (truth, durable) and an idx_vec
- * (derived, rebuilt from the store at open). Single-threaded: the node loop
- * is its only caller. */
+/* idx: one node's knowledge base: the LMDB document store, the FAISS index
+ * and the metadata postings behind one interface. In: validated writes
+ * (upsert/delete) stamped with LSNs, and kNN queries. Out: LSNs, hits with
+ * their documents, and the version each answer reflects. Owns an idx_store
+ * (truth, durable), an idx_vec and an idx_filter (derived, rebuilt from the
+ * store at open and in the background).
+ *
+ * THREADS
+ * - ONE writer thread (the node loop) calls everything not listed below:
+ *   open, close, validate, write, apply_log, stats, rebuild_start, the log
+ *   readers. It owns the store's write transactions and the write scratch.
+ * - ANY number of reader threads call idx_search_batch(), idx_search(),
+ *   idx_check_query(), idx_view() and idx_hits_free() concurrently with it.
+ * - ONE background rebuild thread, owned by idx, builds a fresh vector
+ *   index from a store snapshot and swaps it in (idx_rebuild_start()).
+ * vlock (a reader-writer lock, writers preferred) guards the vector index,
+ * the postings and the published view: readers hold it shared for the
+ * FAISS part of a search; the writer holds it alone for short steps (a
+ * chunk of vector adds; then removals + publishing the new version), so a
+ * search sees either all of a write or none of it (labels above the
+ * published version are never returned). Documents of hits are read from
+ * the log records named by their labels, which never change. */
 #ifndef IDX_H
 #define IDX_H
 
@@ -15,8 +31,10 @@ typedef struct idx idx_kb_t;
 typedef struct idx_config {
     const char *dir;     /* data directory; created on first open */
     uint32_t dim;        /* 0 = take the stored one (must exist) */
-    const char *metric;  /* "ip" or "l2"; NULL = stored, or "ip" when new */
-    const char *index;   /* FAISS factory string; NULL = stored/"IDMap2,Flat" */
+    const char *metric;  /* "ip", "l2" or "cosine"; NULL = stored, or "ip" */
+    const char *index;   /* FAISS factory string ("Flat", "HNSW32",
+                            "IVF1024,Flat", "IVF1024,PQ32"); NULL = stored, or
+                            "IDMap2,Flat" when new */
     const char *node_id; /* NULL = stored, or "node" when new */
     uint64_t map_size;   /* bytes; 0 = 64 GiB */
     int nosync;          /* 1 = no fsync on commit (benchmarks only) */
@@ -94,26 +112,91 @@ typedef struct idx_hits {
     void *priv; /* decoded documents backing the strings */
 } idx_hits_t;
 
-/* Top-k search with a query vector of dim floats (or, with text, the
- * built-in embedding of the text: pass q = NULL). Fills *out; free with
- * idx_hits_free(). Scores: inner product (higher = closer) or squared L2
- * distance (lower = closer). */
+/* One metadata condition: key=value (see idx_filter.h for what matches). */
+typedef struct idx_filter_kv {
+    const char *key; /* NUL-terminated */
+    const char *value;
+} idx_filter_kv_t;
+
+/* One kNN query. Borrowed for the call. */
+typedef struct idx_query {
+    const float *vec; /* vec_len floats (must be dim), or NULL: embed text */
+    size_t vec_len;
+    const char *text;
+    size_t text_len;
+    uint32_t k;         /* 1..KB_MAX_K; 0 = 10 */
+    uint32_t ef_search; /* HNSW; 0 = default */
+    uint32_t nprobe;    /* IVF; 0 = default */
+    const idx_filter_kv_t *filters;
+    size_t nfilters; /* all must hold; at most IDX_MAX_FILTERS */
+} idx_query_t;
+
+#define IDX_MAX_FILTERS 16
+#define IDX_MAX_EF_SEARCH 4096
+#define IDX_MAX_FILTER_KEY 256
+#define IDX_MAX_FILTER_VALUE 1024
+
+/* What an answer reflects: the version published when its search ran. */
+typedef struct idx_view {
+    uint64_t version;   /* LSN of the newest write searched */
+    uint64_t commit_us; /* its leader commit time (0 = none) */
+    uint64_t docs;      /* live documents at that version */
+} idx_view_t;
+
+/* Checks a query without running it: k, vector size and values, text,
+ * ef_search (1..4096), nprobe (1..the IVF's nlist), filters (count, key and
+ * value sizes). Returns 0, or KB_EINVAL / KB_EDIM / KB_ENONFINITE naming
+ * the field and the bound. Any thread. */
+int idx_check_query(const idx_kb_t *ix, const idx_query_t *q, char *err,
+                    size_t errlen);
+
+/* Searches nq checked queries as ONE batch (one FAISS call for their
+ * vectors) against one consistent version of the index. Queries of one
+ * batch must share ef_search and nprobe and carry no filters, unless nq is
+ * 1. out[0..nq) receive the hits (free each with idx_hits_free()); *view
+ * what they reflect. Any thread. Returns 0 or a negative code with err set
+ * (then no out[] needs freeing). */
+int idx_search_batch(idx_kb_t *ix, size_t nq, const idx_query_t *q,
+                     idx_hits_t *out, idx_view_t *view, char *err,
+                     size_t errlen);
+
+/* One query (checked here) with a query vector of dim floats (or, with
+ * text, the built-in embedding of the text: pass q = NULL). Fills *out;
+ * free with idx_hits_free(). Scores: inner product or cosine (higher =
+ * closer) or squared L2 distance (lower = closer). Any thread. */
 int idx_search(idx_kb_t *ix, const float *q, const char *text, size_t text_len,
                uint32_t k, idx_hits_t *out, char *err, size_t errlen);
 void idx_hits_free(idx_hits_t *h);
+
+/* The published view (version, commit time, docs). Any thread. */
+void idx_view(idx_kb_t *ix, idx_view_t *v);
+
+/* Starts a background rebuild of the vector index and postings from the
+ * current store (dropping dead vectors; training an IVF index) unless one
+ * is running. Writer thread. Returns 0, or 1 when one was already running. */
+int idx_rebuild_start(idx_kb_t *ix);
 
 typedef struct idx_stats {
     uint64_t version;   /* LSN of the last write applied here */
     uint64_t commit_us; /* leader commit time of that write (0 = none) */
     uint64_t docs;      /* live documents */
-    uint64_t vectors;   /* vectors in the FAISS index (== docs) */
+    uint64_t vectors;   /* searchable vectors in the FAISS index (== docs) */
+    uint64_t dead;      /* replaced/deleted vectors still stored, hidden */
+    uint64_t index_bytes; /* vector index + postings memory */
+    uint64_t store_bytes; /* LMDB data file in use */
     uint32_t dim;
     const char *metric;  /* borrowed: valid until idx_close */
     const char *index;   /* borrowed */
     const char *node_id; /* borrowed */
-    double rebuild_s;    /* seconds the last index rebuild took */
+    const char *kind;    /* "flat", "hnsw" or "ivf" (borrowed) */
+    int trained;         /* 0: an IVF index still searching exactly */
+    int rebuilding;      /* a background rebuild is running */
+    uint64_t rebuilds;   /* background rebuilds completed */
+    uint64_t commits;    /* durable write transactions since open */
+    double rebuild_s;    /* seconds the last index (re)build took */
 } idx_stats_t;
 
+/* Writer thread. */
 void idx_stats(idx_kb_t *ix, idx_stats_t *st);
 
 /* The stored settings (dim, metric, index, node id, embedder); borrowed,

@@ -420,19 +420,27 @@ static int cmp_u64(const void *a, const void *b)
 int idx_store_scan_docs(idx_store_t *s, idx_store_doc_cb cb, void *ctx,
                         char *err, size_t errlen)
 {
-    MDB_txn *txn;
+    idx_rtxn_t *t;
+    int rc = idx_store_rbegin(s, &t, err, errlen);
+    if (rc)
+        return rc;
+    rc = idx_store_scan_docs_in(t, cb, ctx, err, errlen);
+    idx_store_rend(&t);
+    return rc;
+}
+
+int idx_store_scan_docs_in(idx_rtxn_t *t, idx_store_doc_cb cb, void *ctx,
+                           char *err, size_t errlen)
+{
+    idx_store_t *s = t->s;
+    MDB_txn *txn = t->txn;
     MDB_cursor *cur;
     MDB_stat st;
-    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
-    if (rc)
-        return store_fail(err, errlen, rc, "scan documents");
-    rc = mdb_stat(txn, s->ids, &st);
+    int rc = mdb_stat(txn, s->ids, &st);
     if (!rc)
         rc = mdb_cursor_open(txn, s->ids, &cur);
-    if (rc) {
-        mdb_txn_abort(txn);
+    if (rc)
         return store_fail(err, errlen, rc, "scan documents");
-    }
     size_t n = 0, cap = st.ms_entries ? st.ms_entries : 1;
     uint64_t *labels = malloc(cap * sizeof *labels);
     int out = labels ? 0 : kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
@@ -465,8 +473,16 @@ int idx_store_scan_docs(idx_store_t *s, idx_store_doc_cb cb, void *ctx,
             out = cb(ctx, (int64_t)labels[i], v.mv_data, v.mv_size);
     }
     free(labels);
-    mdb_txn_abort(txn);
     return out;
+}
+
+uint64_t idx_store_bytes(idx_store_t *s)
+{
+    MDB_envinfo info;
+    MDB_stat st;
+    if (mdb_env_info(s->env, &info) || mdb_env_stat(s->env, &st))
+        return 0;
+    return (uint64_t)(info.me_last_pgno + 1) * st.ms_psize;
 }
 
 /* Walks `log` from LSN `from` in transaction txn. With end_call, cb is

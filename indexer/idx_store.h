@@ -43,7 +43,7 @@ int idx_store_put_meta(idx_store_t *s, const Kbsync__KbMeta *meta, char *err,
 /* Applied state: LSN of the last committed write and its commit time. */
 void idx_store_state(const idx_store_t *s, uint64_t *lsn, uint64_t *commit_us);
 
-/* Number of live documents (entries in `ids`). */
+/* Number of live documents (entries in `ids`). Writer thread only. */
 uint64_t idx_store_count(idx_store_t *s);
 
 /* --- writing ------------------------------------------------------------
@@ -93,6 +93,13 @@ typedef int (*idx_store_doc_cb)(void *ctx, int64_t label, const void *bytes,
                                 size_t len);
 int idx_store_scan_docs(idx_store_t *s, idx_store_doc_cb cb, void *ctx,
                         char *err, size_t errlen);
+/* The same walk inside read transaction t: the documents live in t's
+ * snapshot. t stays open. */
+int idx_store_scan_docs_in(idx_rtxn_t *t, idx_store_doc_cb cb, void *ctx,
+                           char *err, size_t errlen);
+
+/* Bytes of the store's data file in use (last page written x page size). */
+uint64_t idx_store_bytes(idx_store_t *s);
 
 /* Calls cb for each log record with LSN >= from, in LSN order, at most max
  * of them; bytes are a serialized LogRecord borrowed for the call. */

@@ -1,7 +1,17 @@
 /* idx_vec: the FAISS vector index of one node, private to indexer/. In:
- * float vectors with int64 labels (label = LSN of the upsert that wrote the
- * document). Out: top-k labels and scores. Owns one FaissIndex; holds no
- * documents (those live in idx_store). Not thread-safe: idx serialises use. */
+ * float vectors under int64 labels (label = LSN of the upsert that wrote the
+ * document) and removals of labels. Out: top-k labels and scores, never a
+ * removed label. Owns one FaissIndex (flat, HNSW or IVF behind an IDMap2),
+ * an exact flat fallback while an IVF is untrained, and the label bitmaps
+ * (stored, dead); holds no documents (those live in idx_store).
+ *
+ * THREAD SAFETY. Functions taking `const idx_vec_t *` (search, search_params,
+ * count, dead, stored, is_live, kind, is_trained, needs_training, train_min,
+ * reconstruct, score_labels, bytes) only read the handle and use no shared
+ * scratch: any number of threads may call them at once on one index. add,
+ * remove, train and free need exclusive access: the caller holds a write lock
+ * (idx's vlock) that excludes every reader. The only process-wide state is
+ * what idx_vec_setup() sets. */
 #ifndef IDX_VEC_H
 #define IDX_VEC_H
 
@@ -10,37 +20,156 @@
 
 typedef struct idx_vec idx_vec_t;
 
-/* Sets process-wide compute threads for FAISS (OpenMP) and OpenBLAS, and
- * makes single queries go through BLAS (faster on Debian's generic FAISS
- * build). Call once at start-up, before any search. threads >= 1. */
+/* The `metric` argument of idx_vec_new(). The historical `int metric_ip`
+ * values keep their meaning: 1 = inner product, 0 = L2. Cosine stores and
+ * searches L2-normalised copies (the caller's buffers are never modified)
+ * and scores are cosine similarities. */
+typedef enum idx_metric {
+    IDX_METRIC_L2 = 0,    /* squared L2 distance, lower is closer */
+    IDX_METRIC_IP = 1,    /* inner product, higher is closer */
+    IDX_METRIC_COSINE = 2 /* cosine similarity in [-1, 1], higher is closer */
+} idx_metric_t;
+
+/* Labels are LSNs: 0 <= label < IDX_VEC_LABEL_LIMIT (2^40). */
+#define IDX_VEC_LABEL_LIMIT (INT64_C(1) << 40)
+
+/* HNSW efSearch when idx_vec_params_t.ef_search is 0. At 20,000 vectors of
+ * dim 384 from bench/bench_common.h (HNSW32), recall@10 is 0.993 at 64,
+ * 0.978 at 32 and 0.998 at 128, for 0.27 / 0.17 / 0.46 ms per query. */
+#define IDX_VEC_EF_SEARCH_DEFAULT 64u
+
+/* IVF nprobe when idx_vec_params_t.nprobe is 0: nlist / IDX_VEC_NPROBE_DIV,
+ * at least IDX_VEC_NPROBE_MIN, at most nlist. Measured recall@10 on
+ * bench_common.h data is >= 0.95 for IVF64..IVF1024 (see idx_vec.c). */
+#define IDX_VEC_NPROBE_DIV 8u
+#define IDX_VEC_NPROBE_MIN 8u
+
+/* Per-hit predicate of a filtered search: non-zero = label may be returned.
+ * Called on the searching thread, possibly more than once for one label
+ * (retries); must not call back into this index's writers. */
+typedef int (*idx_vec_allow_fn)(void *ctx, int64_t label);
+
+/* Per-call search parameters; a zeroed struct (or NULL) means defaults. They
+ * never modify the index, so concurrent searches may use different ones. */
+typedef struct idx_vec_params {
+    uint32_t ef_search; /* HNSW: 0 = IDX_VEC_EF_SEARCH_DEFAULT */
+    uint32_t nprobe;    /* IVF: 0 = nlist / IDX_VEC_NPROBE_DIV (see above) */
+    int64_t max_label;  /* labels above this are never returned (0 = none) */
+    idx_vec_allow_fn allow; /* optional post-filter, NULL = all */
+    void *allow_ctx;        /* borrowed; passed to allow */
+} idx_vec_params_t;
+
+/* Sets process-wide compute threads for FAISS (OpenMP: searches and HNSW /
+ * IVF adds and training) and OpenBLAS, and makes single queries go through
+ * BLAS (faster on Debian's generic FAISS build). Call once at start-up,
+ * before any other idx_vec call. threads >= 1. */
 void idx_vec_setup(int threads);
 
-/* Builds an empty index from a FAISS factory description (e.g.
- * "IDMap2,Flat"; "Flat" is wrapped as "IDMap2,Flat"). metric_ip: 1 = inner
- * product, 0 = L2. Refuses descriptions that need training or that cannot
- * remove vectors (kbsync must replace and delete documents).
- * Returns 0 and sets *out, or KB_EINDEX with the reason in err. */
-int idx_vec_new(uint32_t dim, const char *description, int metric_ip,
+/* Builds an empty index of dimension dim from a description:
+ *   "Flat" (also NULL, "" and "IDMap2,Flat")   exact search
+ *   "HNSW<M>" or "HNSW<M>,Flat", 2 <= M <= 512  graph, approximate
+ *   "IVF<n>,Flat" or "IVF<n>,PQ<m>", n >= 1     inverted lists, need training
+ * each optionally prefixed with "IDMap2," or "IDMap," (kbsync always wraps
+ * the index in an IDMap2 itself). metric: an idx_metric_t (0, 1 or 2).
+ * Returns 0 and sets *out, or (with *out = NULL and the reason in err):
+ * KB_EINVAL (dim 0, unknown metric), KB_EINDEX (FAISS refused the
+ * description, naming FAISS's reason; or a description FAISS accepts but
+ * kbsync cannot maintain, e.g. "SQ8", "HNSW32,PQ8"), KB_ENOMEM. */
+int idx_vec_new(uint32_t dim, const char *description, int metric,
                 idx_vec_t **out, char *err, size_t errlen);
 
 /* Frees the index; accepts NULL and sets *v to NULL. */
 void idx_vec_free(idx_vec_t **v);
 
-/* Adds n vectors (n*dim floats, borrowed for the call) under labels. */
+/* Adds n vectors (n*dim floats, borrowed for the call) under labels (n
+ * values, each new: never added before, not even if removed since). An
+ * untrained IVF stores them in its exact flat fallback. All or nothing.
+ * Returns 0, or KB_EINVAL (a label out of range or already stored, a zero
+ * vector under cosine; naming it), KB_EINDEX (FAISS failed), KB_ENOMEM. */
 int idx_vec_add(idx_vec_t *v, size_t n, const float *x, const int64_t *labels,
                 char *err, size_t errlen);
 
-/* Removes every vector whose label is in labels[0..n). */
+/* Marks every stored label in labels[0..n) dead (a tombstone: the vector
+ * stays in FAISS's storage, searches skip it). Labels never added, or
+ * already dead, are ignored. O(n), no FAISS call. Returns 0 (no failure
+ * today; err is kept for symmetry with add). */
 int idx_vec_remove(idx_vec_t *v, size_t n, const int64_t *labels, char *err,
                    size_t errlen);
 
-/* Searches nq queries; writes nq*k scores and labels (caller-allocated).
- * Missing results (fewer than k vectors) have label -1. Scores are inner
- * products (higher is better) or squared L2 distances (lower is better). */
+/* idx_vec_search_params() with default parameters (p = NULL). */
 int idx_vec_search(const idx_vec_t *v, size_t nq, const float *q, uint32_t k,
                    float *scores, int64_t *labels, char *err, size_t errlen);
 
-/* Number of vectors in the index. */
+/* Searches nq queries (nq*dim floats); writes nq*k scores and labels
+ * (caller-allocated), best first. Only live labels <= p->max_label (when
+ * set) that p->allow accepts (when set) are returned; a query gets
+ * min(k, eligible vectors) hits on a flat index, an untrained IVF and an
+ * IVF with nprobe = nlist, and as many as the graph / probed lists hold on
+ * HNSW / other IVF settings. Unfilled slots have label -1 and score -FLT_MAX
+ * (ip, cosine) or FLT_MAX (l2). Scores: see idx_metric_t. Returns 0, or
+ * KB_EINVAL (a zero query under cosine), KB_EINDEX (FAISS failed),
+ * KB_ENOMEM. */
+int idx_vec_search_params(const idx_vec_t *v, size_t nq, const float *q,
+                          uint32_t k, const idx_vec_params_t *p, float *scores,
+                          int64_t *labels, char *err, size_t errlen);
+
+/* Live vectors: stored minus dead. */
 uint64_t idx_vec_count(const idx_vec_t *v);
+
+/* Dead vectors: removed but still in FAISS's storage. */
+uint64_t idx_vec_dead(const idx_vec_t *v);
+
+/* Vectors physically stored (live + dead). */
+uint64_t idx_vec_stored(const idx_vec_t *v);
+
+/* 1 when label is stored and not removed, else 0. */
+int idx_vec_is_live(const idx_vec_t *v, int64_t label);
+
+/* "flat", "hnsw" or "ivf"; static, never NULL. */
+const char *idx_vec_kind(const idx_vec_t *v);
+
+/* 1 when the index can hold vectors in its own structure: always for flat
+ * and HNSW; for IVF once idx_vec_train() succeeded. */
+int idx_vec_is_trained(const idx_vec_t *v);
+
+/* 1 for an untrained IVF (its vectors sit in the exact flat fallback). */
+int idx_vec_needs_training(const idx_vec_t *v);
+
+/* Training vectors worth collecting before idx_vec_train(): 39 per k-means
+ * centroid, the number below which FAISS warns, i.e. 39 * nlist for
+ * IVF<n>,Flat and 39 * max(nlist, 256) for IVF<n>,PQ<m> (each PQ
+ * sub-quantizer has 256 centroids). 0 for kinds that need no training. */
+size_t idx_vec_train_min(const idx_vec_t *v);
+
+/* Trains an untrained IVF on n vectors (n*dim floats, borrowed; normalised
+ * copies under cosine). Only on an index that stores no vectors yet: to move
+ * an index that has some, build a new idx_vec, train it, add everything.
+ * Returns 0, or KB_EINVAL (not an untrained IVF, vectors already stored,
+ * n = 0, a zero vector under cosine), KB_EINDEX (FAISS failed, e.g. fewer
+ * training vectors than centroids), KB_ENOMEM. */
+int idx_vec_train(idx_vec_t *v, size_t n, const float *x, char *err,
+                  size_t errlen);
+
+/* Writes the stored vector of a live label into out (dim floats):
+ * normalised under cosine, PQ's approximation for IVF,PQ. Returns 0, or
+ * KB_EINVAL (label not live), KB_EINDEX. */
+int idx_vec_reconstruct(const idx_vec_t *v, int64_t label, float *out,
+                        char *err, size_t errlen);
+
+/* Exact scores of one query q (dim floats) against the stored vectors of n
+ * labels, in the index's convention (idx_metric_t); scores[i] belongs to
+ * labels[i]. A label that is not live gets the unfilled-slot score
+ * (-FLT_MAX for ip/cosine, FLT_MAX for l2). For filtered search over a small
+ * candidate set. Returns 0, or KB_EINVAL (zero query under cosine),
+ * KB_EINDEX, KB_ENOMEM. */
+int idx_vec_score_labels(const idx_vec_t *v, const float *q, size_t n,
+                         const int64_t *labels, float *scores, char *err,
+                         size_t errlen);
+
+/* Memory held by the index in bytes, from sizes (no FAISS walk): vectors or
+ * codes, HNSW links (expected 2M + 1 per vector), IVF centroids, direct map
+ * and PQ tables, the IDMap2 maps (id_map + hash map) and the label bitmaps.
+ * O(1). */
+uint64_t idx_vec_bytes(const idx_vec_t *v);
 
 #endif

@@ -37,6 +37,7 @@
 #include "kb_wire.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,9 +55,12 @@
 struct repl_replica {
     repl_replica_config_t cfg;
     void *zctx, *sock;
-    idx_kb_t *ix;
+    idx_kb_t *ix; /* changed only under *cfg.ix_lock held exclusively */
     int streaming;
     uint64_t hello_us, ack_us, heard_us; /* monotonic */
+    /* smu guards what readers use to compute staleness: head_lsn through
+     * next_commit_us. The node loop writes them; reader threads read them. */
+    pthread_mutex_t smu;
     uint64_t head_lsn, head_commit_us;
     int64_t offset_us;       /* leader wall clock - local wall clock */
     uint64_t offset_mono;    /* when offset_us was sampled (0 = never) */
@@ -71,6 +75,18 @@ struct repl_replica {
     Kbsync__ReplMessage **msgs;
     size_t nrec, nmsgs;
 };
+
+/* Replaces the knowledge base (NULL closes it) while no reader uses it. */
+static void replica_set_ix(repl_replica_t *r, idx_kb_t *ix)
+{
+    idx_kb_t *old = r->ix;
+    if (r->cfg.ix_lock)
+        pthread_rwlock_wrlock(r->cfg.ix_lock);
+    r->ix = ix;
+    if (r->cfg.ix_lock)
+        pthread_rwlock_unlock(r->cfg.ix_lock);
+    idx_close(&old);
+}
 
 static int replica_connect(repl_replica_t *r, char *err, size_t errlen)
 {
@@ -109,6 +125,7 @@ int repl_replica_new(void *zctx, const repl_replica_config_t *cfg,
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     r->cfg = *cfg;
     r->zctx = zctx;
+    pthread_mutex_init(&r->smu, NULL);
     r->rec = malloc(REPLICA_MAX_BATCH * sizeof *r->rec);
     r->len = malloc(REPLICA_MAX_BATCH * sizeof *r->len);
     r->msgs = malloc(REPLICA_MAX_BATCH * sizeof *r->msgs);
@@ -152,6 +169,7 @@ void repl_replica_free(repl_replica_t **rp)
     free(r->rec);
     free(r->len);
     free(r->msgs);
+    pthread_mutex_destroy(&r->smu);
     free(r);
     *rp = NULL;
 }
@@ -214,6 +232,7 @@ static void replica_beat(repl_replica_t *r, const Kbsync__ReplBeat *b)
 {
     if (!b)
         return;
+    pthread_mutex_lock(&r->smu);
     if (b->head_lsn >= r->head_lsn) {
         r->head_lsn = b->head_lsn;
         r->head_commit_us = b->head_commit_us;
@@ -235,6 +254,7 @@ static void replica_beat(repl_replica_t *r, const Kbsync__ReplBeat *b)
     }
     r->next_lsn = b->next_lsn;
     r->next_commit_us = b->next_commit_us;
+    pthread_mutex_unlock(&r->smu);
     if (b->client_endpoint && *b->client_endpoint)
         snprintf(r->leader_ep, sizeof r->leader_ep, "%s", b->client_endpoint);
 }
@@ -248,7 +268,7 @@ static void replica_start_over(repl_replica_t *r, const char *reason)
     kb_error("leader says this replica diverged (%s); moving %s to %s and "
              "starting over from an empty knowledge base",
              reason, r->cfg.data_dir, aside);
-    idx_close(&r->ix);
+    replica_set_ix(r, NULL);
     if (rename(r->cfg.data_dir, aside) == 0)
         return;
     /* DIR may be a mount point (EBUSY) or end in '/' (EINVAL): move the
@@ -291,10 +311,12 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
                            .map_size = r->cfg.map_size,
                            .nosync = r->cfg.nosync};
         char why[512];
-        if (idx_open(&ic, &r->ix, why, sizeof why)) {
+        idx_kb_t *ix;
+        if (idx_open(&ic, &ix, why, sizeof why)) {
             kb_error("cannot create the replica's knowledge base: %s", why);
             return;
         }
+        replica_set_ix(r, ix);
         idx_stats_t st0;
         idx_stats(r->ix, &st0);
         if (st0.version) {
@@ -321,9 +343,11 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
     /* A new session: the leader's head is what it says now (it may be lower
      * than a head announced before a leader crash). Its commit time is not
      * known yet: 0 makes lag_ms fall back to an upper bound. */
+    pthread_mutex_lock(&r->smu);
     r->head_lsn = w->head_lsn;
     r->head_commit_us = 0;
     r->next_lsn = r->next_commit_us = 0;
+    pthread_mutex_unlock(&r->smu);
     r->records_us = kb_mono_us();
     idx_stats_t st;
     idx_stats(r->ix, &st);
@@ -496,29 +520,39 @@ int repl_replica_tick(repl_replica_t *r)
     return r->streaming ? REPLICA_ACK_MS : REPLICA_HELLO_MS;
 }
 
-void repl_replica_staleness(repl_replica_t *r, Kbsync__NodeState *s)
+void repl_replica_staleness(repl_replica_t *r, const idx_view_t *view,
+                            Kbsync__NodeState *s)
 {
     uint64_t version = 0, commit_us = 0;
-    if (r->ix) {
+    if (view) {
+        version = view->version;
+        commit_us = view->commit_us;
+    } else if (r->ix) {
         idx_stats_t st;
         idx_stats(r->ix, &st);
         version = st.version;
         commit_us = st.commit_us;
     }
     const uint64_t unknown = UINT64_MAX / 1000u;
-    uint64_t leader_now = (uint64_t)((int64_t)kb_wall_us() + r->offset_us);
+    pthread_mutex_lock(&r->smu);
+    uint64_t head_lsn = r->head_lsn, head_commit_us = r->head_commit_us;
+    int64_t offset_us = r->offset_us;
+    uint64_t leader_sent_us = r->leader_sent_us;
+    uint64_t next_lsn = r->next_lsn, next_commit_us = r->next_commit_us;
+    pthread_mutex_unlock(&r->smu);
+    uint64_t leader_now = (uint64_t)((int64_t)kb_wall_us() + offset_us);
     s->version = version;
-    s->leader_version = r->head_lsn > version ? r->head_lsn : version;
+    s->leader_version = head_lsn > version ? head_lsn : version;
     s->lag_ops = s->leader_version - version;
     /* Contact age on the leader's clock: a message that waited in our queue
      * does not make the leader look recently heard. */
-    s->leader_contact_ms = r->leader_sent_us
-                               ? (leader_now > r->leader_sent_us
-                                      ? (leader_now - r->leader_sent_us) / 1000u
+    s->leader_contact_ms = leader_sent_us
+                               ? (leader_now > leader_sent_us
+                                      ? (leader_now - leader_sent_us) / 1000u
                                       : 0)
                                : unknown;
     uint64_t lag_ms = 0;
-    if (!r->leader_sent_us) {
+    if (!leader_sent_us) {
         /* Never heard from the leader since we started: we know nothing of
          * what it committed. The only safe figure is an upper bound: the age
          * of our newest write (or unknown when we hold none). */
@@ -526,16 +560,16 @@ void repl_replica_staleness(repl_replica_t *r, Kbsync__NodeState *s)
                      ? (leader_now - commit_us) / 1000u
                      : unknown;
     } else if (s->lag_ops) {
-        uint64_t oldest = r->next_lsn == version + 1 && r->next_commit_us
-                              ? r->next_commit_us
-                              : r->head_commit_us;
+        uint64_t oldest = next_lsn == version + 1 && next_commit_us
+                              ? next_commit_us
+                              : head_commit_us;
         if (!oldest)
             oldest = commit_us; /* upper bound */
         lag_ms = !oldest               ? unknown
                  : leader_now > oldest ? (leader_now - oldest) / 1000u
                                        : 0;
     }
-    if (r->leader_sent_us && s->leader_contact_ms > REPLICA_SILENT_MS &&
+    if (leader_sent_us && s->leader_contact_ms > REPLICA_SILENT_MS &&
         s->leader_contact_ms > lag_ms)
         lag_ms = s->leader_contact_ms;
     s->lag_ms = lag_ms;

@@ -4,13 +4,15 @@
  * and the node's staleness (leader_version, lag_ops, lag_ms, contact age).
  * Owns the replica's idx (opened at start when DIR holds a knowledge base,
  * else created from the leader's settings on first contact) and a DEALER
- * socket to the leader. Single-threaded: called from the node loop only. */
+ * socket to the leader. Called from the node loop only, except
+ * repl_replica_staleness(), which reader threads call too. */
 #ifndef REPL_REPLICA_H
 #define REPL_REPLICA_H
 
 #include "idx.h"
 #include "kbsync.pb-c.h"
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,6 +24,10 @@ typedef struct repl_replica_config {
     const char *data_dir; /* this replica's own knowledge base */
     uint64_t map_size;    /* bytes; 0 = default */
     int nosync;           /* benchmarks only */
+    /* Held exclusively while the replica's knowledge base is created,
+     * closed or replaced (reader threads hold it shared around a search);
+     * borrowed, may be NULL. */
+    pthread_rwlock_t *ix_lock;
 } repl_replica_config_t;
 
 /* zctx is borrowed. Opens DIR if it holds a knowledge base (so the replica
@@ -42,12 +48,15 @@ size_t repl_replica_on_msg(repl_replica_t *r);
 int repl_replica_tick(repl_replica_t *r);
 
 /* The replica's knowledge base, or NULL before the first contact with the
- * leader created it. Borrowed; may change after repl_replica_on_msg(). */
+ * leader created it. Borrowed; may change after repl_replica_on_msg(). A
+ * reader thread calls this with cfg->ix_lock held shared. */
 idx_kb_t *repl_replica_idx(repl_replica_t *r);
 
 /* Fills version, leader_version, lag_ops, lag_ms and leader_contact_ms
- * (see docs/CONSISTENCY.md for the exact rules). */
-void repl_replica_staleness(repl_replica_t *r, Kbsync__NodeState *s);
+ * (see docs/CONSISTENCY.md for the exact rules) for an answer reflecting
+ * view (NULL: the newest applied version; node loop only). Any thread. */
+void repl_replica_staleness(repl_replica_t *r, const idx_view_t *view,
+                            Kbsync__NodeState *s);
 
 /* The leader's client endpoint as it announced it ("" until known). */
 const char *repl_replica_leader_endpoint(const repl_replica_t *r);

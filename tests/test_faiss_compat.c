@@ -1,14 +1,20 @@
 /* test_faiss_compat: checks the FAISS C API subset behind `kb_faiss` (our
  * indexer/faiss_c_compat.cpp, or a system faiss_c) on tiny real indexes:
- * getters, add/search/remove/reset, write/read, tuning knobs, and every error
- * path kbsync relies on (nonzero code + last-error text, no crash). */
+ * getters, add/search/remove/reset, train/reconstruct, write/read, tuning
+ * knobs, per-call search parameters (faiss_c_ext.h: efSearch, nprobe,
+ * selectors through an IDMap2), and every error path kbsync relies on
+ * (nonzero code + last-error text, no crash). */
 #include <faiss/c_api/AutoTune_c.h>
+#include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/Index_c.h>
+#include <faiss/c_api/MetaIndexes_c.h>
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/impl/AuxIndexStructures_c.h>
 #include <faiss/c_api/index_factory_c.h>
 #include <faiss/c_api/index_io_c.h>
 #include <faiss/c_api/utils/distances_c.h>
+
+#include "faiss_c_ext.h"
 
 #include <errno.h>
 #include <math.h>
@@ -382,6 +388,354 @@ static void test_faiss_compat_parameter_space_efsearch(void **state)
     faiss_Index_free(idmap);
 }
 
+/* ---- per-call search parameters (faiss_c_ext.h) ------------------------ */
+
+enum { PN = 3000, PQ = 50, PK = 20 };
+
+/* PN random unit vectors of d floats (seed 21) and PQ queries (seed 22),
+ * with the exact top-PK of each query by inner product (ids 0..PN-1). */
+typedef struct pdata {
+    int d;
+    float *x, *q;
+    idx_t truth[PQ * PK];
+} pdata_t;
+
+static pdata_t *pdata_new(int d)
+{
+    pdata_t *p = calloc(1, sizeof *p);
+    FaissIndex *flat = NULL;
+    float dist[PQ * PK];
+    assert_non_null(p);
+    p->d = d;
+    p->x = malloc(sizeof(float) * PN * d);
+    p->q = malloc(sizeof(float) * PQ * d);
+    assert_true(p->x && p->q);
+    fill_random(p->x, PN, d, 21);
+    fill_random(p->q, PQ, d, 22);
+    assert_int_equal(
+        faiss_index_factory(&flat, d, "Flat", METRIC_INNER_PRODUCT), 0);
+    assert_int_equal(faiss_Index_add_with_ids(flat, PN, p->x, NULL), 0);
+    assert_int_equal(faiss_Index_search(flat, PQ, p->q, PK, dist, p->truth),
+                     0);
+    faiss_Index_free(flat);
+    return p;
+}
+
+static void pdata_free(pdata_t *p)
+{
+    free(p->x);
+    free(p->q);
+    free(p);
+}
+
+/* Fraction of the true top-PK found; labels are ids + offset. */
+static double recall(const pdata_t *p, const idx_t *labels, idx_t offset)
+{
+    size_t hit = 0;
+    for (int i = 0; i < PQ; i++)
+        for (int j = 0; j < PK; j++)
+            for (int m = 0; m < PK; m++)
+                if (labels[i * PK + j] == p->truth[i * PK + m] + offset) {
+                    hit++;
+                    break;
+                }
+    return (double)hit / (PQ * PK);
+}
+
+/* An index from desc over the PN vectors, ids 1000 + i when it is an ID
+ * map (so external ids never equal internal ones), trained first if need
+ * be. */
+static FaissIndex *pindex(const pdata_t *p, const char *desc)
+{
+    FaissIndex *idx = NULL;
+    idx_t *ids = malloc(sizeof(idx_t) * PN);
+    assert_non_null(ids);
+    for (int i = 0; i < PN; i++)
+        ids[i] = 1000 + i;
+    assert_int_equal(
+        faiss_index_factory(&idx, p->d, desc, METRIC_INNER_PRODUCT), 0);
+    if (!faiss_Index_is_trained(idx))
+        assert_int_equal(faiss_Index_train(idx, PN, p->x), 0);
+    assert_int_equal(faiss_Index_add_with_ids(
+                         idx, PN, p->x, strncmp(desc, "IDMap", 5) ? NULL : ids),
+                     0);
+    free(ids);
+    return idx;
+}
+
+/* Searches the PQ queries with params; returns the recall. */
+static double psearch(const pdata_t *p, const FaissIndex *idx,
+                      const FaissSearchParameters *sp, idx_t offset,
+                      idx_t *labels)
+{
+    float d[PQ * PK];
+    int rc = faiss_Index_search_with_params(idx, PQ, p->q, PK, sp, d, labels);
+    if (rc)
+        fail_msg("search_with_params: %d %s", rc, faiss_get_last_error());
+    for (int i = 0; i < PQ; i++) /* best first: inner products descend */
+        for (int j = 1; j < PK; j++)
+            if (labels[i * PK + j] >= 0)
+                assert_true(d[i * PK + j] <= d[i * PK + j - 1] + 1e-6f);
+    return recall(p, labels, offset);
+}
+
+static void test_faiss_compat_params_hnsw_efsearch(void **state)
+{
+    (void)state;
+    /* efSearch 1 (i.e. max(1, k)) vs 256: a wider walk finds (nearly) every
+     * true neighbour. FAISS 1.7.3 alone would stop both walks at the index's
+     * own efSearch (16), so 256 would score no better. Plain HNSW and
+     * through an IDMap2 (labels = external ids). */
+    pdata_t *p = pdata_new(64); /* hard enough for a narrow walk to miss */
+    static const char *descs[] = {"HNSW32", "IDMap2,HNSW32"};
+    for (int i = 0; i < 2; i++) {
+        FaissIndex *idx = pindex(p, descs[i]);
+        idx_t offset = i ? 1000 : 0, labels[PQ * PK];
+        FaissSearchParametersHNSW *lo = NULL, *hi = NULL;
+        assert_int_equal(faiss_SearchParametersHNSW_new_with(&lo, NULL, 1), 0);
+        assert_int_equal(faiss_SearchParametersHNSW_new_with(&hi, NULL, 256),
+                         0);
+        double r_lo = psearch(p, idx, lo, offset, labels);
+        double r_hi = psearch(p, idx, hi, offset, labels);
+        if (!(r_hi >= 0.99 && r_lo <= r_hi - 0.05))
+            fail_msg("%s: recall@%d efSearch 1 = %.3f, 256 = %.3f", descs[i],
+                     PK, r_lo, r_hi);
+        faiss_SearchParametersHNSW_free(lo);
+        faiss_SearchParametersHNSW_free(hi);
+        faiss_Index_free(idx);
+    }
+    pdata_free(p);
+}
+
+static void test_faiss_compat_params_ivf_nprobe(void **state)
+{
+    (void)state;
+    /* nprobe 1 of 16 lists misses neighbours; nprobe = nlist is exact. The
+     * index's own nprobe (1) is not changed by a parameterised search. */
+    pdata_t *p = pdata_new(16);
+    static const char *descs[] = {"IVF16,Flat", "IDMap2,IVF16,Flat"};
+    for (int i = 0; i < 2; i++) {
+        FaissIndex *idx = pindex(p, descs[i]);
+        idx_t offset = i ? 1000 : 0, labels[PQ * PK], plain[PQ * PK];
+        float d[PQ * PK];
+        FaissSearchParametersIVF *one = NULL, *all = NULL;
+        assert_int_equal(faiss_SearchParametersIVF_new_with(&one, NULL, 1, 0),
+                         0);
+        assert_int_equal(faiss_SearchParametersIVF_new_with(&all, NULL, 16, 0),
+                         0);
+        double r_one = psearch(p, idx, one, offset, labels);
+        assert_true(r_one < 0.9);
+        assert_int_equal(psearch(p, idx, all, offset, labels) == 1.0, 1);
+        for (int j = 0; j < PQ * PK; j++)
+            assert_int_equal(labels[j], p->truth[j] + offset);
+        assert_int_equal(faiss_Index_search(idx, PQ, p->q, PK, d, plain), 0);
+        assert_true(recall(p, plain, offset) < 0.9);
+        faiss_SearchParametersIVF_free(one);
+        faiss_SearchParametersIVF_free(all);
+        faiss_Index_free(idx);
+    }
+    pdata_free(p);
+}
+
+static void test_faiss_compat_params_idmap2_labels(void **state)
+{
+    (void)state;
+    /* 1.7.3's IndexIDMap2::search refuses parameters; with_params maps the
+     * sub-index's labels itself. k > ntotal: the padding stays -1. */
+    FaissIndex *idx = new_basis_index(), *empty = NULL;
+    FaissSearchParameters *sp = NULL;
+    const float q[8] = {0, 0, 1, 0, 0.6f, 0.8f, 0, 0};
+    float d[12];
+    idx_t l[12];
+    assert_int_equal(faiss_SearchParameters_new(&sp, NULL), 0);
+    assert_int_equal(faiss_Index_search_with_params(idx, 2, q, 6, sp, d, l),
+                     0);
+    assert_int_equal(l[0], 102);
+    assert_true(d[0] > 0.999f && d[0] < 1.001f);
+    assert_int_equal(l[6], 101);
+    assert_int_equal(l[7], 100);
+    assert_int_equal(l[4], -1);
+    assert_int_equal(l[11], -1);
+    /* NULL params: the index's own search. */
+    assert_int_equal(faiss_Index_search_with_params(idx, 1, q, 2, NULL, d, l),
+                     0);
+    assert_int_equal(l[0], 102);
+    /* An empty IDMap2 answers -1 everywhere (never garbage labels). */
+    assert_int_equal(
+        faiss_index_factory(&empty, 4, "IDMap2,Flat", METRIC_INNER_PRODUCT),
+        0);
+    memset(l, 0x5a, sizeof l);
+    assert_int_equal(faiss_Index_search_with_params(empty, 2, q, 6, sp, d, l),
+                     0);
+    for (int i = 0; i < 12; i++)
+        assert_int_equal(l[i], -1);
+    faiss_SearchParameters_free(sp);
+    faiss_Index_free(idx);
+    faiss_Index_free(empty);
+}
+
+/* Every label of a search is -1 or in [lo, hi); returns how many are not -1. */
+static int labels_within(const idx_t *l, int n, idx_t lo, idx_t hi)
+{
+    int real = 0;
+    for (int i = 0; i < n; i++) {
+        if (l[i] == -1)
+            continue;
+        if (l[i] < lo || l[i] >= hi)
+            fail_msg("label %lld outside [%lld, %lld)", (long long)l[i],
+                     (long long)lo, (long long)hi);
+        real++;
+    }
+    return real;
+}
+
+static void test_faiss_compat_params_selector_sees_external_ids(void **state)
+{
+    (void)state;
+    /* External ids are 1000 + i, internal ones 0..PN-1: a selector asked
+     * about internal ids would accept nothing. Flat (base parameters), HNSW
+     * and IVF (their own parameters) behind an IDMap2. */
+    pdata_t *p = pdata_new(16);
+    static const char *descs[] = {"IDMap2,Flat", "IDMap2,HNSW32",
+                                  "IDMap2,IVF16,Flat"};
+    FaissIDSelectorRange *range = NULL;
+    FaissIDSelectorBatch *batch = NULL;
+    const idx_t picked[3] = {1000 + 17, 1000 + 2500, 1000 + 999};
+    assert_int_equal(faiss_IDSelectorRange_new(&range, 1000, 1000 + PN / 2), 0);
+    assert_int_equal(faiss_IDSelectorBatch_new(&batch, 3, picked), 0);
+    for (int i = 0; i < 3; i++) {
+        FaissIndex *idx = pindex(p, descs[i]);
+        FaissSearchParameters *sp = NULL, *sb = NULL;
+        idx_t l[PQ * PK];
+        if (i == 0) {
+            faiss_SearchParameters_new(&sp, (FaissIDSelector *)range);
+            faiss_SearchParameters_new(&sb, (FaissIDSelector *)batch);
+        } else if (i == 1) {
+            faiss_SearchParametersHNSW_new_with(&sp, (FaissIDSelector *)range,
+                                                256);
+            faiss_SearchParametersHNSW_new_with(&sb, (FaissIDSelector *)batch,
+                                                PN);
+        } else {
+            faiss_SearchParametersIVF_new_with(&sp, (FaissIDSelector *)range,
+                                               16, 0);
+            faiss_SearchParametersIVF_new_with(&sb, (FaissIDSelector *)batch,
+                                               16, 0);
+        }
+        assert_non_null(sp);
+        assert_non_null(sb);
+        psearch(p, idx, sp, 1000, l);
+        assert_int_equal(labels_within(l, PQ * PK, 1000, 1000 + PN / 2),
+                         PQ * PK);
+        /* Exactly the three picked ids come back (then -1) for query 0. */
+        psearch(p, idx, sb, 1000, l);
+        int seen = 0;
+        for (int j = 0; j < PK; j++)
+            for (int m = 0; m < 3; m++)
+                seen += l[j] == picked[m];
+        if (seen != 3)
+            fail_msg("%s: %d of the 3 selected ids found", descs[i], seen);
+        assert_int_equal(l[3], -1);
+        faiss_SearchParameters_free(sp);
+        faiss_SearchParameters_free(sb);
+        faiss_Index_free(idx);
+    }
+    faiss_IDSelector_free((FaissIDSelector *)range);
+    faiss_IDSelector_free((FaissIDSelector *)batch);
+    pdata_free(p);
+}
+
+static void test_faiss_compat_params_wrong_type_fails(void **state)
+{
+    (void)state;
+    /* The wrong kind of parameters is an error code + text, never an
+     * exception, on the index itself and through an IDMap2. */
+    pdata_t *p = pdata_new(16);
+    FaissSearchParametersIVF *ivf = NULL;
+    FaissSearchParametersHNSW *hnsw = NULL;
+    FaissSearchParameters *base = NULL;
+    FaissIDSelectorRange *range = NULL;
+    float d[PK];
+    idx_t l[PK];
+    assert_int_equal(faiss_SearchParametersIVF_new_with(&ivf, NULL, 4, 0), 0);
+    assert_int_equal(faiss_SearchParametersHNSW_new_with(&hnsw, NULL, 32), 0);
+    assert_int_equal(faiss_IDSelectorRange_new(&range, 0, 10), 0);
+    assert_int_equal(faiss_SearchParameters_new(&base, (FaissIDSelector *)range),
+                     0);
+    static const char *hnsw_descs[] = {"HNSW32", "IDMap2,HNSW32"};
+    static const char *ivf_descs[] = {"IVF16,Flat", "IDMap2,IVF16,Flat"};
+    for (int i = 0; i < 2; i++) {
+        FaissIndex *h = pindex(p, hnsw_descs[i]), *v = pindex(p, ivf_descs[i]);
+        assert_int_equal(
+            faiss_Index_search_with_params(h, 1, p->q, PK, ivf, d, l),
+            FAISS_EXCEPT);
+        assert_last_error_mentions("params");
+        assert_int_equal(
+            faiss_Index_search_with_params(h, 1, p->q, PK, base, d, l),
+            FAISS_EXCEPT);
+        assert_last_error_mentions("params");
+        assert_int_equal(
+            faiss_Index_search_with_params(v, 1, p->q, PK, hnsw, d, l),
+            FAISS_EXCEPT);
+        assert_last_error_mentions("params");
+        faiss_Index_free(h);
+        faiss_Index_free(v);
+    }
+    faiss_SearchParameters_free(base);
+    faiss_SearchParametersIVF_free(ivf);
+    faiss_SearchParametersHNSW_free(hnsw);
+    faiss_IDSelector_free((FaissIDSelector *)range);
+    faiss_SearchParameters_free(NULL);
+    faiss_SearchParametersIVF_free(NULL);
+    faiss_SearchParametersHNSW_free(NULL);
+    pdata_free(p);
+}
+
+static void test_faiss_compat_train_reconstruct_casts(void **state)
+{
+    (void)state;
+    /* An IVF behind an IDMap2: adding before training fails with text;
+     * after training (and with a direct map) it reconstructs by external
+     * id; an unknown id is an error code. Casts answer NULL for other kinds. */
+    pdata_t *p = pdata_new(16);
+    FaissIndex *idx = NULL, *flat = NULL;
+    idx_t id = 5000;
+    float back[16];
+    assert_int_equal(faiss_index_factory(&idx, 16, "IDMap2,IVF16,Flat",
+                                         METRIC_INNER_PRODUCT),
+                     0);
+    assert_int_equal(faiss_Index_is_trained(idx), 0);
+    assert_int_not_equal(faiss_Index_add_with_ids(idx, 1, p->x, &id), 0);
+    assert_non_null(faiss_get_last_error());
+    FaissIndexIDMap2 *map = faiss_IndexIDMap2_cast(idx);
+    assert_non_null(map);
+    FaissIndexIVF *ivf = faiss_IndexIVF_cast(faiss_IndexIDMap2_sub_index(map));
+    assert_non_null(ivf);
+    assert_int_equal(faiss_IndexIVF_make_direct_map(ivf, 1), 0);
+    assert_int_equal(faiss_Index_train(idx, PN, p->x), 0);
+    assert_int_equal(faiss_Index_is_trained(idx), 1);
+    assert_int_equal(faiss_Index_add_with_ids(idx, 1, p->x + 7 * 16, &id), 0);
+    assert_int_equal(faiss_Index_reconstruct(idx, 5000, back), 0);
+    assert_memory_equal(back, p->x + 7 * 16, sizeof back);
+    assert_int_not_equal(faiss_Index_reconstruct(idx, 4999, back), 0);
+    assert_non_null(faiss_get_last_error());
+    /* Training with fewer points than lists is refused with FAISS's text. */
+    FaissIndex *small = NULL;
+    assert_int_equal(
+        faiss_index_factory(&small, 16, "IVF16,Flat", METRIC_INNER_PRODUCT),
+        0);
+    assert_int_equal(faiss_Index_train(small, 4, p->x), FAISS_EXCEPT);
+    assert_last_error_mentions("16");
+    assert_int_equal(
+        faiss_index_factory(&flat, 16, "Flat", METRIC_INNER_PRODUCT), 0);
+    assert_null(faiss_IndexIDMap2_cast(flat));
+    assert_null(faiss_IndexIVF_cast(flat));
+    assert_int_not_equal(faiss_IndexIVF_make_direct_map(flat, 1), 0);
+    faiss_Index_free(small);
+    faiss_Index_free(flat);
+    faiss_Index_free(idx);
+    pdata_free(p);
+}
+
 static void *fail_in_thread(void *arg)
 {
     char *out = arg;
@@ -473,6 +827,12 @@ int main(void)
         cmocka_unit_test(test_faiss_compat_write_bad_path_fails),
         cmocka_unit_test(test_faiss_compat_blas_threshold_same_results),
         cmocka_unit_test(test_faiss_compat_parameter_space_efsearch),
+        cmocka_unit_test(test_faiss_compat_params_hnsw_efsearch),
+        cmocka_unit_test(test_faiss_compat_params_ivf_nprobe),
+        cmocka_unit_test(test_faiss_compat_params_idmap2_labels),
+        cmocka_unit_test(test_faiss_compat_params_selector_sees_external_ids),
+        cmocka_unit_test(test_faiss_compat_params_wrong_type_fails),
+        cmocka_unit_test(test_faiss_compat_train_reconstruct_casts),
         cmocka_unit_test(test_faiss_compat_last_error_per_thread),
         cmocka_unit_test(test_faiss_compat_last_error_kept_after_success),
         cmocka_unit_test(test_faiss_compat_free_null_is_noop),

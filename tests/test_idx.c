@@ -13,6 +13,7 @@
 #include "kbsync.pb-c.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <sys/wait.h>
 
 #define DIM 16
@@ -281,12 +282,12 @@ static void test_idx_create_bad_settings(void **state)
         kb_open_rc(f->dir, KB_MAX_DIM + 1, NULL, NULL, NULL, err, sizeof err),
         KB_EINVAL, err);
     KBT_CONTAINS(err, "4097");
-    KBT_RC(kb_open_rc(f->dir, DIM, "cosine", NULL, NULL, err, sizeof err),
+    KBT_RC(kb_open_rc(f->dir, DIM, "hamming", NULL, NULL, err, sizeof err),
            KB_EINVAL, err);
-    KBT_CONTAINS(err, "cosine");
-    KBT_RC(kb_open_rc(f->dir, DIM, NULL, "HNSW32", NULL, err, sizeof err),
+    KBT_CONTAINS(err, "hamming");
+    KBT_RC(kb_open_rc(f->dir, DIM, NULL, "NoSuchIndex42", NULL, err, sizeof err),
            KB_EINDEX, err);
-    KBT_CONTAINS(err, "HNSW32");
+    KBT_CONTAINS(err, "NoSuchIndex42");
     /* None of those left settings behind. */
     f->ix = kb_open(f->dir, 8, "l2", NULL, "n1");
     idx_stats_t st = stats(f->ix);
@@ -1305,6 +1306,393 @@ static void test_idx_write_failure_changes_nothing(void **state)
     idx_hits_free(&h);
 }
 
+
+/* ------------------------------------------- batches, kinds, filters */
+
+/* Writes docs "<prefix><i>" for i in [from, to) in ONE write, vector
+ * seed = vseed + i, metadata from fmt (printf arguments: i % 100, i, i). */
+static void write_range(idx_kb_t *ix, const char *prefix, int from, int to,
+                        int vseed, const char *fmt)
+{
+    size_t n = (size_t)(to - from);
+    idx_op_t *ops = calloc(n, sizeof *ops);
+    float *v = calloc(n * DIM, sizeof *v);
+    char(*ids)[32] = calloc(n, 32);
+    char(*meta)[128] = calloc(n, 128);
+    assert_true(ops && v && ids && meta);
+    for (size_t i = 0; i < n; i++) {
+        int d = from + (int)i;
+        snprintf(ids[i], 32, "%s%d", prefix, d);
+        if (fmt)
+            snprintf(meta[i], 128, fmt, d % 100, d, d);
+        kbt_rand_unit(v + i * DIM, DIM, (uint64_t)(vseed + d));
+        ops[i] = up(ids[i], "t", v + i * DIM, fmt ? meta[i] : NULL);
+    }
+    uint64_t *lsns = calloc(n, sizeof *lsns);
+    write_ops(ix, ops, n, lsns);
+    free(lsns);
+    free(ops);
+    free(v);
+    free(ids);
+    free(meta);
+}
+
+static void test_idx_search_batch_equals_single_searches(void **state)
+{
+    fx_t *f = *state;
+    f->ix = kb_open(f->dir, DIM, "ip", NULL, "n1");
+    write_range(f->ix, "d", 0, 500, 100, NULL);
+    enum { NB = 16 };
+    float q[NB][DIM];
+    idx_query_t qs[NB];
+    for (int i = 0; i < NB; i++) {
+        kbt_rand_unit(q[i], DIM, 9000 + (uint64_t)i);
+        qs[i] = (idx_query_t){.vec = q[i], .vec_len = DIM, .k = 1 + i % 7};
+    }
+    idx_hits_t batch[NB];
+    idx_view_t view;
+    char err[512] = "";
+    KBT_OK(idx_search_batch(f->ix, NB, qs, batch, &view, err, sizeof err),
+           err);
+    KBT_U64(view.version, 500);
+    KBT_U64(view.docs, 500);
+    for (int i = 0; i < NB; i++) {
+        idx_hits_t one = search(f->ix, q[i], qs[i].k);
+        assert_int_equal(batch[i].n, qs[i].k);
+        assert_same_hits(&batch[i], &one);
+        idx_hits_free(&one);
+        idx_hits_free(&batch[i]);
+    }
+}
+
+/* Writer: rewrites the same GEN_DOCS ids with a new generation, one write
+ * per generation (more vectors than one exclusive hold adds). Readers:
+ * every answer must show exactly one generation, never a mix (the new
+ * vectors equal the old ones, so a half-applied write would rank both). */
+#define GEN_DOCS 4500
+#define GENS 6
+
+typedef struct gen_reader {
+    idx_kb_t *ix;
+    volatile int *done;
+    int bad, searches;
+    char why[256];
+} gen_reader_t;
+
+static void *gen_reader_main(void *arg)
+{
+    gen_reader_t *r = arg;
+    float q[DIM];
+    kbt_rand_unit(q, DIM, 4242);
+    while (!*r->done && !r->bad) {
+        idx_query_t qq = {.vec = q, .vec_len = DIM, .k = 200};
+        idx_hits_t h;
+        idx_view_t v;
+        char err[256];
+        if (idx_search_batch(r->ix, 1, &qq, &h, &v, err, sizeof err)) {
+            snprintf(r->why, sizeof r->why, "search: %s", err);
+            r->bad = 1;
+            break;
+        }
+        r->searches++;
+        if (h.n != 200) {
+            snprintf(r->why, sizeof r->why, "%zu hits at version %llu", h.n,
+                     (unsigned long long)v.version);
+            r->bad = 1;
+        }
+        for (size_t i = 1; i < h.n && !r->bad; i++)
+            if (strcmp(h.hit[i].metadata, h.hit[0].metadata)) {
+                snprintf(r->why, sizeof r->why,
+                         "version %llu mixes %s and %s",
+                         (unsigned long long)v.version, h.hit[0].metadata,
+                         h.hit[i].metadata);
+                r->bad = 1;
+            }
+        idx_hits_free(&h);
+    }
+    return NULL;
+}
+
+static void test_idx_search_never_sees_half_applied_write(void **state)
+{
+    fx_t *f = *state;
+    f->ix = kb_open(f->dir, DIM, "ip", NULL, "n1");
+    char fmt[64];
+    snprintf(fmt, sizeof fmt, "{\"gen\":0}");
+    write_range(f->ix, "d", 0, GEN_DOCS, 0, fmt);
+    volatile int done = 0;
+    gen_reader_t r[2];
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) {
+        r[i] = (gen_reader_t){.ix = f->ix, .done = &done};
+        assert_int_equal(pthread_create(&th[i], NULL, gen_reader_main, &r[i]),
+                         0);
+    }
+    for (int g = 1; g <= GENS; g++) {
+        snprintf(fmt, sizeof fmt, "{\"gen\":%d}", g);
+        write_range(f->ix, "d", 0, GEN_DOCS, 0, fmt);
+    }
+    kbt_sleep_ms(50);
+    done = 1;
+    for (int i = 0; i < 2; i++) {
+        pthread_join(th[i], NULL);
+        if (r[i].bad)
+            fail_msg("reader %d: %s", i, r[i].why);
+        assert_true(r[i].searches > 0);
+    }
+    idx_stats_t st = stats(f->ix);
+    KBT_U64(st.docs, GEN_DOCS);
+}
+
+/* Replaces and deletes on an index kind; checks that no dead document
+ * comes back, now, after a background rebuild and after a reopen. */
+static void check_no_dead(idx_kb_t *ix, int ndocs, const char *when)
+{
+    for (int qi = 0; qi < 20; qi++) {
+        float q[DIM];
+        kbt_rand_unit(q, DIM, 7000 + (uint64_t)qi);
+        idx_query_t qq = {.vec = q, .vec_len = DIM, .k = 50, .ef_search = 200};
+        idx_hits_t h;
+        idx_view_t v;
+        char err[256] = "";
+        KBT_OK(idx_search_batch(ix, 1, &qq, &h, &v, err, sizeof err), err);
+        for (size_t i = 0; i < h.n; i++) {
+            int d = atoi(h.hit[i].id + 1);
+            if (d < ndocs / 10)
+                fail_msg("%s: deleted doc %s returned", when, h.hit[i].id);
+            if (d < ndocs / 2 && strcmp(h.hit[i].metadata, "{\"v\":2}"))
+                fail_msg("%s: replaced doc %s returned in its old version %s",
+                         when, h.hit[i].id, h.hit[i].metadata);
+            for (size_t j = 0; j < i; j++)
+                if (!strcmp(h.hit[i].id, h.hit[j].id))
+                    fail_msg("%s: %s returned twice", when, h.hit[i].id);
+        }
+        assert_true(h.n >= 40); /* k live hits still come back */
+        idx_hits_free(&h);
+    }
+}
+
+static void wait_rebuilt(idx_kb_t *ix, uint64_t rebuilds)
+{
+    for (int i = 0; i < 3000; i++) {
+        idx_stats_t st;
+        idx_stats(ix, &st);
+        if (!st.rebuilding && st.rebuilds >= rebuilds)
+            return;
+        kbt_sleep_ms(10);
+    }
+    fail_msg("background rebuild did not finish in 30 s");
+}
+
+static void churn_kind(fx_t *f, const char *index, int ndocs)
+{
+    f->ix = kb_open(f->dir, DIM, "l2", index, "n1");
+    write_range(f->ix, "d", 0, ndocs, 0, "{\"v\":1}");
+    /* Replace the first half with new vectors, delete the first tenth. */
+    write_range(f->ix, "d", 0, ndocs / 2, 50000, "{\"v\":2}");
+    for (int d = 0; d < ndocs / 10; d++) {
+        char id[16];
+        snprintf(id, sizeof id, "d%d", d);
+        write1(f->ix, rm(id));
+    }
+    idx_stats_t st = stats(f->ix);
+    KBT_U64(st.docs, (uint64_t)(ndocs - ndocs / 10));
+    check_no_dead(f->ix, ndocs, "before rebuild");
+    assert_true(st.dead > 0);
+    /* Rebuild in the background while writes go on: they are journaled and
+     * replayed on the new index. */
+    idx_rebuild_start(f->ix); /* 1: the writes above started one */
+    write_range(f->ix, "d", ndocs / 10, ndocs / 5, 50000, "{\"v\":2}");
+    wait_rebuilt(f->ix, 1);
+    st = stats(f->ix);
+    KBT_U64(st.docs, (uint64_t)(ndocs - ndocs / 10));
+    check_no_dead(f->ix, ndocs, "after rebuild");
+    idx_close(&f->ix);
+    f->ix = kb_open(f->dir, 0, NULL, NULL, NULL);
+    st = stats(f->ix);
+    KBT_U64(st.dead, 0);
+    check_no_dead(f->ix, ndocs, "after reopen");
+}
+
+static void test_idx_flat_replace_delete_never_resurface(void **state)
+{
+    churn_kind(*state, "Flat", 2000);
+}
+
+static void test_idx_hnsw_replace_delete_never_resurface(void **state)
+{
+    churn_kind(*state, "HNSW16", 2000);
+}
+
+static void test_idx_ivf_replace_delete_never_resurface(void **state)
+{
+    fx_t *f = *state;
+    churn_kind(f, "IVF8,Flat", 2000);
+    idx_stats_t st = stats(f->ix);
+    assert_true(st.trained); /* 1800 docs >= 39 * 8: trained at reopen */
+    assert_string_equal(st.kind, "ivf");
+}
+
+static void test_idx_ivf_trains_in_background(void **state)
+{
+    fx_t *f = *state;
+    f->ix = kb_open(f->dir, DIM, "ip", "IVF16,Flat", "n1");
+    write_range(f->ix, "d", 0, 300, 0, NULL);
+    idx_stats_t st = stats(f->ix);
+    assert_false(st.trained); /* 300 < 39 * 16: exact search meanwhile */
+    float q[DIM];
+    kbt_rand_unit(q, DIM, 77);
+    idx_hits_t before = search(f->ix, q, 10);
+    write_range(f->ix, "d", 300, 700, 0, NULL); /* passes 624: trains */
+    wait_rebuilt(f->ix, 1);
+    st = stats(f->ix);
+    assert_true(st.trained);
+    KBT_U64(st.docs, 700);
+    /* nprobe = nlist searches every list: exact again. */
+    idx_query_t qq = {.vec = q, .vec_len = DIM, .k = 10, .nprobe = 16};
+    idx_hits_t after;
+    idx_view_t v;
+    char err[256] = "";
+    KBT_OK(idx_search_batch(f->ix, 1, &qq, &after, &v, err, sizeof err), err);
+    idx_hits_t exact = search(f->ix, q, 10); /* default nprobe */
+    assert_int_equal(after.n, 10);
+    (void)exact;
+    /* The 300 first docs keep their place among the new ones. */
+    for (size_t i = 0; i < before.n; i++) {
+        int found = 0;
+        for (size_t j = 0; j < after.n; j++)
+            found |= !strcmp(before.hit[i].id, after.hit[j].id);
+        float s = before.hit[i].score;
+        if (!found && s > after.hit[after.n - 1].score)
+            fail_msg("%s (score %g) missing after training", before.hit[i].id,
+                     s);
+    }
+    idx_hits_free(&after);
+    qq.nprobe = 17;
+    KBT_RC(idx_check_query(f->ix, &qq, err, sizeof err), KB_EINVAL, err);
+    KBT_CONTAINS(err, "nprobe");
+    idx_hits_free(&before);
+    idx_hits_free(&exact);
+}
+
+/* Exact top-k among documents whose metadata matches, by brute force. */
+static void test_idx_filter_returns_exactly_the_matching(void **state)
+{
+    fx_t *f = *state;
+    f->ix = kb_open(f->dir, DIM, "ip", NULL, "n1");
+    /* 10,000 docs: g = i % 100 (1% each), h = i % 2 (half), tag list. */
+    write_range(f->ix, "d", 0, 10000, 0,
+                "{\"g\":%d,\"h\":\"x%d\",\"tags\":[\"t\",\"u%d\"]}");
+    /* Round 0: g = 0, 7, ... (1% each); round 1: h = x<i> (one doc). */
+    for (int round = 0; round < 2; round++) {
+        const char *key = round ? "h" : "g";
+        for (int qi = 0; qi < 5; qi++) {
+            float q[DIM];
+            kbt_rand_unit(q, DIM, 300 + (uint64_t)qi);
+            char val[16];
+            snprintf(val, sizeof val, round ? "x%d" : "%d",
+                     round ? qi * 2 : qi * 7);
+            idx_filter_kv_t fl = {key, val};
+            idx_query_t qq = {.vec = q,
+                              .vec_len = DIM,
+                              .k = 10,
+                              .filters = &fl,
+                              .nfilters = 1};
+            idx_hits_t h;
+            idx_view_t v;
+            char err[256] = "";
+            KBT_OK(idx_search_batch(f->ix, 1, &qq, &h, &v, err, sizeof err),
+                   err);
+            /* brute force over the matching docs */
+            int want = round ? 1 : 10; /* x<i> matches one doc */
+            assert_int_equal(h.n, (size_t)want);
+            for (size_t i = 0; i < h.n; i++) {
+                int d = atoi(h.hit[i].id + 1);
+                if (round)
+                    assert_int_equal(d, qi * 2);
+                else
+                    assert_int_equal(d % 100, qi * 7);
+            }
+            float best = -1e30f;
+            for (int d = 0; d < 10000; d++) {
+                if (round ? d != qi * 2 : d % 100 != qi * 7)
+                    continue;
+                float x[DIM];
+                kbt_rand_unit(x, DIM, (uint64_t)d);
+                float s = (float)kbt_dot(q, x, DIM);
+                if (s > best)
+                    best = s;
+            }
+            KBT_NEAR(h.hit[0].score, best, 1e-4);
+            idx_hits_free(&h);
+        }
+    }
+    /* A broad filter (every doc has tag t): k hits, through the index. */
+    float q[DIM];
+    kbt_rand_unit(q, DIM, 5);
+    idx_filter_kv_t fl[2] = {{"tags", "t"}, {"tags", "u9"}};
+    idx_query_t qq = {
+        .vec = q, .vec_len = DIM, .k = 10, .filters = fl, .nfilters = 1};
+    idx_hits_t h, plain = search(f->ix, q, 10);
+    idx_view_t v;
+    char err[256] = "";
+    KBT_OK(idx_search_batch(f->ix, 1, &qq, &h, &v, err, sizeof err), err);
+    assert_same_hits(&h, &plain);
+    idx_hits_free(&h);
+    qq.nfilters = 2; /* all must hold: only d9 */
+    KBT_OK(idx_search_batch(f->ix, 1, &qq, &h, &v, err, sizeof err), err);
+    assert_int_equal(h.n, 1);
+    assert_string_equal(h.hit[0].id, "d9");
+    idx_hits_free(&h);
+    idx_hits_free(&plain);
+    /* Deleted and replaced documents leave the filter's results. */
+    write1(f->ix, rm("d9"));
+    KBT_OK(idx_search_batch(f->ix, 1, &qq, &h, &v, err, sizeof err), err);
+    assert_int_equal(h.n, 0);
+    idx_hits_free(&h);
+}
+
+static void test_idx_filter_and_param_bounds(void **state)
+{
+    fx_t *f = *state;
+    f->ix = kb_open(f->dir, DIM, "cosine", NULL, "n1");
+    float q[DIM], zero[DIM] = {0};
+    kbt_rand_unit(q, DIM, 1);
+    char err[256];
+    idx_filter_kv_t fl[IDX_MAX_FILTERS + 1];
+    for (int i = 0; i <= IDX_MAX_FILTERS; i++)
+        fl[i] = (idx_filter_kv_t){"k", "v"};
+    idx_query_t qq = {.vec = q, .vec_len = DIM, .k = 10};
+    qq.ef_search = IDX_MAX_EF_SEARCH + 1;
+    KBT_RC(idx_check_query(f->ix, &qq, err, sizeof err), KB_EINVAL, err);
+    KBT_CONTAINS(err, "ef_search");
+    qq.ef_search = 0;
+    qq.filters = fl;
+    qq.nfilters = IDX_MAX_FILTERS + 1;
+    KBT_RC(idx_check_query(f->ix, &qq, err, sizeof err), KB_EINVAL, err);
+    KBT_CONTAINS(err, "filters");
+    fl[0].key = "";
+    qq.nfilters = 1;
+    KBT_RC(idx_check_query(f->ix, &qq, err, sizeof err), KB_EINVAL, err);
+    KBT_CONTAINS(err, "key");
+    qq.nfilters = 0;
+    qq.vec = zero;
+    KBT_RC(idx_check_query(f->ix, &qq, err, sizeof err), KB_EINVAL, err);
+    KBT_CONTAINS(err, "zeros");
+    /* Cosine scores are cosine similarities whatever the length. */
+    float big[DIM];
+    for (int i = 0; i < DIM; i++)
+        big[i] = q[i] * 50;
+    write1(f->ix, up("a", "x", big, ""));
+    idx_hits_t h = search(f->ix, q, 1);
+    assert_int_equal(h.n, 1);
+    KBT_NEAR(h.hit[0].score, 1.0, 1e-4);
+    idx_hits_free(&h);
+    idx_op_t z = up("z", "x", zero, "");
+    KBT_RC(idx_validate(f->ix, &z, 1, err, sizeof err), KB_EINVAL, err);
+    KBT_CONTAINS(err, "zero");
+}
+
 int main(void)
 {
     kb_log_setup(KB_LOG_WARN, "test_idx");
@@ -1332,6 +1720,14 @@ int main(void)
         T(test_idx_apply_log_refuses_bad_records),
         T(test_idx_write_precommit_ships_records),
         T(test_idx_write_failure_changes_nothing),
+        T(test_idx_search_batch_equals_single_searches),
+        T(test_idx_search_never_sees_half_applied_write),
+        T(test_idx_flat_replace_delete_never_resurface),
+        T(test_idx_hnsw_replace_delete_never_resurface),
+        T(test_idx_ivf_replace_delete_never_resurface),
+        T(test_idx_ivf_trains_in_background),
+        T(test_idx_filter_returns_exactly_the_matching),
+        T(test_idx_filter_and_param_bounds),
     };
 #undef T
     int failed = cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,4 +1,4 @@
-/* test_qry_node: the serving loop of query/qry_node.h, run for real: a node
+/* test_node: the node of node/node.h, run for real: a node
  * thread on tcp://127.0.0.1:* (endpoint read back from its endpoint file)
  * over real LMDB + FAISS in a fresh /tmp directory, driven through
  * qry_client and, for malformed traffic, raw DEALER/REQ sockets. Out:
@@ -13,7 +13,7 @@
 #include "kb_err.h"
 #include "kb_util.h"
 #include "qry_client.h"
-#include "qry_node.h"
+#include "node.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -35,7 +35,7 @@ const char *__asan_default_options(void)
 
 typedef struct node_run {
     idx_kb_t *ix;
-    qry_node_config_t cfg;
+    node_config_t cfg;
     volatile sig_atomic_t stop;
     pthread_t th;
     int started;
@@ -53,7 +53,7 @@ typedef struct fx {
 static void *node_main(void *arg)
 {
     node_run_t *n = arg;
-    n->rc = qry_node_run(n->ix, &n->cfg, &n->stop, n->err, sizeof n->err);
+    n->rc = node_run(n->ix, &n->cfg, &n->stop, n->err, sizeof n->err);
     return NULL;
 }
 
@@ -79,14 +79,17 @@ static int read_endpoint(const char *path, char *out, size_t cap,
 /* Starts a node thread on ix; n->endpoint receives where it listens.
  * Returns 0 or a small failure code (no cmocka asserts: also used in a
  * forked child). */
-static int node_start(node_run_t *n, idx_kb_t *ix, const char *epfile)
+static int node_start_cfg(node_run_t *n, idx_kb_t *ix, const char *epfile,
+                          const node_config_t *cfg)
 {
     memset(n, 0, sizeof *n);
     n->ix = ix;
+    if (cfg)
+        n->cfg = *cfg;
     n->cfg.listen = "tcp://127.0.0.1:*";
     n->cfg.endpoint_file = epfile;
-    n->cfg.max_msg = MAX_MSG;
-    n->cfg.role = QRY_LEADER; /* no replication socket; writes async */
+    if (!n->cfg.max_msg)
+        n->cfg.max_msg = MAX_MSG;
     if (pthread_create(&n->th, NULL, node_main, n))
         return 1;
     n->started = 1;
@@ -95,6 +98,12 @@ static int node_start(node_run_t *n, idx_kb_t *ix, const char *epfile)
     if (strncmp(n->endpoint, "tcp://127.0.0.1:", 16) != 0)
         return 3;
     return 0;
+}
+
+static int node_start(node_run_t *n, idx_kb_t *ix, const char *epfile)
+{
+    /* A leader without a replication socket: writes are async. */
+    return node_start_cfg(n, ix, epfile, NULL);
 }
 
 /* Sets the stop flag and joins the node thread (5 s at most). Returns 0,
@@ -155,9 +164,17 @@ static int setup(void **state)
     return 0;
 }
 
+struct cluster;
+static void cluster_free(struct cluster *c);
+static struct cluster *live_cluster;
+
 static int teardown(void **state)
 {
     fx_t *f = *state;
+    if (live_cluster) {
+        cluster_free(live_cluster);
+        live_cluster = NULL;
+    }
     live = NULL;
     char err[512];
     snprintf(err, sizeof err, "%s", f->node.err);
@@ -368,7 +385,7 @@ static void *pack(const Kbsync__Request *req, size_t *len)
 
 /* ------------------------------------------------------------ tests */
 
-static void test_qry_node_status(void **state)
+static void test_node_status(void **state)
 {
     fx_t *f = *state;
     Kbsync__Response *r = status(f->c);
@@ -389,7 +406,7 @@ static void test_qry_node_status(void **state)
     assert_string_not_equal(f->node.endpoint, "tcp://127.0.0.1:*");
 }
 
-static void test_qry_node_upsert_and_query_vector(void **state)
+static void test_node_upsert_and_query_vector(void **state)
 {
     fx_t *f = *state;
     float v[3][DIM];
@@ -442,7 +459,7 @@ static void test_qry_node_upsert_and_query_vector(void **state)
     expect_state(f->c, 4, 3);
 }
 
-static void test_qry_node_query_text(void **state)
+static void test_node_query_text(void **state)
 {
     fx_t *f = *state;
     docspec_t ds[] = {
@@ -462,7 +479,7 @@ static void test_qry_node_query_text(void **state)
     }
 }
 
-static void test_qry_node_delete_write_result(void **state)
+static void test_node_delete_write_result(void **state)
 {
     fx_t *f = *state;
     float v[3][DIM];
@@ -498,7 +515,7 @@ static void test_qry_node_delete_write_result(void **state)
     expect_state(f->c, 7, 1);
 }
 
-static void test_qry_node_errors_change_nothing(void **state)
+static void test_node_errors_change_nothing(void **state)
 {
     fx_t *f = *state;
     float v[DIM], nan_v[DIM];
@@ -579,7 +596,7 @@ static void test_qry_node_errors_change_nothing(void **state)
     expect_state(f->c, 1, 1);
 }
 
-static void test_qry_node_bad_protocol_version(void **state)
+static void test_node_bad_protocol_version(void **state)
 {
     fx_t *f = *state;
     raw_t raw;
@@ -609,7 +626,7 @@ static void test_qry_node_bad_protocol_version(void **state)
     expect_state(f->c, 0, 0);
 }
 
-static void test_qry_node_garbage_bytes(void **state)
+static void test_node_garbage_bytes(void **state)
 {
     fx_t *f = *state;
     raw_t raw;
@@ -667,7 +684,7 @@ static void test_qry_node_garbage_bytes(void **state)
     expect_state(f->c, 0, 0);
 }
 
-static void test_qry_node_oversize_message(void **state)
+static void test_node_oversize_message(void **state)
 {
     fx_t *f = *state;
     float v[DIM];
@@ -686,7 +703,7 @@ static void test_qry_node_oversize_message(void **state)
     expect_state(f->c, 1, 1);
 }
 
-static void test_qry_node_far_oversize_dropped(void **state)
+static void test_node_far_oversize_dropped(void **state)
 {
     fx_t *f = *state;
     /* Above 4 x max_msg + 1 MiB ZeroMQ drops the message (and the
@@ -707,7 +724,7 @@ static void test_qry_node_far_oversize_dropped(void **state)
     expect_write(upsert(f->c, &d, 1), 1, 1, 0);
 }
 
-static void test_qry_node_req_socket(void **state)
+static void test_node_req_socket(void **state)
 {
     fx_t *f = *state;
     raw_t raw;
@@ -733,7 +750,7 @@ static void test_qry_node_req_socket(void **state)
     raw_close(&raw);
 }
 
-static void test_qry_node_pipelined_read_your_writes(void **state)
+static void test_node_pipelined_read_your_writes(void **state)
 {
     fx_t *f = *state;
     float v[DIM];
@@ -779,7 +796,7 @@ static void test_qry_node_pipelined_read_your_writes(void **state)
     }
 }
 
-static void test_qry_node_two_clients_group_commit(void **state)
+static void test_node_two_clients_group_commit(void **state)
 {
     fx_t *f = *state;
     qry_client_t *c2 = NULL;
@@ -830,7 +847,7 @@ static void test_qry_node_two_clients_group_commit(void **state)
     expect_state(f->c, 2 * PER, 2 * PER);
 }
 
-static void test_qry_node_cannot_start(void **state)
+static void test_node_cannot_start(void **state)
 {
     fx_t *f = *state;
     char dir[300], err[512] = "";
@@ -841,9 +858,9 @@ static void test_qry_node_cannot_start(void **state)
     volatile sig_atomic_t stop = 0;
 
     /* The endpoint is taken (by the fixture's node). */
-    qry_node_config_t cfg = {.listen = f->node.endpoint, .max_msg = MAX_MSG};
+    node_config_t cfg = {.listen = f->node.endpoint, .max_msg = MAX_MSG};
     err[0] = 0;
-    KBT_RC(qry_node_run(ix, &cfg, &stop, err, sizeof err), KB_ENET, err);
+    KBT_RC(node_run(ix, &cfg, &stop, err, sizeof err), KB_ENET, err);
     KBT_CONTAINS(err, f->node.endpoint);
     /* The endpoint file cannot be written. */
     char ep[400];
@@ -851,7 +868,7 @@ static void test_qry_node_cannot_start(void **state)
     cfg.listen = "tcp://127.0.0.1:*";
     cfg.endpoint_file = ep;
     err[0] = 0;
-    int rc = qry_node_run(ix, &cfg, &stop, err, sizeof err);
+    int rc = node_run(ix, &cfg, &stop, err, sizeof err);
     KBT_RC(rc, -ENOENT, err);
     KBT_CONTAINS(err, "endpoint file");
     idx_close(&ix);
@@ -902,7 +919,7 @@ static int empty_node_child(void *arg)
     return 0;
 }
 
-static void test_qry_node_query_empty_kb(void **state)
+static void test_node_query_empty_kb(void **state)
 {
     kbt_run_isolated("query on a node with no documents", empty_node_child,
                      *state, 60000);
@@ -935,30 +952,424 @@ static int teardown_tmp(void **state)
     return 0;
 }
 
+
+/* ----------------------------------------- threads, batches, replicas */
+
+/* Sends n docs "<prefix><i>" (vectors seeded seed + i, metadata
+ * {"b":i%100}) in upserts of B, mode m, and waits for every answer. */
+static uint64_t bulk_upsert_b(qry_client_t *c, const char *prefix, int n,
+                              uint64_t seed, Kbsync__WriteMode m, int B)
+{
+    static Kbsync__Doc docs[1000];
+    static Kbsync__Doc *dp[1000];
+    static float v[1000][DIM];
+    static char ids[1000][32], meta[1000][32];
+    assert_true(B <= 1000);
+    uint64_t version = 0;
+    char err[512] = "";
+    for (int from = 0; from < n; from += B) {
+        int cnt = n - from < B ? n - from : B;
+        for (int i = 0; i < cnt; i++) {
+            kbsync__doc__init(&docs[i]);
+            snprintf(ids[i], sizeof ids[i], "%s%d", prefix, from + i);
+            snprintf(meta[i], sizeof meta[i], "{\"b\":%d}", (from + i) % 100);
+            kbt_rand_unit(v[i], DIM, seed + (uint64_t)(from + i));
+            docs[i].id = ids[i];
+            docs[i].embedding = v[i];
+            docs[i].n_embedding = DIM;
+            docs[i].metadata_json = meta[i];
+            dp[i] = &docs[i];
+        }
+        Kbsync__UpsertRequest up = KBSYNC__UPSERT_REQUEST__INIT;
+        up.n_docs = (size_t)cnt;
+        up.docs = dp;
+        up.mode = m;
+        Kbsync__Request req = KBSYNC__REQUEST__INIT;
+        req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
+        req.upsert = &up;
+        Kbsync__Response *r = NULL;
+        KBT_OK(qry_client_call(c, &req, TIMEOUT_MS, &r, err, sizeof err), err);
+        expect_ok(r, KBSYNC__RESPONSE__BODY_WRITE);
+        version = r->write->version;
+        kbsync__response__free_unpacked(r, NULL);
+    }
+    return version;
+}
+
+/* The fixture's node takes requests of MAX_MSG bytes: 20 docs each. */
+static uint64_t bulk_upsert(qry_client_t *c, const char *prefix, int n,
+                            uint64_t seed, Kbsync__WriteMode m)
+{
+    return bulk_upsert_b(c, prefix, n, seed, m, 20);
+}
+
+static Kbsync__NodeState *status_of(qry_client_t *c, Kbsync__Response **keep)
+{
+    *keep = status(c);
+    expect_ok(*keep, KBSYNC__RESPONSE__BODY_STATUS);
+    return (*keep)->status;
+}
+
+static void test_node_concurrent_queries_batched(void **state)
+{
+    fx_t *f = *state;
+    bulk_upsert(f->c, "d", 30000, 1, KBSYNC__WRITE_MODE__WRITE_MODE_DEFAULT);
+    enum { NQ = 64 };
+    static float q[NQ][DIM];
+    uint64_t rid[NQ];
+    char err[512] = "";
+    for (int i = 0; i < NQ; i++) {
+        kbt_rand_unit(q[i], DIM, 90000 + (uint64_t)i);
+        Kbsync__QueryRequest qr;
+        Kbsync__Request req;
+        query_init(&qr, &req, q[i], DIM, NULL, 200);
+        KBT_OK(qry_client_send(f->c, &req, &rid[i], err, sizeof err), err);
+    }
+    Kbsync__Response *got[NQ] = {0};
+    for (int i = 0; i < NQ; i++) {
+        Kbsync__Response *r = NULL;
+        KBT_OK(qry_client_recv(f->c, TIMEOUT_MS, &r, err, sizeof err), err);
+        expect_ok(r, KBSYNC__RESPONSE__BODY_QUERY);
+        int j = 0;
+        while (j < NQ && rid[j] != r->request_id)
+            j++;
+        assert_true(j < NQ && !got[j]);
+        got[j] = r;
+    }
+    /* The readers searched them together: fewer FAISS calls than queries,
+     * and some batch held more than one query. */
+    Kbsync__Response *sr;
+    Kbsync__NodeState *st = status_of(f->c, &sr);
+    KBT_U64(st->queries, NQ);
+    assert_true(st->query_batches < NQ);
+    assert_int_equal(st->n_query_batch_hist, 7);
+    assert_true(st->query_batch_hist[0] < st->query_batches);
+    assert_true(st->query_threads >= 1);
+    kbsync__response__free_unpacked(sr, NULL);
+    /* Each batched answer equals the same query asked alone. */
+    for (int i = 0; i < NQ; i++) {
+        Kbsync__Response *one = query(f->c, q[i], DIM, NULL, 200);
+        expect_ok(one, KBSYNC__RESPONSE__BODY_QUERY);
+        assert_int_equal(one->query->n_hits, got[i]->query->n_hits);
+        for (size_t h = 0; h < one->query->n_hits; h++) {
+            assert_string_equal(one->query->hits[h]->id,
+                                got[i]->query->hits[h]->id);
+            KBT_NEAR(one->query->hits[h]->score,
+                     got[i]->query->hits[h]->score, 1e-5);
+        }
+        kbsync__response__free_unpacked(one, NULL);
+        kbsync__response__free_unpacked(got[i], NULL);
+    }
+}
+
+/* A query behind its client's own write waits for that write's commit,
+ * but does not commit early: the writes of one burst share commits. */
+static void test_node_query_never_forces_a_commit(void **state)
+{
+    fx_t *f = *state;
+    Kbsync__Response *sr;
+    uint64_t commits0 = status_of(f->c, &sr)->commits;
+    kbsync__response__free_unpacked(sr, NULL);
+    enum { W = 8 };
+    float v[DIM];
+    kbt_rand_unit(v, DIM, 5);
+    char err[512] = "";
+    uint64_t rid[2 * W];
+    for (int i = 0; i < W; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "w%d", i);
+        Kbsync__Doc d = KBSYNC__DOC__INIT;
+        d.id = id;
+        d.embedding = v;
+        d.n_embedding = DIM;
+        Kbsync__Doc *dp = &d;
+        Kbsync__UpsertRequest up = KBSYNC__UPSERT_REQUEST__INIT;
+        up.n_docs = 1;
+        up.docs = &dp;
+        Kbsync__Request req = KBSYNC__REQUEST__INIT;
+        req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
+        req.upsert = &up;
+        KBT_OK(qry_client_send(f->c, &req, &rid[2 * i], err, sizeof err), err);
+        Kbsync__QueryRequest q;
+        Kbsync__Request qreq;
+        query_init(&q, &qreq, v, DIM, NULL, 50);
+        KBT_OK(qry_client_send(f->c, &qreq, &rid[2 * i + 1], err, sizeof err),
+               err);
+    }
+    uint64_t wver[W] = {0};
+    for (int n = 0; n < 2 * W; n++) {
+        Kbsync__Response *r = NULL;
+        KBT_OK(qry_client_recv(f->c, TIMEOUT_MS, &r, err, sizeof err), err);
+        int j = 0;
+        while (j < 2 * W && rid[j] != r->request_id)
+            j++;
+        assert_true(j < 2 * W);
+        if (j % 2 == 0) {
+            expect_ok(r, KBSYNC__RESPONSE__BODY_WRITE);
+            wver[j / 2] = r->write->version;
+        } else {
+            expect_ok(r, KBSYNC__RESPONSE__BODY_QUERY);
+            /* its own write, answered before it, is in what it read */
+            assert_true(wver[j / 2] > 0);
+            assert_true(r->query->state->version >= wver[j / 2]);
+            assert_true(count_hit(r, "w0") == 1);
+        }
+        kbsync__response__free_unpacked(r, NULL);
+    }
+    uint64_t commits1 = status_of(f->c, &sr)->commits;
+    kbsync__response__free_unpacked(sr, NULL);
+    /* One per query would be W; a burst lands in one or two groups. */
+    if (commits1 - commits0 > W / 2)
+        fail_msg("%llu commits for %d writes sent in one burst",
+                 (unsigned long long)(commits1 - commits0), W);
+}
+
+/* A leader with --replicas r1 and a replica r1, both in this process. */
+typedef struct cluster {
+    char dir[300], ldir[320], rdir[320], lep[320], rep[320];
+    char repl[64];
+    node_run_t leader, replica;
+    qry_client_t *cl, *cr;
+} cluster_t;
+
+static void cluster_free(cluster_t *c)
+{
+    qry_client_close(&c->cl);
+    qry_client_close(&c->cr);
+    node_stop(&c->replica);
+    if (!node_stop(&c->leader))
+        idx_close(&c->leader.ix);
+    free(c);
+}
+
+static int free_port(void)
+{
+    void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_ROUTER);
+    char ep[64];
+    size_t len = sizeof ep;
+    int port = -1;
+    if (!zmq_bind(s, "tcp://127.0.0.1:*") &&
+        !zmq_getsockopt(s, ZMQ_LAST_ENDPOINT, ep, &len))
+        port = atoi(strrchr(ep, ':') + 1);
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+    return port;
+}
+
+static cluster_t *cluster_start(fx_t *f)
+{
+    if (live_cluster)
+        cluster_free(live_cluster);
+    live_cluster = NULL;
+    cluster_t *c = live_cluster = calloc(1, sizeof *c);
+    snprintf(c->dir, sizeof c->dir, "%s", f->tmp);
+    snprintf(c->ldir, sizeof c->ldir, "%s/leader", f->tmp);
+    snprintf(c->rdir, sizeof c->rdir, "%s/r1", f->tmp);
+    snprintf(c->lep, sizeof c->lep, "%s/leader.ep", f->tmp);
+    snprintf(c->rep, sizeof c->rep, "%s/r1.ep", f->tmp);
+    snprintf(c->repl, sizeof c->repl, "tcp://127.0.0.1:%d", free_port());
+    idx_config_t ic = {.dir = c->ldir, .dim = DIM, .node_id = "L",
+                       .nosync = 1};
+    idx_kb_t *ix = NULL;
+    char err[512] = "";
+    KBT_OK(idx_open(&ic, &ix, err, sizeof err), err);
+    node_config_t lc = {.role = NODE_LEADER, .max_msg = 64u << 20};
+    lc.leader.repl_listen = c->repl;
+    lc.leader.replicas = "r1";
+    lc.leader.default_mode = REPL_ASYNC;
+    lc.leader.write_timeout_ms = TIMEOUT_MS;
+    if (node_start_cfg(&c->leader, ix, c->lep, &lc))
+        fail_msg("leader did not start: %s", c->leader.err);
+    node_config_t rc = {.role = NODE_REPLICA, .max_msg = 64u << 20};
+    rc.replica.id = "r1";
+    rc.replica.leader = c->repl;
+    rc.replica.data_dir = c->rdir;
+    rc.replica.nosync = 1;
+    if (node_start_cfg(&c->replica, NULL, c->rep, &rc))
+        fail_msg("replica did not start: %s", c->replica.err);
+    KBT_OK(qry_client_open(c->leader.endpoint, &c->cl, err, sizeof err), err);
+    KBT_OK(qry_client_open(c->replica.endpoint, &c->cr, err, sizeof err),
+           err);
+    for (int i = 0;; i++) { /* until the leader counts r1 as connected */
+        Kbsync__Response *r = status(c->cl);
+        int up = !r->error && r->status->n_replicas == 1 &&
+                 r->status->replicas[0]->connected;
+        kbsync__response__free_unpacked(r, NULL);
+        if (up)
+            break;
+        if (i == 1000)
+            fail_msg("replica r1 did not connect within 10 s");
+        kbt_sleep_ms(10);
+    }
+    return c;
+}
+
+/* Waits until the replica applied version v (10 s at most). */
+static void replica_reaches(cluster_t *c, uint64_t v)
+{
+    for (int i = 0; i < 1000; i++) {
+        Kbsync__Response *r = status(c->cr);
+        uint64_t have = r->error ? 0 : r->status->version;
+        kbsync__response__free_unpacked(r, NULL);
+        if (have >= v)
+            return;
+        kbt_sleep_ms(10);
+    }
+    fail_msg("replica did not reach version %llu", (unsigned long long)v);
+}
+
+static void test_node_replica_min_version_waits_for_stream(void **state)
+{
+    cluster_t *c = cluster_start(*state);
+    uint64_t v1 =
+        bulk_upsert(c->cl, "a", 10, 1, KBSYNC__WRITE_MODE__WRITE_MODE_ALL);
+    replica_reaches(c, v1);
+    /* Ask the replica for a version nobody wrote yet, then write it. */
+    float q[DIM];
+    kbt_rand_unit(q, DIM, 1000); /* doc b0 below */
+    Kbsync__QueryRequest qr;
+    Kbsync__Request req;
+    query_init(&qr, &req, q, DIM, NULL, 5);
+    qr.min_version = v1 + 1;
+    qr.wait_ms = 8000;
+    uint64_t rid;
+    char err[512] = "";
+    KBT_OK(qry_client_send(c->cr, &req, &rid, err, sizeof err), err);
+    Kbsync__Response *r = NULL;
+    /* It waits instead of answering stale or refusing. */
+    KBT_RC(qry_client_recv(c->cr, 300, &r, err, sizeof err), KB_ETIMEOUT, err);
+    uint64_t v2 =
+        bulk_upsert(c->cl, "b", 1, 1000, KBSYNC__WRITE_MODE__WRITE_MODE_ASYNC);
+    assert_true(v2 > v1);
+    KBT_OK(qry_client_recv(c->cr, TIMEOUT_MS, &r, err, sizeof err), err);
+    KBT_U64(r->request_id, rid);
+    expect_ok(r, KBSYNC__RESPONSE__BODY_QUERY);
+    assert_true(r->query->state->version >= v2);
+    assert_string_equal(r->query->state->role, "replica");
+    assert_int_equal(count_hit(r, "b0"), 1);
+    kbsync__response__free_unpacked(r, NULL);
+}
+
+/* Searches on a replica never hold back its acks: with hundreds of
+ * queries queued on the replica (each in its own FAISS call), an `all`
+ * write, which needs the replica's ack of its LSN, completes while most
+ * of them are still unanswered. A node that searched on the thread that
+ * applies the stream answers its queue first. */
+static void test_node_replica_acks_not_held_back_by_searches(void **state)
+{
+    cluster_t *c = cluster_start(*state);
+    uint64_t v = bulk_upsert_b(c->cl, "d", 30000, 1,
+                               KBSYNC__WRITE_MODE__WRITE_MODE_ALL, 1000);
+    replica_reaches(c, v);
+    enum { NQ = 400 };
+    char err[512] = "";
+    for (int i = 0; i < NQ; i++) {
+        float q[DIM];
+        kbt_rand_unit(q, DIM, 5000 + (uint64_t)i);
+        Kbsync__QueryRequest qr;
+        Kbsync__Request req;
+        query_init(&qr, &req, q, DIM, NULL, 1000);
+        qr.ef_search = (uint32_t)(i + 1); /* no two share a FAISS call */
+        uint64_t rid;
+        KBT_OK(qry_client_send(c->cr, &req, &rid, err, sizeof err), err);
+    }
+    Kbsync__Response *r = NULL;
+    KBT_OK(qry_client_recv(c->cr, TIMEOUT_MS, &r, err, sizeof err), err);
+    expect_ok(r, KBSYNC__RESPONSE__BODY_QUERY);
+    kbsync__response__free_unpacked(r, NULL);
+    int answered = 1;
+    /* The replica is busy with the queue: write, and wait for its ack. */
+    uint64_t w =
+        bulk_upsert(c->cl, "x", 1, 77, KBSYNC__WRITE_MODE__WRITE_MODE_ALL);
+    assert_true(w > v);
+    while (qry_client_recv(c->cr, 0, &r, err, sizeof err) == 0) {
+        answered++;
+        kbsync__response__free_unpacked(r, NULL);
+    }
+    if (answered > NQ / 2)
+        fail_msg("the replica acknowledged LSN %llu only after answering %d "
+                 "of %d queued queries",
+                 (unsigned long long)w, answered, NQ);
+    /* The queue is still answered in full. */
+    for (; answered < NQ; answered++) {
+        KBT_OK(qry_client_recv(c->cr, TIMEOUT_MS, &r, err, sizeof err), err);
+        expect_ok(r, KBSYNC__RESPONSE__BODY_QUERY);
+        kbsync__response__free_unpacked(r, NULL);
+    }
+    Kbsync__Response *sr;
+    Kbsync__NodeState *st = status_of(c->cl, &sr);
+    assert_int_equal(st->n_replicas, 1);
+    assert_true(st->replicas[0]->version >= w);
+    kbsync__response__free_unpacked(sr, NULL);
+}
+
+static void test_node_filters_and_search_params(void **state)
+{
+    fx_t *f = *state;
+    bulk_upsert(f->c, "d", 2000, 1, KBSYNC__WRITE_MODE__WRITE_MODE_DEFAULT);
+    float q[DIM];
+    kbt_rand_unit(q, DIM, 3);
+    Kbsync__Filter fl = KBSYNC__FILTER__INIT, *flp = &fl;
+    fl.key = "b";
+    fl.value = "42";
+    Kbsync__QueryRequest qr;
+    Kbsync__Request req;
+    query_init(&qr, &req, q, DIM, NULL, 10);
+    qr.filters = &flp;
+    qr.n_filters = 1;
+    Kbsync__Response *r = call(f->c, &req);
+    expect_ok(r, KBSYNC__RESPONSE__BODY_QUERY);
+    assert_int_equal(r->query->n_hits, 10); /* 20 docs have b = 42 */
+    for (size_t i = 0; i < r->query->n_hits; i++)
+        assert_int_equal(atoi(r->query->hits[i]->id + 1) % 100, 42);
+    kbsync__response__free_unpacked(r, NULL);
+    fl.key = "";
+    r = call(f->c, &req);
+    expect_error(r, KB_EINVAL, "key");
+    kbsync__response__free_unpacked(r, NULL);
+    qr.n_filters = 0;
+    qr.ef_search = 5000;
+    r = call(f->c, &req);
+    expect_error(r, KB_EINVAL, "ef_search");
+    kbsync__response__free_unpacked(r, NULL);
+    qr.ef_search = 0;
+    qr.text = "some words";
+    r = call(f->c, &req);
+    expect_error(r, KB_EINVAL, "both");
+    kbsync__response__free_unpacked(r, NULL);
+}
+
 int main(void)
 {
-    kb_log_setup(KB_LOG_ERROR, "test_qry_node");
+    kb_log_setup(KB_LOG_ERROR, "test_node");
     idx_vec_setup(1); /* as kbsync's main does */
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
     const struct CMUnitTest tests[] = {
-        T(test_qry_node_status),
-        T(test_qry_node_upsert_and_query_vector),
-        T(test_qry_node_query_text),
-        T(test_qry_node_delete_write_result),
-        T(test_qry_node_errors_change_nothing),
-        T(test_qry_node_bad_protocol_version),
-        T(test_qry_node_garbage_bytes),
-        T(test_qry_node_oversize_message),
-        T(test_qry_node_far_oversize_dropped),
-        T(test_qry_node_req_socket),
-        T(test_qry_node_pipelined_read_your_writes),
-        T(test_qry_node_two_clients_group_commit),
-        T(test_qry_node_cannot_start),
-        cmocka_unit_test_setup_teardown(test_qry_node_query_empty_kb, setup_tmp,
+        T(test_node_status),
+        T(test_node_upsert_and_query_vector),
+        T(test_node_query_text),
+        T(test_node_delete_write_result),
+        T(test_node_errors_change_nothing),
+        T(test_node_bad_protocol_version),
+        T(test_node_garbage_bytes),
+        T(test_node_oversize_message),
+        T(test_node_far_oversize_dropped),
+        T(test_node_req_socket),
+        T(test_node_pipelined_read_your_writes),
+        T(test_node_two_clients_group_commit),
+        T(test_node_cannot_start),
+        T(test_node_concurrent_queries_batched),
+        T(test_node_query_never_forces_a_commit),
+        T(test_node_replica_min_version_waits_for_stream),
+        T(test_node_replica_acks_not_held_back_by_searches),
+        T(test_node_filters_and_search_params),
+        cmocka_unit_test_setup_teardown(test_node_query_empty_kb, setup_tmp,
                                         teardown_tmp),
     };
 #undef T
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    if (live_cluster)
+        cluster_free(live_cluster);
     if (live)
         fx_free(live);
     if (live_tmp) {

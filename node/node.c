@@ -1,0 +1,595 @@
+/* node: the event loop of a kbsync node and the threads around it (see
+ * node.h for who owns what).
+ *
+ * THE LOOP
+ * One thread polls the client ROUTER, the readers' answer socket and the
+ * role's replication socket. Each wake-up: replication first (applied
+ * records can release parked reads), then up to NODE_DRAIN_MAX client
+ * messages: writes are validated and queued for ONE group commit, queries
+ * go to the reader pool, status is answered here; then the group commit
+ * (repl_leader_flush), then heartbeats and timeouts. Answers the readers
+ * pushed are forwarded to the clients whenever they are waiting.
+ *
+ * READ YOUR OWN WRITES, WITHOUT EXTRA COMMITS
+ * A query (or status) from a client whose write is queued in the current
+ * group is held until that group is committed, then handed to the readers:
+ * a client always reads its own acknowledged and pipelined writes from the
+ * node it wrote to, and a query never makes the leader commit early.
+ *
+ * STALENESS
+ * Every query and status answer carries NodeState: version (LSN applied
+ * here), leader_version (newest leader LSN known here), lag_ops =
+ * leader_version - version, lag_ms (how long the oldest write not applied
+ * here has been committed on the leader; rules in repl_replica.c) and
+ * leader_contact_ms. On the leader the two versions are equal by definition
+ * and both lags are 0. A query answer's version is the version its search
+ * ran against.
+ *
+ * READ CONSISTENCY
+ * QueryRequest.min_version (read-your-writes: pass the version a write
+ * returned): a node below it parks the query up to wait_ms (default 1000,
+ * at most 60000) for the replication stream to reach it, then refuses with
+ * KB_ESTALE naming both versions. On the leader a token above its version
+ * was never handed out and is refused at once. max_lag_ms: a node whose
+ * lag_ms is above the bound refuses with KB_ESTALE (checked by the reader
+ * when it answers). A replica that has not yet received the leader's
+ * settings answers KB_EUNAVAIL. */
+#include "node.h"
+
+#include "kb_err.h"
+#include "kb_util.h"
+#include "kb_wire.h"
+#include "qry_pool.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define NODE_DRAIN_MAX 256    /* client messages handled per wake-up */
+#define NODE_FORWARD_MAX 4096 /* answers forwarded per wake-up */
+#define NODE_GROUP_MAX 100000 /* ops in one group commit */
+#define NODE_WAIT_DEFAULT_MS 1000
+#define NODE_WAIT_MAX_MS 60000
+
+typedef struct waiting { /* a request waiting in the loop */
+    kb_peer_t peer;
+    Kbsync__Request *req;
+    uint64_t deadline_us; /* parked for min_version: when to give up */
+} waiting_t;
+
+typedef struct wlist {
+    waiting_t *w;
+    size_t n, cap;
+} wlist_t;
+
+typedef struct node {
+    idx_kb_t *ix; /* leader: borrowed; replica: repl_replica's */
+    const node_config_t *cfg;
+    void *ctx, *router, *answers;
+    repl_leader_t *leader;
+    repl_replica_t *replica;
+    pthread_rwlock_t ix_lock; /* see node.h */
+    qry_pool_t *pool;
+    int threads;
+    wlist_t parked; /* queries waiting for min_version */
+    wlist_t held;   /* requests waiting for their client's queued write */
+    kb_peer_t *writers; /* clients with a write in the current group */
+    size_t nwriters, wcap;
+} node_t;
+
+/* ----------------------------------------------------------- helpers */
+
+static int wlist_push(wlist_t *l, const kb_peer_t *peer, Kbsync__Request *req,
+                      uint64_t deadline_us)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        waiting_t *w = realloc(l->w, cap * sizeof *w);
+        if (!w)
+            return KB_ENOMEM;
+        l->w = w;
+        l->cap = cap;
+    }
+    l->w[l->n].peer = *peer;
+    l->w[l->n].req = req;
+    l->w[l->n].deadline_us = deadline_us;
+    l->n++;
+    return 0;
+}
+
+static int same_client(const kb_peer_t *a, const kb_peer_t *b)
+{
+    /* The ROUTER's routing id (first frame) names the connection. */
+    return a->nframes && b->nframes && a->len[0] == b->len[0] &&
+           !memcmp(a->frame[0], b->frame[0], a->len[0]);
+}
+
+static int has_queued_write(const node_t *n, const kb_peer_t *peer)
+{
+    for (size_t i = 0; i < n->nwriters; i++)
+        if (same_client(&n->writers[i], peer))
+            return 1;
+    return 0;
+}
+
+static void note_writer(node_t *n, const kb_peer_t *peer)
+{
+    if (has_queued_write(n, peer))
+        return;
+    if (n->nwriters == n->wcap) {
+        size_t cap = n->wcap ? n->wcap * 2 : 16;
+        kb_peer_t *w = realloc(n->writers, cap * sizeof *w);
+        if (!w)
+            return; /* its reads then run at once: still after it arrived */
+        n->writers = w;
+        n->wcap = cap;
+    }
+    n->writers[n->nwriters++] = *peer;
+}
+
+static idx_kb_t *node_idx(node_t *n)
+{
+    return n->replica ? repl_replica_idx(n->replica) : n->ix;
+}
+
+/* ------------------------------------------------- the readers' source */
+
+static idx_kb_t *src_acquire(void *ctx)
+{
+    node_t *n = ctx;
+    pthread_rwlock_rdlock(&n->ix_lock);
+    idx_kb_t *ix = node_idx(n);
+    if (!ix)
+        pthread_rwlock_unlock(&n->ix_lock);
+    return ix;
+}
+
+static void src_release(void *ctx)
+{
+    node_t *n = ctx;
+    pthread_rwlock_unlock(&n->ix_lock);
+}
+
+static void src_state(void *ctx, idx_kb_t *ix, const idx_view_t *v,
+                      Kbsync__NodeState *s)
+{
+    node_t *n = ctx;
+    kbsync__node_state__init(s);
+    const Kbsync__KbMeta *m = idx_meta(ix); /* immutable after open */
+    s->node_id = m->node_id;
+    s->dim = m->dim;
+    s->metric = m->metric;
+    s->index = m->index;
+    s->version = v->version;
+    s->docs = v->docs;
+    if (n->replica) {
+        s->role = "replica";
+        repl_replica_staleness(n->replica, v, s);
+    } else {
+        s->role = "leader";
+        s->leader_version = s->version;
+    }
+}
+
+/* ------------------------------------------------------------- status */
+
+/* NodeState for status answers and refusals, on the loop thread. hist (7
+ * entries) backs query_batch_hist. */
+static void node_state(node_t *n, Kbsync__NodeState *s, uint64_t *hist,
+                       int with_replicas)
+{
+    kbsync__node_state__init(s);
+    idx_kb_t *ix = node_idx(n);
+    if (ix) {
+        idx_stats_t st;
+        idx_stats(ix, &st);
+        s->node_id = (char *)st.node_id;
+        s->version = st.version;
+        s->docs = st.docs;
+        s->dim = st.dim;
+        s->metric = (char *)st.metric;
+        s->index = (char *)st.index;
+        s->index_bytes = st.index_bytes;
+        s->store_bytes = st.store_bytes;
+        s->vectors = st.vectors;
+        s->dead_vectors = st.dead;
+        s->index_trained = st.trained;
+        s->rebuilding = st.rebuilding;
+        s->rebuilds = st.rebuilds;
+        s->commits = st.commits;
+    } else {
+        s->node_id = (char *)n->cfg->replica.id;
+    }
+    s->query_threads = (uint32_t)n->threads;
+    if (n->pool && hist) {
+        qry_pool_stats_t ps;
+        qry_pool_stats(n->pool, &ps);
+        s->queries = ps.queries;
+        s->query_batches = ps.batches;
+        memcpy(hist, ps.hist, sizeof ps.hist);
+        s->query_batch_hist = hist;
+        s->n_query_batch_hist = QRY_HIST_BUCKETS;
+    }
+    if (n->replica) {
+        s->role = "replica";
+        repl_replica_staleness(n->replica, NULL, s);
+    } else {
+        s->role = "leader";
+        s->leader_version = s->version;
+        if (with_replicas)
+            repl_leader_replicas(n->leader, &s->replicas, &s->n_replicas);
+    }
+}
+
+static void node_status(node_t *n, const kb_peer_t *peer, uint64_t rid)
+{
+    Kbsync__NodeState s;
+    uint64_t hist[QRY_HIST_BUCKETS];
+    node_state(n, &s, hist, 1);
+    Kbsync__Response r = KBSYNC__RESPONSE__INIT;
+    r.request_id = rid;
+    r.body_case = KBSYNC__RESPONSE__BODY_STATUS;
+    r.status = &s;
+    kb_wire_send_response(n->router, peer, &r);
+}
+
+/* ------------------------------------------------------------ queries */
+
+static uint32_t wait_ms(const Kbsync__QueryRequest *q)
+{
+    uint32_t ms = q->wait_ms ? q->wait_ms : NODE_WAIT_DEFAULT_MS;
+    return ms > NODE_WAIT_MAX_MS ? NODE_WAIT_MAX_MS : ms;
+}
+
+static void refuse_stale(node_t *n, const kb_peer_t *peer,
+                         const Kbsync__Request *req)
+{
+    char err[512];
+    Kbsync__NodeState s;
+    node_state(n, &s, NULL, 0);
+    snprintf(err, sizeof err,
+             "node %s is at version %llu, below the requested min_version "
+             "%llu, after waiting %u ms (leader_version %llu, lag %llu ms)",
+             s.node_id, (unsigned long long)s.version,
+             (unsigned long long)req->query->min_version,
+             wait_ms(req->query), (unsigned long long)s.leader_version,
+             (unsigned long long)s.lag_ms);
+    kb_wire_send_error(n->router, peer, req->request_id, KB_ESTALE, err);
+}
+
+/* Hands a query to the readers, or parks it until min_version is applied
+ * here. Takes ownership of req. */
+static void node_query(node_t *n, const kb_peer_t *peer, Kbsync__Request *req)
+{
+    idx_kb_t *ix = node_idx(n);
+    const Kbsync__QueryRequest *q = req->query;
+    if (ix && q->min_version) {
+        idx_view_t v;
+        idx_view(ix, &v);
+        if (q->min_version > v.version) {
+            if (!n->replica) {
+                char err[256];
+                snprintf(err, sizeof err,
+                         "min_version %llu is above the leader's version "
+                         "%llu: no such write was acknowledged",
+                         (unsigned long long)q->min_version,
+                         (unsigned long long)v.version);
+                kb_wire_send_error(n->router, peer, req->request_id,
+                                   KB_ESTALE, err);
+                kbsync__request__free_unpacked(req, NULL);
+                return;
+            }
+            uint64_t deadline = kb_mono_us() + (uint64_t)wait_ms(q) * 1000u;
+            if (wlist_push(&n->parked, peer, req, deadline)) {
+                kb_wire_send_error(n->router, peer, req->request_id,
+                                   KB_ENOMEM, "out of memory");
+                kbsync__request__free_unpacked(req, NULL);
+            }
+            return;
+        }
+    } else if (!ix && q->min_version && n->replica) {
+        uint64_t deadline = kb_mono_us() + (uint64_t)wait_ms(q) * 1000u;
+        if (!wlist_push(&n->parked, peer, req, deadline))
+            return;
+    }
+    qry_pool_submit(n->pool, peer, req);
+}
+
+/* Releases parked queries whose min_version arrived; refuses those whose
+ * time is up. */
+static void node_unpark(node_t *n)
+{
+    if (!n->parked.n)
+        return;
+    idx_kb_t *ix = node_idx(n);
+    idx_view_t v = {0};
+    if (ix)
+        idx_view(ix, &v);
+    uint64_t now = kb_mono_us();
+    size_t keep = 0;
+    for (size_t i = 0; i < n->parked.n; i++) {
+        waiting_t *w = &n->parked.w[i];
+        if (ix && w->req->query->min_version <= v.version) {
+            qry_pool_submit(n->pool, &w->peer, w->req);
+        } else if (now >= w->deadline_us) {
+            refuse_stale(n, &w->peer, w->req);
+            kbsync__request__free_unpacked(w->req, NULL);
+        } else {
+            n->parked.w[keep++] = *w;
+        }
+    }
+    n->parked.n = keep;
+}
+
+/* ------------------------------------------------------------ requests */
+
+static void node_dispatch(node_t *n, const kb_peer_t *peer,
+                          Kbsync__Request *req);
+
+/* Commits the queued group, then lets the requests held behind it run. */
+static void node_flush(node_t *n)
+{
+    if (n->leader)
+        repl_leader_flush(n->leader, n->router);
+    n->nwriters = 0;
+    wlist_t held = n->held;
+    n->held = (wlist_t){0};
+    for (size_t i = 0; i < held.n; i++)
+        node_dispatch(n, &held.w[i].peer, held.w[i].req);
+    free(held.w);
+}
+
+static void node_rebuild(node_t *n, const kb_peer_t *peer, uint64_t rid)
+{
+    idx_kb_t *ix = node_idx(n);
+    if (!ix) {
+        kb_wire_send_error(n->router, peer, rid, KB_EUNAVAIL,
+                           "replica has not received the knowledge base's "
+                           "settings from its leader yet");
+        return;
+    }
+    idx_rebuild_start(ix);
+    node_status(n, peer, rid);
+}
+
+/* Runs a decoded request; takes ownership of req. */
+static void node_dispatch(node_t *n, const kb_peer_t *peer,
+                          Kbsync__Request *req)
+{
+    char err[512];
+    uint64_t rid = req->request_id;
+    switch (req->body_case) {
+    case KBSYNC__REQUEST__BODY_UPSERT:
+    case KBSYNC__REQUEST__BODY_DELETE:
+        if (n->replica) {
+            const char *ep = repl_replica_leader_endpoint(n->replica);
+            snprintf(err, sizeof err,
+                     "this node is replica %s and does not accept writes; "
+                     "send them to the leader at %s",
+                     n->cfg->replica.id, *ep ? ep : n->cfg->replica.leader);
+            kb_wire_send_error(n->router, peer, rid, KB_ENOTLEADER, err);
+            break;
+        }
+        note_writer(n, peer);
+        repl_leader_submit(n->leader, n->router, peer, req); /* takes req */
+        if (repl_leader_queued(n->leader) >= NODE_GROUP_MAX)
+            node_flush(n);
+        return;
+    case KBSYNC__REQUEST__BODY_QUERY:
+    case KBSYNC__REQUEST__BODY_STATUS:
+    case KBSYNC__REQUEST__BODY_REBUILD:
+        if (has_queued_write(n, peer)) {
+            if (wlist_push(&n->held, peer, req, 0)) {
+                kb_wire_send_error(n->router, peer, rid, KB_ENOMEM,
+                                   "out of memory");
+                break;
+            }
+            return;
+        }
+        if (req->body_case == KBSYNC__REQUEST__BODY_QUERY) {
+            node_query(n, peer, req); /* takes req */
+            return;
+        }
+        if (req->body_case == KBSYNC__REQUEST__BODY_STATUS)
+            node_status(n, peer, rid);
+        else
+            node_rebuild(n, peer, rid);
+        break;
+    default:
+        kb_wire_send_error(n->router, peer, rid, KB_EBADMSG,
+                           "unknown request body");
+        break;
+    }
+    kbsync__request__free_unpacked(req, NULL);
+}
+
+static void node_handle(node_t *n, const kb_peer_t *peer, const kb_buf_t *b)
+{
+    char err[512];
+    Kbsync__Request *req;
+    uint64_t rid;
+    int rc = kb_wire_decode_request(b->data, b->len, n->cfg->max_msg, &req,
+                                    &rid, err, sizeof err);
+    if (rc) {
+        kb_warn("refused a request: %s", err);
+        kb_wire_send_error(n->router, peer, rid, rc, err);
+        return;
+    }
+    node_dispatch(n, peer, req);
+}
+
+static void node_forward(node_t *n)
+{
+    for (int i = 0; i < NODE_FORWARD_MAX; i++)
+        if (qry_pool_forward(n->answers, n->router))
+            break;
+}
+
+/* ------------------------------------------------------------- set-up */
+
+static int node_open(node_t *n, char *err, size_t errlen)
+{
+    n->ctx = zmq_ctx_new();
+    if (!n->ctx)
+        return kb_seterr(err, errlen, KB_ENET, "zmq_ctx_new failed");
+    n->router = zmq_socket(n->ctx, ZMQ_ROUTER);
+    n->answers = zmq_socket(n->ctx, ZMQ_PULL);
+    if (!n->router || !n->answers)
+        return kb_seterr(err, errlen, KB_ENET, "zmq_socket: %s",
+                         zmq_strerror(errno));
+    int zero = 0;
+    /* A message far above max_msg is dropped by ZeroMQ itself (the sender's
+     * connection is closed); between max_msg and this, the sender gets a
+     * clear KB_ETOOBIG answer. */
+    int64_t hard = (int64_t)n->cfg->max_msg * 4 + (1 << 20);
+    zmq_setsockopt(n->router, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(n->router, ZMQ_MAXMSGSIZE, &hard, sizeof hard);
+    /* ROUTER drops answers silently past its send queue limit (1000 by
+     * default): let pipelining clients have many requests in flight. */
+    int hwm = 100000;
+    zmq_setsockopt(n->router, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(n->answers, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(n->answers, ZMQ_RCVHWM, &zero, sizeof zero);
+    char aep[64];
+    snprintf(aep, sizeof aep, "inproc://kb-answers-%p", (void *)n);
+    if (zmq_bind(n->answers, aep))
+        return kb_seterr(err, errlen, KB_ENET, "cannot bind %s: %s", aep,
+                         zmq_strerror(errno));
+    if (zmq_bind(n->router, n->cfg->listen))
+        return kb_seterr(err, errlen, KB_ENET, "cannot listen on %s: %s",
+                         n->cfg->listen, zmq_strerror(errno));
+    char ep[256];
+    size_t eplen = sizeof ep;
+    zmq_getsockopt(n->router, ZMQ_LAST_ENDPOINT, ep, &eplen);
+    int rc;
+    if (n->cfg->role == NODE_REPLICA) {
+        repl_replica_config_t rc2 = n->cfg->replica;
+        rc2.ix_lock = &n->ix_lock;
+        rc = repl_replica_new(n->ctx, &rc2, &n->replica, err, errlen);
+    } else {
+        repl_leader_config_t lc = n->cfg->leader;
+        lc.client_endpoint = ep;
+        rc = repl_leader_new(n->ix, n->ctx, &lc, &n->leader, err, errlen);
+    }
+    if (rc)
+        return rc;
+    n->threads = n->cfg->query_threads;
+    if (n->threads <= 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        n->threads = cores > 0 ? (int)cores : 1;
+    }
+    qry_pool_config_t pc = {.threads = n->threads,
+                            .zctx = n->ctx,
+                            .answer_ep = aep,
+                            .src = {n, src_acquire, src_release, src_state}};
+    rc = qry_pool_new(&pc, &n->pool, err, errlen);
+    if (rc)
+        return rc;
+    kb_info("%s serving clients on %s with %d query threads",
+            n->cfg->role == NODE_REPLICA ? "replica" : "leader", ep,
+            n->threads);
+    if (n->cfg->endpoint_file) {
+        char tmp[4096];
+        snprintf(tmp, sizeof tmp, "%s.tmp", n->cfg->endpoint_file);
+        FILE *f = fopen(tmp, "w");
+        if (!f || fprintf(f, "%s\n", ep) < 0 || fclose(f) ||
+            rename(tmp, n->cfg->endpoint_file))
+            return kb_seterr(err, errlen, -errno,
+                             "cannot write endpoint file %s: %s",
+                             n->cfg->endpoint_file, strerror(errno));
+    }
+    return 0;
+}
+
+static void refuse_all(node_t *n, wlist_t *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        kb_wire_send_error(n->router, &l->w[i].peer, l->w[i].req->request_id,
+                           KB_EUNAVAIL, "node is shutting down");
+        kbsync__request__free_unpacked(l->w[i].req, NULL);
+    }
+    free(l->w);
+    *l = (wlist_t){0};
+}
+
+int node_run(idx_kb_t *ix, const node_config_t *cfg,
+             volatile sig_atomic_t *stop, char *err, size_t errlen)
+{
+    node_t n = {.ix = ix, .cfg = cfg};
+    pthread_rwlock_init(&n.ix_lock, NULL);
+    int rc = node_open(&n, err, errlen);
+    int timeout = 0;
+    while (!rc && !*stop) {
+        zmq_pollitem_t items[3] = {{n.router, 0, ZMQ_POLLIN, 0},
+                                   {n.answers, 0, ZMQ_POLLIN, 0},
+                                   {NULL, 0, ZMQ_POLLIN, 0}};
+        int nitems = 2;
+        void *rs = n.leader ? repl_leader_socket(n.leader)
+                            : repl_replica_socket(n.replica);
+        if (rs)
+            items[nitems++].socket = rs;
+        if (n.parked.n && timeout > 20)
+            timeout = 20; /* re-check parked reads' deadlines */
+        int pr = zmq_poll(items, nitems, timeout);
+        if (pr < 0) {
+            if (errno == EINTR)
+                continue;
+            rc = kb_seterr(err, errlen, KB_ENET, "zmq_poll: %s",
+                           zmq_strerror(errno));
+            break;
+        }
+        /* Replication first: applied records can release parked reads. */
+        if (n.replica) {
+            if (repl_replica_on_msg(n.replica))
+                node_unpark(&n);
+        } else {
+            repl_leader_on_repl(n.leader, n.router);
+        }
+        node_forward(&n);
+        for (int i = 0; i < NODE_DRAIN_MAX; i++) {
+            kb_peer_t peer;
+            kb_buf_t b;
+            int r = kb_wire_recv(n.router, &peer, &b);
+            if (r == -EAGAIN || r == -EINTR)
+                break;
+            if (r) {
+                kb_warn("dropped a malformed message envelope (%s)",
+                        kb_strerror(r));
+                continue;
+            }
+            node_handle(&n, &peer, &b);
+            kb_buf_free(&b);
+        }
+        node_flush(&n);
+        timeout = n.leader ? repl_leader_tick(n.leader, n.router)
+                           : repl_replica_tick(n.replica);
+        node_unpark(&n);
+        node_forward(&n);
+    }
+    if (n.leader) {
+        node_flush(&n);
+        repl_leader_shutdown(n.leader, n.router);
+    }
+    qry_pool_free(&n.pool, n.router); /* joins the readers */
+    if (n.answers && n.router)
+        node_forward(&n);
+    refuse_all(&n, &n.parked);
+    refuse_all(&n, &n.held);
+    free(n.writers);
+    repl_leader_free(&n.leader);
+    repl_replica_free(&n.replica);
+    if (n.answers)
+        zmq_close(n.answers);
+    if (n.router)
+        zmq_close(n.router);
+    if (n.ctx)
+        zmq_ctx_term(n.ctx);
+    pthread_rwlock_destroy(&n.ix_lock);
+    if (!rc)
+        kb_info("stopped cleanly");
+    return rc;
+}

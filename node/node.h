@@ -1,0 +1,51 @@
+/* node: a kbsync node, leader or replica: its event loop and its threads.
+ * In: client Requests on one ROUTER socket, plus the replication socket of
+ * its role. Out: writes to the leader's group commit (replicator/), queries
+ * to the reader pool (query/qry_pool), status answers; answers from the
+ * readers forwarded to their clients.
+ *
+ * THREADS AND OWNERSHIP
+ * - The node loop (the calling thread of node_run) owns the ZeroMQ sockets
+ *   (client ROUTER, the inproc PULL the readers answer on, the role's
+ *   replication socket), the role object (repl_leader: group commit, log
+ *   shipping, acks; repl_replica: apply, acks, hellos), the queries parked
+ *   for min_version, and the queries held until the same client's queued
+ *   write is committed. It is the knowledge base's only writer. It never
+ *   runs a search, so the stream (receive, apply, ack, heartbeat) and the
+ *   group commit never wait behind one; a write's apply waits at most for
+ *   the searches already inside FAISS (idx.h: vlock, writers preferred).
+ * - --query-threads reader threads (qry_pool) search and answer queries.
+ * - One background rebuild thread per knowledge base (idx.h).
+ * ix_lock (a reader-writer lock) keeps a replica's knowledge base alive for
+ * the readers: they hold it shared for a batch; the loop holds it
+ * exclusively to create, close or replace it. */
+#ifndef NODE_H
+#define NODE_H
+
+#include "idx.h"
+#include "repl_leader.h"
+#include "repl_replica.h"
+
+#include <signal.h>
+#include <stddef.h>
+
+typedef enum node_role { NODE_LEADER = 0, NODE_REPLICA = 1 } node_role_t;
+
+typedef struct node_config {
+    const char *listen;        /* ZMQ endpoint, e.g. tcp://127.0.0.1:7400 */
+    const char *endpoint_file; /* if set, the bound endpoint is written here */
+    size_t max_msg;            /* largest request accepted, bytes */
+    int query_threads;         /* reader threads; 0 = the number of cores */
+    node_role_t role;
+    repl_leader_config_t leader;   /* role == NODE_LEADER */
+    repl_replica_config_t replica; /* role == NODE_REPLICA */
+} node_config_t;
+
+/* Serves until *stop becomes non-zero (set it from a signal handler).
+ * ix: the leader's knowledge base (borrowed); NULL for a replica, which
+ * opens its own. Returns 0 on a clean stop, or a negative code with err set
+ * when the node could not start (e.g. the endpoint is in use). */
+int node_run(idx_kb_t *ix, const node_config_t *cfg,
+             volatile sig_atomic_t *stop, char *err, size_t errlen);
+
+#endif

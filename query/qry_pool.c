@@ -1,0 +1,425 @@
+/* qry_pool: reader threads and micro-batching (see qry_pool.h).
+ *
+ * ANSWERS
+ * A reader never touches the client ROUTER socket (ZeroMQ sockets belong to
+ * one thread). It packs each Response and pushes it on its own PUSH socket
+ * as [1 byte: envelope frame count n][n envelope frames][payload]; the node
+ * loop forwards that to the ROUTER without copying (qry_pool_forward).
+ *
+ * READ CONSISTENCY AT ANSWER TIME
+ * The loop hands over a query only once the node's version reached its
+ * min_version. The reader checks again against the version it searched
+ * (a replica that started over after divergence can go back), and checks
+ * max_lag_ms against the staleness of that version, computed when the
+ * answer is built; either refusal is KB_ESTALE naming the figures. */
+#include "qry_pool.h"
+
+#include "kb_err.h"
+#include "kb_util.h"
+
+#include <errno.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+typedef struct job {
+    kb_peer_t peer;
+    Kbsync__Request *req;
+} job_t;
+
+struct qry_pool {
+    qry_pool_config_t cfg;
+    char answer_ep[256];
+    pthread_mutex_t mu; /* guards q, nq, qcap, stop */
+    pthread_cond_t cv;
+    job_t *q;
+    size_t nq, qcap;
+    int stop;
+    pthread_t *thr;
+    int nthr;
+    _Atomic uint64_t queries, batches, hist[QRY_HIST_BUCKETS];
+};
+
+/* ------------------------------------------------------------- answers */
+
+static void free_buf(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* Pushes resp for peer to the loop. */
+static void push_response(void *push, const kb_peer_t *peer,
+                          Kbsync__Response *resp)
+{
+    resp->protocol_version = KB_PROTOCOL_VERSION;
+    size_t len = kbsync__response__get_packed_size(resp);
+    void *buf = malloc(len ? len : 1);
+    if (!buf) {
+        kb_error("out of memory packing an answer of %zu bytes; dropped", len);
+        return;
+    }
+    kbsync__response__pack(resp, buf);
+    unsigned char n = (unsigned char)peer->nframes;
+    zmq_send(push, &n, 1, ZMQ_SNDMORE);
+    for (size_t i = 0; i < peer->nframes; i++)
+        zmq_send(push, peer->frame[i], peer->len[i], ZMQ_SNDMORE);
+    zmq_msg_t m;
+    zmq_msg_init_data(&m, buf, len, free_buf, NULL);
+    if (zmq_msg_send(&m, push, 0) < 0)
+        zmq_msg_close(&m);
+}
+
+static void push_error(void *push, const kb_peer_t *peer, uint64_t rid,
+                       int code, const char *msg)
+{
+    Kbsync__Error e = KBSYNC__ERROR__INIT;
+    e.code = code;
+    e.message = (char *)msg;
+    Kbsync__Response r = KBSYNC__RESPONSE__INIT;
+    r.request_id = rid;
+    r.error = &e;
+    push_response(push, peer, &r);
+}
+
+int qry_pool_forward(void *answers, void *router)
+{
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, answers, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&m);
+        return -EAGAIN;
+    }
+    /* The pushed parts arrive together: the rest is there. */
+    int more = zmq_msg_more(&m);
+    zmq_msg_close(&m);
+    while (more) {
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, answers, 0) < 0) {
+            zmq_msg_close(&m);
+            return 0;
+        }
+        more = zmq_msg_more(&m);
+        /* DONTWAIT: a client that stopped reading loses answers past its
+         * queue limit instead of stalling the loop. */
+        if (zmq_msg_send(&m, router, (more ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) <
+            0)
+            zmq_msg_close(&m);
+    }
+    return 0;
+}
+
+/* -------------------------------------------------------------- batches */
+
+/* Two queries can share a FAISS call when their search parameters agree and
+ * neither is filtered. */
+static int compatible(const Kbsync__QueryRequest *a,
+                      const Kbsync__QueryRequest *b)
+{
+    return !a->n_filters && !b->n_filters && a->ef_search == b->ef_search &&
+           a->nprobe == b->nprobe;
+}
+
+static int hist_bucket(size_t n)
+{
+    int b = 0;
+    while (b < QRY_HIST_BUCKETS - 1 && ((size_t)1 << b) < n)
+        b++;
+    return b;
+}
+
+static void answer_hits(void *push, const job_t *j, const idx_hits_t *h,
+                        Kbsync__NodeState *s)
+{
+    Kbsync__Hit *hits = calloc(h->n ? h->n : 1, sizeof *hits);
+    Kbsync__Hit **hp = calloc(h->n ? h->n : 1, sizeof *hp);
+    if (!hits || !hp) {
+        free(hits);
+        free(hp);
+        push_error(push, &j->peer, j->req->request_id, KB_ENOMEM,
+                   "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < h->n; i++) {
+        kbsync__hit__init(&hits[i]);
+        hits[i].id = (char *)h->hit[i].id;
+        hits[i].score = h->hit[i].score;
+        hits[i].text = (char *)h->hit[i].text;
+        hits[i].metadata_json = (char *)h->hit[i].metadata;
+        hp[i] = &hits[i];
+    }
+    Kbsync__QueryResult qr = KBSYNC__QUERY_RESULT__INIT;
+    qr.state = s;
+    qr.n_hits = h->n;
+    qr.hits = hp;
+    Kbsync__Response r = KBSYNC__RESPONSE__INIT;
+    r.request_id = j->req->request_id;
+    r.body_case = KBSYNC__RESPONSE__BODY_QUERY;
+    r.query = &qr;
+    push_response(push, &j->peer, &r);
+    free(hits);
+    free(hp);
+}
+
+/* Fills an idx_query from a request; kv receives its filters. */
+static void query_from(const Kbsync__QueryRequest *r, idx_query_t *q,
+                       idx_filter_kv_t *kv)
+{
+    memset(q, 0, sizeof *q);
+    q->vec = r->n_vector ? r->vector : NULL;
+    q->vec_len = r->n_vector;
+    q->text = r->text;
+    q->text_len = r->text ? strlen(r->text) : 0;
+    q->k = r->k;
+    q->ef_search = r->ef_search;
+    q->nprobe = r->nprobe;
+    size_t nf = r->n_filters < IDX_MAX_FILTERS ? r->n_filters : IDX_MAX_FILTERS;
+    for (size_t i = 0; i < nf; i++) {
+        kv[i].key = r->filters[i]->key;
+        kv[i].value = r->filters[i]->value;
+    }
+    q->filters = kv;
+    q->nfilters = r->n_filters; /* checked against the bound */
+}
+
+static void run_batch(qry_pool_t *p, void *push, job_t *jobs, size_t n)
+{
+    char err[512];
+    qry_source_t *src = &p->cfg.src;
+    idx_kb_t *ix = src->acquire(src->ctx);
+    if (!ix) {
+        for (size_t i = 0; i < n; i++)
+            push_error(push, &jobs[i].peer, jobs[i].req->request_id,
+                       KB_EUNAVAIL,
+                       "replica has not received the knowledge base's "
+                       "settings from its leader yet");
+        return;
+    }
+    idx_query_t qs[QRY_BATCH_MAX];
+    idx_filter_kv_t kv[QRY_BATCH_MAX][IDX_MAX_FILTERS];
+    job_t *ok[QRY_BATCH_MAX];
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        const Kbsync__QueryRequest *r = jobs[i].req->query;
+        int rc = 0;
+        if (r->n_vector && r->text && *r->text)
+            rc = kb_seterr(err, sizeof err, KB_EINVAL,
+                           "query has both a vector and text: send one");
+        if (!rc) {
+            query_from(r, &qs[m], kv[m]);
+            rc = idx_check_query(ix, &qs[m], err, sizeof err);
+        }
+        if (rc) {
+            push_error(push, &jobs[i].peer, jobs[i].req->request_id, rc, err);
+            continue;
+        }
+        ok[m++] = &jobs[i];
+    }
+    if (m) {
+        idx_hits_t hits[QRY_BATCH_MAX];
+        idx_view_t view;
+        int rc = idx_search_batch(ix, m, qs, hits, &view, err, sizeof err);
+        if (rc) {
+            for (size_t i = 0; i < m; i++)
+                push_error(push, &ok[i]->peer, ok[i]->req->request_id, rc,
+                           err);
+        } else {
+            Kbsync__NodeState s;
+            src->state(src->ctx, ix, &view, &s);
+            for (size_t i = 0; i < m; i++) {
+                const Kbsync__QueryRequest *r = ok[i]->req->query;
+                if (r->min_version > s.version) {
+                    snprintf(err, sizeof err,
+                             "node %s is at version %llu, below the "
+                             "requested min_version %llu",
+                             s.node_id, (unsigned long long)s.version,
+                             (unsigned long long)r->min_version);
+                    push_error(push, &ok[i]->peer, ok[i]->req->request_id,
+                               KB_ESTALE, err);
+                } else if (r->max_lag_ms && s.lag_ms > r->max_lag_ms) {
+                    snprintf(err, sizeof err,
+                             "node %s lags the leader by %llu ms (%llu "
+                             "versions), above max_lag_ms %llu",
+                             s.node_id, (unsigned long long)s.lag_ms,
+                             (unsigned long long)s.lag_ops,
+                             (unsigned long long)r->max_lag_ms);
+                    push_error(push, &ok[i]->peer, ok[i]->req->request_id,
+                               KB_ESTALE, err);
+                } else {
+                    answer_hits(push, ok[i], &hits[i], &s);
+                }
+                idx_hits_free(&hits[i]);
+            }
+            atomic_fetch_add(&p->batches, 1);
+            atomic_fetch_add(&p->hist[hist_bucket(m)], 1);
+            atomic_fetch_add(&p->queries, m);
+        }
+    }
+    src->release(src->ctx);
+}
+
+/* Takes the oldest job and the waiting jobs compatible with it. p->mu held.
+ */
+static size_t take_batch(qry_pool_t *p, job_t *out)
+{
+    size_t n = 0, keep = 0;
+    for (size_t i = 0; i < p->nq; i++) {
+        if (n == 0 || (n < QRY_BATCH_MAX &&
+                       compatible(out[0].req->query, p->q[i].req->query)))
+            out[n++] = p->q[i];
+        else
+            p->q[keep++] = p->q[i];
+        if (n == 1 && p->q[i].req->query->n_filters) {
+            /* a filtered query goes alone */
+            for (i++; i < p->nq; i++)
+                p->q[keep++] = p->q[i];
+            break;
+        }
+    }
+    p->nq = keep;
+    return n;
+}
+
+typedef struct reader {
+    qry_pool_t *p;
+    int no;
+} reader_t;
+
+static void *reader_main(void *arg)
+{
+    reader_t *rd = arg;
+    qry_pool_t *p = rd->p;
+    /* FAISS parallelism comes from the readers themselves: each searches
+     * its batch on one OpenMP thread. */
+    omp_set_num_threads(1);
+    void *push = zmq_socket(p->cfg.zctx, ZMQ_PUSH);
+    int zero = 0, hwm = 0; /* never drop an answer inside the node */
+    zmq_setsockopt(push, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(push, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    if (zmq_connect(push, p->answer_ep))
+        kb_error("reader %d: cannot connect to %s: %s", rd->no, p->answer_ep,
+                 zmq_strerror(errno));
+    job_t *jobs = malloc(QRY_BATCH_MAX * sizeof *jobs);
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        while (!p->stop && p->nq == 0)
+            pthread_cond_wait(&p->cv, &p->mu);
+        if (p->stop) {
+            pthread_mutex_unlock(&p->mu);
+            break;
+        }
+        size_t n = take_batch(p, jobs);
+        pthread_mutex_unlock(&p->mu);
+        run_batch(p, push, jobs, n);
+        for (size_t i = 0; i < n; i++)
+            kbsync__request__free_unpacked(jobs[i].req, NULL);
+    }
+    free(jobs);
+    zmq_close(push);
+    free(rd);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+int qry_pool_new(const qry_pool_config_t *cfg, qry_pool_t **out, char *err,
+                 size_t errlen)
+{
+    *out = NULL;
+    qry_pool_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    p->cfg = *cfg;
+    if (p->cfg.threads < 1)
+        p->cfg.threads = 1;
+    snprintf(p->answer_ep, sizeof p->answer_ep, "%s", cfg->answer_ep);
+    p->cfg.answer_ep = p->answer_ep;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->thr = calloc((size_t)p->cfg.threads, sizeof *p->thr);
+    if (!p->thr) {
+        qry_pool_free(&p, NULL);
+        return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    }
+    for (int i = 0; i < p->cfg.threads; i++) {
+        reader_t *rd = malloc(sizeof *rd);
+        if (rd) {
+            rd->p = p;
+            rd->no = i;
+        }
+        if (!rd || pthread_create(&p->thr[i], NULL, reader_main, rd)) {
+            free(rd);
+            qry_pool_free(&p, NULL);
+            return kb_seterr(err, errlen, KB_ENOMEM,
+                             "cannot start reader thread %d", i);
+        }
+        char name[32];
+        snprintf(name, sizeof name, "kb-reader-%d", i);
+        name[15] = 0; /* the kernel keeps 15 bytes */
+        pthread_setname_np(p->thr[i], name);
+        p->nthr++;
+    }
+    *out = p;
+    return 0;
+}
+
+void qry_pool_submit(qry_pool_t *p, const kb_peer_t *peer,
+                     Kbsync__Request *req)
+{
+    pthread_mutex_lock(&p->mu);
+    if (p->nq == p->qcap) {
+        size_t cap = p->qcap ? p->qcap * 2 : 256;
+        job_t *q = realloc(p->q, cap * sizeof *q);
+        if (!q) {
+            pthread_mutex_unlock(&p->mu);
+            kb_error("out of memory queueing a query; dropped");
+            kbsync__request__free_unpacked(req, NULL);
+            return;
+        }
+        p->q = q;
+        p->qcap = cap;
+    }
+    p->q[p->nq].peer = *peer;
+    p->q[p->nq].req = req;
+    p->nq++;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void qry_pool_stats(qry_pool_t *p, qry_pool_stats_t *st)
+{
+    st->queries = atomic_load(&p->queries);
+    st->batches = atomic_load(&p->batches);
+    for (int i = 0; i < QRY_HIST_BUCKETS; i++)
+        st->hist[i] = atomic_load(&p->hist[i]);
+}
+
+void qry_pool_free(qry_pool_t **pp, void *router)
+{
+    if (!pp || !*pp)
+        return;
+    qry_pool_t *p = *pp;
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->nthr; i++)
+        pthread_join(p->thr[i], NULL);
+    for (size_t i = 0; i < p->nq; i++) {
+        if (router)
+            kb_wire_send_error(router, &p->q[i].peer,
+                               p->q[i].req->request_id, KB_EUNAVAIL,
+                               "node is shutting down");
+        kbsync__request__free_unpacked(p->q[i].req, NULL);
+    }
+    free(p->q);
+    free(p->thr);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p);
+    *pp = NULL;
+}

@@ -1,0 +1,85 @@
+/* qry_pool: the query node's reader threads. In: decoded query requests
+ * handed over by the node loop (each with its sender's envelope), ready to
+ * run (read-consistency waits are the loop's). Out: answers (hits + the
+ * NodeState of the version searched, or an error) pushed to the loop over an
+ * inproc socket, which forwards them to the client. Owns N reader threads,
+ * the queue of waiting queries (guarded by its mutex) and the serving
+ * counters (atomics).
+ *
+ * MICRO-BATCHING
+ * A reader that wakes takes the oldest waiting query and every other
+ * waiting query compatible with it (same ef_search and nprobe, no
+ * filters), up to QRY_BATCH_MAX, and searches them in ONE FAISS call (the
+ * BLAS path). It never waits for company: a lone query is searched alone
+ * at once. Filtered queries are searched one by one.
+ *
+ * THREADS
+ * qry_pool_new/submit/stats/stop/free: the node loop only. Reader threads
+ * touch the queue under the pool mutex, the knowledge base through the
+ * source's acquire/release (which keep it alive for the batch), and their
+ * own PUSH socket. */
+#ifndef QRY_POOL_H
+#define QRY_POOL_H
+
+#include "idx.h"
+#include "kb_wire.h"
+#include "kbsync.pb-c.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define QRY_BATCH_MAX 64
+#define QRY_HIST_BUCKETS 7 /* batch sizes 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64 */
+
+typedef struct qry_pool qry_pool_t;
+
+/* Where readers find the knowledge base and the node's staleness. */
+typedef struct qry_source {
+    void *ctx;
+    /* The knowledge base for one batch, kept alive until release(); NULL
+     * (then no release) when the node has none yet. Any thread. */
+    idx_kb_t *(*acquire)(void *ctx);
+    void (*release)(void *ctx);
+    /* Fills s for an answer reflecting view: role, node id, version,
+     * leader_version, lag_ops, lag_ms, leader_contact_ms, dim, metric,
+     * index, docs. String fields point to storage that lives as long as the
+     * node. Called between acquire and release. Any thread. */
+    void (*state)(void *ctx, idx_kb_t *ix, const idx_view_t *view,
+                  Kbsync__NodeState *s);
+} qry_source_t;
+
+typedef struct qry_pool_config {
+    int threads;           /* reader threads, >= 1 */
+    void *zctx;            /* ZeroMQ context (borrowed) */
+    const char *answer_ep; /* inproc endpoint the loop PULLs answers from */
+    qry_source_t src;
+} qry_pool_config_t;
+
+typedef struct qry_pool_stats {
+    uint64_t queries;                  /* answered */
+    uint64_t batches;                  /* FAISS calls that answered them */
+    uint64_t hist[QRY_HIST_BUCKETS];   /* batches by size bucket */
+} qry_pool_stats_t;
+
+/* Starts the readers; the loop must have bound answer_ep (a PULL socket)
+ * first. Returns 0 and sets *out, or a negative code with err set. */
+int qry_pool_new(const qry_pool_config_t *cfg, qry_pool_t **out, char *err,
+                 size_t errlen);
+
+/* Queues a query request (body QUERY) from peer; takes ownership of req. */
+void qry_pool_submit(qry_pool_t *p, const kb_peer_t *peer,
+                     Kbsync__Request *req);
+
+/* Counters so far. */
+void qry_pool_stats(qry_pool_t *p, qry_pool_stats_t *st);
+
+/* Stops the readers after their current batch and joins them; queries
+ * still queued are answered KB_EUNAVAIL through router. Then frees; accepts
+ * NULL and sets *p to NULL. */
+void qry_pool_free(qry_pool_t **p, void *router);
+
+/* The node loop: forwards one answer waiting on the PULL socket `answers`
+ * to the client ROUTER. Returns 0, or -EAGAIN when none is waiting. */
+int qry_pool_forward(void *answers, void *router);
+
+#endif
