@@ -243,7 +243,7 @@ typedef struct opts {
     double replace_frac, delete_frac;
     int wait_s;
     int check_qps;
-    int no_rebuild, no_fresh;
+    int no_rebuild, no_fresh, ingest_only;
     const char *label;
 } opts_t;
 
@@ -277,6 +277,7 @@ static void usage(FILE *f)
         "  --window W           upserts in flight (default 4)\n"
         "  --ingest-cmd CMD     ingest by running CMD (sh -c) instead, e.g. "
         "`kbsync ingest` of bench_gen's JSONL (hnsw/ivf only)\n"
+        "  --ingest-only        stop after the ingest figures (1c)\n"
         "  --wait-s S           longest wait for a node to settle (default "
         "900)\n"
         "hnsw:\n"
@@ -319,7 +320,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         O_LEADER = 256, O_LPID, O_REPLICA, O_PID, O_LOG, O_KBSYNC, O_N, O_DIM,
         O_SEED, O_QSEED, O_NQ, O_METRIC, O_BATCH, O_WINDOW, O_ICMD, O_WAIT,
         O_INDEX, O_EF, O_REPLACE, O_DELETE, O_CHECKQPS, O_NOREB, O_NOFRESH,
-        O_NPROBES, O_LABEL, O_HELP
+        O_NPROBES, O_LABEL, O_INGONLY, O_HELP
     };
     static const struct option lo[] = {
         {"leader", required_argument, 0, O_LEADER},
@@ -347,6 +348,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         {"no-fresh", no_argument, 0, O_NOFRESH},
         {"nprobes", required_argument, 0, O_NPROBES},
         {"label", required_argument, 0, O_LABEL},
+        {"ingest-only", no_argument, 0, O_INGONLY},
         {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0}};
     *o = (opts_t){.n = 100000, .dim = 384, .k = 10, .nq = 1000, .seed = 1,
@@ -446,6 +448,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         case O_NOFRESH: o->no_fresh = 1; break;
         case O_NPROBES: nprobes = optarg; break;
         case O_LABEL: o->label = optarg; break;
+        case O_INGONLY: o->ingest_only = 1; break;
         case 'h':
         case O_HELP: usage(stdout); exit(0);
         default: return -1;
@@ -612,13 +615,12 @@ static int wait_settle(const opts_t *o, nodeh_t *nodes, int nn,
                        const char *what)
 {
     long hz = sysconf(_SC_CLK_TCK);
-    long prev_ticks[BI_MAXNODES];
-    uint64_t prev_t[BI_MAXNODES], streak[BI_MAXNODES];
+    long base_ticks[BI_MAXNODES];
+    uint64_t streak[BI_MAXNODES];
     int done[BI_MAXNODES];
     for (int i = 0; i < nn; i++) {
         out[i] = (settle_t){-1, -1, -1, -1, {0}};
-        prev_ticks[i] = nodes[i].pid ? proc_bg_ticks(nodes[i].pid) : -1;
-        prev_t[i] = kb_mono_us();
+        base_ticks[i] = -1;
         streak[i] = 0;
         done[i] = 0;
     }
@@ -646,30 +648,43 @@ static int wait_settle(const opts_t *o, nodeh_t *nodes, int nn,
             int ok = s.version >= w->version && s.vectors == w->vectors &&
                      !s.rebuilding && s.rebuilds >= w->rebuilds &&
                      (!w->trained || s.trained);
-            int quiet = 1;
+            /* A quiet streak starts when the status conditions hold; it is
+             * restarted whenever the background threads used more than 5%
+             * of a core (+2 ticks) since its start; >= 1 s of it = idle,
+             * dated at its start. Without a pid: idle when status says so. */
             uint64_t tn = kb_mono_us();
-            if (nodes[i].pid) {
-                long t = proc_bg_ticks(nodes[i].pid);
-                double dt = (double)(tn - prev_t[i]) / 1e6;
-                long lim = (long)(0.25 * dt * (double)hz) + 1;
-                quiet = t >= 0 && prev_ticks[i] >= 0 && t >= prev_ticks[i] &&
-                        t - prev_ticks[i] <= lim;
-                prev_ticks[i] = t;
-            }
-            if (ok && quiet) {
-                if (!streak[i])
-                    streak[i] = nodes[i].pid ? prev_t[i] : tn;
-                if (!nodes[i].pid || tn - streak[i] >= 600000u) {
-                    out[i].idle = (double)(streak[i] - t0) / 1e6;
-                    if (out[i].idle < out[i].vectors)
-                        out[i].idle = out[i].vectors;
-                    done[i] = 1;
-                    left--;
-                }
-            } else {
+            if (!ok) {
                 streak[i] = 0;
+                continue;
             }
-            prev_t[i] = tn;
+            if (!nodes[i].pid) {
+                out[i].idle = (double)(tn - t0) / 1e6;
+                done[i] = 1;
+                left--;
+                continue;
+            }
+            long t = proc_bg_ticks(nodes[i].pid);
+            if (t < 0) {
+                fprintf(stderr, "bench_index: %s (pid %d) is gone\n",
+                        nodes[i].name, nodes[i].pid);
+                return -1;
+            }
+            if (!streak[i] || t < base_ticks[i]) {
+                streak[i] = tn;
+                base_ticks[i] = t;
+                continue;
+            }
+            double el = (double)(tn - streak[i]) / 1e6;
+            if (t - base_ticks[i] > (long)(0.05 * el * (double)hz) + 2) {
+                streak[i] = tn;
+                base_ticks[i] = t;
+            } else if (el >= 1.0) {
+                out[i].idle = (double)(streak[i] - t0) / 1e6;
+                if (out[i].idle < out[i].vectors)
+                    out[i].idle = out[i].vectors;
+                done[i] = 1;
+                left--;
+            }
         }
         if (now >= next_print || !left) {
             next_print = now + 5000000u;
@@ -1014,6 +1029,8 @@ static void fill_filter(const fspec_t *f, Kbsync__Filter *fl, char *val)
 }
 
 /* One served query; 0 and *a filled, or an error code (printed once). */
+static atomic_int g_qerr_printed;
+
 static int served_query(const opts_t *o, qry_client_t *cl, const float *q,
                         uint32_t ef, uint32_t nprobe, const fspec_t *f,
                         answer_t *a, double *ms)
@@ -1042,13 +1059,15 @@ static int served_query(const opts_t *o, qry_client_t *cl, const float *q,
     if (ms)
         *ms = (double)(t1 - t0) / 1000.0;
     if (rc) {
-        fprintf(stderr, "query: %s\n", err);
+        if (atomic_fetch_add(&g_qerr_printed, 1) < 5)
+            fprintf(stderr, "query: %s\n", err);
         return rc;
     }
     if (r->error || !r->query) {
         rc = r->error ? r->error->code : KB_EBADMSG;
-        fprintf(stderr, "query refused: %s\n",
-                r->error ? r->error->message : "no query result");
+        if (atomic_fetch_add(&g_qerr_printed, 1) < 5)
+            fprintf(stderr, "query refused: %s\n",
+                    r->error ? r->error->message : "no query result");
         kbsync__response__free_unpacked(r, NULL);
         return rc;
     }
@@ -1609,6 +1628,11 @@ static int mode_hnsw(opts_t *o)
     printf("\n== 1c ingest\n");
     if (ingest_phase(o, &C, 0, &t0, st, &last))
         return 1;
+    if (o->ingest_only) {
+        print_mem(o, &C, "", 0);
+        cluster_close(&C);
+        return 0;
+    }
 
     printf("\n== 1e memory (cluster idle, before any query)\n");
     print_mem(o, &C, "", 0);
@@ -1793,10 +1817,11 @@ static int mode_hnsw(opts_t *o)
         }
         free(x);
         free(lab);
-        if (exact_topk(o, ex, qa, o->nq, NULL, exa))
+        if (exact_topk(o, ex, qa, o->nq, NULL, exa) ||
+            exact_topk(o, ex, qb, o->nq, NULL, exb))
             return 1;
     }
-    round_t c1, c2;
+    round_t c1, c2, c1b;
     served_round(o, &C.node[1], qa, o->nq, o->ef, 0, NULL, exa, &c1);
     memset(&c2, 0, sizeof c2);
     if (C.nn > 2)
@@ -1805,9 +1830,13 @@ static int mode_hnsw(opts_t *o)
            "ms), r2 recall@%d %.4f\n",
            o->k, c1.recall, c1.p50, c1.p99, o->k, c2.recall);
     viol_print("r1 checks after churn", &c1.v);
+    served_round(o, &C.node[1], qb, o->nq, o->ef, 0, NULL, exb, &c1b);
+    printf("  served after churn, same-cluster queries: r1 recall@%d %.4f\n",
+           o->k, c1b.recall);
+    viol_print("r1 checks after churn (same-cluster queries)", &c1b.v);
     if (C.nn > 2)
         viol_print("r2 checks after churn", &c2.v);
-    round_t fr = {0};
+    round_t fr = {0}, frb = {0};
     idx_vec_t *fresh = NULL;
     if (!o->no_fresh) {
         tb = kb_mono_us();
@@ -1816,20 +1845,27 @@ static int mode_hnsw(opts_t *o)
             return 1;
         double fb = (double)(kb_mono_us() - tb) / 1e6;
         raw_round(o, fresh, qa, o->nq, o->ef, 0, NULL, exa, &fr);
+        raw_round(o, fresh, qb, o->nq, o->ef, 0, NULL, exb, &frb);
         printf("  fresh in-process %s of the %llu live docs (built in %.1f "
-               "s): recall@%d %.4f; p50 %.3f ms\n",
+               "s): recall@%d %.4f (same-cluster queries %.4f); p50 %.3f ms\n",
                o->index, (unsigned long long)live, fb, o->k, fr.recall,
-               fr.p50);
+               frb.recall, fr.p50);
+        printf("  served - fresh, same-cluster queries: r1 %+.4f\n",
+               c1b.recall - frb.recall);
         printf("  served - fresh recall: r1 %+.4f  r2 %+.4f (target: within "
                "0.01)\n",
                c1.recall - fr.recall, C.nn > 2 ? c2.recall - fr.recall : 0);
         res(" fresh_build_s=%.1f", fb);
     }
     res(" recall_churn_r1=%.4f recall_churn_r2=%.4f recall_fresh=%.4f "
-        "churn_diff_r1=%.4f churn_diff_r2=%.4f churn_violations=%llu",
+        "churn_diff_r1=%.4f churn_diff_r2=%.4f churn_violations=%llu "
+        "recall_churn_r1_same=%.4f recall_fresh_same=%.4f "
+        "churn_diff_r1_same=%.4f churn_p50_ms=%.3f churn_p99_ms=%.3f",
         c1.recall, c2.recall, fr.recall, c1.recall - fr.recall,
         C.nn > 2 ? c2.recall - fr.recall : 0,
-        (unsigned long long)(viol_total(&c1.v) + viol_total(&c2.v)));
+        (unsigned long long)(viol_total(&c1.v) + viol_total(&c2.v) +
+                             viol_total(&c1b.v)),
+        c1b.recall, frb.recall, c1b.recall - frb.recall, c1.p50, c1.p99);
     idx_vec_free(&fresh);
     size_t k_churn_end;
     pthread_mutex_lock(&K.mu);
@@ -1837,7 +1873,7 @@ static int mode_hnsw(opts_t *o)
     pthread_mutex_unlock(&K.mu);
 
     /* ---- rebuild ---- */
-    round_t rr = {0};
+    round_t rr = {0}, rrb = {0};
     if (!o->no_rebuild) {
         printf("\n== 1d after `kbsync rebuild --to r1`\n");
         double rb_s = 0;
@@ -1849,14 +1885,21 @@ static int mode_hnsw(opts_t *o)
                "%.3f ms); served - fresh %+.4f\n",
                o->k, rr.recall, rr.p50, rr.p99, rr.recall - fr.recall);
         viol_print("r1 checks after rebuild", &rr.v);
+        served_round(o, &C.node[1], qb, o->nq, o->ef, 0, NULL, exb, &rrb);
+        printf("  same-cluster queries after rebuild: r1 recall@%d %.4f; "
+               "served - fresh %+.4f\n",
+               o->k, rrb.recall, rrb.recall - frb.recall);
+        viol_print("r1 checks after rebuild (same-cluster queries)", &rrb.v);
         print_mem(o, &C, "rb_", 0);
         res(" rebuild_s=%.2f rebuild_dead_after=%llu rebuild_vectors_after=%llu "
             "recall_rebuild_r1=%.4f rebuild_diff_r1=%.4f rebuild_p50_ms=%.3f "
-            "rebuild_p99_ms=%.3f rebuild_violations=%llu",
+            "rebuild_p99_ms=%.3f rebuild_violations=%llu "
+            "recall_rebuild_r1_same=%.4f rebuild_diff_r1_same=%.4f",
             rb_s, (unsigned long long)srb.last.dead,
             (unsigned long long)srb.last.vectors, rr.recall,
             rr.recall - fr.recall, rr.p50, rr.p99,
-            (unsigned long long)viol_total(&rr.v));
+            (unsigned long long)(viol_total(&rr.v) + viol_total(&rrb.v)),
+            rrb.recall, rrb.recall - frb.recall);
     }
     if (checker_on) {
         atomic_store(&K.stop, 1);
@@ -1864,30 +1907,45 @@ static int mode_hnsw(opts_t *o)
         viol_t v1 = {0}, v2 = {0};
         checker_check(o, &K, 0, k_churn_end, &v1);
         checker_check(o, &K, k_churn_end, K.n, &v2);
-        double p50 = bench_pct(K.lat.v, K.lat.n, 50),
-               p99 = bench_pct(K.lat.v, K.lat.n, 99);
+        /* latencies of the two phases (K.lat is index-aligned with K.a) */
+        dvec_t l1 = {0}, l2 = {0};
+        for (size_t i = 0; i < K.lat.n; i++)
+            dvec_push(i < k_churn_end ? &l1 : &l2, K.lat.v[i]);
+        double p50 = bench_pct(l1.v, l1.n, 50), p99 = bench_pct(l1.v, l1.n, 99),
+               mx = bench_pct(l1.v, l1.n, 100);
+        double q50 = bench_pct(l2.v, l2.n, 50), q99 = bench_pct(l2.v, l2.n, 99),
+               qmx = bench_pct(l2.v, l2.n, 100);
         printf("\n== checker on r1 (queried during churn, merging, %s)\n",
                o->no_rebuild ? "no rebuild" : "the rebuild");
         viol_print("during churn + merge", &v1);
+        printf("      latency p50 %.3f ms p99 %.3f ms max %.3f ms\n", p50, p99,
+               mx);
         viol_print("during rebuild", &v2);
-        printf("    checker latency p50 %.3f ms p99 %.3f ms; %llu errors\n",
-               p50, p99, (unsigned long long)K.errors);
+        printf("      latency p50 %.3f ms p99 %.3f ms max %.3f ms\n", q50, q99,
+               qmx);
+        printf("    checker errors: %llu\n", (unsigned long long)K.errors);
+        dvec_free(&l1);
+        dvec_free(&l2);
         viol_t all = v1;
         viol_merge(&all, &v2);
         res(" checker_answers=%llu checker_violations=%llu "
             "checker_rebuild_answers=%llu checker_rebuild_violations=%llu "
-            "checker_errors=%llu checker_p50_ms=%.3f checker_p99_ms=%.3f",
+            "checker_errors=%llu checker_churn_p50_ms=%.3f "
+            "checker_churn_p99_ms=%.3f checker_churn_max_ms=%.3f "
+            "checker_rebuild_p50_ms=%.3f checker_rebuild_p99_ms=%.3f "
+            "checker_rebuild_max_ms=%.3f",
             (unsigned long long)all.answers,
             (unsigned long long)viol_total(&all),
             (unsigned long long)v2.answers,
             (unsigned long long)viol_total(&v2),
-            (unsigned long long)K.errors, p50, p99);
+            (unsigned long long)K.errors, p50, p99, mx, q50, q99, qmx);
         free(K.a);
         dvec_free(&K.lat);
     }
     uint64_t all_viol = viol_total(&s1a.v) + viol_total(&s1b.v) +
                         viol_total(&s2a.v) + viol_total(&c1.v) +
-                        viol_total(&c2.v) + viol_total(&rr.v);
+                        viol_total(&c2.v) + viol_total(&rr.v) +
+                        viol_total(&c1b.v) + viol_total(&rrb.v);
     double both = 0;
     for (int i = 1; i < C.nn; i++)
         if (st[i].applied > both)
@@ -1913,14 +1971,24 @@ static int mode_hnsw(opts_t *o)
 /* ------------------------------------------------------------------------ */
 /* mode ivf                                                                 */
 
+/* 0 (the node's default) and the --nprobes values up to nlist. */
+static int nprobe_list(const opts_t *o, uint32_t *list)
+{
+    const char *p = strstr(o->index, "IVF");
+    unsigned long nlist = p ? strtoul(p + 3, NULL, 10) : 0;
+    int nl = 0;
+    list[nl++] = 0;
+    for (int i = 0; i < o->nnprobe; i++)
+        if (!nlist || o->nprobe[i] <= nlist)
+            list[nl++] = o->nprobe[i];
+    return nl;
+}
+
 static void ivf_rounds(const opts_t *o, nodeh_t *nd, const float *qa,
                        const int32_t *exa, const char *tag)
 {
     uint32_t list[BI_MAXNPROBE + 1];
-    int nl = 0;
-    list[nl++] = 0;
-    for (int i = 0; i < o->nnprobe; i++)
-        list[nl++] = o->nprobe[i];
+    int nl = nprobe_list(o, list);
     for (int i = 0; i < nl; i++) {
         round_t R;
         served_round(o, nd, qa, o->nq, 0, list[i], NULL, exa, &R);
@@ -2029,10 +2097,7 @@ static int mode_ivf(opts_t *o)
     res(" raw_train_s=%.2f raw_add_s=%.2f raw_index_mb=%.1f", train_s, add_s,
         idx_vec_bytes(raw) / 1048576.0);
     uint32_t list[BI_MAXNPROBE + 1];
-    int nl = 0;
-    list[nl++] = 0;
-    for (int i = 0; i < o->nnprobe; i++)
-        list[nl++] = o->nprobe[i];
+    int nl = nprobe_list(o, list);
     for (int i = 0; i < nl; i++) {
         round_t R;
         raw_round(o, raw, qa, o->nq, 0, list[i], NULL, exa, &R);

@@ -1,10 +1,12 @@
 /* faiss_c_compat: the subset of the FAISS C API (faiss/c_api/ headers, plus
  * the newer search-parameter functions of faiss_c_ext.h) that kbsync uses,
  * implemented on the C++ libfaiss.a because Debian 12 ships no libfaiss_c.
- * In: opaque handles and caller-owned buffers from C. Out: int codes (0 = OK,
- * FAISS_EXCEPT / STD_EXCEPT / UNKNOWN_EXCEPT on failure). State owned: one
- * thread_local last-error text per thread. Built only when cmake/faiss.cmake
- * finds no usable faiss_c; written from the headers. */
+ * Where 1.7.3 falls short of the newer API (parameters through an IDMap,
+ * per-call HNSW efSearch) it behaves as the newer one does; see the
+ * banners. In: opaque handles and caller-owned buffers from C. Out: int
+ * codes (0 = OK, FAISS_EXCEPT / STD_EXCEPT / UNKNOWN_EXCEPT on failure).
+ * State owned: one thread_local last-error text per thread. Built only when
+ * cmake/faiss.cmake finds no usable faiss_c; written from the headers. */
 
 /* The C++ headers come first. The C headers then add, at global scope, the
  * typedef idx_t (== faiss::Index::idx_t, checked below) and the enumerators
@@ -445,8 +447,7 @@ void search_params(const faiss::Index *index, faiss::Index::idx_t n,
                   distances, labels);
     for (faiss::Index::idx_t i = 0; i < n * k; i++) {
         faiss::Index::idx_t l = labels[i];
-        labels[i] = l >= 0 && static_cast<size_t>(l) < ids.size() ? ids[l]
-                                                                    : -1;
+        labels[i] = l >= 0 && static_cast<size_t>(l) < ids.size() ? ids[l] : -1;
     }
 }
 

@@ -1372,7 +1372,8 @@ static int pending_dead(idx_kb_t *ix, uint64_t version, int64_t **out,
     pthread_mutex_unlock(&ix->rm_mu);
     if (fail)
         return KB_ENOMEM;
-    qsort(d, m, sizeof *d, cmp_i64);
+    if (m)
+        qsort(d, m, sizeof *d, cmp_i64);
     *out = d;
     *n = m;
     return 0;

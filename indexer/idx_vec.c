@@ -122,8 +122,8 @@ static ls_page_t *ls_page_make(labelset_t *ls, int64_t label)
             return NULL;
         ls->ndirs++;
     }
-    ls_page_t **pp = &ls->top[t]->page[(label >> LS_PAGE_SHIFT) &
-                                       (LS_DIR_PAGES - 1)];
+    ls_page_t **pp =
+        &ls->top[t]->page[(label >> LS_PAGE_SHIFT) & (LS_DIR_PAGES - 1)];
     if (!*pp) {
         if (!(*pp = calloc(1, sizeof(ls_page_t))))
             return NULL;
@@ -469,8 +469,8 @@ static int normalised(const idx_vec_t *v, size_t n, const float *x,
 }
 
 /* Marks labels[0..n) stored, or marks none and says why. */
-static int mark_stored(idx_vec_t *v, size_t n, const int64_t *labels,
-                       char *err, size_t errlen)
+static int mark_stored(idx_vec_t *v, size_t n, const int64_t *labels, char *err,
+                       size_t errlen)
 {
     for (size_t i = 0; i < n; i++) {
         int64_t l = labels[i];
@@ -479,11 +479,11 @@ static int mark_stored(idx_vec_t *v, size_t n, const int64_t *labels,
             rc = kb_seterr(err, errlen, KB_EINVAL,
                            "label %lld out of range [0, 2^40)", (long long)l);
         else if (ls_stored(&v->ls, l))
-            rc = kb_seterr(err, errlen, KB_EINVAL,
-                           "label %lld is already stored%s; labels are never "
-                           "reused",
-                           (long long)l,
-                           ls_live(&v->ls, l) ? "" : " (removed)");
+            rc =
+                kb_seterr(err, errlen, KB_EINVAL,
+                          "label %lld is already stored%s; labels are never "
+                          "reused",
+                          (long long)l, ls_live(&v->ls, l) ? "" : " (removed)");
         else if ((rc = ls_set_stored(&v->ls, l, 1)))
             kb_seterr(err, errlen, rc, "label bitmap: out of memory");
         if (rc) {
@@ -567,7 +567,9 @@ int idx_vec_train(idx_vec_t *v, size_t n, const float *x, char *err,
  * many are dead: it is twice the k S / E slots that hold k eligible vectors
  * when the ineligible ones are spread evenly, so a 50%-dead index asks for
  * 4k + 16, not half the index. An allow() filter of unknown selectivity
- * doubles it. With I = 0 and no allow(), k' = k.
+ * doubles it. With I = 0 and no allow(), k' = k. The batch's scratch is
+ * nq k' (score, label) pairs: k' is also capped at max(k, 2^20 / nq), 12 MiB
+ * per call; queries that need more get it from the retry, one at a time.
  *
  * RETRY. A query that ends with fewer than min(k, E) survivors (k with
  * allow()) while FAISS filled all k' slots is searched again, alone, with
@@ -582,26 +584,31 @@ int idx_vec_train(idx_vec_t *v, size_t n, const float *x, char *err,
 typedef struct search {
     const idx_vec_t *v;
     const idx_vec_params_t *p;
-    const float *q;   /* nq*dim queries, normalised under cosine */
-    uint64_t stored;  /* S */
-    uint64_t elig;    /* E */
-    uint32_t ef;      /* HNSW efSearch */
-    size_t nprobe;    /* IVF nprobe */
-    int filtering;    /* some stored vector may be skipped */
+    const float *q;  /* nq*dim queries, normalised under cosine */
+    uint64_t stored; /* S */
+    uint64_t elig;   /* E */
+    uint32_t ef;     /* HNSW efSearch */
+    size_t nprobe;   /* IVF nprobe */
+    int filtering;   /* some stored vector may be skipped */
 } search_t;
 
-static size_t first_kprime(const search_t *s, uint32_t k)
+#define KP_BATCH_SLOTS (1u << 20)
+
+static size_t first_kprime(const search_t *s, size_t nq, uint32_t k)
 {
-    if (!s->filtering)
-        return k < s->stored ? k : (size_t)s->stored;
-    double ratio = (double)s->stored / (double)s->elig;
-    double kp = 2.0 * k * ratio + 16;
-    if (s->p->allow)
-        kp *= 2;
-    else if ((double)k + (double)(s->stored - s->elig) < kp)
-        kp = (double)k + (double)(s->stored - s->elig);
-    if (kp < k)
-        kp = k;
+    double kp = k;
+    if (s->filtering) {
+        kp = 2.0 * k * ((double)s->stored / (double)s->elig) + 16;
+        if (s->p->allow)
+            kp *= 2;
+        else if ((double)k + (double)(s->stored - s->elig) < kp)
+            kp = (double)k + (double)(s->stored - s->elig);
+        double budget = (double)(KP_BATCH_SLOTS / nq);
+        if (kp > budget)
+            kp = budget;
+        if (kp < k)
+            kp = k;
+    }
     return kp >= (double)s->stored ? (size_t)s->stored : (size_t)kp;
 }
 
@@ -689,7 +696,7 @@ static int retry_one(const search_t *s, size_t i, size_t kp, uint32_t k,
 static int search_run(const search_t *s, size_t nq, uint32_t k, float *scores,
                       int64_t *labels, char *err, size_t errlen)
 {
-    size_t kp = first_kprime(s, k);
+    size_t kp = first_kprime(s, nq, k);
     float *d = malloc(nq * kp * sizeof *d);
     int64_t *l = malloc(nq * kp * sizeof *l);
     int rc = d && l ? 0 : kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
@@ -700,8 +707,8 @@ static int search_run(const search_t *s, size_t nq, uint32_t k, float *scores,
         float *os = scores + i * k;
         int64_t *ol = labels + i * k;
         int full;
-        uint32_t got = keep_hits(s, d + i * kp, l + i * kp, kp, k, os, ol,
-                                 &full);
+        uint32_t got =
+            keep_hits(s, d + i * kp, l + i * kp, kp, k, os, ol, &full);
         if (got < want && full && kp < s->stored)
             rc = retry_one(s, i, kp, k, os, ol, err, errlen);
     }
@@ -806,10 +813,9 @@ int idx_vec_reconstruct(const idx_vec_t *v, int64_t label, float *out,
                         char *err, size_t errlen)
 {
     if (!ls_live(&v->ls, label))
-        return kb_seterr(err, errlen, KB_EINVAL, "label %lld is not %s",
-                         (long long)label,
-                         ls_stored(&v->ls, label) ? "live (removed)"
-                                                  : "in the index");
+        return kb_seterr(
+            err, errlen, KB_EINVAL, "label %lld is not %s", (long long)label,
+            ls_stored(&v->ls, label) ? "live (removed)" : "in the index");
     if (faiss_Index_reconstruct(active(v), label, out))
         return vec_fail(err, errlen, "reconstruct");
     return 0;

@@ -5,7 +5,9 @@
  * replica, and a WriteResult or error to each client — at once (`async`) or
  * once every named replica applied the write (`all`). Owns the replication
  * ROUTER socket, the replica table and the requests waiting for acks;
- * borrows the idx and the client socket. Single-threaded: node loop only. */
+ * borrows the idx and the client socket. Single-threaded: node loop only.
+ * Implemented in two halves: repl_commit.c (group commit and answers) and
+ * repl_ship.c (log shipping, heartbeats, acks). */
 #ifndef REPL_LEADER_H
 #define REPL_LEADER_H
 

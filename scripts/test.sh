@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, builds, and runs the whole
-# cmocka/CTest suite twice: a Release build, then an ASan+UBSan build.
-# KB_TEST_SANITIZE=0 skips the sanitizer pass.
+# cmocka/CTest suite twice: a Release build, then an ASan+UBSan build; then
+# the tests of the threaded parts (reader pool, delta, merger, rebuild, node
+# loop) in a ThreadSanitizer build. KB_TEST_SANITIZE=0 skips the sanitizer
+# passes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
@@ -13,4 +15,10 @@ if [ "${KB_TEST_SANITIZE:-1}" != 0 ]; then
   (cd build-san && ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
      UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
      ctest --output-on-failure -j2 --timeout 900)
+fi
+if [ "${KB_TEST_SANITIZE:-1}" != 0 ]; then
+  bash scripts/build.sh build-tsan Tsan
+  # libgomp and OpenBLAS are not instrumented: tests/tsan.supp names them.
+  (cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/../tests/tsan.supp" \
+     ctest --output-on-failure -j2 --timeout 900 -R '^test_(idx|idx_vec|node)$')
 fi

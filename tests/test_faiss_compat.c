@@ -415,8 +415,7 @@ static pdata_t *pdata_new(int d)
     assert_int_equal(
         faiss_index_factory(&flat, d, "Flat", METRIC_INNER_PRODUCT), 0);
     assert_int_equal(faiss_Index_add_with_ids(flat, PN, p->x, NULL), 0);
-    assert_int_equal(faiss_Index_search(flat, PQ, p->q, PK, dist, p->truth),
-                     0);
+    assert_int_equal(faiss_Index_search(flat, PQ, p->q, PK, dist, p->truth), 0);
     faiss_Index_free(flat);
     return p;
 }
@@ -548,8 +547,7 @@ static void test_faiss_compat_params_idmap2_labels(void **state)
     float d[12];
     idx_t l[12];
     assert_int_equal(faiss_SearchParameters_new(&sp, NULL), 0);
-    assert_int_equal(faiss_Index_search_with_params(idx, 2, q, 6, sp, d, l),
-                     0);
+    assert_int_equal(faiss_Index_search_with_params(idx, 2, q, 6, sp, d, l), 0);
     assert_int_equal(l[0], 102);
     assert_true(d[0] > 0.999f && d[0] < 1.001f);
     assert_int_equal(l[6], 101);
@@ -562,8 +560,7 @@ static void test_faiss_compat_params_idmap2_labels(void **state)
     assert_int_equal(l[0], 102);
     /* An empty IDMap2 answers -1 everywhere (never garbage labels). */
     assert_int_equal(
-        faiss_index_factory(&empty, 4, "IDMap2,Flat", METRIC_INNER_PRODUCT),
-        0);
+        faiss_index_factory(&empty, 4, "IDMap2,Flat", METRIC_INNER_PRODUCT), 0);
     memset(l, 0x5a, sizeof l);
     assert_int_equal(faiss_Index_search_with_params(empty, 2, q, 6, sp, d, l),
                      0);
@@ -659,8 +656,8 @@ static void test_faiss_compat_params_wrong_type_fails(void **state)
     assert_int_equal(faiss_SearchParametersIVF_new_with(&ivf, NULL, 4, 0), 0);
     assert_int_equal(faiss_SearchParametersHNSW_new_with(&hnsw, NULL, 32), 0);
     assert_int_equal(faiss_IDSelectorRange_new(&range, 0, 10), 0);
-    assert_int_equal(faiss_SearchParameters_new(&base, (FaissIDSelector *)range),
-                     0);
+    assert_int_equal(
+        faiss_SearchParameters_new(&base, (FaissIDSelector *)range), 0);
     static const char *hnsw_descs[] = {"HNSW32", "IDMap2,HNSW32"};
     static const char *ivf_descs[] = {"IVF16,Flat", "IDMap2,IVF16,Flat"};
     for (int i = 0; i < 2; i++) {
@@ -721,8 +718,7 @@ static void test_faiss_compat_train_reconstruct_casts(void **state)
     /* Training with fewer points than lists is refused with FAISS's text. */
     FaissIndex *small = NULL;
     assert_int_equal(
-        faiss_index_factory(&small, 16, "IVF16,Flat", METRIC_INNER_PRODUCT),
-        0);
+        faiss_index_factory(&small, 16, "IVF16,Flat", METRIC_INNER_PRODUCT), 0);
     assert_int_equal(faiss_Index_train(small, 4, p->x), FAISS_EXCEPT);
     assert_last_error_mentions("16");
     assert_int_equal(

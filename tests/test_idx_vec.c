@@ -4,7 +4,8 @@
  * labels, removals, search parameters. Out: pass/fail on which descriptions
  * are accepted, tombstones, over-fetch, max_label and allow filters,
  * training, cosine, reconstruct/score_labels against brute force, memory
- * figures, and concurrent searches. Each test owns its indexes. */
+ * figures, and concurrent searches. Each test owns its indexes, except the
+ * read-only kinds x metrics group, which shares one set (kinds_setup). */
 #include "kb_test.h"
 
 #include "idx_vec.h"
@@ -86,8 +87,8 @@ static size_t brute(const vset_t *s, int metric, const float *q, uint32_t k,
     assert_non_null(all);
     for (size_t i = 0; i < s->n; i++)
         if (!ok || ok(ctx, s->labels[i]))
-            all[m++] = (scored_t){ref_score(metric, q, s->x + i * DIM),
-                                  s->labels[i]};
+            all[m++] =
+                (scored_t){ref_score(metric, q, s->x + i * DIM), s->labels[i]};
     g_cmp_metric = metric;
     qsort(all, m, sizeof *all, cmp_scored);
     for (uint32_t j = 0; j < k; j++) {
@@ -119,8 +120,8 @@ static void train_ivf(idx_vec_t *v)
 /* Fails unless the row (k slots) is: only labels ok() accepts, no label
  * twice, scores best first, `want` real labels then -1s. */
 static void check_row(const idx_vec_t *v, int metric, const float *sc,
-                      const int64_t *l, uint32_t k, pred_fn ok,
-                      const void *ctx, size_t want)
+                      const int64_t *l, uint32_t k, pred_fn ok, const void *ctx,
+                      size_t want)
 {
     (void)v;
     size_t real = 0;
@@ -180,8 +181,8 @@ static void test_idx_vec_unmaintainable_kind_refused(void **state)
     (void)state;
     /* FAISS builds these, kbsync does not maintain them: refused, naming
      * the description and what is accepted. */
-    static const char *descs[] = {"SQ8", "HNSW32,PQ4", "IVF4,SQ8",
-                                  "IDMap2,SQ4", "HNSW1", "IVF4,PQ4x4"};
+    static const char *descs[] = {"SQ8",        "HNSW32,PQ4", "IVF4,SQ8",
+                                  "IDMap2,SQ4", "HNSW1",      "IVF4,PQ4x4"};
     for (size_t d = 0; d < sizeof descs / sizeof descs[0]; d++) {
         idx_vec_t *v = (void *)1;
         char err[512] = "";
@@ -226,43 +227,91 @@ static void test_idx_vec_flat_is_wrapped(void **state)
 
 /* --------------------------------------------------- kinds x metrics */
 
-static const char *const k_kinds[] = {"Flat",       "HNSW16",   "HNSW8,Flat",
-                                      "IVF4,Flat",  "IVF4,PQ4", NULL};
+static const char *const k_kinds[] = {"Flat",      "HNSW16",   "HNSW8,Flat",
+                                      "IVF4,Flat", "IVF4,PQ4", NULL};
 static const char *const k_kind_names[] = {"flat", "hnsw", "hnsw", "ivf",
                                            "ivf"};
 
-static void test_idx_vec_every_kind_and_metric_adds_and_searches(void **state)
+/* The 15 kind x metric indexes over one data set, with s.labels[4]
+ * removed: built once (by the group setup) for the tests that only read
+ * them, because training IVF,PQ is most of their cost. */
+enum { FX_N = 200, FX_DEAD = 4 };
+
+typedef struct kinds_fx {
+    vset_t s;
+    idx_vec_t *v[5][3]; /* [k_kinds][metric] */
+} kinds_fx_t;
+
+static int kinds_setup(void **state)
 {
-    (void)state;
-    enum { N = 200, K = 5 };
-    vset_t s = vset_make(N, 1, 10, 3);
-    for (int kd = 0; k_kinds[kd]; kd++) {
+    kinds_fx_t *fx = calloc(1, sizeof *fx);
+    assert_non_null(fx);
+    fx->s = vset_make(FX_N, 11, 100, 10); /* labels 100, 110, ... */
+    for (size_t i = 0; i < FX_N * DIM; i++)
+        fx->s.x[i] *= 3.0f; /* not unit: cosine must normalise */
+    for (int kd = 0; k_kinds[kd]; kd++)
         for (int metric = 0; metric <= 2; metric++) {
             idx_vec_t *v = vec_new(DIM, k_kinds[kd], metric);
-            assert_string_equal(idx_vec_kind(v), k_kind_names[kd]);
             if (idx_vec_needs_training(v))
                 train_ivf(v);
-            assert_int_equal(idx_vec_is_trained(v), 1);
-            add_all(v, &s);
-            KBT_U64(idx_vec_count(v), N);
-            KBT_U64(idx_vec_stored(v), N);
-            float sc[20 * K];
-            int64_t l[20 * K];
+            add_all(v, &fx->s);
             char err[512] = "";
-            KBT_OK(idx_vec_search(v, 20, s.x, K, sc, l, err, sizeof err), err);
+            KBT_OK(
+                idx_vec_remove(v, 1, &fx->s.labels[FX_DEAD], err, sizeof err),
+                err);
+            fx->v[kd][metric] = v;
+        }
+    *state = fx;
+    return 0;
+}
+
+static int kinds_teardown(void **state)
+{
+    kinds_fx_t *fx = *state;
+    for (int kd = 0; k_kinds[kd]; kd++)
+        for (int metric = 0; metric <= 2; metric++)
+            idx_vec_free(&fx->v[kd][metric]);
+    vset_free(&fx->s);
+    free(fx);
+    return 0;
+}
+
+static int not_fx_dead(const void *ctx, int64_t label)
+{
+    return label != *(const int64_t *)ctx;
+}
+
+static void test_idx_vec_every_kind_and_metric_adds_and_searches(void **state)
+{
+    kinds_fx_t *fx = *state;
+    enum { K = 5, NQ = 20 };
+    const vset_t *s = &fx->s;
+    for (int kd = 0; k_kinds[kd]; kd++) {
+        for (int metric = 0; metric <= 2; metric++) {
+            idx_vec_t *v = fx->v[kd][metric];
+            assert_string_equal(idx_vec_kind(v), k_kind_names[kd]);
+            assert_int_equal(idx_vec_is_trained(v), 1);
+            KBT_U64(idx_vec_count(v), FX_N - 1);
+            KBT_U64(idx_vec_stored(v), FX_N);
+            float sc[NQ * K];
+            int64_t l[NQ * K];
+            char err[512] = "";
+            /* Queries 5..24: each a stored, live vector. */
+            KBT_OK(idx_vec_search(v, NQ, s->x + 5 * DIM, K, sc, l, err,
+                                  sizeof err),
+                   err);
             int self_first = 0;
-            for (int i = 0; i < 20; i++) {
-                check_row(v, metric, sc + i * K, l + i * K, K, NULL, NULL, K);
-                self_first += l[i * K] == s.labels[i];
+            for (int i = 0; i < NQ; i++) {
+                check_row(v, metric, sc + i * K, l + i * K, K, not_fx_dead,
+                          &s->labels[FX_DEAD], K);
+                self_first += l[i * K] == s->labels[5 + i];
             }
             /* PQ is lossy; every other kind finds each vector itself. */
-            if (self_first < (strstr(k_kinds[kd], "PQ") ? 16 : 20))
-                fail_msg("%s metric %d: %d of 20 queries found themselves",
-                         k_kinds[kd], metric, self_first);
-            idx_vec_free(&v);
+            if (self_first < (strstr(k_kinds[kd], "PQ") ? 16 : NQ))
+                fail_msg("%s metric %d: %d of %d queries found themselves",
+                         k_kinds[kd], metric, self_first, NQ);
         }
     }
-    vset_free(&s);
 }
 
 static void test_idx_vec_ip_vs_l2_ordering(void **state)
@@ -318,8 +367,7 @@ static int alive_third(const void *ctx, int64_t label)
 
 /* Builds an index of desc over s ("IVF... untrained" = no training), then
  * removes every label with i % 3 != 0 (two thirds dead). */
-static idx_vec_t *two_thirds_dead(const char *desc, int train,
-                                  const vset_t *s)
+static idx_vec_t *two_thirds_dead(const char *desc, int train, const vset_t *s)
 {
     idx_vec_t *v = vec_new(DIM, desc, IDX_METRIC_L2);
     if (train)
@@ -347,9 +395,9 @@ static void test_idx_vec_removed_never_returned_on_every_kind(void **state)
     } cases[] = {
         {"Flat", 0, 1, {0}},
         {"HNSW8", 0, 0, {0}},
-        {"IVF4,Flat", 0, 1, {0}},                /* untrained: flat fallback */
-        {"IVF4,Flat", 1, 1, {.nprobe = 4}},      /* nprobe = nlist: exact */
-        {"IVF4,Flat", 1, 0, {0}},                /* default nprobe */
+        {"IVF4,Flat", 0, 1, {0}},           /* untrained: flat fallback */
+        {"IVF4,Flat", 1, 1, {.nprobe = 4}}, /* nprobe = nlist: exact */
+        {"IVF4,Flat", 1, 0, {0}},           /* default nprobe */
         {"IVF4,PQ4", 1, 0, {.nprobe = 4}},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
@@ -585,8 +633,8 @@ static void test_idx_vec_max_label_hides_newer(void **state)
             int64_t l[NQ * K], want[K];
             char err[512] = "";
             /* Queries from the newest vectors: their nearest are hidden. */
-            KBT_OK(idx_vec_search_params(v, NQ, s.x + (N - NQ) * DIM, K, &p,
-                                         sc, l, err, sizeof err),
+            KBT_OK(idx_vec_search_params(v, NQ, s.x + (N - NQ) * DIM, K, &p, sc,
+                                         l, err, sizeof err),
                    err);
             for (int i = 0; i < NQ; i++) {
                 check_row(v, 1, sc + i * K, l + i * K, K, upto_label,
@@ -652,8 +700,8 @@ static void test_idx_vec_allow_filter(void **state)
                    err);
             assert_true(a.calls > 0);
             for (int i = 0; i < NQ; i++) {
-                check_row(v, 0, sc + i * k, l + i * k, k, allowed_and_live,
-                          &a, cases[c].want);
+                check_row(v, 0, sc + i * k, l + i * k, k, allowed_and_live, &a,
+                          cases[c].want);
                 brute(&s, 0, s.x + i * DIM, k, allowed_and_live, &a, want,
                       NULL);
                 if (d != 1) /* flat, untrained IVF: exact */
@@ -692,8 +740,7 @@ static void test_idx_vec_hnsw_ef_search_per_call(void **state)
     uint32_t efs[3] = {10, 256, 10};
     for (int r = 0; r < 3; r++) {
         idx_vec_params_t p = {.ef_search = efs[r]};
-        KBT_OK(idx_vec_search_params(h, NQ, q, K, &p, sc, got, err,
-                                     sizeof err),
+        KBT_OK(idx_vec_search_params(h, NQ, q, K, &p, sc, got, err, sizeof err),
                err);
         int hit = 0;
         for (int i = 0; i < NQ * K; i++)
@@ -730,8 +777,8 @@ static void test_idx_vec_untrained_ivf_is_exact(void **state)
         char err[512] = "";
         KBT_OK(idx_vec_remove(v, 1, &s.labels[3], err, sizeof err), err);
         float sc[N * K];
-        int64_t l[N * K], want[K];
-        double ws[K];
+        int64_t l[N * K], want[K + 1];
+        double ws[K + 1];
         KBT_OK(idx_vec_search(v, N, s.x, K, sc, l, err, sizeof err), err);
         for (int i = 0; i < N; i++) {
             brute(&s, metric, s.x + i * DIM, K + 1, NULL, NULL, want, ws);
@@ -789,9 +836,22 @@ static void test_idx_vec_training_threshold(void **state)
     assert_int_equal(idx_vec_is_trained(ivf), 1);
     KBT_RC(idx_vec_train(ivf, 400, s.x, err, sizeof err), KB_EINVAL, err);
     KBT_CONTAINS(err, "trained already");
+    idx_vec_free(&ivf);
+    idx_vec_free(&pq);
+    idx_vec_free(&flat);
+    idx_vec_free(&hnsw);
+    vset_free(&s);
+}
 
+static void test_idx_vec_trained_ivf_nprobe_per_call(void **state)
+{
+    (void)state;
     /* Trained: nprobe = nlist is exact; nprobe 1 misses some neighbours,
      * and the per-call value does not stick to the index. */
+    vset_t s = vset_make(400, 8, 1, 1);
+    idx_vec_t *ivf = vec_new(DIM, "IVF8,Flat", 0);
+    char err[512] = "";
+    KBT_OK(idx_vec_train(ivf, 400, s.x, err, sizeof err), err);
     add_all(ivf, &s);
     enum { NQ = 40, K = 10 };
     float sc[NQ * K];
@@ -815,9 +875,6 @@ static void test_idx_vec_training_threshold(void **state)
            err);
     assert_memory_equal(one, all, sizeof all);
     idx_vec_free(&ivf);
-    idx_vec_free(&pq);
-    idx_vec_free(&flat);
-    idx_vec_free(&hnsw);
     vset_free(&s);
 }
 
@@ -862,8 +919,7 @@ static void test_idx_vec_cosine_scores_are_cosine_similarity(void **state)
         }
         for (int j = 0; j < DIM; j++)
             q2[j] = s.x[3 * DIM + j] * -0.001f; /* opposite direction */
-        KBT_OK(idx_vec_search_params(v, 1, q2, K, &p, sc2, l2, err,
-                                     sizeof err),
+        KBT_OK(idx_vec_search_params(v, 1, q2, K, &p, sc2, l2, err, sizeof err),
                err);
         assert_true(sc2[0] < 0.9f);
         for (int j = 0; j < K; j++)
@@ -911,69 +967,59 @@ static void test_idx_vec_cosine_zero_vector_refused(void **state)
 
 /* ------------------------------------------- reconstruct, score_labels */
 
+/* Checks reconstruct and score_labels of one index over s (its first 50
+ * vectors; s.labels[4] removed) against brute force. */
+static void check_stored_vectors(idx_vec_t *v, int metric, int pq,
+                                 const vset_t *s)
+{
+    enum { N = 50 };
+    char err[512] = "";
+    float q[DIM], rec[N * DIM], sc[N + 2];
+    int64_t ask[N + 2];
+    kbt_rand(q, DIM, 99);
+    for (int i = 0; i < N; i++) {
+        ask[i] = s->labels[i];
+        int rc = idx_vec_reconstruct(v, ask[i], rec + i * DIM, err, sizeof err);
+        if (i == 4) {
+            KBT_RC(rc, KB_EINVAL, err);
+            KBT_CONTAINS(err, "removed");
+            continue;
+        }
+        KBT_OK(rc, err);
+        const float *x = s->x + i * DIM;
+        double scale =
+            metric == IDX_METRIC_COSINE ? 1 / sqrt(kbt_dot(x, x, DIM)) : 1;
+        for (int j = 0; j < DIM && !pq; j++)
+            KBT_NEAR(rec[i * DIM + j], x[j] * scale, 1e-5);
+    }
+    ask[N] = 99999;  /* never added */
+    ask[N + 1] = -1; /* not a label */
+    KBT_OK(idx_vec_score_labels(v, q, N + 2, ask, sc, err, sizeof err), err);
+    float none = metric == IDX_METRIC_L2 ? FLT_MAX : -FLT_MAX;
+    assert_true(sc[4] == none && sc[N] == none && sc[N + 1] == none);
+    for (int i = 0; i < N; i++) {
+        if (i == 4)
+            continue;
+        /* Against what is stored: the original, or PQ's version of it. */
+        double want = pq ? ref_score(metric == 2 ? 1 : metric, q, rec + i * DIM)
+                         : ref_score(metric, q, s->x + i * DIM);
+        if (pq && metric == IDX_METRIC_COSINE)
+            want /= sqrt(kbt_dot(q, q, DIM));
+        KBT_NEAR(sc[i], want, 1e-4);
+    }
+}
+
 static void test_idx_vec_reconstruct_and_score_labels(void **state)
 {
-    (void)state;
     /* reconstruct gives the stored vector (normalised under cosine, PQ's
      * approximation for PQ); score_labels scores a query against stored
      * vectors exactly as brute force does; labels not live get the
-     * unfilled-slot score. */
-    enum { N = 50 };
-    vset_t s = vset_make(N, 11, 100, 10);
-    for (size_t i = 0; i < N * DIM; i++)
-        s.x[i] *= 3.0f;
-    for (int kd = 0; k_kinds[kd]; kd++) {
-        for (int metric = 0; metric <= 2; metric++) {
-            int pq = strstr(k_kinds[kd], "PQ") != NULL;
-            idx_vec_t *v = vec_new(DIM, k_kinds[kd], metric);
-            if (idx_vec_needs_training(v))
-                train_ivf(v);
-            add_all(v, &s);
-            char err[512] = "";
-            KBT_OK(idx_vec_remove(v, 1, &s.labels[4], err, sizeof err), err);
-            float q[DIM], rec[N * DIM], sc[N + 2];
-            int64_t ask[N + 2];
-            kbt_rand(q, DIM, 99);
-            for (int i = 0; i < N; i++) {
-                ask[i] = s.labels[i];
-                if (i == 4) {
-                    KBT_RC(idx_vec_reconstruct(v, ask[i], rec + i * DIM, err,
-                                               sizeof err),
-                           KB_EINVAL, err);
-                    KBT_CONTAINS(err, "removed");
-                    continue;
-                }
-                KBT_OK(idx_vec_reconstruct(v, ask[i], rec + i * DIM, err,
-                                           sizeof err),
-                       err);
-                double scale = metric == IDX_METRIC_COSINE
-                                   ? 1 / sqrt(kbt_dot(s.x + i * DIM,
-                                                      s.x + i * DIM, DIM))
-                                   : 1;
-                for (int j = 0; j < DIM && !pq; j++)
-                    KBT_NEAR(rec[i * DIM + j], s.x[i * DIM + j] * scale, 1e-5);
-            }
-            ask[N] = 99999;    /* never added */
-            ask[N + 1] = -1;   /* not a label */
-            KBT_OK(idx_vec_score_labels(v, q, N + 2, ask, sc, err, sizeof err),
-                   err);
-            float none = metric == IDX_METRIC_L2 ? FLT_MAX : -FLT_MAX;
-            assert_true(sc[4] == none && sc[N] == none && sc[N + 1] == none);
-            for (int i = 0; i < N; i++) {
-                if (i == 4)
-                    continue;
-                /* Against what is stored: the original, or PQ's version. */
-                double want = pq ? ref_score(metric == 2 ? 1 : metric, q,
-                                             rec + i * DIM)
-                                 : ref_score(metric, q, s.x + i * DIM);
-                if (pq && metric == IDX_METRIC_COSINE)
-                    want /= sqrt(kbt_dot(q, q, DIM));
-                KBT_NEAR(sc[i], want, 1e-4);
-            }
-            idx_vec_free(&v);
-        }
-    }
-    vset_free(&s);
+     * unfilled-slot score. Every kind and metric. */
+    kinds_fx_t *fx = *state;
+    for (int kd = 0; k_kinds[kd]; kd++)
+        for (int metric = 0; metric <= 2; metric++)
+            check_stored_vectors(fx->v[kd][metric], metric,
+                                 strstr(k_kinds[kd], "PQ") != NULL, &fx->s);
 }
 
 /* ------------------------------------------------------ memory figures */
@@ -1171,11 +1217,14 @@ int main(void)
 {
     /* As kbsync's main does: one thread, BLAS for single queries. */
     idx_vec_setup(1);
+    const struct CMUnitTest shared[] = {
+        cmocka_unit_test(test_idx_vec_every_kind_and_metric_adds_and_searches),
+        cmocka_unit_test(test_idx_vec_reconstruct_and_score_labels),
+    };
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_idx_vec_bad_description_fails_with_text),
         cmocka_unit_test(test_idx_vec_unmaintainable_kind_refused),
         cmocka_unit_test(test_idx_vec_flat_is_wrapped),
-        cmocka_unit_test(test_idx_vec_every_kind_and_metric_adds_and_searches),
         cmocka_unit_test(test_idx_vec_ip_vs_l2_ordering),
         cmocka_unit_test(test_idx_vec_removed_never_returned_on_every_kind),
         cmocka_unit_test(test_idx_vec_all_dead_and_few_live),
@@ -1188,12 +1237,14 @@ int main(void)
         cmocka_unit_test(test_idx_vec_hnsw_ef_search_per_call),
         cmocka_unit_test(test_idx_vec_untrained_ivf_is_exact),
         cmocka_unit_test(test_idx_vec_training_threshold),
+        cmocka_unit_test(test_idx_vec_trained_ivf_nprobe_per_call),
         cmocka_unit_test(test_idx_vec_cosine_scores_are_cosine_similarity),
         cmocka_unit_test(test_idx_vec_cosine_zero_vector_refused),
-        cmocka_unit_test(test_idx_vec_reconstruct_and_score_labels),
         cmocka_unit_test(test_idx_vec_bytes_counts_storage),
         cmocka_unit_test(test_idx_vec_concurrent_searches_match_single_thread),
         cmocka_unit_test(test_idx_vec_search_empty_index),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    int failed = cmocka_run_group_tests_name("kinds x metrics", shared,
+                                             kinds_setup, kinds_teardown);
+    return failed + cmocka_run_group_tests(tests, NULL, NULL);
 }

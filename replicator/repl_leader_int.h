@@ -1,0 +1,90 @@
+/* repl_leader_int: private to replicator/. The state of the leader role,
+ * shared by its two halves: repl_commit.c (client writes: validation, the
+ * group commit, answers, `all` answers waiting for acks) and repl_ship.c
+ * (the replication socket: hellos, log shipping, heartbeats, acks, the
+ * replica table). Both run on the node loop only; nothing here is locked. */
+#ifndef REPL_LEADER_INT_H
+#define REPL_LEADER_INT_H
+
+#include "repl_leader.h"
+
+#include "kb_err.h"
+#include "kb_util.h"
+
+#define REPL_BEAT_MS 100
+#define REPL_DEAD_MS 1000
+#define REPL_MAX_PEERS 64
+#define REPL_BATCH_RECORDS 2048
+#define REPL_BATCH_BYTES (4u << 20)
+#define REPL_WINDOW 65536 /* records sent but not acknowledged, per replica */
+
+typedef struct peer {
+    char id[64];
+    int named;         /* listed in --replicas */
+    int online;        /* said Hello and heard from within REPL_DEAD_MS */
+    uint64_t acked;    /* LSN the replica applied (durable, searchable) */
+    uint64_t sent;     /* newest LSN sent to it */
+    uint64_t heard_us; /* monotonic time of its last message */
+    uint64_t beat_us;  /* monotonic time of our last beat to it */
+} peer_t;
+
+typedef struct pending {
+    kb_peer_t peer;
+    Kbsync__Request *req;
+    size_t first_op, nops;
+    repl_mode_t mode;
+    int dropped;
+} pending_t;
+
+typedef struct parked { /* an `all` answer waiting for acks */
+    kb_peer_t peer;
+    uint64_t rid, lsn, deadline_us;
+    uint32_t written, missing;
+} parked_t;
+
+/* A batch of serialized log records to send. The bytes are borrowed from
+ * LMDB: valid only during the log walk that found them, so a shipment is
+ * packed and sent before that walk ends (see idx_read_log's end call). */
+typedef struct shipment {
+    ProtobufCBinaryData *rec;
+    size_t n, cap;
+    uint64_t first, last;
+    size_t bytes;
+    struct peer *to; /* catch-up: the one replica it goes to */
+    int stalled;     /* catch-up: its queue was full */
+} shipment_t;
+
+struct repl_leader {
+    idx_kb_t *ix;
+    void *sock; /* replication ROUTER, or NULL */
+    repl_leader_config_t cfg;
+    char client_ep[256];
+    peer_t peer[REPL_MAX_PEERS];
+    size_t npeers;
+    pending_t *q;
+    size_t qn, qcap;
+    idx_op_t *ops;
+    uint64_t *lsns;
+    size_t nops, opcap;
+    parked_t *park;
+    size_t nparked, parkcap;
+    shipment_t ship;
+    int shipped; /* the current group commit sent records before commit */
+    int closing; /* repl_leader_shutdown(): answer every parked write */
+    Kbsync__ReplicaState rs[REPL_MAX_PEERS];
+    Kbsync__ReplicaState *rsp[REPL_MAX_PEERS];
+};
+
+
+/* repl_ship.c, for the commit half. */
+int repl__precommit(void *ctx, uint64_t lsn, const void *bytes, size_t len);
+void repl__ship_reset(repl_leader_t *l);
+void repl__stream_all(repl_leader_t *l);
+int repl__all_named_acked(const repl_leader_t *l, uint64_t lsn, char *missing,
+                          size_t cap, int *have, int *want);
+
+/* repl_commit.c, for the shipping half. */
+void repl__release_parked(repl_leader_t *l, void *router);
+void repl__clear_queue(repl_leader_t *l);
+
+#endif
