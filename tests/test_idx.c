@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/wait.h>
 
 #define DIM 16
@@ -1374,7 +1375,7 @@ static void test_idx_search_batch_equals_single_searches(void **state)
 
 typedef struct gen_reader {
     idx_kb_t *ix;
-    volatile int *done;
+    atomic_int *done;
     int bad, searches;
     char why[256];
 } gen_reader_t;
@@ -1384,13 +1385,13 @@ static void *gen_reader_main(void *arg)
     gen_reader_t *r = arg;
     float q[DIM];
     kbt_rand_unit(q, DIM, 4242);
-    while (!*r->done && !r->bad) {
+    while (!atomic_load(r->done) && !r->bad) {
         idx_query_t qq = {.vec = q, .vec_len = DIM, .k = 200};
         idx_hits_t h;
         idx_view_t v;
         char err[256];
         if (idx_search_batch(r->ix, 1, &qq, &h, &v, err, sizeof err)) {
-            snprintf(r->why, sizeof r->why, "search: %s", err);
+            snprintf(r->why, sizeof r->why, "search: %.200s", err);
             r->bad = 1;
             break;
         }
@@ -1420,7 +1421,7 @@ static void test_idx_search_never_sees_half_applied_write(void **state)
     char fmt[64];
     snprintf(fmt, sizeof fmt, "{\"gen\":0}");
     write_range(f->ix, "d", 0, GEN_DOCS, 0, fmt);
-    volatile int done = 0;
+    atomic_int done = 0;
     gen_reader_t r[2];
     pthread_t th[2];
     for (int i = 0; i < 2; i++) {
@@ -1433,7 +1434,7 @@ static void test_idx_search_never_sees_half_applied_write(void **state)
         write_range(f->ix, "d", 0, GEN_DOCS, 0, fmt);
     }
     kbt_sleep_ms(50);
-    done = 1;
+    atomic_store(&done, 1);
     for (int i = 0; i < 2; i++) {
         pthread_join(th[i], NULL);
         if (r[i].bad)
