@@ -395,6 +395,8 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
         cJSON_AddStringToObject(o, "index", s->index);
         cJSON_AddNumberToObject(o, "vectors", (double)s->vectors);
         cJSON_AddNumberToObject(o, "dead_vectors", (double)s->dead_vectors);
+        cJSON_AddNumberToObject(o, "unmerged_vectors",
+                                (double)s->unmerged_vectors);
         cJSON_AddNumberToObject(o, "index_bytes", (double)s->index_bytes);
         cJSON_AddNumberToObject(o, "store_bytes", (double)s->store_bytes);
         cJSON_AddBoolToObject(o, "index_trained", s->index_trained);
@@ -432,10 +434,11 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
                (unsigned long long)s->leader_version,
                (unsigned long long)s->lag_ops, (unsigned long long)s->lag_ms,
                (unsigned long long)s->docs, s->dim, s->metric, s->index);
-        printf("  index: %llu vectors (%llu dead), %.1f MB%s%s; store %.1f MB; "
-               "%llu commits\n",
+        printf("  index: %llu vectors (%llu dead, %llu not merged yet), %.1f "
+               "MB%s%s; store %.1f MB; %llu commits\n",
                (unsigned long long)s->vectors,
-               (unsigned long long)s->dead_vectors, s->index_bytes / 1e6,
+               (unsigned long long)s->dead_vectors,
+               (unsigned long long)s->unmerged_vectors, s->index_bytes / 1e6,
                s->index_trained ? "" : ", not trained yet (exact search)",
                s->rebuilding ? ", rebuilding" : "", s->store_bytes / 1e6,
                (unsigned long long)s->commits);

@@ -109,6 +109,7 @@ struct idx {
     pthread_t rb_thr;
     idx_rtxn_t *rb_txn; /* the snapshot handed to the rebuild thread */
     uint64_t rb_docs;   /* live documents in that snapshot */
+    int build_threads;  /* OpenMP threads of the opener: rebuilds use them */
     uint64_t rb_version; /* its version */
 };
 
@@ -443,6 +444,7 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
     ix->dim = ix->meta->dim;
     ix->metric = metric_code(ix->meta->metric);
     ix->nlist = ivf_nlist(ix->meta->index);
+    ix->build_threads = omp_get_max_threads(); /* idx_vec_setup()'s */
     if (idx_delta_new(ix->dim, ix->metric, &ix->delta)) {
         rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
         goto fail;
@@ -1098,6 +1100,7 @@ static void *merger_main(void *arg)
 static void *rebuild_main(void *arg)
 {
     idx_kb_t *ix = arg;
+    omp_set_num_threads(ix->build_threads);
     char err[512];
     uint64_t t0 = kb_mono_us();
     idx_vec_t *vec = NULL;
@@ -1656,6 +1659,7 @@ void idx_stats(idx_kb_t *ix, idx_stats_t *st)
     pthread_mutex_unlock(&ix->rm_mu);
     st->vectors = idx_vec_count(ix->vec) + delta - pending;
     st->dead = idx_vec_dead(ix->vec) + pending;
+    st->unmerged = delta;
     st->index_bytes = idx_vec_bytes(ix->vec) + idx_delta_bytes(ix->delta);
     st->kind = idx_vec_kind(ix->vec);
     st->trained = idx_vec_is_trained(ix->vec);

@@ -182,6 +182,7 @@ typedef struct idx_stats {
     uint64_t docs;      /* live documents */
     uint64_t vectors;   /* searchable vectors in the FAISS index (== docs) */
     uint64_t dead;      /* replaced/deleted vectors still stored, hidden */
+    uint64_t unmerged;  /* searchable vectors not in FAISS yet (delta) */
     uint64_t index_bytes; /* vector index + postings memory */
     uint64_t store_bytes; /* LMDB data file in use */
     uint32_t dim;

@@ -197,6 +197,7 @@ static void node_state(node_t *n, Kbsync__NodeState *s, uint64_t *hist,
         s->store_bytes = st.store_bytes;
         s->vectors = st.vectors;
         s->dead_vectors = st.dead;
+        s->unmerged_vectors = st.unmerged;
         s->index_trained = st.trained;
         s->rebuilding = st.rebuilding;
         s->rebuilds = st.rebuilds;

@@ -14,6 +14,8 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
 #include <stdatomic.h>
 #include <sys/wait.h>
 
@@ -1525,6 +1527,36 @@ static void test_idx_hnsw_replace_delete_never_resurface(void **state)
     churn_kind(*state, "HNSW16", 2000);
 }
 
+
+/* kill -9 of a node with an HNSW index in the middle of its merges: at
+ * reopen, no replaced or deleted document comes back. */
+static void test_idx_hnsw_kill9_keeps_deletes(void **state)
+{
+    fx_t *f = *state;
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        idx_kb_t *ix = kb_open(f->dir, DIM, "l2", "HNSW16", "n1");
+        write_range(ix, "d", 0, 2000, 0, "{\"v\":1}");
+        write_range(ix, "d", 0, 1000, 50000, "{\"v\":2}");
+        for (int d = 0; d < 200; d++) {
+            char id[16];
+            snprintf(id, sizeof id, "d%d", d);
+            write1(ix, rm(id));
+        }
+        kill(getpid(), SIGKILL); /* the merger is still at work */
+        _exit(9);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    f->ix = kb_open(f->dir, 0, NULL, NULL, NULL);
+    idx_stats_t s = stats(f->ix);
+    KBT_U64(s.docs, 1800);
+    check_no_dead(f->ix, 2000, "after kill -9");
+}
+
 static void test_idx_ivf_replace_delete_never_resurface(void **state)
 {
     fx_t *f = *state;
@@ -1725,6 +1757,7 @@ int main(void)
         T(test_idx_search_never_sees_half_applied_write),
         T(test_idx_flat_replace_delete_never_resurface),
         T(test_idx_hnsw_replace_delete_never_resurface),
+        T(test_idx_hnsw_kill9_keeps_deletes),
         T(test_idx_ivf_replace_delete_never_resurface),
         T(test_idx_ivf_trains_in_background),
         T(test_idx_filter_returns_exactly_the_matching),
