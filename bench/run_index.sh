@@ -25,6 +25,8 @@
 #      IVF_LIST="A B"      (default "IVF1024,Flat IVF256,Flat")
 #      NPROBES=LIST        (default 1,4,16,32,64,128)
 #      EF=E                ef_search of the hnsw section (default 64)
+#      EF_SWEEP="32 128"   more ef_search values, recall + latency (default
+#                          "32 128 256"; "" = none)
 #      NQ=Q                queries per round (default 1000)
 #      INGEST=program|cli  hnsw/ivf ingest: upserts from bench_index
 #                          (batches of 1000, 4 in flight; default) or
@@ -140,8 +142,9 @@ section_hnsw() {
   local ia=()
   mapfile -t ia < <(ingest_args hnsw)
   # shellcheck disable=SC2046
+  local sweep=${EF_SWEEP-32 128 256}
   run_bench hnsw hnsw $(CLUSTER_ARGS hnsw) --n "$N" --nq "$NQ" --metric "$METRIC" \
-    --index "$HNSW_INDEX" --ef "$EF" "${ia[@]}"
+    --index "$HNSW_INDEX" --ef "$EF" --ef-sweep "${sweep// /,}" "${ia[@]}"
   echo "# r1 log (index lines):"; grep -E 'rebuild|trained|merger' "$W/hnsw/r1.log" | tail -8 || true
   stop_all
 }
@@ -200,16 +203,28 @@ if [ -n "${RES[hnsw]:-}" ]; then
   echo "| 1a recall@10, same-cluster queries: served r1 (raw) | $(h recall_r1_same) ($(h recall_raw_same)) | - | - |"
   echo "| 1b single-query latency served p50/p99 ms | $(h served_p50_ms) / $(h served_p99_ms) | - | - |"
   echo "| 1b raw $HNSW_INDEX in-process p50/p99 ms | $(h raw_p50_ms) / $(h raw_p99_ms) | - | - |"
-  echo "| 1b served / raw p50 (p99) | $(h lat_ratio_p50) ($(h lat_ratio_p99)) | <= 1.3 | $(verdict "$(h lat_ratio_p50)" "<=" 1.3) |"
+  echo "| 1b served / raw p50 (p99), separate rounds | $(h lat_ratio_p50) ($(h lat_ratio_p99)) | - | - |"
+  echo "| 1b interleaved blocks: served p50/p99 vs raw p50/p99 ms | $(h il_served_p50_ms) / $(h il_served_p99_ms) vs $(h il_raw_p50_ms) / $(h il_raw_p99_ms) | - | - |"
+  echo "| 1b interleaved served / raw p50 (p99) | $(h il_ratio_p50) ($(h il_ratio_p99)) | <= 1.3 | $(verdict "$(h il_ratio_p50)" "<=" 1.3) |"
+  echo "| 1b interleaved, same-cluster queries: served / raw p50 (p99) | $(h il_same_ratio_p50) ($(h il_same_ratio_p99)) | - | - |"
+  for e in ${EF_SWEEP-32 128 256}; do
+    echo "| ef_search $e: recall served r1 (same-cluster) / raw (same-cluster); p50 served / raw ms | $(h ef${e}_recall_r1) ($(h ef${e}_recall_r1_same)) / $(h ef${e}_recall_raw) ($(h ef${e}_recall_raw_same)); $(h ef${e}_served_p50_ms) / $(h ef${e}_raw_p50_ms) | - | - |"
+  done
   echo "| 1c ingest docs/s (first write -> both replicas applied; via $(h ingest_via)) | $(h ingest_docs_per_s) ($(h ingest_s) s) | >= 1500 | $(verdict "$(h ingest_docs_per_s)" ">=" 1500) |"
   echo "| 1c leader acked all (s) | $(h ingest_ack_s) | - | - |"
   echo "| 1c r1 / r2: vectors == N (s) | $(h r1_vectors_s) / $(h r2_vectors_s) | - | - |"
   echo "| 1c r1 / r2: idle, HNSW merge done (s) / leader | $(h r1_idle_s) / $(h r2_idle_s) / $(h leader_idle_s) | - | - |"
+  echo "| 1c status round trip while merging, max ms: leader / r1 / r2 | $(h leader_status_max_ms) / $(h r1_status_max_ms) / $(h r2_status_max_ms) | - | - |"
   echo "| 1d after churn: recall served r1 / r2 vs fresh in-process | $(h recall_churn_r1) / $(h recall_churn_r2) vs $(h recall_fresh) | diff within 0.01 | $(verdict "$(h churn_diff_r1)" "abs<=" 0.01) |"
   echo "| 1d after \`kbsync rebuild --to r1\` ($(h rebuild_s) s): recall r1 vs fresh | $(h recall_rebuild_r1) vs $(h recall_fresh) | diff within 0.01 | $(verdict "$(h rebuild_diff_r1)" "abs<=" 0.01) |"
   echo "| 1d deleted/old-version/wrong hits: after churn / after rebuild / checker (answers) | $(h churn_violations) / $(h rebuild_violations) / $(h checker_violations) ($(h checker_answers)) | 0 | $(verdict "$(awk -v a="$(h churn_violations)" -v b="$(h rebuild_violations)" -v c="$(h checker_violations)" 'BEGIN{print a+b+c}')" "==" 0) |"
   echo "| 1d churn: automatic rebuilds on r1; dead vectors after churn / after rebuild | $(h churn_r1_auto_rebuilds); $(h churn_r1_dead) / $(h rebuild_dead_after) | - | - |"
-  echo "| 1e r1 VmRSS MB (anon / file) | $(h r1_rss_mb) ($(h r1_anon_mb) / $(h r1_file_mb)) | - | - |"
+  echo "| 1d churn: leader acked 30% rewrites in (s); r1 idle after (s) | $(h churn_ack_s); $(h churn_r1_idle_s) | - | - |"
+  echo "| 1d recall of checker answers once churn applied (tombstones + delta, auto rebuild running) / during \`kbsync rebuild\` | $(h checker_churn_recall) / $(h checker_rebuild_recall) | - | - |"
+  echo "| 1d same-cluster queries: recall after churn / after rebuild vs fresh | $(h recall_churn_r1_same) / $(h recall_rebuild_r1_same) vs $(h recall_fresh_same) | - | - |"
+  echo "| 1d checker latency p50/p99/max ms: churn+merge / rebuild | $(h checker_churn_p50_ms)/$(h checker_churn_p99_ms)/$(h checker_churn_max_ms) / $(h checker_rebuild_p50_ms)/$(h checker_rebuild_p99_ms)/$(h checker_rebuild_max_ms) | - | - |"
+  echo "| 1e r1 VmRSS MB (anon / file), idle before queries | $(h pq_r1_rss_mb) ($(h pq_r1_anon_mb) / $(h pq_r1_file_mb)) | - | - |"
+  echo "| 1e r1 VmRSS MB (anon / file), after the query rounds | $(h r1_rss_mb) ($(h r1_anon_mb) / $(h r1_file_mb)) | - | - |"
   echo "| 1e raw index MB: idx_vec_bytes (RSS growth) | $(h raw_index_mb) ($(h raw_rss_growth_mb)) | - | - |"
   echo "| 1e r1 VmRSS / raw index (anon only) | $(h r1_rss_over_raw) ($(h r1_anon_over_raw)) | <= 1.5 | $(verdict "$(h r1_rss_over_raw)" "<=" 1.5) |"
   echo "| 1e r1 status index_bytes / store_bytes MB | $(h r1_index_mb) / $(h r1_store_mb) | - | - |"

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <zmq.h>
 
 typedef struct job {
@@ -34,11 +35,13 @@ typedef struct job {
 struct qry_pool {
     qry_pool_config_t cfg;
     char answer_ep[256];
-    pthread_mutex_t mu; /* guards q, nq, qcap, stop */
+    pthread_mutex_t mu; /* guards q, nq, qcap, stop, busy */
     pthread_cond_t cv;
     job_t *q;
     size_t nq, qcap;
     int stop;
+    int busy; /* readers inside a batch */
+    size_t last_batch; /* size of the last batch a reader took */
     pthread_t *thr;
     int nthr;
     _Atomic uint64_t queries, batches, hist[QRY_HIST_BUCKETS];
@@ -301,15 +304,43 @@ static void *reader_main(void *arg)
     job_t *jobs = malloc(QRY_BATCH_MAX * sizeof *jobs);
     for (;;) {
         pthread_mutex_lock(&p->mu);
-        while (!p->stop && p->nq == 0)
+        /* GATHERING: when another reader is searching, a few waiting
+         * queries are left to gather into a batch (until QRY_GATHER_MIN
+         * wait, or no reader is busy): one more FAISS pass over a flat
+         * index costs nearly as much for one query as for sixteen. An idle
+         * node takes a lone query at once. */
+        while (!p->stop &&
+               (p->nq == 0 || (p->nq < QRY_GATHER_MIN && p->busy > 0)))
             pthread_cond_wait(&p->cv, &p->mu);
+        /* LINGER: under load (the last batch held several queries) the
+         * clients it answered are sending their next queries; a batch
+         * much smaller than the last waits up to QRY_LINGER_US for them.
+         * At low load (last batch of one) nothing waits. */
+        if (!p->stop && p->last_batch > 1 && p->nq * 2 < p->last_batch) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += QRY_LINGER_US * 1000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            while (!p->stop && p->nq * 2 < p->last_batch &&
+                   pthread_cond_timedwait(&p->cv, &p->mu, &ts) == 0)
+                ;
+        }
         if (p->stop) {
             pthread_mutex_unlock(&p->mu);
             break;
         }
         size_t n = take_batch(p, jobs);
+        p->last_batch = n;
+        p->busy++;
         pthread_mutex_unlock(&p->mu);
         run_batch(p, push, jobs, n);
+        pthread_mutex_lock(&p->mu);
+        p->busy--;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
         for (size_t i = 0; i < n; i++)
             kbsync__request__free_unpacked(jobs[i].req, NULL);
     }
@@ -381,7 +412,7 @@ void qry_pool_submit(qry_pool_t *p, const kb_peer_t *peer,
     p->q[p->nq].peer = *peer;
     p->q[p->nq].req = req;
     p->nq++;
-    pthread_cond_signal(&p->cv);
+    pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
 }
 
