@@ -26,13 +26,9 @@
  * ran against.
  *
  * READ CONSISTENCY
- * QueryRequest.min_version (read-your-writes: pass the version a write
- * returned): a node below it parks the query up to wait_ms (default 1000,
- * at most 60000) for the replication stream to reach it, then refuses with
- * KB_ESTALE naming both versions. On the leader a token above its version
- * was never handed out and is refused at once. max_lag_ms: a node whose
- * lag_ms is above the bound refuses with KB_ESTALE (checked by the reader
- * when it answers). A replica that has not yet received the leader's
+ * min_version waits are query/qry_read.c's (the loop parks and releases the
+ * queries); max_lag_ms is checked by the reader that answers
+ * (query/qry_pool.c). A replica that has not yet received the leader's
  * settings answers KB_EUNAVAIL. */
 #include "node.h"
 
@@ -40,6 +36,7 @@
 #include "kb_util.h"
 #include "kb_wire.h"
 #include "qry_pool.h"
+#include "qry_read.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -52,13 +49,10 @@
 #define NODE_DRAIN_MAX 256    /* client messages handled per wake-up */
 #define NODE_FORWARD_MAX 4096 /* answers forwarded per wake-up */
 #define NODE_GROUP_MAX 100000 /* ops in one group commit */
-#define NODE_WAIT_DEFAULT_MS 1000
-#define NODE_WAIT_MAX_MS 60000
 
-typedef struct waiting { /* a request waiting in the loop */
+typedef struct waiting { /* a request held in the loop */
     kb_peer_t peer;
     Kbsync__Request *req;
-    uint64_t deadline_us; /* parked for min_version: when to give up */
 } waiting_t;
 
 typedef struct wlist {
@@ -75,16 +69,15 @@ typedef struct node {
     pthread_rwlock_t ix_lock; /* see node.h */
     qry_pool_t *pool;
     int threads;
-    wlist_t parked; /* queries waiting for min_version */
-    wlist_t held;   /* requests waiting for their client's queued write */
+    qry_read_t *reads; /* queries waiting for min_version */
+    wlist_t held;      /* requests waiting for their client's queued write */
     kb_peer_t *writers; /* clients with a write in the current group */
     size_t nwriters, wcap;
 } node_t;
 
 /* ----------------------------------------------------------- helpers */
 
-static int wlist_push(wlist_t *l, const kb_peer_t *peer, Kbsync__Request *req,
-                      uint64_t deadline_us)
+static int wlist_push(wlist_t *l, const kb_peer_t *peer, Kbsync__Request *req)
 {
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 16;
@@ -96,7 +89,6 @@ static int wlist_push(wlist_t *l, const kb_peer_t *peer, Kbsync__Request *req,
     }
     l->w[l->n].peer = *peer;
     l->w[l->n].req = req;
-    l->w[l->n].deadline_us = deadline_us;
     l->n++;
     return 0;
 }
@@ -240,90 +232,43 @@ static void node_status(node_t *n, const kb_peer_t *peer, uint64_t rid)
 
 /* ------------------------------------------------------------ queries */
 
-static uint32_t wait_ms(const Kbsync__QueryRequest *q)
+/* Read consistency (min_version) is query/qry_read's; this is how it sees
+ * the node. */
+static void read_run(void *ctx, const kb_peer_t *peer, Kbsync__Request *req)
 {
-    uint32_t ms = q->wait_ms ? q->wait_ms : NODE_WAIT_DEFAULT_MS;
-    return ms > NODE_WAIT_MAX_MS ? NODE_WAIT_MAX_MS : ms;
-}
-
-static void refuse_stale(node_t *n, const kb_peer_t *peer,
-                         const Kbsync__Request *req)
-{
-    char err[512];
-    Kbsync__NodeState s;
-    node_state(n, &s, NULL, 0);
-    snprintf(err, sizeof err,
-             "node %s is at version %llu, below the requested min_version "
-             "%llu, after waiting %u ms (leader_version %llu, lag %llu ms)",
-             s.node_id, (unsigned long long)s.version,
-             (unsigned long long)req->query->min_version,
-             wait_ms(req->query), (unsigned long long)s.leader_version,
-             (unsigned long long)s.lag_ms);
-    kb_wire_send_error(n->router, peer, req->request_id, KB_ESTALE, err);
-}
-
-/* Hands a query to the readers, or parks it until min_version is applied
- * here. Takes ownership of req. */
-static void node_query(node_t *n, const kb_peer_t *peer, Kbsync__Request *req)
-{
-    idx_kb_t *ix = node_idx(n);
-    const Kbsync__QueryRequest *q = req->query;
-    if (ix && q->min_version) {
-        idx_view_t v;
-        idx_view(ix, &v);
-        if (q->min_version > v.version) {
-            if (!n->replica) {
-                char err[256];
-                snprintf(err, sizeof err,
-                         "min_version %llu is above the leader's version "
-                         "%llu: no such write was acknowledged",
-                         (unsigned long long)q->min_version,
-                         (unsigned long long)v.version);
-                kb_wire_send_error(n->router, peer, req->request_id,
-                                   KB_ESTALE, err);
-                kbsync__request__free_unpacked(req, NULL);
-                return;
-            }
-            uint64_t deadline = kb_mono_us() + (uint64_t)wait_ms(q) * 1000u;
-            if (wlist_push(&n->parked, peer, req, deadline)) {
-                kb_wire_send_error(n->router, peer, req->request_id,
-                                   KB_ENOMEM, "out of memory");
-                kbsync__request__free_unpacked(req, NULL);
-            }
-            return;
-        }
-    } else if (!ix && q->min_version && n->replica) {
-        uint64_t deadline = kb_mono_us() + (uint64_t)wait_ms(q) * 1000u;
-        if (!wlist_push(&n->parked, peer, req, deadline))
-            return;
-    }
+    node_t *n = ctx;
     qry_pool_submit(n->pool, peer, req);
 }
 
-/* Releases parked queries whose min_version arrived; refuses those whose
- * time is up. */
+static void read_state(void *ctx, Kbsync__NodeState *s)
+{
+    node_state(ctx, s, NULL, 0);
+}
+
+static qry_read_node_t read_node(node_t *n)
+{
+    qry_read_node_t r = {
+        .ctx = n, .leader = !n->replica, .run = read_run, .state = read_state};
+    idx_kb_t *ix = node_idx(n);
+    if (ix) {
+        idx_view_t v;
+        idx_view(ix, &v);
+        r.has_kb = 1;
+        r.version = v.version;
+    }
+    return r;
+}
+
+static void node_query(node_t *n, const kb_peer_t *peer, Kbsync__Request *req)
+{
+    qry_read_node_t rn = read_node(n);
+    qry_read_admit(n->reads, n->router, &rn, peer, req);
+}
+
 static void node_unpark(node_t *n)
 {
-    if (!n->parked.n)
-        return;
-    idx_kb_t *ix = node_idx(n);
-    idx_view_t v = {0};
-    if (ix)
-        idx_view(ix, &v);
-    uint64_t now = kb_mono_us();
-    size_t keep = 0;
-    for (size_t i = 0; i < n->parked.n; i++) {
-        waiting_t *w = &n->parked.w[i];
-        if (ix && w->req->query->min_version <= v.version) {
-            qry_pool_submit(n->pool, &w->peer, w->req);
-        } else if (now >= w->deadline_us) {
-            refuse_stale(n, &w->peer, w->req);
-            kbsync__request__free_unpacked(w->req, NULL);
-        } else {
-            n->parked.w[keep++] = *w;
-        }
-    }
-    n->parked.n = keep;
+    qry_read_node_t rn = read_node(n);
+    qry_read_release(n->reads, n->router, &rn);
 }
 
 /* ------------------------------------------------------------ requests */
@@ -384,7 +329,7 @@ static void node_dispatch(node_t *n, const kb_peer_t *peer,
     case KBSYNC__REQUEST__BODY_STATUS:
     case KBSYNC__REQUEST__BODY_REBUILD:
         if (has_queued_write(n, peer)) {
-            if (wlist_push(&n->held, peer, req, 0)) {
+            if (wlist_push(&n->held, peer, req)) {
                 kb_wire_send_error(n->router, peer, rid, KB_ENOMEM,
                                    "out of memory");
                 break;
@@ -488,6 +433,8 @@ static int node_open(node_t *n, char *err, size_t errlen)
                             .answer_ep = aep,
                             .src = {n, src_acquire, src_release, src_state}};
     rc = qry_pool_new(&pc, &n->pool, err, errlen);
+    if (!rc && qry_read_new(&n->reads))
+        rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     if (rc)
         return rc;
     kb_info("%s serving clients on %s with %d query threads",
@@ -533,8 +480,8 @@ int node_run(idx_kb_t *ix, const node_config_t *cfg,
                             : repl_replica_socket(n.replica);
         if (rs)
             items[nitems++].socket = rs;
-        if (n.parked.n && timeout > 20)
-            timeout = 20; /* re-check parked reads' deadlines */
+        if (n.reads)
+            timeout = qry_read_next_ms(n.reads, timeout);
         int pr = zmq_poll(items, nitems, timeout);
         if (pr < 0) {
             if (errno == EINTR)
@@ -578,7 +525,7 @@ int node_run(idx_kb_t *ix, const node_config_t *cfg,
     qry_pool_free(&n.pool, n.router); /* joins the readers */
     if (n.answers && n.router)
         node_forward(&n);
-    refuse_all(&n, &n.parked);
+    qry_read_free(&n.reads, n.router);
     refuse_all(&n, &n.held);
     free(n.writers);
     repl_leader_free(&n.leader);

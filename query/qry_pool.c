@@ -24,7 +24,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 #include <zmq.h>
 
 typedef struct job {
@@ -294,6 +296,13 @@ static void *reader_main(void *arg)
     /* FAISS parallelism comes from the readers themselves: each searches
      * its batch on one OpenMP thread. */
     omp_set_num_threads(1);
+    /* Searches use whatever CPU is left: the node loop (apply, acks,
+     * heartbeats, group commit) and the merger must never queue behind
+     * them for a core. A lower priority (nice QRY_READER_NICE, this
+     * thread only) gives them the CPU the moment they wake. */
+    if (setpriority(PRIO_PROCESS, (id_t)gettid(), QRY_READER_NICE))
+        kb_warn("reader %d: cannot lower its priority: %s", rd->no,
+                strerror(errno));
     void *push = zmq_socket(p->cfg.zctx, ZMQ_PUSH);
     int zero = 0, hwm = 0; /* never drop an answer inside the node */
     zmq_setsockopt(push, ZMQ_LINGER, &zero, sizeof zero);

@@ -31,6 +31,7 @@
 #define QRY_BATCH_MAX 64
 #define QRY_GATHER_MIN 4   /* see GATHERING in qry_pool.c */
 #define QRY_LINGER_US 1000 /* see LINGER in qry_pool.c */
+#define QRY_READER_NICE 10 /* readers yield the CPU to the node loop */
 #define QRY_HIST_BUCKETS 7 /* batch sizes 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64 */
 
 typedef struct qry_pool qry_pool_t;

@@ -1,0 +1,144 @@
+/* qry_read: min_version waits (see qry_read.h).
+ *
+ * READ-YOUR-WRITES
+ * QueryRequest.min_version is the version a write returned. A node at or
+ * above it runs the query at once. A replica below it parks the query for
+ * wait_ms (0 = QRY_WAIT_DEFAULT_MS, at most QRY_WAIT_MAX_MS) and runs it as
+ * soon as the stream brings the node there; past the deadline it refuses
+ * with KB_ESTALE naming its version, the requested one, the wait, the
+ * leader's version and the lag. A leader holds every acknowledged version,
+ * so a token above its version was never handed out: refused at once. A
+ * replica without a knowledge base yet parks the query too (its settings
+ * and records may arrive within the wait). */
+#include "qry_read.h"
+
+#include "kb_err.h"
+#include "kb_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+typedef struct parked {
+    kb_peer_t peer;
+    Kbsync__Request *req;
+    uint64_t deadline_us;
+} parked_t;
+
+struct qry_read {
+    parked_t *p;
+    size_t n, cap;
+};
+
+static uint32_t wait_ms(const Kbsync__QueryRequest *q)
+{
+    uint32_t ms = q->wait_ms ? q->wait_ms : QRY_WAIT_DEFAULT_MS;
+    return ms > QRY_WAIT_MAX_MS ? QRY_WAIT_MAX_MS : ms;
+}
+
+int qry_read_new(qry_read_t **out)
+{
+    *out = calloc(1, sizeof **out);
+    return *out ? 0 : KB_ENOMEM;
+}
+
+void qry_read_free(qry_read_t **rp, void *router)
+{
+    if (!rp || !*rp)
+        return;
+    qry_read_t *r = *rp;
+    for (size_t i = 0; i < r->n; i++) {
+        if (router)
+            kb_wire_send_error(router, &r->p[i].peer, r->p[i].req->request_id,
+                               KB_EUNAVAIL, "node is shutting down");
+        kbsync__request__free_unpacked(r->p[i].req, NULL);
+    }
+    free(r->p);
+    free(r);
+    *rp = NULL;
+}
+
+static void refuse(void *router, const qry_read_node_t *node,
+                   const kb_peer_t *peer, Kbsync__Request *req, int waited)
+{
+    char err[512];
+    if (!waited) {
+        snprintf(err, sizeof err,
+                 "min_version %llu is above the leader's version %llu: no "
+                 "such write was acknowledged",
+                 (unsigned long long)req->query->min_version,
+                 (unsigned long long)node->version);
+    } else {
+        Kbsync__NodeState s;
+        node->state(node->ctx, &s);
+        snprintf(err, sizeof err,
+                 "node %s is at version %llu, below the requested "
+                 "min_version %llu, after waiting %u ms (leader_version "
+                 "%llu, lag %llu ms)",
+                 s.node_id, (unsigned long long)s.version,
+                 (unsigned long long)req->query->min_version,
+                 wait_ms(req->query), (unsigned long long)s.leader_version,
+                 (unsigned long long)s.lag_ms);
+    }
+    kb_wire_send_error(router, peer, req->request_id, KB_ESTALE, err);
+    kbsync__request__free_unpacked(req, NULL);
+}
+
+void qry_read_admit(qry_read_t *r, void *router, const qry_read_node_t *node,
+                    const kb_peer_t *peer, Kbsync__Request *req)
+{
+    uint64_t want = req->query->min_version;
+    if (!want || (node->has_kb && want <= node->version)) {
+        node->run(node->ctx, peer, req);
+        return;
+    }
+    if (node->leader) {
+        refuse(router, node, peer, req, 0);
+        return;
+    }
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 16;
+        parked_t *p = realloc(r->p, cap * sizeof *p);
+        if (!p) {
+            kb_wire_send_error(router, peer, req->request_id, KB_ENOMEM,
+                               "out of memory");
+            kbsync__request__free_unpacked(req, NULL);
+            return;
+        }
+        r->p = p;
+        r->cap = cap;
+    }
+    r->p[r->n].peer = *peer;
+    r->p[r->n].req = req;
+    r->p[r->n].deadline_us =
+        kb_mono_us() + (uint64_t)wait_ms(req->query) * 1000u;
+    r->n++;
+}
+
+void qry_read_release(qry_read_t *r, void *router, const qry_read_node_t *node)
+{
+    uint64_t now = kb_mono_us();
+    size_t keep = 0;
+    for (size_t i = 0; i < r->n; i++) {
+        parked_t *w = &r->p[i];
+        if (node->has_kb && w->req->query->min_version <= node->version)
+            node->run(node->ctx, &w->peer, w->req);
+        else if (now >= w->deadline_us)
+            refuse(router, node, &w->peer, w->req, 1);
+        else
+            r->p[keep++] = *w;
+    }
+    r->n = keep;
+}
+
+int qry_read_next_ms(const qry_read_t *r, int max)
+{
+    uint64_t now = kb_mono_us();
+    int next = max;
+    for (size_t i = 0; i < r->n; i++) {
+        uint64_t d = r->p[i].deadline_us;
+        int left = d > now ? (int)((d - now + 999) / 1000) : 0;
+        if (left < next)
+            next = left;
+    }
+    return next;
+}

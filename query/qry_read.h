@@ -1,0 +1,54 @@
+/* qry_read: read consistency in the node loop, before a query reaches the
+ * readers. In: query requests and the node's applied version. Out: each
+ * query either run now, parked until the node applies its min_version (then
+ * handed to the readers), or refused with KB_ESTALE: at once on a leader
+ * (no such write was acknowledged), after wait_ms on a replica, naming both
+ * versions and the node's lag. Owns the parked requests. Node loop only.
+ * (max_lag_ms is checked by the reader that answers, against the version
+ * it searched: query/qry_pool.c.) */
+#ifndef QRY_READ_H
+#define QRY_READ_H
+
+#include "kb_wire.h"
+#include "kbsync.pb-c.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define QRY_WAIT_DEFAULT_MS 1000
+#define QRY_WAIT_MAX_MS 60000
+
+typedef struct qry_read qry_read_t;
+
+/* Where the node stands, for the loop: has_kb = 0 before a replica got its
+ * knowledge base; state() fills a NodeState for refusal texts. */
+typedef struct qry_read_node {
+    void *ctx;
+    int has_kb;
+    int leader;
+    uint64_t version;
+    void (*run)(void *ctx, const kb_peer_t *peer, Kbsync__Request *req);
+    void (*state)(void *ctx, Kbsync__NodeState *s);
+} qry_read_node_t;
+
+int qry_read_new(qry_read_t **out);
+
+/* Refuses every parked query with KB_EUNAVAIL through router (NULL: just
+ * frees), frees; accepts NULL and sets *r to NULL. */
+void qry_read_free(qry_read_t **r, void *router);
+
+/* Takes a query request (ownership passes): runs it through node->run when
+ * the node can answer it now, parks it, or refuses it. */
+void qry_read_admit(qry_read_t *r, void *router, const qry_read_node_t *node,
+                    const kb_peer_t *peer, Kbsync__Request *req);
+
+/* Runs the parked queries whose min_version the node reached; refuses those
+ * whose wait is over. Call after each apply and at least every
+ * qry_read_next_ms(). */
+void qry_read_release(qry_read_t *r, void *router, const qry_read_node_t *node);
+
+/* Milliseconds until the next parked deadline (capped at max), or max when
+ * nothing is parked. */
+int qry_read_next_ms(const qry_read_t *r, int max);
+
+#endif
