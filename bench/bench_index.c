@@ -35,12 +35,15 @@
  * directions differ from the data's) and "same" = bench_vector(seed, N +
  * 10^6 + j) (held-out vectors of the data's own clusters).
  *
- * Idle: a node is idle when its status says version >= the last LSN,
- * vectors == the live count, rebuilding false (and index_trained when
- * asked), and -- when its pid is given -- its threads other than the query
- * readers (kb-reader-*) used < 25% of a core for >= 0.6 s (/proc/PID/task),
- * i.e. the index merger / rebuild has finished. Status has no merge-backlog
- * field, so the CPU test is what tells a finished merge.
+ * Idle: status says version >= the last LSN, vectors == the live count,
+ * unmerged_vectors 0 and rebuilding false (and index_trained when asked):
+ * reported as "status idle". "CPU quiet" adds, when the node's pid is given,
+ * that its threads other than the query readers (kb-reader-*) used < 5% of
+ * a core for >= 1 s (/proc/PID/task): the merger, tombstoning and any
+ * rebuild have finished. The benchmark waits for both before measuring.
+ *
+ * Every pass must be run against a kbsync built from the same tree as this
+ * program (defaults such as the IVF nprobe live in the shared library).
  *
  * Last line: RESULT key=value ... (machine-readable). */
 #include "bench_common.h"
@@ -574,7 +577,7 @@ typedef struct nodeh {
 
 typedef struct nstat {
     uint64_t version, docs, vectors, dead, index_bytes, store_bytes, rebuilds,
-        queries, commits;
+        queries, commits, unmerged;
     int trained, rebuilding;
 } nstat_t;
 
@@ -603,6 +606,7 @@ static int node_status(nodeh_t *nd, nstat_t *s)
                    .index_bytes = n->index_bytes,
                    .store_bytes = n->store_bytes, .rebuilds = n->rebuilds,
                    .queries = n->queries, .commits = n->commits,
+                   .unmerged = n->unmerged_vectors,
                    .trained = n->index_trained, .rebuilding = n->rebuilding};
     kbsync__response__free_unpacked(r, NULL);
     return 0;
@@ -616,7 +620,8 @@ typedef struct want {
 } want_t;
 
 typedef struct settle {
-    double applied, vectors, trained, idle; /* s since t0; -1 = not reached */
+    double applied, vectors, trained, merged, idle; /* s since t0; -1 = not
+                                                       reached */
     double st_p50, st_p99, st_max;          /* status round trips, ms */
     nstat_t last;
 } settle_t;
@@ -632,7 +637,7 @@ static int wait_settle(const opts_t *o, nodeh_t *nodes, int nn,
     uint64_t streak[BI_MAXNODES];
     int done[BI_MAXNODES];
     for (int i = 0; i < nn; i++) {
-        out[i] = (settle_t){-1, -1, -1, -1, 0, 0, 0, {0}};
+        out[i] = (settle_t){-1, -1, -1, -1, -1, 0, 0, 0, {0}};
         base_ticks[i] = -1;
         streak[i] = 0;
         done[i] = 0;
@@ -664,7 +669,11 @@ static int wait_settle(const opts_t *o, nodeh_t *nodes, int nn,
                 out[i].trained = ts;
             int ok = s.version >= w->version && s.vectors == w->vectors &&
                      !s.rebuilding && s.rebuilds >= w->rebuilds &&
-                     (!w->trained || s.trained);
+                     (!w->trained || s.trained) && s.unmerged == 0;
+            if (ok && out[i].merged < 0)
+                out[i].merged = ts; /* status alone says idle */
+            if (!ok)
+                out[i].merged = -1;
             /* A quiet streak starts when the status conditions hold; it is
              * restarted whenever the background threads used more than 5%
              * of a core (+2 ticks) since its start; >= 1 s of it = idle,
@@ -711,9 +720,11 @@ static int wait_settle(const opts_t *o, nodeh_t *nodes, int nn,
                 for (size_t j = 0; j < rtt[i].n; j++)
                     if (rtt[i].v[j] > mx)
                         mx = rtt[i].v[j];
-                printf(" %s v%llu vec%llu dead%llu%s%s%s status max %.0f ms;",
+                printf(" %s v%llu vec%llu unmerged%llu dead%llu%s%s%s status "
+                       "max %.0f ms;",
                        nodes[i].name, (unsigned long long)out[i].last.version,
                        (unsigned long long)out[i].last.vectors,
+                       (unsigned long long)out[i].last.unmerged,
                        (unsigned long long)out[i].last.dead,
                        out[i].last.trained ? "" : " untrained",
                        out[i].last.rebuilding ? " rebuilding" : "",
@@ -1479,10 +1490,12 @@ static int ingest_phase(const opts_t *o, cluster_t *C, int need_trained,
            (unsigned long long)last, both, (double)o->n / both);
     for (int i = 0; i < C->nn; i++)
         printf("  %-6s applied %.2f s, vectors == N %.2f s, trained %.2f s, "
-               "idle (merged, background CPU quiet) %.2f s; status: vectors "
+               "status idle (unmerged_vectors 0, not rebuilding) %.2f s, "
+               "background CPU quiet %.2f s; status: vectors "
                "%llu dead %llu index %.1f MB store %.1f MB rebuilds %llu\n",
                C->node[i].name, st[i].applied, st[i].vectors, st[i].trained,
-               st[i].idle, (unsigned long long)st[i].last.vectors,
+               st[i].merged, st[i].idle,
+               (unsigned long long)st[i].last.vectors,
                (unsigned long long)st[i].last.dead,
                st[i].last.index_bytes / 1e6, st[i].last.store_bytes / 1e6,
                (unsigned long long)st[i].last.rebuilds);
@@ -1490,11 +1503,11 @@ static int ingest_phase(const opts_t *o, cluster_t *C, int need_trained,
         "applied_all_s=%.2f vectors_all_s=%.2f idle_all_s=%.2f",
         via, ack_s, both, (double)o->n / both, both, vec_all, idle_all);
     for (int i = 0; i < C->nn; i++)
-        res(" %s_applied_s=%.2f %s_vectors_s=%.2f %s_idle_s=%.2f "
-            "%s_status_p99_ms=%.1f %s_status_max_ms=%.1f",
+        res(" %s_applied_s=%.2f %s_vectors_s=%.2f %s_merged_s=%.2f "
+            "%s_idle_s=%.2f %s_status_p99_ms=%.1f %s_status_max_ms=%.1f",
             C->node[i].name, st[i].applied, C->node[i].name, st[i].vectors,
-            C->node[i].name, st[i].idle, C->node[i].name, st[i].st_p99,
-            C->node[i].name, st[i].st_max);
+            C->node[i].name, st[i].merged, C->node[i].name, st[i].idle,
+            C->node[i].name, st[i].st_p99, C->node[i].name, st[i].st_max);
     *t0_out = t0;
     *last_out = last;
     return 0;
@@ -1905,10 +1918,10 @@ static int mode_hnsw(opts_t *o)
     if (wait_settle(o, C.node, C.nn, &w, tc, sc, "churn"))
         return 1;
     for (int i = 0; i < C.nn; i++)
-        printf("  %-6s applied %.2f s, idle %.2f s after the first churn "
-               "write; vectors %llu dead %llu rebuilds %llu -> %llu "
-               "(automatic)\n",
-               C.node[i].name, sc[i].applied, sc[i].idle,
+        printf("  %-6s applied %.2f s, status idle %.2f s, CPU quiet %.2f s "
+               "after the first churn write; vectors %llu dead %llu rebuilds "
+               "%llu -> %llu (automatic)\n",
+               C.node[i].name, sc[i].applied, sc[i].merged, sc[i].idle,
                (unsigned long long)sc[i].last.vectors,
                (unsigned long long)sc[i].last.dead,
                (unsigned long long)sb[i].rebuilds,

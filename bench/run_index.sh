@@ -80,6 +80,7 @@ REPLICA_EXTRA=()
 echo "# kbsync index benchmark, $(date -u +%FT%TZ), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, fsync on, loopback"
 echo "# tree: $(git describe --always --dirty 2>/dev/null || echo unknown); section: $SECTION; N = $N; metric $METRIC; ingest: $INGEST"
 echo "# data: synthetic clustered 384-d embeddings (bench_common.h, not a model's) + ~300 B text"
+echo "# binaries: $B/kbsync built $(stat -c %y "$B/kbsync" | cut -c1-19), $B/bench/bench_index $(stat -c %y "$B/bench/bench_index" | cut -c1-19) (both must come from one tree)"
 echo "# load before start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 LEADER= R1= R2= LPID= R1PID= R2PID=
@@ -213,7 +214,8 @@ if [ -n "${RES[hnsw]:-}" ]; then
   echo "| 1c ingest docs/s (first write -> both replicas applied; via $(h ingest_via)) | $(h ingest_docs_per_s) ($(h ingest_s) s) | >= 1500 | $(verdict "$(h ingest_docs_per_s)" ">=" 1500) |"
   echo "| 1c leader acked all (s) | $(h ingest_ack_s) | - | - |"
   echo "| 1c r1 / r2: vectors == N (s) | $(h r1_vectors_s) / $(h r2_vectors_s) | - | - |"
-  echo "| 1c r1 / r2: idle, HNSW merge done (s) / leader | $(h r1_idle_s) / $(h r2_idle_s) / $(h leader_idle_s) | - | - |"
+  echo "| 1c r1 / r2 / leader: status idle (unmerged_vectors 0) (s) | $(h r1_merged_s) / $(h r2_merged_s) / $(h leader_merged_s) | - | - |"
+  echo "| 1c r1 / r2 / leader: background CPU quiet (s) | $(h r1_idle_s) / $(h r2_idle_s) / $(h leader_idle_s) | - | - |"
   echo "| 1c status round trip while merging, max ms: leader / r1 / r2 | $(h leader_status_max_ms) / $(h r1_status_max_ms) / $(h r2_status_max_ms) | - | - |"
   echo "| 1d after churn: recall served r1 / r2 vs fresh in-process | $(h recall_churn_r1) / $(h recall_churn_r2) vs $(h recall_fresh) | diff within 0.01 | $(verdict "$(h churn_diff_r1)" "abs<=" 0.01) |"
   echo "| 1d after \`kbsync rebuild --to r1\` ($(h rebuild_s) s): recall r1 vs fresh | $(h recall_rebuild_r1) vs $(h recall_fresh) | diff within 0.01 | $(verdict "$(h rebuild_diff_r1)" "abs<=" 0.01) |"

@@ -110,6 +110,7 @@ struct idx {
     idx_rtxn_t *rb_txn; /* the snapshot handed to the rebuild thread */
     uint64_t rb_docs;   /* live documents in that snapshot */
     int build_threads;  /* OpenMP threads of the opener: rebuilds use them */
+    uint64_t rb_failed_at; /* rb_mu: version of the last failed rebuild */
     uint64_t rb_version; /* its version */
 };
 
@@ -1160,8 +1161,12 @@ static void *rebuild_main(void *arg)
     pthread_rwlock_unlock(&ix->vlock);
     merger_kick(ix);
     double secs = (double)(kb_mono_us() - t0) / 1e6;
-    if (rc)
+    if (rc) {
+        pthread_mutex_lock(&ix->rb_mu);
+        ix->rb_failed_at = S ? S : 1;
+        pthread_mutex_unlock(&ix->rb_mu);
         kb_warn("background index rebuild abandoned: %s", err);
+    }
     else
         kb_info("background index rebuild done in %.2f s: %llu vectors from "
                 "version %llu, %zu documents' metadata replayed; dropped %llu "
@@ -1239,11 +1244,21 @@ static void idx_maybe_rebuild(idx_kb_t *ix)
     pthread_mutex_unlock(&ix->rb_mu);
     if (active)
         return;
-    pthread_rwlock_rdlock(&ix->vlock);
+    /* Never wait for vlock here (a waiting merger makes it wait for the
+     * searches): the next write checks again. */
+    if (pthread_rwlock_tryrdlock(&ix->vlock))
+        return;
     uint64_t dead = idx_vec_dead(ix->vec), stored = idx_vec_stored(ix->vec);
     int train = idx_vec_needs_training(ix->vec) &&
                 ix->view.docs >= idx_vec_train_min(ix->vec);
     pthread_rwlock_unlock(&ix->vlock);
+    /* A rebuild that failed is not retried until the store has grown by
+     * IDX_DEAD_MIN writes. */
+    pthread_mutex_lock(&ix->rb_mu);
+    uint64_t failed_at = ix->rb_failed_at;
+    pthread_mutex_unlock(&ix->rb_mu);
+    if (failed_at && ix->view.version < failed_at + IDX_DEAD_MIN)
+        return;
     if ((dead >= IDX_DEAD_MIN && dead * 4 > stored) || train)
         idx_rebuild_start(ix);
 }
@@ -1555,6 +1570,8 @@ int idx_search_batch(idx_kb_t *ix, size_t nq, const idx_query_t *q,
     int64_t *dead = NULL, *cand = NULL;
     pthread_rwlock_rdlock(&ix->vlock);
     idx_view(ix, view);
+    /* max_label 0 means "no bound" to idx_vec: version 0 holds nothing,
+     * whatever the first write has already put in the delta or index. */
     p.max_label = (int64_t)view->version;
     uint64_t lo = ix->merged, hi = idx_delta_count(ix->delta);
     rc = pending_dead(ix, view->version, &dead, &r.ndead);
@@ -1563,7 +1580,9 @@ int idx_search_batch(idx_kb_t *ix, size_t nq, const idx_query_t *q,
         scores[i] = ix->metric == IDX_METRIC_L2 ? FLT_MAX : -FLT_MAX;
         labels[i] = -1;
     }
-    if (!rc && nq == 1 && q[0].nfilters) {
+    if (!view->version) {
+        /* nothing to find (and max_label 0 would mean "no bound") */
+    } else if (!rc && nq == 1 && q[0].nfilters) {
         idx_filter_pair_t pairs[IDX_MAX_FILTERS];
         for (size_t i = 0; i < q[0].nfilters; i++) {
             const char *v = q[0].filters[i].value ? q[0].filters[i].value : "";
@@ -1652,6 +1671,8 @@ void idx_stats(idx_kb_t *ix, idx_stats_t *st)
     memset(st, 0, sizeof *st);
     idx_store_state(ix->store, &st->version, &st->commit_us);
     st->docs = idx_store_count(ix->store);
+    /* Status only: this waits for vlock (so for a merge step, which waits
+     * for the searches in FAISS). The stream uses idx_state(). */
     pthread_rwlock_rdlock(&ix->vlock);
     uint64_t delta = idx_delta_count(ix->delta) - ix->merged;
     pthread_mutex_lock(&ix->rm_mu);
@@ -1678,6 +1699,23 @@ void idx_stats(idx_kb_t *ix, idx_stats_t *st)
     st->node_id = ix->meta->node_id;
     st->commits = ix->commits;
     st->rebuild_s = ix->rebuild_s;
+}
+
+void idx_state(const idx_kb_t *ix, uint64_t *version, uint64_t *commit_us)
+{
+    idx_store_state(ix->store, version, commit_us);
+}
+
+void idx_stats_stream(idx_kb_t *ix, idx_stats_t *st)
+{
+    memset(st, 0, sizeof *st);
+    idx_store_state(ix->store, &st->version, &st->commit_us);
+    st->docs = idx_store_count(ix->store);
+    st->dim = ix->dim;
+    st->metric = ix->meta->metric;
+    st->index = ix->meta->index;
+    st->node_id = ix->meta->node_id;
+    st->commits = ix->commits;
 }
 
 const void *idx_meta(const idx_kb_t *ix)

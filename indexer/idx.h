@@ -13,13 +13,17 @@
  *   idx_check_query(), idx_view() and idx_hits_free() concurrently with it.
  * - ONE background rebuild thread, owned by idx, builds a fresh vector
  *   index from a store snapshot and swaps it in (idx_rebuild_start()).
- * vlock (a reader-writer lock, writers preferred) guards the vector index,
- * the postings and the published view: readers hold it shared for the
- * FAISS part of a search; the writer holds it alone for short steps (a
- * chunk of vector adds; then removals + publishing the new version), so a
- * search sees either all of a write or none of it (labels above the
- * published version are never returned). Documents of hits are read from
- * the log records named by their labels, which never change. */
+ * - ONE merger thread, owned by idx, moves recent writes into FAISS.
+ * The writer never takes a lock a search holds for long: a write's vectors
+ * go to an append-only delta (idx_delta.h), its removals to a pending list
+ * (rm_mu), its metadata to the postings (fmu), then the new version is
+ * published (vmu); idx_stats() and the rebuild check only try vlock.
+ * vlock (a reader-writer lock, writers preferred) guards the FAISS index:
+ * searches hold it shared; the merger and the rebuild swap hold it
+ * exclusively. A search reads the published version V inside its hold and
+ * returns labels <= V that are not removed at V, from FAISS and the delta,
+ * so it sees either all of a write or none of it. Documents of hits are
+ * read from the log records named by their labels, which never change. */
 #ifndef IDX_H
 #define IDX_H
 
@@ -197,8 +201,17 @@ typedef struct idx_stats {
     double rebuild_s;    /* seconds the last index (re)build took */
 } idx_stats_t;
 
-/* Writer thread. */
+/* Writer thread. Waits for the index lock (status answers only). */
 void idx_stats(idx_kb_t *ix, idx_stats_t *st);
+
+/* The applied version and its leader commit time, without any lock: for
+ * the replication stream. Writer thread. */
+void idx_state(const idx_kb_t *ix, uint64_t *version, uint64_t *commit_us);
+
+/* idx_stats() without the index figures (vectors, dead, bytes, kind, ...:
+ * left 0) and without any lock: version, commit time, docs, settings,
+ * commits. For the replication stream. Writer thread. */
+void idx_stats_stream(idx_kb_t *ix, idx_stats_t *st);
 
 /* The stored settings (dim, metric, index, node id, embedder); borrowed,
  * valid until idx_close. The pointer is a Kbsync__KbMeta. */

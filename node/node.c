@@ -468,7 +468,15 @@ int node_run(idx_kb_t *ix, const node_config_t *cfg,
              volatile sig_atomic_t *stop, char *err, size_t errlen)
 {
     node_t n = {.ix = ix, .cfg = cfg};
-    pthread_rwlock_init(&n.ix_lock, NULL);
+    /* Writers preferred: readers hold it for whole batches, and a replica
+     * that must replace its knowledge base must not wait behind a stream
+     * of them. */
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra,
+                                  PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&n.ix_lock, &ra);
+    pthread_rwlockattr_destroy(&ra);
     int rc = node_open(&n, err, errlen);
     int timeout = 0;
     while (!rc && !*stop) {

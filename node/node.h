@@ -11,9 +11,9 @@
  *   shipping, acks; repl_replica: apply, acks, hellos), the queries parked
  *   for min_version, and the queries held until the same client's queued
  *   write is committed. It is the knowledge base's only writer. It never
- *   runs a search, so the stream (receive, apply, ack, heartbeat) and the
- *   group commit never wait behind one; a write's apply waits at most for
- *   the searches already inside FAISS (idx.h: vlock, writers preferred).
+ *   runs a search and never waits for one: the stream (receive, apply,
+ *   ack, heartbeat) and the group commit go on while readers search
+ *   (idx.h: writes go to a delta, not into the FAISS index).
  * - --query-threads reader threads (qry_pool) search and answer queries.
  * - One background rebuild thread per knowledge base (idx.h).
  * ix_lock (a reader-writer lock) keeps a replica's knowledge base alive for

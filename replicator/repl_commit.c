@@ -224,7 +224,7 @@ void repl_leader_flush(repl_leader_t *l, void *router)
                 l->nops, err);
     }
     idx_stats_t st;
-    idx_stats(l->ix, &st);
+    idx_stats_stream(l->ix, &st);
     for (size_t i = 0; i < l->qn; i++) {
         pending_t *p = &l->q[i];
         if (p->dropped)

@@ -202,7 +202,7 @@ static void replica_hello(repl_replica_t *r)
     h.replica_id = (char *)r->cfg.id;
     if (r->ix) {
         idx_stats_t st;
-        idx_stats(r->ix, &st);
+        idx_stats_stream(r->ix, &st);
         h.applied_lsn = st.version;
         h.applied_commit_us = st.commit_us;
     }
@@ -218,7 +218,7 @@ static void replica_ack(repl_replica_t *r)
     if (!r->ix)
         return;
     idx_stats_t st;
-    idx_stats(r->ix, &st);
+    idx_stats_stream(r->ix, &st);
     Kbsync__ReplAck a = KBSYNC__REPL_ACK__INIT;
     a.applied_lsn = st.version;
     Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
@@ -318,7 +318,7 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
         }
         replica_set_ix(r, ix);
         idx_stats_t st0;
-        idx_stats(r->ix, &st0);
+        idx_stats_stream(r->ix, &st0);
         if (st0.version) {
             /* Our hello said "empty", but DIR holds a store: say hello again
              * with what it really holds, so the leader can check it. */
@@ -329,7 +329,7 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
         }
     } else {
         idx_stats_t st;
-        idx_stats(r->ix, &st);
+        idx_stats_stream(r->ix, &st);
         if (st.dim != m->dim || strcmp(st.metric, m->metric) ||
             strcmp(st.index, m->index)) {
             kb_error("this replica's knowledge base (dim %u, %s, %s) differs "
@@ -350,7 +350,7 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
     pthread_mutex_unlock(&r->smu);
     r->records_us = kb_mono_us();
     idx_stats_t st;
-    idx_stats(r->ix, &st);
+    idx_stats_stream(r->ix, &st);
     kb_info("following leader %s: applied LSN %llu, leader at %llu",
             r->cfg.leader, (unsigned long long)st.version,
             (unsigned long long)w->head_lsn);
@@ -407,7 +407,7 @@ size_t repl_replica_on_msg(repl_replica_t *r)
     uint64_t expect = 0;
     if (r->ix) {
         idx_stats_t st;
-        idx_stats(r->ix, &st);
+        idx_stats_stream(r->ix, &st);
         expect = st.version + 1;
     }
     for (int i = 0; i < 4096; i++) {
@@ -433,7 +433,7 @@ size_t repl_replica_on_msg(repl_replica_t *r)
             on_welcome(r, m->welcome);
             if (r->ix) {
                 idx_stats_t st;
-                idx_stats(r->ix, &st);
+                idx_stats_stream(r->ix, &st);
                 expect = st.version + 1;
             }
             break;
@@ -504,7 +504,7 @@ int repl_replica_tick(repl_replica_t *r)
          * records were lost with a connection the leader did not see drop.
          * Say hello again so it resends from our applied LSN. */
         idx_stats_t st;
-        idx_stats(r->ix, &st);
+        idx_stats_stream(r->ix, &st);
         if (r->head_lsn > st.version &&
             now - r->records_us > REPLICA_STUCK_MS * 1000u) {
             kb_warn("at LSN %llu, leader at %llu, no records for %d ms: "
@@ -529,7 +529,7 @@ void repl_replica_staleness(repl_replica_t *r, const idx_view_t *view,
         commit_us = view->commit_us;
     } else if (r->ix) {
         idx_stats_t st;
-        idx_stats(r->ix, &st);
+        idx_stats_stream(r->ix, &st);
         version = st.version;
         commit_us = st.commit_us;
     }

@@ -85,7 +85,7 @@ static int ship_full(const shipment_t *s)
 static void fill_beat(repl_leader_t *l, const peer_t *p, Kbsync__ReplBeat *b)
 {
     idx_stats_t st;
-    idx_stats(l->ix, &st);
+    idx_stats_stream(l->ix, &st);
     kbsync__repl_beat__init(b);
     b->head_lsn = st.version;
     b->head_commit_us = st.commit_us;
@@ -161,7 +161,7 @@ static int ship_send(repl_leader_t *l, peer_t **targets, size_t nt)
         return 0;
     }
     idx_stats_t st;
-    idx_stats(l->ix, &st);
+    idx_stats_stream(l->ix, &st);
     Kbsync__ReplBeat beat = KBSYNC__REPL_BEAT__INIT;
     /* Records shipped before the leader's commit are not its head yet:
      * announce the head they will make, so lag_ops is not understated. */
@@ -399,7 +399,7 @@ static void stream_peer(repl_leader_t *l, peer_t *p, uint64_t head)
 void repl__stream_all(repl_leader_t *l)
 {
     idx_stats_t st;
-    idx_stats(l->ix, &st);
+    idx_stats_stream(l->ix, &st);
     for (size_t i = 0; i < l->npeers; i++)
         stream_peer(l, &l->peer[i], st.version);
 }
@@ -407,7 +407,7 @@ void repl__stream_all(repl_leader_t *l)
 static void on_hello(repl_leader_t *l, peer_t *p, const Kbsync__ReplHello *h)
 {
     idx_stats_t st;
-    idx_stats(l->ix, &st);
+    idx_stats_stream(l->ix, &st);
     Kbsync__ReplWelcome w = KBSYNC__REPL_WELCOME__INIT;
     w.meta = (Kbsync__KbMeta *)idx_meta(l->ix);
     w.head_lsn = st.version;
@@ -568,7 +568,7 @@ void repl_leader_replicas(repl_leader_t *l, Kbsync__ReplicaState ***out,
                           size_t *n)
 {
     idx_stats_t st;
-    idx_stats(l->ix, &st);
+    idx_stats_stream(l->ix, &st);
     uint64_t now = kb_wall_us();
     size_t k = 0;
     for (size_t i = 0; i < l->npeers; i++) {
