@@ -156,14 +156,23 @@ static int better(int metric, float a, float b)
     return metric == IDX_METRIC_L2 ? a < b : a > b;
 }
 
+/* (s, l) goes before (s2, l2): a better score, or an equal score and a
+ * newer label (the newer document wins a tie, as in FAISS's heaps). */
+static int before(int metric, float s, int64_t l, float s2, int64_t l2)
+{
+    return better(metric, s, s2) || (s == s2 && l > l2);
+}
+
 /* Inserts (s, l) into a best-first list of k slots. */
 static void topk_insert(int metric, float *sc, int64_t *lab, uint32_t k,
                         float s, int64_t l)
 {
-    if (k == 0 || (lab[k - 1] >= 0 && !better(metric, s, sc[k - 1])))
+    if (k == 0 ||
+        (lab[k - 1] >= 0 && !before(metric, s, l, sc[k - 1], lab[k - 1])))
         return;
     uint32_t i = k - 1;
-    while (i > 0 && (lab[i - 1] < 0 || better(metric, s, sc[i - 1]))) {
+    while (i > 0 && (lab[i - 1] < 0 ||
+                     before(metric, s, l, sc[i - 1], lab[i - 1]))) {
         sc[i] = sc[i - 1];
         lab[i] = lab[i - 1];
         i--;
