@@ -248,7 +248,7 @@ typedef struct opts {
     double replace_frac, delete_frac;
     int wait_s;
     int check_qps;
-    int no_rebuild, no_fresh, ingest_only;
+    int no_rebuild, no_fresh, ingest_only, train_wait_s;
     const char *label;
 } opts_t;
 
@@ -302,6 +302,9 @@ static void usage(FILE *f)
         "ivf:\n"
         "  --nprobes LIST       nprobe values besides 0 (default "
         "1,4,16,32,64,128)\n"
+        "  --train-wait-s S     after ingest, wait S s for the automatic "
+        "training, then send `kbsync rebuild` to an untrained node "
+        "(default 60)\n"
         "  --label TEXT         echoed in the RESULT line\n");
 }
 
@@ -327,7 +330,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         O_LEADER = 256, O_LPID, O_REPLICA, O_PID, O_LOG, O_KBSYNC, O_N, O_DIM,
         O_SEED, O_QSEED, O_NQ, O_METRIC, O_BATCH, O_WINDOW, O_ICMD, O_WAIT,
         O_INDEX, O_EF, O_REPLACE, O_DELETE, O_CHECKQPS, O_NOREB, O_NOFRESH,
-        O_NPROBES, O_LABEL, O_INGONLY, O_EFS, O_HELP
+        O_NPROBES, O_LABEL, O_INGONLY, O_EFS, O_TWAIT, O_HELP
     };
     static const struct option lo[] = {
         {"leader", required_argument, 0, O_LEADER},
@@ -357,12 +360,14 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         {"label", required_argument, 0, O_LABEL},
         {"ingest-only", no_argument, 0, O_INGONLY},
         {"ef-sweep", required_argument, 0, O_EFS},
+        {"train-wait-s", required_argument, 0, O_TWAIT},
         {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0}};
     *o = (opts_t){.n = 100000, .dim = 384, .k = 10, .nq = 1000, .seed = 1,
                   .ef = 64, .metric = "ip", .metric_id = 1, .batch = 1000,
                   .window = 4, .replace_frac = 0.2, .delete_frac = 0.1,
-                  .wait_s = 900, .check_qps = 50, .label = "-"};
+                  .wait_s = 900, .check_qps = 50, .train_wait_s = 60,
+                  .label = "-"};
     int qseed_set = 0, c, li = 0;
     const char *nprobes = "1,4,16,32,64,128";
     const char *efsweep = "32,128,256";
@@ -459,6 +464,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         case O_LABEL: o->label = optarg; break;
         case O_INGONLY: o->ingest_only = 1; break;
         case O_EFS: efsweep = optarg; break;
+        case O_TWAIT: NUM(o->train_wait_s, 0, 86400); break;
         case 'h':
         case O_HELP: usage(stdout); exit(0);
         default: return -1;
@@ -1544,14 +1550,15 @@ static void print_mem(const opts_t *o, cluster_t *C, const char *tag,
 
 /* `kbsync rebuild --to EP` (or a RebuildRequest), then waits until status
  * says rebuilding false with rebuilds incremented and the node is idle. */
-static int rebuild_phase(const opts_t *o, nodeh_t *nd, uint64_t version,
-                         uint64_t vectors, double *secs, settle_t *st)
+/* Sends `kbsync rebuild --to EP` (or a RebuildRequest); *before = the
+ * node's rebuild count before it. */
+static int send_rebuild(const opts_t *o, nodeh_t *nd, uint64_t *before_out)
 {
     nstat_t s;
     if (node_status(nd, &s))
         return 1;
     uint64_t before = s.rebuilds;
-    uint64_t t0 = kb_mono_us();
+    *before_out = before;
     if (o->kbsync) {
         char cmd[1024];
         snprintf(cmd, sizeof cmd, "'%s' rebuild --to '%s' >/dev/null", o->kbsync,
@@ -1581,6 +1588,16 @@ static int rebuild_phase(const opts_t *o, nodeh_t *nd, uint64_t version,
         }
         kbsync__response__free_unpacked(r, NULL);
     }
+    return 0;
+}
+
+static int rebuild_phase(const opts_t *o, nodeh_t *nd, uint64_t version,
+                         uint64_t vectors, double *secs, settle_t *st)
+{
+    uint64_t before;
+    uint64_t t0 = kb_mono_us();
+    if (send_rebuild(o, nd, &before))
+        return 1;
     want_t w = {.version = version, .vectors = vectors, .rebuilds = before + 1};
     if (wait_settle(o, nd, 1, &w, t0, st, "rebuild"))
         return 1;
@@ -2173,13 +2190,68 @@ static int mode_ivf(opts_t *o)
     settle_t st[BI_MAXNODES];
     uint64_t t0, last;
     printf("\n== ingest (the replicas train the IVF in the background)\n");
-    if (ingest_phase(o, &C, 1, &t0, st, &last))
+    if (ingest_phase(o, &C, 0, &t0, st, &last))
         return 1;
+    /* Automatic training: wait up to --train-wait-s after every node is
+     * idle; a node still untrained then gets an explicit rebuild (and the
+     * figures say so). */
+    {
+        uint64_t tw = kb_mono_us();
+        int forced[BI_MAXNODES] = {0}, nforced = 0;
+        for (;;) {
+            int untrained = 0;
+            for (int i = 0; i < C.nn; i++) {
+                nstat_t s;
+                if (node_status(&C.node[i], &s))
+                    continue;
+                if (s.trained && st[i].trained < 0)
+                    st[i].trained = (double)(kb_mono_us() - t0) / 1e6;
+                if (!s.trained || s.rebuilding)
+                    untrained++;
+            }
+            if (!untrained ||
+                kb_mono_us() - tw > (uint64_t)o->train_wait_s * 1000000u)
+                break;
+            sleep_ms(100);
+        }
+        uint64_t tf = kb_mono_us();
+        for (int i = 0; i < C.nn; i++) {
+            if (st[i].trained >= 0)
+                continue;
+            printf("  %s: index_trained still false %d s after the node was "
+                   "idle with all %ld docs (%.1f s after the first write): the "
+                   "automatic training did not start; sending `kbsync "
+                   "rebuild`\n",
+                   C.node[i].name, o->train_wait_s, o->n,
+                   (double)(tf - t0) / 1e6);
+            uint64_t b;
+            if (send_rebuild(o, &C.node[i], &b))
+                return 1;
+            forced[i] = 1;
+            nforced++;
+        }
+        res(" auto_train_missing=%d", nforced);
+        if (nforced) {
+            want_t w = {.version = last, .vectors = (uint64_t)o->n,
+                        .trained = 1};
+            settle_t sf[BI_MAXNODES];
+            if (wait_settle(o, C.node, C.nn, &w, tf, sf, "forced training"))
+                return 1;
+            for (int i = 0; i < C.nn; i++)
+                if (forced[i]) {
+                    printf("  %s trained by the explicit rebuild %.2f s after "
+                           "it was sent\n",
+                           C.node[i].name, sf[i].trained);
+                    res(" %s_forced_train_s=%.2f", C.node[i].name,
+                        sf[i].trained);
+                }
+        }
+    }
     long offs[BI_MAXNODES] = {0};
     for (int i = 1; i < C.nn; i++) {
         long nv = 0;
         double s = log_trained(C.node[i].log, &offs[i], &nv);
-        double after = st[i].trained - st[i].applied;
+        double after = st[i].trained >= 0 ? st[i].trained - st[i].applied : -1;
         printf("  %s: index_trained true %.2f s after the first write, %.2f "
                "s after it applied the last write; last log training: %.2f "
                "s on %ld vectors\n",

@@ -126,7 +126,7 @@ run_bench() { # name, bench_index args...
   echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
   $B/bench/bench_index "$@" --label "$name" "${BENCH_ARGS_A[@]}" | tee "$W/$name.out" ||
     echo "(bench_index exited non-zero)"
-  RES[$name]=$(grep '^RESULT ' "$W/$name.out" | tail -1)
+  RES[$name]=$(grep '^RESULT ' "$W/$name.out" | tail -1 || true)
   echo "# ($name) took $((SECONDS - t0)) s; load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
@@ -219,7 +219,7 @@ if [ -n "${RES[hnsw]:-}" ]; then
   echo "| 1c status round trip while merging, max ms: leader / r1 / r2 | $(h leader_status_max_ms) / $(h r1_status_max_ms) / $(h r2_status_max_ms) | - | - |"
   echo "| 1d after churn: recall served r1 / r2 vs fresh in-process | $(h recall_churn_r1) / $(h recall_churn_r2) vs $(h recall_fresh) | diff within 0.01 | $(verdict "$(h churn_diff_r1)" "abs<=" 0.01) |"
   echo "| 1d after \`kbsync rebuild --to r1\` ($(h rebuild_s) s): recall r1 vs fresh | $(h recall_rebuild_r1) vs $(h recall_fresh) | diff within 0.01 | $(verdict "$(h rebuild_diff_r1)" "abs<=" 0.01) |"
-  echo "| 1d deleted/old-version/wrong hits: after churn / after rebuild / checker (answers) | $(h churn_violations) / $(h rebuild_violations) / $(h checker_violations) ($(h checker_answers)) | 0 | $(verdict "$(awk -v a="$(h churn_violations)" -v b="$(h rebuild_violations)" -v c="$(h checker_violations)" 'BEGIN{print a+b+c}')" "==" 0) |"
+  echo "| 1d deleted/old-version/wrong hits: after churn / after rebuild / checker (answers) | $(h churn_violations) / $(h rebuild_violations) / $(h checker_violations) ($(h checker_answers)) | 0 | $(verdict "$(awk -v a="$(h churn_violations)" -v b="$(h rebuild_violations)" -v c="$(h checker_violations)" -v d="$(h served_violations)" 'BEGIN{if (a == "-" || d == "-") print "-"; else print a+b+c+d}')" "==" 0) |"
   echo "| 1d churn: automatic rebuilds on r1; dead vectors after churn / after rebuild | $(h churn_r1_auto_rebuilds); $(h churn_r1_dead) / $(h rebuild_dead_after) | - | - |"
   echo "| 1d churn: leader acked 30% rewrites in (s); r1 idle after (s) | $(h churn_ack_s); $(h churn_r1_idle_s) | - | - |"
   echo "| 1d recall of checker answers once churn applied (tombstones + delta, auto rebuild running) / during \`kbsync rebuild\` | $(h checker_churn_recall) / $(h checker_rebuild_recall) | - | - |"
@@ -243,7 +243,8 @@ for i in 1 2 3 4; do
   echo "| ingest docs/s (both replicas applied) | $(v ingest_docs_per_s) |"
   echo "| r1 / r2 index_trained after the first write (s) | $(v r1_trained_s) / $(v r2_trained_s) |"
   echo "| r1 / r2 index_trained after the ingest was applied (s) | $(v r1_trained_after_ingest_s) / $(v r2_trained_after_ingest_s) |"
-  echo "| background training (log): r1 s on vectors | $(v r1_log_train_s) on $(v r1_log_train_vectors) |"
+  echo "| nodes whose automatic training never started (forced by \`kbsync rebuild\` after TRAIN_WAIT s) | $(v auto_train_missing) (leader forced: $(v leader_forced_train_s) s, r1: $(v r1_forced_train_s) s, r2: $(v r2_forced_train_s) s) |"
+  echo "| training (log, last before the measured rebuild): r1 s on vectors | $(v r1_log_train_s) on $(v r1_log_train_vectors) |"
   echo "| \`kbsync rebuild\` on r1: total s; training (log) s on vectors | $(v rebuild_s); $(v rebuild_log_train_s) on $(v rebuild_log_train_vectors) |"
   echo "| raw FAISS train / add s (all N) | $(v raw_train_s) / $(v raw_add_s) |"
   echo

@@ -1180,6 +1180,11 @@ static void *rebuild_main(void *arg)
     return NULL;
 }
 
+void idx_maintain(idx_kb_t *ix)
+{
+    idx_maybe_rebuild(ix);
+}
+
 int idx_rebuild_start(idx_kb_t *ix)
 {
     pthread_mutex_lock(&ix->rb_mu);

@@ -175,6 +175,13 @@ void idx_hits_free(idx_hits_t *h);
 /* The published view (version, commit time, docs). Any thread. */
 void idx_view(idx_kb_t *ix, idx_view_t *v);
 
+/* Starts the background rebuild when it is due (a quarter of the stored
+ * vectors dead, or an untrained IVF that can be trained), as each write
+ * does. The merger tombstones and merges after the writes that caused
+ * them, so the node loop calls this between writes too (every tick).
+ * Writer thread; never waits for the index lock. */
+void idx_maintain(idx_kb_t *ix);
+
 /* Starts a background rebuild of the vector index and postings from the
  * current store (dropping dead vectors; training an IVF index) unless one
  * is running. Writer thread. Returns 0, or 1 when one was already running. */

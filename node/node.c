@@ -523,6 +523,11 @@ int node_run(idx_kb_t *ix, const node_config_t *cfg,
         node_flush(&n);
         timeout = n.leader ? repl_leader_tick(n.leader, n.router)
                            : repl_replica_tick(n.replica);
+        {
+            idx_kb_t *kb = node_idx(&n);
+            if (kb)
+                idx_maintain(kb); /* rebuild due after the last writes? */
+        }
         node_unpark(&n);
         node_forward(&n);
     }
