@@ -228,6 +228,11 @@ static void run_batch(qry_pool_t *p, void *push, job_t *jobs, size_t n)
                 push_error(push, &ok[i]->peer, ok[i]->req->request_id, rc,
                            err);
         } else {
+            /* Counted before the answers go out: a client that reads its
+             * answers and then asks for status sees them counted. */
+            atomic_fetch_add(&p->batches, 1);
+            atomic_fetch_add(&p->hist[hist_bucket(m)], 1);
+            atomic_fetch_add(&p->queries, m);
             Kbsync__NodeState s;
             src->state(src->ctx, ix, &view, &s);
             for (size_t i = 0; i < m; i++) {
@@ -254,9 +259,6 @@ static void run_batch(qry_pool_t *p, void *push, job_t *jobs, size_t n)
                 }
                 idx_hits_free(&hits[i]);
             }
-            atomic_fetch_add(&p->batches, 1);
-            atomic_fetch_add(&p->hist[hist_bucket(m)], 1);
-            atomic_fetch_add(&p->queries, m);
         }
     }
     src->release(src->ctx);
