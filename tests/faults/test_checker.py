@@ -1,0 +1,228 @@
+#!/usr/bin/python3
+"""The checker checks itself: a small history that obeys every rule, then
+one planted violation of each kind, each of which must be reported (and the
+documented start-overs, which must not be)."""
+import copy
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import checker  # noqa: E402
+
+
+def w(kind, keys, uids, inv, version=None, written=None, code=None,
+      mode="async"):
+    op = {"t": "w", "kind": kind, "node": "leader", "mode": mode,
+          "keys": keys, "uids": uids, "inv": inv, "cmp": inv + 0.1,
+          "code": code, "res": "ok" if code is None else "err",
+          "code_name": None if code is None else "KB_ENOREPLICA"}
+    if version is not None:
+        op.update(version=version, written=written, missing=0)
+    return op
+
+
+def r(node, hits, version, inv, level="plain", min_version=0,
+      max_lag_ms=0, after_all=None, after_all_inv=None, code=None,
+      code_name=None):
+    op = {"t": "r", "node": node, "bucket": "b0", "level": level,
+          "min_version": min_version, "max_lag_ms": max_lag_ms,
+          "inv": inv, "cmp": inv + 0.05, "code": code,
+          "res": "ok" if code is None else "err", "code_name": code_name}
+    if code is None:
+        op.update(version=version, leader_version=version, lag_ops=0,
+                  lag_ms=0, hits=hits)
+    if after_all:
+        op.update(after_all=after_all, after_all_inv=after_all_inv)
+    return op
+
+
+def base():
+    ops = [
+        w("upsert", ["k0"], ["a1"], 1.0, 1, 1),
+        w("upsert", ["k1"], ["a2"], 1.2, 2, 1, mode="all"),
+        r("r1", {"k0": "a1", "k1": "a2"}, 2, 1.35, after_all=2,
+          after_all_inv=1.2),
+        w("delete", ["k0"], [], 2.0, 3, 1),
+        w("upsert", ["k1"], ["a3"], 3.0, 4, 1),
+        r("leader", {"k1": "a3"}, 4, 3.2),
+        r("r1", {"k1": "a2"}, 3, 3.3, "min_version", min_version=3),
+        r("r1", {"k1": "a3"}, 4, 3.4, "max_lag", max_lag_ms=1000),
+        w("upsert", ["k1"], ["x9"], 3.5, code=-1014),
+        r("leader", None, None, 3.6, "min_version", min_version=9,
+          code=-1015, code_name="KB_ESTALE"),
+    ]
+    doc = ["a3", "a3", '{"bucket": "b0", "uid": "a3"}', 0.5]
+    return {
+        "ops": ops,
+        "events": [{"kind": "leader_open", "node": "leader", "time": 0.5,
+                    "version": 0}],
+        "log": {1: ("u", "k0", "a1"), 2: ("u", "k1", "a2"),
+                3: ("d", "k0", None), 4: ("u", "k1", "a3")},
+        "head": 4,
+        "buckets": {"b0": ["k0", "k1"]},
+        "final": {"leader": {"version": 4, "docs": {"k1": list(doc)}},
+                  "r1": {"version": 4, "docs": {"k1": list(doc)}}},
+        "converged": {"r1": True},
+        "end": 10.0,
+    }
+
+
+def kinds(h):
+    return sorted(set(v.kind for v in checker.check(h)))
+
+
+class CheckerTest(unittest.TestCase):
+    def test_clean_history_passes(self):
+        self.assertEqual(checker.check(base()), [])
+
+    def planted(self, mutate, kind):
+        h = base()
+        mutate(h)
+        self.assertIn(kind, kinds(h))
+        return h
+
+    def test_lost_ack(self):
+        def m(h):
+            h["log"][4] = ("u", "k1", "zz")  # the leader holds another write
+        self.planted(m, "lost-ack")
+
+    def test_lost_ack_delete(self):
+        def m(h):
+            h["log"][3] = ("u", "k0", "a1")
+        self.planted(m, "lost-ack")
+
+    def test_refused_committed(self):
+        def m(h):
+            h["ops"][8]["uids"] = ["a3"]
+        self.planted(m, "refused-committed")
+
+    def test_no_answer_is_not_refused(self):
+        h = base()
+        h["ops"][8].update(uids=["a3"], res="none", code="none")
+        self.assertEqual(kinds(h), [])
+
+    def test_deleted_document_returned(self):
+        def m(h):
+            h["ops"][5]["hits"] = {"k0": "a1", "k1": "a3"}
+        self.planted(m, "wrong-state")
+
+    def test_stale_document(self):
+        def m(h):
+            h["ops"][7]["hits"] = {"k1": "a2"}
+        self.planted(m, "wrong-state")
+
+    def test_future_document(self):
+        def m(h):
+            h["ops"][2]["hits"] = {"k0": "a1", "k1": "a3"}
+        self.planted(m, "wrong-state")
+
+    def test_missing_document(self):
+        def m(h):
+            h["ops"][5]["hits"] = {}
+        self.planted(m, "wrong-state")
+
+    def test_outside_filter(self):
+        def m(h):
+            h["buckets"] = {"b0": ["k1"], "b1": ["k0"]}
+            h["ops"][2]["hits"] = {"k0": "a1", "k1": "a2"}
+        self.planted(m, "wrong-state")
+
+    def test_phantom(self):
+        def m(h):
+            h["ops"][7]["hits"] = {"k1": "ghost"}
+        h = self.planted(m, "phantom")
+        self.assertNotIn("wrong-state", kinds(h))
+        self.assertTrue(all(v.known for v in checker.check(h)))
+
+    def test_phantom_branch(self):
+        # r1 answered at version 4 with a branch the leader lost: the leader
+        # restarted at version 3 and r1 was then told it diverged.
+        def m(h):
+            h["ops"][7].update(version=4, hits={"k1": "a2"})
+            h["events"] += [
+                {"kind": "leader_open", "node": "leader", "time": 3.6,
+                 "version": 3},
+                {"kind": "diverge", "node": "r1", "time": 3.9}]
+        h = self.planted(m, "phantom")
+        self.assertNotIn("wrong-state", kinds(h))
+
+    def test_all_not_visible(self):
+        def m(h):
+            h["ops"][2].update(version=1, hits={"k0": "a1"})
+        self.planted(m, "all-not-visible")
+
+    def test_all_not_visible_excused_by_wipe(self):
+        h = base()
+        h["ops"][2].update(version=0, hits={})
+        h["events"].append({"kind": "wipe", "node": "r1", "time": 1.32})
+        self.assertEqual(kinds(h), [])
+
+    def test_min_version(self):
+        def m(h):
+            h["ops"][6].update(version=2, hits={"k0": "a1", "k1": "a2"})
+        self.planted(m, "min-version")
+
+    def test_leader_refused_acked(self):
+        def m(h):
+            h["ops"][9]["min_version"] = 3
+        self.planted(m, "leader-refused-acked")
+
+    def test_max_lag(self):
+        def m(h):
+            h["ops"][7].update(version=2, hits={"k0": "a1", "k1": "a2"},
+                               inv=10.0, cmp=10.05)
+        self.planted(m, "max-lag")
+
+    def test_max_lag_within_tolerance(self):
+        h = base()
+        # Version 3 while LSN 4 was acknowledged 0.3 s earlier: within the
+        # documented 300 ms silence rule plus a heartbeat.
+        h["ops"][7].update(version=3, hits={"k1": "a2"}, inv=3.1 + 0.3 +
+                           0.5, cmp=3.95)
+        h["ops"][7]["max_lag_ms"] = 500
+        self.assertEqual(kinds(h), [])
+
+    def test_version_backwards(self):
+        def m(h):
+            h["ops"].append(r("leader", {"k0": "a1", "k1": "a2"}, 2, 3.7))
+        self.planted(m, "version-backwards")
+
+    def test_version_backwards_excused_by_diverge(self):
+        h = base()
+        h["ops"].append(r("r1", {"k0": "a1", "k1": "a2"}, 2, 3.8))
+        h["events"].append({"kind": "diverge", "node": "r1", "time": 3.7})
+        self.assertEqual(kinds(h), [])
+
+    def test_not_converged_version(self):
+        def m(h):
+            h["converged"]["r1"] = False
+        self.planted(m, "not-converged")
+
+    def test_not_converged_documents(self):
+        def m(h):
+            h["final"]["r1"]["docs"] = {}
+        self.planted(m, "not-converged")
+
+    def test_not_converged_score(self):
+        def m(h):
+            h["final"]["r1"]["docs"]["k1"][3] = 0.75
+        self.planted(m, "not-converged")
+
+    def test_node_crashed(self):
+        def m(h):
+            h["events"].append({"kind": "crash", "node": "r1", "time": 2.0,
+                                "code": -6})
+        self.planted(m, "node-crashed")
+
+    def test_every_kind_planted(self):
+        names = [n for n in dir(self) if n.startswith("test_")]
+        for kind in checker.KINDS:
+            self.assertTrue(any(kind.replace("-", "_") in n for n in names)
+                            or kind == "wrong-state",
+                            "no planted test for " + kind)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=1)
