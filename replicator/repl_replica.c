@@ -45,9 +45,14 @@
 #include <zmq.h>
 
 #define REPLICA_HELLO_MS 250
+#define REPLICA_HELLO_RETRY_MS 20 /* a hello not sent: no connection yet */
 #define REPLICA_ACK_MS 100
 #define REPLICA_SILENT_MS 300
 #define REPLICA_DEAD_MS 1000
+/* While the leader is silent, a fresh connection every this often: a TCP
+ * connection whose packets were dropped (a partition) recovers only at the
+ * kernel's retransmission back-off, seconds after the network heals. */
+#define REPLICA_RECONNECT_MS 1000
 #define REPLICA_MAX_BATCH 16384 /* records applied in one transaction */
 #define REPLICA_STUCK_MS 1000   /* behind, yet no records: ask again */
 #define REPLICA_OFFSET_KEEP_US 10000000u /* clock-offset sample lifetime */
@@ -58,6 +63,8 @@ struct repl_replica {
     idx_kb_t *ix; /* changed only under *cfg.ix_lock held exclusively */
     int streaming;
     uint64_t hello_us, ack_us, heard_us; /* monotonic */
+    uint64_t conn_us;                    /* monotonic: socket (re)created */
+    int hello_unsent; /* the last hello found no connection to go out on */
     /* smu guards what readers use to compute staleness: head_lsn through
      * next_commit_us. The node loop writes them; reader threads read them. */
     pthread_mutex_t smu;
@@ -103,9 +110,14 @@ static int replica_connect(repl_replica_t *r, char *err, size_t errlen)
     /* Do not queue hellos/acks while the leader is unreachable: a restarted
      * leader would get every one of them at once. */
     int one = 1, ivl = 1000, tmo = 3000;
+    int conn_tmo = 250, re_ivl = 50, re_max = 1000;
     zmq_setsockopt(r->sock, ZMQ_IMMEDIATE, &one, sizeof one);
+    zmq_setsockopt(r->sock, ZMQ_CONNECT_TIMEOUT, &conn_tmo, sizeof conn_tmo);
+    zmq_setsockopt(r->sock, ZMQ_RECONNECT_IVL, &re_ivl, sizeof re_ivl);
+    zmq_setsockopt(r->sock, ZMQ_RECONNECT_IVL_MAX, &re_max, sizeof re_max);
     zmq_setsockopt(r->sock, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl);
     zmq_setsockopt(r->sock, ZMQ_HEARTBEAT_TIMEOUT, &tmo, sizeof tmo);
+    r->conn_us = kb_mono_us();
     if (zmq_connect(r->sock, r->cfg.leader))
         return kb_seterr(err, errlen, KB_ENET,
                          "cannot connect to leader %s: %s", r->cfg.leader,
@@ -209,7 +221,7 @@ static void replica_hello(repl_replica_t *r)
     Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
     m.body_case = KBSYNC__REPL_MESSAGE__BODY_HELLO;
     m.hello = &h;
-    replica_send(r, &m);
+    r->hello_unsent = replica_send(r, &m) != 0;
     r->hello_us = kb_mono_us();
 }
 
@@ -492,12 +504,22 @@ int repl_replica_tick(repl_replica_t *r)
 {
     uint64_t now = kb_mono_us();
     if (r->streaming && now - r->heard_us > REPLICA_DEAD_MS * 1000u) {
-        kb_warn("no word from the leader %s for %d ms; saying hello until it "
-                "answers",
+        kb_warn("no word from the leader %s for %d ms; reconnecting and "
+                "saying hello until it answers",
                 r->cfg.leader, REPLICA_DEAD_MS);
         r->streaming = 0;
+        r->conn_us = 0;
     }
-    if (!r->streaming && now - r->hello_us >= REPLICA_HELLO_MS * 1000u)
+    if (!r->streaming && now - r->heard_us > REPLICA_DEAD_MS * 1000u &&
+        now - r->conn_us >= REPLICA_RECONNECT_MS * 1000u) {
+        char why[256];
+        if (replica_connect(r, why, sizeof why))
+            kb_warn("%s", why);
+        r->hello_us = 0;
+    }
+    uint64_t hello_ms = r->hello_unsent ? REPLICA_HELLO_RETRY_MS
+                                        : REPLICA_HELLO_MS;
+    if (!r->streaming && now - r->hello_us >= hello_ms * 1000u)
         replica_hello(r);
     if (r->streaming && r->ix) {
         /* Behind the head the leader announces, yet no records for a while:
@@ -517,7 +539,9 @@ int repl_replica_tick(repl_replica_t *r)
     }
     if (r->streaming && now - r->ack_us >= REPLICA_ACK_MS * 1000u)
         replica_ack(r);
-    return r->streaming ? REPLICA_ACK_MS : REPLICA_HELLO_MS;
+    if (r->streaming)
+        return REPLICA_ACK_MS;
+    return r->hello_unsent ? REPLICA_HELLO_RETRY_MS : REPLICA_HELLO_MS;
 }
 
 void repl_replica_staleness(repl_replica_t *r, const idx_view_t *view,

@@ -47,6 +47,10 @@ class Net:
 
     def __init__(self, nreplicas):
         self.tag = os.getpid() % 200 + 20
+        for _ in range(200):  # a tag no other run on this machine holds
+            if not os.path.exists("/sys/class/net/kbf%db" % self.tag):
+                break
+            self.tag = (self.tag - 20 + 1) % 200 + 20
         self.bridge = "kbf%db" % self.tag
         self.subnet = "10.231.%d" % self.tag
         self.leader_ip = self.subnet + ".1"
@@ -68,7 +72,6 @@ class Net:
         return "%s.%d" % (self.subnet, 10 + i)
 
     def create(self):
-        self.destroy()  # leftovers of an earlier run with the same tag
         _sh("ip", "link", "add", self.bridge, "type", "bridge")
         _sh("ip", "addr", "add", self.leader_ip + "/24", "dev", self.bridge)
         _sh("ip", "link", "set", self.bridge, "up")
