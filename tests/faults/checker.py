@@ -172,23 +172,31 @@ def _leader_branches(events):
     return opens[1:]
 
 
-def _tainted(o, branches, diverges):
-    """True when a replica read may reflect a log branch the leader lost:
-    the leader restarted at version H < the read's version, and the replica
-    was told it diverged after that restart but after the read began."""
+def _branch_point(o, branches, diverges):
+    """When a replica read may reflect a log branch the leader lost, the
+    version H where that branch left the leader's log, else None: the leader
+    restarted at version H < the read's version, and the replica was told it
+    diverged after that restart and after the read began."""
     if o["node"] == "leader":
-        return False
+        return None
     prev = 0.0
     for t_open, head in branches:
         if o["version"] > head and o["cmp"] >= prev:
             for td in diverges.get(o["node"], []):
                 if td >= t_open - 1.0 and o["inv"] <= td:
-                    return True
+                    return head
         prev = t_open
-    return False
+    return None
 
 
 def _check_reads(h, L, out):
+    """Each read against the log's state at its version. A problem is filed
+    as a phantom only when a lost write explains it: a write id the final
+    log lacks, or, on a replica that was on a lost branch (leader restarted
+    at H below the read's version, replica told it diverged afterwards), a
+    document as the log had it at H (or absent: a lost delete). Everything
+    else, such as a document outside the filter, a deleted or superseded
+    one, is a wrong-state violation."""
     branches = _leader_branches(h["events"])
     diverges = collections.defaultdict(list)
     for e in h["events"]:
@@ -200,44 +208,47 @@ def _check_reads(h, L, out):
         if o["t"] != "r" or o["code"] is not None:
             continue
         V = o["version"]
-        problems = []
-        phantom = False
-        for key, uid in o["hits"].items():
+        wrong, lost = [], []
+        for key in o["hits"]:
             if key not in bkeys[o["bucket"]]:
-                problems.append("%s is outside the filtered bucket %s" %
-                                (key, o["bucket"]))
-            if uid not in L.uid_lsn:
-                phantom = True
-                problems.append("%s=%s is not in the leader's final log"
-                                % (key, uid))
+                wrong.append("%s is outside the filtered bucket %s" %
+                             (key, o["bucket"]))
+        branch = None
         for key in sorted(bkeys[o["bucket"]] | set(o["hits"])):
             lsn, want = L.at(key, V)
             got = o["hits"].get(key)
             if got == want:
                 continue
             if got is not None and got not in L.uid_lsn:
-                continue  # already reported as phantom above
+                lost.append("%s=%s is not in the leader's final log"
+                            % (key, got))
+                continue
             if got is None:
-                problems.append("%s missing: written at LSN %d (%s) <= %d"
-                                % (key, lsn, want, V))
+                msg = "%s missing: written at LSN %d (%s) <= %d" % (
+                    key, lsn, want, V)
             elif L.uid_lsn[got] > V:
-                problems.append("%s=%s is from LSN %d, after the read's "
-                                "version %d" % (key, got, L.uid_lsn[got], V))
+                msg = "%s=%s is from LSN %d, after the read's version %d" % (
+                    key, got, L.uid_lsn[got], V)
             elif want is None:
-                problems.append("%s=%s (LSN %d) returned although %s at "
-                                "LSN %d <= %d" % (
-                                    key, got, L.uid_lsn[got],
-                                    "deleted" if lsn else "never written",
-                                    lsn, V))
+                msg = "%s=%s (LSN %d) returned although %s at LSN %d <= %d" \
+                    % (key, got, L.uid_lsn[got],
+                       "deleted" if lsn else "never written", lsn, V)
             else:
-                problems.append("%s=%s (LSN %d) is stale: %s at LSN %d <= %d"
-                                % (key, got, L.uid_lsn[got], want, lsn, V))
-        if not problems:
+                msg = "%s=%s (LSN %d) is stale: %s at LSN %d <= %d" % (
+                    key, got, L.uid_lsn[got], want, lsn, V)
+            if branch is None:
+                branch = _branch_point(o, branches, diverges)
+                branch = -1 if branch is None else branch
+            if branch >= 0 and (got is None or
+                                got == L.at(key, branch)[1]):
+                lost.append(msg + " (as at LSN %d, where the replica's "
+                            "branch left the leader's log)" % branch)
+            else:
+                wrong.append(msg)
+        if not wrong and not lost:
             continue
-        if phantom or _tainted(o, branches, diverges):
-            kind = "phantom"
-        else:
-            kind = "wrong-state"
+        kind = "wrong-state" if wrong else "phantom"
+        problems = wrong + lost
         shown[kind] += 1  # the slice of history only for the first few
         out.append(Violation(kind, "read of bucket %s on %s at version %d: "
                              % (o["bucket"], o["node"], V)
@@ -420,3 +431,26 @@ def check(h):
     if "final" in h:
         _check_final(h, L, out)
     return out
+
+
+def main(argv):
+    """checker.py HISTORY.json[.gz]: checks a saved history again."""
+    import gzip
+    import sys
+    opener = gzip.open if argv[1].endswith(".gz") else open
+    with opener(argv[1], "rt") as f:
+        h = json.load(f)
+    h["log"] = {int(k): tuple(v) for k, v in h["log"].items()}
+    vs = check(h)
+    counts = collections.Counter(v.kind for v in vs)
+    for v in vs[:20]:
+        print("%s%s: %s" % (v.kind, " (known)" if v.known else "",
+                            v.message))
+    print("violations: " + (", ".join("%s %d" % kv for kv in
+                                      sorted(counts.items())) or "none"))
+    return 1 if any(not v.known for v in vs) else 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main(sys.argv))

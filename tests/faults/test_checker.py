@@ -148,6 +148,28 @@ class CheckerTest(unittest.TestCase):
         h = self.planted(m, "phantom")
         self.assertNotIn("wrong-state", kinds(h))
 
+    def test_branch_does_not_excuse_a_deleted_document(self):
+        # On a lost branch (leader restarted at 3), a read may show the log
+        # as at LSN 3, but a document deleted at or before 3 is still wrong.
+        def m(h):
+            h["ops"][7].update(version=4, hits={"k0": "a1", "k1": "a2"})
+            h["events"] += [
+                {"kind": "leader_open", "node": "leader", "time": 3.6,
+                 "version": 3},
+                {"kind": "diverge", "node": "r1", "time": 3.9}]
+        self.planted(m, "wrong-state")
+
+    def test_branch_does_not_excuse_outside_filter(self):
+        def m(h):
+            h["buckets"] = {"b0": ["k1"], "b1": ["k0"]}
+            h["ops"][7].update(version=4, hits={"k0": "ghost",
+                                                "k1": "a2"})
+            h["events"] += [
+                {"kind": "leader_open", "node": "leader", "time": 3.6,
+                 "version": 3},
+                {"kind": "diverge", "node": "r1", "time": 3.9}]
+        self.planted(m, "wrong-state")
+
     def test_all_not_visible(self):
         def m(h):
             h["ops"][2].update(version=1, hits={"k0": "a1"})
