@@ -172,21 +172,22 @@ def _leader_branches(events):
     return opens[1:]
 
 
-def _branch_point(o, branches, diverges):
+def _branch_points(o, branches, diverges):
     """When a replica read may reflect a log branch the leader lost, the
-    version H where that branch left the leader's log, else None: the leader
-    restarted at version H < the read's version, and the replica was told it
-    diverged after that restart and after the read began."""
+    versions where that branch may have left the leader's log: the replica
+    was told it diverged at td, after the read began, and the leader
+    restarted at version H < the read's version between the replica's
+    previous start-over and td. Empty when the read cannot be on a lost
+    branch."""
     if o["node"] == "leader":
-        return None
-    prev = 0.0
-    for t_open, head in branches:
-        if o["version"] > head and o["cmp"] >= prev:
-            for td in diverges.get(o["node"], []):
-                if td >= t_open - 1.0 and o["inv"] <= td:
-                    return head
-        prev = t_open
-    return None
+        return []
+    ds = diverges.get(o["node"], [])
+    i = bisect.bisect_left(ds, o["inv"])
+    if i == len(ds):
+        return []
+    td, prev = ds[i], (ds[i - 1] if i else 0.0)
+    return sorted({head for t_open, head in branches
+                   if prev < t_open <= td and head < o["version"]})
 
 
 def _check_reads(h, L, out):
@@ -213,7 +214,7 @@ def _check_reads(h, L, out):
             if key not in bkeys[o["bucket"]]:
                 wrong.append("%s is outside the filtered bucket %s" %
                              (key, o["bucket"]))
-        branch = None
+        stale = []  # (key, got, message) differing from the log at V
         for key in sorted(bkeys[o["bucket"]] | set(o["hits"])):
             lsn, want = L.at(key, V)
             got = o["hits"].get(key)
@@ -236,15 +237,21 @@ def _check_reads(h, L, out):
             else:
                 msg = "%s=%s (LSN %d) is stale: %s at LSN %d <= %d" % (
                     key, got, L.uid_lsn[got], want, lsn, V)
+            stale.append((key, got, msg))
+        if stale:
+            # Explained only if one branch point explains every difference.
+            branch = None
+            for H in _branch_points(o, branches, diverges):
+                if all(got is None or got == L.at(key, H)[1]
+                       for key, got, _ in stale):
+                    branch = H
+                    break
             if branch is None:
-                branch = _branch_point(o, branches, diverges)
-                branch = -1 if branch is None else branch
-            if branch >= 0 and (got is None or
-                                got == L.at(key, branch)[1]):
-                lost.append(msg + " (as at LSN %d, where the replica's "
-                            "branch left the leader's log)" % branch)
+                wrong.extend(m for _, _, m in stale)
             else:
-                wrong.append(msg)
+                lost.extend(m + " (as at LSN %d, where the replica's branch "
+                            "left the leader's log)" % branch
+                            for _, _, m in stale)
         if not wrong and not lost:
             continue
         kind = "wrong-state" if wrong else "phantom"

@@ -148,6 +148,25 @@ class CheckerTest(unittest.TestCase):
         h = self.planted(m, "phantom")
         self.assertNotIn("wrong-state", kinds(h))
 
+    def test_phantom_branch_after_two_restarts(self):
+        # Two leader restarts before r1 says hello: the branch left the log
+        # at the first (version 3), not at the second (version 4).
+        def m(h):
+            h["log"][5] = ("u", "k1", "a5")
+            h["head"] = 5
+            for n in ("leader", "r1"):
+                h["final"][n].update(version=5, docs={"k1": [
+                    "a5", "a5", '{"uid": "a5"}', 0.5]})
+            h["ops"][7].update(version=5, hits={"k1": "a2"})
+            h["events"] += [
+                {"kind": "leader_open", "node": "leader", "time": 3.6,
+                 "version": 3},
+                {"kind": "leader_open", "node": "leader", "time": 3.7,
+                 "version": 4},
+                {"kind": "diverge", "node": "r1", "time": 3.9}]
+        h = self.planted(m, "phantom")
+        self.assertNotIn("wrong-state", kinds(h))
+
     def test_branch_does_not_excuse_a_deleted_document(self):
         # On a lost branch (leader restarted at 3), a read may show the log
         # as at LSN 3, but a document deleted at or before 3 is still wrong.
