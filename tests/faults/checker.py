@@ -440,6 +440,28 @@ def check(h):
     return out
 
 
+def max_lag_excess(h):
+    """Over the answered max_lag_ms reads: the largest amount (ms) by which
+    the lag proven by acknowledged later writes exceeded the bound, and the
+    number of reads checked (negative: always within the bound)."""
+    acked = sorted(((o["version"], o["cmp"]) for o in h["ops"]
+                    if o["t"] == "w" and o["code"] is None
+                    and o.get("version") is not None))
+    versions = [v for v, _ in acked]
+    suffix = [float("inf")] * (len(acked) + 1)
+    for i in range(len(acked) - 1, -1, -1):
+        suffix[i] = min(acked[i][1], suffix[i + 1])
+    worst, n = None, 0
+    for o in h["ops"]:
+        if o["t"] == "r" and o["code"] is None and o.get("max_lag_ms"):
+            n += 1
+            t = suffix[bisect.bisect_right(versions, o["version"])]
+            if t != float("inf"):
+                ex = (o["inv"] - t) * 1000.0 - o["max_lag_ms"]
+                worst = ex if worst is None else max(worst, ex)
+    return worst, n
+
+
 def main(argv):
     """checker.py HISTORY.json[.gz]: checks a saved history again."""
     import gzip
@@ -455,6 +477,10 @@ def main(argv):
                             v.message))
     print("violations: " + (", ".join("%s %d" % kv for kv in
                                       sorted(counts.items())) or "none"))
+    worst, n = max_lag_excess(h)
+    if worst is not None:
+        print("max_lag_ms reads: %d; largest proven lag over the bound: "
+              "%.0f ms" % (n, worst))
     return 1 if any(not v.known for v in vs) else 0
 
 
