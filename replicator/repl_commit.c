@@ -13,6 +13,10 @@
  * arrival order. Each request is still all-or-nothing: validation happened
  * before the transaction, and a failed transaction fails every request in
  * it. The answer's `version` is the LSN of the request's last write.
+ * A failed commit answers every request of the group with its error
+ * (KB_ESTORE naming the cause: disk full, map full, I/O error). If its
+ * records had already been sent to replicas, the leader turns read-only:
+ * it refuses every later write until restarted, so that no LSN is reused.
  *
  * SYNCHRONOUS REPLICATION (`all`)
  * Before the commit: if a replica named in --replicas is not connected
@@ -136,6 +140,8 @@ void repl_leader_submit(repl_leader_t *l, void *router, const kb_peer_t *peer,
              wm != KBSYNC__WRITE_MODE__WRITE_MODE_ALL)
         rc = kb_seterr(err, sizeof err, KB_EINVAL, "unknown write mode %d",
                        (int)wm);
+    else if (l->readonly)
+        rc = kb_seterr(err, sizeof err, KB_ESTORE, "%s", l->readonly_why);
     else if (leader_reserve(l, n))
         rc = kb_seterr(err, sizeof err, KB_ENOMEM, "out of memory");
     if (!rc) {
@@ -213,15 +219,36 @@ void repl_leader_flush(repl_leader_t *l, void *router)
                               l->sock && any_all ? repl__precommit : NULL, l,
                               err, sizeof err)
                   : 0;
-    if (rc) {
-        if (l->shipped) {
-            kb_error("commit failed after its records were sent to replicas "
-                     "(%s); stopping so that their LSNs are never reused",
-                     err);
-            abort();
-        }
-        kb_warn("group commit of %zu requests (%zu ops) failed: %s", l->qn,
-                l->nops, err);
+    if (rc && l->shipped) {
+        /* The records are on replicas under LSNs the leader did not commit:
+         * giving those LSNs to other writes would make two histories. */
+        snprintf(l->readonly_why, sizeof l->readonly_why,
+                 "a commit failed after its records were sent to replicas "
+                 "(%.300s): the leader refuses writes until it is restarted, so "
+                 "that those LSNs are never reused; reads go on",
+                 err);
+        l->readonly = 1;
+        kb_error("%s", l->readonly_why);
+        char e2[sizeof err];
+        snprintf(e2, sizeof e2, "%.400s; nothing of this write was "
+                 "committed; the leader is now read-only until restarted",
+                 err);
+        memcpy(err, e2, sizeof err);
+    } else if (rc) {
+        /* Once per cause, not once per group: a full disk fails them all. */
+        if (l->commit_fails == 0 ||
+            strncmp(err, l->commit_err, sizeof l->commit_err - 1) != 0)
+            kb_warn("group commit of %zu requests (%zu ops) failed: %s; "
+                    "nothing of them was committed (logged again when the "
+                    "cause changes or commits work again)",
+                    l->qn, l->nops, err);
+        snprintf(l->commit_err, sizeof l->commit_err, "%.250s", err);
+        l->commit_fails++;
+    } else if (nops && l->commit_fails) {
+        kb_info("commits work again after %llu failed group commits (last: "
+                "%s)",
+                (unsigned long long)l->commit_fails, l->commit_err);
+        l->commit_fails = 0;
     }
     idx_stats_t st;
     idx_stats_stream(l->ix, &st);

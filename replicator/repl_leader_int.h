@@ -71,6 +71,13 @@ struct repl_leader {
     shipment_t ship;
     int shipped; /* the current group commit sent records before commit */
     int closing; /* repl_leader_shutdown(): answer every parked write */
+    /* A commit failed after its records were sent to replicas: those LSNs
+     * must never be reused, so every later write is refused (KB_ESTORE)
+     * until a restart; reads and the stream of committed records go on. */
+    int readonly;
+    char readonly_why[512];
+    uint64_t commit_fails; /* failed group commits in a row */
+    char commit_err[256];  /* the last failure, logged once */
     Kbsync__ReplicaState rs[REPL_MAX_PEERS];
     Kbsync__ReplicaState *rsp[REPL_MAX_PEERS];
 };

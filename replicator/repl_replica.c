@@ -46,6 +46,10 @@
 
 #define REPLICA_HELLO_MS 250
 #define REPLICA_HELLO_RETRY_MS 20 /* a hello not sent: no connection yet */
+/* Applying failed (disk full, map full, I/O error): ask again after a delay
+ * that doubles from the first to the last, and log once per state change. */
+#define REPLICA_APPLY_RETRY_FIRST_MS 50
+#define REPLICA_APPLY_RETRY_MAX_MS 5000
 #define REPLICA_ACK_MS 100
 #define REPLICA_SILENT_MS 300
 #define REPLICA_DEAD_MS 1000
@@ -65,6 +69,10 @@ struct repl_replica {
     uint64_t hello_us, ack_us, heard_us; /* monotonic */
     uint64_t conn_us;                    /* monotonic: socket (re)created */
     int hello_unsent; /* the last hello found no connection to go out on */
+    uint64_t apply_fails;    /* failed applies in a row */
+    uint64_t apply_retry_us; /* monotonic: no hello before this */
+    unsigned apply_delay_ms; /* the current back-off */
+    char apply_err[256];     /* the last failure, logged once */
     /* smu guards what readers use to compute staleness: head_lsn through
      * next_commit_us. The node loop writes them; reader threads read them. */
     pthread_mutex_t smu;
@@ -402,12 +410,31 @@ static size_t batch_apply(repl_replica_t *r)
     int rc = idx_apply_log(r->ix, n, r->rec, r->len, err, sizeof err);
     batch_release(r);
     if (rc) {
-        kb_warn("not applying %zu records from the leader: %s; resuming from "
-                "the applied LSN",
-                n, err);
+        /* Log the first failure and each new cause, not every retry: a
+         * full disk would otherwise log at the rate the leader resends. */
+        if (r->apply_fails == 0 || strncmp(err, r->apply_err, 250) != 0)
+            kb_warn("cannot apply %zu records from the leader: %s; asking "
+                    "again with a back-off of up to %d ms (logged again when "
+                    "the cause changes or applying works again)",
+                    n, err, REPLICA_APPLY_RETRY_MAX_MS);
+        snprintf(r->apply_err, sizeof r->apply_err, "%.250s", err);
+        r->apply_fails++;
+        r->apply_delay_ms = r->apply_delay_ms
+                                ? r->apply_delay_ms * 2
+                                : REPLICA_APPLY_RETRY_FIRST_MS;
+        if (r->apply_delay_ms > REPLICA_APPLY_RETRY_MAX_MS)
+            r->apply_delay_ms = REPLICA_APPLY_RETRY_MAX_MS;
+        r->apply_retry_us = kb_mono_us() + r->apply_delay_ms * 1000u;
         r->streaming = 0;
         r->hello_us = 0;
         return 0;
+    }
+    if (r->apply_fails) {
+        kb_info("applying again after %llu failed attempts (last: %s)",
+                (unsigned long long)r->apply_fails, r->apply_err);
+        r->apply_fails = 0;
+        r->apply_delay_ms = 0;
+        r->apply_retry_us = 0;
     }
     replica_ack(r);
     return n;
@@ -519,7 +546,8 @@ int repl_replica_tick(repl_replica_t *r)
     }
     uint64_t hello_ms = r->hello_unsent ? REPLICA_HELLO_RETRY_MS
                                         : REPLICA_HELLO_MS;
-    if (!r->streaming && now - r->hello_us >= hello_ms * 1000u)
+    if (!r->streaming && now - r->hello_us >= hello_ms * 1000u &&
+        now >= r->apply_retry_us)
         replica_hello(r);
     if (r->streaming && r->ix) {
         /* Behind the head the leader announces, yet no records for a while:
@@ -541,6 +569,8 @@ int repl_replica_tick(repl_replica_t *r)
         replica_ack(r);
     if (r->streaming)
         return REPLICA_ACK_MS;
+    if (now < r->apply_retry_us)
+        return (int)((r->apply_retry_us - now) / 1000u) + 1;
     return r->hello_unsent ? REPLICA_HELLO_RETRY_MS : REPLICA_HELLO_MS;
 }
 

@@ -17,9 +17,9 @@
  * Records of a new group commit go to every replica that is caught up
  * BEFORE the leader's own commit, so the replicas' fsyncs run while the
  * leader's does; lagging replicas are fed from the committed log. If the
- * leader's commit fails after records were shipped, it stops (abort): it
- * must not give those LSNs to other writes. On restart, a replica holding
- * such a record is told it diverged.
+ * leader's commit fails after records were shipped, it turns read-only (see
+ * repl_commit.c): it must not give those LSNs to other writes. After its
+ * restart, a replica holding such a record is told it diverged.
  *
  * HEARTBEATS
  * Every REPL_BEAT_MS each replica gets ReplBeat{head_lsn, head_commit_us,

@@ -10,6 +10,7 @@ import importlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import zmq
@@ -45,8 +46,13 @@ def load(out_dir):
     gen = os.path.join(out_dir, "kbsync_pb2.py")
     if (not os.path.exists(gen)
             or os.path.getmtime(gen) < os.path.getmtime(SCHEMA)):
+        # Generated aside and renamed: runs sharing out_dir never import a
+        # half-written module.
+        tmp = tempfile.mkdtemp(dir=out_dir)
         subprocess.run(["protoc", "-I", os.path.dirname(SCHEMA),
-                        "--python_out=" + out_dir, SCHEMA], check=True)
+                        "--python_out=" + tmp, SCHEMA], check=True)
+        os.replace(os.path.join(tmp, "kbsync_pb2.py"), gen)
+        os.rmdir(tmp)
     sys.path.insert(0, out_dir)
     pb = importlib.import_module("kbsync_pb2")
     return pb
