@@ -33,8 +33,12 @@ KINDS = {
                    "future document, or one outside the filter)",
     "phantom": "a read returned a write that the leader then lost (or "
                "reflected a log branch the leader lost)",
-    "all-not-visible": "a replica read right after an `all` acknowledgement "
-                       "reported a version below the write's",
+    "all-not-visible": "a named replica answered, after an `all` write was "
+                       "acknowledged, at a version below the write's",
+    "leader-stale": "the leader answered below a version it had "
+                    "acknowledged before the read began",
+    "partial-write": "a read reported a version inside a multi-document "
+                     "request (part of a write visible)",
     "min-version": "a read with min_version answered below that version",
     "leader-refused-acked": "the leader refused a min_version read at a "
                             "version it had already acknowledged",
@@ -153,6 +157,8 @@ def _check_writes(h, L, out):
                             got if got else "nothing"),
                         [o], ["leader"]))
                     break
+        elif o["res"] == "err" and o["kind"] == "delete":
+            _check_refused_delete(h, L, o, out)
         elif o["res"] == "err" and o["kind"] == "upsert":
             for uid in o["uids"]:
                 if uid in L.uid_lsn:
@@ -165,6 +171,71 @@ def _check_writes(h, L, out):
                     break
 
 
+def _write_bounds(h):
+    """Helpers for where a write's LSNs can lie: (a) the highest version
+    acknowledged before a time, (b) the lowest first LSN of acknowledged
+    writes sent after a time."""
+    acked = [o for o in h["ops"] if o["t"] == "w" and o.get("version")
+             is not None and o.get("written")]
+    by_cmp = sorted((o["cmp"], o["version"]) for o in acked)
+    cmps = [c for c, _ in by_cmp]
+    pmax, m = [], 0
+    for _, v in by_cmp:
+        m = max(m, v)
+        pmax.append(m)
+    by_inv = sorted((o["inv"], o["version"] - o["written"] + 1)
+                    for o in acked)
+    invs = [t for t, _ in by_inv]
+    smin = [float("inf")] * (len(by_inv) + 1)
+    for i in range(len(by_inv) - 1, -1, -1):
+        smin[i] = min(by_inv[i][1], smin[i + 1])
+
+    def below(t):
+        i = bisect.bisect_left(cmps, t)
+        return pmax[i - 1] if i else 0
+
+    def above(t):
+        return smin[bisect.bisect_right(invs, t)]
+    return below, above
+
+
+def _check_refused_delete(h, L, o, out):
+    """A refused delete of k changed nothing: no delete of k lies in the log
+    between the LSNs acknowledged before it began and those of writes sent
+    after it ended, unless another delete of k explains it (acknowledged at
+    that LSN, or unanswered, so possibly committed)."""
+    if "_bounds" not in h:
+        h["_bounds"] = _write_bounds(h)
+        claimed = collections.defaultdict(set)
+        maybe = collections.defaultdict(list)
+        for w in h["ops"]:
+            if w["t"] == "w" and w["kind"] == "delete":
+                if w.get("version") is not None and w.get("written"):
+                    claimed[w["keys"][0]].add(w["version"])
+                elif w["res"] == "none":
+                    maybe[w["keys"][0]].append(w)
+        h["_claimed"], h["_maybe"] = claimed, maybe
+    below, above = h["_bounds"]
+    key = o["keys"][0]
+    lo, hi = below(o["inv"]), above(o["cmp"])
+    if key not in L.per_key:
+        return
+    lsns, uids = L.per_key[key]
+    i = bisect.bisect_right(lsns, lo)
+    while i < len(lsns) and lsns[i] < hi:
+        if uids[i] is None and lsns[i] not in h["_claimed"][key] and not any(
+                w["inv"] < o["cmp"] + 30 for w in h["_maybe"][key]):
+            out.append(Violation(
+                "refused-committed",
+                "delete of %s refused with %s (%s), yet the leader's log "
+                "holds a delete of %s at LSN %d, between %d (acknowledged "
+                "before it) and %s (sent after it), that no other delete "
+                "explains" % (key, o["code_name"], o.get("message", ""), key,
+                              lsns[i], lo, hi), [o], ["leader"]))
+            return
+        i += 1
+
+
 def _leader_branches(events):
     """Leader starts after the first, as (time, version at start)."""
     opens = sorted((e["time"], e["version"]) for e in events
@@ -172,16 +243,16 @@ def _leader_branches(events):
     return opens[1:]
 
 
-def _branch_points(o, branches, diverges):
+def _branch_points(o, branches, starts):
     """When a replica read may reflect a log branch the leader lost, the
     versions where that branch may have left the leader's log: the replica
-    was told it diverged at td, after the read began, and the leader
-    restarted at version H < the read's version between the replica's
-    previous start-over and td. Empty when the read cannot be on a lost
-    branch."""
+    started over (told it diverged, or wiped) at td, after the read began,
+    and the leader restarted at version H < the read's version between the
+    replica's previous start-over and td. Empty when the read cannot be on
+    a lost branch (always so on the leader)."""
     if o["node"] == "leader":
         return []
-    ds = diverges.get(o["node"], [])
+    ds = starts.get(o["node"], [])
     i = bisect.bisect_left(ds, o["inv"])
     if i == len(ds):
         return []
@@ -190,19 +261,29 @@ def _branch_points(o, branches, diverges):
                    if prev < t_open <= td and head < o["version"]})
 
 
+def hits_of(o):
+    """A read's hits as (id, write id) pairs, in answer order."""
+    hs = o["hits"]
+    return list(hs.items()) if isinstance(hs, dict) else \
+        [tuple(x) for x in hs]
+
+
 def _check_reads(h, L, out):
-    """Each read against the log's state at its version. A problem is filed
-    as a phantom only when a lost write explains it: a write id the final
-    log lacks, or, on a replica that was on a lost branch (leader restarted
-    at H below the read's version, replica told it diverged afterwards), a
-    document as the log had it at H (or absent: a lost delete). Everything
-    else, such as a document outside the filter, a deleted or superseded
-    one, is a wrong-state violation."""
+    """Each read against the log's state at its version. A difference is
+    filed as a phantom only when a lost write explains it, on a replica that
+    was on a lost log branch (the leader restarted at H below the read's
+    version and the replica then started over): a write id the final log
+    lacks, a document as the log had it at H, or a document absent because
+    a delete that never got an answer may have been on the lost branch.
+    Everything else (a document outside the filter, returned twice, deleted,
+    superseded, missing, or unknown on a node that was on no lost branch)
+    is a wrong-state violation."""
     branches = _leader_branches(h["events"])
-    diverges = collections.defaultdict(list)
-    for e in h["events"]:
-        if e["kind"] == "diverge":
-            diverges[e["node"]].append(e["time"])
+    starts = _excuses(h["events"])
+    unanswered_deletes = collections.defaultdict(list)
+    for w in h["ops"]:
+        if w["t"] == "w" and w["kind"] == "delete" and w["res"] == "none":
+            unanswered_deletes[w["keys"][0]].append(w["inv"])
     bkeys = {b: set(keys) for b, keys in h["buckets"].items()}
     shown = collections.Counter()
     for o in h["ops"]:
@@ -210,19 +291,26 @@ def _check_reads(h, L, out):
             continue
         V = o["version"]
         wrong, lost = [], []
-        for key in o["hits"]:
+        hits = {}
+        for key, uid in hits_of(o):
             if key not in bkeys[o["bucket"]]:
                 wrong.append("%s is outside the filtered bucket %s" %
                              (key, o["bucket"]))
+            if key in hits:
+                wrong.append("%s returned twice (%s and %s)" %
+                             (key, hits[key], uid))
+            hits[key] = uid
+        bps = None
+        unknown = []
         stale = []  # (key, got, message) differing from the log at V
-        for key in sorted(bkeys[o["bucket"]] | set(o["hits"])):
+        for key in sorted(bkeys[o["bucket"]] | set(hits)):
             lsn, want = L.at(key, V)
-            got = o["hits"].get(key)
+            got = hits.get(key)
             if got == want:
                 continue
             if got is not None and got not in L.uid_lsn:
-                lost.append("%s=%s is not in the leader's final log"
-                            % (key, got))
+                unknown.append("%s=%s is not in the leader's final log"
+                               % (key, got))
                 continue
             if got is None:
                 msg = "%s missing: written at LSN %d (%s) <= %d" % (
@@ -238,12 +326,25 @@ def _check_reads(h, L, out):
                 msg = "%s=%s (LSN %d) is stale: %s at LSN %d <= %d" % (
                     key, got, L.uid_lsn[got], want, lsn, V)
             stale.append((key, got, msg))
+        if unknown or stale:
+            bps = _branch_points(o, branches, starts)
+        if unknown:
+            if bps:
+                lost.extend(unknown)
+            else:
+                wrong.extend(m + " and this node was on no lost log branch"
+                             for m in unknown)
         if stale:
             # Explained only if one branch point explains every difference.
+            def explained(key, got, H):
+                at_h = L.at(key, H)[1]
+                if got == at_h:
+                    return True
+                return got is None and any(
+                    t < o["cmp"] for t in unanswered_deletes.get(key, ()))
             branch = None
-            for H in _branch_points(o, branches, diverges):
-                if all(got is None or got == L.at(key, H)[1]
-                       for key, got, _ in stale):
+            for H in bps:
+                if all(explained(key, got, H) for key, got, _ in stale):
                     branch = H
                     break
             if branch is None:
@@ -306,11 +407,48 @@ def _check_freshness(h, out):
     for _, v in acked_by_cmp:
         m = max(m, v)
         prefix_max.append(m)
+    branches = _leader_branches(h["events"])
+    all_acked = sorted((o["cmp"], o["version"], i) for i, o in
+                       enumerate(h["ops"]) if o["t"] == "w" and
+                       o["code"] is None and o.get("written") and
+                       o["mode"] == "all")
+    all_cmps = [c for c, _, _ in all_acked]
+    all_pmax, best = [], None
+    for c, v, i in all_acked:
+        if best is None or v > best[0]:
+            best = (v, i)
+        all_pmax.append(best)
+    inside = set()  # versions strictly inside a multi-document request
+    for o in acked:
+        if o["kind"] == "upsert" and o.get("written", 0) > 1:
+            inside.update(range(o["version"] - o["written"] + 1,
+                                o["version"]))
     for o in h["ops"]:
         if o["t"] != "r":
             continue
         if o["code"] is None:
             V = o["version"]
+            if V in inside and not _branch_points(o, branches, excuses):
+                out.append(Violation(
+                    "partial-write", "%s answered at version %d, inside a "
+                    "multi-document request" % (o["node"], V), [o],
+                    [o["node"]]))
+            i = bisect.bisect_left(cmps, o["inv"])
+            if o["node"] == "leader" and i and V < prefix_max[i - 1]:
+                out.append(Violation(
+                    "leader-stale", "leader answered at version %d after "
+                    "acknowledging version %d" % (V, prefix_max[i - 1]),
+                    [o], ["leader"]))
+            i = bisect.bisect_left(all_cmps, o["inv"])
+            if o["node"] != "leader" and i and V < all_pmax[i - 1][0]:
+                w = h["ops"][all_pmax[i - 1][1]]
+                if not _excused(excuses, o["node"], w["inv"], o["cmp"]) \
+                        and not o.get("after_all"):
+                    out.append(Violation(
+                        "all-not-visible", "replica %s answered at version "
+                        "%d after an `all` write was acknowledged at %d" % (
+                            o["node"], V, w["version"]),
+                        [w, o], [o["node"], "leader"]))
             if o.get("min_version") and V < o["min_version"]:
                 out.append(Violation(
                     "min-version", "read on %s with min_version %d answered "
@@ -367,7 +505,9 @@ def _check_monotonic(h, out):
                 j += 1
             if best is None or o["version"] >= best["version"]:
                 continue
-            if _excused(excuses, node, best["cmp"], o["inv"]):
+            # A start-over anywhere between the two (log times are cut to
+            # the millisecond) excuses it.
+            if _excused(excuses, node, best["inv"] - 0.002, o["cmp"] + 0.002):
                 best = None
                 continue
             out.append(Violation(
@@ -395,6 +535,11 @@ def _check_final(h, L, out):
     for node, snap in sorted(final.items()):
         docs = snap["docs"]
         diff = []
+        for key in snap.get("dups", []):
+            diff.append("%s returned twice" % key)
+        if snap.get("version") != head:
+            diff.append("version %s, leader's head %d" % (snap.get("version"),
+                                                         head))
         for key in sorted(set(want) | set(docs)):
             got = docs.get(key)
             if got is None or want.get(key) != got[0]:

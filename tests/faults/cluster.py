@@ -29,11 +29,20 @@ def _die_with_parent():
 
 
 def free_port(host="127.0.0.1"):
-    s = socket.socket()
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A free port below Linux's ephemeral range (32768-60999), so that no
+    client connection takes it while a node that listens on it restarts."""
+    import random
+    for _ in range(1000):
+        port = random.randrange(20000, 32000)
+        s = socket.socket()
+        try:
+            s.bind((host, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def _sh(*args, check=True):
@@ -46,17 +55,50 @@ class Net:
     derived from the harness's pid so that parallel runs do not collide)."""
 
     def __init__(self, nreplicas):
+        Net.sweep()
         self.tag = os.getpid() % 200 + 20
         for _ in range(200):  # a tag no other run on this machine holds
-            if not os.path.exists("/sys/class/net/kbf%db" % self.tag):
+            if not self._taken(self.tag):
                 break
             self.tag = (self.tag - 20 + 1) % 200 + 20
-        self.bridge = "kbf%db" % self.tag
-        self.subnet = "10.231.%d" % self.tag
-        self.leader_ip = self.subnet + ".1"
-        self.ns = ["kbf%dn%d" % (self.tag, i) for i in range(nreplicas)]
-        self.veth = ["kbf%dv%d" % (self.tag, i) for i in range(nreplicas)]
+        self._names(self.tag, nreplicas)
         self.up = False
+
+    OWNERS = "/run/kbfaults"
+
+    @staticmethod
+    def _taken(tag):
+        return os.path.exists("/sys/class/net/kbf%db" % tag) or \
+            os.path.exists("/run/netns/kbf%dn0" % tag) or \
+            os.path.exists(os.path.join(Net.OWNERS, str(tag)))
+
+    @staticmethod
+    def sweep():
+        """Removes the namespaces, links and bridge of earlier runs whose
+        harness process is gone (killed by a test timeout, say)."""
+        if not os.path.isdir(Net.OWNERS):
+            return
+        for name in os.listdir(Net.OWNERS):
+            pid, n = 0, 8
+            try:
+                with open(os.path.join(Net.OWNERS, name)) as f:
+                    pid, n = (int(x) for x in f.read().split())
+                os.kill(pid, 0)
+                continue  # its run is alive
+            except (OSError, ValueError):
+                pass
+            if name.isdigit():
+                stale = Net.__new__(Net)
+                stale._names(int(name), n)
+                stale.destroy()
+
+    def _names(self, tag, nreplicas):
+        self.tag = tag
+        self.bridge = "kbf%db" % tag
+        self.subnet = "10.231.%d" % tag
+        self.leader_ip = self.subnet + ".1"
+        self.ns = ["kbf%dn%d" % (tag, i) for i in range(nreplicas)]
+        self.veth = ["kbf%dv%d" % (tag, i) for i in range(nreplicas)]
 
     @staticmethod
     def available():
@@ -72,6 +114,9 @@ class Net:
         return "%s.%d" % (self.subnet, 10 + i)
 
     def create(self):
+        os.makedirs(Net.OWNERS, exist_ok=True)
+        with open(os.path.join(Net.OWNERS, str(self.tag)), "w") as f:
+            f.write("%d %d\n" % (os.getpid(), len(self.ns)))
         _sh("ip", "link", "add", self.bridge, "type", "bridge")
         _sh("ip", "addr", "add", self.leader_ip + "/24", "dev", self.bridge)
         _sh("ip", "link", "set", self.bridge, "up")
@@ -94,6 +139,10 @@ class Net:
             _sh("ip", "netns", "del", ns, check=False)
             _sh("ip", "link", "del", veth, check=False)
         _sh("ip", "link", "del", self.bridge, check=False)
+        try:
+            os.unlink(os.path.join(Net.OWNERS, str(self.tag)))
+        except OSError:
+            pass
         self.up = False
 
     def _rules(self, i, port, op):
@@ -123,6 +172,8 @@ class Node:
         self.stopped = False
         self.log_path = os.path.join(cluster.workdir, name + ".log")
         self.starts = 0
+        self.reaped = True
+        self.crashes = []  # (time, exit status) of exits nobody caused
 
     def start(self):
         argv = list(self.argv)
@@ -133,6 +184,7 @@ class Node:
                                      preexec_fn=_die_with_parent)
         log.close()
         self.stopped = False
+        self.reaped = False
         self.starts += 1
 
     def alive(self):
@@ -142,24 +194,44 @@ class Node:
         if self.alive():
             os.kill(self.proc.pid, sig)
 
+    def _died(self):
+        """Records a node found dead that nobody killed."""
+        self.crashes.append((time.time(), self.proc.returncode))
+
     def kill9(self):
         if self.proc is None:
             return
         if self.alive():
             os.kill(self.proc.pid, signal.SIGKILL)
+        elif not self.reaped:
+            self._died()
         self.proc.wait()
+        self.reaped = True
         self.stopped = False
 
     def terminate(self, timeout_s=10):
+        """SIGTERM; a node that was already dead, or that exits with a
+        status other than 0, counts as a crash (e.g. a sanitizer report at
+        exit)."""
+        if self.proc is None or self.reaped:
+            return
         if not self.alive():
+            self._died()
+            self.reaped = True
             return
         if self.stopped:
             os.kill(self.proc.pid, signal.SIGCONT)
         os.kill(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout_s)
+            if self.proc.returncode != 0:
+                self._died()
         except subprocess.TimeoutExpired:
-            self.kill9()
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            self.crashes.append((time.time(), "no exit %d s after SIGTERM"
+                                 % timeout_s))
+        self.reaped = True
 
     def stop(self):
         self.signal(signal.SIGSTOP)
@@ -224,7 +296,7 @@ class Cluster:
     def shutdown(self):
         for n in self.nodes:
             try:
-                n.terminate(5)
+                n.terminate(10)
             except Exception:
                 n.kill9()
         if self.net:

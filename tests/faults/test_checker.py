@@ -132,9 +132,84 @@ class CheckerTest(unittest.TestCase):
     def test_phantom(self):
         def m(h):
             h["ops"][7]["hits"] = {"k1": "ghost"}
+            h["events"] += [
+                {"kind": "leader_open", "node": "leader", "time": 3.6,
+                 "version": 3},
+                {"kind": "diverge", "node": "r1", "time": 3.9}]
         h = self.planted(m, "phantom")
         self.assertNotIn("wrong-state", kinds(h))
         self.assertTrue(all(v.known for v in checker.check(h)))
+
+    def test_unknown_write_without_lost_branch(self):
+        # A write id the log lacks, with no leader crash to explain it (or
+        # on the leader itself), is not a known phantom.
+        def m(h):
+            h["ops"][7]["hits"] = {"k1": "ghost"}
+        self.planted(m, "wrong-state")
+
+        def m2(h):
+            h["ops"][5]["hits"] = {"k1": "x9"}  # the refused write
+        self.planted(m2, "wrong-state")
+
+    def test_returned_twice(self):
+        def m(h):
+            h["ops"][5]["hits"] = [["k1", "a3"], ["k1", "a2"]]
+        self.planted(m, "wrong-state")
+
+    def test_refused_delete_committed(self):
+        def m(h):
+            h["ops"].append(w("delete", ["k1"], [], 3.15, code=-1014))
+            h["log"][5] = ("d", "k1", None)
+            h["head"] = 5
+            for n in ("leader", "r1"):
+                h["final"][n].update(version=5, docs={})
+        self.planted(m, "refused-committed")
+
+    def test_refused_delete_explained_by_unanswered(self):
+        h = base()
+        h["ops"].append(w("delete", ["k1"], [], 3.15, code=-1014))
+        lost = w("delete", ["k1"], [], 3.16)
+        lost.update(res="none", code="none")
+        h["ops"].append(lost)
+        h["log"][5] = ("d", "k1", None)
+        h["head"] = 5
+        for n in ("leader", "r1"):
+            h["final"][n].update(version=5, docs={})
+        self.assertEqual(kinds(h), [])
+
+    def test_leader_stale(self):
+        def m(h):
+            h["ops"][5].update(version=3, hits={"k1": "a2"})
+        self.planted(m, "leader-stale")
+
+    def test_all_not_visible_any_later_read(self):
+        def m(h):
+            h["ops"].append(r("r1", {"k0": "a1"}, 1, 1.45))
+        self.planted(m, "all-not-visible")
+
+    def test_partial_write(self):
+        def m(h):
+            h["ops"][4].update(keys=["k0", "k1"], uids=["a3a", "a3"],
+                               version=5, written=2)
+            h["ops"][4]["version"] = 5
+            h["log"] = {1: ("u", "k0", "a1"), 2: ("u", "k1", "a2"),
+                        3: ("d", "k0", None), 4: ("u", "k0", "a3a"),
+                        5: ("u", "k1", "a3")}
+            h["head"] = 5
+            doc = ["a3", "a3", '{"uid": "a3"}', 0.5]
+            doc0 = ["a3a", "a3a", '{"uid": "a3a"}', 0.5]
+            for n in ("leader", "r1"):
+                h["final"][n] = {"version": 5, "docs": {"k1": list(doc),
+                                                       "k0": list(doc0)}}
+            h["ops"][5].update(version=5, hits={"k0": "a3a", "k1": "a3"})
+            h["ops"][7].update(version=5, hits={"k0": "a3a", "k1": "a3"})
+            h["ops"].append(r("r1", {"k0": "a3a", "k1": "a2"}, 4, 3.8))
+        self.planted(m, "partial-write")
+
+    def test_final_version_differs(self):
+        def m(h):
+            h["final"]["r1"]["version"] = 5
+        self.planted(m, "not-converged")
 
     def test_phantom_branch(self):
         # r1 answered at version 4 with a branch the leader lost: the leader

@@ -105,10 +105,8 @@ def _read(client, node, rng, shared, dim, level, bucket=None,
         op["leader_version"] = st.leader_version
         op["lag_ops"] = st.lag_ops
         op["lag_ms"] = st.lag_ms
-        hits = {}
-        for hit in resp.query.hits:
-            hits[hit.id] = hit.text
-        op["hits"] = hits
+        # A list, not a dict: an id returned twice must stay visible.
+        op["hits"] = [[hit.id, hit.text] for hit in resp.query.hits]
     shared.add(op)
     return op
 
