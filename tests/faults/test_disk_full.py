@@ -8,7 +8,8 @@ file fills up), against real kbsync processes:
 - leader, `all` writes (records sent to the replica before the commit): the
   failed write gets KB_ESTORE, the leader turns read-only (no LSN reused),
   keeps answering reads, does not abort; after a restart it takes writes
-  and the replica, which holds the lost record, converges to its documents;
+  and the replica, which holds the lost record, is told it diverged, starts
+  over (its old directory kept aside) and converges to its documents;
 - replica: applying fails, the replica retries with back-off and logs a
   handful of lines (not one per try), keeps answering reads, and catches up
   once space is freed.
@@ -214,6 +215,12 @@ class DiskFull(unittest.TestCase):
             time.sleep(0.1)
         self.assertEqual([(h.id, h.text) for h in rq.query.hits],
                          [(h.id, h.text) for h in lq.query.hits])
+        # The replica held the record the leader never committed: it was
+        # told it diverged and started over, keeping its old directory.
+        self.assertIn("diverged", self.n.log("r1"))
+        self.assertTrue(any(p.startswith("r1.diverged-")
+                            for p in os.listdir(self.n.tmp)),
+                        os.listdir(self.n.tmp))
 
     def test_replica_full_backs_off(self):
         self.n = Nodes("replica")
