@@ -1752,3 +1752,21 @@ int idx_read_log(idx_kb_t *ix, uint64_t from, size_t max, idx_log_cb cb, void *c
 {
     return idx_store_read_log(ix->store, from, max, cb, ctx, err, errlen);
 }
+
+size_t idx_recent(idx_kb_t *ix, size_t max, uint64_t *lsn, uint64_t *commit_us)
+{
+    return idx_store_recent(ix->store, max, lsn, commit_us);
+}
+
+int idx_truncate_dir(const char *dir, uint64_t map_size, int nosync,
+                     uint64_t keep, uint64_t *dropped, char *err,
+                     size_t errlen)
+{
+    idx_store_t *s;
+    int rc = idx_store_open(dir, map_size, nosync, &s, err, errlen);
+    if (rc)
+        return rc;
+    rc = idx_store_truncate(s, keep, dropped, err, errlen);
+    idx_store_close(&s);
+    return rc;
+}

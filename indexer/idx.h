@@ -228,6 +228,18 @@ const void *idx_meta(const idx_kb_t *ix);
  * there is none. */
 uint64_t idx_commit_time(idx_kb_t *ix, uint64_t lsn);
 
+/* The newest records' LSNs and commit times, newest first (see
+ * idx_store_recent): what a replica's hello shows the leader so that, after
+ * a divergence, it can name the newest record both logs share. */
+size_t idx_recent(idx_kb_t *ix, size_t max, uint64_t *lsn, uint64_t *commit_us);
+
+/* Opens the store in dir (not open elsewhere), drops its log records above
+ * keep, with the documents they wrote, and closes it: a diverged replica
+ * loses only the tail the leader does not have. *dropped: records removed. */
+int idx_truncate_dir(const char *dir, uint64_t map_size, int nosync,
+                     uint64_t keep, uint64_t *dropped, char *err,
+                     size_t errlen);
+
 /* Calls cb for each stored log record with LSN >= from (at most max), in
  * order, then once more with bytes == NULL (unless cb stopped the walk);
  * bytes are a serialized LogRecord, valid until that last call returns. A

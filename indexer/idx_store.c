@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <lmdb.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -549,4 +550,173 @@ int idx_store_txn_log(idx_wtxn_t *t, uint64_t from, idx_store_log_cb cb,
 {
     return store_walk_log(t->txn, t->s->log, from, SIZE_MAX, 1, cb, ctx, err,
                           errlen);
+}
+
+/* ------------------------------------------------ divergence: the tail */
+
+static int rec_commit_us(const MDB_val *v, uint64_t *us)
+{
+    Kbsync__LogRecord *r =
+        kbsync__log_record__unpack(NULL, v->mv_size, v->mv_data);
+    if (!r)
+        return MDB_CORRUPTED;
+    *us = r->commit_time_us;
+    kbsync__log_record__free_unpacked(r, NULL);
+    return 0;
+}
+
+size_t idx_store_recent(idx_store_t *s, size_t max, uint64_t *lsn,
+                        uint64_t *commit_us)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    size_t n = 0;
+    if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn))
+        return 0;
+    if (mdb_cursor_open(txn, s->log, &cur)) {
+        mdb_txn_abort(txn);
+        return 0;
+    }
+    MDB_val k, v;
+    int rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    uint64_t newest = rc == 0 && k.mv_size == 8 ? get_u64(k.mv_data) : 0;
+    for (size_t i = 0; rc == 0 && n < max && i < 64; i++) {
+        if (k.mv_size != 8 || rec_commit_us(&v, &commit_us[n]))
+            break;
+        lsn[n++] = get_u64(k.mv_data);
+        rc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
+    }
+    for (uint64_t step = 128; n < max && step < newest; step *= 2) {
+        uint64_t key = newest - step;
+        k = u64_val(&key);
+        if (mdb_cursor_get(cur, &k, &v, MDB_SET_KEY) ||
+            rec_commit_us(&v, &commit_us[n]))
+            break;
+        lsn[n++] = key;
+    }
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    return n;
+}
+
+/* The id a log record writes or deletes, copied into id (NUL-terminated);
+ * *is_upsert tells which. */
+static int rec_id(const MDB_val *v, char *id, size_t cap, int *is_upsert)
+{
+    Kbsync__LogRecord *r =
+        kbsync__log_record__unpack(NULL, v->mv_size, v->mv_data);
+    if (!r)
+        return MDB_CORRUPTED;
+    const char *s = r->op == KBSYNC__LOG_OP__LOG_OP_UPSERT && r->doc
+                        ? r->doc->id
+                        : r->id;
+    *is_upsert = r->op == KBSYNC__LOG_OP__LOG_OP_UPSERT;
+    snprintf(id, cap, "%s", s ? s : "");
+    kbsync__log_record__free_unpacked(r, NULL);
+    return 0;
+}
+
+typedef struct {
+    char id[KB_MAX_ID_LEN + 1];
+    int found;
+} tail_id_t;
+
+int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
+                       char *err, size_t errlen)
+{
+    *dropped = 0;
+    MDB_txn *txn;
+    MDB_cursor *cur = NULL;
+    tail_id_t *ids = NULL;
+    size_t nids = 0, cap = 0;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc)
+        return store_fail(err, errlen, rc, "truncate: begin");
+    rc = mdb_cursor_open(txn, s->log, &cur);
+    MDB_val k, v;
+    /* 1. Drop the tail, newest first, remembering the ids it touched. */
+    if (!rc)
+        rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    while (rc == 0 && k.mv_size == 8 && get_u64(k.mv_data) > keep) {
+        char id[KB_MAX_ID_LEN + 1];
+        int up;
+        rc = rec_id(&v, id, sizeof id, &up);
+        if (rc)
+            break;
+        size_t i = 0;
+        while (i < nids && strcmp(ids[i].id, id) != 0)
+            i++;
+        if (i == nids) {
+            if (nids == cap) {
+                cap = cap ? cap * 2 : 16;
+                tail_id_t *m = realloc(ids, cap * sizeof *ids);
+                if (!m) {
+                    rc = ENOMEM;
+                    break;
+                }
+                ids = m;
+            }
+            snprintf(ids[nids].id, sizeof ids[nids].id, "%s", id);
+            ids[nids++].found = 0;
+        }
+        rc = mdb_cursor_del(cur, 0);
+        if (!rc) {
+            (*dropped)++;
+            rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+        }
+    }
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    /* 2. Each touched id back to its newest write at or below keep: walk
+     * the log backwards from keep until every one is found. */
+    size_t left = nids;
+    for (size_t i = 0; !rc && i < nids; i++) {
+        MDB_val ik = {strlen(ids[i].id), ids[i].id};
+        rc = mdb_del(txn, s->ids, &ik, NULL);
+        if (rc == MDB_NOTFOUND)
+            rc = 0;
+    }
+    if (!rc && left)
+        rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    while (rc == 0 && left) {
+        char id[KB_MAX_ID_LEN + 1];
+        int up;
+        rc = rec_id(&v, id, sizeof id, &up);
+        if (rc)
+            break;
+        for (size_t i = 0; i < nids; i++) {
+            if (ids[i].found || strcmp(ids[i].id, id) != 0)
+                continue;
+            ids[i].found = 1;
+            left--;
+            if (up) {
+                uint64_t label = get_u64(k.mv_data);
+                MDB_val ik = {strlen(id), id}, iv = u64_val(&label);
+                rc = mdb_put(txn, s->ids, &ik, &iv, 0);
+            }
+            break;
+        }
+        if (!rc)
+            rc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
+    }
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    free(ids);
+    if (cur)
+        mdb_cursor_close(cur);
+    if (!rc)
+        rc = mdb_txn_commit(txn);
+    else
+        mdb_txn_abort(txn);
+    if (rc)
+        return store_fail(err, errlen, rc, "truncate");
+    MDB_txn *rt;
+    MDB_stat st;
+    if (!mdb_txn_begin(s->env, NULL, MDB_RDONLY, &rt)) {
+        store_load_state(s, rt);
+        if (!mdb_stat(rt, s->ids, &st))
+            s->ndocs = st.ms_entries;
+        mdb_txn_abort(rt);
+    }
+    return 0;
 }

@@ -75,6 +75,19 @@ int idx_store_txn_log(idx_wtxn_t *t, uint64_t from, idx_store_log_cb cb,
 int idx_store_commit(idx_wtxn_t **t, char *err, size_t errlen);
 void idx_store_abort(idx_wtxn_t **t);
 
+/* The newest records' LSNs and commit times, newest first: up to 64
+ * consecutive ones, then one every power of two further back (LSN
+ * newest - 128, - 256, ...), at most max in all. Returns how many. */
+size_t idx_store_recent(idx_store_t *s, size_t max, uint64_t *lsn,
+                        uint64_t *commit_us);
+
+/* Drops every log record above `keep` in one transaction and points each id
+ * they touched back at its newest upsert at or below `keep` (or drops it):
+ * the store is then exactly what it was when `keep` was its newest record.
+ * *dropped receives how many records went. */
+int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
+                       char *err, size_t errlen);
+
 /* --- reading ------------------------------------------------------------
  * Pointers returned by reads are borrowed from LMDB's map and valid only
  * until idx_store_rend() of that transaction. */

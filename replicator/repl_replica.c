@@ -57,6 +57,7 @@
  * connection whose packets were dropped (a partition) recovers only at the
  * kernel's retransmission back-off, seconds after the network heals. */
 #define REPLICA_RECONNECT_MS 1000
+#define REPLICA_RECENT 96 /* records named in a hello (64 + powers of 2) */
 #define REPLICA_MAX_BATCH 16384 /* records applied in one transaction */
 #define REPLICA_STUCK_MS 1000   /* behind, yet no records: ask again */
 #define REPLICA_OFFSET_KEEP_US 10000000u /* clock-offset sample lifetime */
@@ -220,11 +221,17 @@ static void replica_hello(repl_replica_t *r)
     Kbsync__ReplHello h = KBSYNC__REPL_HELLO__INIT;
     h.protocol_version = KB_PROTOCOL_VERSION;
     h.replica_id = (char *)r->cfg.id;
+    uint64_t lsn[REPLICA_RECENT], us[REPLICA_RECENT];
     if (r->ix) {
         idx_stats_t st;
         idx_stats_stream(r->ix, &st);
         h.applied_lsn = st.version;
         h.applied_commit_us = st.commit_us;
+        /* So that a diverged replica loses only its tail (ReplWelcome). */
+        h.n_recent_lsn = h.n_recent_commit_us =
+            idx_recent(r->ix, REPLICA_RECENT, lsn, us);
+        h.recent_lsn = lsn;
+        h.recent_commit_us = us;
     }
     Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
     m.body_case = KBSYNC__REPL_MESSAGE__BODY_HELLO;
@@ -309,10 +316,40 @@ static void replica_start_over(repl_replica_t *r, const char *reason)
     unlink(lock);
 }
 
+/* Drops the records after keep (the newest the leader shares); the store
+ * is reopened from what remains at the next welcome. Returns 0 when done. */
+static int replica_drop_tail(repl_replica_t *r, const char *reason,
+                             uint64_t keep)
+{
+    uint64_t applied = 0;
+    if (r->ix) {
+        idx_stats_t st;
+        idx_stats_stream(r->ix, &st);
+        applied = st.version;
+    }
+    replica_set_ix(r, NULL);
+    char why[512];
+    uint64_t dropped = 0;
+    if (idx_truncate_dir(r->cfg.data_dir, r->cfg.map_size, r->cfg.nosync,
+                         keep, &dropped, why, sizeof why)) {
+        kb_error("cannot drop the records after LSN %llu (%s)",
+                 (unsigned long long)keep, why);
+        return -1;
+    }
+    kb_error("leader says this replica diverged (%s); dropped its %llu "
+             "records after LSN %llu (it was at %llu) and starting over from "
+             "there",
+             reason, (unsigned long long)dropped, (unsigned long long)keep,
+             (unsigned long long)applied);
+    return 0;
+}
+
 static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
 {
     if (w->diverged) {
-        replica_start_over(r, w->reason ? w->reason : "no reason given");
+        const char *why = w->reason ? w->reason : "no reason given";
+        if (!w->keep_lsn || replica_drop_tail(r, why, w->keep_lsn))
+            replica_start_over(r, why);
         r->streaming = 0;
         r->hello_us = 0; /* say hello again at once */
         return;

@@ -431,7 +431,22 @@ static void on_hello(repl_leader_t *l, peer_t *p, const Kbsync__ReplHello *h)
     if (*reason) {
         w.diverged = 1;
         w.reason = reason;
-        kb_error("%s; telling it to start over", reason);
+        /* The newest record both logs hold (same LSN, same commit time):
+         * the replica keeps everything up to it and drops the rest. */
+        size_t n = h->n_recent_lsn < h->n_recent_commit_us
+                       ? h->n_recent_lsn
+                       : h->n_recent_commit_us;
+        for (size_t i = 0; i < n && !w.keep_lsn; i++)
+            if (h->recent_lsn[i] && h->recent_lsn[i] <= st.version &&
+                idx_commit_time(l->ix, h->recent_lsn[i]) ==
+                    h->recent_commit_us[i])
+                w.keep_lsn = h->recent_lsn[i];
+        kb_error("%s; telling it to %s", reason,
+                 w.keep_lsn ? "drop what follows the last record we share"
+                            : "start over");
+        if (w.keep_lsn)
+            kb_info("replica %s keeps its log up to LSN %llu", p->id,
+                    (unsigned long long)w.keep_lsn);
         p->online = 0; /* not a follower until it says hello from scratch */
     }
     Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;

@@ -626,6 +626,59 @@ static void test_idx_store_open_errors(void **state)
     KBT_CONTAINS(err, path);
 }
 
+/* A diverged replica drops only its tail: every id the tail touched points
+ * back at its newest write at or below keep, exactly as before the tail. */
+static void test_idx_store_truncate_restores_the_prefix(void **state)
+{
+    fx_t *f = *state;
+    idx_wtxn_t *t = begin(f->s);
+    upsert(t, 1, "a", "a1");
+    upsert(t, 2, "b", "b2");
+    upsert(t, 3, "c", "c3");
+    del(t, 4, "c", 0);
+    commit(&t);
+    t = begin(f->s); /* the tail: replace a, delete b, revive c, add d */
+    upsert(t, 5, "a", "a5");
+    del(t, 6, "b", 0);
+    upsert(t, 7, "c", "c7");
+    upsert(t, 8, "d", "d8");
+    upsert(t, 9, "a", "a9");
+    commit(&t);
+    KBT_U64(idx_store_count(f->s), 3);
+
+    uint64_t lsn[96], us[96];
+    size_t n = idx_store_recent(f->s, 96, lsn, us);
+    KBT_U64(n, 9);
+    KBT_U64(lsn[0], 9);
+    KBT_U64(us[0], 1009);
+    KBT_U64(lsn[8], 1);
+
+    uint64_t dropped = 0;
+    char err[512] = "";
+    KBT_OK(idx_store_truncate(f->s, 4, &dropped, err, sizeof err), err);
+    KBT_U64(dropped, 5);
+    expect_state(f->s, 4, 1004);
+    assert_int_equal(label_of(f->s, "a"), 1);
+    assert_int_equal(label_of(f->s, "b"), 2);
+    assert_int_equal(label_of(f->s, "c"), -1);
+    assert_int_equal(label_of(f->s, "d"), -1);
+    KBT_U64(idx_store_count(f->s), 2);
+    logs_t l = {0};
+    scan(f->s, 1, 64, &l);
+    KBT_U64(l.n, 4);
+    logs_free(&l);
+    /* The store goes on from there, and a reopen sees the same. */
+    t = begin(f->s);
+    upsert(t, 5, "d", "d5");
+    commit(&t);
+    idx_store_close(&f->s);
+    f->s = store_open(f->dir, 0);
+    expect_state(f->s, 5, 1005);
+    assert_int_equal(label_of(f->s, "a"), 1);
+    assert_int_equal(label_of(f->s, "d"), 5);
+    KBT_U64(idx_store_count(f->s), 3);
+}
+
 int main(void)
 {
     kb_log_setup(KB_LOG_WARN, "test_idx_store");
@@ -641,6 +694,7 @@ int main(void)
         T(test_idx_store_scan_docs_live_in_label_order),
         T(test_idx_store_map_full_is_estore),
         T(test_idx_store_open_errors),
+        T(test_idx_store_truncate_restores_the_prefix),
     };
 #undef T
     int failed = cmocka_run_group_tests(tests, NULL, NULL);

@@ -8,8 +8,8 @@ file fills up), against real kbsync processes:
 - leader, `all` writes (records sent to the replica before the commit): the
   failed write gets KB_ESTORE, the leader turns read-only (no LSN reused),
   keeps answering reads, does not abort; after a restart it takes writes
-  and the replica, which holds the lost record, is told it diverged, starts
-  over (its old directory kept aside) and converges to its documents;
+  and the replica, which holds the lost record, is told it diverged, drops
+  just that record (not its whole knowledge base) and converges;
 - replica: applying fails, the replica retries with back-off and logs a
   handful of lines (not one per try), keeps answering reads, and catches up
   once space is freed.
@@ -216,11 +216,15 @@ class DiskFull(unittest.TestCase):
         self.assertEqual([(h.id, h.text) for h in rq.query.hits],
                          [(h.id, h.text) for h in lq.query.hits])
         # The replica held the record the leader never committed: it was
-        # told it diverged and started over, keeping its old directory.
-        self.assertIn("diverged", self.n.log("r1"))
-        self.assertTrue(any(p.startswith("r1.diverged-")
-                            for p in os.listdir(self.n.tmp)),
-                        os.listdir(self.n.tmp))
+        # told it diverged and dropped just that tail, not its whole
+        # knowledge base (no directory moved aside, no full copy).
+        rlog = self.n.log("r1")
+        self.assertIn("diverged", rlog)
+        self.assertIn("dropped its 1 records after LSN %d" % v, rlog)
+        self.assertFalse(any(p.startswith("r1.diverged-")
+                             for p in os.listdir(self.n.tmp)),
+                         os.listdir(self.n.tmp))
+        self.assertEqual(self.n.rc.status().docs, self.n.lc.status().docs)
 
     def test_replica_full_backs_off(self):
         self.n = Nodes("replica")
