@@ -348,11 +348,15 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
 {
     if (w->diverged) {
         const char *why = w->reason ? w->reason : "no reason given";
-        if (!w->keep_lsn || replica_drop_tail(r, why, w->keep_lsn))
-            replica_start_over(r, why);
         r->streaming = 0;
         r->hello_us = 0; /* say hello again at once */
-        return;
+        if (!w->keep_lsn || !w->meta ||
+            replica_drop_tail(r, why, w->keep_lsn)) {
+            replica_start_over(r, why);
+            return;
+        }
+        /* Tail dropped: reopen below, which says hello again from keep_lsn
+         * (a hello from "empty" would have the leader stream from LSN 1). */
     }
     const Kbsync__KbMeta *m = w->meta;
     if (!m) {
