@@ -139,6 +139,7 @@ def _acked_lsns(o):
 
 
 def _check_writes(h, L, out):
+    dctx = None
     for o in h["ops"]:
         if o["t"] != "w":
             continue
@@ -158,7 +159,9 @@ def _check_writes(h, L, out):
                         [o], ["leader"]))
                     break
         elif o["res"] == "err" and o["kind"] == "delete":
-            _check_refused_delete(h, L, o, out)
+            if dctx is None:
+                dctx = _delete_context(h)
+            _check_refused_delete(h, L, o, out, dctx)
         elif o["res"] == "err" and o["kind"] == "upsert":
             for uid in o["uids"]:
                 if uid in L.uid_lsn:
@@ -199,23 +202,25 @@ def _write_bounds(h):
     return below, above
 
 
-def _check_refused_delete(h, L, o, out):
+def _delete_context(h):
+    bounds = _write_bounds(h)
+    claimed = collections.defaultdict(set)
+    maybe = collections.defaultdict(list)
+    for w in h["ops"]:
+        if w["t"] == "w" and w["kind"] == "delete":
+            if w.get("version") is not None and w.get("written"):
+                claimed[w["keys"][0]].add(w["version"])
+            elif w["res"] == "none":
+                maybe[w["keys"][0]].append(w)
+    return {"bounds": bounds, "claimed": claimed, "maybe": maybe}
+
+
+def _check_refused_delete(h, L, o, out, ctx):
     """A refused delete of k changed nothing: no delete of k lies in the log
     between the LSNs acknowledged before it began and those of writes sent
     after it ended, unless another delete of k explains it (acknowledged at
     that LSN, or unanswered, so possibly committed)."""
-    if "_bounds" not in h:
-        h["_bounds"] = _write_bounds(h)
-        claimed = collections.defaultdict(set)
-        maybe = collections.defaultdict(list)
-        for w in h["ops"]:
-            if w["t"] == "w" and w["kind"] == "delete":
-                if w.get("version") is not None and w.get("written"):
-                    claimed[w["keys"][0]].add(w["version"])
-                elif w["res"] == "none":
-                    maybe[w["keys"][0]].append(w)
-        h["_claimed"], h["_maybe"] = claimed, maybe
-    below, above = h["_bounds"]
+    below, above = ctx["bounds"]
     key = o["keys"][0]
     lo, hi = below(o["inv"]), above(o["cmp"])
     if key not in L.per_key:
@@ -223,8 +228,8 @@ def _check_refused_delete(h, L, o, out):
     lsns, uids = L.per_key[key]
     i = bisect.bisect_right(lsns, lo)
     while i < len(lsns) and lsns[i] < hi:
-        if uids[i] is None and lsns[i] not in h["_claimed"][key] and not any(
-                w["inv"] < o["cmp"] + 30 for w in h["_maybe"][key]):
+        if uids[i] is None and lsns[i] not in ctx["claimed"][key] and \
+                not any(w["inv"] < o["cmp"] + 30 for w in ctx["maybe"][key]):
             out.append(Violation(
                 "refused-committed",
                 "delete of %s refused with %s (%s), yet the leader's log "
