@@ -918,6 +918,8 @@ int idx_apply_log(idx_kb_t *ix, size_t n, const void *const *recs,
     idx_wtxn_t *t = NULL;
     if (!rc)
         rc = idx_store_begin(ix->store, &t, err, errlen);
+    if (!rc)
+        idx_store_keep_undo(t); /* a diverged tail can then go quickly */
     for (size_t i = 0; i < n && !rc; i++) {
         int64_t old = -1;
         idx_store_next_raw(t, recs[i], lens[i]); /* keep the leader's bytes */

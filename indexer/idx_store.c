@@ -19,7 +19,7 @@
 
 struct idx_store {
     MDB_env *env;
-    MDB_dbi meta, ids, log;
+    MDB_dbi meta, ids, log, undo;
     uint64_t applied_lsn; /* LSN of the newest log record; 0 = none */
     uint64_t applied_us;  /* its leader commit time */
     uint64_t ndocs;       /* entries in `ids`, kept in step with commits */
@@ -32,6 +32,7 @@ struct idx_wtxn {
     int64_t ndocs_delta;        /* ids added - ids removed in this txn */
     const void *raw;            /* idx_store_next_raw(): bytes to store */
     size_t rawlen;
+    int undo;                   /* idx_store_keep_undo(): record old labels */
 };
 
 struct idx_rtxn {
@@ -134,6 +135,8 @@ int idx_store_open(const char *dir, uint64_t map_size, int nosync,
         rc = mdb_dbi_open(txn, "ids", MDB_CREATE, &s->ids);
     if (!rc)
         rc = mdb_dbi_open(txn, "log", MDB_CREATE | MDB_INTEGERKEY, &s->log);
+    if (!rc)
+        rc = mdb_dbi_open(txn, "undo", MDB_CREATE | MDB_INTEGERKEY, &s->undo);
     if (!rc)
         rc = store_load_state(s, txn);
     MDB_stat st;
@@ -284,6 +287,23 @@ static int store_put_log(idx_wtxn_t *t, const Kbsync__LogRecord *rec,
     return 0;
 }
 
+/* With idx_store_keep_undo(): undo[lsn] = the label the write replaced
+ * (UINT64_MAX: the id had none), so that idx_store_truncate() can put each
+ * id back without reading the log. */
+static int store_put_undo(idx_wtxn_t *t, uint64_t lsn, int64_t old_label)
+{
+    if (!t->undo)
+        return 0;
+    uint64_t key = lsn, val = old_label < 0 ? UINT64_MAX : (uint64_t)old_label;
+    MDB_val k = u64_val(&key), v = u64_val(&val);
+    return mdb_put(t->txn, t->s->undo, &k, &v, MDB_APPEND);
+}
+
+void idx_store_keep_undo(idx_wtxn_t *t)
+{
+    t->undo = 1;
+}
+
 void idx_store_next_raw(idx_wtxn_t *t, const void *bytes, size_t len)
 {
     t->raw = bytes;
@@ -311,6 +331,9 @@ int idx_store_upsert(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
     rc = mdb_put(t->txn, t->s->ids, &ik, &iv, 0);
     if (rc)
         return store_fail(err, errlen, rc, "upsert: put id");
+    rc = store_put_undo(t, lsn, *old_label);
+    if (rc)
+        return store_fail(err, errlen, rc, "upsert: put undo");
     if (*old_label < 0)
         t->ndocs_delta++;
     return 0;
@@ -344,7 +367,10 @@ int idx_store_delete(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
     rec.commit_time_us = commit_us;
     rec.op = KBSYNC__LOG_OP__LOG_OP_DELETE;
     rec.id = idbuf;
-    return store_put_log(t, &rec, "delete", err, errlen);
+    rc = store_put_log(t, &rec, "delete", err, errlen);
+    if (!rc && (rc = store_put_undo(t, lsn, *old_label)))
+        return store_fail(err, errlen, rc, "delete: put undo");
+    return rc;
 }
 
 int idx_store_commit(idx_wtxn_t **tp, char *err, size_t errlen)
@@ -621,6 +647,10 @@ typedef struct {
     int found;
 } tail_id_t;
 
+/* Tails longer than this take the slow path (a divergence loses one group
+ * commit, a few hundred records at most). */
+#define UNDO_FAST_MAX 4096
+
 int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
                        char *err, size_t errlen)
 {
@@ -629,6 +659,16 @@ int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
     MDB_cursor *cur = NULL;
     tail_id_t *ids = NULL;
     size_t nids = 0, cap = 0;
+    /* The fast path's undo entries, newest first. */
+    char(*undo_id)[KB_MAX_ID_LEN + 1] = malloc(UNDO_FAST_MAX *
+                                               sizeof *undo_id);
+    uint64_t *undo_old = malloc(UNDO_FAST_MAX * sizeof *undo_old);
+    size_t undo_n = 0;
+    if (!undo_id || !undo_old) {
+        free(undo_id);
+        free(undo_old);
+        return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    }
     int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
     if (rc)
         return store_fail(err, errlen, rc, "truncate: begin");
@@ -659,6 +699,14 @@ int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
             snprintf(ids[nids].id, sizeof ids[nids].id, "%s", id);
             ids[nids++].found = 0;
         }
+        /* Its undo entry, if the store kept one (reversed in step 2). */
+        uint64_t key = get_u64(k.mv_data);
+        MDB_val uk = u64_val(&key), uv;
+        if (undo_n == *dropped && !mdb_get(txn, s->undo, &uk, &uv) &&
+            uv.mv_size == 8 && undo_n < UNDO_FAST_MAX) {
+            snprintf(undo_id[undo_n], sizeof undo_id[undo_n], "%s", id);
+            undo_old[undo_n++] = get_u64(uv.mv_data);
+        }
         rc = mdb_cursor_del(cur, 0);
         if (!rc) {
             (*dropped)++;
@@ -667,8 +715,33 @@ int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
     }
     if (rc == MDB_NOTFOUND)
         rc = 0;
-    /* 2. Each touched id back to its newest write at or below keep: walk
-     * the log backwards from keep until every one is found. */
+    /* 2. Each touched id back to its version at keep. Fast path: the undo
+     * entries of the tail, oldest last, name it. Otherwise (a store written
+     * before undo entries were kept) walk the log back from keep. */
+    if (!rc && undo_n == *dropped) {
+        for (size_t i = 0; i < undo_n && !rc; i++) { /* oldest tail write last */
+            MDB_val ik = {strlen(undo_id[i]), undo_id[i]};
+            if (undo_old[i] == UINT64_MAX) {
+                rc = mdb_del(txn, s->ids, &ik, NULL);
+                if (rc == MDB_NOTFOUND)
+                    rc = 0;
+            } else {
+                MDB_val iv = u64_val(&undo_old[i]);
+                rc = mdb_put(txn, s->ids, &ik, &iv, 0);
+            }
+        }
+        nids = 0; /* nothing left to look for */
+    }
+    if (!rc) { /* the tail's undo entries go with it */
+        MDB_cursor *uc;
+        rc = mdb_cursor_open(txn, s->undo, &uc);
+        while (!rc && !(rc = mdb_cursor_get(uc, &k, &v, MDB_LAST)) &&
+               k.mv_size == 8 && get_u64(k.mv_data) > keep)
+            rc = mdb_cursor_del(uc, 0);
+        if (rc == MDB_NOTFOUND || (!rc && k.mv_size == 8))
+            rc = 0;
+        mdb_cursor_close(uc);
+    }
     size_t left = nids;
     for (size_t i = 0; !rc && i < nids; i++) {
         MDB_val ik = {strlen(ids[i].id), ids[i].id};
@@ -702,6 +775,8 @@ int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
     if (rc == MDB_NOTFOUND)
         rc = 0;
     free(ids);
+    free(undo_id);
+    free(undo_old);
     if (cur)
         mdb_cursor_close(cur);
     if (!rc)

@@ -1,11 +1,13 @@
 /* idx_store: the LMDB document store of one node, private to indexer/.
  * In: documents and deletes stamped with an LSN. Out: documents by label,
  * the write log in LSN order, and the node's applied state. Owns the LMDB
- * environment in DIR with three databases:
+ * environment in DIR with four databases:
  *   meta  "kb" -> KbMeta (dim, metric, index, node id, embedder)
  *   log   LSN (u64) -> LogRecord, exactly the bytes streamed to replicas;
  *         an upsert's record holds the whole document, embedding included
  *   ids   document id bytes -> label (u64) of its live version
+ *   undo  LSN -> the label that write replaced (UINT64_MAX: none); kept by
+ *         replicas only, so that a diverged tail can be dropped quickly
  * A document's label is the LSN of the upsert that wrote it, so the live
  * version of a document IS its upsert's log record: each document is stored
  * once. The applied state (LSN, commit time) is the newest log record, so a
@@ -64,6 +66,10 @@ int idx_store_delete(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
  * as its log record instead of packing one: a replica keeps the leader's
  * exact bytes. They must encode the same record the call describes. */
 void idx_store_next_raw(idx_wtxn_t *t, const void *bytes, size_t len);
+/* From now on in t, each write also records the label it replaced (a
+ * replica's apply): idx_store_truncate() then restores ids without reading
+ * the log. */
+void idx_store_keep_undo(idx_wtxn_t *t);
 /* Looks up the live label of an id inside the write transaction. */
 int idx_store_wlabel(idx_wtxn_t *t, const char *id, size_t id_len,
                      int64_t *label);

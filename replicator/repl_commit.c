@@ -237,7 +237,7 @@ void repl_leader_flush(repl_leader_t *l, void *router)
     } else if (rc) {
         /* Once per cause, not once per group: a full disk fails them all. */
         if (l->commit_fails == 0 ||
-            strncmp(err, l->commit_err, sizeof l->commit_err - 1) != 0)
+            strncmp(err, l->commit_err, 250) != 0)
             kb_warn("group commit of %zu requests (%zu ops) failed: %s; "
                     "nothing of them was committed (logged again when the "
                     "cause changes or commits work again)",

@@ -9,8 +9,11 @@
  * replica that was down resumes from its own applied LSN and receives only
  * what it missed. ReplWelcome{diverged} means this replica holds a write the
  * leader never committed (the leader crashed after shipping it): the replica
- * moves its data directory aside (DIR.diverged-<time>, kept for inspection)
- * and starts over from an empty knowledge base.
+ * drops its records after ReplWelcome.keep_lsn, the newest record both logs
+ * share (found from the list of newest records in its hello), reopens and
+ * says hello from there. Only when no record is shared, or the store cannot
+ * be read, does it move its data directory aside (DIR.diverged-<time>, kept
+ * for inspection) and start over from an empty knowledge base.
  *
  * APPLY
  * All ReplRecords waiting on the socket are applied as one LMDB transaction
@@ -74,6 +77,11 @@ struct repl_replica {
     uint64_t apply_retry_us; /* monotonic: no hello before this */
     unsigned apply_delay_ms; /* the current back-off */
     char apply_err[256];     /* the last failure, logged once */
+    int dropped_tail;        /* reopening after dropping a diverged tail */
+    /* The hello's list of newest records, for the applied LSN recent_at. */
+    uint64_t recent_lsn[REPLICA_RECENT], recent_us[REPLICA_RECENT];
+    size_t recent_n;
+    uint64_t recent_at;
     /* smu guards what readers use to compute staleness: head_lsn through
      * next_commit_us. The node loop writes them; reader threads read them. */
     pthread_mutex_t smu;
@@ -221,17 +229,22 @@ static void replica_hello(repl_replica_t *r)
     Kbsync__ReplHello h = KBSYNC__REPL_HELLO__INIT;
     h.protocol_version = KB_PROTOCOL_VERSION;
     h.replica_id = (char *)r->cfg.id;
-    uint64_t lsn[REPLICA_RECENT], us[REPLICA_RECENT];
     if (r->ix) {
         idx_stats_t st;
         idx_stats_stream(r->ix, &st);
         h.applied_lsn = st.version;
         h.applied_commit_us = st.commit_us;
-        /* So that a diverged replica loses only its tail (ReplWelcome). */
-        h.n_recent_lsn = h.n_recent_commit_us =
-            idx_recent(r->ix, REPLICA_RECENT, lsn, us);
-        h.recent_lsn = lsn;
-        h.recent_commit_us = us;
+        /* So that a diverged replica loses only its tail (ReplWelcome).
+         * Read again only when the applied LSN moved: hellos repeat every
+         * 20 ms while the leader is away. */
+        if (!r->recent_n || r->recent_at != st.version) {
+            r->recent_n = idx_recent(r->ix, REPLICA_RECENT, r->recent_lsn,
+                                     r->recent_us);
+            r->recent_at = st.version;
+        }
+        h.n_recent_lsn = h.n_recent_commit_us = r->recent_n;
+        h.recent_lsn = r->recent_lsn;
+        h.recent_commit_us = r->recent_us;
     }
     Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
     m.body_case = KBSYNC__REPL_MESSAGE__BODY_HELLO;
@@ -296,6 +309,7 @@ static void replica_start_over(repl_replica_t *r, const char *reason)
              "starting over from an empty knowledge base",
              reason, r->cfg.data_dir, aside);
     replica_set_ix(r, NULL);
+    r->recent_n = 0;
     if (rename(r->cfg.data_dir, aside) == 0)
         return;
     /* DIR may be a mount point (EBUSY) or end in '/' (EINVAL): move the
@@ -328,13 +342,16 @@ static int replica_drop_tail(repl_replica_t *r, const char *reason,
         applied = st.version;
     }
     replica_set_ix(r, NULL);
+    r->recent_n = 0;
     char why[512];
     uint64_t dropped = 0;
-    if (idx_truncate_dir(r->cfg.data_dir, r->cfg.map_size, r->cfg.nosync,
-                         keep, &dropped, why, sizeof why)) {
-        kb_error("cannot drop the records after LSN %llu (%s)",
-                 (unsigned long long)keep, why);
-        return -1;
+    int rc = idx_truncate_dir(r->cfg.data_dir, r->cfg.map_size,
+                              r->cfg.nosync, keep, &dropped, why, sizeof why);
+    if (rc) {
+        kb_error("cannot drop the records after LSN %llu (%s)%s",
+                 (unsigned long long)keep, why,
+                 rc == KB_ECORRUPT ? "" : "; trying again after a back-off");
+        return rc;
     }
     kb_error("leader says this replica diverged (%s); dropped its %llu "
              "records after LSN %llu (it was at %llu) and starting over from "
@@ -350,13 +367,30 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
         const char *why = w->reason ? w->reason : "no reason given";
         r->streaming = 0;
         r->hello_us = 0; /* say hello again at once */
-        if (!w->keep_lsn || !w->meta ||
-            replica_drop_tail(r, why, w->keep_lsn)) {
+        if (r->ix && w->keep_lsn) {
+            idx_stats_t st;
+            idx_stats_stream(r->ix, &st);
+            if (st.version <= w->keep_lsn)
+                return; /* an answer to a hello sent before the drop */
+        }
+        int rc = w->keep_lsn && w->meta
+                     ? replica_drop_tail(r, why, w->keep_lsn)
+                     : KB_ECORRUPT;
+        if (rc == KB_ECORRUPT) {
             replica_start_over(r, why);
             return;
         }
-        /* Tail dropped: reopen below, which says hello again from keep_lsn
-         * (a hello from "empty" would have the leader stream from LSN 1). */
+        if (rc) { /* e.g. a full disk: the apply back-off, then again */
+            r->apply_delay_ms = r->apply_delay_ms
+                                    ? r->apply_delay_ms * 2
+                                    : REPLICA_APPLY_RETRY_FIRST_MS;
+            if (r->apply_delay_ms > REPLICA_APPLY_RETRY_MAX_MS)
+                r->apply_delay_ms = REPLICA_APPLY_RETRY_MAX_MS;
+            r->apply_retry_us = kb_mono_us() + r->apply_delay_ms * 1000u;
+        }
+        /* Reopen below (also after a failed drop: the store is intact),
+         * which says hello again from what it holds. */
+        r->dropped_tail = 1;
     }
     const Kbsync__KbMeta *m = w->meta;
     if (!m) {
@@ -381,10 +415,13 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
         idx_stats_t st0;
         idx_stats_stream(r->ix, &st0);
         if (st0.version) {
-            /* Our hello said "empty", but DIR holds a store: say hello again
-             * with what it really holds, so the leader can check it. */
-            kb_warn("%s already holds LSN %llu; saying hello again",
-                    r->cfg.data_dir, (unsigned long long)st0.version);
+            /* Our hello said "empty", but DIR holds a store (or we just
+             * dropped a diverged tail): say hello again with what it really
+             * holds, so the leader can check it. */
+            if (!r->dropped_tail)
+                kb_warn("%s already holds LSN %llu; saying hello again",
+                        r->cfg.data_dir, (unsigned long long)st0.version);
+            r->dropped_tail = 0;
             r->hello_us = 0;
             return;
         }
@@ -560,6 +597,8 @@ size_t repl_replica_on_msg(repl_replica_t *r)
             applied += batch_apply(r);
     }
     applied += batch_apply(r);
+    if (applied)
+        r->heard_us = kb_mono_us(); /* a slow apply is not a silent leader */
     if (r->dup_records) {
         kb_info("dropped %llu re-sent records at or below the applied LSN",
                 (unsigned long long)r->dup_records);

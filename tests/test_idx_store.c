@@ -628,16 +628,19 @@ static void test_idx_store_open_errors(void **state)
 
 /* A diverged replica drops only its tail: every id the tail touched points
  * back at its newest write at or below keep, exactly as before the tail. */
-static void test_idx_store_truncate_restores_the_prefix(void **state)
+static void truncate_case(fx_t *f, int undo)
 {
-    fx_t *f = *state;
     idx_wtxn_t *t = begin(f->s);
+    if (undo)
+        idx_store_keep_undo(t);
     upsert(t, 1, "a", "a1");
     upsert(t, 2, "b", "b2");
     upsert(t, 3, "c", "c3");
     del(t, 4, "c", 0);
     commit(&t);
     t = begin(f->s); /* the tail: replace a, delete b, revive c, add d */
+    if (undo)
+        idx_store_keep_undo(t);
     upsert(t, 5, "a", "a5");
     del(t, 6, "b", 0);
     upsert(t, 7, "c", "c7");
@@ -679,6 +682,19 @@ static void test_idx_store_truncate_restores_the_prefix(void **state)
     KBT_U64(idx_store_count(f->s), 3);
 }
 
+/* Without undo entries (a store written before they were kept): the log is
+ * read back from keep. */
+static void test_idx_store_truncate_restores_the_prefix(void **state)
+{
+    truncate_case(*state, 0);
+}
+
+/* With them (a replica's store): the ids come back from the undo entries. */
+static void test_idx_store_truncate_by_undo(void **state)
+{
+    truncate_case(*state, 1);
+}
+
 int main(void)
 {
     kb_log_setup(KB_LOG_WARN, "test_idx_store");
@@ -695,6 +711,7 @@ int main(void)
         T(test_idx_store_map_full_is_estore),
         T(test_idx_store_open_errors),
         T(test_idx_store_truncate_restores_the_prefix),
+        T(test_idx_store_truncate_by_undo),
     };
 #undef T
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
