@@ -330,6 +330,16 @@ static void replica_start_over(repl_replica_t *r, const char *reason)
     unlink(lock);
 }
 
+/* No hello before the back-off (doubling, capped) has passed. */
+static void replica_back_off(repl_replica_t *r)
+{
+    r->apply_delay_ms = r->apply_delay_ms ? r->apply_delay_ms * 2
+                                          : REPLICA_APPLY_RETRY_FIRST_MS;
+    if (r->apply_delay_ms > REPLICA_APPLY_RETRY_MAX_MS)
+        r->apply_delay_ms = REPLICA_APPLY_RETRY_MAX_MS;
+    r->apply_retry_us = kb_mono_us() + r->apply_delay_ms * 1000u;
+}
+
 /* Drops the records after keep (the newest the leader shares); the store
  * is reopened from what remains at the next welcome. Returns 0 when done. */
 static int replica_drop_tail(repl_replica_t *r, const char *reason,
@@ -380,14 +390,8 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
             replica_start_over(r, why);
             return;
         }
-        if (rc) { /* e.g. a full disk: the apply back-off, then again */
-            r->apply_delay_ms = r->apply_delay_ms
-                                    ? r->apply_delay_ms * 2
-                                    : REPLICA_APPLY_RETRY_FIRST_MS;
-            if (r->apply_delay_ms > REPLICA_APPLY_RETRY_MAX_MS)
-                r->apply_delay_ms = REPLICA_APPLY_RETRY_MAX_MS;
-            r->apply_retry_us = kb_mono_us() + r->apply_delay_ms * 1000u;
-        }
+        if (rc) /* e.g. a full disk: the apply back-off, then again */
+            replica_back_off(r);
         /* Reopen below (also after a failed drop: the store is intact),
          * which says hello again from what it holds. */
         r->dropped_tail = 1;
@@ -497,12 +501,7 @@ static size_t batch_apply(repl_replica_t *r)
                     n, err, REPLICA_APPLY_RETRY_MAX_MS);
         snprintf(r->apply_err, sizeof r->apply_err, "%.250s", err);
         r->apply_fails++;
-        r->apply_delay_ms = r->apply_delay_ms
-                                ? r->apply_delay_ms * 2
-                                : REPLICA_APPLY_RETRY_FIRST_MS;
-        if (r->apply_delay_ms > REPLICA_APPLY_RETRY_MAX_MS)
-            r->apply_delay_ms = REPLICA_APPLY_RETRY_MAX_MS;
-        r->apply_retry_us = kb_mono_us() + r->apply_delay_ms * 1000u;
+        replica_back_off(r);
         r->streaming = 0;
         r->hello_us = 0;
         return 0;
