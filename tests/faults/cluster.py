@@ -108,6 +108,20 @@ class Net:
         for tool in ("ip", "iptables"):
             if shutil.which(tool) is None:
                 return "%s is not installed" % tool
+        # Try it: a container may refuse namespaces or netfilter.
+        probe = "kbfprobe%d" % os.getpid()
+        try:
+            for argv in (["ip", "netns", "add", probe],
+                         ["ip", "netns", "exec", probe, "iptables", "-A",
+                          "OUTPUT", "-p", "tcp", "--dport", "9", "-j",
+                          "DROP"]):
+                r = subprocess.run(argv, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, timeout=20)
+                if r.returncode:
+                    return "%s failed: %s" % (" ".join(argv[:4]),
+                                              r.stderr.decode().strip())
+        finally:
+            _sh("ip", "netns", "del", probe, check=False)
         return None
 
     def replica_ip(self, i):
