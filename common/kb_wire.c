@@ -248,3 +248,27 @@ int kb_wire_socket(void *ctx, int type, const char *endpoint, int bind,
     *out = s;
     return 0;
 }
+
+uint64_t kb_wire_peek_u64(const void *bytes, size_t len, unsigned field)
+{
+    const uint8_t *p = bytes;
+    size_t i = 0;
+    while (i < len) {
+        uint64_t key = 0, v = 0;
+        for (unsigned shift = 0; i < len && shift < 64; shift += 7) {
+            key |= (uint64_t)(p[i] & 0x7f) << shift;
+            if (!(p[i++] & 0x80))
+                break;
+        }
+        if ((key & 7) != 0) /* not a varint: the fields asked for are over */
+            return 0;
+        for (unsigned shift = 0; i < len && shift < 64; shift += 7) {
+            v |= (uint64_t)(p[i] & 0x7f) << shift;
+            if (!(p[i++] & 0x80))
+                break;
+        }
+        if ((key >> 3) == field)
+            return v;
+    }
+    return 0;
+}

@@ -55,6 +55,10 @@ int kb_wire_send_error(void *router, const kb_peer_t *peer, uint64_t request_id,
  * flags are ZMQ send flags (e.g. ZMQ_DONTWAIT). */
 int kb_wire_send_msg(void *sock, const void *protobuf_msg, int flags);
 
+/* The value of varint field `field` of a serialized message whose fields up
+ * to it are varints (a LogRecord's lsn = 1, commit_time_us = 2), or 0. */
+uint64_t kb_wire_peek_u64(const void *bytes, size_t len, unsigned field);
+
 /* Opens a socket of ZMQ type `type` (ZMQ_ROUTER, ...) on ctx and binds
  * (bind = 1) or connects it to endpoint, with linger 0. */
 int kb_wire_socket(void *ctx, int type, const char *endpoint, int bind,

@@ -52,6 +52,7 @@ typedef struct shipment {
     size_t bytes;
     struct peer *to; /* catch-up: the one replica it goes to */
     int stalled;     /* catch-up: its queue was full */
+    int open;        /* the last record's group commit goes on after it */
 } shipment_t;
 
 struct repl_leader {

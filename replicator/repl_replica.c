@@ -93,12 +93,17 @@ struct repl_replica {
     uint64_t next_lsn, next_commit_us;
     char leader_ep[256];
     uint64_t dup_records;
-    /* records of the batch being applied: bytes borrowed from messages */
+    /* records of the batch being applied: bytes borrowed from messages, or
+     * owned (own[i]) when held back from an earlier batch */
     const void **rec;
     size_t *len;
+    uint8_t *own;
     Kbsync__ReplMessage **msgs;
     size_t nrec, nmsgs;
+    int group_open; /* the last message's group commit goes on after it */
 };
+
+static void batch_release(repl_replica_t *r);
 
 /* Replaces the knowledge base (NULL closes it) while no reader uses it. */
 static void replica_set_ix(repl_replica_t *r, idx_kb_t *ix)
@@ -158,7 +163,8 @@ int repl_replica_new(void *zctx, const repl_replica_config_t *cfg,
     r->rec = malloc(REPLICA_MAX_BATCH * sizeof *r->rec);
     r->len = malloc(REPLICA_MAX_BATCH * sizeof *r->len);
     r->msgs = malloc(REPLICA_MAX_BATCH * sizeof *r->msgs);
-    if (!r->rec || !r->len || !r->msgs) {
+    r->own = calloc(REPLICA_MAX_BATCH, sizeof *r->own);
+    if (!r->rec || !r->len || !r->msgs || !r->own) {
         repl_replica_free(&r);
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     }
@@ -195,8 +201,10 @@ void repl_replica_free(repl_replica_t **rp)
     if (r->sock)
         zmq_close(r->sock);
     idx_close(&r->ix);
+    batch_release(r);
     free(r->rec);
     free(r->len);
+    free(r->own);
     free(r->msgs);
     pthread_mutex_destroy(&r->smu);
     free(r);
@@ -473,24 +481,82 @@ static uint64_t peek_lsn(const uint8_t *p, size_t len)
     return 0;
 }
 
+/* Drops the whole batch, held-back records included. */
 static void batch_release(repl_replica_t *r)
 {
+    if (!r->rec)
+        return;
+    for (size_t i = 0; i < r->nrec; i++)
+        if (r->own[i]) {
+            free((void *)r->rec[i]);
+            r->own[i] = 0;
+        }
     for (size_t i = 0; i < r->nmsgs; i++)
         kbsync__repl_message__free_unpacked(r->msgs[i], NULL);
     r->nmsgs = r->nrec = 0;
 }
 
-/* Applies the collected records; returns how many were applied. */
-static size_t batch_apply(repl_replica_t *r)
+/* Keeps records [m, nrec) (copied, so that their messages can go) as the
+ * start of the next batch, and frees the rest. 0, or -1 out of memory. */
+static int batch_hold_tail(repl_replica_t *r, size_t m)
+{
+    size_t keep = r->nrec - m;
+    for (size_t i = m; i < r->nrec; i++) {
+        if (r->own[i])
+            continue;
+        void *c = malloc(r->len[i]);
+        if (!c)
+            return -1;
+        memcpy(c, r->rec[i], r->len[i]);
+        r->rec[i] = c;
+        r->own[i] = 1;
+    }
+    for (size_t i = 0; i < m; i++)
+        if (r->own[i]) {
+            free((void *)r->rec[i]);
+            r->own[i] = 0;
+        }
+    memmove(r->rec, r->rec + m, keep * sizeof *r->rec);
+    memmove(r->len, r->len + m, keep * sizeof *r->len);
+    for (size_t i = 0; i < keep; i++)
+        r->own[i] = 1;
+    for (size_t i = keep; i < r->nrec; i++)
+        r->own[i] = 0;
+    for (size_t i = 0; i < r->nmsgs; i++)
+        kbsync__repl_message__free_unpacked(r->msgs[i], NULL);
+    r->nmsgs = 0;
+    r->nrec = keep;
+    return 0;
+}
+
+/* Applies the collected records, except a trailing group commit that may
+ * not be complete yet (the leader said its group goes on, or `more` records
+ * of this message are still to come): those are held back, so that no part
+ * of a group becomes searchable alone. Returns how many were applied. */
+static size_t batch_apply(repl_replica_t *r, int more)
 {
     size_t n = r->nrec;
     if (n == 0 || !r->ix) {
         batch_release(r);
         return 0;
     }
+    size_t m = n;
+    if (more || r->group_open) {
+        uint64_t us = kb_wire_peek_u64(r->rec[n - 1], r->len[n - 1], 2);
+        while (m > 0 &&
+               kb_wire_peek_u64(r->rec[m - 1], r->len[m - 1], 2) == us)
+            m--;
+        if (m == 0 && n == REPLICA_MAX_BATCH)
+            m = n; /* one group larger than a batch cannot be held whole */
+    }
     char err[512];
-    int rc = idx_apply_log(r->ix, n, r->rec, r->len, err, sizeof err);
-    batch_release(r);
+    int rc = m ? idx_apply_log(r->ix, m, r->rec, r->len, err, sizeof err)
+               : 0;
+    if (!rc && batch_hold_tail(r, m))
+        rc = kb_seterr(err, sizeof err, KB_ENOMEM,
+                       "out of memory holding back a partial group");
+    if (rc)
+        batch_release(r);
     if (rc) {
         /* Log the first failure and each new cause, not every retry: a
          * full disk would otherwise log at the rate the leader resends. */
@@ -513,8 +579,9 @@ static size_t batch_apply(repl_replica_t *r)
         r->apply_delay_ms = 0;
         r->apply_retry_us = 0;
     }
-    replica_ack(r);
-    return n;
+    if (m)
+        replica_ack(r);
+    return m;
 }
 
 size_t repl_replica_on_msg(repl_replica_t *r)
@@ -525,6 +592,9 @@ size_t repl_replica_on_msg(repl_replica_t *r)
         idx_stats_t st;
         idx_stats_stream(r->ix, &st);
         expect = st.version + 1;
+        if (r->nrec) /* held back from the last call */
+            expect = kb_wire_peek_u64(r->rec[r->nrec - 1],
+                                      r->len[r->nrec - 1], 1) + 1;
     }
     for (int i = 0; i < 4096; i++) {
         zmq_msg_t zm;
@@ -545,7 +615,9 @@ size_t repl_replica_on_msg(repl_replica_t *r)
         int keep = 0;
         switch (m->body_case) {
         case KBSYNC__REPL_MESSAGE__BODY_WELCOME:
-            applied += batch_apply(r);
+            applied += batch_apply(r, 0);
+            batch_release(r); /* a new session sends any held group again */
+            r->group_open = 0;
             on_welcome(r, m->welcome);
             if (r->ix) {
                 idx_stats_t st;
@@ -564,6 +636,7 @@ size_t repl_replica_on_msg(repl_replica_t *r)
             r->records_us = r->heard_us;
             if (!r->streaming || !r->ix)
                 break;
+            r->group_open = m->records->group_open;
             for (size_t j = 0; j < m->records->n_records; j++) {
                 ProtobufCBinaryData *b = &m->records->records[j];
                 uint64_t lsn = peek_lsn(b->data, b->len);
@@ -572,7 +645,8 @@ size_t repl_replica_on_msg(repl_replica_t *r)
                     continue;
                 }
                 if (r->nrec == REPLICA_MAX_BATCH) {
-                    applied += batch_apply(r); /* frees earlier messages */
+                    /* frees earlier messages; more of this one follows */
+                    applied += batch_apply(r, 1);
                     if (!r->streaming)
                         break;
                 }
@@ -593,9 +667,9 @@ size_t repl_replica_on_msg(repl_replica_t *r)
         else
             kbsync__repl_message__free_unpacked(m, NULL);
         if (r->nmsgs == REPLICA_MAX_BATCH)
-            applied += batch_apply(r);
+            applied += batch_apply(r, 1);
     }
-    applied += batch_apply(r);
+    applied += batch_apply(r, 0);
     if (applied)
         r->heard_us = kb_mono_us(); /* a slow apply is not a silent leader */
     if (r->dup_records) {

@@ -173,6 +173,7 @@ static int ship_send(repl_leader_t *l, peer_t **targets, size_t nt)
     rr.records = s->rec;
     rr.n_records = s->n;
     rr.beat = &beat;
+    rr.group_open = s->open;
     Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
     m.protocol_version = KB_PROTOCOL_VERSION;
     m.body_case = KBSYNC__REPL_MESSAGE__BODY_RECORDS;
@@ -316,6 +317,9 @@ int repl__precommit(void *ctx, uint64_t lsn, const void *bytes,
     }
     if (l->ship.n == 0)
         return 0;
+    /* A chunk cut before the group's end: the replica must not make it
+     * searchable until the rest arrives (a write is never partly seen). */
+    l->ship.open = bytes != NULL;
     peer_t *t[REPL_MAX_PEERS];
     size_t nt = 0;
     for (size_t i = 0; i < l->npeers; i++)
@@ -356,6 +360,22 @@ void repl__ship_reset(repl_leader_t *l)
 
 /* Log walk for one replica's catch-up: send a batch whenever one is full
  * and at the end of the walk (bytes == NULL); stop when its queue is full. */
+/* Whether the committed group of the shipment's last record continues
+ * after it (chunks are cut by size, not at group commits): the next record
+ * in the log has the same commit time. */
+static int group_goes_on(repl_leader_t *l, const shipment_t *s)
+{
+    if (s->n == 0)
+        return 0;
+    idx_stats_t st;
+    idx_stats_stream(l->ix, &st);
+    if (s->last >= st.version)
+        return 0;
+    const ProtobufCBinaryData *b = &s->rec[s->n - 1];
+    uint64_t us = kb_wire_peek_u64(b->data, b->len, 2);
+    return us && idx_commit_time(l->ix, s->last + 1) == us;
+}
+
 static int catchup_visit(void *ctx, uint64_t lsn, const void *b, size_t len)
 {
     repl_leader_t *l = ctx;
@@ -373,6 +393,7 @@ static int catchup_visit(void *ctx, uint64_t lsn, const void *b, size_t len)
             return rc;
     }
     peer_t *t[1] = {s->to};
+    s->open = group_goes_on(l, s);
     ship_send(l, t, 1);
     return s->stalled || !s->to->online ? 1 : 0;
 }
