@@ -28,9 +28,9 @@
  * its commit time) and the clock offset (leader_now_us - local wall clock),
  * so lag_ms is measured on the leader's clock. lag_ops = head - applied.
  * lag_ms = leader_now - commit time of the oldest unapplied write (LSN
- * applied + 1): exact when the last heartbeat named that LSN (next_lsn),
- * otherwise the newest known commit time (a lower bound); 0 when lag_ops is
- * 0. When the leader has been silent for more than REPLICA_SILENT_MS, writes
+ * applied + 1): exact when the last heartbeat or records message named that
+ * LSN (next_lsn), otherwise measured from our newest write's commit time (an
+ * upper bound; unknown when we hold none); 0 when lag_ops is 0. When the leader has been silent for more than REPLICA_SILENT_MS, writes
  * committed since cannot have arrived: lag_ms is then at least the silence,
  * so a cut-off replica shows its lag growing instead of freezing at 0. */
 #include "repl_replica.h"
@@ -742,7 +742,7 @@ void repl_replica_staleness(repl_replica_t *r, const idx_view_t *view,
     }
     const uint64_t unknown = UINT64_MAX / 1000u;
     pthread_mutex_lock(&r->smu);
-    uint64_t head_lsn = r->head_lsn, head_commit_us = r->head_commit_us;
+    uint64_t head_lsn = r->head_lsn;
     int64_t offset_us = r->offset_us;
     uint64_t leader_sent_us = r->leader_sent_us;
     uint64_t next_lsn = r->next_lsn, next_commit_us = r->next_commit_us;
@@ -767,11 +767,15 @@ void repl_replica_staleness(repl_replica_t *r, const idx_view_t *view,
                      ? (leader_now - commit_us) / 1000u
                      : unknown;
     } else if (s->lag_ops) {
+        /* Exact when the leader named our oldest unapplied write; else the
+         * commit time of our own newest write, which is no later than it:
+         * an upper bound. (The newest commit time we know of would be a
+         * lower bound, and a max_lag_ms read must never be answered from
+         * an understated lag: the fault suite caught a catching-up replica
+         * reporting 31 ms two minutes behind.) */
         uint64_t oldest = next_lsn == version + 1 && next_commit_us
                               ? next_commit_us
-                              : head_commit_us;
-        if (!oldest)
-            oldest = commit_us; /* upper bound */
+                              : commit_us;
         lag_ms = !oldest               ? unknown
                  : leader_now > oldest ? (leader_now - oldest) / 1000u
                                        : 0;

@@ -169,6 +169,12 @@ static int ship_send(repl_leader_t *l, peer_t **targets, size_t nt)
     beat.head_commit_us = st.commit_us;
     beat.leader_now_us = kb_wall_us();
     beat.client_endpoint = l->client_ep;
+    if (nt == 1 && s->last < st.version) {
+        /* Catch-up: once it applied these, the replica's oldest unapplied
+         * write is the next one; its commit time keeps lag_ms exact. */
+        beat.next_lsn = s->last + 1;
+        beat.next_commit_us = idx_commit_time(l->ix, s->last + 1);
+    }
     Kbsync__ReplRecords rr = KBSYNC__REPL_RECORDS__INIT;
     rr.records = s->rec;
     rr.n_records = s->n;
