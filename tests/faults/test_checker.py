@@ -69,6 +69,14 @@ def base():
     }
 
 
+def lost_branch(h):
+    """The leader restarted at version 3 (losing what it had sent after it)
+    and r1 was then told it diverged."""
+    h["events"] += [
+        {"kind": "leader_open", "node": "leader", "time": 3.6, "version": 3},
+        {"kind": "diverge", "node": "r1", "time": 3.9}]
+
+
 def kinds(h):
     return sorted(set(v.kind for v in checker.check(h)))
 
@@ -132,10 +140,7 @@ class CheckerTest(unittest.TestCase):
     def test_phantom(self):
         def m(h):
             h["ops"][7]["hits"] = {"k1": "ghost"}
-            h["events"] += [
-                {"kind": "leader_open", "node": "leader", "time": 3.6,
-                 "version": 3},
-                {"kind": "diverge", "node": "r1", "time": 3.9}]
+            lost_branch(h)
         h = self.planted(m, "phantom")
         self.assertNotIn("wrong-state", kinds(h))
         self.assertTrue(all(v.known for v in checker.check(h)))
@@ -216,10 +221,7 @@ class CheckerTest(unittest.TestCase):
         # restarted at version 3 and r1 was then told it diverged.
         def m(h):
             h["ops"][7].update(version=4, hits={"k1": "a2"})
-            h["events"] += [
-                {"kind": "leader_open", "node": "leader", "time": 3.6,
-                 "version": 3},
-                {"kind": "diverge", "node": "r1", "time": 3.9}]
+            lost_branch(h)
         h = self.planted(m, "phantom")
         self.assertNotIn("wrong-state", kinds(h))
 
@@ -247,10 +249,7 @@ class CheckerTest(unittest.TestCase):
         # as at LSN 3, but a document deleted at or before 3 is still wrong.
         def m(h):
             h["ops"][7].update(version=4, hits={"k0": "a1", "k1": "a2"})
-            h["events"] += [
-                {"kind": "leader_open", "node": "leader", "time": 3.6,
-                 "version": 3},
-                {"kind": "diverge", "node": "r1", "time": 3.9}]
+            lost_branch(h)
         self.planted(m, "wrong-state")
 
     def test_branch_does_not_excuse_outside_filter(self):
@@ -258,10 +257,7 @@ class CheckerTest(unittest.TestCase):
             h["buckets"] = {"b0": ["k1"], "b1": ["k0"]}
             h["ops"][7].update(version=4, hits={"k0": "ghost",
                                                 "k1": "a2"})
-            h["events"] += [
-                {"kind": "leader_open", "node": "leader", "time": 3.6,
-                 "version": 3},
-                {"kind": "diverge", "node": "r1", "time": 3.9}]
+            lost_branch(h)
         self.planted(m, "wrong-state")
 
     def test_all_not_visible(self):
