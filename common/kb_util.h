@@ -9,7 +9,11 @@
 #include <stdint.h>
 
 /* Limits that the wire protocol, the store and the CLI all enforce. */
-#define KB_PROTOCOL_VERSION 1u
+#define KB_PROTOCOL_VERSION 1u /* client API (Request/Response) */
+/* Replication (ReplMessage). 2: records above ReplBeat.committed_lsn are
+ * staged, not searchable; ReplAck.durable_lsn. A leader ignores a hello of
+ * another version. */
+#define KB_REPL_PROTOCOL_VERSION 2u
 #define KB_MAX_ID_LEN 256u              /* bytes; LMDB keys stay < 511 */
 #define KB_MAX_TEXT_LEN (1u << 20)      /* 1 MiB per document text */
 #define KB_MAX_METADATA_LEN (64u << 10) /* 64 KiB of JSON per document */

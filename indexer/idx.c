@@ -24,6 +24,8 @@
 #include "kb_util.h"
 #include "kbsync.pb-c.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <float.h>
 #include <math.h>
 #include <omp.h>
@@ -31,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define IDX_FORMAT_VERSION 1
 #define IDX_REBUILD_CHUNK 8192
@@ -59,6 +62,7 @@ typedef struct pending_rm {
 
 struct idx {
     idx_store_t *store;
+    char *confirmed_path; /* replicas: DIR/confirmed (see STAGING) */
     Kbsync__KbMeta *meta; /* as stored; immutable after open */
     uint32_t dim;
     int metric;     /* IDX_METRIC_* */
@@ -366,6 +370,7 @@ static int idx_reserve(idx_kb_t *ix, size_t adds, size_t rms)
 }
 
 static void *merger_main(void *arg);
+static int idx_drop_unconfirmed(idx_kb_t *ix, char *err, size_t errlen);
 
 int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
 {
@@ -445,6 +450,19 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
     ix->dim = ix->meta->dim;
     ix->metric = metric_code(ix->meta->metric);
     ix->nlist = ivf_nlist(ix->meta->index);
+    if (cfg->replica) {
+        size_t dl = strlen(cfg->dir);
+        ix->confirmed_path = malloc(dl + sizeof "/confirmed");
+        if (!ix->confirmed_path) {
+            rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+            goto fail;
+        }
+        memcpy(ix->confirmed_path, cfg->dir, dl);
+        memcpy(ix->confirmed_path + dl, "/confirmed", sizeof "/confirmed");
+        rc = idx_drop_unconfirmed(ix, err, errlen);
+        if (rc)
+            goto fail;
+    }
     ix->build_threads = omp_get_max_threads(); /* idx_vec_setup()'s */
     if (idx_delta_new(ix->dim, ix->metric, &ix->delta)) {
         rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
@@ -505,6 +523,7 @@ void idx_close(idx_kb_t **ixp)
     idx_delta_free(&ix->delta);
     free(ix->rm);
     idx_store_close(&ix->store);
+    free(ix->confirmed_path);
     if (ix->meta)
         kbsync__kb_meta__free_unpacked(ix->meta, NULL);
     free(ix->add_x);
@@ -701,7 +720,8 @@ static void merger_kick(idx_kb_t *ix)
  * of vmu. Nothing here waits for a search. A label added and removed
  * within the same write (the same id upserted twice) never reaches the
  * index. */
-static int idx_apply_vectors(idx_kb_t *ix, char *err, size_t errlen)
+static int idx_apply_vectors(idx_kb_t *ix, const idx_view_t *pub, char *err,
+                             size_t errlen)
 {
     size_t keep = 0, rm = 0;
     /* Labels from first_new on were added by this write. */
@@ -729,8 +749,12 @@ static int idx_apply_vectors(idx_kb_t *ix, char *err, size_t errlen)
         keep = ix->add_n;
     }
     idx_view_t v;
-    idx_store_state(ix->store, &v.version, &v.commit_us);
-    v.docs = idx_store_count(ix->store);
+    if (pub) {
+        v = *pub;
+    } else {
+        idx_store_state(ix->store, &v.version, &v.commit_us);
+        v.docs = idx_store_count(ix->store);
+    }
     int warned = 0;
     int rc;
     while ((rc = idx_delta_append(ix->delta, keep, ix->add_x,
@@ -864,14 +888,21 @@ int idx_write(idx_kb_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
         return rc;
     }
     ix->commits++;
-    return idx_apply_vectors(ix, err, errlen);
+    return idx_apply_vectors(ix, NULL, err, errlen);
 }
 
 int idx_apply_log(idx_kb_t *ix, size_t n, const void *const *recs,
                   const size_t *lens, char *err, size_t errlen)
 {
+    return idx_apply_log_staged(ix, n, recs, lens, UINT64_MAX, err, errlen);
+}
+
+int idx_apply_log_staged(idx_kb_t *ix, size_t n, const void *const *recs,
+                         const size_t *lens, uint64_t confirmed, char *err,
+                         size_t errlen)
+{
     if (n == 0)
-        return 0;
+        return idx_publish(ix, confirmed, err, errlen);
     if (idx_reserve(ix, n, n))
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     Kbsync__LogRecord **r = calloc(n, sizeof *r);
@@ -915,24 +946,35 @@ int idx_apply_log(idx_kb_t *ix, size_t n, const void *const *recs,
                            (unsigned long long)r[i]->lsn, (int)r[i]->op);
         }
     }
+    /* Fast path: everything published so far and every record confirmed:
+     * publish this batch from the decoded records. Otherwise the records
+     * are staged and idx_publish() reads the confirmed ones back. */
+    idx_view_t pub;
+    idx_view(ix, &pub);
+    const int direct = !rc && pub.version == lsn && r[n - 1]->lsn <= confirmed;
     idx_wtxn_t *t = NULL;
     if (!rc)
         rc = idx_store_begin(ix->store, &t, err, errlen);
     if (!rc)
         idx_store_keep_undo(t); /* a diverged tail can then go quickly */
+    /* The staged mark: the first LSN that may not be confirmed, while any
+     * record is staged (see STAGING). */
+    if (!rc)
+        rc = idx_store_set_staged(t, direct ? 0 : pub.version + 1, err,
+                                  errlen);
     for (size_t i = 0; i < n && !rc; i++) {
         int64_t old = -1;
         idx_store_next_raw(t, recs[i], lens[i]); /* keep the leader's bytes */
         if (r[i]->op == KBSYNC__LOG_OP__LOG_OP_UPSERT) {
             rc = idx_store_upsert(t, r[i]->lsn, r[i]->commit_time_us, r[i]->doc,
                                   &old, err, errlen);
-            if (!rc)
+            if (!rc && direct)
                 idx_note(ix, (int64_t)r[i]->lsn, r[i]->doc->embedding,
                          r[i]->doc->metadata_json, old);
         } else {
             rc = idx_store_delete(t, r[i]->lsn, r[i]->commit_time_us, r[i]->id,
                                   strlen(r[i]->id), 1, &old, err, errlen);
-            if (!rc)
+            if (!rc && direct)
                 idx_note(ix, -1, NULL, NULL, old);
         }
     }
@@ -943,7 +985,10 @@ int idx_apply_log(idx_kb_t *ix, size_t n, const void *const *recs,
     }
     if (!rc) {
         ix->commits++;
-        rc = idx_apply_vectors(ix, err, errlen); /* metadata still in r[] */
+        if (direct)
+            rc = idx_apply_vectors(ix, NULL, err, errlen); /* meta in r[] */
+        else
+            rc = idx_publish(ix, confirmed, err, errlen);
     } else {
         ix->add_n = ix->rm_lab_n = 0;
     }
@@ -951,6 +996,163 @@ int idx_apply_log(idx_kb_t *ix, size_t n, const void *const *recs,
         if (r[i])
             kbsync__log_record__free_unpacked(r[i], NULL);
     free(r);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- staging
+ *
+ * STAGING (replicas)
+ * The leader ships the records of a group commit that holds an `all` write
+ * BEFORE its own commit, so that the replicas' fsyncs overlap its own. Until
+ * the leader says it committed them (ReplBeat.committed_lsn), a replica
+ * keeps such records durable in LMDB but unsearchable: if the leader dies
+ * before its commit, no reader ever saw them. idx_apply_log_staged() commits
+ * them with a mark in the store ("records above LSN m may be unconfirmed");
+ * idx_publish() later reads the confirmed ones back from LMDB, with the
+ * label each replaced (the undo entries), and makes them searchable in one
+ * step. The published LSN is also written to DIR/confirmed (no fsync: it is
+ * a hint that survives a process crash; without it the mark alone is used).
+ * At open, a store with the mark drops its records above max(mark, the
+ * hint) before building the index, so a restarted replica never serves an
+ * unconfirmed record either; the leader sends them again if it has them. */
+
+typedef struct confirmed_file {
+    uint64_t magic, lsn, commit_us, check;
+} confirmed_file_t;
+
+#define CONFIRMED_MAGIC UINT64_C(0x6b62636f6e66726d) /* "kbconfrm" */
+
+static uint64_t confirmed_check(const confirmed_file_t *c)
+{
+    return (c->magic ^ (c->lsn * UINT64_C(0x9e3779b97f4a7c15)) ^
+            (c->commit_us * UINT64_C(0xc2b2ae3d27d4eb4f))) +
+           1;
+}
+
+static void confirmed_write(idx_kb_t *ix, const idx_view_t *v)
+{
+    if (!ix->confirmed_path)
+        return;
+    confirmed_file_t c = {CONFIRMED_MAGIC, v->version, v->commit_us, 0};
+    c.check = confirmed_check(&c);
+    int fd = open(ix->confirmed_path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return;
+    if (pwrite(fd, &c, sizeof c, 0) != (ssize_t)sizeof c)
+        kb_warn("cannot write %s: %s", ix->confirmed_path, strerror(errno));
+    close(fd);
+}
+
+/* The hint's LSN, when the file is whole and names a record of this store
+ * with the same commit time; else 0. */
+static uint64_t confirmed_read(idx_kb_t *ix)
+{
+    confirmed_file_t c;
+    int fd = open(ix->confirmed_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t got = pread(fd, &c, sizeof c, 0);
+    close(fd);
+    if (got != (ssize_t)sizeof c || c.magic != CONFIRMED_MAGIC ||
+        c.check != confirmed_check(&c))
+        return 0;
+    return c.lsn && idx_commit_time(ix, c.lsn) == c.commit_us ? c.lsn : 0;
+}
+
+/* At open: drop records above the confirmed point (see STAGING). */
+static int idx_drop_unconfirmed(idx_kb_t *ix, char *err, size_t errlen)
+{
+    uint64_t mark = idx_store_staged(ix->store), head;
+    idx_store_state(ix->store, &head, NULL);
+    if (!mark)
+        return 0;
+    uint64_t hint = confirmed_read(ix);
+    uint64_t keep = hint > mark - 1 ? hint : mark - 1;
+    uint64_t dropped = 0;
+    int rc = idx_store_truncate(ix->store, keep < head ? keep : head, &dropped,
+                                err, errlen);
+    if (rc)
+        return rc;
+    if (dropped)
+        kb_info("dropped %llu records above LSN %llu that the leader had not "
+                "confirmed before this replica stopped (it sends them again "
+                "if it committed them)",
+                (unsigned long long)dropped, (unsigned long long)keep);
+    return 0;
+}
+
+typedef struct publish_ctx {
+    idx_kb_t *ix;
+    Kbsync__LogRecord **r;
+    size_t n, cap;
+    int64_t docs;
+    uint64_t last_us;
+    char *err;
+    size_t errlen;
+} publish_ctx_t;
+
+static int publish_visit(void *ctx, uint64_t lsn, const void *b, size_t len,
+                         int64_t old)
+{
+    publish_ctx_t *p = ctx;
+    if (!b)
+        return 0;
+    if (p->n == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 64;
+        Kbsync__LogRecord **m = realloc(p->r, cap * sizeof *m);
+        if (!m || idx_reserve(p->ix, cap, cap)) {
+            if (m)
+                p->r = m;
+            return kb_seterr(p->err, p->errlen, KB_ENOMEM, "out of memory");
+        }
+        p->r = m;
+        p->cap = cap;
+    }
+    Kbsync__LogRecord *r = kbsync__log_record__unpack(NULL, len, b);
+    if (!r)
+        return kb_seterr(p->err, p->errlen, KB_ECORRUPT,
+                         "staged log record %llu cannot be decoded",
+                         (unsigned long long)lsn);
+    p->r[p->n++] = r;
+    if (r->op == KBSYNC__LOG_OP__LOG_OP_UPSERT && r->doc &&
+        r->doc->n_embedding == p->ix->dim) {
+        idx_note(p->ix, (int64_t)lsn, r->doc->embedding, r->doc->metadata_json,
+                 old);
+        p->docs += old < 0;
+    } else {
+        idx_note(p->ix, -1, NULL, NULL, old);
+        p->docs -= old >= 0;
+    }
+    p->last_us = r->commit_time_us;
+    return 0;
+}
+
+int idx_publish(idx_kb_t *ix, uint64_t upto, char *err, size_t errlen)
+{
+    uint64_t head;
+    idx_store_state(ix->store, &head, NULL);
+    if (upto > head)
+        upto = head;
+    idx_view_t v;
+    idx_view(ix, &v);
+    if (upto <= v.version)
+        return 0;
+    publish_ctx_t p = {.ix = ix, .err = err, .errlen = errlen};
+    ix->add_n = ix->rm_lab_n = 0;
+    int rc = idx_store_read_staged(ix->store, v.version, upto, publish_visit,
+                                   &p, err, errlen);
+    if (!rc) {
+        idx_view_t nv = {upto, p.last_us,
+                         (uint64_t)((int64_t)v.docs + p.docs)};
+        rc = idx_apply_vectors(ix, &nv, err, errlen);
+        if (!rc)
+            confirmed_write(ix, &nv);
+    } else {
+        ix->add_n = ix->rm_lab_n = 0;
+    }
+    for (size_t i = 0; i < p.n; i++)
+        kbsync__log_record__free_unpacked(p.r[i], NULL);
+    free(p.r);
     return rc;
 }
 
@@ -1198,6 +1400,10 @@ int idx_rebuild_start(idx_kb_t *ix)
         pthread_join(ix->rb_thr, NULL);
         ix->rb_started = 0;
     }
+    uint64_t stored_lsn;
+    idx_store_state(ix->store, &stored_lsn, NULL);
+    if (stored_lsn != ix->view.version)
+        return 1; /* staged records: the store is not the published state */
     char err[256];
     idx_rtxn_t *t;
     if (idx_store_rbegin(ix->store, &t, err, sizeof err)) {
@@ -1676,8 +1882,12 @@ void idx_hits_free(idx_hits_t *h)
 void idx_stats(idx_kb_t *ix, idx_stats_t *st)
 {
     memset(st, 0, sizeof *st);
-    idx_store_state(ix->store, &st->version, &st->commit_us);
-    st->docs = idx_store_count(ix->store);
+    idx_view_t v;
+    idx_view(ix, &v); /* what searches see: staged records are not in it */
+    st->version = v.version;
+    st->commit_us = v.commit_us;
+    st->docs = v.docs;
+    idx_store_state(ix->store, &st->durable, NULL);
     /* Status only: this waits for vlock (so for a merge step, which waits
      * for the searches in FAISS). The stream uses idx_state(). */
     pthread_rwlock_rdlock(&ix->vlock);

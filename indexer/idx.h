@@ -42,6 +42,9 @@ typedef struct idx_config {
     const char *node_id; /* NULL = stored, or "node" when new */
     uint64_t map_size;   /* bytes; 0 = 64 GiB */
     int nosync;          /* 1 = no fsync on commit (benchmarks only) */
+    int replica;         /* 1 = a replica's store: records may be staged
+                            (idx_apply_log_staged); at open, unconfirmed
+                            ones are dropped */
 } idx_config_t;
 
 /* Opens or creates the knowledge base in cfg->dir and rebuilds the vector
@@ -101,6 +104,20 @@ int idx_write(idx_kb_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
  * KB_EGAP and changes nothing. */
 int idx_apply_log(idx_kb_t *ix, size_t n, const void *const *recs,
                   const size_t *lens, char *err, size_t errlen);
+
+/* idx_apply_log() for a replica that may receive records before the
+ * leader committed them: records with LSN <= confirmed (and any staged
+ * before them) become searchable; later ones are durable but stay
+ * unsearchable (staged) until idx_publish() confirms them. The store's
+ * version (idx_state) then runs ahead of the published one (idx_view).
+ * n may be 0 (publish only). */
+int idx_apply_log_staged(idx_kb_t *ix, size_t n, const void *const *recs,
+                         const size_t *lens, uint64_t confirmed, char *err,
+                         size_t errlen);
+
+/* Makes the staged records with LSN <= upto searchable, in one step.
+ * Writer thread. Returns 0 or a negative code (nothing published). */
+int idx_publish(idx_kb_t *ix, uint64_t upto, char *err, size_t errlen);
 
 /* A query hit. Strings are NUL-terminated and owned by the idx_hits_t. */
 typedef struct idx_hit {
@@ -191,6 +208,8 @@ typedef struct idx_stats {
     uint64_t version;   /* LSN of the last write applied here */
     uint64_t commit_us; /* leader commit time of that write (0 = none) */
     uint64_t docs;      /* live documents */
+    uint64_t durable;   /* idx_stats(): LSN of the newest record in LMDB
+                           (above version while records are staged) */
     uint64_t vectors;   /* searchable vectors in the FAISS index (== docs) */
     uint64_t dead;      /* replaced/deleted vectors still stored, hidden */
     uint64_t unmerged;  /* searchable vectors not in FAISS yet (delta) */

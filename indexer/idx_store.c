@@ -20,6 +20,7 @@
 struct idx_store {
     MDB_env *env;
     MDB_dbi meta, ids, log, undo;
+    uint64_t staged;      /* meta "staged": records above may be unconfirmed */
     uint64_t applied_lsn; /* LSN of the newest log record; 0 = none */
     uint64_t applied_us;  /* its leader commit time */
     uint64_t ndocs;       /* entries in `ids`, kept in step with commits */
@@ -33,6 +34,7 @@ struct idx_wtxn {
     const void *raw;            /* idx_store_next_raw(): bytes to store */
     size_t rawlen;
     int undo;                   /* idx_store_keep_undo(): record old labels */
+    uint64_t staged;            /* the staged mark after this txn */
 };
 
 struct idx_rtxn {
@@ -142,6 +144,14 @@ int idx_store_open(const char *dir, uint64_t map_size, int nosync,
     MDB_stat st;
     if (!rc && !(rc = mdb_stat(txn, s->ids, &st)))
         s->ndocs = st.ms_entries;
+    if (!rc) {
+        MDB_val k = {6, "staged"}, v;
+        int g = mdb_get(txn, s->meta, &k, &v);
+        if (g == 0 && v.mv_size == 8)
+            s->staged = get_u64(v.mv_data);
+        else if (g != MDB_NOTFOUND)
+            rc = g ? g : MDB_CORRUPTED;
+    }
     if (!rc)
         rc = mdb_txn_commit(txn);
     else
@@ -236,6 +246,7 @@ int idx_store_begin(idx_store_t *s, idx_wtxn_t **t, char *err, size_t errlen)
     w->s = s;
     w->last_lsn = s->applied_lsn;
     w->last_us = s->applied_us;
+    w->staged = s->staged;
     *t = w;
     return 0;
 }
@@ -297,6 +308,33 @@ static int store_put_undo(idx_wtxn_t *t, uint64_t lsn, int64_t old_label)
     uint64_t key = lsn, val = old_label < 0 ? UINT64_MAX : (uint64_t)old_label;
     MDB_val k = u64_val(&key), v = u64_val(&val);
     return mdb_put(t->txn, t->s->undo, &k, &v, MDB_APPEND);
+}
+
+int idx_store_set_staged(idx_wtxn_t *t, uint64_t lsn, char *err,
+                         size_t errlen)
+{
+    if (lsn == t->staged)
+        return 0;
+    MDB_val k = {6, "staged"};
+    int rc;
+    if (lsn) {
+        uint64_t v64 = lsn;
+        MDB_val v = u64_val(&v64);
+        rc = mdb_put(t->txn, t->s->meta, &k, &v, 0);
+    } else {
+        rc = mdb_del(t->txn, t->s->meta, &k, NULL);
+        if (rc == MDB_NOTFOUND)
+            rc = 0;
+    }
+    if (rc)
+        return store_fail(err, errlen, rc, "mark staged records");
+    t->staged = lsn;
+    return 0;
+}
+
+uint64_t idx_store_staged(idx_store_t *s)
+{
+    return s->staged;
 }
 
 void idx_store_keep_undo(idx_wtxn_t *t)
@@ -382,6 +420,7 @@ int idx_store_commit(idx_wtxn_t **tp, char *err, size_t errlen)
         t->s->applied_lsn = t->last_lsn;
         t->s->applied_us = t->last_us;
         t->s->ndocs = (uint64_t)((int64_t)t->s->ndocs + t->ndocs_delta);
+        t->s->staged = t->staged;
     }
     free(t);
     return rc ? store_fail(err, errlen, rc, "commit") : 0;
@@ -578,6 +617,52 @@ int idx_store_txn_log(idx_wtxn_t *t, uint64_t from, idx_store_log_cb cb,
                           errlen);
 }
 
+int idx_store_read_staged(idx_store_t *s, uint64_t from, uint64_t upto,
+                          idx_store_undo_cb cb, void *ctx, char *err,
+                          size_t errlen)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc)
+        return store_fail(err, errlen, rc, "read staged records");
+    rc = mdb_cursor_open(txn, s->log, &cur);
+    if (rc) {
+        mdb_txn_abort(txn);
+        return store_fail(err, errlen, rc, "read staged records");
+    }
+    uint64_t key = from + 1;
+    MDB_val k = u64_val(&key), v;
+    int out = 0;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (rc == 0 && !out) {
+        if (k.mv_size != 8) {
+            out = kb_seterr(err, errlen, KB_ECORRUPT, "log key of %zu bytes",
+                            k.mv_size);
+            break;
+        }
+        uint64_t lsn = get_u64(k.mv_data);
+        if (lsn > upto)
+            break;
+        uint64_t ukey = lsn;
+        MDB_val uk = u64_val(&ukey), uv;
+        int64_t old = -1;
+        if (!mdb_get(txn, s->undo, &uk, &uv) && uv.mv_size == 8 &&
+            get_u64(uv.mv_data) != UINT64_MAX)
+            old = (int64_t)get_u64(uv.mv_data);
+        out = cb(ctx, lsn, v.mv_data, v.mv_size, old);
+        if (!out)
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    if (!out && rc && rc != MDB_NOTFOUND)
+        out = store_fail(err, errlen, rc, "read staged records");
+    mdb_cursor_close(cur);
+    if (!out)
+        out = cb(ctx, 0, NULL, 0, -1);
+    mdb_txn_abort(txn);
+    return out;
+}
+
 /* ------------------------------------------------ divergence: the tail */
 
 static int rec_commit_us(const MDB_val *v, uint64_t *us)
@@ -749,6 +834,12 @@ int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
         if (rc == MDB_NOTFOUND)
             rc = 0;
     }
+    if (!rc) { /* what remains is what the leader has: no staged mark */
+        MDB_val sk = {6, "staged"};
+        rc = mdb_del(txn, s->meta, &sk, NULL);
+        if (rc == MDB_NOTFOUND)
+            rc = 0;
+    }
     if (!rc && left)
         rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
     while (rc == 0 && left) {
@@ -792,6 +883,7 @@ int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
         if (!mdb_stat(rt, s->ids, &st))
             s->ndocs = st.ms_entries;
         mdb_txn_abort(rt);
+        s->staged = 0;
     }
     return 0;
 }

@@ -70,6 +70,25 @@ void idx_store_next_raw(idx_wtxn_t *t, const void *bytes, size_t len);
  * replica's apply): idx_store_truncate() then restores ids without reading
  * the log. */
 void idx_store_keep_undo(idx_wtxn_t *t);
+/* Replicas: records from LSN `first` on in this store may not be committed
+ * on the leader yet (they are staged: durable, not searchable). Recorded in
+ * `meta` inside t, so that a crash can never leave such records looking
+ * confirmed; 0 clears the mark (everything is confirmed). */
+int idx_store_set_staged(idx_wtxn_t *t, uint64_t first, char *err,
+                         size_t errlen);
+/* The mark set by idx_store_set_staged() (0: none). */
+uint64_t idx_store_staged(idx_store_t *s);
+
+/* Calls cb for each log record with from < LSN <= upto, in order, with the
+ * label that write replaced as kept by idx_store_keep_undo() (-1: none, or
+ * not kept), then once with bytes == NULL; bytes stay valid until then.
+ * For making staged records searchable. */
+typedef int (*idx_store_undo_cb)(void *ctx, uint64_t lsn, const void *bytes,
+                                 size_t len, int64_t old_label);
+int idx_store_read_staged(idx_store_t *s, uint64_t from, uint64_t upto,
+                          idx_store_undo_cb cb, void *ctx, char *err,
+                          size_t errlen);
+
 /* Looks up the live label of an id inside the write transaction. */
 int idx_store_wlabel(idx_wtxn_t *t, const char *id, size_t id_len,
                      int64_t *label);

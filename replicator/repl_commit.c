@@ -244,7 +244,10 @@ void repl_leader_flush(repl_leader_t *l, void *router)
                     l->qn, l->nops, err);
         snprintf(l->commit_err, sizeof l->commit_err, "%.250s", err);
         l->commit_fails++;
-    } else if (nops && l->commit_fails) {
+    } else if (l->shipped) {
+        repl__announce_commit(l);
+    }
+    if (!rc && nops && l->commit_fails) {
         kb_info("commits work again after %llu failed group commits (last: "
                 "%s)",
                 (unsigned long long)l->commit_fails, l->commit_err);

@@ -77,6 +77,7 @@ struct repl_leader {
      * until a restart; reads and the stream of committed records go on. */
     int readonly;
     char readonly_why[512];
+    uint64_t crash_after_ship; /* KBSYNC_TEST_FAULT countdown (0 = off) */
     uint64_t commit_fails; /* failed group commits in a row */
     char commit_err[256];  /* the last failure, logged once */
     Kbsync__ReplicaState rs[REPL_MAX_PEERS];
@@ -87,6 +88,9 @@ struct repl_leader {
 /* repl_ship.c, for the commit half. */
 int repl__precommit(void *ctx, uint64_t lsn, const void *bytes, size_t len);
 void repl__ship_reset(repl_leader_t *l);
+/* After a commit whose records were shipped before it: tell the replicas
+ * that hold them (ReplBeat.committed_lsn), so they make them searchable. */
+void repl__announce_commit(repl_leader_t *l);
 void repl__stream_all(repl_leader_t *l);
 int repl__all_named_acked(const repl_leader_t *l, uint64_t lsn, char *missing,
                           size_t cap, int *have, int *want);

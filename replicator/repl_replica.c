@@ -91,6 +91,10 @@ struct repl_replica {
     uint64_t leader_sent_us; /* newest leader_now_us received */
     uint64_t records_us;     /* monotonic time records last arrived */
     uint64_t next_lsn, next_commit_us;
+    /* Newest LSN the leader said it committed (ReplBeat.committed_lsn, or
+     * its head at a welcome that found our log a prefix of its own): our
+     * records up to it may be searchable; later ones stay staged. */
+    uint64_t leader_committed;
     char leader_ep[256];
     uint64_t dup_records;
     /* records of the batch being applied: bytes borrowed from messages, or
@@ -173,7 +177,8 @@ int repl_replica_new(void *zctx, const repl_replica_config_t *cfg,
     idx_config_t ic = {.dir = cfg->data_dir,
                        .node_id = cfg->id,
                        .map_size = cfg->map_size,
-                       .nosync = cfg->nosync};
+                       .nosync = cfg->nosync,
+                       .replica = 1};
     char why[512];
     int rc = idx_open(&ic, &r->ix, why, sizeof why);
     if (rc && rc != KB_EINVAL) {
@@ -228,14 +233,14 @@ const char *repl_replica_leader_endpoint(const repl_replica_t *r)
 
 static int replica_send(repl_replica_t *r, Kbsync__ReplMessage *m)
 {
-    m->protocol_version = KB_PROTOCOL_VERSION;
+    m->protocol_version = KB_REPL_PROTOCOL_VERSION;
     return kb_wire_send_msg(r->sock, m, ZMQ_DONTWAIT);
 }
 
 static void replica_hello(repl_replica_t *r)
 {
     Kbsync__ReplHello h = KBSYNC__REPL_HELLO__INIT;
-    h.protocol_version = KB_PROTOCOL_VERSION;
+    h.protocol_version = KB_REPL_PROTOCOL_VERSION;
     h.replica_id = (char *)r->cfg.id;
     if (r->ix) {
         idx_stats_t st;
@@ -265,10 +270,11 @@ static void replica_ack(repl_replica_t *r)
 {
     if (!r->ix)
         return;
-    idx_stats_t st;
-    idx_stats_stream(r->ix, &st);
+    idx_view_t v;
+    idx_view(r->ix, &v);
     Kbsync__ReplAck a = KBSYNC__REPL_ACK__INIT;
-    a.applied_lsn = st.version;
+    a.applied_lsn = v.version; /* searchable */
+    idx_state(r->ix, &a.durable_lsn, NULL);
     Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
     m.body_case = KBSYNC__REPL_MESSAGE__BODY_ACK;
     m.ack = &a;
@@ -303,8 +309,37 @@ static void replica_beat(repl_replica_t *r, const Kbsync__ReplBeat *b)
     r->next_lsn = b->next_lsn;
     r->next_commit_us = b->next_commit_us;
     pthread_mutex_unlock(&r->smu);
+    if (b->committed_lsn > r->leader_committed)
+        r->leader_committed = b->committed_lsn;
     if (b->client_endpoint && *b->client_endpoint)
         snprintf(r->leader_ep, sizeof r->leader_ep, "%s", b->client_endpoint);
+}
+
+/* Makes the staged records the leader has committed searchable, and says
+ * so at once (an `all` write waits for it). Returns 1 when it published. */
+static int replica_publish(repl_replica_t *r)
+{
+    if (!r->ix || !r->streaming)
+        return 0;
+    idx_view_t v;
+    uint64_t durable;
+    idx_view(r->ix, &v);
+    idx_state(r->ix, &durable, NULL);
+    uint64_t upto = durable < r->leader_committed ? durable
+                                                  : r->leader_committed;
+    if (upto <= v.version)
+        return 0;
+    char err[512];
+    if (idx_publish(r->ix, upto, err, sizeof err)) {
+        kb_warn("cannot make records up to LSN %llu searchable: %s; saying "
+                "hello again",
+                (unsigned long long)upto, err);
+        r->streaming = 0;
+        r->hello_us = 0;
+        return 0;
+    }
+    replica_ack(r);
+    return 1;
 }
 
 /* Starts over after divergence: the old directory is kept, renamed. */
@@ -416,7 +451,8 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
                            .index = m->index,
                            .node_id = r->cfg.id,
                            .map_size = r->cfg.map_size,
-                           .nosync = r->cfg.nosync};
+                           .nosync = r->cfg.nosync,
+                           .replica = 1};
         char why[512];
         idx_kb_t *ix;
         if (idx_open(&ic, &ix, why, sizeof why)) {
@@ -465,6 +501,11 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
             r->cfg.leader, (unsigned long long)st.version,
             (unsigned long long)w->head_lsn);
     r->streaming = 1;
+    /* The leader checked our newest record against its log: everything we
+     * hold is in its committed history (staged records included). */
+    if (w->head_lsn > r->leader_committed)
+        r->leader_committed = w->head_lsn;
+    replica_publish(r);
 }
 
 /* The LSN of a serialized LogRecord: field 1, a varint, packed first. */
@@ -550,7 +591,8 @@ static size_t batch_apply(repl_replica_t *r, int more)
             m = n; /* one group larger than a batch cannot be held whole */
     }
     char err[512];
-    int rc = m ? idx_apply_log(r->ix, m, r->rec, r->len, err, sizeof err)
+    int rc = m ? idx_apply_log_staged(r->ix, m, r->rec, r->len,
+                                      r->leader_committed, err, sizeof err)
                : 0;
     if (!rc && batch_hold_tail(r, m))
         rc = kb_seterr(err, sizeof err, KB_ENOMEM,
@@ -670,6 +712,7 @@ size_t repl_replica_on_msg(repl_replica_t *r)
             applied += batch_apply(r, 1);
     }
     applied += batch_apply(r, 0);
+    replica_publish(r); /* a beat may have confirmed staged records */
     if (applied)
         r->heard_us = kb_mono_us(); /* a slow apply is not a silent leader */
     if (r->dup_records) {
@@ -735,10 +778,10 @@ void repl_replica_staleness(repl_replica_t *r, const idx_view_t *view,
         version = view->version;
         commit_us = view->commit_us;
     } else if (r->ix) {
-        idx_stats_t st;
-        idx_stats_stream(r->ix, &st);
-        version = st.version;
-        commit_us = st.commit_us;
+        idx_view_t v;
+        idx_view(r->ix, &v);
+        version = v.version;
+        commit_us = v.commit_us;
     }
     const uint64_t unknown = UINT64_MAX / 1000u;
     pthread_mutex_lock(&r->smu);

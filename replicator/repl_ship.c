@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zmq.h>
 
 /* ------------------------------------------------------------- helpers */
@@ -91,6 +92,7 @@ static void fill_beat(repl_leader_t *l, const peer_t *p, Kbsync__ReplBeat *b)
     b->head_commit_us = st.commit_us;
     b->leader_now_us = kb_wall_us();
     b->client_endpoint = l->client_ep;
+    b->committed_lsn = st.version;
     if (p->acked < st.version) {
         b->next_lsn = p->acked + 1;
         b->next_commit_us = idx_commit_time(l->ix, p->acked + 1);
@@ -138,7 +140,7 @@ static void peer_lost(peer_t *p, const char *why)
 
 static int send_msg(repl_leader_t *l, peer_t *p, Kbsync__ReplMessage *m)
 {
-    m->protocol_version = KB_PROTOCOL_VERSION;
+    m->protocol_version = KB_REPL_PROTOCOL_VERSION;
     size_t len = kbsync__repl_message__get_packed_size(m);
     void *buf = malloc(len ? len : 1);
     if (!buf)
@@ -169,6 +171,7 @@ static int ship_send(repl_leader_t *l, peer_t **targets, size_t nt)
     beat.head_commit_us = st.commit_us;
     beat.leader_now_us = kb_wall_us();
     beat.client_endpoint = l->client_ep;
+    beat.committed_lsn = st.version; /* precommit records stay staged */
     if (nt == 1 && s->last < st.version) {
         /* Catch-up: once it applied these, the replica's oldest unapplied
          * write is the next one; its commit time keeps lag_ms exact. */
@@ -181,7 +184,7 @@ static int ship_send(repl_leader_t *l, peer_t **targets, size_t nt)
     rr.beat = &beat;
     rr.group_open = s->open;
     Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
-    m.protocol_version = KB_PROTOCOL_VERSION;
+    m.protocol_version = KB_REPL_PROTOCOL_VERSION;
     m.body_case = KBSYNC__REPL_MESSAGE__BODY_RECORDS;
     m.records = &rr;
     size_t len = kbsync__repl_message__get_packed_size(&m);
@@ -231,6 +234,13 @@ int repl_leader_new(idx_kb_t *ix, void *zctx, const repl_leader_config_t *cfg,
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     l->ix = ix;
     l->cfg = *cfg;
+    const char *fault = getenv("KBSYNC_TEST_FAULT");
+    if (fault && !strncmp(fault, "crash-after-ship:", 17)) {
+        l->crash_after_ship = strtoull(fault + 17, NULL, 10);
+        kb_warn("KBSYNC_TEST_FAULT: this leader exits after shipping its "
+                "group commit #%llu that holds an `all` write (tests only)",
+                (unsigned long long)l->crash_after_ship);
+    }
     if (!l->cfg.default_mode)
         l->cfg.default_mode = REPL_ASYNC;
     if (l->cfg.write_timeout_ms <= 0)
@@ -309,6 +319,16 @@ void *repl_leader_socket(repl_leader_t *l)
     return l->sock;
 }
 
+static uint64_t first_shipped(const repl_leader_t *l)
+{
+    uint64_t lo = 0;
+    for (size_t i = 0; i < l->npeers; i++)
+        if (l->peer[i].online && l->peer[i].sent > l->peer[i].acked &&
+            (!lo || l->peer[i].acked + 1 < lo))
+            lo = l->peer[i].acked + 1;
+    return lo;
+}
+
 /* Precommit hook (groups holding an `all` request): collect the new
  * records and send them, before the leader's own commit, to every replica
  * that is exactly caught up, so that their fsyncs overlap the leader's. */
@@ -334,6 +354,17 @@ int repl__precommit(void *ctx, uint64_t lsn, const void *bytes,
             t[nt++] = &l->peer[i];
     if (ship_send(l, t, nt))
         l->shipped = 1;
+    if (!bytes && l->shipped && l->crash_after_ship &&
+        --l->crash_after_ship == 0) {
+        /* KBSYNC_TEST_FAULT=crash-after-ship:N (tests only): die between
+         * shipping a group and committing it, as a power cut would. The
+         * pause lets ZeroMQ's I/O thread put the records on the wire. */
+        kb_error("KBSYNC_TEST_FAULT: exiting after shipping records from "
+                 "LSN %llu on, before committing them",
+                 (unsigned long long)first_shipped(l));
+        usleep(200000);
+        _exit(70);
+    }
     return 0;
 }
 
@@ -355,6 +386,25 @@ int repl__all_named_acked(const repl_leader_t *l, uint64_t lsn, char *missing,
                                      used ? ", " : "", l->peer[i].id);
     }
     return *have == *want;
+}
+
+void repl__announce_commit(repl_leader_t *l)
+{
+    idx_stats_t st;
+    idx_stats_stream(l->ix, &st);
+    uint64_t now = kb_mono_us();
+    for (size_t i = 0; i < l->npeers; i++) {
+        peer_t *p = &l->peer[i];
+        if (!p->online || p->sent <= p->acked || p->sent > st.version)
+            continue;
+        Kbsync__ReplBeat beat;
+        fill_beat(l, p, &beat);
+        Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
+        m.body_case = KBSYNC__REPL_MESSAGE__BODY_BEAT;
+        m.beat = &beat;
+        if (send_msg(l, p, &m) == 0)
+            p->beat_us = now;
+    }
 }
 
 void repl__ship_reset(repl_leader_t *l)
@@ -525,9 +575,9 @@ void repl_leader_on_repl(repl_leader_t *l, void *router)
                     "unknown sender",
                     b.len);
         } else if (m->body_case == KBSYNC__REPL_MESSAGE__BODY_HELLO) {
-            if (m->hello->protocol_version != KB_PROTOCOL_VERSION)
+            if (m->hello->protocol_version != KB_REPL_PROTOCOL_VERSION)
                 kb_warn("replica %s speaks protocol %u, leader %u: ignored",
-                        p->id, m->hello->protocol_version, KB_PROTOCOL_VERSION);
+                        p->id, m->hello->protocol_version, KB_REPL_PROTOCOL_VERSION);
             else
                 on_hello(l, p, m->hello);
         } else if (m->body_case == KBSYNC__REPL_MESSAGE__BODY_ACK) {

@@ -487,6 +487,100 @@ static void test_e2e_repl_leader_kill9_loses_nothing(void **state)
         assert_int_equal(rank_on(&c->r[r], 9, "b-9", NULL), 0);
 }
 
+static int file_has(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    char line[4096];
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f))
+        found = strstr(line, needle) != NULL;
+    fclose(f);
+    return found;
+}
+
+/* The leader dies after shipping a group to the replicas and before its own
+ * commit (KBSYNC_TEST_FAULT, as a power cut would): no replica may serve
+ * that write, not while the leader is down, not after a replica restart,
+ * and at the leader's return each replica drops only that tail. */
+static void test_e2e_repl_unconfirmed_records_never_served(void **state)
+{
+    cluster_t *c = *state;
+    setenv("KBSYNC_TEST_FAULT", "crash-after-ship:2", 1);
+    start_leader(c, "--write-mode", "all");
+    unsetenv("KBSYNC_TEST_FAULT");
+    start_replica(c, 0);
+    start_replica(c, 1);
+    wait_connected(c, "r1", 1);
+    wait_connected(c, "r2", 1);
+    char path[400];
+    snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
+    write_jsonl(path, "a", 0, 40);
+    cJSON *s;
+    assert_int_equal(ingest(c, "all", path, &s), 0); /* shipped group #1 */
+    assert_int_equal((int)kbp_num(s, "version"), 40);
+    cJSON_Delete(s);
+    snprintf(path, sizeof path, "%s/p.jsonl", c->dir);
+    write_jsonl(path, "p", 0, 5);
+    /* group #2: shipped, never committed; the client gets no answer */
+    static char out[1 << 16];
+    kbp_run(out, sizeof out,
+            "'%s' ingest --to '%s' --mode all --timeout-ms 3000 '%s'",
+            kbp_bin(), c->leader.ep, path);
+    assert_int_equal(waitpid(c->leader.pid, NULL, 0), c->leader.pid);
+    kbp_forget(c->leader.pid);
+    assert_true(file_has(c->leader.log, "KBSYNC_TEST_FAULT: exiting"));
+    /* Both replicas received the records (durable there) ... */
+    for (int r = 0; r < 2; r++) {
+        int seen = -1;
+        for (int i = 0; i < 40 && seen < 0; i++) {
+            usleep(50000);
+            seen = file_has(c->r[r].log, "dropped") ? 1 : -1;
+            cJSON *st = status(&c->r[r]);
+            assert_non_null(st);
+            /* ... but serve none of them. */
+            assert_int_equal((int)kbp_num(st, "version"), 40);
+            assert_int_equal((int)kbp_num(st, "docs"), 40);
+            cJSON_Delete(st);
+        }
+        int v;
+        assert_int_equal(rank_on(&c->r[r], 3, "p-3", &v), -1);
+        assert_int_equal(v, 40);
+    }
+    /* A replica restarted while the leader is down drops the unconfirmed
+     * records before it serves. */
+    kill(c->r[0].pid, SIGKILL);
+    waitpid(c->r[0].pid, NULL, 0);
+    kbp_forget(c->r[0].pid);
+    start_replica(c, 0);
+    cJSON *st = status(&c->r[0]);
+    assert_int_equal((int)kbp_num(st, "version"), 40);
+    cJSON_Delete(st);
+    assert_int_equal(rank_on(&c->r[0], 3, "p-3", NULL), -1);
+    assert_true(file_has(c->r[0].log, "that the leader had not confirmed"));
+    /* The leader comes back without them; r2 still holds them: it drops
+     * only that tail, never its whole knowledge base. */
+    start_leader(c, NULL, NULL);
+    wait_connected(c, "r1", 1);
+    wait_connected(c, "r2", 1);
+    assert_true(file_has(c->r[1].log, "records after LSN 40"));
+    assert_false(file_has(c->r[1].log, "starting over from an empty"));
+    assert_false(file_has(c->r[0].log, "starting over from an empty"));
+    snprintf(path, sizeof path, "%s/b.jsonl", c->dir);
+    write_jsonl(path, "b", 0, 10);
+    assert_int_equal(ingest(c, "all", path, &s), 0);
+    assert_int_equal((int)kbp_num(s, "version"), 50);
+    cJSON_Delete(s);
+    for (int r = 0; r < 2; r++) {
+        assert_int_equal(rank_on(&c->r[r], 9, "b-9", NULL), 0);
+        assert_int_equal(rank_on(&c->r[r], 3, "p-3", NULL), -1);
+        st = status(&c->r[r]);
+        assert_int_equal((int)kbp_num(st, "docs"), 50);
+        cJSON_Delete(st);
+    }
+}
+
 int main(void)
 {
     atexit(kbp_kill_all);
@@ -501,6 +595,8 @@ int main(void)
             test_e2e_repl_stalled_replica_times_out_all_write, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_e2e_repl_leader_kill9_loses_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_e2e_repl_unconfirmed_records_never_served, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -53,11 +53,11 @@ KINDS = {
                      "leader's",
 }
 
-# Reported, counted, but not failing the run: replicas serving records the
-# leader loses in a crash (docs/CONSISTENCY.md, group-commit overlap), until
-# the storage issue (#9) makes replicas wait for the leader's durability.
-KNOWN = {"phantom": "known failure until issue #9: replicas may serve "
-                    "records a crashed leader never made durable"}
+# Kinds reported and counted but not failing the run: none today. Until
+# issue #9, "phantom" was one (replicas served records a crashed leader never
+# made durable); replicas now stage such records until the leader confirms
+# its commit (docs/CONSISTENCY.md), so a phantom read fails the run.
+KNOWN = {}
 
 # max_lag_ms: the replica's lag_ms is exact, except that a leader's silence
 # counts only once it exceeds 300 ms (docs/CONSISTENCY.md), plus a heartbeat
