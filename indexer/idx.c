@@ -22,6 +22,7 @@
 #include "kb_err.h"
 #include "kb_json.h"
 #include "kb_util.h"
+#include "kb_wire.h"
 #include "kbsync.pb-c.h"
 
 #include <errno.h>
@@ -35,7 +36,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define IDX_FORMAT_VERSION 1
+/* 2: log compaction (meta log_start), undo entries on every node (meta
+ * undo_from), staged records (meta staged), snapshot loading (meta
+ * snapshot_until). A format-1 store is upgraded in place at open. */
+#define IDX_FORMAT_VERSION 2
 #define IDX_REBUILD_CHUNK 8192
 #define IDX_MERGE_CHUNK_GRAPH 64   /* HNSW vectors merged per exclusive hold */
 #define IDX_MERGE_CHUNK_FLAT 16384 /* flat/IVF vectors merged per hold */
@@ -63,6 +67,7 @@ typedef struct pending_rm {
 struct idx {
     idx_store_t *store;
     char *confirmed_path; /* replicas: DIR/confirmed (see STAGING) */
+    uint64_t loading;     /* snapshot: not servable below this LSN (0: no) */
     Kbsync__KbMeta *meta; /* as stored; immutable after open */
     uint32_t dim;
     int metric;     /* IDX_METRIC_* */
@@ -155,11 +160,39 @@ static int idx_check_meta(const Kbsync__KbMeta *m, const idx_config_t *cfg,
         return kb_seterr(err, errlen, KB_EMISMATCH,
                          "%s belongs to node \"%s\"; --id \"%s\" differs", dir,
                          m->node_id, cfg->node_id);
-    if (m->format_version != IDX_FORMAT_VERSION)
+    if (m->format_version != IDX_FORMAT_VERSION && m->format_version != 1)
         return kb_seterr(err, errlen, KB_EMISMATCH,
-                         "%s has store format %u; this kbsync reads format %u",
+                         "%s has store format %u; this kbsync reads formats 1 "
+                         "(upgraded in place) and %u",
                          dir, m->format_version, IDX_FORMAT_VERSION);
     return 0;
+}
+
+/* Format 1 -> 2, in one transaction (a crash leaves format 1 intact):
+ * undo entries are complete only from the next LSN on, so compaction judges
+ * older writes by the id map. Nothing else changes on disk. */
+static int idx_upgrade_v1(idx_kb_t *ix, const char *dir, char *err,
+                          size_t errlen)
+{
+    uint64_t head;
+    idx_store_state(ix->store, &head, NULL);
+    idx_wtxn_t *t;
+    int rc = idx_store_begin(ix->store, &t, err, errlen);
+    if (!rc)
+        rc = idx_store_put_u64(t, "undo_from", head + 1, err, errlen);
+    if (rc) {
+        idx_store_abort(&t);
+        return rc;
+    }
+    rc = idx_store_commit(&t, err, errlen);
+    if (rc)
+        return rc;
+    ix->meta->format_version = IDX_FORMAT_VERSION;
+    rc = idx_store_put_meta(ix->store, ix->meta, err, errlen);
+    if (!rc)
+        kb_info("%s: store format 1 upgraded to %u in place (LSN %llu)", dir,
+                IDX_FORMAT_VERSION, (unsigned long long)head);
+    return rc;
 }
 
 /* ------------------------------------------------------ building indexes */
@@ -444,9 +477,12 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
                 cfg->dir, m.dim, m.metric, m.index);
     } else {
         rc = idx_check_meta(ix->meta, cfg, cfg->dir, err, errlen);
+        if (!rc && ix->meta->format_version == 1)
+            rc = idx_upgrade_v1(ix, cfg->dir, err, errlen);
         if (rc)
             goto fail;
     }
+    ix->loading = idx_store_get_u64(ix->store, "snapshot_until");
     ix->dim = ix->meta->dim;
     ix->metric = metric_code(ix->meta->metric);
     ix->nlist = ivf_nlist(ix->meta->index);
@@ -847,6 +883,7 @@ int idx_write(idx_kb_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
     int rc = idx_store_begin(ix->store, &t, err, errlen);
     if (rc)
         return rc;
+    idx_store_keep_undo(t); /* compaction finds replaced records by it */
     uint64_t lsn;
     idx_store_state(ix->store, &lsn, NULL);
     const uint64_t first = lsn + 1;
@@ -913,19 +950,23 @@ int idx_apply_log_staged(idx_kb_t *ix, size_t n, const void *const *recs,
     int rc = 0;
     /* Decode and check everything before the transaction: a bad record
      * changes nothing. */
-    for (size_t i = 0; i < n && !rc; i++) {
+    uint64_t prev = lsn;
+    for (size_t i = 0; i < n && !rc; i++, prev = r[i - 1] ? r[i - 1]->lsn : prev) {
         r[i] = kbsync__log_record__unpack(NULL, lens[i], recs[i]);
         if (!r[i]) {
             rc = kb_seterr(err, errlen, KB_EBADMSG,
                            "log record #%zu (%zu bytes) cannot be decoded", i,
                            lens[i]);
-        } else if (r[i]->lsn != lsn + 1 + i) {
+        } else if (r[i]->lsn != prev + 1 &&
+                   !(r[i]->lsn > prev && r[i]->lsn <= ix->loading + 1)) {
+            /* Gaps are the compacted documents table of a snapshot: only
+             * up to the first operation after it (ix->loading + 1). */
             rc = kb_seterr(err, errlen, KB_EGAP,
                            "log record #%zu has LSN %llu, expected %llu (%s)",
                            i, (unsigned long long)r[i]->lsn,
-                           (unsigned long long)(lsn + 1 + i),
-                           r[i]->lsn <= lsn + i ? "duplicate or reordered"
-                                                : "gap");
+                           (unsigned long long)(prev + 1),
+                           r[i]->lsn <= prev ? "duplicate or reordered"
+                                             : "gap");
         } else if (r[i]->op == KBSYNC__LOG_OP__LOG_OP_UPSERT) {
             Kbsync__Doc *d = r[i]->doc;
             idx_op_t o = {IDX_OP_UPSERT,          d ? d->id : NULL,
@@ -952,6 +993,7 @@ int idx_apply_log_staged(idx_kb_t *ix, size_t n, const void *const *recs,
     idx_view_t pub;
     idx_view(ix, &pub);
     const int direct = !rc && pub.version == lsn && r[n - 1]->lsn <= confirmed;
+    const int loaded = !rc && ix->loading && r[n - 1]->lsn >= ix->loading;
     idx_wtxn_t *t = NULL;
     if (!rc)
         rc = idx_store_begin(ix->store, &t, err, errlen);
@@ -962,6 +1004,8 @@ int idx_apply_log_staged(idx_kb_t *ix, size_t n, const void *const *recs,
     if (!rc)
         rc = idx_store_set_staged(t, direct ? 0 : pub.version + 1, err,
                                   errlen);
+    if (!rc && loaded) /* the snapshot is complete with this batch */
+        rc = idx_store_put_u64(t, "snapshot_until", 0, err, errlen);
     for (size_t i = 0; i < n && !rc; i++) {
         int64_t old = -1;
         idx_store_next_raw(t, recs[i], lens[i]); /* keep the leader's bytes */
@@ -985,6 +1029,13 @@ int idx_apply_log_staged(idx_kb_t *ix, size_t n, const void *const *recs,
     }
     if (!rc) {
         ix->commits++;
+        if (loaded) {
+            kb_info("snapshot complete at LSN %llu: %llu documents; serving "
+                    "from now on",
+                    (unsigned long long)r[n - 1]->lsn,
+                    (unsigned long long)idx_store_count(ix->store));
+            ix->loading = 0;
+        }
         if (direct)
             rc = idx_apply_vectors(ix, NULL, err, errlen); /* meta in r[] */
         else
@@ -1940,23 +1991,51 @@ const void *idx_meta(const idx_kb_t *ix)
     return ix->meta;
 }
 
-static int commit_time_visit(void *ctx, uint64_t lsn, const void *b, size_t n)
-{
-    (void)lsn;
-    if (!b)
-        return 0;
-    Kbsync__LogRecord *r = kbsync__log_record__unpack(NULL, n, b);
-    *(uint64_t *)ctx = r ? r->commit_time_us : 0;
-    if (r)
-        kbsync__log_record__free_unpacked(r, NULL);
-    return 1;
-}
-
 uint64_t idx_commit_time(idx_kb_t *ix, uint64_t lsn)
 {
     uint64_t t = 0;
-    idx_store_scan_log(ix->store, lsn, 1, commit_time_visit, &t, NULL, 0);
+    idx_rtxn_t *rt;
+    const void *b;
+    size_t n;
+    if (lsn == 0 || idx_store_rbegin(ix->store, &rt, NULL, 0))
+        return 0;
+    if (idx_store_log_get(rt, lsn, &b, &n) == 0)
+        t = kb_wire_peek_u64(b, n, 2);
+    idx_store_rend(&rt);
     return t;
+}
+
+int idx_compact(idx_kb_t *ix, uint64_t cut, size_t max_records,
+                uint64_t *removed, uint64_t *bytes, char *err, size_t errlen)
+{
+    if (ix->confirmed_path) { /* a replica: only what is confirmed */
+        idx_view_t v;
+        idx_view(ix, &v);
+        if (cut > v.version)
+            cut = v.version;
+    }
+    if (ix->loading)
+        cut = 0; /* a snapshot being loaded is not compacted */
+    return idx_store_compact(ix->store, cut, max_records, removed, bytes, err,
+                             errlen);
+}
+
+uint64_t idx_log_start(idx_kb_t *ix)
+{
+    return idx_store_log_start(ix->store);
+}
+
+uint64_t idx_loading(idx_kb_t *ix)
+{
+    return ix->loading;
+}
+
+int idx_set_loading(idx_kb_t *ix, uint64_t until, char *err, size_t errlen)
+{
+    int rc = idx_store_set_u64(ix->store, "snapshot_until", until, err, errlen);
+    if (!rc)
+        ix->loading = until;
+    return rc;
 }
 
 int idx_read_log(idx_kb_t *ix, uint64_t from, size_t max, idx_log_cb cb, void *ctx,

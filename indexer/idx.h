@@ -252,6 +252,25 @@ uint64_t idx_commit_time(idx_kb_t *ix, uint64_t lsn);
  * a divergence, it can name the newest record both logs share. */
 size_t idx_recent(idx_kb_t *ix, size_t max, uint64_t *lsn, uint64_t *commit_us);
 
+/* Compacts the log below cut (see idx_store_compact in idx_store.h):
+ * superseded and deleted documents' records go, live ones stay as the
+ * documents table below the log start. On a replica cut is held to the
+ * published version; nothing is compacted while a snapshot loads. At most
+ * max_records operations per call. Writer thread. */
+int idx_compact(idx_kb_t *ix, uint64_t cut, size_t max_records,
+                uint64_t *removed, uint64_t *bytes, char *err, size_t errlen);
+
+/* The first LSN from which the log holds every operation (1: all). */
+uint64_t idx_log_start(idx_kb_t *ix);
+
+/* Snapshot loading (replicas): until the version reaches `until`, the
+ * store is a partial copy and must not be served. idx_set_loading()
+ * records it durably (0 clears); records with gaps are accepted up to
+ * until + 1; the mark goes in the transaction that reaches it.
+ * idx_loading() returns it while loading, else 0. */
+int idx_set_loading(idx_kb_t *ix, uint64_t until, char *err, size_t errlen);
+uint64_t idx_loading(idx_kb_t *ix);
+
 /* Opens the store in dir (not open elsewhere), drops its log records above
  * keep, with the documents they wrote, and closes it: a diverged replica
  * loses only the tail the leader does not have. *dropped: records removed. */

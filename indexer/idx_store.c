@@ -21,6 +21,8 @@ struct idx_store {
     MDB_env *env;
     MDB_dbi meta, ids, log, undo;
     uint64_t staged;      /* meta "staged": records above may be unconfirmed */
+    uint64_t log_start;   /* meta "log_start" (1 when absent) */
+    uint64_t undo_from;   /* meta "undo_from": undo kept from this LSN on */
     uint64_t applied_lsn; /* LSN of the newest log record; 0 = none */
     uint64_t applied_us;  /* its leader commit time */
     uint64_t ndocs;       /* entries in `ids`, kept in step with commits */
@@ -144,14 +146,20 @@ int idx_store_open(const char *dir, uint64_t map_size, int nosync,
     MDB_stat st;
     if (!rc && !(rc = mdb_stat(txn, s->ids, &st)))
         s->ndocs = st.ms_entries;
-    if (!rc) {
-        MDB_val k = {6, "staged"}, v;
+    const char *names[] = {"staged", "log_start", "undo_from"};
+    uint64_t *vals[] = {&s->staged, &s->log_start, &s->undo_from};
+    for (int i = 0; i < 3 && !rc; i++) {
+        MDB_val k = {strlen(names[i]), (void *)names[i]}, v;
         int g = mdb_get(txn, s->meta, &k, &v);
         if (g == 0 && v.mv_size == 8)
-            s->staged = get_u64(v.mv_data);
+            *vals[i] = get_u64(v.mv_data);
         else if (g != MDB_NOTFOUND)
             rc = g ? g : MDB_CORRUPTED;
     }
+    if (!s->log_start)
+        s->log_start = 1;
+    if (!s->undo_from)
+        s->undo_from = 1;
     if (!rc)
         rc = mdb_txn_commit(txn);
     else
@@ -335,6 +343,60 @@ int idx_store_set_staged(idx_wtxn_t *t, uint64_t lsn, char *err,
 uint64_t idx_store_staged(idx_store_t *s)
 {
     return s->staged;
+}
+
+int idx_store_put_u64(idx_wtxn_t *t, const char *key, uint64_t v, char *err,
+                      size_t errlen)
+{
+    MDB_val k = {strlen(key), (void *)key};
+    int rc;
+    if (v) {
+        uint64_t v64 = v;
+        MDB_val mv = u64_val(&v64);
+        rc = mdb_put(t->txn, t->s->meta, &k, &mv, 0);
+    } else {
+        rc = mdb_del(t->txn, t->s->meta, &k, NULL);
+        if (rc == MDB_NOTFOUND)
+            rc = 0;
+    }
+    return rc ? store_fail(err, errlen, rc, "write a setting") : 0;
+}
+
+uint64_t idx_store_get_u64(idx_store_t *s, const char *key)
+{
+    MDB_txn *txn;
+    uint64_t out = 0;
+    if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn))
+        return 0;
+    MDB_val k = {strlen(key), (void *)key}, v;
+    if (!mdb_get(txn, s->meta, &k, &v) && v.mv_size == 8)
+        out = get_u64(v.mv_data);
+    mdb_txn_abort(txn);
+    return out;
+}
+
+int idx_store_set_u64(idx_store_t *s, const char *key, uint64_t v, char *err,
+                      size_t errlen)
+{
+    idx_wtxn_t *t;
+    int rc = idx_store_begin(s, &t, err, errlen);
+    if (!rc)
+        rc = idx_store_put_u64(t, key, v, err, errlen);
+    if (!rc)
+        return idx_store_commit(&t, err, errlen);
+    idx_store_abort(&t);
+    return rc;
+}
+
+uint64_t idx_store_log_start(idx_store_t *s)
+{
+    return s->log_start;
+}
+
+int idx_store_log_get(idx_rtxn_t *t, uint64_t lsn, const void **bytes,
+                      size_t *len)
+{
+    return idx_store_doc_by_label(t, (int64_t)lsn, bytes, len);
 }
 
 void idx_store_keep_undo(idx_wtxn_t *t)
@@ -740,6 +802,12 @@ int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
                        char *err, size_t errlen)
 {
     *dropped = 0;
+    if (keep + 1 < s->log_start)
+        return kb_seterr(err, errlen, KB_ECORRUPT,
+                         "cannot go back to LSN %llu: the log below %llu is "
+                         "compacted",
+                         (unsigned long long)keep,
+                         (unsigned long long)s->log_start);
     MDB_txn *txn;
     MDB_cursor *cur = NULL;
     tail_id_t *ids = NULL;
@@ -885,5 +953,152 @@ int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
         mdb_txn_abort(rt);
         s->staged = 0;
     }
+    return 0;
+}
+
+/* ------------------------------------------------------------ compaction */
+
+/* Drops log record lsn when present; adds its size to *bytes. */
+static int compact_drop(MDB_txn *txn, MDB_dbi log, uint64_t lsn,
+                        uint64_t *removed, uint64_t *bytes)
+{
+    uint64_t key = lsn;
+    MDB_val k = u64_val(&key), v;
+    int rc = mdb_get(txn, log, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    size_t sz = v.mv_size;
+    rc = mdb_del(txn, log, &k, NULL);
+    if (!rc) {
+        (*removed)++;
+        *bytes += sz + 8;
+    }
+    return rc;
+}
+
+int idx_store_compact(idx_store_t *s, uint64_t cut, size_t max_records,
+                      uint64_t *removed, uint64_t *bytes, char *err,
+                      size_t errlen)
+{
+    *removed = *bytes = 0;
+    if (cut > s->applied_lsn + 1)
+        cut = s->applied_lsn + 1;
+    if (cut <= s->log_start)
+        return 0;
+    MDB_txn *txn;
+    MDB_cursor *cur = NULL;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc)
+        return store_fail(err, errlen, rc, "compact: begin");
+    rc = mdb_cursor_open(txn, s->log, &cur);
+    uint64_t from = s->log_start, upto = cut; /* [from, upto) this txn */
+    /* Walk the operations in [from, cut) in LSN order. Records already gone
+     * below from are live documents; each is visited at most once. */
+    uint64_t key = from;
+    MDB_val k = u64_val(&key), v;
+    size_t n = 0;
+    if (!rc)
+        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    /* First pass: decide, collecting the LSNs to drop (the cursor must not
+     * delete what it has not visited yet). */
+    uint64_t *drop = NULL;
+    size_t ndrop = 0, cap = 0;
+    while (rc == 0) {
+        if (k.mv_size != 8) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        uint64_t lsn = get_u64(k.mv_data);
+        if (lsn >= cut)
+            break;
+        if (n == max_records) {
+            upto = lsn;
+            break;
+        }
+        n++;
+        Kbsync__LogRecord *r =
+            kbsync__log_record__unpack(NULL, v.mv_size, v.mv_data);
+        if (!r) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        int is_up = r->op == KBSYNC__LOG_OP__LOG_OP_UPSERT && r->doc;
+        const char *id = is_up ? r->doc->id : r->id;
+        uint64_t old = UINT64_MAX; /* the label this write replaced */
+        int drop_self = !is_up;    /* deletes never stay below log start */
+        if (lsn >= s->undo_from) {
+            uint64_t ukey = lsn;
+            MDB_val uk = u64_val(&ukey), uv;
+            int g = mdb_get(txn, s->undo, &uk, &uv);
+            if (g == 0 && uv.mv_size == 8)
+                old = get_u64(uv.mv_data);
+            else if (g != MDB_NOTFOUND)
+                rc = g;
+        } else if (is_up && id) {
+            /* Written before undo entries were kept: an upsert that is not
+             * the live version of its id goes when a write below cut (a
+             * final one) replaced it. A delete's LSN is not known here, so
+             * a document deleted since stays (harmless: nothing points at
+             * it; it is dropped with the next compaction that sees it). */
+            MDB_val ik = {strlen(id), (void *)id}, iv;
+            int g = mdb_get(txn, s->ids, &ik, &iv);
+            if (g == 0 && iv.mv_size == 8) {
+                uint64_t live = get_u64(iv.mv_data);
+                drop_self = live != lsn && live < cut;
+            } else if (g != MDB_NOTFOUND) {
+                rc = g;
+            }
+        }
+        kbsync__log_record__free_unpacked(r, NULL);
+        if (rc)
+            break;
+        if (ndrop + 2 > cap) {
+            cap = cap ? cap * 2 : 1024;
+            uint64_t *m = realloc(drop, cap * sizeof *m);
+            if (!m) {
+                rc = ENOMEM;
+                break;
+            }
+            drop = m;
+        }
+        if (old != UINT64_MAX)
+            drop[ndrop++] = old;
+        if (drop_self)
+            drop[ndrop++] = lsn;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    if (cur)
+        mdb_cursor_close(cur);
+    for (size_t i = 0; i < ndrop && !rc; i++)
+        rc = compact_drop(txn, s->log, drop[i], removed, bytes);
+    free(drop);
+    if (!rc) { /* undo entries below the new log start are never needed */
+        MDB_cursor *uc;
+        rc = mdb_cursor_open(txn, s->undo, &uc);
+        while (!rc && !(rc = mdb_cursor_get(uc, &k, &v, MDB_FIRST)) &&
+               k.mv_size == 8 && get_u64(k.mv_data) < upto)
+            rc = mdb_cursor_del(uc, 0);
+        if (rc == MDB_NOTFOUND || (!rc && k.mv_size == 8))
+            rc = 0;
+        mdb_cursor_close(uc);
+    }
+    if (!rc) {
+        uint64_t ls = upto;
+        MDB_val mk = {9, "log_start"}, mv = u64_val(&ls);
+        rc = mdb_put(txn, s->meta, &mk, &mv, 0);
+    }
+    if (!rc)
+        rc = mdb_txn_commit(txn);
+    else
+        mdb_txn_abort(txn);
+    if (rc)
+        return rc == ENOMEM ? kb_seterr(err, errlen, KB_ENOMEM,
+                                        "out of memory")
+                            : store_fail(err, errlen, rc, "compact");
+    s->log_start = upto;
     return 0;
 }

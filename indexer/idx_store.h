@@ -89,6 +89,38 @@ int idx_store_read_staged(idx_store_t *s, uint64_t from, uint64_t upto,
                           idx_store_undo_cb cb, void *ctx, char *err,
                           size_t errlen);
 
+/* Small settings in `meta` by name (at most 64 bytes): u64 values, 0 when
+ * absent. idx_store_put_u64 writes inside t (0 deletes the key);
+ * idx_store_get_u64 reads the committed value. */
+int idx_store_put_u64(idx_wtxn_t *t, const char *key, uint64_t v, char *err,
+                      size_t errlen);
+uint64_t idx_store_get_u64(idx_store_t *s, const char *key);
+/* idx_store_put_u64 in a transaction of its own. */
+int idx_store_set_u64(idx_store_t *s, const char *key, uint64_t v, char *err,
+                      size_t errlen);
+
+/* --- compaction ---------------------------------------------------------
+ * The log from `log start` (meta "log_start", 1 when absent) up is every
+ * operation in LSN order. Below it the log holds only the upsert records
+ * that are the live version of a document: the documents table, keyed by
+ * label (= LSN), with gaps. idx_store_compact() moves log start up to `cut`
+ * in steps of at most max_records operations per transaction: for each
+ * operation below cut, the record its write replaced goes (found through
+ * `undo`, which every store keeps from meta "undo_from" on; older writes
+ * are judged by the id map), deletes go, undo entries go; upserts that are
+ * still live stay. Every write below cut must be final (never truncated):
+ * on a leader everything committed, on a replica what is confirmed.
+ * Returns 0 with *removed records and *bytes removed (may be less than
+ * asked when max_records stopped it: call again), or a negative code. */
+int idx_store_compact(idx_store_t *s, uint64_t cut, size_t max_records,
+                      uint64_t *removed, uint64_t *bytes, char *err,
+                      size_t errlen);
+/* The current log start (see above). */
+uint64_t idx_store_log_start(idx_store_t *s);
+/* The exact log record at lsn (borrowed in t), or -ENOENT. */
+int idx_store_log_get(idx_rtxn_t *t, uint64_t lsn, const void **bytes,
+                      size_t *len);
+
 /* Looks up the live label of an id inside the write transaction. */
 int idx_store_wlabel(idx_wtxn_t *t, const char *id, size_t id_len,
                      int64_t *label);

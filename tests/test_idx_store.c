@@ -695,6 +695,116 @@ static void test_idx_store_truncate_by_undo(void **state)
     truncate_case(*state, 1);
 }
 
+/* Compaction keeps exactly the live documents below the cut and every
+ * operation from the cut on; undo entries (every store keeps them) find
+ * the records that writes replaced. */
+static void test_idx_store_compact_keeps_live_documents(void **state)
+{
+    fx_t *f = *state;
+    idx_wtxn_t *t = begin(f->s);
+    idx_store_keep_undo(t);
+    upsert(t, 1, "a", "a1");
+    upsert(t, 2, "b", "b2");
+    upsert(t, 3, "c", "c3");
+    commit(&t);
+    t = begin(f->s);
+    idx_store_keep_undo(t);
+    upsert(t, 4, "a", "a4"); /* replaces 1 */
+    del(t, 5, "b", 0);       /* removes 2 */
+    upsert(t, 6, "d", "d6");
+    upsert(t, 7, "c", "c7"); /* replaces 3 (after the cut) */
+    del(t, 8, "d", 0);       /* removes 6 (after the cut) */
+    upsert(t, 9, "e", "e9");
+    commit(&t);
+    uint64_t removed = 0, bytes = 0;
+    char err[512] = "";
+    KBT_U64(idx_store_log_start(f->s), 1);
+    /* Stepwise, at most 2 operations per transaction. */
+    KBT_OK(idx_store_compact(f->s, 7, 2, &removed, &bytes, err, sizeof err),
+           err);
+    KBT_U64(idx_store_log_start(f->s), 3);
+    uint64_t total = removed;
+    while (idx_store_log_start(f->s) < 7) {
+        KBT_OK(idx_store_compact(f->s, 7, 2, &removed, &bytes, err,
+                                 sizeof err),
+               err);
+        total += removed;
+    }
+    /* Gone: 1 (replaced by 4), 2 (deleted by 5), 5 (a delete). Kept: 3 is
+     * live at the cut (replaced only by 7), 4, 6, and everything >= 7. */
+    KBT_U64(total, 3);
+    assert_null(rec_at(f->s, 1));
+    assert_null(rec_at(f->s, 2));
+    assert_null(rec_at(f->s, 5));
+    int64_t keep[] = {3, 4, 6, 7, 8, 9};
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++) {
+        Kbsync__LogRecord *r = rec_at(f->s, keep[i]);
+        assert_non_null(r);
+        kbsync__log_record__free_unpacked(r, NULL);
+    }
+    /* Live documents unchanged; the state and its count too. */
+    assert_int_equal(label_of(f->s, "a"), 4);
+    assert_int_equal(label_of(f->s, "c"), 7);
+    assert_int_equal(label_of(f->s, "e"), 9);
+    assert_int_equal(label_of(f->s, "b"), -1);
+    KBT_U64(idx_store_count(f->s), 3);
+    expect_state(f->s, 9, 1009);
+    /* Further: 3 goes (7 replaced it), 6 and 8 go (8 deleted d). */
+    KBT_OK(idx_store_compact(f->s, 10, 100, &removed, &bytes, err,
+                             sizeof err),
+           err);
+    KBT_U64(removed, 3);
+    assert_true(bytes > 0);
+    assert_null(rec_at(f->s, 3));
+    assert_null(rec_at(f->s, 6));
+    assert_null(rec_at(f->s, 8));
+    logs_t l = {0};
+    scan(f->s, 1, 64, &l);
+    KBT_U64(l.n, 3); /* exactly the live documents: 4, 7, 9 */
+    KBT_U64(l.lsn[0], 4);
+    KBT_U64(l.lsn[1], 7);
+    KBT_U64(l.lsn[2], 9);
+    logs_free(&l);
+    /* The log start survives a reopen; a truncation below it is refused. */
+    idx_store_close(&f->s);
+    f->s = store_open(f->dir, 0);
+    KBT_U64(idx_store_log_start(f->s), 10);
+    uint64_t dropped = 0;
+    assert_int_equal(idx_store_truncate(f->s, 5, &dropped, err, sizeof err),
+                     KB_ECORRUPT);
+    assert_non_null(strstr(err, "compacted"));
+    KBT_U64(idx_store_count(f->s), 3);
+}
+
+/* Without undo entries (written before format 2), compaction judges by the
+ * id map: a replaced upsert goes only when a write below the cut replaced
+ * it, and a live one always stays. */
+static void test_idx_store_compact_without_undo(void **state)
+{
+    fx_t *f = *state;
+    idx_wtxn_t *t = begin(f->s);
+    upsert(t, 1, "a", "a1");
+    upsert(t, 2, "a", "a2");
+    upsert(t, 3, "b", "b3");
+    upsert(t, 4, "b", "b4");
+    commit(&t);
+    char err[512] = "";
+    idx_wtxn_t *m = begin(f->s);
+    KBT_OK(idx_store_put_u64(m, "undo_from", 5, err, sizeof err), err);
+    commit(&m);
+    idx_store_close(&f->s);
+    f->s = store_open(f->dir, 0);
+    uint64_t removed = 0, bytes = 0;
+    KBT_OK(idx_store_compact(f->s, 4, 100, &removed, &bytes, err, sizeof err),
+           err);
+    KBT_U64(removed, 1); /* 1 (a replaced by 2); 3 stays: 4 is not below 4 */
+    assert_null(rec_at(f->s, 1));
+    Kbsync__LogRecord *r = rec_at(f->s, 3);
+    assert_non_null(r);
+    kbsync__log_record__free_unpacked(r, NULL);
+    KBT_U64(idx_store_count(f->s), 2);
+}
+
 int main(void)
 {
     kb_log_setup(KB_LOG_WARN, "test_idx_store");
@@ -712,6 +822,8 @@ int main(void)
         T(test_idx_store_open_errors),
         T(test_idx_store_truncate_restores_the_prefix),
         T(test_idx_store_truncate_by_undo),
+        T(test_idx_store_compact_keeps_live_documents),
+        T(test_idx_store_compact_without_undo),
     };
 #undef T
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
