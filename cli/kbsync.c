@@ -30,7 +30,9 @@ static const char USAGE[] =
     "          [--query-threads N]\n"
     "          [--max-msg-mb N] [--endpoint-file FILE] [--log-level LEVEL]\n"
     "          [--repl-listen EP] [--replicas r1,r2] [--write-mode async|all]\n"
-    "          [--write-timeout-ms N]\n"
+    "          [--write-timeout-ms N] [--log-retain-mb N] [--log-retain-hours "
+    "N]\n"
+    "          [--log-keep-ops N]\n"
     "          start a node that owns the knowledge base in DIR (created on\n"
     "          first start, which needs --dim), serves writes and queries, "
     "and\n"
@@ -168,6 +170,9 @@ static int cmd_leader(int argc, char **argv)
         {"write-mode", required_argument, 0, 'w'},
         {"write-timeout-ms", required_argument, 0, 'W'},
         {"query-threads", required_argument, 0, 'Q'},
+        {"log-retain-mb", required_argument, 0, 'B'},
+        {"log-retain-hours", required_argument, 0, 'H'},
+        {"log-keep-ops", required_argument, 0, 'K'},
         {0, 0, 0, 0}};
     idx_config_t ic = {0};
     node_config_t nc = {.listen = CLI_DEFAULT_ENDPOINT,
@@ -207,6 +212,22 @@ static int cmd_leader(int argc, char **argv)
         case 'W':
             nc.leader.write_timeout_ms =
                 (int)cli_uint("--write-timeout-ms", optarg, 3600000);
+            break;
+        case 'B':
+            nc.leader.log_retain_mb = cli_uint("--log-retain-mb", optarg,
+                                               1u << 24);
+            if (!nc.leader.log_retain_mb)
+                die_usage("--log-retain-mb must be at least 1%s", "");
+            break;
+        case 'H':
+            nc.leader.log_retain_hours = cli_uint("--log-retain-hours",
+                                                  optarg, 24u * 365);
+            if (!nc.leader.log_retain_hours)
+                die_usage("--log-retain-hours must be at least 1%s", "");
+            break;
+        case 'K':
+            nc.leader.log_keep_ops = cli_uint("--log-keep-ops", optarg,
+                                              UINT64_C(1) << 40);
             break;
         default: die_usage("bad option for leader%s", ""); /* fallthrough */
         }
@@ -403,6 +424,20 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
         cJSON_AddBoolToObject(o, "rebuilding", s->rebuilding);
         cJSON_AddNumberToObject(o, "rebuilds", (double)s->rebuilds);
         cJSON_AddNumberToObject(o, "commits", (double)s->commits);
+        cJSON_AddNumberToObject(o, "log_start", (double)s->log_start);
+        cJSON_AddNumberToObject(o, "durable_version",
+                                (double)s->durable_version);
+        if (s->snapshot_lsn) {
+            cJSON *sn = cJSON_AddObjectToObject(o, "snapshot");
+            cJSON_AddNumberToObject(sn, "lsn", (double)s->snapshot_lsn);
+            cJSON_AddNumberToObject(sn, "docs_total",
+                                    (double)s->snapshot_docs_total);
+            cJSON_AddNumberToObject(sn, "docs_loaded",
+                                    (double)s->snapshot_docs_loaded);
+            cJSON_AddNumberToObject(sn, "bytes_loaded",
+                                    (double)s->snapshot_bytes_loaded);
+            cJSON_AddNumberToObject(sn, "eta_ms", (double)s->snapshot_eta_ms);
+        }
         cJSON_AddNumberToObject(o, "query_threads", s->query_threads);
         cJSON_AddNumberToObject(o, "queries", (double)s->queries);
         cJSON_AddNumberToObject(o, "query_batches", (double)s->query_batches);
@@ -423,6 +458,9 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
                 cJSON_AddNumberToObject(po, "version", (double)p->version);
                 cJSON_AddNumberToObject(po, "lag_ops", (double)p->lag_ops);
                 cJSON_AddNumberToObject(po, "lag_ms", (double)p->lag_ms);
+                cJSON_AddNumberToObject(po, "durable_version",
+                                        (double)p->durable_version);
+                cJSON_AddBoolToObject(po, "snapshot", p->snapshot);
                 cJSON_AddItemToArray(ra, po);
             }
         }
@@ -452,13 +490,29 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
         if (!strcmp(s->role, "replica"))
             printf("  last heard from the leader %llu ms ago\n",
                    (unsigned long long)s->leader_contact_ms);
+        printf("  log from LSN %llu (below it: live documents only); "
+               "durable LSN %llu\n",
+               (unsigned long long)s->log_start,
+               (unsigned long long)(s->durable_version ? s->durable_version
+                                                       : s->version));
+        if (s->snapshot_lsn)
+            printf("  LOADING A SNAPSHOT up to LSN %llu: %llu of %llu "
+                   "documents, %.1f MB, about %llu ms left (queries refused "
+                   "until complete)\n",
+                   (unsigned long long)s->snapshot_lsn,
+                   (unsigned long long)s->snapshot_docs_loaded,
+                   (unsigned long long)s->snapshot_docs_total,
+                   s->snapshot_bytes_loaded / 1e6,
+                   (unsigned long long)s->snapshot_eta_ms);
         for (size_t i = 0; i < s->n_replicas; i++) {
             const Kbsync__ReplicaState *p = s->replicas[i];
-            printf("  replica %s: %s, version %llu, lag %llu ops / %llu ms\n",
+            printf("  replica %s: %s, version %llu, lag %llu ops / %llu "
+                   "ms%s\n",
                    p->id, p->connected ? "connected" : "NOT connected",
                    (unsigned long long)p->version,
                    (unsigned long long)p->lag_ops,
-                   (unsigned long long)p->lag_ms);
+                   (unsigned long long)p->lag_ms,
+                   p->snapshot ? ", being sent a snapshot" : "");
         }
     }
     kbsync__response__free_unpacked(r, NULL);

@@ -2020,6 +2020,27 @@ int idx_compact(idx_kb_t *ix, uint64_t cut, size_t max_records,
                              errlen);
 }
 
+int idx_set_u64(idx_kb_t *ix, const char *key, uint64_t v, char *err,
+                size_t errlen)
+{
+    return idx_store_set_u64(ix->store, key, v, err, errlen);
+}
+
+uint64_t idx_get_u64(idx_kb_t *ix, const char *key)
+{
+    return idx_store_get_u64(ix->store, key);
+}
+
+uint64_t idx_store_docs(idx_kb_t *ix)
+{
+    return idx_store_count(ix->store);
+}
+
+uint64_t idx_store_size(idx_kb_t *ix)
+{
+    return idx_store_bytes(ix->store);
+}
+
 uint64_t idx_log_start(idx_kb_t *ix)
 {
     return idx_store_log_start(ix->store);

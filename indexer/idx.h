@@ -260,6 +260,17 @@ size_t idx_recent(idx_kb_t *ix, size_t max, uint64_t *lsn, uint64_t *commit_us);
 int idx_compact(idx_kb_t *ix, uint64_t cut, size_t max_records,
                 uint64_t *removed, uint64_t *bytes, char *err, size_t errlen);
 
+/* Small named settings kept in the store (u64, 0 = absent), e.g. the
+ * leader's retention pins. idx_set_u64 commits one small transaction. */
+int idx_set_u64(idx_kb_t *ix, const char *key, uint64_t v, char *err,
+                size_t errlen);
+uint64_t idx_get_u64(idx_kb_t *ix, const char *key);
+
+/* Live documents in the store and its size in bytes, without any lock.
+ * Writer thread. */
+uint64_t idx_store_docs(idx_kb_t *ix);
+uint64_t idx_store_size(idx_kb_t *ix);
+
 /* The first LSN from which the log holds every operation (1: all). */
 uint64_t idx_log_start(idx_kb_t *ix);
 

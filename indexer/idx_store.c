@@ -983,8 +983,10 @@ int idx_store_compact(idx_store_t *s, uint64_t cut, size_t max_records,
                       size_t errlen)
 {
     *removed = *bytes = 0;
-    if (cut > s->applied_lsn + 1)
-        cut = s->applied_lsn + 1;
+    /* The newest record always stays: it is the store's applied state
+     * (LSN, commit time) at the next open. */
+    if (cut > s->applied_lsn)
+        cut = s->applied_lsn;
     if (cut <= s->log_start)
         return 0;
     MDB_txn *txn;

@@ -108,7 +108,8 @@ int idx_store_set_u64(idx_store_t *s, const char *key, uint64_t v, char *err,
  * operation below cut, the record its write replaced goes (found through
  * `undo`, which every store keeps from meta "undo_from" on; older writes
  * are judged by the id map), deletes go, undo entries go; upserts that are
- * still live stay. Every write below cut must be final (never truncated):
+ * still live stay. The newest record always stays (cut is held to the
+ * applied LSN): it is the applied state. Every write below cut must be final (never truncated):
  * on a leader everything committed, on a replica what is confirmed.
  * Returns 0 with *removed records and *bytes removed (may be less than
  * asked when max_records stopped it: call again), or a negative code. */

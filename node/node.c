@@ -194,6 +194,16 @@ static void node_state(node_t *n, Kbsync__NodeState *s, uint64_t *hist,
         s->rebuilding = st.rebuilding;
         s->rebuilds = st.rebuilds;
         s->commits = st.commits;
+        s->log_start = idx_log_start(ix);
+        s->durable_version = st.durable;
+        repl_snapshot_t sp;
+        if (n->replica && repl_replica_snapshot(n->replica, &sp)) {
+            s->snapshot_lsn = sp.lsn;
+            s->snapshot_docs_total = sp.docs_total;
+            s->snapshot_docs_loaded = sp.docs_loaded;
+            s->snapshot_bytes_loaded = sp.bytes_loaded;
+            s->snapshot_eta_ms = sp.eta_ms;
+        }
     } else {
         s->node_id = (char *)n->cfg->replica.id;
     }
@@ -254,13 +264,31 @@ static qry_read_node_t read_node(node_t *n)
         idx_view_t v;
         idx_view(ix, &v);
         r.has_kb = 1;
-        r.version = v.version;
+        /* A snapshot being loaded is not a state of the knowledge base at
+         * any version: min_version reads wait for it to complete. */
+        r.version = idx_loading(ix) ? 0 : v.version;
     }
     return r;
 }
 
 static void node_query(node_t *n, const kb_peer_t *peer, Kbsync__Request *req)
 {
+    repl_snapshot_t sp;
+    if (n->replica && repl_replica_snapshot(n->replica, &sp)) {
+        char msg[512];
+        snprintf(msg, sizeof msg,
+                 "replica is loading a snapshot from its leader: %llu of "
+                 "%llu documents (%.1f MB), LSN %llu of %llu, about %llu ms "
+                 "left; it answers once the snapshot is complete",
+                 (unsigned long long)sp.docs_loaded,
+                 (unsigned long long)sp.docs_total,
+                 sp.bytes_loaded / 1048576.0, (unsigned long long)sp.version,
+                 (unsigned long long)sp.lsn, (unsigned long long)sp.eta_ms);
+        kb_wire_send_error(n->router, peer, req->request_id, KB_EUNAVAIL,
+                           msg);
+        kbsync__request__free_unpacked(req, NULL);
+        return;
+    }
     qry_read_node_t rn = read_node(n);
     qry_read_admit(n->reads, n->router, &rn, peer, req);
 }

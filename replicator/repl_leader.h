@@ -27,6 +27,14 @@ typedef struct repl_leader_config {
     repl_mode_t default_mode;    /* for requests that do not choose */
     int write_timeout_ms;        /* how long `all` waits for acks */
     const char *client_endpoint; /* told to replicas, for KB_ENOTLEADER */
+    /* Log retention (see repl_retain.c): the log a lagging replica needs is
+     * kept, but at most log_retain_mb MB and log_retain_hours hours of it
+     * (0 = the defaults, 1024 MB and 24 h); beyond that it gets a snapshot.
+     * log_keep_ops: the newest operations always kept (0 = none beyond what
+     * replicas need; audits of the whole history set it high). */
+    uint64_t log_retain_mb;
+    uint64_t log_retain_hours;
+    uint64_t log_keep_ops;
 } repl_leader_config_t;
 
 /* ix and zctx (a ZeroMQ context) are borrowed and must outlive the leader.

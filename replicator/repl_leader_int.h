@@ -26,7 +26,21 @@ typedef struct peer {
     uint64_t sent;     /* newest LSN sent to it */
     uint64_t heard_us; /* monotonic time of its last message */
     uint64_t beat_us;  /* monotonic time of our last beat to it */
+    uint64_t durable;  /* LSN durable on it (ReplAck.durable_lsn) */
+    uint64_t pin;      /* named: newest acked LSN as last saved (meta
+                          "pin:<id>"), what retention keeps for it while
+                          it is away */
+    uint64_t snapshot_lsn; /* being sent a snapshot up to this LSN (0: no) */
+    int warned_behind; /* retention dropped log it needs: said once */
 } peer_t;
+
+/* Retention's samples of the log: cumulative record bytes and commit time
+ * at some LSNs (one per REPL_RETAIN_SAMPLE_BYTES), to find where the
+ * retained log would pass --log-retain-mb or --log-retain-hours without
+ * walking it. */
+typedef struct retain_sample {
+    uint64_t lsn, bytes, commit_us;
+} retain_sample_t;
 
 typedef struct pending {
     kb_peer_t peer;
@@ -80,6 +94,15 @@ struct repl_leader {
     uint64_t crash_after_ship; /* KBSYNC_TEST_FAULT countdown (0 = off) */
     uint64_t commit_fails; /* failed group commits in a row */
     char commit_err[256];  /* the last failure, logged once */
+    /* repl_retain.c */
+    retain_sample_t *rsamp;
+    size_t rsamp_n, rsamp_cap;
+    uint64_t rsamp_lsn;   /* the samples cover the log up to here */
+    uint64_t rsamp_bytes; /* bytes of records up to rsamp_lsn */
+    uint64_t retain_us;   /* monotonic: last retention pass */
+    uint64_t pins_us;     /* monotonic: pins last saved */
+    uint64_t compacted_records, compacted_bytes; /* since the last log line */
+    uint64_t compact_log_us;                     /* monotonic: that line */
     Kbsync__ReplicaState rs[REPL_MAX_PEERS];
     Kbsync__ReplicaState *rsp[REPL_MAX_PEERS];
 };
@@ -94,6 +117,11 @@ void repl__announce_commit(repl_leader_t *l);
 void repl__stream_all(repl_leader_t *l);
 int repl__all_named_acked(const repl_leader_t *l, uint64_t lsn, char *missing,
                           size_t cap, int *have, int *want);
+
+/* repl_retain.c: log retention and compaction, on the leader's tick. */
+void repl__retain_init(repl_leader_t *l);
+void repl__retain_tick(repl_leader_t *l);
+void repl__retain_free(repl_leader_t *l);
 
 /* repl_commit.c, for the shipping half. */
 void repl__release_parked(repl_leader_t *l, void *router);

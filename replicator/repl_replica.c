@@ -44,6 +44,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -64,6 +66,8 @@
 #define REPLICA_MAX_BATCH 16384 /* records applied in one transaction */
 #define REPLICA_STUCK_MS 1000   /* behind, yet no records: ask again */
 #define REPLICA_OFFSET_KEEP_US 10000000u /* clock-offset sample lifetime */
+#define REPLICA_COMPACT_MS 1000   /* a compaction pass this often */
+#define REPLICA_COMPACT_STEP 4096 /* operations per compaction step */
 
 struct repl_replica {
     repl_replica_config_t cfg;
@@ -95,6 +99,12 @@ struct repl_replica {
      * its head at a welcome that found our log a prefix of its own): our
      * records up to it may be searchable; later ones stay staged. */
     uint64_t leader_committed;
+    /* Snapshot being loaded (see SNAPSHOT): what the leader's welcome said
+     * and when loading started. */
+    uint64_t compact_us, compact_log_us, compacted;
+    uint64_t snap_docs_total;
+    uint64_t snap_start_us;   /* monotonic */
+    uint64_t snap_start_docs; /* documents held when this session started */
     char leader_ep[256];
     uint64_t dup_records;
     /* records of the batch being applied: bytes borrowed from messages, or
@@ -342,6 +352,33 @@ static int replica_publish(repl_replica_t *r)
     return 1;
 }
 
+/* Compacts the log below the published version: a replica serves no
+ * catch-up, and records above it may still be dropped as unconfirmed.
+ * At most REPLICA_COMPACT_STEP operations per tick, a pass a second. */
+static void replica_compact(repl_replica_t *r, uint64_t now)
+{
+    if (!r->ix || now - r->compact_us < REPLICA_COMPACT_MS * 1000u)
+        return;
+    idx_view_t v;
+    idx_view(r->ix, &v);
+    uint64_t removed = 0, bytes = 0;
+    char err[256];
+    if (idx_compact(r->ix, v.version, REPLICA_COMPACT_STEP, &removed, &bytes,
+                    err, sizeof err))
+        kb_warn("log compaction failed: %s", err);
+    if (idx_log_start(r->ix) >= v.version)
+        r->compact_us = now; /* caught up: the next pass in a second */
+    r->compacted += removed;
+    if (r->compacted && now - r->compact_log_us >= 10000000u) {
+        kb_info("log compacted: %llu records of replaced or deleted "
+                "documents removed; the log now starts at LSN %llu",
+                (unsigned long long)r->compacted,
+                (unsigned long long)idx_log_start(r->ix));
+        r->compacted = 0;
+        r->compact_log_us = now;
+    }
+}
+
 /* Starts over after divergence: the old directory is kept, renamed. */
 static void replica_start_over(repl_replica_t *r, const char *reason)
 {
@@ -371,6 +408,37 @@ static void replica_start_over(repl_replica_t *r, const char *reason)
         abort();
     }
     unlink(lock);
+}
+
+static int rm_visit(const char *path, const struct stat *st, int flag,
+                    struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path) ? -1 : 0;
+}
+
+/* Empties the data directory for a snapshot: the old store is useless (the
+ * log it would need is gone from the leader). Returns 0, or -1 with errno. */
+static int replica_wipe(repl_replica_t *r)
+{
+    replica_set_ix(r, NULL);
+    r->recent_n = 0;
+    char aside[4096];
+    snprintf(aside, sizeof aside, "%s.old-%llu", r->cfg.data_dir,
+             (unsigned long long)kb_mono_us());
+    if (rename(r->cfg.data_dir, aside) == 0)
+        return nftw(aside, rm_visit, 16, FTW_DEPTH | FTW_PHYS) ? -1 : 0;
+    /* DIR may be a mount point: remove what is inside instead. */
+    const char *files[] = {"data.mdb", "lock.mdb", "confirmed"};
+    for (size_t i = 0; i < 3; i++) {
+        char f[4096];
+        snprintf(f, sizeof f, "%s/%s", r->cfg.data_dir, files[i]);
+        if (unlink(f) && errno != ENOENT)
+            return -1;
+    }
+    return 0;
 }
 
 /* No hello before the back-off (doubling, capped) has passed. */
@@ -444,6 +512,28 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
         kb_error("leader's welcome has no settings; ignored");
         return;
     }
+    if (w->snapshot_lsn && r->ix) {
+        idx_stats_t st;
+        idx_stats_stream(r->ix, &st);
+        if (st.version || idx_loading(r->ix)) {
+            kb_warn("leader's log starts at LSN %llu and this replica is at "
+                    "%llu (%llu LSNs behind the retained log): dropping the "
+                    "local copy and loading a snapshot of %llu documents",
+                    (unsigned long long)w->log_start,
+                    (unsigned long long)st.version,
+                    (unsigned long long)w->behind,
+                    (unsigned long long)w->snapshot_docs);
+            if (replica_wipe(r)) {
+                kb_error("cannot empty %s for a snapshot: %s; trying again "
+                         "after a back-off",
+                         r->cfg.data_dir, strerror(errno));
+                replica_back_off(r);
+                r->streaming = 0;
+                r->hello_us = 0;
+                return;
+            }
+        }
+    }
     if (!r->ix) {
         idx_config_t ic = {.dir = r->cfg.data_dir,
                            .dim = m->dim,
@@ -462,7 +552,7 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
         replica_set_ix(r, ix);
         idx_stats_t st0;
         idx_stats_stream(r->ix, &st0);
-        if (st0.version) {
+        if (st0.version && !w->snapshot_lsn) {
             /* Our hello said "empty", but DIR holds a store (or we just
              * dropped a diverged tail): say hello again with what it really
              * holds, so the leader can check it. */
@@ -483,6 +573,26 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
                      st.dim, st.metric, st.index, m->dim, m->metric, m->index);
             return;
         }
+    }
+    if (w->snapshot_lsn) {
+        char why[512];
+        if (idx_set_loading(r->ix, w->snapshot_lsn, why, sizeof why)) {
+            kb_error("cannot start loading a snapshot: %s", why);
+            replica_back_off(r);
+            return;
+        }
+        r->snap_docs_total = w->snapshot_docs;
+        kb_info("loading a snapshot from the leader: %llu documents up to "
+                "LSN %llu, then its log; queries are refused (KB_EUNAVAIL) "
+                "until it is complete",
+                (unsigned long long)w->snapshot_docs,
+                (unsigned long long)w->snapshot_lsn);
+    }
+    if (idx_loading(r->ix)) {
+        r->snap_start_us = kb_mono_us();
+        r->snap_start_docs = idx_store_docs(r->ix);
+        if (!r->snap_docs_total)
+            r->snap_docs_total = w->snapshot_docs;
     }
     if (w->client_endpoint && *w->client_endpoint)
         snprintf(r->leader_ep, sizeof r->leader_ep, "%s", w->client_endpoint);
@@ -763,6 +873,7 @@ int repl_replica_tick(repl_replica_t *r)
     }
     if (r->streaming && now - r->ack_us >= REPLICA_ACK_MS * 1000u)
         replica_ack(r);
+    replica_compact(r, now);
     if (r->streaming)
         return REPLICA_ACK_MS;
     if (now < r->apply_retry_us)
@@ -827,4 +938,25 @@ void repl_replica_staleness(repl_replica_t *r, const idx_view_t *view,
         s->leader_contact_ms > lag_ms)
         lag_ms = s->leader_contact_ms;
     s->lag_ms = lag_ms;
+}
+
+int repl_replica_snapshot(repl_replica_t *r, repl_snapshot_t *p)
+{
+    memset(p, 0, sizeof *p);
+    if (!r->ix || !(p->lsn = idx_loading(r->ix)))
+        return 0;
+    p->docs_total = r->snap_docs_total;
+    p->docs_loaded = idx_store_docs(r->ix);
+    idx_stats_t st;
+    idx_stats_stream(r->ix, &st);
+    p->version = st.version;
+    p->bytes_loaded = idx_store_size(r->ix);
+    uint64_t now = kb_mono_us();
+    uint64_t done = p->docs_loaded > r->snap_start_docs
+                        ? p->docs_loaded - r->snap_start_docs
+                        : 0;
+    if (r->snap_start_us && done && p->docs_total > p->docs_loaded)
+        p->eta_ms = (now - r->snap_start_us) / 1000u *
+                    (p->docs_total - p->docs_loaded) / done;
+    return 1;
 }

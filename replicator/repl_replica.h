@@ -61,4 +61,14 @@ void repl_replica_staleness(repl_replica_t *r, const idx_view_t *view,
 /* The leader's client endpoint as it announced it ("" until known). */
 const char *repl_replica_leader_endpoint(const repl_replica_t *r);
 
+/* A snapshot being loaded (the replica serves no query until it is
+ * complete): the LSN it ends at, documents and bytes so far, and an ETA at
+ * the rate since this session began (0 = unknown). */
+typedef struct repl_snapshot {
+    uint64_t lsn, version, docs_total, docs_loaded, bytes_loaded, eta_ms;
+} repl_snapshot_t;
+
+/* Fills *p and returns 1 while loading a snapshot, else 0. Node loop. */
+int repl_replica_snapshot(repl_replica_t *r, repl_snapshot_t *p);
+
 #endif

@@ -293,6 +293,7 @@ int repl_leader_new(idx_kb_t *ix, void *zctx, const repl_leader_config_t *cfg,
                 ep, cfg->replicas && *cfg->replicas ? cfg->replicas : "(none)",
                 l->cfg.default_mode == REPL_ALL ? "all" : "async");
     }
+    repl__retain_init(l);
     *out = l;
     return 0;
 }
@@ -303,6 +304,7 @@ void repl_leader_free(repl_leader_t **lp)
         return;
     repl_leader_t *l = *lp;
     repl__clear_queue(l);
+    repl__retain_free(l);
     free(l->ship.rec);
     if (l->sock)
         zmq_close(l->sock);
@@ -437,7 +439,10 @@ static int catchup_visit(void *ctx, uint64_t lsn, const void *b, size_t len)
     repl_leader_t *l = ctx;
     shipment_t *s = &l->ship;
     if (b) {
-        if (s->n == 0 && lsn != s->to->sent + 1) {
+        /* Below log start the log is the documents table: gaps there are
+         * documents that were replaced or deleted, not missing records. */
+        if (s->n == 0 && lsn != s->to->sent + 1 &&
+            !(lsn > s->to->sent && lsn <= idx_log_start(l->ix))) {
             kb_error("replica %s: log record %llu is missing (next is %llu)",
                      s->to->id, (unsigned long long)s->to->sent + 1,
                      (unsigned long long)lsn);
@@ -490,7 +495,32 @@ static void on_hello(repl_leader_t *l, peer_t *p, const Kbsync__ReplHello *h)
     w.head_lsn = st.version;
     w.client_endpoint = l->client_ep;
     char reason[256] = "";
-    if (h->applied_lsn > st.version) {
+    const uint64_t start = idx_log_start(l->ix), have = h->applied_lsn;
+    /* Behind the retained log (or new, with the log compacted): the ops it
+     * misses are gone, only the documents they left are here. */
+    int snap = have <= st.version &&
+               ((have == 0 && start > 1) || (have > 0 && have + 1 < start) ||
+                (have > 0 && have < start &&
+                 idx_commit_time(l->ix, have) == 0));
+    if (snap) {
+        w.snapshot_lsn = start - 1;
+        w.log_start = start;
+        w.snapshot_docs = st.docs;
+        w.behind = have ? start - 1 - have : 0;
+        if (have)
+            kb_warn("replica %s is behind the retained log: it has LSN %llu, "
+                    "the log starts at %llu (%llu LSNs compacted since); "
+                    "sending it a snapshot of %llu documents at LSN %llu",
+                    p->id, (unsigned long long)have, (unsigned long long)start,
+                    (unsigned long long)w.behind, (unsigned long long)st.docs,
+                    (unsigned long long)w.snapshot_lsn);
+        else
+            kb_info("replica %s is new; the log is compacted below LSN %llu: "
+                    "sending it a snapshot of %llu documents at LSN %llu",
+                    p->id, (unsigned long long)start,
+                    (unsigned long long)st.docs,
+                    (unsigned long long)w.snapshot_lsn);
+    } else if (h->applied_lsn > st.version) {
         snprintf(reason, sizeof reason,
                  "replica %s has applied LSN %llu but the leader's newest is "
                  "%llu: it holds writes the leader never committed",
@@ -538,7 +568,10 @@ static void on_hello(repl_leader_t *l, peer_t *p, const Kbsync__ReplHello *h)
             (unsigned long long)h->applied_lsn, (unsigned long long)st.version,
             h->applied_lsn < st.version ? "; streaming what it missed" : "");
     p->online = 1;
-    p->acked = p->sent = h->applied_lsn;
+    p->acked = p->sent = snap ? 0 : h->applied_lsn;
+    p->durable = p->acked;
+    p->snapshot_lsn = snap ? w.snapshot_lsn : 0;
+    p->warned_behind = 0;
     p->beat_us = 0;
     stream_peer(l, p, st.version);
 }
@@ -605,8 +638,16 @@ void repl_leader_on_repl(repl_leader_t *l, void *router)
                 r.body_case = KBSYNC__REPL_MESSAGE__BODY_ERROR;
                 r.error = &e;
                 send_msg(l, p, &r);
-            } else if (m->ack->applied_lsn > p->acked) {
-                p->acked = m->ack->applied_lsn;
+            } else {
+                if (m->ack->applied_lsn > p->acked)
+                    p->acked = m->ack->applied_lsn;
+                if (m->ack->durable_lsn > p->durable)
+                    p->durable = m->ack->durable_lsn;
+                if (p->snapshot_lsn && p->acked >= p->snapshot_lsn) {
+                    kb_info("replica %s loaded its snapshot (LSN %llu)",
+                            p->id, (unsigned long long)p->snapshot_lsn);
+                    p->snapshot_lsn = 0;
+                }
             }
         }
         if (m)
@@ -645,6 +686,7 @@ int repl_leader_tick(repl_leader_t *l, void *router)
     repl__release_parked(l, router);
     if (l->sock)
         repl__stream_all(l);
+    repl__retain_tick(l);
     for (size_t i = 0; i < l->nparked; i++) {
         int left =
             (int)((l->park[i].deadline_us > now ? l->park[i].deadline_us - now
@@ -670,6 +712,8 @@ void repl_leader_replicas(repl_leader_t *l, Kbsync__ReplicaState ***out,
         r->id = p->id;
         r->connected = p->online;
         r->version = p->acked;
+        r->durable_version = p->durable > p->acked ? p->durable : p->acked;
+        r->snapshot = p->online && p->snapshot_lsn != 0;
         r->lag_ops = st.version > p->acked ? st.version - p->acked : 0;
         if (r->lag_ops) {
             uint64_t t = idx_commit_time(l->ix, p->acked + 1);

@@ -70,13 +70,21 @@ static void node_paths(cluster_t *c, node_t *n, const char *name)
     snprintf(n->log, sizeof n->log, "%s/%s.log", c->dir, name);
 }
 
+static void start_leader_args(cluster_t *c, const char *const *extra);
+
 static void start_leader(cluster_t *c, const char *extra1, const char *extra2)
+{
+    const char *extra[] = {extra1, extra2, NULL};
+    start_leader_args(c, extra1 ? extra : NULL);
+}
+
+static void start_leader_args(cluster_t *c, const char *const *extra)
 {
     node_t *n = &c->leader;
     unlink(n->epfile);
     char dim[8];
     snprintf(dim, sizeof dim, "%d", DIM);
-    char *argv[20] = {"kbsync",
+    char *argv[24] = {"kbsync",
                       "leader",
                       "--data",
                       n->data,
@@ -92,10 +100,8 @@ static void start_leader(cluster_t *c, const char *extra1, const char *extra2)
                       "r1,r2",
                       NULL};
     int k = 14;
-    if (extra1)
-        argv[k++] = (char *)extra1;
-    if (extra2)
-        argv[k++] = (char *)extra2;
+    for (int i = 0; extra && extra[i] && k < 23; i++)
+        argv[k++] = (char *)extra[i];
     argv[k] = NULL;
     n->pid = kbp_spawn(n->log, argv);
     assert_true(n->pid > 0);
@@ -581,6 +587,126 @@ static void test_e2e_repl_unconfirmed_records_never_served(void **state)
     }
 }
 
+static void stop_node(node_t *n, int sig)
+{
+    kill(n->pid, sig);
+    waitpid(n->pid, NULL, 0);
+    kbp_forget(n->pid);
+}
+
+/* Waits until the leader's log starts above `above`; returns it. */
+static int wait_log_start(const node_t *n, int above, int timeout_ms)
+{
+    int seen = -1;
+    for (int waited = 0; waited <= timeout_ms; waited += 100) {
+        cJSON *s = status(n);
+        if (s)
+            seen = (int)kbp_num(s, "log_start");
+        cJSON_Delete(s);
+        if (seen > above)
+            return seen;
+        usleep(100000);
+    }
+    return seen;
+}
+
+/* The replica holds what the leader holds: same version and documents,
+ * and every sampled document answers with the same top hit. */
+static void expect_same(cluster_t *c, node_t *r, int ndocs, const char *prefix)
+{
+    cJSON *ls = status(&c->leader), *rs = NULL;
+    int lv = (int)kbp_num(ls, "version"), ld = (int)kbp_num(ls, "docs");
+    cJSON_Delete(ls);
+    assert_true(wait_version(r, lv, 30000) >= lv);
+    rs = status(r);
+    assert_int_equal((int)kbp_num(rs, "docs"), ld);
+    cJSON_Delete(rs);
+    for (int d = 0; d < ndocs; d += ndocs / 25) {
+        char id[64];
+        snprintf(id, sizeof id, "%s-%d", prefix, d);
+        int vl, vr;
+        int a = rank_on(&c->leader, d, id, &vl), b = rank_on(r, d, id, &vr);
+        assert_int_equal(a, b);
+        assert_int_equal(vl, vr);
+    }
+}
+
+/* A named replica that is away pins the log: the leader compacts nothing
+ * it still needs, and it catches up from the log, not from a snapshot. */
+static void test_e2e_repl_retention_keeps_what_a_named_replica_needs(
+    void **state)
+{
+    cluster_t *c = *state;
+    start_cluster(c, NULL, NULL);
+    char path[400];
+    snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
+    write_jsonl(path, "a", 0, 300);
+    assert_int_equal(ingest(c, "all", path, NULL), 0); /* LSN 1..300 */
+    assert_int_equal(ingest(c, "all", path, NULL), 0); /* replaces them */
+    int start = wait_log_start(&c->leader, 300, 5000);
+    assert_true(start > 300); /* compacted: both replicas have it all */
+    stop_node(&c->r[1], SIGKILL); /* r2 stops at 600 */
+    wait_connected(c, "r2", 0);
+    assert_int_equal(ingest(c, "async", path, NULL), 0); /* 601..900 */
+    assert_int_equal(ingest(c, "async", path, NULL), 0); /* 901..1200 */
+    usleep(2500000); /* two retention passes */
+    cJSON *ls = status(&c->leader);
+    int ls_start = (int)kbp_num(ls, "log_start");
+    cJSON_Delete(ls);
+    assert_true(ls_start <= 600); /* r2's newest record is kept */
+    start_replica(c, 1);
+    expect_same(c, &c->r[1], 300, "a");
+    assert_true(file_has(c->leader.log, "streaming what it missed"));
+    assert_false(file_has(c->r[1].log, "snapshot"));
+    /* Once r2 is back, the log is compacted past it. */
+    assert_true(wait_log_start(&c->leader, 900, 5000) > 900);
+}
+
+/* Beyond --log-retain-mb, a named replica that is away loses its pin: at
+ * its return it is told it is behind the retained log and gets a snapshot;
+ * a new replica of a compacted log gets one too. Both converge. */
+static void test_e2e_repl_snapshot_when_behind_or_new(void **state)
+{
+    cluster_t *c = *state;
+    const char *extra[] = {"--log-retain-mb", "1", NULL};
+    start_leader_args(c, extra);
+    start_replica(c, 0);
+    start_replica(c, 1);
+    wait_connected(c, "r1", 1);
+    wait_connected(c, "r2", 1);
+    char path[400];
+    snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
+    write_jsonl(path, "a", 0, 6000);
+    assert_int_equal(ingest(c, "async", path, NULL), 0);
+    assert_true(wait_version(&c->r[1], 6000, 20000) >= 6000);
+    stop_node(&c->r[1], SIGKILL);
+    wait_connected(c, "r2", 0);
+    /* Replace every document twice and delete some: over 1 MB of log. */
+    assert_int_equal(ingest(c, "async", path, NULL), 0);
+    assert_int_equal(ingest(c, "async", path, NULL), 0);
+    static char out[1 << 16];
+    assert_int_equal(kbp_run(out, sizeof out,
+                             "'%s' delete --to '%s' a-1 a-2 a-3 a-5000",
+                             kbp_bin(), c->leader.ep),
+                     0);
+    assert_true(wait_log_start(&c->leader, 6000, 10000) > 6000);
+    assert_true(file_has(c->leader.log, "it is sent a snapshot"));
+    start_replica(c, 1);
+    expect_same(c, &c->r[1], 6000, "a");
+    assert_true(file_has(c->r[1].log, "behind the retained log"));
+    assert_true(file_has(c->r[1].log, "snapshot complete"));
+    assert_int_equal(rank_on(&c->r[1], 5000, "a-5000", NULL), -1);
+    /* A new replica (empty directory) of the compacted log. */
+    stop_node(&c->r[0], SIGKILL);
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", c->r[0].data);
+    assert_int_equal(system(cmd), 0);
+    start_replica(c, 0);
+    expect_same(c, &c->r[0], 6000, "a");
+    assert_true(file_has(c->r[0].log, "snapshot complete"));
+    assert_true(file_has(c->leader.log, "is new; the log is compacted"));
+}
+
 int main(void)
 {
     atexit(kbp_kill_all);
@@ -597,6 +723,11 @@ int main(void)
             test_e2e_repl_leader_kill9_loses_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_e2e_repl_unconfirmed_records_never_served, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_e2e_repl_retention_keeps_what_a_named_replica_needs, setup,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            test_e2e_repl_snapshot_when_behind_or_new, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -280,7 +280,9 @@ class Cluster:
                             "--metric", "ip", "--listen", self.client_ep,
                             "--repl-listen", self.repl_ep, "--replicas",
                             ",".join(names), "--write-timeout-ms",
-                            str(write_timeout_ms), "--query-threads", "2"]
+                            str(write_timeout_ms), "--query-threads", "2",
+                            # the audit reads the whole history back
+                            "--log-keep-ops", "1000000000"]
                            + list(extra_leader))
         self.replicas = []
         for i, name in enumerate(names):

@@ -58,7 +58,10 @@ class ReplicaGroups(unittest.TestCase):
         rep = "tcp://127.0.0.1:%d" % cluster.free_port()
         self.spawn("leader", [KBSYNC, "leader", "--data",
                               os.path.join(self.tmp, "leader"), "--dim", "384",
-                              "--listen", ep, "--repl-listen", repl])
+                              "--listen", ep, "--repl-listen", repl,
+                              # the whole log: this is about log catch-up,
+                              # not snapshots (test_e2e_snapshot)
+                              "--log-keep-ops", "1000000000"])
         src = os.path.join(self.tmp, "docs.jsonl")
         with open(src, "w") as f:
             for i in range(DOCS):
