@@ -228,6 +228,8 @@ static int cmd_leader(int argc, char **argv)
         case 'K':
             nc.leader.log_keep_ops = cli_uint("--log-keep-ops", optarg,
                                               UINT64_C(1) << 40);
+            if (!nc.leader.log_keep_ops) /* 0 in the config means default */
+                nc.leader.log_keep_ops = UINT64_MAX;
             break;
         default: die_usage("bad option for leader%s", ""); /* fallthrough */
         }

@@ -49,6 +49,9 @@
 #define IDX_TRAIN_MAX 100000       /* vectors an IVF is trained on, at most */
 #define IDX_DEAD_MIN 1024          /* dead vectors before an automatic rebuild */
 #define IDX_FILTER_BRUTE_MIN 4096  /* candidates always scored exactly */
+#define IDX_PUBHIST 32             /* published-version samples kept */
+#define IDX_PUBHIST_MS 100         /* ... one per this many ms at most */
+#define IDX_COMPACT_LAG_MS 1000    /* compaction stays this far behind */
 
 /* The metadata of a document written while a rebuild runs, replayed on the
  * rebuild's fresh postings before they replace the live ones. */
@@ -67,7 +70,15 @@ typedef struct pending_rm {
 struct idx {
     idx_store_t *store;
     char *confirmed_path; /* replicas: DIR/confirmed (see STAGING) */
-    uint64_t loading;     /* snapshot: not servable below this LSN (0: no) */
+    uint64_t loading;     /* snapshot: not servable below this LSN (0: no);
+                             atomic: readers check it */
+    /* Writer thread: published versions sampled every IDX_PUBHIST_MS, so
+     * compaction can stay a second behind what searches may hold. */
+    struct {
+        uint64_t us, version;
+    } pubhist[IDX_PUBHIST];
+    size_t pubhist_at;
+    uint64_t pub_last_us; /* monotonic: the last publish */
     Kbsync__KbMeta *meta; /* as stored; immutable after open */
     uint32_t dim;
     int metric;     /* IDX_METRIC_* */
@@ -176,15 +187,7 @@ static int idx_upgrade_v1(idx_kb_t *ix, const char *dir, char *err,
 {
     uint64_t head;
     idx_store_state(ix->store, &head, NULL);
-    idx_wtxn_t *t;
-    int rc = idx_store_begin(ix->store, &t, err, errlen);
-    if (!rc)
-        rc = idx_store_put_u64(t, "undo_from", head + 1, err, errlen);
-    if (rc) {
-        idx_store_abort(&t);
-        return rc;
-    }
-    rc = idx_store_commit(&t, err, errlen);
+    int rc = idx_store_set_undo_from(ix->store, head + 1, err, errlen);
     if (rc)
         return rc;
     ix->meta->format_version = IDX_FORMAT_VERSION;
@@ -295,15 +298,38 @@ static int build_visit(void *ctx, int64_t label, const void *bytes, size_t len)
  * training an IVF index first when the snapshot holds enough documents
  * (at most IDX_TRAIN_MAX of them, the first in label order). ndocs is the
  * snapshot's live document count. */
-static int build_fresh(idx_kb_t *ix, idx_rtxn_t *t, uint64_t ndocs, int *stop,
-                       idx_vec_t **vec_out, idx_filter_t **flt_out, char *err,
-                       size_t errlen)
+/* Walks the live documents of snapshot *tp: in *tp itself at open (no
+ * writer runs), or, for a background rebuild (stop set), by label list
+ * taken from *tp, which then ends, and records read in short transactions
+ * (idx_store_scan_labels: a long read transaction would keep LMDB from
+ * reusing pages that writes and compaction free meanwhile). */
+static int build_scan(struct build *b, idx_rtxn_t **tp, const uint64_t *labels,
+                      size_t nl, idx_store_doc_cb cb)
+{
+    if (!b->stop)
+        return idx_store_scan_docs_in(*tp, cb, b, b->err, b->errlen);
+    return idx_store_scan_labels(b->ix->store, labels, nl, cb, b, b->err,
+                                 b->errlen);
+}
+
+static int build_fresh(idx_kb_t *ix, idx_rtxn_t **tp, uint64_t ndocs,
+                       int *stop, idx_vec_t **vec_out, idx_filter_t **flt_out,
+                       char *err, size_t errlen)
 {
     struct build b = {.ix = ix, .stop = stop, .err = err, .errlen = errlen};
     *vec_out = NULL;
     *flt_out = NULL;
-    int rc = idx_vec_new(ix->dim, ix->meta->index, ix->metric, &b.vec, err,
-                         errlen);
+    uint64_t *labels = NULL;
+    size_t nl = 0;
+    int rc = 0;
+    if (stop) {
+        rc = idx_store_live_labels(*tp, &labels, &nl, err, errlen);
+        idx_store_rend(tp);
+        if (rc)
+            return rc;
+    }
+    rc = idx_vec_new(ix->dim, ix->meta->index, ix->metric, &b.vec, err,
+                     errlen);
     if (!rc && idx_filter_new(&b.flt))
         rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     if (!rc && idx_vec_needs_training(b.vec) &&
@@ -313,7 +339,7 @@ static int build_fresh(idx_kb_t *ix, idx_rtxn_t *t, uint64_t ndocs, int *stop,
         if (!b.train_x)
             rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
         if (!rc) {
-            rc = idx_store_scan_docs_in(t, train_visit, &b, err, errlen);
+            rc = build_scan(&b, tp, labels, nl, train_visit);
             if (rc == 1)
                 rc = 0;
         }
@@ -332,12 +358,13 @@ static int build_fresh(idx_kb_t *ix, idx_rtxn_t *t, uint64_t ndocs, int *stop,
         b.labels = malloc(sizeof(int64_t) * IDX_REBUILD_CHUNK);
         rc = (!b.x || !b.labels)
                  ? kb_seterr(err, errlen, KB_ENOMEM, "out of memory")
-                 : idx_store_scan_docs_in(t, build_visit, &b, err, errlen);
+                 : build_scan(&b, tp, labels, nl, build_visit);
         if (!rc && b.n)
             rc = build_flush(&b);
     }
     free(b.x);
     free(b.labels);
+    free(labels);
     if (rc) {
         idx_vec_free(&b.vec);
         idx_filter_free(&b.flt);
@@ -358,7 +385,7 @@ static int idx_build_now(idx_kb_t *ix, char *err, size_t errlen)
         return rc;
     idx_vec_t *vec;
     idx_filter_t *flt;
-    rc = build_fresh(ix, t, idx_store_count(ix->store), NULL, &vec, &flt, err,
+    rc = build_fresh(ix, &t, idx_store_count(ix->store), NULL, &vec, &flt, err,
                      errlen);
     idx_store_rend(&t);
     if (rc)
@@ -841,6 +868,14 @@ static int idx_apply_vectors(idx_kb_t *ix, const idx_view_t *pub, char *err,
     pthread_mutex_lock(&ix->vmu);
     ix->view = v;
     pthread_mutex_unlock(&ix->vmu);
+    uint64_t now = kb_mono_us();
+    ix->pub_last_us = now;
+    size_t last = (ix->pubhist_at + IDX_PUBHIST - 1) % IDX_PUBHIST;
+    if (now - ix->pubhist[last].us >= IDX_PUBHIST_MS * 1000u) {
+        ix->pubhist[ix->pubhist_at].us = now;
+        ix->pubhist[ix->pubhist_at].version = v.version;
+        ix->pubhist_at = (ix->pubhist_at + 1) % IDX_PUBHIST;
+    }
     ix->add_n = ix->rm_lab_n = 0;
     if (keep || rm)
         merger_kick(ix);
@@ -1034,7 +1069,7 @@ int idx_apply_log_staged(idx_kb_t *ix, size_t n, const void *const *recs,
                     "from now on",
                     (unsigned long long)r[n - 1]->lsn,
                     (unsigned long long)idx_store_count(ix->store));
-            ix->loading = 0;
+            __atomic_store_n(&ix->loading, 0, __ATOMIC_RELEASE);
         }
         if (direct)
             rc = idx_apply_vectors(ix, NULL, err, errlen); /* meta in r[] */
@@ -1119,6 +1154,16 @@ static int idx_drop_unconfirmed(idx_kb_t *ix, char *err, size_t errlen)
         return 0;
     uint64_t hint = confirmed_read(ix);
     uint64_t keep = hint > mark - 1 ? hint : mark - 1;
+    uint64_t start = idx_store_log_start(ix->store);
+    if (keep + 1 < start) {
+        /* Not expected (compaction stays below the mark): keep what the
+         * compacted log allows rather than refuse to open. */
+        kb_warn("staged mark %llu is below the compacted log (start %llu); "
+                "keeping the records up to %llu",
+                (unsigned long long)mark, (unsigned long long)start,
+                (unsigned long long)start - 1);
+        keep = start - 1;
+    }
     uint64_t dropped = 0;
     int rc = idx_store_truncate(ix->store, keep < head ? keep : head, &dropped,
                                 err, errlen);
@@ -1362,7 +1407,7 @@ static void *rebuild_main(void *arg)
     idx_vec_t *vec = NULL;
     idx_filter_t *flt = NULL;
     idx_rtxn_t *t = ix->rb_txn;
-    int rc = build_fresh(ix, t, ix->rb_docs, &ix->rb_stop, &vec, &flt, err,
+    int rc = build_fresh(ix, &t, ix->rb_docs, &ix->rb_stop, &vec, &flt, err,
                          sizeof err);
     idx_store_rend(&t);
     const uint64_t S = ix->rb_version;
@@ -1828,6 +1873,14 @@ int idx_search_batch(idx_kb_t *ix, size_t nq, const idx_query_t *q,
         }
         idx_embed_text(q[i].text, q[i].text_len, xi, ix->dim);
     }
+    if (idx_loading(ix)) {
+        rc = kb_seterr(err, errlen, KB_EUNAVAIL,
+                       "this replica is loading a snapshot; it answers once "
+                       "the snapshot is complete");
+        goto done;
+    }
+    int tries = 0;
+again:;
     idx_vec_params_t p = {.ef_search = q[0].ef_search, .nprobe = q[0].nprobe};
     idx_rtxn_t *t = NULL;
     rctx_t r = {0};
@@ -1882,6 +1935,15 @@ int idx_search_batch(idx_kb_t *ix, size_t nq, const idx_query_t *q,
     free(cand);
     if (!rc)
         rc = idx_store_rbegin(ix->store, &t, err, errlen);
+    /* Compaction below a cut <= version + 1 only removes records that were
+     * dead at this version. A cut above it (compaction lags the published
+     * version by a second, so only a search slower than that) may have
+     * removed a hit's record: search again at the new version. */
+    if (!rc && idx_store_rtxn_log_start(t) > view->version + 1 &&
+        tries++ < 3) {
+        idx_store_rend(&t);
+        goto again;
+    }
     for (size_t i = 0; i < nq && !rc; i++) {
         uint32_t k = q[i].k ? q[i].k : 10;
         rc = resolve_hits(ix, t, scores + i * kmax, labels + i * kmax, k,
@@ -2008,12 +2070,40 @@ uint64_t idx_commit_time(idx_kb_t *ix, uint64_t lsn)
 int idx_compact(idx_kb_t *ix, uint64_t cut, size_t max_records,
                 uint64_t *removed, uint64_t *bytes, char *err, size_t errlen)
 {
+    idx_view_t v;
+    idx_view(ix, &v);
     if (ix->confirmed_path) { /* a replica: only what is confirmed */
-        idx_view_t v;
-        idx_view(ix, &v);
         if (cut > v.version)
             cut = v.version;
+        /* Keep the staged mark current (compaction must never pass it: a
+         * restart may drop records back to it) and clear it when nothing is
+         * staged. */
+        uint64_t head, mark = idx_store_staged(ix->store);
+        idx_store_state(ix->store, &head, NULL);
+        uint64_t want = v.version >= head ? 0 : v.version + 1;
+        if (mark && mark != want) {
+            int rc = idx_store_set_staged_now(ix->store, want, err, errlen);
+            if (rc)
+                return rc;
+            mark = want;
+        }
+        if (mark && cut > mark)
+            cut = mark;
     }
+    /* Searches resolve hits in a read transaction opened after they read
+     * the published view: compact only below a version published at least
+     * IDX_COMPACT_LAG_MS ago (idx_search_batch checks, and searches again
+     * in the rare case a search took longer). */
+    uint64_t old_v = 0, now = kb_mono_us();
+    for (size_t i = 0; i < IDX_PUBHIST; i++)
+        if (ix->pubhist[i].us &&
+            now - ix->pubhist[i].us >= IDX_COMPACT_LAG_MS * 1000u &&
+            ix->pubhist[i].version > old_v)
+            old_v = ix->pubhist[i].version;
+    if (ix->pub_last_us && now - ix->pub_last_us >= IDX_COMPACT_LAG_MS * 1000u)
+        old_v = v.version; /* nothing published for a while */
+    if (cut > old_v + 1)
+        cut = old_v + 1;
     if (ix->loading)
         cut = 0; /* a snapshot being loaded is not compacted */
     return idx_store_compact(ix->store, cut, max_records, removed, bytes, err,
@@ -2048,14 +2138,25 @@ uint64_t idx_log_start(idx_kb_t *ix)
 
 uint64_t idx_loading(idx_kb_t *ix)
 {
-    return ix->loading;
+    return __atomic_load_n(&ix->loading, __ATOMIC_ACQUIRE);
+}
+
+uint64_t idx_undo_from(idx_kb_t *ix)
+{
+    return idx_store_undo_from(ix->store);
+}
+
+int idx_record_is_live(idx_kb_t *ix, uint64_t lsn, const void *bytes,
+                       size_t len)
+{
+    return idx_store_is_live(ix->store, lsn, bytes, len);
 }
 
 int idx_set_loading(idx_kb_t *ix, uint64_t until, char *err, size_t errlen)
 {
     int rc = idx_store_set_u64(ix->store, "snapshot_until", until, err, errlen);
     if (!rc)
-        ix->loading = until;
+        __atomic_store_n(&ix->loading, until, __ATOMIC_RELEASE);
     return rc;
 }
 

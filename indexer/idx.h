@@ -266,6 +266,12 @@ int idx_set_u64(idx_kb_t *ix, const char *key, uint64_t v, char *err,
                 size_t errlen);
 uint64_t idx_get_u64(idx_kb_t *ix, const char *key);
 
+/* Undo entries are complete from this LSN on (older: a format-1 store). */
+uint64_t idx_undo_from(idx_kb_t *ix);
+/* 1 when the upsert log record at lsn is its document's live version. */
+int idx_record_is_live(idx_kb_t *ix, uint64_t lsn, const void *bytes,
+                       size_t len);
+
 /* Live documents in the store and its size in bytes, without any lock.
  * Writer thread. */
 uint64_t idx_store_docs(idx_kb_t *ix);

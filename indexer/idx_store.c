@@ -7,6 +7,7 @@
 
 #include "kb_err.h"
 #include "kb_util.h"
+#include "kb_wire.h"
 
 #include <errno.h>
 #include <lmdb.h>
@@ -393,6 +394,60 @@ uint64_t idx_store_log_start(idx_store_t *s)
     return s->log_start;
 }
 
+uint64_t idx_store_rtxn_log_start(idx_rtxn_t *t)
+{
+    MDB_val k = {9, "log_start"}, v;
+    if (!mdb_get(t->txn, t->s->meta, &k, &v) && v.mv_size == 8)
+        return get_u64(v.mv_data);
+    return 1;
+}
+
+uint64_t idx_store_undo_from(idx_store_t *s)
+{
+    return s->undo_from;
+}
+
+int idx_store_set_undo_from(idx_store_t *s, uint64_t lsn, char *err,
+                            size_t errlen)
+{
+    int rc = idx_store_set_u64(s, "undo_from", lsn, err, errlen);
+    if (!rc)
+        s->undo_from = lsn;
+    return rc;
+}
+
+int idx_store_set_staged_now(idx_store_t *s, uint64_t first, char *err,
+                             size_t errlen)
+{
+    idx_wtxn_t *t;
+    int rc = idx_store_begin(s, &t, err, errlen);
+    if (!rc)
+        rc = idx_store_set_staged(t, first, err, errlen);
+    if (!rc)
+        return idx_store_commit(&t, err, errlen);
+    idx_store_abort(&t);
+    return rc;
+}
+
+int idx_store_is_live(idx_store_t *s, uint64_t lsn, const void *bytes,
+                      size_t len)
+{
+    Kbsync__LogRecord *r = kbsync__log_record__unpack(NULL, len, bytes);
+    int live = 0;
+    if (r && r->op == KBSYNC__LOG_OP__LOG_OP_UPSERT && r->doc && r->doc->id) {
+        MDB_txn *txn;
+        if (!mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)) {
+            MDB_val k = {strlen(r->doc->id), r->doc->id}, v;
+            live = !mdb_get(txn, s->ids, &k, &v) && v.mv_size == 8 &&
+                   get_u64(v.mv_data) == lsn;
+            mdb_txn_abort(txn);
+        }
+    }
+    if (r)
+        kbsync__log_record__free_unpacked(r, NULL);
+    return live;
+}
+
 int idx_store_log_get(idx_rtxn_t *t, uint64_t lsn, const void **bytes,
                       size_t *len)
 {
@@ -601,6 +656,74 @@ int idx_store_scan_docs_in(idx_rtxn_t *t, idx_store_doc_cb cb, void *ctx,
             out = cb(ctx, (int64_t)labels[i], v.mv_data, v.mv_size);
     }
     free(labels);
+    return out;
+}
+
+int idx_store_live_labels(idx_rtxn_t *t, uint64_t **labels, size_t *n,
+                          char *err, size_t errlen)
+{
+    *labels = NULL;
+    *n = 0;
+    MDB_cursor *cur;
+    MDB_stat st;
+    int rc = mdb_stat(t->txn, t->s->ids, &st);
+    if (!rc)
+        rc = mdb_cursor_open(t->txn, t->s->ids, &cur);
+    if (rc)
+        return store_fail(err, errlen, rc, "list documents");
+    size_t cap = st.ms_entries ? st.ms_entries : 1, k = 0;
+    uint64_t *l = malloc(cap * sizeof *l);
+    int out = l ? 0 : kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    MDB_val mk, mv;
+    rc = out ? MDB_NOTFOUND : mdb_cursor_get(cur, &mk, &mv, MDB_FIRST);
+    while (rc == 0 && k < cap) {
+        if (mv.mv_size != 8) {
+            out = kb_seterr(err, errlen, KB_ECORRUPT, "id entry of %zu bytes",
+                            mv.mv_size);
+            break;
+        }
+        l[k++] = get_u64(mv.mv_data);
+        rc = mdb_cursor_get(cur, &mk, &mv, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    if (!out && rc && rc != MDB_NOTFOUND)
+        out = store_fail(err, errlen, rc, "list documents");
+    if (out) {
+        free(l);
+        return out;
+    }
+    qsort(l, k, sizeof *l, cmp_u64);
+    *labels = l;
+    *n = k;
+    return 0;
+}
+
+#define SCAN_CHUNK 4096
+
+int idx_store_scan_labels(idx_store_t *s, const uint64_t *labels, size_t n,
+                          idx_store_doc_cb cb, void *ctx, char *err,
+                          size_t errlen)
+{
+    int out = 0;
+    for (size_t i = 0; i < n && !out;) {
+        MDB_txn *txn;
+        int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+        if (rc)
+            return store_fail(err, errlen, rc, "scan documents");
+        for (size_t end = i + SCAN_CHUNK < n ? i + SCAN_CHUNK : n;
+             i < end && !out; i++) {
+            uint64_t key = labels[i];
+            MDB_val k = u64_val(&key), v;
+            rc = mdb_get(txn, s->log, &k, &v);
+            if (rc == MDB_NOTFOUND)
+                continue;
+            if (rc)
+                out = store_fail(err, errlen, rc, "scan documents");
+            else
+                out = cb(ctx, (int64_t)labels[i], v.mv_data, v.mv_size);
+        }
+        mdb_txn_abort(txn);
+    }
     return out;
 }
 
@@ -1020,14 +1143,20 @@ int idx_store_compact(idx_store_t *s, uint64_t cut, size_t max_records,
             break;
         }
         n++;
-        Kbsync__LogRecord *r =
-            kbsync__log_record__unpack(NULL, v.mv_size, v.mv_data);
-        if (!r) {
-            rc = MDB_CORRUPTED;
-            break;
+        /* Only the op (field 3, after two varints) is needed here; the
+         * whole record is decoded only for writes older than undo_from. */
+        Kbsync__LogRecord *r = NULL;
+        int is_up = kb_wire_peek_u64(v.mv_data, v.mv_size, 3) ==
+                    KBSYNC__LOG_OP__LOG_OP_UPSERT;
+        if (lsn < s->undo_from) {
+            r = kbsync__log_record__unpack(NULL, v.mv_size, v.mv_data);
+            if (!r) {
+                rc = MDB_CORRUPTED;
+                break;
+            }
+            is_up = r->op == KBSYNC__LOG_OP__LOG_OP_UPSERT && r->doc;
         }
-        int is_up = r->op == KBSYNC__LOG_OP__LOG_OP_UPSERT && r->doc;
-        const char *id = is_up ? r->doc->id : r->id;
+        const char *id = r ? (is_up ? r->doc->id : r->id) : NULL;
         uint64_t old = UINT64_MAX; /* the label this write replaced */
         int drop_self = !is_up;    /* deletes never stay below log start */
         if (lsn >= s->undo_from) {
@@ -1053,7 +1182,8 @@ int idx_store_compact(idx_store_t *s, uint64_t cut, size_t max_records,
                 rc = g;
             }
         }
-        kbsync__log_record__free_unpacked(r, NULL);
+        if (r)
+            kbsync__log_record__free_unpacked(r, NULL);
         if (rc)
             break;
         if (ndrop + 2 > cap) {

@@ -118,6 +118,20 @@ int idx_store_compact(idx_store_t *s, uint64_t cut, size_t max_records,
                       size_t errlen);
 /* The current log start (see above). */
 uint64_t idx_store_log_start(idx_store_t *s);
+/* The log start in t's snapshot. */
+uint64_t idx_store_rtxn_log_start(idx_rtxn_t *t);
+/* Undo entries are complete from this LSN on (meta "undo_from"). */
+uint64_t idx_store_undo_from(idx_store_t *s);
+/* Sets meta "undo_from" (format upgrade) and the staged mark (0 clears)
+ * in transactions of their own. */
+int idx_store_set_undo_from(idx_store_t *s, uint64_t lsn, char *err,
+                            size_t errlen);
+int idx_store_set_staged_now(idx_store_t *s, uint64_t first, char *err,
+                             size_t errlen);
+/* 1 when the upsert record bytes is the live version of its document
+ * (the id map points at lsn), else 0. */
+int idx_store_is_live(idx_store_t *s, uint64_t lsn, const void *bytes,
+                      size_t len);
 /* The exact log record at lsn (borrowed in t), or -ENOENT. */
 int idx_store_log_get(idx_rtxn_t *t, uint64_t lsn, const void **bytes,
                       size_t *len);
@@ -168,6 +182,20 @@ int idx_store_scan_docs(idx_store_t *s, idx_store_doc_cb cb, void *ctx,
  * snapshot. t stays open. */
 int idx_store_scan_docs_in(idx_rtxn_t *t, idx_store_doc_cb cb, void *ctx,
                            char *err, size_t errlen);
+
+/* The labels of the live documents in t's snapshot, ascending, in a
+ * malloc'ed array (*labels, free() it; NULL when *n is 0). */
+int idx_store_live_labels(idx_rtxn_t *t, uint64_t **labels, size_t *n,
+                          char *err, size_t errlen);
+/* Calls cb for the records of labels[0..n) (ascending) that still exist,
+ * reading them in chunks, each chunk in a read transaction of its own: a
+ * long walk does not keep LMDB from reusing the pages freed meanwhile
+ * (which a single long read transaction would, growing the file). A label
+ * whose record went since (a document replaced or deleted, then compacted)
+ * is skipped. Stops and returns cb's value when it is non-zero. */
+int idx_store_scan_labels(idx_store_t *s, const uint64_t *labels, size_t n,
+                          idx_store_doc_cb cb, void *ctx, char *err,
+                          size_t errlen);
 
 /* Bytes of the store's data file in use (last page written x page size). */
 uint64_t idx_store_bytes(idx_store_t *s);

@@ -30,8 +30,9 @@ typedef struct repl_leader_config {
     /* Log retention (see repl_retain.c): the log a lagging replica needs is
      * kept, but at most log_retain_mb MB and log_retain_hours hours of it
      * (0 = the defaults, 1024 MB and 24 h); beyond that it gets a snapshot.
-     * log_keep_ops: the newest operations always kept (0 = none beyond what
-     * replicas need; audits of the whole history set it high). */
+     * log_keep_ops: the newest operations always kept (0 = the default,
+     * 10,000; UINT64_MAX = none beyond what replicas need; audits of the
+     * whole history set it high). */
     uint64_t log_retain_mb;
     uint64_t log_retain_hours;
     uint64_t log_keep_ops;

@@ -84,6 +84,7 @@ struct repl_leader {
     parked_t *park;
     size_t nparked, parkcap;
     shipment_t ship;
+    uint64_t cat_start, cat_undo_from; /* catch-up walk: log start, undo_from */
     int shipped; /* the current group commit sent records before commit */
     int closing; /* repl_leader_shutdown(): answer every parked write */
     /* A commit failed after its records were sent to replicas: those LSNs
@@ -100,6 +101,7 @@ struct repl_leader {
     uint64_t rsamp_lsn;   /* the samples cover the log up to here */
     uint64_t rsamp_bytes; /* bytes of records up to rsamp_lsn */
     uint64_t retain_us;   /* monotonic: last retention pass */
+    int retain_behind;    /* the last step stopped short of its cut */
     uint64_t pins_us;     /* monotonic: pins last saved */
     uint64_t compacted_records, compacted_bytes; /* since the last log line */
     uint64_t compact_log_us;                     /* monotonic: that line */

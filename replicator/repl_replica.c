@@ -64,10 +64,13 @@
 #define REPLICA_RECONNECT_MS 1000
 #define REPLICA_RECENT 96 /* records named in a hello (64 + powers of 2) */
 #define REPLICA_MAX_BATCH 16384 /* records applied in one transaction */
+/* ... and bytes: a transaction of large records must not keep the replica
+ * from acknowledging for so long that the leader thinks it is gone. */
+#define REPLICA_MAX_BATCH_BYTES (8u << 20)
 #define REPLICA_STUCK_MS 1000   /* behind, yet no records: ask again */
 #define REPLICA_OFFSET_KEEP_US 10000000u /* clock-offset sample lifetime */
 #define REPLICA_COMPACT_MS 1000   /* a compaction pass this often */
-#define REPLICA_COMPACT_STEP 4096 /* operations per compaction step */
+#define REPLICA_COMPACT_STEP 8192 /* operations per compaction step */
 
 struct repl_replica {
     repl_replica_config_t cfg;
@@ -102,6 +105,7 @@ struct repl_replica {
     /* Snapshot being loaded (see SNAPSHOT): what the leader's welcome said
      * and when loading started. */
     uint64_t compact_us, compact_log_us, compacted;
+    int compact_behind;
     uint64_t snap_docs_total;
     uint64_t snap_start_us;   /* monotonic */
     uint64_t snap_start_docs; /* documents held when this session started */
@@ -114,6 +118,7 @@ struct repl_replica {
     uint8_t *own;
     Kbsync__ReplMessage **msgs;
     size_t nrec, nmsgs;
+    size_t batch_bytes; /* bytes of rec[0..nrec) */
     int group_open; /* the last message's group commit goes on after it */
 };
 
@@ -265,6 +270,7 @@ static void replica_hello(repl_replica_t *r)
                                      r->recent_us);
             r->recent_at = st.version;
         }
+        h.loading_lsn = idx_loading(r->ix);
         h.n_recent_lsn = h.n_recent_commit_us = r->recent_n;
         h.recent_lsn = r->recent_lsn;
         h.recent_commit_us = r->recent_us;
@@ -354,11 +360,14 @@ static int replica_publish(repl_replica_t *r)
 
 /* Compacts the log below the published version: a replica serves no
  * catch-up, and records above it may still be dropped as unconfirmed.
- * At most REPLICA_COMPACT_STEP operations per tick, a pass a second. */
+ * At most REPLICA_COMPACT_STEP operations a step: every 10 ms while
+ * behind, else a pass a second. */
 static void replica_compact(repl_replica_t *r, uint64_t now)
 {
-    if (!r->ix || now - r->compact_us < REPLICA_COMPACT_MS * 1000u)
+    uint64_t gap_ms = r->compact_behind ? 10 : REPLICA_COMPACT_MS;
+    if (!r->ix || now - r->compact_us < gap_ms * 1000u)
         return;
+    r->compact_us = now;
     idx_view_t v;
     idx_view(r->ix, &v);
     uint64_t removed = 0, bytes = 0;
@@ -366,8 +375,7 @@ static void replica_compact(repl_replica_t *r, uint64_t now)
     if (idx_compact(r->ix, v.version, REPLICA_COMPACT_STEP, &removed, &bytes,
                     err, sizeof err))
         kb_warn("log compaction failed: %s", err);
-    if (idx_log_start(r->ix) >= v.version)
-        r->compact_us = now; /* caught up: the next pass in a second */
+    r->compact_behind = idx_log_start(r->ix) < v.version; /* step again */
     r->compacted += removed;
     if (r->compacted && now - r->compact_log_us >= 10000000u) {
         kb_info("log compacted: %llu records of replaced or deleted "
@@ -424,6 +432,7 @@ static int rm_visit(const char *path, const struct stat *st, int flag,
 static int replica_wipe(repl_replica_t *r)
 {
     replica_set_ix(r, NULL);
+    r->leader_committed = 0;
     r->recent_n = 0;
     char aside[4096];
     snprintf(aside, sizeof aside, "%s.old-%llu", r->cfg.data_dir,
@@ -487,6 +496,7 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
     if (w->diverged) {
         const char *why = w->reason ? w->reason : "no reason given";
         r->streaming = 0;
+        r->leader_committed = 0;
         r->hello_us = 0; /* say hello again at once */
         if (r->ix && w->keep_lsn) {
             idx_stats_t st;
@@ -515,7 +525,9 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
     if (w->snapshot_lsn && r->ix) {
         idx_stats_t st;
         idx_stats_stream(r->ix, &st);
-        if (st.version || idx_loading(r->ix)) {
+        /* Resuming the snapshot it was loading: keep what it has. */
+        if ((st.version || idx_loading(r->ix)) &&
+            idx_loading(r->ix) != w->snapshot_lsn) {
             kb_warn("leader's log starts at LSN %llu and this replica is at "
                     "%llu (%llu LSNs behind the retained log): dropping the "
                     "local copy and loading a snapshot of %llu documents",
@@ -547,6 +559,14 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
         idx_kb_t *ix;
         if (idx_open(&ic, &ix, why, sizeof why)) {
             kb_error("cannot create the replica's knowledge base: %s", why);
+            return;
+        }
+        /* Loading is recorded before readers can see the new store. */
+        if (w->snapshot_lsn &&
+            idx_set_loading(ix, w->snapshot_lsn, why, sizeof why)) {
+            kb_error("cannot start loading a snapshot: %s", why);
+            idx_close(&ix);
+            replica_back_off(r);
             return;
         }
         replica_set_ix(r, ix);
@@ -613,8 +633,7 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
     r->streaming = 1;
     /* The leader checked our newest record against its log: everything we
      * hold is in its committed history (staged records included). */
-    if (w->head_lsn > r->leader_committed)
-        r->leader_committed = w->head_lsn;
+    r->leader_committed = w->head_lsn; /* this leader's, this session */
     replica_publish(r);
 }
 
@@ -645,6 +664,7 @@ static void batch_release(repl_replica_t *r)
     for (size_t i = 0; i < r->nmsgs; i++)
         kbsync__repl_message__free_unpacked(r->msgs[i], NULL);
     r->nmsgs = r->nrec = 0;
+    r->batch_bytes = 0;
 }
 
 /* Keeps records [m, nrec) (copied, so that their messages can go) as the
@@ -677,6 +697,9 @@ static int batch_hold_tail(repl_replica_t *r, size_t m)
         kbsync__repl_message__free_unpacked(r->msgs[i], NULL);
     r->nmsgs = 0;
     r->nrec = keep;
+    r->batch_bytes = 0;
+    for (size_t i = 0; i < keep; i++)
+        r->batch_bytes += r->len[i];
     return 0;
 }
 
@@ -796,7 +819,8 @@ size_t repl_replica_on_msg(repl_replica_t *r)
                     r->dup_records++;
                     continue;
                 }
-                if (r->nrec == REPLICA_MAX_BATCH) {
+                if (r->nrec == REPLICA_MAX_BATCH ||
+                    r->batch_bytes >= REPLICA_MAX_BATCH_BYTES) {
                     /* frees earlier messages; more of this one follows */
                     applied += batch_apply(r, 1);
                     if (!r->streaming)
@@ -804,6 +828,7 @@ size_t repl_replica_on_msg(repl_replica_t *r)
                 }
                 r->rec[r->nrec] = b->data;
                 r->len[r->nrec] = b->len;
+                r->batch_bytes += b->len;
                 r->nrec++;
                 expect = lsn + 1;
                 keep = 1;

@@ -8,6 +8,8 @@
  * only live documents (idx_store.h, "compaction"). Every RETAIN_PASS_MS the
  * leader moves log start up to
  *     min(pin of every replica, head + 1 - --log-keep-ops)
+ * (--log-keep-ops: the newest operations always kept, 10,000 by default, so
+ * that a replica away for a moment, named or not, resumes from the log)
  * where a connected replica's pin is the newest LSN it acknowledged (its
  * record is kept, so its hello can be checked against our log), and a named
  * replica that is away keeps the pin last saved for it (meta "pin:<id>",
@@ -19,7 +21,7 @@
  * more is told at its next hello that it is behind the retained log, and
  * by how much, and gets a snapshot. Each pass compacts at most
  * RETAIN_STEP_RECORDS operations (one LMDB transaction), so a write waits
- * at most one step; passes repeat every tick until caught up. What went is
+ * at most one step; steps repeat every RETAIN_STEP_GAP_MS until caught up. What went is
  * logged with numbers, at most every RETAIN_LOG_MS. */
 #include "repl_leader_int.h"
 
@@ -32,10 +34,12 @@
 #define RETAIN_PASS_MS 1000
 #define RETAIN_PINS_MS 5000
 #define RETAIN_LOG_MS 10000
-#define RETAIN_STEP_RECORDS 4096
+#define RETAIN_STEP_RECORDS 8192
+#define RETAIN_STEP_GAP_MS 10 /* between steps while behind */
 #define RETAIN_SAMPLE_BYTES (64u << 10)
 #define RETAIN_DEFAULT_MB 1024
 #define RETAIN_DEFAULT_HOURS 24
+#define RETAIN_DEFAULT_KEEP_OPS 10000
 
 static void pin_key(const peer_t *p, char *key, size_t cap)
 {
@@ -150,8 +154,11 @@ static void save_pins(repl_leader_t *l)
 void repl__retain_tick(repl_leader_t *l)
 {
     uint64_t now = kb_mono_us();
-    if (l->retain_us && now - l->retain_us < RETAIN_PASS_MS * 1000u)
+    uint64_t gap_ms = l->retain_behind ? RETAIN_STEP_GAP_MS : RETAIN_PASS_MS;
+    if (l->retain_us && now - l->retain_us < gap_ms * 1000u)
         return;
+    l->retain_us = now;
+    l->retain_behind = 0;
     idx_stats_t st;
     idx_stats_stream(l->ix, &st);
     const uint64_t head = st.version;
@@ -159,9 +166,12 @@ void repl__retain_tick(repl_leader_t *l)
         save_pins(l);
         l->pins_us = now;
     }
+    uint64_t keep = l->cfg.log_keep_ops == UINT64_MAX ? 0
+                    : l->cfg.log_keep_ops ? l->cfg.log_keep_ops
+                                          : RETAIN_DEFAULT_KEEP_OPS;
     uint64_t cut = head + 1;
-    if (l->cfg.log_keep_ops < cut)
-        cut -= l->cfg.log_keep_ops;
+    if (keep < cut)
+        cut -= keep;
     else
         cut = 1;
     for (size_t i = 0; i < l->npeers; i++) {
@@ -176,7 +186,7 @@ void repl__retain_tick(repl_leader_t *l)
     }
     samples_update(l, head);
     uint64_t bound = bound_start(l, head);
-    if (cut < bound) {
+    if (cut < bound && bound > idx_log_start(l->ix)) {
         for (size_t i = 0; i < l->npeers; i++) {
             peer_t *p = &l->peer[i];
             uint64_t need = p->online ? p->acked : p->named ? p->pin : 0;
@@ -198,10 +208,8 @@ void repl__retain_tick(repl_leader_t *l)
         cut = bound;
     }
     uint64_t start = idx_log_start(l->ix);
-    if (cut <= start) {
-        l->retain_us = now; /* nothing to do until the next pass */
-        return;
-    }
+    if (cut <= start)
+        return; /* nothing to do until the next pass */
     uint64_t removed = 0, bytes = 0;
     char err[256];
     int rc = idx_compact(l->ix, cut, RETAIN_STEP_RECORDS, &removed, &bytes,
@@ -210,14 +218,12 @@ void repl__retain_tick(repl_leader_t *l)
         kb_warn("log compaction below LSN %llu failed: %s; trying again in "
                 "%d ms",
                 (unsigned long long)cut, err, RETAIN_PASS_MS);
-        l->retain_us = now;
         return;
     }
     l->compacted_records += removed;
     l->compacted_bytes += bytes;
-    /* Another step at the next tick while behind; else wait a pass. */
-    if (idx_log_start(l->ix) >= cut)
-        l->retain_us = now;
+    /* Another step soon while behind; else wait a pass. */
+    l->retain_behind = idx_log_start(l->ix) < cut;
     if (l->compacted_records &&
         now - l->compact_log_us >= RETAIN_LOG_MS * 1000u) {
         kb_info("log compacted: %llu records (%.1f MB) of replaced or deleted "

@@ -449,6 +449,12 @@ static int catchup_visit(void *ctx, uint64_t lsn, const void *b, size_t len)
             peer_lost(s->to, "needed log record is gone");
             return 1;
         }
+        /* A store upgraded from format 1 may hold, below its log start,
+         * upsert records of documents deleted before the upgrade (there
+         * were no undo entries to find them by): never ship those. */
+        if (lsn < l->cat_start && lsn < l->cat_undo_from &&
+            !idx_record_is_live(l->ix, lsn, b, len))
+            return 0; /* skipped: a gap like the others below log start */
         int rc = ship_add(s, lsn, b, len);
         if (rc || !ship_full(s))
             return rc;
@@ -469,6 +475,8 @@ static void stream_peer(repl_leader_t *l, peer_t *p, uint64_t head)
     size_t room = REPL_WINDOW - (size_t)(p->sent - p->acked);
     l->ship.to = p;
     l->ship.stalled = 0;
+    l->cat_start = idx_log_start(l->ix);
+    l->cat_undo_from = idx_undo_from(l->ix);
     ship_reset(&l->ship);
     int rc = idx_read_log(l->ix, p->sent + 1, room, catchup_visit, l, err,
                           sizeof err);
@@ -498,11 +506,24 @@ static void on_hello(repl_leader_t *l, peer_t *p, const Kbsync__ReplHello *h)
     const uint64_t start = idx_log_start(l->ix), have = h->applied_lsn;
     /* Behind the retained log (or new, with the log compacted): the ops it
      * misses are gone, only the documents they left are here. */
-    int snap = have <= st.version &&
+    /* A replica part way through a snapshot goes on from where it is when
+     * nothing was compacted since the snapshot began (the log still starts
+     * right after its end): what it lacks is still here, unchanged. */
+    const int resume = h->loading_lsn && h->loading_lsn + 1 == start &&
+                       have <= h->loading_lsn;
+    int snap = have <= st.version && !resume &&
                ((have == 0 && start > 1) || (have > 0 && have + 1 < start) ||
                 (have > 0 && have < start &&
                  idx_commit_time(l->ix, have) == 0));
-    if (snap) {
+    if (resume) {
+        w.snapshot_lsn = h->loading_lsn;
+        w.log_start = start;
+        w.snapshot_docs = st.docs;
+        kb_info("replica %s resumes loading its snapshot at LSN %llu (of "
+                "%llu)",
+                p->id, (unsigned long long)have,
+                (unsigned long long)h->loading_lsn);
+    } else if (snap) {
         w.snapshot_lsn = start - 1;
         w.log_start = start;
         w.snapshot_docs = st.docs;
@@ -570,7 +591,7 @@ static void on_hello(repl_leader_t *l, peer_t *p, const Kbsync__ReplHello *h)
     p->online = 1;
     p->acked = p->sent = snap ? 0 : h->applied_lsn;
     p->durable = p->acked;
-    p->snapshot_lsn = snap ? w.snapshot_lsn : 0;
+    p->snapshot_lsn = snap || resume ? w.snapshot_lsn : 0;
     p->warned_behind = 0;
     p->beat_us = 0;
     stream_peer(l, p, st.version);

@@ -637,7 +637,7 @@ static void test_e2e_repl_retention_keeps_what_a_named_replica_needs(
     void **state)
 {
     cluster_t *c = *state;
-    start_cluster(c, NULL, NULL);
+    start_cluster(c, "--log-keep-ops", "0");
     char path[400];
     snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
     write_jsonl(path, "a", 0, 300);
@@ -668,7 +668,7 @@ static void test_e2e_repl_retention_keeps_what_a_named_replica_needs(
 static void test_e2e_repl_snapshot_when_behind_or_new(void **state)
 {
     cluster_t *c = *state;
-    const char *extra[] = {"--log-retain-mb", "1", NULL};
+    const char *extra[] = {"--log-retain-mb", "1", "--log-keep-ops", "0", NULL};
     start_leader_args(c, extra);
     start_replica(c, 0);
     start_replica(c, 1);

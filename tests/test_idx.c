@@ -1726,6 +1726,127 @@ static void test_idx_filter_and_param_bounds(void **state)
     KBT_CONTAINS(err, "zero");
 }
 
+/* A snapshot: the leader's log is compacted (only live documents stay
+ * below its log start), then streamed from LSN 1 into an empty replica that
+ * is loading. The gaps are refused unless it is loading; it answers no
+ * search until it is complete (also after a reopen part way); then it
+ * answers exactly as the leader. */
+static void test_idx_snapshot_of_compacted_log_matches_leader(void **state)
+{
+    fx_t *f = *state;
+    char err[512] = "";
+    f->ix = kb_open(f->dir, DIM, "ip", NULL, "leader");
+    leader_history(f->ix);
+    leader_history(f->ix); /* replaces the same ids: superseded records */
+    usleep(1100000);       /* compaction stays a second behind searches */
+    uint64_t removed = 0, bytes = 0;
+    KBT_OK(idx_compact(f->ix, UINT64_MAX, 100000, &removed, &bytes, err,
+                       sizeof err),
+           err);
+    assert_true(removed > 0);
+    const uint64_t start = idx_log_start(f->ix);
+    idx_stats_t ls = stats(f->ix);
+    KBT_U64(start, ls.version); /* all but the newest record */
+    recs_t r;
+    read_log(f->ix, 1, &r);
+    assert_true(r.n < ls.version); /* the documents table has gaps */
+    assert_true(r.lsn[0] > 1);
+
+    idx_config_t c = {.dir = f->dir2, .dim = DIM, .metric = "ip",
+                      .node_id = "replica", .nosync = 1, .replica = 1};
+    KBT_OK(idx_open(&c, &f->rep, err, sizeof err), err);
+    KBT_RC(apply(f->rep, &r, 0, 1, err, sizeof err), KB_EGAP, err);
+    KBT_OK(idx_set_loading(f->rep, start - 1, err, sizeof err), err);
+    KBT_OK(apply(f->rep, &r, 0, 2, err, sizeof err), err);
+    idx_hits_t h;
+    float q[DIM];
+    kbt_rand_unit(q, DIM, 1);
+    KBT_RC(idx_search(f->rep, q, NULL, 0, 5, &h, err, sizeof err),
+           KB_EUNAVAIL, err);
+    /* A restart part way remembers that the copy is partial. */
+    idx_close(&f->rep);
+    KBT_OK(idx_open(&c, &f->rep, err, sizeof err), err);
+    KBT_U64(idx_loading(f->rep), start - 1);
+    KBT_OK(apply(f->rep, &r, 2, r.n - 2, err, sizeof err), err);
+    KBT_U64(idx_loading(f->rep), 0);
+    idx_stats_t rs = stats(f->rep);
+    KBT_U64(rs.version, ls.version);
+    KBT_U64(rs.docs, ls.docs);
+    idx_hits_t a[NQ], b[NQ];
+    snapshot(f->ix, a);
+    snapshot(f->rep, b);
+    for (int i = 0; i < NQ; i++)
+        assert_same_hits(&a[i], &b[i]);
+    snapshot_free(a);
+    snapshot_free(b);
+    recs_free(&r);
+}
+
+/* Compaction removes the records of replaced documents; a search running
+ * meanwhile, at a version where they were live, must still find them:
+ * 64 documents, k = 20, every answer has 20 hits. */
+typedef struct churn {
+    idx_kb_t *ix;
+    volatile int stop;
+    long searches, short_answers;
+} churn_t;
+
+static void *churn_reader(void *arg)
+{
+    churn_t *c = arg;
+    float q[DIM];
+    kbt_rand_unit(q, DIM, 7);
+    while (!c->stop) {
+        idx_hits_t h;
+        char err[256];
+        if (idx_search(c->ix, q, NULL, 0, 20, &h, err, sizeof err) == 0) {
+            if (h.n < 20)
+                c->short_answers++;
+            idx_hits_free(&h);
+        }
+        c->searches++;
+    }
+    return NULL;
+}
+
+static void test_idx_search_during_compaction_misses_nothing(void **state)
+{
+    fx_t *f = *state;
+    f->ix = kb_open(f->dir, DIM, "ip", NULL, "leader");
+    float v[64][DIM];
+    char ids[64][8];
+    idx_op_t ops[64];
+    uint64_t lsns[64];
+    for (int i = 0; i < 64; i++) {
+        kbt_rand_unit(v[i], DIM, 900 + i);
+        snprintf(ids[i], sizeof ids[i], "d%d", i);
+        ops[i] = up(ids[i], "x", v[i], NULL);
+    }
+    write_ops(f->ix, ops, 64, lsns);
+    churn_t c = {.ix = f->ix};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, churn_reader, &c), 0);
+    uint64_t t0 = kb_mono_us(), removed_total = 0;
+    for (long w = 0; kb_mono_us() - t0 < 2500000u; w++) {
+        int k = (int)(w % 64);
+        kbt_rand_unit(v[k], DIM, 2000 + (uint64_t)w);
+        write_ops(f->ix, &ops[k], 1, lsns);
+        uint64_t removed = 0, bytes = 0;
+        char err[256] = "";
+        KBT_OK(idx_compact(f->ix, UINT64_MAX, 4096, &removed, &bytes, err,
+                           sizeof err),
+               err);
+        removed_total += removed;
+    }
+    c.stop = 1;
+    pthread_join(th, NULL);
+    assert_true(removed_total > 0); /* compaction did run */
+    assert_true(c.searches > 0);
+    if (c.short_answers)
+        fail_msg("%ld of %ld answers had fewer than 20 of 64 documents",
+                 c.short_answers, c.searches);
+}
+
 int main(void)
 {
     kb_log_setup(KB_LOG_WARN, "test_idx");
@@ -1762,6 +1883,8 @@ int main(void)
         T(test_idx_ivf_trains_in_background),
         T(test_idx_filter_returns_exactly_the_matching),
         T(test_idx_filter_and_param_bounds),
+        T(test_idx_snapshot_of_compacted_log_matches_leader),
+        T(test_idx_search_during_compaction_misses_nothing),
     };
 #undef T
     int failed = cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Storage lifecycle benchmark (issue #9): a leader + 2 named replicas on
+# loopback, fsync on, flat index, N docs x 384 (synthetic clustered
+# embeddings + ~300 B text, bench_gen):
+#  1. data directory size after ingesting the same N docs once, then after
+#     ingesting them 3 more times (every ingest replaces every document),
+#     on the leader and on both replicas, once compaction caught up;
+#  2. a new replica (empty directory, not named) of the once-ingested and of
+#     the 4x-ingested knowledge base: seconds from its start until it serves
+#     the leader's version, and the snapshot's transfer rate (the leader's
+#     data file size / that time).
+# usage: bench/run_storage.sh [N=100000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-100000}
+B=${KB_BUILD:-build}
+[ -n "${KB_BUILD:-}" ] || bash scripts/build.sh build Release >/dev/null
+W=$(mktemp -d /tmp/kbsync-bstore-XXXXXX)
+mkdir -p results
+OUT=results/storage-$(date -u +%Y%m%dT%H%M%SZ).txt
+pids=()
+stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+             for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done; pids=(); }
+trap 'stop_all; rm -rf "$W"' EXIT
+exec > >(tee "$OUT") 2>&1
+
+wait_ep() { for _ in $(seq 800); do [ -s "$1" ] && break; sleep 0.025; done; cat "$1"; }
+free_port() { for p in $(seq 17401 17999); do
+  (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo $p; return; }; done; }
+field() { $B/kbsync status --to "$1" --json | sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p"; }
+calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
+mb() { calc "$(stat -c %s "$1/data.mdb") / 1048576" 1; }
+
+REPL="tcp://127.0.0.1:$(free_port)"
+$B/kbsync leader --data "$W/L" --dim 384 --listen 'tcp://127.0.0.1:*' \
+  --endpoint-file "$W/L.ep" --repl-listen "$REPL" --replicas r1,r2 \
+  >/dev/null 2>"$W/L.log" &
+pids+=($!)
+LEADER=$(wait_ep "$W/L.ep")
+for r in r1 r2; do
+  $B/kbsync replica --data "$W/$r" --id $r --leader "$REPL" \
+    --listen 'tcp://127.0.0.1:*' --endpoint-file "$W/$r.ep" \
+    >/dev/null 2>"$W/$r.log" &
+  pids+=($!)
+done
+R1=$(wait_ep "$W/r1.ep"); R2=$(wait_ep "$W/r2.ep")
+
+echo "# kbsync storage lifecycle, $(date -u +%FT%TZ), $(nproc) cores, fsync on, N=$N x 384"
+$B/bench/bench_gen "$W/docs.jsonl" "$N" 384 1
+
+# Waits until both replicas are at the leader's version and every node's
+# log start is within 2 records of its version (compaction caught up).
+settle() {
+  local v
+  v=$(field "$LEADER" version)
+  for _ in $(seq 2400); do
+    local ok=1
+    for ep in "$LEADER" "$R1" "$R2"; do
+      local ver st
+      ver=$(field "$ep" version); st=$(field "$ep" log_start)
+      [ "$ver" -ge "$v" ] && [ $((ver - st)) -le 2 ] || ok=0
+    done
+    [ $ok = 1 ] && return
+    sleep 0.05
+  done
+  echo "did not settle"; exit 1
+}
+
+# A new, unnamed replica: seconds until it serves the leader's version.
+new_replica() {
+  local name=$1 v t0 t1
+  v=$(field "$LEADER" version)
+  rm -rf "$W/$name"
+  t0=$(date +%s%N)
+  $B/kbsync replica --data "$W/$name" --id "$name" --leader "$REPL" \
+    --listen 'tcp://127.0.0.1:*' --endpoint-file "$W/$name.ep" \
+    >/dev/null 2>"$W/$name.log" &
+  local pid=$!
+  local ep; ep=$(wait_ep "$W/$name.ep")
+  until [ "$(field "$ep" version)" -ge "$v" ] && \
+        [ -z "$($B/kbsync status --to "$ep" --json | grep -o '"snapshot":{')" ]; do
+    sleep 0.01
+  done
+  t1=$(date +%s%N)
+  kill $pid; wait $pid 2>/dev/null || true
+  local s; s=$(calc "($t1 - $t0) / 1000000000" 3)
+  local lmb; lmb=$(mb "$W/L")
+  echo "new replica $name: serving version $v after $s s (leader data file $lmb MB: $(calc "$lmb / $s" 0) MB/s); $(grep -c 'loading a snapshot' "$W/$name.log") snapshot(s)"
+  NEW_S=$s
+}
+
+sizes() {
+  echo "$1: data.mdb leader $(mb "$W/L") MB, r1 $(mb "$W/r1") MB, r2 $(mb "$W/r2") MB; du -sm: $(du -sm "$W/L" "$W/r1" "$W/r2" | awk '{printf "%s ", $1}')"
+}
+
+echo "== 1. ingest once"
+t0=$(date +%s%N)
+$B/kbsync ingest --to "$LEADER" --mode async "$W/docs.jsonl" 2>/dev/null | tail -1
+settle
+t1=$(date +%s%N)
+echo "ingest + replicas + compaction settled in $(( (t1-t0)/1000000 )) ms"
+sizes "after 1 ingest"
+L1=$(stat -c %s "$W/L/data.mdb"); A1=$(stat -c %s "$W/r1/data.mdb")
+new_replica n1
+S1=$NEW_S
+echo "== 2. ingest the same docs 3 more times"
+for i in 2 3 4; do
+  $B/kbsync ingest --to "$LEADER" --mode async "$W/docs.jsonl" 2>/dev/null | tail -1
+done
+settle
+sizes "after 4 ingests"
+L4=$(stat -c %s "$W/L/data.mdb"); A4=$(stat -c %s "$W/r1/data.mdb")
+echo "ratio 4 ingests / 1 ingest: leader $(calc "$L4 / $L1")x, r1 $(calc "$A4 / $A1")x (target <= 1.3x)"
+new_replica n4
+echo "new replica time, 4x-ingested / once-ingested: $(calc "$NEW_S / $S1")x (target <= 1.2x, and <= 2 s for 100k)"
+grep -h "log compacted" "$W/L.log" | tail -2
+stop_all
+echo "(saved in $OUT)"
