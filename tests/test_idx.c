@@ -1787,7 +1787,7 @@ static void test_idx_snapshot_of_compacted_log_matches_leader(void **state)
  * 64 documents, k = 20, every answer has 20 hits. */
 typedef struct churn {
     idx_kb_t *ix;
-    volatile int stop;
+    int stop; /* __atomic */
     long searches, short_answers;
 } churn_t;
 
@@ -1796,7 +1796,7 @@ static void *churn_reader(void *arg)
     churn_t *c = arg;
     float q[DIM];
     kbt_rand_unit(q, DIM, 7);
-    while (!c->stop) {
+    while (!__atomic_load_n(&c->stop, __ATOMIC_ACQUIRE)) {
         idx_hits_t h;
         char err[256];
         if (idx_search(c->ix, q, NULL, 0, 20, &h, err, sizeof err) == 0) {
@@ -1838,7 +1838,7 @@ static void test_idx_search_during_compaction_misses_nothing(void **state)
                err);
         removed_total += removed;
     }
-    c.stop = 1;
+    __atomic_store_n(&c.stop, 1, __ATOMIC_RELEASE);
     pthread_join(th, NULL);
     assert_true(removed_total > 0); /* compaction did run */
     assert_true(c.searches > 0);
