@@ -771,7 +771,11 @@ size_t repl_replica_on_msg(repl_replica_t *r)
             expect = kb_wire_peek_u64(r->rec[r->nrec - 1],
                                       r->len[r->nrec - 1], 1) + 1;
     }
-    for (int i = 0; i < 4096; i++) {
+    /* One full batch per call at most: the node loop must get back to
+     * queries and status between batches (a long catch-up or snapshot
+     * would otherwise hold it until the end). */
+    int full = 0;
+    for (int i = 0; i < 4096 && !full; i++) {
         zmq_msg_t zm;
         zmq_msg_init(&zm);
         if (zmq_msg_recv(&zm, r->sock, ZMQ_DONTWAIT) < 0) {
@@ -823,6 +827,7 @@ size_t repl_replica_on_msg(repl_replica_t *r)
                     r->batch_bytes >= REPLICA_MAX_BATCH_BYTES) {
                     /* frees earlier messages; more of this one follows */
                     applied += batch_apply(r, 1);
+                    full = 1;
                     if (!r->streaming)
                         break;
                 }
@@ -843,8 +848,10 @@ size_t repl_replica_on_msg(repl_replica_t *r)
             r->msgs[r->nmsgs++] = m; /* its bytes are in the batch */
         else
             kbsync__repl_message__free_unpacked(m, NULL);
-        if (r->nmsgs == REPLICA_MAX_BATCH)
+        if (r->nmsgs == REPLICA_MAX_BATCH) {
             applied += batch_apply(r, 1);
+            full = 1;
+        }
     }
     applied += batch_apply(r, 0);
     replica_publish(r); /* a beat may have confirmed staged records */

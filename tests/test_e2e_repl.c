@@ -707,6 +707,92 @@ static void test_e2e_repl_snapshot_when_behind_or_new(void **state)
     assert_true(file_has(c->leader.log, "is new; the log is compacted"));
 }
 
+/* Documents with ~2 KB of text, so that a snapshot takes a while. */
+static void write_big_jsonl(const char *path, int n)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    char pad[2049];
+    memset(pad, 'x', sizeof pad - 1);
+    pad[sizeof pad - 1] = 0;
+    for (int i = 0; i < n; i++) {
+        fprintf(f, "{\"id\": \"s-%d\", \"text\": \"doc %d %s\", "
+                   "\"embedding\": [",
+                i, i, pad);
+        for (int j = 0; j < DIM; j++)
+            fprintf(f, "%s%.9g", j ? "," : "", kbp_vec(i, j));
+        fprintf(f, "]}\n");
+    }
+    fclose(f);
+}
+
+/* Whether the node reports a snapshot being loaded. */
+static int loading(const node_t *n)
+{
+    cJSON *s = status(n);
+    int l = s && cJSON_GetObjectItem(s, "snapshot") != NULL;
+    cJSON_Delete(s);
+    return l;
+}
+
+/* kill -9 of the replica, then of the leader, in the middle of a snapshot:
+ * while loading, the replica answers no query; it resumes or starts again,
+ * and ends with the leader's documents. */
+static void test_e2e_repl_kill9_during_snapshot(void **state)
+{
+    cluster_t *c = *state;
+    start_cluster(c, "--log-keep-ops", "0");
+    char path[400];
+    snprintf(path, sizeof path, "%s/s.jsonl", c->dir);
+    write_big_jsonl(path, 30000);
+    assert_int_equal(ingest(c, "async", path, NULL), 0);
+    assert_true(wait_version(&c->r[0], 30000, 30000) >= 30000);
+    assert_true(wait_log_start(&c->leader, 20000, 10000) > 20000);
+    stop_node(&c->r[1], SIGKILL);
+    char cmd[800];
+    snprintf(cmd, sizeof cmd, "rm -rf '%.300s'", c->r[1].data);
+    assert_int_equal(system(cmd), 0);
+    static char out[1 << 16];
+    char v[1024];
+    int killed = 0;
+
+    for (int round = 0; round < 2; round++) {
+        start_replica(c, 1);
+        int seen = 0;
+        for (int i = 0; i < 400 && !seen; i++) {
+            seen = loading(&c->r[1]);
+            if (!seen)
+                usleep(5000);
+        }
+        if (!seen)
+            break; /* loaded before we looked: nothing to kill */
+        /* Loading: a query is refused, with the progress. */
+        int rc = kbp_run(out, sizeof out,
+                         "'%s' query --to '%s' --vector '%s' 2>&1",
+                         kbp_bin(), c->r[1].ep,
+                         kbp_vector_arg(3, DIM, v, sizeof v));
+        if (loading(&c->r[1])) {
+            assert_int_equal(rc, 1);
+            assert_non_null(strstr(out, "KB_EUNAVAIL"));
+            assert_non_null(strstr(out, "loading a snapshot"));
+        }
+        if (round == 0) {
+            stop_node(&c->r[1], SIGKILL);
+        } else {
+            stop_node(&c->leader, SIGKILL);
+            usleep(300000);
+            start_leader(c, "--log-keep-ops", "0");
+        }
+        killed++;
+    }
+    if (c->r[1].pid <= 0 || kill(c->r[1].pid, 0))
+        start_replica(c, 1);
+    expect_same(c, &c->r[1], 30000, "s");
+    assert_false(loading(&c->r[1]));
+    assert_true(file_has(c->r[1].log, "snapshot complete"));
+    print_message("killed %d times during the snapshot\n", killed);
+}
+
 int main(void)
 {
     atexit(kbp_kill_all);
@@ -728,6 +814,8 @@ int main(void)
             teardown),
         cmocka_unit_test_setup_teardown(
             test_e2e_repl_snapshot_when_behind_or_new, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_e2e_repl_kill9_during_snapshot,
+                                        setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
