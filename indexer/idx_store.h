@@ -117,6 +117,12 @@ int idx_store_scan_docs(idx_store_t *s, idx_store_doc_cb cb, void *ctx,
 int idx_store_scan_docs_in(idx_rtxn_t *t, idx_store_doc_cb cb, void *ctx,
                            char *err, size_t errlen);
 
+/* The labels of every live document in t's snapshot, ascending, in *labels
+ * (malloc'd, the caller frees; NULL when none) and their count in *n.
+ * Reads only `ids`. Returns 0, KB_ECORRUPT, KB_ESTORE or KB_ENOMEM. */
+int idx_store_live_labels(idx_rtxn_t *t, uint64_t **labels, size_t *n,
+                          char *err, size_t errlen);
+
 /* Bytes of the store's data file in use (last page written x page size). */
 uint64_t idx_store_bytes(idx_store_t *s);
 
