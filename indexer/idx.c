@@ -141,6 +141,14 @@ static int metric_code(const char *m)
                                   : IDX_METRIC_L2;
 }
 
+static const char *metric_name(uint32_t code)
+{
+    return code == IDX_METRIC_IP       ? "ip"
+           : code == IDX_METRIC_COSINE ? "cosine"
+           : code == IDX_METRIC_L2     ? "l2"
+                                       : "unknown";
+}
+
 static uint32_t ivf_nlist(const char *index)
 {
     const char *p = strstr(index, "IVF");
@@ -2023,10 +2031,10 @@ static int ckpt_load(idx_kb_t *ix)
     if (!rc && (h.dim != ix->dim || h.metric != (uint32_t)ix->metric ||
                 strcmp(h.index, ix->meta->index)))
         rc = kb_seterr(why, sizeof why, KB_EMISMATCH,
-                       "written for dim %u, metric %u, index \"%s\"; the "
+                       "written for dim %u, metric %s, index \"%s\"; the "
                        "knowledge base has dim %u, metric %s, index \"%s\"",
-                       h.dim, h.metric, h.index, ix->dim, ix->meta->metric,
-                       ix->meta->index);
+                       h.dim, metric_name(h.metric), h.index, ix->dim,
+                       ix->meta->metric, ix->meta->index);
     if (!rc)
         rc = ckpt_usable(ix, h.lsn, h.commit_us, why, sizeof why);
     if (!rc)
@@ -2038,9 +2046,11 @@ static int ckpt_load(idx_kb_t *ix)
                                &removed, why, sizeof why);
     idx_store_rend(&t);
     if (rc) {
-        kb_warn("checkpoint %s/%s ignored (%s): rebuilding the index from "
-                "LMDB",
-                ix->dir, IDX_CKPT_FILE, why);
+        char path[4200]; /* idx_ckpt's own reasons start with it */
+        snprintf(path, sizeof path, "%s/%s", ix->dir, IDX_CKPT_FILE);
+        size_t pl = strlen(path);
+        kb_warn("checkpoint %s ignored: %s; rebuilding the index from LMDB",
+                path, strncmp(why, path, pl) ? why : why + pl + 2);
         idx_ckpt_loaded_free(&l);
         idx_delta_free(&ix->delta); /* drop what the catch-up appended */
         return idx_delta_new(ix->dim, ix->metric, &ix->delta) ? -1 : 1;

@@ -495,7 +495,7 @@ int idx_ckpt_load(const char *dir, const idx_ckpt_head_t *want,
            : kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     if (!rc && (h.lsn != want->lsn || h.dim != want->dim ||
                 h.metric != want->metric || strcmp(h.index, want->index)))
-        rc = kb_seterr(err, errlen, KB_ECORRUPT, "%s changed while opening",
+        rc = kb_seterr(err, errlen, KB_ECORRUPT, "%s: changed while opening",
                        path);
     if (!rc && (rc = body_read(f, &h, out, why, sizeof why)))
         kb_seterr(err, errlen, rc, "%s: %s", path, why);
