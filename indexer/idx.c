@@ -1868,6 +1868,16 @@ static int ckpt_run(idx_kb_t *ix, char *err, size_t errlen)
     return rc;
 }
 
+/* Sets ck_active (ck_mu); clearing it wakes a rebuild in ckpt_wait(). */
+static void ckpt_set_active(idx_kb_t *ix, int on)
+{
+    pthread_mutex_lock(&ix->ck_mu);
+    ix->ck_active = on;
+    if (!on)
+        pthread_cond_broadcast(&ix->ck_cv);
+    pthread_mutex_unlock(&ix->ck_mu);
+}
+
 static void *ckpt_main(void *arg)
 {
     idx_kb_t *ix = arg;
@@ -1878,10 +1888,7 @@ static void *ckpt_main(void *arg)
     if (rc && rc != KB_EUNAVAIL)
         kb_warn("checkpoint not written (tried again in %llu s): %s",
                 (unsigned long long)ix->ck_secs, err);
-    pthread_mutex_lock(&ix->ck_mu);
-    ix->ck_active = 0;
-    pthread_cond_broadcast(&ix->ck_cv);
-    pthread_mutex_unlock(&ix->ck_mu);
+    ckpt_set_active(ix, 0);
     return NULL;
 }
 
@@ -1930,14 +1937,10 @@ static void ckpt_maybe_start(idx_kb_t *ix)
         return;
     ckpt_join(ix, 0); /* the last one ended: reap it */
     ix->ck_start_us = now;
-    pthread_mutex_lock(&ix->ck_mu);
-    ix->ck_active = 1;
-    pthread_mutex_unlock(&ix->ck_mu);
+    ckpt_set_active(ix, 1);
     if (pthread_create(&ix->ck_thr, NULL, ckpt_main, ix)) {
         kb_warn("cannot start the checkpoint thread");
-        pthread_mutex_lock(&ix->ck_mu);
-        ix->ck_active = 0;
-        pthread_mutex_unlock(&ix->ck_mu);
+        ckpt_set_active(ix, 0);
         return;
     }
     ix->ck_started = 1;
@@ -1954,14 +1957,9 @@ int idx_checkpoint(idx_kb_t *ix, char *err, size_t errlen)
     if (rebuilding)
         return kb_seterr(err, errlen, KB_EUNAVAIL,
                          "a background rebuild is running");
-    pthread_mutex_lock(&ix->ck_mu);
-    ix->ck_active = 1;
-    pthread_mutex_unlock(&ix->ck_mu);
+    ckpt_set_active(ix, 1);
     int rc = ckpt_run(ix, err, errlen);
-    pthread_mutex_lock(&ix->ck_mu);
-    ix->ck_active = 0;
-    pthread_cond_broadcast(&ix->ck_cv);
-    pthread_mutex_unlock(&ix->ck_mu);
+    ckpt_set_active(ix, 0);
     return rc;
 }
 
@@ -2068,7 +2066,8 @@ static int ckpt_load(idx_kb_t *ix)
     ix->rebuild_s = (double)(kb_mono_us() - t0) / 1e6;
     uint64_t now = kb_wall_us();
     kb_info("loaded checkpoint %s/%s of version %llu (written %.0f s ago) "
-            "in %.3f s; %llu newer vectors to merge, %llu removed",
+            "in %.3f s; %llu vectors to merge (its delta and later writes), "
+            "%llu removed",
             ix->dir, IDX_CKPT_FILE, (unsigned long long)h.lsn,
             now > h.written_us ? (double)(now - h.written_us) / 1e6 : 0.0,
             ix->rebuild_s, (unsigned long long)added,

@@ -599,20 +599,9 @@ static int cu_newer(catch_up_t *c, int64_t label)
     return rc;
 }
 
+/* Also for the int64 labels, which are never negative (an int64 array
+ * may be read through its unsigned type). */
 static int in_sorted_u64(const uint64_t *v, size_t n, uint64_t x)
-{
-    size_t lo = 0, hi = n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (v[mid] < x)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo < n && v[lo] == x;
-}
-
-static int in_sorted_i64(const int64_t *v, size_t n, int64_t x)
 {
     size_t lo = 0, hi = n;
     while (lo < hi) {
@@ -674,7 +663,8 @@ static int cu_walk(catch_up_t *c, uint64_t lsn, const uint64_t *live,
         if (live[i] > lsn)
             rc = cu_newer(c, lab);
         else if (!idx_vec_is_live(l->vec, lab) &&
-                 !in_sorted_i64(l->xlabel, l->nx, lab))
+                 !in_sorted_u64((const uint64_t *)l->xlabel, l->nx,
+                                (uint64_t)lab))
             rc = kb_seterr(c->err, c->errlen, KB_ECORRUPT,
                            "the store's live document %lld (at or below the "
                            "checkpoint's LSN %llu) is not in it",
