@@ -229,6 +229,9 @@ static void *client_main(void *arg)
     for (uint64_t j = c->seed; !atomic_load(c->stop); j++) {
         int during = atomic_load(c->during);
         double ms = query_ms(c->ix, j);
+        if (ms > 1500) /* where the slow ones fall, against the log */
+            printf("slow query: %.0f ms, ended at %.3f s\n", ms,
+                   (double)kb_mono_us() / 1e6);
         if (during == atomic_load(c->during)) /* not at a boundary */
             lat_add(during ? &c->in : &c->out, ms);
     }
@@ -250,6 +253,11 @@ static int run_p99(const opts_t *o)
     char err[512];
     if (idx_open(&c, &ix, err, sizeof err))
         die("open", err);
+    idx_stats_t st;
+    do { /* the index settled: nothing left for the merger */
+        usleep(100000);
+        idx_stats(ix, &st);
+    } while (st.unmerged || st.rebuilding);
     atomic_int stop = 0, during = 0;
     client_t cl[16] = {0};
     pthread_t th[16];
@@ -259,18 +267,21 @@ static int run_p99(const opts_t *o)
                            .seed = 1000000u * (uint64_t)i};
         pthread_create(&th[i], NULL, client_main, &cl[i]);
     }
-    idx_stats_t st;
     double ck_s = 0;
     for (int r = 0; r < o->rounds; r++) {
         usleep(4000000); /* outside: 4 s before each checkpoint */
         put(ix, r, r + 1, 5, 0); /* one write: the version moves */
         atomic_store(&during, 1);
+        printf("checkpoint %d starts at %.3f s\n", r + 1,
+               (double)kb_mono_us() / 1e6);
         idx_maintain(ix);
         do {
             usleep(2000);
             idx_stats(ix, &st);
         } while (st.checkpointing || st.ckpts < (uint64_t)r + 1);
         atomic_store(&during, 0);
+        printf("checkpoint %d ends at %.3f s\n", r + 1,
+               (double)kb_mono_us() / 1e6);
         ck_s += st.ckpt_s;
         printf("checkpoint %d: version %llu in %.2f s\n", r + 1,
                (unsigned long long)st.ckpt_lsn, st.ckpt_s);

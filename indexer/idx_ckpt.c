@@ -52,6 +52,7 @@ static const char CK_END[8] = {'K', 'B', 'C', 'K', 'E', 'N', 'D', '\n'};
 #define CK_TAIL 24u
 #define CK_SYNC_EVERY (64u << 20) /* start writeback every 64 MiB written */
 #define CK_READ_CHUNK 1024        /* records decoded per delta append */
+#define CK_PACE_CHUNK (4u << 20)  /* bytes per write() of a paced writer */
 
 /* ---------------------------------------------------------------- CRC-32C
  * Castagnoli, reflected (polynomial 0x82F63B78), as iSCSI and ext4 use it:
@@ -119,8 +120,21 @@ typedef struct ck_stream {
     uint64_t synced; /* writer: writeback started below this */
     idx_ckpt_stop_fn stop;
     void *stop_ctx;
+    uint32_t mbps;     /* writer: at most this many MB/s (0 = no limit) */
+    uint64_t start_us; /* writer: when the first byte went */
     int error; /* errno of the first failure */
+    char *buf; /* the FILE's buffer (setvbuf(NULL) would keep 8 KiB) */
 } ck_stream_t;
+
+/* Sleeps until pos bytes are due at s->mbps. */
+static void ck_pace(ck_stream_t *s)
+{
+    if (!s->mbps)
+        return;
+    uint64_t due = s->start_us + s->pos / s->mbps, now = kb_mono_us();
+    if (due > now)
+        usleep((useconds_t)(due - now));
+}
 
 static ssize_t ck_write(void *cookie, const char *buf, size_t n)
 {
@@ -130,9 +144,15 @@ static ssize_t ck_write(void *cookie, const char *buf, size_t n)
         errno = ECANCELED;
         return -1;
     }
+    if (!s->start_us)
+        s->start_us = kb_mono_us();
     size_t done = 0;
     while (done < n) {
-        ssize_t w = write(s->fd, buf + done, n - done);
+        /* At most CK_PACE_CHUNK per write(): the pace stays smooth when
+         * FAISS hands over its whole storage in one call. */
+        size_t m = n - done < CK_PACE_CHUNK ? n - done : CK_PACE_CHUNK;
+        ck_pace(s);
+        ssize_t w = write(s->fd, buf + done, m);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0) {
@@ -140,16 +160,17 @@ static ssize_t ck_write(void *cookie, const char *buf, size_t n)
             errno = s->error;
             return -1;
         }
+        s->crc = ck_crc(s->crc, buf + done, (size_t)w);
+        s->pos += (size_t)w;
         done += (size_t)w;
-    }
-    s->crc = ck_crc(s->crc, buf, n);
-    s->pos += n;
-    /* Let the kernel write back as we go: the final fsync then waits for
-     * the last chunk only, and the disk sees no burst of gigabytes. */
-    if (s->pos - s->synced >= CK_SYNC_EVERY) {
-        sync_file_range(s->fd, (off_t)s->synced, (off_t)(s->pos - s->synced),
-                        SYNC_FILE_RANGE_WRITE);
-        s->synced = s->pos;
+        /* Let the kernel write back as we go: the final fsync then waits
+         * for the last chunk only, and the disk sees no burst. */
+        if (s->pos - s->synced >= CK_SYNC_EVERY) {
+            sync_file_range(s->fd, (off_t)s->synced,
+                            (off_t)(s->pos - s->synced),
+                            SYNC_FILE_RANGE_WRITE);
+            s->synced = s->pos;
+        }
     }
     return (ssize_t)n;
 }
@@ -177,13 +198,26 @@ static ssize_t ck_read(void *cookie, char *buf, size_t n)
     return (ssize_t)done;
 }
 
+#define CK_BUF (1u << 20)
+
+/* A checked stream over s->fd; ck_close_stream() closes it. */
 static FILE *ck_open_stream(ck_stream_t *s, const char *mode)
 {
     cookie_io_functions_t io = {.read = ck_read, .write = ck_write};
-    FILE *f = fopencookie(s, mode, io);
+    s->buf = malloc(CK_BUF);
+    FILE *f = s->buf ? fopencookie(s, mode, io) : NULL;
     if (f)
-        setvbuf(f, NULL, _IOFBF, 1u << 20);
+        setvbuf(f, s->buf, _IOFBF, CK_BUF);
     return f;
+}
+
+/* Closes f (flushing a writer); returns fclose's value. Frees the buffer. */
+static int ck_close_stream(ck_stream_t *s, FILE *f)
+{
+    int rc = f ? fclose(f) : 0;
+    free(s->buf);
+    s->buf = NULL;
+    return rc;
 }
 
 /* ------------------------------------------------------------------ head */
@@ -262,7 +296,8 @@ static int body_write(FILE *f, const idx_ckpt_src_t *src, uint32_t dim,
 {
     uint64_t nrm = src->nrm, nx = src->nextra;
     int bad = fwrite(&nrm, sizeof nrm, 1, f) != 1 ||
-              fwrite(src->rm, sizeof *src->rm, src->nrm, f) != src->nrm ||
+              (src->nrm &&
+               fwrite(src->rm, sizeof *src->rm, src->nrm, f) != src->nrm) ||
               fwrite(&nx, sizeof nx, 1, f) != 1;
     for (size_t i = 0; i < src->nextra && !bad; i++) {
         int64_t l = idx_delta_label(src->delta, src->extra[i]);
@@ -303,13 +338,14 @@ static int tail_write(ck_stream_t *s)
 }
 
 int idx_ckpt_write(const char *dir, const idx_ckpt_head_t *h,
-                   const idx_ckpt_src_t *src, idx_ckpt_stop_fn stop,
-                   void *stop_ctx, uint64_t *bytes, char *err, size_t errlen)
+                   const idx_ckpt_src_t *src, uint32_t mbps,
+                   idx_ckpt_stop_fn stop, void *stop_ctx, uint64_t *bytes,
+                   char *err, size_t errlen)
 {
     char tmp[PATH_MAX], path[PATH_MAX];
     ck_path(tmp, sizeof tmp, dir, ".tmp");
     ck_path(path, sizeof path, dir, "");
-    ck_stream_t s = {.stop = stop, .stop_ctx = stop_ctx};
+    ck_stream_t s = {.stop = stop, .stop_ctx = stop_ctx, .mbps = mbps};
     s.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (s.fd < 0)
         return kb_seterr(err, errlen, -errno, "%s: %s", tmp, strerror(errno));
@@ -321,7 +357,7 @@ int idx_ckpt_write(const char *dir, const idx_ckpt_head_t *h,
         rc = kb_seterr(err, errlen, -EIO, "write failed");
     if (!rc)
         rc = body_write(f, src, h->dim, err, errlen);
-    if (f && fclose(f) && !rc)
+    if (ck_close_stream(&s, f) && !rc)
         rc = -EIO;
     if (s.error) /* the stream's own errno says more than stdio's */
         rc = s.error == ECANCELED
@@ -398,8 +434,7 @@ int idx_ckpt_peek(const char *dir, idx_ckpt_head_t *h, char *err,
     FILE *f = ck_open_stream(&s, "r");
     rc = f ? head_read(f, path, h, err, errlen)
            : kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
-    if (f)
-        fclose(f);
+    ck_close_stream(&s, f);
     close(s.fd);
     return rc;
 }
@@ -507,8 +542,7 @@ int idx_ckpt_load(const char *dir, const idx_ckpt_head_t *want,
         rc = kb_seterr(err, errlen, KB_ECORRUPT,
                        "%s: checksum mismatch (CRC-32C %08x, recorded %08x)",
                        path, s.crc, crc);
-    if (f)
-        fclose(f);
+    ck_close_stream(&s, f);
     close(s.fd);
     if (!rc) {
         struct count_ctx c = {(int64_t)h.lsn, out->nx};

@@ -49,13 +49,17 @@ typedef struct idx_ckpt_src {
 typedef int (*idx_ckpt_stop_fn)(void *ctx);
 
 /* Writes DIR/index.ckpt: a temp file, fsync, rename over the old one,
- * fsync of DIR; the old checkpoint stays until the rename. stop (may be
- * NULL) is polled. *bytes (may be NULL) receives the file size. Returns 0,
+ * fsync of DIR; the old checkpoint stays until the rename. mbps > 0 paces
+ * the writes to at most that many MB/s (so that a background checkpoint
+ * takes its share of memory bandwidth and disk over seconds, not in a
+ * burst). stop (may be NULL) is polled. *bytes (may be NULL) receives the
+ * file size. Returns 0,
  * or -errno (disk), KB_EINDEX (FAISS), KB_EUNAVAIL (stopped), KB_ENOMEM;
  * on failure the temp file is removed and the old checkpoint is intact. */
 int idx_ckpt_write(const char *dir, const idx_ckpt_head_t *h,
-                   const idx_ckpt_src_t *src, idx_ckpt_stop_fn stop,
-                   void *stop_ctx, uint64_t *bytes, char *err, size_t errlen);
+                   const idx_ckpt_src_t *src, uint32_t mbps,
+                   idx_ckpt_stop_fn stop, void *stop_ctx, uint64_t *bytes,
+                   char *err, size_t errlen);
 
 /* Reads and checks the head of DIR/index.ckpt (magic, format, its own
  * checksum, file size against the trailer). Returns 0, -ENOENT (no

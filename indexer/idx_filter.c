@@ -335,6 +335,9 @@ int idx_filter_load(FILE *in, idx_filter_t **out)
     idx_filter_t *f;
     char *kv = malloc(sizeof(uint32_t) + (1u << 20));
     int rc = kv ? idx_filter_new(&f) : KB_ENOMEM;
+    /* Sized once, not regrown (up to 2^26 postings: n is not checked yet). */
+    while (!rc && n < (1u << 26) && (n + 1) * 4 > f->cap * 3)
+        rc = grow(f);
     for (uint64_t i = 0; i < n && !rc; i++)
         rc = load_posting(f, in, kv);
     free(kv);
