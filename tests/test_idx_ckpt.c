@@ -8,10 +8,13 @@
 #include "kb_test.h"
 
 #include "idx.h"
+#include "idx_vec.h"
 #include "kb_err.h"
 #include "kb_util.h"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <unistd.h>
 
 #define DIM 16
@@ -446,6 +449,88 @@ static void test_idx_ckpt_periodic(void **state)
     idx_close(&ix);
 }
 
+typedef struct searcher {
+    idx_kb_t *ix;
+    atomic_int *stop;
+    int searches, bad;
+} searcher_t;
+
+static void *searcher_main(void *arg)
+{
+    searcher_t *s = arg;
+    for (int i = 0; !atomic_load(s->stop); i++) {
+        float q[DIM];
+        kbt_rand_unit(q, DIM, 50000 + (uint64_t)i);
+        idx_query_t qq = {.vec = q, .vec_len = DIM, .k = 10};
+        idx_hits_t h;
+        idx_view_t v;
+        char err[256];
+        if (idx_search_batch(s->ix, 1, &qq, &h, &v, err, sizeof err) ||
+            (v.docs >= 10 && h.n != 10))
+            s->bad++;
+        else
+            idx_hits_free(&h);
+        s->searches++;
+    }
+    return NULL;
+}
+
+/* Background checkpoints while searches, writes and a rebuild run (the
+ * rebuild's swap waits for the checkpoint): nothing fails, and the last
+ * checkpoint plus its tail answers as a rebuild. Meant for the TSan run. */
+static void test_idx_ckpt_concurrent_with_searches_and_rebuild(void **state)
+{
+    fx_t *f = *state;
+    idx_config_t c = {.dir = f->dir,
+                      .dim = DIM,
+                      .metric = "l2",
+                      .index = "HNSW16",
+                      .nosync = 1,
+                      .ckpt_ops = 300,
+                      .ckpt_secs = 1};
+    idx_kb_t *ix = NULL;
+    char err[512] = "";
+    KBT_OK(idx_open(&c, &ix, err, sizeof err), err);
+    put_range(ix, 0, 1500, 0);
+    atomic_int stop = 0;
+    searcher_t s[2] = {{ix, &stop, 0, 0}, {ix, &stop, 0, 0}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        pthread_create(&th[i], NULL, searcher_main, &s[i]);
+    for (int round = 0; round < 6; round++) {
+        put_range(ix, 100 * round, 100 * round + 400, 100000 * (round + 1));
+        del_range(ix, 1000 + 10 * round, 1005 + 10 * round);
+        idx_maintain(ix); /* starts a checkpoint when due */
+        if (round == 2)
+            idx_rebuild_start(ix);
+        for (int i = 0; i < 60; i++) {
+            idx_maintain(ix);
+            kbt_sleep_ms(10);
+        }
+    }
+    atomic_store(&stop, 1);
+    for (int i = 0; i < 2; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(s[i].bad, 0);
+        assert_true(s[i].searches > 0);
+    }
+    idx_stats_t st = stats(ix);
+    assert_true(st.ckpts >= 2);
+    assert_true(st.rebuilds >= 1);
+    idx_close(&ix);
+    /* closed cleanly: the close-time checkpoint; now one from the run. */
+    ix = open_kb(f->dir, "HNSW16", 0);
+    assert_true(stats(ix).ckpt_loaded);
+    answers_t *a = answers(ix);
+    idx_close(&ix);
+    ix = open_kb(f->dir, "HNSW16", 1);
+    answers_t *b = answers(ix);
+    idx_close(&ix);
+    answers_equal(a, b, "after concurrent checkpoints");
+    answers_free(a);
+    answers_free(b);
+}
+
 /* A replica that drops a diverged tail loses the checkpoint above it. */
 static void test_idx_ckpt_truncate_drops_newer_checkpoint(void **state)
 {
@@ -482,6 +567,7 @@ static void test_idx_ckpt_off(void **state)
 int main(void)
 {
     kb_log_setup(KB_LOG_WARN, "test_idx_ckpt");
+    idx_vec_setup(1); /* as kbsync does (--threads 1) */
     const struct CMUnitTest tests[] = {
         T(test_idx_ckpt_tail_matches_rebuild_flat),
         T(test_idx_ckpt_tail_matches_rebuild_unmerged),
@@ -491,6 +577,7 @@ int main(void)
         T(test_idx_ckpt_torn_or_corrupt_is_ignored),
         T(test_idx_ckpt_mismatch_is_ignored),
         T(test_idx_ckpt_periodic),
+        T(test_idx_ckpt_concurrent_with_searches_and_rebuild),
         T(test_idx_ckpt_truncate_drops_newer_checkpoint),
         T(test_idx_ckpt_off),
     };
