@@ -32,7 +32,8 @@ static const char USAGE[] =
     "          [--repl-listen EP] [--replicas r1,r2] [--write-mode async|all]\n"
     "          [--write-timeout-ms N] [--log-retain-mb N] [--log-retain-hours "
     "N]\n"
-    "          [--log-keep-ops N]\n"
+    "          [--log-keep-ops N] [--checkpoint-ops N] [--checkpoint-secs S]\n"
+    "          [--no-checkpoint]\n"
     "          start a node that owns the knowledge base in DIR (created on\n"
     "          first start, which needs --dim), serves writes and queries, "
     "and\n"
@@ -40,6 +41,10 @@ static const char USAGE[] =
     "  replica --data DIR --id NAME --leader REPL_EP [--listen EP] [...]\n"
     "          start a query node that follows the leader's replication\n"
     "          endpoint and answers queries with its staleness\n"
+    "  checkpoints (both): the vector index is saved to DIR/index.ckpt when\n"
+    "          --checkpoint-ops writes (default 10000; 0 = only at shutdown)\n"
+    "          and --checkpoint-secs (default 30) passed since the last one,\n"
+    "          and at shutdown; a start loads it instead of rebuilding\n"
     "  ingest  --to EP [--mode async|all] [--batch N] [--window N] "
     "[--keep-going]\n"
     "          [--dry-run] FILE...\n"
@@ -150,6 +155,35 @@ static void install_signals(void)
 
 /* ---------------------------------------------------------------- leader */
 
+/* The checkpoint options of leader and replica (getopt values below). */
+#define OPT_CKPT_OPS 1001
+#define OPT_CKPT_SECS 1002
+#define OPT_CKPT_OFF 1003
+#define CKPT_OPTIONS                                                           \
+    {"checkpoint-ops", required_argument, 0, OPT_CKPT_OPS},                    \
+        {"checkpoint-secs", required_argument, 0, OPT_CKPT_SECS},              \
+        {"no-checkpoint", no_argument, 0, OPT_CKPT_OFF}
+
+/* Applies checkpoint option c to the settings; 0 when c is not one. */
+static int ckpt_option(int c, const char *arg, uint64_t *ops, uint32_t *secs,
+                       int *off)
+{
+    if (c == OPT_CKPT_OPS) {
+        *ops = cli_uint("--checkpoint-ops", arg, UINT32_MAX);
+        if (!*ops)
+            *ops = IDX_CKPT_NEVER;
+    } else if (c == OPT_CKPT_SECS) {
+        *secs = (uint32_t)cli_uint("--checkpoint-secs", arg, 86400);
+        if (!*secs)
+            die_usage("--checkpoint-secs must be at least 1%s", "");
+    } else if (c == OPT_CKPT_OFF) {
+        *off = 1;
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
 static int cmd_leader(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -173,6 +207,7 @@ static int cmd_leader(int argc, char **argv)
         {"log-retain-mb", required_argument, 0, 'B'},
         {"log-retain-hours", required_argument, 0, 'H'},
         {"log-keep-ops", required_argument, 0, 'K'},
+        CKPT_OPTIONS,
         {0, 0, 0, 0}};
     idx_config_t ic = {0};
     node_config_t nc = {.listen = CLI_DEFAULT_ENDPOINT,
@@ -182,6 +217,8 @@ static int cmd_leader(int argc, char **argv)
     nc.leader.write_timeout_ms = 5000;
     int threads = 1, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (ckpt_option(c, optarg, &ic.ckpt_ops, &ic.ckpt_secs, &ic.ckpt_off))
+            continue;
         switch (c) {
         case 'd': ic.dir = optarg; break;
         case 'n':
@@ -278,12 +315,16 @@ static int cmd_replica(int argc, char **argv)
         {"endpoint-file", required_argument, 0, 'e'},
         {"log-level", required_argument, 0, 'g'},
         {"query-threads", required_argument, 0, 'Q'},
+        CKPT_OPTIONS,
         {0, 0, 0, 0}};
     node_config_t nc = {.listen = "tcp://127.0.0.1:7410",
                             .max_msg = KB_DEFAULT_MAX_MSG,
                             .role = NODE_REPLICA};
     int threads = 1, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (ckpt_option(c, optarg, &nc.replica.ckpt_ops,
+                        &nc.replica.ckpt_secs, &nc.replica.ckpt_off))
+            continue;
         switch (c) {
         case 'd': nc.replica.data_dir = optarg; break;
         case 'I': nc.replica.id = optarg; break;
@@ -440,6 +481,15 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
                                     (double)s->snapshot_bytes_loaded);
             cJSON_AddNumberToObject(sn, "eta_ms", (double)s->snapshot_eta_ms);
         }
+        cJSON_AddNumberToObject(o, "checkpoint_lsn", (double)s->checkpoint_lsn);
+        cJSON_AddNumberToObject(o, "checkpoint_age_ms",
+                                (double)s->checkpoint_age_ms);
+        cJSON_AddNumberToObject(o, "checkpoint_write_ms",
+                                (double)s->checkpoint_write_ms);
+        cJSON_AddBoolToObject(o, "checkpointing", s->checkpointing);
+        cJSON_AddBoolToObject(o, "index_from_checkpoint",
+                              s->index_from_checkpoint);
+        cJSON_AddNumberToObject(o, "index_open_ms", (double)s->index_open_ms);
         cJSON_AddNumberToObject(o, "query_threads", s->query_threads);
         cJSON_AddNumberToObject(o, "queries", (double)s->queries);
         cJSON_AddNumberToObject(o, "query_batches", (double)s->query_batches);

@@ -25,6 +25,7 @@ set(_kb_faiss_probe_src [=[
 #include <faiss/c_api/index_io_c.h>
 #include <faiss/c_api/utils/distances_c.h>
 #include "faiss_c_ext.h"
+#include <stdio.h>
 int main(int argc, char **argv)
 {
     /* Called, not just named: a referenced address can be folded away. */
@@ -61,6 +62,8 @@ int main(int argc, char **argv)
             1);
         faiss_write_index_fname(idx, argv[1]);
         faiss_read_index_fname(argv[1], 0, &idx);
+        faiss_write_index(idx, stdout);
+        faiss_read_index(stdin, 0, &idx);
         faiss_ParameterSpace_new(&ps);
         faiss_ParameterSpace_set_index_parameter(ps, idx, argv[2], 1.0);
         faiss_ParameterSpace_free(ps);

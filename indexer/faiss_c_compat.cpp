@@ -680,6 +680,20 @@ int faiss_read_index_fname(const char *fname, int io_flags, FaissIndex **p_out)
     return guard([&] { *p_out = handle(faiss::read_index(fname, io_flags)); });
 }
 
+/* The FILE* forms: the caller owns f (kbsync's checkpoints pass a stream
+ * that checksums what goes through it). A short read or write throws inside
+ * FAISS, which guard() turns into a code. */
+int faiss_write_index(const FaissIndex *idx, FILE *f)
+{
+    return guard([&] { faiss::write_index(ix(idx), f); });
+}
+
+int faiss_read_index(FILE *f, int io_flags, FaissIndex **p_out)
+{
+    /* *p_out is written only on success. */
+    return guard([&] { *p_out = handle(faiss::read_index(f, io_flags)); });
+}
+
 /* ---- tuning ------------------------------------------------------------ */
 
 /* Process-wide FAISS globals, not per index: callers set them once at start. */

@@ -14,6 +14,7 @@
  * replacing a document is "remove old label, add new label". */
 #include "idx.h"
 
+#include "idx_ckpt.h"
 #include "idx_delta.h"
 #include "idx_embed.h"
 #include "idx_filter.h"
@@ -33,6 +34,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,6 +54,13 @@
 #define IDX_PUBHIST 32             /* published-version samples kept */
 #define IDX_PUBHIST_MS 100         /* ... one per this many ms at most */
 #define IDX_COMPACT_LAG_MS 1000    /* compaction stays this far behind */
+/* Background checkpoints write at most this many MB/s: about half of what
+ * the test machine's disk takes (548 MB/s, dd with fdatasync), so that the
+ * LMDB commits that fsync to the same disk keep the other half while a
+ * 1.6 GB checkpoint (1M x 384 flat) is written. Whether pacing also helps
+ * the queries running meanwhile was not measurable on the shared 2-core
+ * machine (docs/ARCHITECTURE.md). Close and idx_checkpoint() go flat out. */
+#define IDX_CKPT_MBPS 256u
 
 /* The metadata of a document written while a rebuild runs, replayed on the
  * rebuild's fresh postings before they replace the live ones. */
@@ -132,6 +141,22 @@ struct idx {
     int build_threads;  /* OpenMP threads of the opener: rebuilds use them */
     uint64_t rb_failed_at; /* rb_mu: version of the last failed rebuild */
     uint64_t rb_version; /* its version */
+
+    /* Checkpoints (CHECKPOINTS below). ck_mu guards ck_active, ck_stop
+     * and the figures; ck_pause is under vlock like merge_paused. */
+    char *dir;          /* the data directory (owned copy) */
+    uint64_t ck_ops;    /* IDX_CKPT_NEVER: no periodic checkpoints */
+    uint64_t ck_secs;
+    int ck_off;
+    int opened;         /* idx_open() completed: close may checkpoint */
+    int ck_pause;       /* vlock: a checkpoint reads vec; no merging */
+    pthread_mutex_t ck_mu;
+    pthread_cond_t ck_cv; /* ck_active went to 0 */
+    int ck_active, ck_stop, ck_started, ck_loaded;
+    pthread_t ck_thr;
+    uint64_t ck_start_us; /* writer thread: when the last one started */
+    uint64_t ck_lsn, ck_us, ck_count;
+    double ck_s;
 };
 
 static int metric_code(const char *m)
@@ -139,6 +164,14 @@ static int metric_code(const char *m)
     return !strcmp(m, "ip") ? IDX_METRIC_IP
            : !strcmp(m, "cosine") ? IDX_METRIC_COSINE
                                   : IDX_METRIC_L2;
+}
+
+static const char *metric_name(uint32_t code)
+{
+    return code == IDX_METRIC_IP       ? "ip"
+           : code == IDX_METRIC_COSINE ? "cosine"
+           : code == IDX_METRIC_L2     ? "l2"
+                                       : "unknown";
 }
 
 static uint32_t ivf_nlist(const char *index)
@@ -431,6 +464,11 @@ static int idx_reserve(idx_kb_t *ix, size_t adds, size_t rms)
 
 static void *merger_main(void *arg);
 static int idx_drop_unconfirmed(idx_kb_t *ix, char *err, size_t errlen);
+static int ckpt_load(idx_kb_t *ix);
+static void ckpt_join(idx_kb_t *ix, int stop);
+static void ckpt_wait(idx_kb_t *ix);
+static void ckpt_at_close(idx_kb_t *ix);
+static void ckpt_maybe_start(idx_kb_t *ix);
 
 int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
 {
@@ -453,6 +491,15 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
     pthread_mutex_init(&ix->rb_mu, NULL);
     pthread_mutex_init(&ix->mg_mu, NULL);
     pthread_cond_init(&ix->mg_cv, NULL);
+    pthread_mutex_init(&ix->ck_mu, NULL);
+    pthread_cond_init(&ix->ck_cv, NULL);
+    ix->ck_ops = cfg->ckpt_ops ? cfg->ckpt_ops : IDX_CKPT_OPS_DEFAULT;
+    ix->ck_secs = cfg->ckpt_secs ? cfg->ckpt_secs : IDX_CKPT_SECS_DEFAULT;
+    ix->ck_off = cfg->ckpt_off;
+    if (!(ix->dir = strdup(cfg->dir))) {
+        idx_close(&ix);
+        return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    }
     int rc = idx_store_open(cfg->dir, cfg->map_size, cfg->nosync, &ix->store,
                             err, errlen);
     if (!rc)
@@ -531,7 +578,11 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
         rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
         goto fail;
     }
-    rc = idx_build_now(ix, err, errlen);
+    int loaded = ix->ck_off ? 1 : ckpt_load(ix);
+    if (loaded < 0)
+        rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    else if (loaded)
+        rc = idx_build_now(ix, err, errlen);
     if (rc)
         goto fail;
     idx_store_state(ix->store, &ix->view.version, &ix->view.commit_us);
@@ -541,10 +592,11 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
         goto fail;
     }
     ix->mg_started = 1;
-    kb_info("opened %s: version %llu, %llu documents; %s index built from "
-            "LMDB in %.3f s",
+    ix->opened = 1;
+    kb_info("opened %s: version %llu, %llu documents; %s index %s in %.3f s",
             cfg->dir, (unsigned long long)ix->view.version,
-            (unsigned long long)idx_vec_count(ix->vec), idx_vec_kind(ix->vec),
+            (unsigned long long)ix->view.docs, idx_vec_kind(ix->vec),
+            ix->ck_loaded ? "loaded from its checkpoint" : "built from LMDB",
             ix->rebuild_s);
     *out = ix;
     return 0;
@@ -567,6 +619,7 @@ void idx_close(idx_kb_t **ixp)
     if (!ixp || !*ixp)
         return;
     idx_kb_t *ix = *ixp;
+    ckpt_join(ix, 1); /* first: a rebuild may wait for it */
     if (ix->rb_started) {
         pthread_mutex_lock(&ix->rb_mu);
         ix->rb_stop = 1;
@@ -580,6 +633,8 @@ void idx_close(idx_kb_t **ixp)
         pthread_mutex_unlock(&ix->mg_mu);
         pthread_join(ix->mg_thr, NULL);
     }
+    if (ix->opened)
+        ckpt_at_close(ix);
     journal_free(ix);
     idx_vec_free(&ix->vec);
     idx_filter_free(&ix->flt);
@@ -601,6 +656,9 @@ void idx_close(idx_kb_t **ixp)
     pthread_mutex_destroy(&ix->rb_mu);
     pthread_mutex_destroy(&ix->mg_mu);
     pthread_cond_destroy(&ix->mg_cv);
+    pthread_mutex_destroy(&ix->ck_mu);
+    pthread_cond_destroy(&ix->ck_cv);
+    free(ix->dir);
     free(ix);
     *ixp = NULL;
 }
@@ -1353,7 +1411,7 @@ static void *merger_main(void *arg)
          * inside FAISS, and a small delta costs searches little. */
         pthread_rwlock_rdlock(&ix->vlock);
         uint64_t pending = idx_delta_count(ix->delta) - ix->merged;
-        int paused = ix->merge_paused;
+        int paused = ix->merge_paused || ix->ck_pause;
         int graph = !strcmp(idx_vec_kind(ix->vec), "hnsw");
         pthread_rwlock_unlock(&ix->vlock);
         pthread_mutex_lock(&ix->rm_mu);
@@ -1369,7 +1427,7 @@ static void *merger_main(void *arg)
         int more = 1;
         while (more) {
             pthread_rwlock_wrlock(&ix->vlock);
-            more = ix->merge_paused ? 0 : merge_step(ix);
+            more = ix->merge_paused || ix->ck_pause ? 0 : merge_step(ix);
             pthread_rwlock_unlock(&ix->vlock);
             pthread_mutex_lock(&ix->mg_mu);
             if (ix->mg_stop)
@@ -1411,6 +1469,7 @@ static void *rebuild_main(void *arg)
                          sizeof err);
     idx_store_rend(&t);
     const uint64_t S = ix->rb_version;
+    ckpt_wait(ix); /* a checkpoint may be reading the index it replaces */
     pthread_rwlock_wrlock(&ix->vlock);
     pthread_mutex_lock(&ix->fmu);
     pthread_mutex_lock(&ix->rb_mu);
@@ -1483,6 +1542,7 @@ static void *rebuild_main(void *arg)
 void idx_maintain(idx_kb_t *ix)
 {
     idx_maybe_rebuild(ix);
+    ckpt_maybe_start(ix);
 }
 
 int idx_rebuild_start(idx_kb_t *ix)
@@ -1990,6 +2050,348 @@ void idx_hits_free(idx_hits_t *h)
     memset(h, 0, sizeof *h);
 }
 
+/* ------------------------------------------------------------ checkpoints
+ *
+ * CHECKPOINTS
+ * A checkpoint (idx_ckpt.c: the file, its checks, the catch-up at open)
+ * saves the vector index at a PUBLISHED version V, so that the next open
+ * loads it and adds only what came after, instead of re-adding every
+ * document (minutes for a large HNSW graph). The writer thread starts one
+ * from idx_maintain() when V is ck_ops past the last checkpoint's and
+ * ck_secs have passed since the last one started, never while a rebuild
+ * runs; idx_close() writes one more. A checkpoint:
+ *  1. holds vlock exclusively for a moment (it waits for the searches in
+ *     FAISS, as a merge step does): reads V and the documents at V, notes
+ *     the delta entries <= V that vec does not hold and the removals
+ *     published at or before V that vec has not applied, and pauses the
+ *     merger (ck_pause). From then on nothing changes vec: the merger
+ *     waits, a rebuild waits for the checkpoint before its swap
+ *     (ckpt_wait), and the writer only appends to the delta;
+ *  2. copies the postings of labels <= V under fmu (memory only; the
+ *     writer adds labels > V meanwhile);
+ *  3. writes the file with no lock held, at a lower CPU priority, while
+ *     searches go on reading vec and the delta (which grows meanwhile);
+ *  4. resumes the merger.
+ * A record that is durable but not yet published is never in a checkpoint.
+ * At open a checkpoint is used only if its settings match and
+ * ckpt_usable() holds; otherwise ONE line says why and the index is
+ * rebuilt from the store. */
+
+typedef struct ckpt_job {
+    idx_ckpt_head_t head;
+    const idx_vec_t *vec;
+    uint64_t *extra; /* delta indexes of the entries <= V vec lacks */
+    size_t nextra;
+    int64_t *rm; /* removals <= V of labels vec holds live */
+    size_t nrm;
+    char *postings;
+    size_t postings_len;
+} ckpt_job_t;
+
+/* Step 1, vlock held exclusively. */
+static int ckpt_capture(idx_kb_t *ix, ckpt_job_t *j, char *err, size_t errlen)
+{
+    idx_view_t v;
+    idx_view(ix, &v);
+    j->head = (idx_ckpt_head_t){.format = IDX_CKPT_FORMAT,
+                                .dim = ix->dim,
+                                .metric = (uint32_t)ix->metric,
+                                .lsn = v.version,
+                                .commit_us = v.commit_us,
+                                .docs = v.docs,
+                                .written_us = kb_wall_us()};
+    snprintf(j->head.index, sizeof j->head.index, "%s", ix->meta->index);
+    j->vec = ix->vec;
+    uint64_t hi = idx_delta_count(ix->delta);
+    j->extra = malloc((hi - ix->merged + 1) * sizeof *j->extra);
+    if (!j->extra || pending_dead(ix, v.version, &j->rm, &j->nrm))
+        return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    for (uint64_t i = ix->merged; i < hi; i++) {
+        int64_t l = idx_delta_label(ix->delta, i);
+        if (l > (int64_t)v.version)
+            break; /* ascending */
+        if (!in_sorted(j->rm, j->nrm, l))
+            j->extra[j->nextra++] = i;
+    }
+    size_t keep = 0; /* the other removals hit delta entries left out */
+    for (size_t i = 0; i < j->nrm; i++)
+        if (idx_vec_is_live(ix->vec, j->rm[i]))
+            j->rm[keep++] = j->rm[i];
+    j->nrm = keep;
+    ix->ck_pause = 1;
+    return 0;
+}
+
+/* Step 2: the postings of labels <= V, as idx_filter_save() writes them. */
+static int ckpt_postings(idx_kb_t *ix, ckpt_job_t *j, char *err,
+                         size_t errlen)
+{
+    FILE *m = open_memstream(&j->postings, &j->postings_len);
+    if (!m)
+        return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    pthread_mutex_lock(&ix->fmu);
+    int rc = idx_filter_save(ix->flt, (int64_t)j->head.lsn, m);
+    pthread_mutex_unlock(&ix->fmu);
+    if (fclose(m) || rc)
+        return kb_seterr(err, errlen, KB_ENOMEM,
+                         "out of memory copying the postings");
+    return 0;
+}
+
+static int ckpt_stopped(void *ctx)
+{
+    idx_kb_t *ix = ctx;
+    pthread_mutex_lock(&ix->ck_mu);
+    int stop = ix->ck_stop;
+    pthread_mutex_unlock(&ix->ck_mu);
+    return stop;
+}
+
+/* Steps 1 to 4. Any thread that may wait for vlock. mbps paces the
+ * write (0: as fast as it goes). */
+static int ckpt_run(idx_kb_t *ix, uint32_t mbps, char *err, size_t errlen)
+{
+    uint64_t t0 = kb_mono_us(), bytes = 0;
+    ckpt_job_t j = {0};
+    pthread_rwlock_wrlock(&ix->vlock);
+    int rc = ckpt_capture(ix, &j, err, errlen);
+    pthread_rwlock_unlock(&ix->vlock);
+    if (!rc)
+        rc = ckpt_postings(ix, &j, err, errlen);
+    if (!rc) {
+        idx_ckpt_src_t src = {.vec = j.vec,
+                              .postings = j.postings,
+                              .postings_len = j.postings_len,
+                              .delta = ix->delta,
+                              .extra = j.extra,
+                              .nextra = j.nextra,
+                              .rm = j.rm,
+                              .nrm = j.nrm};
+        rc = idx_ckpt_write(ix->dir, &j.head, &src, mbps, ckpt_stopped, ix,
+                            &bytes, err, errlen);
+    }
+    pthread_rwlock_wrlock(&ix->vlock);
+    ix->ck_pause = 0;
+    pthread_rwlock_unlock(&ix->vlock);
+    merger_kick(ix);
+    double secs = (double)(kb_mono_us() - t0) / 1e6;
+    if (!rc) {
+        pthread_mutex_lock(&ix->ck_mu);
+        ix->ck_lsn = j.head.lsn;
+        ix->ck_us = j.head.written_us;
+        ix->ck_s = secs;
+        ix->ck_count++;
+        pthread_mutex_unlock(&ix->ck_mu);
+        kb_info("checkpoint of version %llu written in %.2f s: %.1f MB, %llu "
+                "documents (%zu from the delta, %zu removals pending)",
+                (unsigned long long)j.head.lsn, secs, (double)bytes / 1e6,
+                (unsigned long long)j.head.docs, j.nextra, j.nrm);
+    }
+    free(j.extra);
+    free(j.rm);
+    free(j.postings);
+    return rc;
+}
+
+/* Sets ck_active (ck_mu); clearing it wakes a rebuild in ckpt_wait(). */
+static void ckpt_set_active(idx_kb_t *ix, int on)
+{
+    pthread_mutex_lock(&ix->ck_mu);
+    ix->ck_active = on;
+    if (!on)
+        pthread_cond_broadcast(&ix->ck_cv);
+    pthread_mutex_unlock(&ix->ck_mu);
+}
+
+static void *ckpt_main(void *arg)
+{
+    idx_kb_t *ix = arg;
+    /* Below the readers: a checkpoint may take seconds of a core. */
+    setpriority(PRIO_PROCESS, (id_t)gettid(), 10);
+    char err[512];
+    int rc = ckpt_run(ix, IDX_CKPT_MBPS, err, sizeof err);
+    if (rc && rc != KB_EUNAVAIL)
+        kb_warn("checkpoint not written (tried again in %llu s): %s",
+                (unsigned long long)ix->ck_secs, err);
+    ckpt_set_active(ix, 0);
+    return NULL;
+}
+
+/* Waits until no checkpoint is being written. Rebuild thread. */
+static void ckpt_wait(idx_kb_t *ix)
+{
+    pthread_mutex_lock(&ix->ck_mu);
+    while (ix->ck_active)
+        pthread_cond_wait(&ix->ck_cv, &ix->ck_mu);
+    pthread_mutex_unlock(&ix->ck_mu);
+}
+
+/* Writer thread: joins the checkpoint thread (asking it to give up when
+ * stop is set). */
+static void ckpt_join(idx_kb_t *ix, int stop)
+{
+    if (!ix->ck_started)
+        return;
+    pthread_mutex_lock(&ix->ck_mu);
+    ix->ck_stop = stop;
+    pthread_mutex_unlock(&ix->ck_mu);
+    pthread_join(ix->ck_thr, NULL);
+    ix->ck_started = 0;
+    ix->ck_stop = 0;
+}
+
+/* Writer thread, from idx_maintain(). Never waits. */
+static void ckpt_maybe_start(idx_kb_t *ix)
+{
+    if (ix->ck_off || ix->ck_ops == IDX_CKPT_NEVER || idx_loading(ix))
+        return; /* a snapshot being loaded is no state to save */
+    pthread_mutex_lock(&ix->ck_mu);
+    int active = ix->ck_active;
+    uint64_t lsn = ix->ck_lsn;
+    pthread_mutex_unlock(&ix->ck_mu);
+    uint64_t now = kb_mono_us();
+    idx_view_t v;
+    idx_view(ix, &v);
+    if (active || v.version < lsn + ix->ck_ops ||
+        (ix->ck_start_us && now - ix->ck_start_us < ix->ck_secs * 1000000u))
+        return;
+    pthread_mutex_lock(&ix->rb_mu);
+    int rebuilding = ix->rb_active;
+    pthread_mutex_unlock(&ix->rb_mu);
+    if (rebuilding)
+        return;
+    ckpt_join(ix, 0); /* the last one ended: reap it */
+    ix->ck_start_us = now;
+    ckpt_set_active(ix, 1);
+    if (pthread_create(&ix->ck_thr, NULL, ckpt_main, ix)) {
+        kb_warn("cannot start the checkpoint thread");
+        ckpt_set_active(ix, 0);
+        return;
+    }
+    ix->ck_started = 1;
+}
+
+int idx_checkpoint(idx_kb_t *ix, char *err, size_t errlen)
+{
+    if (ix->ck_off)
+        return kb_seterr(err, errlen, KB_EUNAVAIL, "checkpoints are off");
+    ckpt_join(ix, 0);
+    pthread_mutex_lock(&ix->rb_mu);
+    int rebuilding = ix->rb_active;
+    pthread_mutex_unlock(&ix->rb_mu);
+    if (rebuilding)
+        return kb_seterr(err, errlen, KB_EUNAVAIL,
+                         "a background rebuild is running");
+    ckpt_set_active(ix, 1);
+    int rc = ckpt_run(ix, 0, err, errlen);
+    ckpt_set_active(ix, 0);
+    return rc;
+}
+
+/* idx_close(), every other thread stopped: one more checkpoint unless the
+ * newest already covers the published version. */
+static void ckpt_at_close(idx_kb_t *ix)
+{
+    char err[512];
+    if (ix->ck_off || ix->view.version == ix->ck_lsn || idx_loading(ix))
+        return;
+    if (ckpt_run(ix, 0, err, sizeof err))
+        kb_warn("no checkpoint at close: %s", err);
+}
+
+/* Can a checkpoint covering lsn, whose record lsn was committed at
+ * commit_us, seed this store? It must not be ahead of the store, and the
+ * store's record lsn must be the same record (a replica that dropped a
+ * diverged tail holds other records under the same LSNs). The catch-up
+ * reads only live documents' records, never the log between. */
+static int ckpt_usable(idx_kb_t *ix, uint64_t lsn, uint64_t commit_us,
+                       char *why, size_t len)
+{
+    uint64_t applied;
+    idx_store_state(ix->store, &applied, NULL);
+    if (lsn > applied)
+        return kb_seterr(why, len, KB_ECORRUPT,
+                         "it covers LSN %llu, above the store's %llu",
+                         (unsigned long long)lsn,
+                         (unsigned long long)applied);
+    uint64_t at = lsn ? idx_commit_time(ix, lsn) : commit_us;
+    /* A record compacted since (below the log start) cannot be compared:
+     * the live-document check at load stands for it. */
+    if (lsn && at == 0 && lsn < idx_store_log_start(ix->store))
+        at = commit_us;
+    if (at != commit_us)
+        return kb_seterr(why, len, KB_ECORRUPT,
+                         "the store's record %llu was committed at %llu us, "
+                         "the checkpoint's at %llu us (another history)",
+                         (unsigned long long)lsn, (unsigned long long)at,
+                         (unsigned long long)commit_us);
+    return 0;
+}
+
+/* Loads DIR/index.ckpt into ix and catches it up with the store. Returns
+ * 0, or 1 when there is none or it cannot be used (said in one line). */
+static int ckpt_load(idx_kb_t *ix)
+{
+    uint64_t t0 = kb_mono_us(), added = 0, removed = 0;
+    idx_ckpt_head_t h;
+    idx_ckpt_loaded_t l = {0};
+    idx_rtxn_t *t = NULL;
+    char why[512] = "";
+    int rc = idx_ckpt_peek(ix->dir, &h, why, sizeof why);
+    if (rc == -ENOENT)
+        return 1;
+    if (!rc && (h.dim != ix->dim || h.metric != (uint32_t)ix->metric ||
+                strcmp(h.index, ix->meta->index)))
+        rc = kb_seterr(why, sizeof why, KB_EMISMATCH,
+                       "written for dim %u, metric %s, index \"%s\"; the "
+                       "knowledge base has dim %u, metric %s, index \"%s\"",
+                       h.dim, metric_name(h.metric), h.index, ix->dim,
+                       ix->meta->metric, ix->meta->index);
+    if (!rc)
+        rc = ckpt_usable(ix, h.lsn, h.commit_us, why, sizeof why);
+    uint64_t t1 = kb_mono_us();
+    if (!rc)
+        rc = idx_ckpt_load(ix->dir, &h, &l, why, sizeof why);
+    uint64_t t2 = kb_mono_us();
+    if (!rc)
+        rc = idx_store_rbegin(ix->store, &t, why, sizeof why);
+    if (!rc)
+        rc = idx_ckpt_catch_up(t, h.lsn, ix->dim, &l, ix->delta, &added,
+                               &removed, why, sizeof why);
+    idx_store_rend(&t);
+    if (rc) {
+        char path[4200]; /* idx_ckpt's own reasons start with it */
+        snprintf(path, sizeof path, "%s/%s", ix->dir, IDX_CKPT_FILE);
+        size_t pl = strlen(path);
+        kb_warn("checkpoint %s ignored: %s; rebuilding the index from LMDB",
+                path, strncmp(why, path, pl) ? why : why + pl + 2);
+        idx_ckpt_loaded_free(&l);
+        idx_delta_free(&ix->delta); /* drop what the catch-up appended */
+        return idx_delta_new(ix->dim, ix->metric, &ix->delta) ? -1 : 1;
+    }
+    idx_vec_free(&ix->vec);
+    idx_filter_free(&ix->flt);
+    ix->vec = l.vec;
+    ix->flt = l.flt;
+    l.vec = NULL;
+    l.flt = NULL;
+    idx_ckpt_loaded_free(&l);
+    ix->ck_loaded = 1;
+    ix->ck_lsn = h.lsn;
+    ix->ck_us = h.written_us;
+    ix->rebuild_s = (double)(kb_mono_us() - t0) / 1e6;
+    uint64_t now = kb_wall_us();
+    kb_info("loaded checkpoint %s/%s of version %llu (written %.0f s ago) "
+            "in %.3f s (read %.3f s, caught up in %.3f s): %llu vectors to "
+            "merge (its delta and later writes), %llu removed",
+            ix->dir, IDX_CKPT_FILE, (unsigned long long)h.lsn,
+            now > h.written_us ? (double)(now - h.written_us) / 1e6 : 0.0,
+            ix->rebuild_s, (double)(t2 - t1) / 1e6,
+            (double)(kb_mono_us() - t2) / 1e6, (unsigned long long)added,
+            (unsigned long long)removed);
+    return 0;
+}
+
 /* ----------------------------------------------------------------- stats */
 
 void idx_stats(idx_kb_t *ix, idx_stats_t *st)
@@ -2029,6 +2431,14 @@ void idx_stats(idx_kb_t *ix, idx_stats_t *st)
     st->node_id = ix->meta->node_id;
     st->commits = ix->commits;
     st->rebuild_s = ix->rebuild_s;
+    st->ckpt_loaded = ix->ck_loaded;
+    pthread_mutex_lock(&ix->ck_mu);
+    st->ckpt_lsn = ix->ck_lsn;
+    st->ckpt_us = ix->ck_us;
+    st->ckpt_s = ix->ck_s;
+    st->ckpts = ix->ck_count;
+    st->checkpointing = ix->ck_active;
+    pthread_mutex_unlock(&ix->ck_mu);
 }
 
 void idx_state(const idx_kb_t *ix, uint64_t *version, uint64_t *commit_us)
@@ -2181,5 +2591,12 @@ int idx_truncate_dir(const char *dir, uint64_t map_size, int nosync,
         return rc;
     rc = idx_store_truncate(s, keep, dropped, err, errlen);
     idx_store_close(&s);
+    /* A checkpoint above keep holds documents the store no longer has, and
+     * the same LSNs will name other records: it must go. */
+    idx_ckpt_head_t h;
+    char why[256];
+    int peek = rc ? -ENOENT : idx_ckpt_peek(dir, &h, why, sizeof why);
+    if (peek != -ENOENT && (peek || h.lsn > keep))
+        idx_ckpt_remove(dir);
     return rc;
 }

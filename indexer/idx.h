@@ -14,6 +14,10 @@
  * - ONE background rebuild thread, owned by idx, builds a fresh vector
  *   index from a store snapshot and swaps it in (idx_rebuild_start()).
  * - ONE merger thread, owned by idx, moves recent writes into FAISS.
+ * - ONE checkpoint thread, owned by idx, writes the vector index to
+ *   DIR/index.ckpt now and then (CHECKPOINTS in idx.c): it pauses the
+ *   merger, holds no lock while it writes, and a rebuild waits for it
+ *   before its swap.
  * The writer never takes a lock a search holds for long: a write's vectors
  * go to an append-only delta (idx_delta.h), its removals to a pending list
  * (rm_mu), its metadata to the postings (fmu), then the new version is
@@ -45,16 +49,37 @@ typedef struct idx_config {
     int replica;         /* 1 = a replica's store: records may be staged
                             (idx_apply_log_staged); at open, unconfirmed
                             ones are dropped */
+    /* Checkpoints (DIR/index.ckpt): one is written when the published
+     * version is ckpt_ops past the last one's and ckpt_secs have passed
+     * since the last one started, and at idx_close(). */
+    uint64_t ckpt_ops;  /* 0 = IDX_CKPT_OPS_DEFAULT; IDX_CKPT_NEVER = only
+                           at close and idx_checkpoint() */
+    uint32_t ckpt_secs; /* 0 = IDX_CKPT_SECS_DEFAULT */
+    int ckpt_off;       /* 1 = neither write nor load checkpoints */
 } idx_config_t;
 
-/* Opens or creates the knowledge base in cfg->dir and rebuilds the vector
- * index from the stored documents. A dim, metric or index that differs from
+#define IDX_CKPT_OPS_DEFAULT 10000u
+#define IDX_CKPT_SECS_DEFAULT 30u
+#define IDX_CKPT_NEVER UINT64_MAX
+
+/* Opens or creates the knowledge base in cfg->dir and loads the vector
+ * index from DIR/index.ckpt, adding the documents written after it, or
+ * (no usable checkpoint: logged once, with the reason) rebuilds it from
+ * the stored documents. A dim, metric or index that differs from
  * what the directory was created with is refused with KB_EMISMATCH naming
  * both values. Returns 0 and sets *out, or a negative code with err set. */
 int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen);
 
-/* Closes; accepts NULL and sets *ix to NULL. */
+/* Closes, writing a checkpoint first when the published version is newer
+ * than the last one (unless ckpt_off); accepts NULL and sets *ix to NULL. */
 void idx_close(idx_kb_t **ix);
+
+/* Writes a checkpoint of the published version now, on the calling thread
+ * (after waiting for a periodic one to end). Writer thread; for tests and
+ * tools: it takes as long as the file takes to write. Returns 0, or
+ * KB_EUNAVAIL (checkpoints off, or a rebuild is running), -errno (disk),
+ * KB_EINDEX, KB_ENOMEM, with err set. */
+int idx_checkpoint(idx_kb_t *ix, char *err, size_t errlen);
 
 typedef enum idx_opcode { IDX_OP_UPSERT = 1, IDX_OP_DELETE = 2 } idx_opcode_t;
 
@@ -224,7 +249,15 @@ typedef struct idx_stats {
     int rebuilding;      /* a background rebuild is running */
     uint64_t rebuilds;   /* background rebuilds completed */
     uint64_t commits;    /* durable write transactions since open */
-    double rebuild_s;    /* seconds the last index (re)build took */
+    double rebuild_s;    /* seconds the last index (re)build took; at
+                            open, loading the checkpoint included */
+    int ckpt_loaded;     /* the index was loaded from a checkpoint at open */
+    uint64_t ckpt_lsn;   /* version the newest checkpoint (written or
+                            loaded) covers; 0 = none */
+    uint64_t ckpt_us;    /* wall clock when it was written (0 = none) */
+    double ckpt_s;       /* seconds the last checkpoint write took */
+    uint64_t ckpts;      /* checkpoints written since open */
+    int checkpointing;   /* a checkpoint is being written */
 } idx_stats_t;
 
 /* Writer thread. Waits for the index lock (status answers only). */

@@ -7,6 +7,7 @@
 #include "kb_err.h"
 #include "kb_json.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -115,20 +116,19 @@ struct add_ctx {
     int64_t label;
 };
 
-static int add_field(void *ctx, const char *k, size_t kl, const char *v,
-                     size_t vl)
+/* The posting of a pair, made (empty) when new; NULL when out of memory. */
+static posting_t *posting_make(idx_filter_t *f, const char *k, size_t kl,
+                               const char *v, size_t vl)
 {
-    struct add_ctx *a = ctx;
-    idx_filter_t *f = a->f;
     if ((f->used + 1) * 4 > f->cap * 3 && grow(f))
-        return KB_ENOMEM;
+        return NULL;
     uint64_t h = pair_hash(k, kl, v, vl);
     posting_t *p = find(f, k, kl, v, vl, h);
     if (!p->kv) {
         uint32_t l = (uint32_t)kl;
         char *kv = malloc(sizeof l + kl + vl);
         if (!kv)
-            return KB_ENOMEM;
+            return NULL;
         memcpy(kv, &l, sizeof l);
         memcpy(kv + sizeof l, k, kl);
         memcpy(kv + sizeof l + kl, v, vl);
@@ -138,6 +138,17 @@ static int add_field(void *ctx, const char *k, size_t kl, const char *v,
         f->used++;
         f->bytes += p->kvlen;
     }
+    return p;
+}
+
+static int add_field(void *ctx, const char *k, size_t kl, const char *v,
+                     size_t vl)
+{
+    struct add_ctx *a = ctx;
+    idx_filter_t *f = a->f;
+    posting_t *p = posting_make(f, k, kl, v, vl);
+    if (!p)
+        return KB_ENOMEM;
     /* An array may repeat a value: list the label once. */
     if (p->n && p->lab[p->n - 1] >= a->label)
         return 0;
@@ -245,4 +256,93 @@ size_t idx_filter_estimate(const idx_filter_t *f,
 uint64_t idx_filter_bytes(const idx_filter_t *f)
 {
     return sizeof *f + f->bytes;
+}
+
+/* SAVE AND LOAD. idx_filter_save() writes u64 postings, then per posting
+ * u32 key bytes (the table key "<key length:4><key><value>"), the key, u64
+ * labels and the labels, ascending. */
+
+static size_t upto(const posting_t *p, int64_t max_label)
+{
+    size_t lo = 0, hi = p->n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (p->lab[mid] <= max_label)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+int idx_filter_save(const idx_filter_t *f, int64_t max_label, FILE *out)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < f->cap; i++)
+        n += f->slot[i].kv && upto(&f->slot[i], max_label) > 0;
+    if (fwrite(&n, sizeof n, 1, out) != 1)
+        return -EIO;
+    for (size_t i = 0; i < f->cap; i++) {
+        const posting_t *p = &f->slot[i];
+        uint64_t m = p->kv ? upto(p, max_label) : 0;
+        uint32_t kvlen = (uint32_t)p->kvlen;
+        if (m && (fwrite(&kvlen, sizeof kvlen, 1, out) != 1 ||
+                  fwrite(p->kv, 1, p->kvlen, out) != p->kvlen ||
+                  fwrite(&m, sizeof m, 1, out) != 1 ||
+                  fwrite(p->lab, sizeof *p->lab, m, out) != m))
+            return -EIO;
+    }
+    return 0;
+}
+
+/* Reads one posting of idx_filter_save()'s format into f. */
+static int load_posting(idx_filter_t *f, FILE *in, char *kv)
+{
+    uint32_t kvlen, kl;
+    uint64_t m;
+    if (fread(&kvlen, sizeof kvlen, 1, in) != 1 || kvlen < sizeof kl ||
+        kvlen > sizeof kl + (1u << 20) || fread(kv, 1, kvlen, in) != kvlen)
+        return KB_ECORRUPT;
+    memcpy(&kl, kv, sizeof kl);
+    if (kl > kvlen - sizeof kl || fread(&m, sizeof m, 1, in) != 1 || !m ||
+        m > (UINT64_C(1) << 40))
+        return KB_ECORRUPT;
+    const char *k = kv + sizeof kl;
+    posting_t *p = posting_make(f, k, kl, k + kl, kvlen - sizeof kl - kl);
+    if (!p)
+        return KB_ENOMEM;
+    if (p->n) /* the same pair twice */
+        return KB_ECORRUPT;
+    if (!(p->lab = malloc(m * sizeof *p->lab)))
+        return KB_ENOMEM;
+    p->cap = m;
+    f->bytes += m * sizeof *p->lab;
+    if (fread(p->lab, sizeof *p->lab, m, in) != m)
+        return KB_ECORRUPT;
+    for (uint64_t j = 0; j < m; j++)
+        if (p->lab[j] < 0 || (j && p->lab[j] <= p->lab[j - 1]))
+            return KB_ECORRUPT;
+    p->n = m;
+    return 0;
+}
+
+int idx_filter_load(FILE *in, idx_filter_t **out)
+{
+    *out = NULL;
+    uint64_t n;
+    if (fread(&n, sizeof n, 1, in) != 1 || n > (UINT64_C(1) << 40))
+        return KB_ECORRUPT;
+    idx_filter_t *f;
+    char *kv = malloc(sizeof(uint32_t) + (1u << 20));
+    int rc = kv ? idx_filter_new(&f) : KB_ENOMEM;
+    /* Sized once, not regrown (up to 2^26 postings: n is not checked yet). */
+    while (!rc && n < (1u << 26) && (n + 1) * 4 > f->cap * 3)
+        rc = grow(f);
+    for (uint64_t i = 0; i < n && !rc; i++)
+        rc = load_posting(f, in, kv);
+    free(kv);
+    if (rc)
+        idx_filter_free(&f);
+    *out = rc ? NULL : f;
+    return rc;
 }

@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 typedef struct idx_filter idx_filter_t;
 
@@ -44,6 +45,15 @@ int idx_filter_match(const idx_filter_t *f, const idx_filter_pair_t *pairs,
  * posting's length). */
 size_t idx_filter_estimate(const idx_filter_t *f,
                            const idx_filter_pair_t *pairs, size_t npairs);
+
+/* Writes the postings' labels <= max_label (postings left empty are
+ * skipped) to out, borrowed. Only reads f. Returns 0 or -EIO. */
+int idx_filter_save(const idx_filter_t *f, int64_t max_label, FILE *out);
+
+/* Reads postings written by idx_filter_save() from in. Disk bytes are
+ * checked (sizes, ascending labels, no pair twice). Returns 0 and sets
+ * *out, or KB_ECORRUPT (truncated or inconsistent), KB_ENOMEM. */
+int idx_filter_load(FILE *in, idx_filter_t **out);
 
 /* Memory held, in bytes. */
 uint64_t idx_filter_bytes(const idx_filter_t *f);

@@ -612,26 +612,27 @@ int idx_store_scan_docs(idx_store_t *s, idx_store_doc_cb cb, void *ctx,
     return rc;
 }
 
-int idx_store_scan_docs_in(idx_rtxn_t *t, idx_store_doc_cb cb, void *ctx,
-                           char *err, size_t errlen)
+int idx_store_live_labels(idx_rtxn_t *t, uint64_t **out, size_t *nout,
+                          char *err, size_t errlen)
 {
     idx_store_t *s = t->s;
-    MDB_txn *txn = t->txn;
     MDB_cursor *cur;
     MDB_stat st;
-    int rc = mdb_stat(txn, s->ids, &st);
+    *out = NULL;
+    *nout = 0;
+    int rc = mdb_stat(t->txn, s->ids, &st);
     if (!rc)
-        rc = mdb_cursor_open(txn, s->ids, &cur);
+        rc = mdb_cursor_open(t->txn, s->ids, &cur);
     if (rc)
         return store_fail(err, errlen, rc, "scan documents");
     size_t n = 0, cap = st.ms_entries ? st.ms_entries : 1;
     uint64_t *labels = malloc(cap * sizeof *labels);
-    int out = labels ? 0 : kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    int bad = labels ? 0 : kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     MDB_val k, v;
-    rc = out ? MDB_NOTFOUND : mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    rc = bad ? MDB_NOTFOUND : mdb_cursor_get(cur, &k, &v, MDB_FIRST);
     while (rc == 0 && n < cap) {
         if (v.mv_size != 8) {
-            out = kb_seterr(err, errlen, KB_ECORRUPT, "id entry of %zu bytes",
+            bad = kb_seterr(err, errlen, KB_ECORRUPT, "id entry of %zu bytes",
                             v.mv_size);
             break;
         }
@@ -639,63 +640,40 @@ int idx_store_scan_docs_in(idx_rtxn_t *t, idx_store_doc_cb cb, void *ctx,
         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
     mdb_cursor_close(cur);
-    if (!out && rc && rc != MDB_NOTFOUND)
-        out = store_fail(err, errlen, rc, "scan documents");
-    if (!out)
-        qsort(labels, n, sizeof *labels, cmp_u64);
+    if (!bad && rc && rc != MDB_NOTFOUND)
+        bad = store_fail(err, errlen, rc, "scan documents");
+    if (bad) {
+        free(labels);
+        return bad;
+    }
+    qsort(labels, n, sizeof *labels, cmp_u64);
+    *out = labels;
+    *nout = n;
+    return 0;
+}
+
+int idx_store_scan_docs_in(idx_rtxn_t *t, idx_store_doc_cb cb, void *ctx,
+                           char *err, size_t errlen)
+{
+    uint64_t *labels;
+    size_t n;
+    int out = idx_store_live_labels(t, &labels, &n, err, errlen);
     for (size_t i = 0; i < n && !out; i++) {
-        k = u64_val(&labels[i]);
-        rc = mdb_get(txn, s->log, &k, &v);
-        if (rc)
-            out = rc == MDB_NOTFOUND
-                      ? kb_seterr(err, errlen, KB_ECORRUPT,
-                                  "live document %llu has no log record",
-                                  (unsigned long long)labels[i])
-                      : store_fail(err, errlen, rc, "scan documents");
+        const void *b;
+        size_t len;
+        int rc = idx_store_doc_by_label(t, (int64_t)labels[i], &b, &len);
+        if (rc == -ENOENT)
+            out = kb_seterr(err, errlen, KB_ECORRUPT,
+                            "live document %llu has no log record",
+                            (unsigned long long)labels[i]);
+        else if (rc)
+            out = kb_seterr(err, errlen, rc, "scan documents: LMDB read "
+                                             "failed");
         else
-            out = cb(ctx, (int64_t)labels[i], v.mv_data, v.mv_size);
+            out = cb(ctx, (int64_t)labels[i], b, len);
     }
     free(labels);
     return out;
-}
-
-int idx_store_live_labels(idx_rtxn_t *t, uint64_t **labels, size_t *n,
-                          char *err, size_t errlen)
-{
-    *labels = NULL;
-    *n = 0;
-    MDB_cursor *cur;
-    MDB_stat st;
-    int rc = mdb_stat(t->txn, t->s->ids, &st);
-    if (!rc)
-        rc = mdb_cursor_open(t->txn, t->s->ids, &cur);
-    if (rc)
-        return store_fail(err, errlen, rc, "list documents");
-    size_t cap = st.ms_entries ? st.ms_entries : 1, k = 0;
-    uint64_t *l = malloc(cap * sizeof *l);
-    int out = l ? 0 : kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
-    MDB_val mk, mv;
-    rc = out ? MDB_NOTFOUND : mdb_cursor_get(cur, &mk, &mv, MDB_FIRST);
-    while (rc == 0 && k < cap) {
-        if (mv.mv_size != 8) {
-            out = kb_seterr(err, errlen, KB_ECORRUPT, "id entry of %zu bytes",
-                            mv.mv_size);
-            break;
-        }
-        l[k++] = get_u64(mv.mv_data);
-        rc = mdb_cursor_get(cur, &mk, &mv, MDB_NEXT);
-    }
-    mdb_cursor_close(cur);
-    if (!out && rc && rc != MDB_NOTFOUND)
-        out = store_fail(err, errlen, rc, "list documents");
-    if (out) {
-        free(l);
-        return out;
-    }
-    qsort(l, k, sizeof *l, cmp_u64);
-    *labels = l;
-    *n = k;
-    return 0;
 }
 
 #define SCAN_CHUNK 4096

@@ -18,10 +18,12 @@
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/impl/AuxIndexStructures_c.h>
 #include <faiss/c_api/index_factory_c.h>
+#include <faiss/c_api/index_io_c.h>
 #include <faiss/c_api/utils/distances_c.h>
 
 #include <assert.h>
 #include <dlfcn.h>
+#include <errno.h>
 #include <float.h>
 #include <math.h>
 #include <omp.h>
@@ -883,4 +885,197 @@ uint64_t idx_vec_bytes(const idx_vec_t *v)
         }
     }
     return fixed + n * per;
+}
+
+int idx_vec_is_stored(const idx_vec_t *v, int64_t label)
+{
+    return ls_stored(&v->ls, label);
+}
+
+int idx_vec_foreach_live(const idx_vec_t *v, idx_vec_label_cb cb, void *ctx)
+{
+    const labelset_t *ls = &v->ls;
+    for (size_t t = 0; t < ls->ntop; t++) {
+        const ls_dir_t *d = ls->top[t];
+        for (uint32_t i = 0; d && d->nlive && i < LS_DIR_PAGES; i++) {
+            const ls_page_t *p = d->page[i];
+            for (uint32_t w = 0; p && p->nlive && w < LS_PAGE_WORDS; w++) {
+                uint64_t live = p->stored[w] & ~p->dead[w];
+                while (live) {
+                    int b = __builtin_ctzll(live);
+                    live &= live - 1;
+                    int64_t label = ((int64_t)t << LS_TOP_SHIFT) |
+                                    ((int64_t)i << LS_PAGE_SHIFT) |
+                                    (int64_t)(w * 64 + (uint32_t)b);
+                    int rc = cb(ctx, label);
+                    if (rc)
+                        return rc;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* ==== SAVE AND LOAD =======================================================
+ * idx_vec_save() writes, all integers little-endian as in memory (x86-64
+ * and aarch64 are both little-endian; a checkpoint is never moved between
+ * machines of different kinds: its reader checks the format and its
+ * checksum, and rebuilds on any doubt):
+ *   u32 IDX_VEC_SAVE_MAGIC, u32 1 when an untrained IVF's fallback follows
+ *   u64 stored labels, u64 dead labels, u64 pages written below
+ *   the FAISS index (faiss_write_index), then the fallback when present
+ *   per page that holds a stored label: u64 page number (label >> 12),
+ *   then its 64 "stored" words and 64 "dead" words. */
+#define IDX_VEC_SAVE_MAGIC 0x4556424bu /* "KBVE" */
+
+static int put(FILE *f, const void *p, size_t n)
+{
+    return fwrite(p, 1, n, f) == n ? 0 : -EIO;
+}
+
+static int get(FILE *f, void *p, size_t n)
+{
+    return fread(p, 1, n, f) == n ? 0 : -EIO;
+}
+
+int idx_vec_save(const idx_vec_t *v, FILE *f, char *err, size_t errlen)
+{
+    const labelset_t *ls = &v->ls;
+    uint32_t head[2] = {IDX_VEC_SAVE_MAGIC, v->fallback != NULL};
+    uint64_t counts[3] = {ls->nstored, ls->ndead, ls->npages};
+    if (put(f, head, sizeof head) || put(f, counts, sizeof counts))
+        return kb_seterr(err, errlen, -EIO, "index header: write failed");
+    if (faiss_write_index(v->index, f) ||
+        (v->fallback && faiss_write_index(v->fallback, f)))
+        return vec_fail(err, errlen, "write_index");
+    for (size_t t = 0; t < ls->ntop; t++) {
+        const ls_dir_t *d = ls->top[t];
+        for (uint32_t i = 0; d && i < LS_DIR_PAGES; i++) {
+            const ls_page_t *p = d->page[i];
+            uint64_t no = ((uint64_t)t << LS_DIR_SHIFT) | i;
+            if (p && (put(f, &no, sizeof no) ||
+                      put(f, p->stored, sizeof p->stored) ||
+                      put(f, p->dead, sizeof p->dead)))
+                return kb_seterr(err, errlen, -EIO,
+                                 "label bitmaps: write failed");
+        }
+    }
+    return 0;
+}
+
+/* Reads one bitmap page into v's label set and recounts it. */
+static int load_page(idx_vec_t *v, FILE *f, char *err, size_t errlen)
+{
+    uint64_t no;
+    ls_page_t pg;
+    if (get(f, &no, sizeof no) || get(f, pg.stored, sizeof pg.stored) ||
+        get(f, pg.dead, sizeof pg.dead))
+        return kb_seterr(err, errlen, KB_ECORRUPT, "label bitmaps: truncated");
+    int64_t first = (int64_t)(no << LS_PAGE_SHIFT);
+    if (no >= (uint64_t)(IDX_VEC_LABEL_LIMIT >> LS_PAGE_SHIFT) ||
+        ls_page(&v->ls, first))
+        return kb_seterr(err, errlen, KB_ECORRUPT,
+                         "label bitmaps: page %llu out of range or repeated",
+                         (unsigned long long)no);
+    ls_page_t *p = ls_page_make(&v->ls, first);
+    if (!p)
+        return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    uint32_t stored = 0, dead = 0;
+    for (uint32_t w = 0; w < LS_PAGE_WORDS; w++) {
+        if (pg.dead[w] & ~pg.stored[w])
+            return kb_seterr(err, errlen, KB_ECORRUPT,
+                             "label bitmaps: page %llu has dead labels that "
+                             "were never stored",
+                             (unsigned long long)no);
+        p->stored[w] = pg.stored[w];
+        p->dead[w] = pg.dead[w];
+        stored += (uint32_t)__builtin_popcountll(pg.stored[w]);
+        dead += (uint32_t)__builtin_popcountll(pg.dead[w]);
+        if (pg.stored[w])
+            v->ls.max_stored =
+                first + w * 64 + 63 - __builtin_clzll(pg.stored[w]);
+    }
+    p->nlive = stored - dead;
+    v->ls.top[first >> LS_TOP_SHIFT]->nlive += p->nlive;
+    v->ls.nstored += stored;
+    v->ls.ndead += dead;
+    return 0;
+}
+
+/* Checks a FAISS index read from disk against what v was built as. */
+static int check_loaded(const idx_vec_t *v, const FaissIndex *x,
+                        const char *what, char *err, size_t errlen)
+{
+    if (!faiss_IndexIDMap2_cast((FaissIndex *)x))
+        return kb_seterr(err, errlen, KB_ECORRUPT, "%s is not an IDMap2",
+                         what);
+    if (faiss_Index_d(x) != (int)v->dim ||
+        faiss_Index_metric_type(x) != faiss_metric(v->metric))
+        return kb_seterr(err, errlen, KB_ECORRUPT,
+                         "%s has dim %d and metric %d; expected %u and %d",
+                         what, faiss_Index_d(x), (int)faiss_Index_metric_type(x),
+                         v->dim, (int)faiss_metric(v->metric));
+    return 0;
+}
+
+/* Replaces v's empty FAISS indexes by the ones in f, then its bitmaps. */
+static int load_into(idx_vec_t *v, FILE *f, char *err, size_t errlen)
+{
+    uint32_t head[2];
+    uint64_t counts[3];
+    if (get(f, head, sizeof head) || get(f, counts, sizeof counts))
+        return kb_seterr(err, errlen, KB_ECORRUPT, "index header: truncated");
+    /* A new IVF has a fallback; a saved one has it until trained. */
+    if (head[0] != IDX_VEC_SAVE_MAGIC || head[1] > 1 ||
+        (head[1] && !v->fallback))
+        return kb_seterr(err, errlen, KB_ECORRUPT,
+                         "index header: magic %08x, fallback %u (expected "
+                         "%08x, %s)",
+                         head[0], head[1], IDX_VEC_SAVE_MAGIC,
+                         v->fallback ? "0 or 1" : "0");
+    FaissIndex *x = NULL, *fb = NULL;
+    if (faiss_read_index(f, 0, &x))
+        return vec_fail(err, errlen, "read_index");
+    faiss_Index_free(v->index);
+    v->index = x;
+    if (head[1] && faiss_read_index(f, 0, &fb))
+        return vec_fail(err, errlen, "read_index (flat fallback)");
+    faiss_Index_free(v->fallback);
+    v->fallback = fb;
+    int rc = check_loaded(v, v->index, "the index", err, errlen);
+    if (!rc && v->fallback)
+        rc = check_loaded(v, v->fallback, "the flat fallback", err, errlen);
+    if (!rc && faiss_Index_is_trained(v->index) != !v->fallback)
+        rc = kb_seterr(err, errlen, KB_ECORRUPT,
+                       "the index is %strained, with%s a fallback",
+                       faiss_Index_is_trained(v->index) ? "" : "not ",
+                       v->fallback ? "" : "out");
+    for (uint64_t i = 0; i < counts[2] && !rc; i++)
+        rc = load_page(v, f, err, errlen);
+    if (!rc && (v->ls.nstored != counts[0] || v->ls.ndead != counts[1] ||
+                (uint64_t)faiss_Index_ntotal(active(v)) != counts[0]))
+        rc = kb_seterr(err, errlen, KB_ECORRUPT,
+                       "the bitmaps hold %llu labels (%llu dead), the header "
+                       "says %llu (%llu), FAISS holds %lld vectors",
+                       (unsigned long long)v->ls.nstored,
+                       (unsigned long long)v->ls.ndead,
+                       (unsigned long long)counts[0],
+                       (unsigned long long)counts[1],
+                       (long long)faiss_Index_ntotal(active(v)));
+    return rc;
+}
+
+int idx_vec_load(FILE *f, uint32_t dim, const char *description, int metric,
+                 idx_vec_t **out, char *err, size_t errlen)
+{
+    idx_vec_t *v;
+    int rc = idx_vec_new(dim, description, metric, &v, err, errlen);
+    if (rc)
+        return rc;
+    rc = load_into(v, f, err, errlen);
+    if (rc)
+        idx_vec_free(&v);
+    *out = v;
+    return rc;
 }

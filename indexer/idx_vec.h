@@ -17,6 +17,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 typedef struct idx_vec idx_vec_t;
 
@@ -174,6 +175,31 @@ int idx_vec_reconstruct(const idx_vec_t *v, int64_t label, float *out,
 int idx_vec_score_labels(const idx_vec_t *v, const float *q, size_t n,
                          const int64_t *labels, float *scores, char *err,
                          size_t errlen);
+
+/* 1 when label is stored (live or dead), else 0. */
+int idx_vec_is_stored(const idx_vec_t *v, int64_t label);
+
+/* Calls cb for every live label in ascending order; stops and returns cb's
+ * value when it is non-zero. Returns 0 after a full walk. */
+typedef int (*idx_vec_label_cb)(void *ctx, int64_t label);
+int idx_vec_foreach_live(const idx_vec_t *v, idx_vec_label_cb cb, void *ctx);
+
+/* Writes the whole index to f: the FAISS index (and an untrained IVF's flat
+ * fallback) in FAISS's own format, then the label bitmaps. Only reads v (a
+ * reader: safe next to searches, not next to add/remove/train). f is
+ * borrowed. Returns 0, or KB_EINDEX (FAISS failed, e.g. a short write,
+ * naming FAISS's reason), -EIO (a bitmap write failed). */
+int idx_vec_save(const idx_vec_t *v, FILE *f, char *err, size_t errlen);
+
+/* Reads an index written by idx_vec_save() from f and checks it against
+ * dim, description and metric (as for idx_vec_new()): FAISS's dimension,
+ * metric, vector count and training state, and the bitmaps' counts. Bytes
+ * from disk are never trusted: anything that does not fit is refused.
+ * Returns 0 and sets *out, or (with *out = NULL) KB_ECORRUPT naming what did
+ * not fit, KB_EINDEX (FAISS could not read it, naming FAISS's reason),
+ * KB_ENOMEM. */
+int idx_vec_load(FILE *f, uint32_t dim, const char *description, int metric,
+                 idx_vec_t **out, char *err, size_t errlen);
 
 /* Memory held by the index in bytes, from sizes (no FAISS walk): vectors or
  * codes, HNSW links (expected 2M + 1 per vector), IVF centroids, direct map

@@ -204,6 +204,14 @@ static void node_state(node_t *n, Kbsync__NodeState *s, uint64_t *hist,
             s->snapshot_bytes_loaded = sp.bytes_loaded;
             s->snapshot_eta_ms = sp.eta_ms;
         }
+        uint64_t now = kb_wall_us();
+        s->checkpoint_lsn = st.ckpt_lsn;
+        s->checkpoint_age_ms =
+            st.ckpt_us && now > st.ckpt_us ? (now - st.ckpt_us) / 1000 : 0;
+        s->checkpoint_write_ms = (uint64_t)(st.ckpt_s * 1000);
+        s->checkpointing = st.checkpointing;
+        s->index_from_checkpoint = st.ckpt_loaded;
+        s->index_open_ms = (uint64_t)(st.rebuild_s * 1000);
     } else {
         s->node_id = (char *)n->cfg->replica.id;
     }

@@ -193,7 +193,10 @@ int repl_replica_new(void *zctx, const repl_replica_config_t *cfg,
                        .node_id = cfg->id,
                        .map_size = cfg->map_size,
                        .nosync = cfg->nosync,
-                       .replica = 1};
+                       .replica = 1,
+                       .ckpt_ops = cfg->ckpt_ops,
+                       .ckpt_secs = cfg->ckpt_secs,
+                       .ckpt_off = cfg->ckpt_off};
     char why[512];
     int rc = idx_open(&ic, &r->ix, why, sizeof why);
     if (rc && rc != KB_EINVAL) {
@@ -554,7 +557,10 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
                            .node_id = r->cfg.id,
                            .map_size = r->cfg.map_size,
                            .nosync = r->cfg.nosync,
-                           .replica = 1};
+                           .replica = 1,
+                           .ckpt_ops = r->cfg.ckpt_ops,
+                           .ckpt_secs = r->cfg.ckpt_secs,
+                           .ckpt_off = r->cfg.ckpt_off};
         char why[512];
         idx_kb_t *ix;
         if (idx_open(&ic, &ix, why, sizeof why)) {

@@ -24,6 +24,9 @@ typedef struct repl_replica_config {
     const char *data_dir; /* this replica's own knowledge base */
     uint64_t map_size;    /* bytes; 0 = default */
     int nosync;           /* benchmarks only */
+    uint64_t ckpt_ops;    /* idx_config_t's checkpoint settings */
+    uint32_t ckpt_secs;
+    int ckpt_off;
     /* Held exclusively while the replica's knowledge base is created,
      * closed or replaced (reader threads hold it shared around a search);
      * borrowed, may be NULL. */
