@@ -587,6 +587,7 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
         goto fail;
     idx_store_state(ix->store, &ix->view.version, &ix->view.commit_us);
     ix->view.docs = idx_store_count(ix->store);
+    ix->pub_last_us = kb_mono_us(); /* the view at open is published */
     if (pthread_create(&ix->mg_thr, NULL, merger_main, ix)) {
         rc = kb_seterr(err, errlen, KB_ENOMEM, "cannot start the merger");
         goto fail;

@@ -7,6 +7,7 @@
 
 #include "idx.h"
 #include "idx_embed.h"
+#include "idx_store.h"
 #include "idx_vec.h"
 #include "kb_err.h"
 #include "kb_util.h"
@@ -1858,6 +1859,58 @@ static void test_idx_search_during_compaction_misses_nothing(void **state)
                  c.short_answers, c.searches);
 }
 
+/* A store of format 1 (before undo entries were kept on every node) is
+ * upgraded in place at open: every document stays; compaction afterwards
+ * judges the older writes by the id map, and a document deleted before the
+ * upgrade is never taken for a live one (snapshots skip such records). */
+static void test_idx_format1_store_is_upgraded_in_place(void **state)
+{
+    fx_t *f = *state;
+    char err[512] = "";
+    f->ix = kb_open(f->dir, DIM, "ip", NULL, "leader");
+    leader_history(f->ix); /* a, c deleted; b, f replaced */
+    idx_stats_t before = stats(f->ix);
+    idx_close(&f->ix);
+    /* Make it format 1: settings say so, and no undo_from. */
+    idx_store_t *st = NULL;
+    KBT_OK(idx_store_open(f->dir, 0, 1, &st, err, sizeof err), err);
+    Kbsync__KbMeta *m = NULL;
+    KBT_OK(idx_store_get_meta(st, &m, err, sizeof err), err);
+    m->format_version = 1;
+    KBT_OK(idx_store_put_meta(st, m, err, sizeof err), err);
+    kbsync__kb_meta__free_unpacked(m, NULL);
+    KBT_OK(idx_store_set_u64(st, "undo_from", 0, err, sizeof err), err);
+    idx_store_close(&st);
+
+    f->ix = kb_open(f->dir, DIM, "ip", NULL, "leader");
+    const Kbsync__KbMeta *nm = idx_meta(f->ix);
+    assert_int_equal(nm->format_version, 2);
+    KBT_U64(idx_undo_from(f->ix), before.version + 1);
+    idx_stats_t after = stats(f->ix);
+    KBT_U64(after.version, before.version);
+    KBT_U64(after.docs, before.docs);
+    /* The first record (upsert of "a", deleted since) is not live. */
+    recs_t r;
+    read_log(f->ix, 1, &r);
+    assert_true(r.n > 0);
+    KBT_U64(r.lsn[0], 1);
+    assert_int_equal(idx_record_is_live(f->ix, 1, r.data[0], r.len[0]), 0);
+    recs_free(&r);
+    /* Compacting everything keeps every live document searchable. */
+    usleep(1100000);
+    uint64_t removed = 0, bytes = 0;
+    KBT_OK(idx_compact(f->ix, UINT64_MAX, 100000, &removed, &bytes, err,
+                       sizeof err),
+           err);
+    assert_true(removed > 0);
+    idx_close(&f->ix);
+    f->ix = kb_open(f->dir, DIM, "ip", NULL, "leader");
+    KBT_U64(stats(f->ix).docs, before.docs);
+    idx_hits_t h = search_text(f->ix, "replication log", 3);
+    assert_string_equal(h.hit[0].id, "e");
+    idx_hits_free(&h);
+}
+
 int main(void)
 {
     kb_log_setup(KB_LOG_WARN, "test_idx");
@@ -1896,6 +1949,7 @@ int main(void)
         T(test_idx_filter_and_param_bounds),
         T(test_idx_snapshot_of_compacted_log_matches_leader),
         T(test_idx_search_during_compaction_misses_nothing),
+        T(test_idx_format1_store_is_upgraded_in_place),
     };
 #undef T
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
