@@ -70,6 +70,7 @@
 #define REPLICA_STUCK_MS 1000   /* behind, yet no records: ask again */
 #define REPLICA_OFFSET_KEEP_US 10000000u /* clock-offset sample lifetime */
 #define REPLICA_COMPACT_MS 1000   /* a compaction pass this often */
+#define REPLICA_SNAP_LOG_MS 5000  /* snapshot progress in the log */
 #define REPLICA_COMPACT_STEP 8192 /* operations per compaction step */
 
 struct repl_replica {
@@ -109,6 +110,7 @@ struct repl_replica {
     uint64_t snap_docs_total;
     uint64_t snap_start_us;   /* monotonic */
     uint64_t snap_start_docs; /* documents held when this session started */
+    uint64_t snap_log_us;     /* monotonic: the last progress line */
     char leader_ep[256];
     uint64_t dup_records;
     /* records of the batch being applied: bytes borrowed from messages, or
@@ -912,6 +914,20 @@ int repl_replica_tick(repl_replica_t *r)
     if (r->streaming && now - r->ack_us >= REPLICA_ACK_MS * 1000u)
         replica_ack(r);
     replica_compact(r, now);
+    repl_snapshot_t sp;
+    if (now - r->snap_log_us >= REPLICA_SNAP_LOG_MS * 1000u &&
+        repl_replica_snapshot(r, &sp)) {
+        if (r->snap_log_us)
+            kb_info("loading the snapshot: %llu of %llu documents (%.1f MB), "
+                    "LSN %llu of %llu, about %llu ms left",
+                    (unsigned long long)sp.docs_loaded,
+                    (unsigned long long)sp.docs_total,
+                    sp.bytes_loaded / 1048576.0,
+                    (unsigned long long)sp.version,
+                    (unsigned long long)sp.lsn,
+                    (unsigned long long)sp.eta_ms);
+        r->snap_log_us = now;
+    }
     if (r->streaming)
         return REPLICA_ACK_MS;
     if (now < r->apply_retry_us)
