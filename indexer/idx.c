@@ -2095,6 +2095,7 @@ static int ckpt_capture(idx_kb_t *ix, ckpt_job_t *j, char *err, size_t errlen)
     idx_view_t v;
     idx_view(ix, &v);
     j->head = (idx_ckpt_head_t){.format = IDX_CKPT_FORMAT,
+                                .store_id = idx_store_id(ix->store),
                                 .dim = ix->dim,
                                 .metric = (uint32_t)ix->metric,
                                 .lsn = v.version,
@@ -2348,6 +2349,13 @@ static int ckpt_load(idx_kb_t *ix)
                        "knowledge base has dim %u, metric %s, index \"%s\"",
                        h.dim, metric_name(h.metric), h.index, ix->dim,
                        ix->meta->metric, ix->meta->index);
+    if (!rc && h.store_id != idx_store_id(ix->store))
+        rc = kb_seterr(why, sizeof why, KB_EMISMATCH,
+                       "written for another store history (id %016llx, "
+                       "the store's is %016llx: a copy, a wiped directory, "
+                       "or records dropped since)",
+                       (unsigned long long)h.store_id,
+                       (unsigned long long)idx_store_id(ix->store));
     if (!rc)
         rc = ckpt_usable(ix, h.lsn, h.commit_us, why, sizeof why);
     uint64_t t1 = kb_mono_us();
@@ -2364,8 +2372,12 @@ static int ckpt_load(idx_kb_t *ix)
         char path[4200]; /* idx_ckpt's own reasons start with it */
         snprintf(path, sizeof path, "%s/%s", ix->dir, IDX_CKPT_FILE);
         size_t pl = strlen(path);
-        kb_warn("checkpoint %s ignored: %s; rebuilding the index from LMDB",
+        kb_warn("checkpoint %s ignored and removed: %s; rebuilding the "
+                "index from LMDB",
                 path, strncmp(why, path, pl) ? why : why + pl + 2);
+        /* Never accepted later (a refused file could match a history that
+         * reuses its LSNs); the next checkpoint replaces it anyway. */
+        idx_ckpt_remove(ix->dir);
         idx_ckpt_loaded_free(&l);
         idx_delta_free(&ix->delta); /* drop what the catch-up appended */
         return idx_delta_new(ix->dim, ix->metric, &ix->delta) ? -1 : 1;
@@ -2600,4 +2612,9 @@ int idx_truncate_dir(const char *dir, uint64_t map_size, int nosync,
     if (peek != -ENOENT && (peek || h.lsn > keep))
         idx_ckpt_remove(dir);
     return rc;
+}
+
+void idx_remove_derived(const char *dir)
+{
+    idx_ckpt_remove(dir);
 }

@@ -321,6 +321,10 @@ uint64_t idx_log_start(idx_kb_t *ix);
 int idx_set_loading(idx_kb_t *ix, uint64_t until, char *err, size_t errlen);
 uint64_t idx_loading(idx_kb_t *ix);
 
+/* Removes what is derived from the store in dir (the index checkpoint),
+ * when the store itself is moved aside or emptied. */
+void idx_remove_derived(const char *dir);
+
 /* Opens the store in dir (not open elsewhere), drops its log records above
  * keep, with the documents they wrote, and closes it: a diverged replica
  * loses only the tail the leader does not have. *dropped: records removed. */

@@ -233,7 +233,8 @@ static size_t head_encode(const idx_ckpt_head_t *h, unsigned char *buf)
 {
     uint32_t ilen = (uint32_t)strnlen(h->index, IDX_CKPT_INDEX_MAX - 1);
     uint32_t w[4] = {h->format, h->dim, h->metric, ilen};
-    uint64_t q[4] = {h->lsn, h->commit_us, h->docs, h->written_us};
+    uint64_t q[5] = {h->lsn, h->commit_us, h->docs, h->written_us,
+                     h->store_id};
     size_t n = 0;
     memcpy(buf, CK_MAGIC, 8);
     n += 8;
@@ -254,7 +255,7 @@ static int head_read(FILE *f, const char *path, idx_ckpt_head_t *h,
 {
     unsigned char buf[sizeof(idx_ckpt_head_t) + 64];
     uint32_t w[4], crc;
-    uint64_t q[4];
+    uint64_t q[5];
     memset(h, 0, sizeof *h);
     if (fread(buf, 1, 8 + sizeof w, f) != 8 + sizeof w ||
         memcmp(buf, CK_MAGIC, 8))
@@ -282,6 +283,7 @@ static int head_read(FILE *f, const char *path, idx_ckpt_head_t *h,
     h->commit_us = q[1];
     h->docs = q[2];
     h->written_us = q[3];
+    h->store_id = q[4];
     if (h->format != IDX_CKPT_FORMAT)
         return kb_seterr(err, errlen, KB_ECORRUPT,
                          "%s: checkpoint format %u, this kbsync reads %u",

@@ -15,7 +15,7 @@
 #include <stdint.h>
 
 #define IDX_CKPT_FILE "index.ckpt"
-#define IDX_CKPT_FORMAT 1
+#define IDX_CKPT_FORMAT 2 /* 2: store_id */
 #define IDX_CKPT_INDEX_MAX 256 /* bytes of the index description kept */
 
 /* The head of a checkpoint: what it covers and the settings it was written
@@ -29,6 +29,9 @@ typedef struct idx_ckpt_head {
     uint64_t commit_us;  /* leader commit time of record lsn (0: lsn 0) */
     uint64_t docs;       /* live documents at lsn */
     uint64_t written_us; /* wall clock when the write started */
+    uint64_t store_id;   /* the store's history id (meta "store_id"): a
+                            checkpoint of another store, or of records a
+                            truncation dropped since, never matches */
 } idx_ckpt_head_t;
 
 /* What a checkpoint holds besides its head; everything is borrowed for the

@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define STORE_DEFAULT_MAP (64ull << 30)
 
@@ -24,6 +26,7 @@ struct idx_store {
     uint64_t staged;      /* meta "staged": records above may be unconfirmed */
     uint64_t log_start;   /* meta "log_start" (1 when absent) */
     uint64_t undo_from;   /* meta "undo_from": undo kept from this LSN on */
+    uint64_t store_id;    /* meta "store_id" */
     uint64_t applied_lsn; /* LSN of the newest log record; 0 = none */
     uint64_t applied_us;  /* its leader commit time */
     uint64_t ndocs;       /* entries in `ids`, kept in step with commits */
@@ -57,6 +60,15 @@ static int store_fail(char *err, size_t errlen, int rc, const char *what)
                          mdb_strerror(rc));
     return kb_seterr(err, errlen, KB_ESTORE, "LMDB %s: %s", what,
                      mdb_strerror(rc));
+}
+
+/* A random non-zero id (getrandom; the clock if that fails). */
+static uint64_t new_store_id(void)
+{
+    uint64_t id = 0;
+    if (getrandom(&id, sizeof id, 0) != (ssize_t)sizeof id)
+        id = kb_wall_us() ^ ((uint64_t)getpid() << 32);
+    return id ? id : 1;
 }
 
 static MDB_val u64_val(uint64_t *v)
@@ -147,15 +159,21 @@ int idx_store_open(const char *dir, uint64_t map_size, int nosync,
     MDB_stat st;
     if (!rc && !(rc = mdb_stat(txn, s->ids, &st)))
         s->ndocs = st.ms_entries;
-    const char *names[] = {"staged", "log_start", "undo_from"};
-    uint64_t *vals[] = {&s->staged, &s->log_start, &s->undo_from};
-    for (int i = 0; i < 3 && !rc; i++) {
+    const char *names[] = {"staged", "log_start", "undo_from", "store_id"};
+    uint64_t *vals[] = {&s->staged, &s->log_start, &s->undo_from,
+                        &s->store_id};
+    for (int i = 0; i < 4 && !rc; i++) {
         MDB_val k = {strlen(names[i]), (void *)names[i]}, v;
         int g = mdb_get(txn, s->meta, &k, &v);
         if (g == 0 && v.mv_size == 8)
             *vals[i] = get_u64(v.mv_data);
         else if (g != MDB_NOTFOUND)
             rc = g ? g : MDB_CORRUPTED;
+    }
+    if (!rc && !s->store_id) {
+        s->store_id = new_store_id();
+        MDB_val k = {8, "store_id"}, v = u64_val(&s->store_id);
+        rc = mdb_put(txn, s->meta, &k, &v, 0);
     }
     if (!s->log_start)
         s->log_start = 1;
@@ -387,6 +405,11 @@ int idx_store_set_u64(idx_store_t *s, const char *key, uint64_t v, char *err,
         return idx_store_commit(&t, err, errlen);
     idx_store_abort(&t);
     return rc;
+}
+
+uint64_t idx_store_id(idx_store_t *s)
+{
+    return s->store_id;
 }
 
 uint64_t idx_store_log_start(idx_store_t *s)
@@ -1009,6 +1032,11 @@ int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
         if (rc == MDB_NOTFOUND)
             rc = 0;
     }
+    uint64_t new_id = new_store_id();
+    if (!rc && *dropped) { /* another history from here on */
+        MDB_val ik = {8, "store_id"}, iv = u64_val(&new_id);
+        rc = mdb_put(txn, s->meta, &ik, &iv, 0);
+    }
     if (!rc && left)
         rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
     while (rc == 0 && left) {
@@ -1053,6 +1081,8 @@ int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
             s->ndocs = st.ms_entries;
         mdb_txn_abort(rt);
         s->staged = 0;
+        if (*dropped)
+            s->store_id = new_id;
     }
     return 0;
 }

@@ -116,6 +116,12 @@ int idx_store_set_u64(idx_store_t *s, const char *key, uint64_t v, char *err,
 int idx_store_compact(idx_store_t *s, uint64_t cut, size_t max_records,
                       uint64_t *removed, uint64_t *bytes, char *err,
                       size_t errlen);
+/* The store's history id (meta "store_id"): random, set when the store is
+ * first opened by this format and renewed by every idx_store_truncate() (a
+ * history that went back is another history). Whatever was derived from
+ * the store (an index checkpoint) records it and must match it. */
+uint64_t idx_store_id(idx_store_t *s);
+
 /* The current log start (see above). */
 uint64_t idx_store_log_start(idx_store_t *s);
 /* The log start in t's snapshot. */

@@ -414,6 +414,7 @@ static void replica_start_over(repl_replica_t *r, const char *reason)
     snprintf(to, sizeof to, "%s/data.mdb.diverged-%llu", r->cfg.data_dir,
              (unsigned long long)(kb_wall_us() / 1000000u));
     snprintf(lock, sizeof lock, "%s/lock.mdb", r->cfg.data_dir);
+    idx_remove_derived(r->cfg.data_dir); /* derived from the old store */
     if (rename(from, to)) {
         kb_error("cannot move %s aside either (%s): stopping, the diverged "
                  "store must not be served",
@@ -445,6 +446,7 @@ static int replica_wipe(repl_replica_t *r)
     if (rename(r->cfg.data_dir, aside) == 0)
         return nftw(aside, rm_visit, 16, FTW_DEPTH | FTW_PHYS) ? -1 : 0;
     /* DIR may be a mount point: remove what is inside instead. */
+    idx_remove_derived(r->cfg.data_dir);
     const char *files[] = {"data.mdb", "lock.mdb", "confirmed"};
     for (size_t i = 0; i < 3; i++) {
         char f[4096];

@@ -410,6 +410,50 @@ static void test_idx_ckpt_mismatch_is_ignored(void **state)
     check_same_as_rebuild(f, "Flat", 0);
 }
 
+/* n documents "<prefix><i>", all committed at the same fixed time. */
+static void put_fixed(idx_kb_t *ix, const char *prefix, int n, int vseed)
+{
+    for (int i = 0; i < n; i++) {
+        char id[16];
+        float v[DIM];
+        snprintf(id, sizeof id, "%s%d", prefix, i);
+        kbt_rand_unit(v, DIM, (uint64_t)(vseed + i));
+        idx_op_t o = {IDX_OP_UPSERT, id, "t", v, DIM, NULL};
+        uint64_t lsn;
+        char err[512] = "";
+        KBT_OK(idx_write(ix, &o, 1, 12345, &lsn, NULL, NULL, err, sizeof err),
+               err);
+    }
+}
+
+/* A checkpoint of another store whose records carry the same LSNs and the
+ * same commit times (what a copied directory, or a history that went back
+ * and wrote again, can look like) is refused by the store's history id. */
+static void test_idx_ckpt_other_store_same_lsns_is_ignored(void **state)
+{
+    fx_t *f = *state;
+    idx_kb_t *a = open_kb(f->dir2, "Flat", 0);
+    put_fixed(a, "a", 50, 100);
+    idx_close(&a); /* writes its checkpoint at close */
+    idx_kb_t *b = open_kb(f->dir, "Flat", 1);
+    put_fixed(b, "b", 50, 900);
+    idx_close(&b);
+    char other[400];
+    snprintf(other, sizeof other, "%s/index.ckpt", f->dir2);
+    copy_file(other, f->ckpt);
+    b = open_kb(f->dir, "Flat", 0);
+    assert_int_equal(stats(b).ckpt_loaded, 0);
+    float v[DIM];
+    kbt_rand_unit(v, DIM, 912); /* b12's vector */
+    idx_hits_t h;
+    char err[512] = "";
+    KBT_OK(idx_search(b, v, NULL, 0, 1, &h, err, sizeof err), err);
+    assert_int_equal(h.n, 1);
+    assert_string_equal(h.hit[0].id, "b12");
+    idx_hits_free(&h);
+    idx_close(&b);
+}
+
 /* Periodic checkpoints: after ckpt_ops writes and ckpt_secs, idx_maintain
  * starts one in the background. */
 static void test_idx_ckpt_periodic(void **state)
@@ -576,6 +620,7 @@ int main(void)
         T(test_idx_ckpt_close_writes_one_and_open_uses_it),
         T(test_idx_ckpt_torn_or_corrupt_is_ignored),
         T(test_idx_ckpt_mismatch_is_ignored),
+        T(test_idx_ckpt_other_store_same_lsns_is_ignored),
         T(test_idx_ckpt_periodic),
         T(test_idx_ckpt_concurrent_with_searches_and_rebuild),
         T(test_idx_ckpt_truncate_drops_newer_checkpoint),
