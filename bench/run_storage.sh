@@ -27,7 +27,8 @@ exec > >(tee "$OUT") 2>&1
 wait_ep() { for _ in $(seq 800); do [ -s "$1" ] && break; sleep 0.025; done; cat "$1"; }
 free_port() { for p in $(seq 17401 17999); do
   (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo $p; return; }; done; }
-field() { $B/kbsync status --to "$1" --json | sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p"; }
+field() { $B/kbsync status --to "$1" --json |
+          python3 -c "import json,sys; print(json.load(sys.stdin)['$2'])"; }
 calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
 mb() { calc "$(stat -c %s "$1/data.mdb") / 1048576" 1; }
 
@@ -48,17 +49,20 @@ R1=$(wait_ep "$W/r1.ep"); R2=$(wait_ep "$W/r2.ep")
 echo "# kbsync storage lifecycle, $(date -u +%FT%TZ), $(nproc) cores, fsync on, N=$N x 384"
 $B/bench/bench_gen "$W/docs.jsonl" "$N" 384 1
 
-# Waits until both replicas are at the leader's version and every node's
-# log start is within 2 records of its version (compaction caught up).
+# Waits until both replicas are at the leader's version and compaction
+# caught up: each replica's log start within 2 records of its version, the
+# leader's within --log-keep-ops (default 10,000) + 2.
+KEEP=10000
 settle() {
   local v
   v=$(field "$LEADER" version)
   for _ in $(seq 2400); do
     local ok=1
     for ep in "$LEADER" "$R1" "$R2"; do
-      local ver st
+      local ver st slack=2
+      [ "$ep" = "$LEADER" ] && slack=$((KEEP + 2))
       ver=$(field "$ep" version); st=$(field "$ep" log_start)
-      [ "$ver" -ge "$v" ] && [ $((ver - st)) -le 2 ] || ok=0
+      [ "$ver" -ge "$v" ] && [ $((ver - st)) -le $slack ] || ok=0
     done
     [ $ok = 1 ] && return
     sleep 0.05

@@ -79,6 +79,8 @@ typedef struct pending_rm {
 struct idx {
     idx_store_t *store;
     char *confirmed_path; /* replicas: DIR/confirmed (see STAGING) */
+    int confirmed_fd;     /* open on it, or -1 */
+    int confirmed_warned;
     uint64_t loading;     /* snapshot: not servable below this LSN (0: no);
                              atomic: readers check it */
     /* Writer thread: published versions sampled every IDX_PUBHIST_MS, so
@@ -476,6 +478,7 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
     idx_kb_t *ix = calloc(1, sizeof *ix);
     if (!ix)
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    ix->confirmed_fd = -1;
     pthread_rwlockattr_t ra;
     pthread_rwlockattr_init(&ra);
     /* A merger waiting for the lock stops new searches from taking it, so
@@ -643,6 +646,8 @@ void idx_close(idx_kb_t **ixp)
     free(ix->rm);
     idx_store_close(&ix->store);
     free(ix->confirmed_path);
+    if (ix->confirmed_fd >= 0)
+        close(ix->confirmed_fd);
     if (ix->meta)
         kbsync__kb_meta__free_unpacked(ix->meta, NULL);
     free(ix->add_x);
@@ -1180,12 +1185,16 @@ static void confirmed_write(idx_kb_t *ix, const idx_view_t *v)
         return;
     confirmed_file_t c = {CONFIRMED_MAGIC, v->version, v->commit_us, 0};
     c.check = confirmed_check(&c);
-    int fd = open(ix->confirmed_path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return;
-    if (pwrite(fd, &c, sizeof c, 0) != (ssize_t)sizeof c)
-        kb_warn("cannot write %s: %s", ix->confirmed_path, strerror(errno));
-    close(fd);
+    if (ix->confirmed_fd < 0) /* kept open: this runs on every `all` ack */
+        ix->confirmed_fd =
+            open(ix->confirmed_path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (ix->confirmed_fd < 0 ||
+        pwrite(ix->confirmed_fd, &c, sizeof c, 0) != (ssize_t)sizeof c) {
+        if (!ix->confirmed_warned++)
+            kb_warn("cannot write %s: %s (a hint only: after a crash, "
+                    "records since the last mark are fetched again)",
+                    ix->confirmed_path, strerror(errno));
+    }
 }
 
 /* The hint's LSN, when the file is whole and names a record of this store
@@ -2493,6 +2502,7 @@ uint64_t idx_commit_time(idx_kb_t *ix, uint64_t lsn)
 int idx_compact(idx_kb_t *ix, uint64_t cut, size_t max_records,
                 uint64_t *removed, uint64_t *bytes, char *err, size_t errlen)
 {
+    *removed = *bytes = 0;
     idx_view_t v;
     idx_view(ix, &v);
     if (ix->confirmed_path) { /* a replica: only what is confirmed */
@@ -2528,9 +2538,20 @@ int idx_compact(idx_kb_t *ix, uint64_t cut, size_t max_records,
     if (cut > old_v + 1)
         cut = old_v + 1;
     if (ix->loading)
-        cut = 0; /* a snapshot being loaded is not compacted */
-    return idx_store_compact(ix->store, cut, max_records, removed, bytes, err,
-                             errlen);
+        return 0; /* a snapshot being loaded is not compacted */
+    int rc = idx_store_compact(ix->store, cut, max_records, removed, bytes,
+                               err, errlen);
+    /* What the kept operations above the cut replaced goes now, up to the
+     * same lag (a search may hold an older view). */
+    uint64_t swept = 0, sbytes = 0, upto = old_v + 1;
+    if (ix->confirmed_path && upto > v.version + 1)
+        upto = v.version + 1;
+    if (!rc)
+        rc = idx_store_sweep(ix->store, upto, max_records, &swept, &sbytes,
+                             err, errlen);
+    *removed += swept;
+    *bytes += sbytes;
+    return rc;
 }
 
 int idx_set_u64(idx_kb_t *ix, const char *key, uint64_t v, char *err,

@@ -287,7 +287,8 @@ size_t idx_recent(idx_kb_t *ix, size_t max, uint64_t *lsn, uint64_t *commit_us);
 
 /* Compacts the log below cut (see idx_store_compact in idx_store.h):
  * superseded and deleted documents' records go, live ones stay as the
- * documents table below the log start. On a replica cut is held to the
+ * documents table below the log start; then sweeps the documents table of
+ * what the operations kept above the cut replaced (idx_store_sweep). On a replica cut is held to the
  * published version; nothing is compacted while a snapshot loads. At most
  * max_records operations per call. Writer thread. */
 int idx_compact(idx_kb_t *ix, uint64_t cut, size_t max_records,

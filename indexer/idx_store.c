@@ -27,6 +27,7 @@ struct idx_store {
     uint64_t log_start;   /* meta "log_start" (1 when absent) */
     uint64_t undo_from;   /* meta "undo_from": undo kept from this LSN on */
     uint64_t store_id;    /* meta "store_id" */
+    uint64_t swept;       /* idx_store_sweep() walked undo up to here */
     uint64_t applied_lsn; /* LSN of the newest log record; 0 = none */
     uint64_t applied_us;  /* its leader commit time */
     uint64_t ndocs;       /* entries in `ids`, kept in step with commits */
@@ -1240,5 +1241,73 @@ int idx_store_compact(idx_store_t *s, uint64_t cut, size_t max_records,
                                         "out of memory")
                             : store_fail(err, errlen, rc, "compact");
     s->log_start = upto;
+    return 0;
+}
+
+int idx_store_sweep(idx_store_t *s, uint64_t upto, size_t max_records,
+                    uint64_t *removed, uint64_t *bytes, char *err,
+                    size_t errlen)
+{
+    *removed = *bytes = 0;
+    if (upto > s->applied_lsn)
+        upto = s->applied_lsn;
+    uint64_t from = s->swept > s->log_start ? s->swept : s->log_start;
+    if (from >= upto)
+        return 0;
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc)
+        return store_fail(err, errlen, rc, "sweep: begin");
+    rc = mdb_cursor_open(txn, s->undo, &cur);
+    uint64_t key = from, next = from;
+    MDB_val k = u64_val(&key), v;
+    uint64_t *drop = NULL;
+    size_t ndrop = 0, cap = 0, n = 0;
+    if (!rc)
+        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (rc == 0 && n < max_records) {
+        if (k.mv_size != 8 || v.mv_size != 8) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        uint64_t w = get_u64(k.mv_data), old = get_u64(v.mv_data);
+        if (w >= upto)
+            break;
+        n++;
+        next = w + 1;
+        if (old != UINT64_MAX && old < s->log_start) {
+            if (ndrop == cap) {
+                cap = cap ? cap * 2 : 1024;
+                uint64_t *m = realloc(drop, cap * sizeof *m);
+                if (!m) {
+                    rc = ENOMEM;
+                    break;
+                }
+                drop = m;
+            }
+            drop[ndrop++] = old;
+        }
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    if (rc == MDB_NOTFOUND) {
+        rc = 0;
+        next = upto; /* no undo entries left below upto */
+    } else if (!rc && n < max_records) {
+        next = upto;
+    }
+    mdb_cursor_close(cur);
+    for (size_t i = 0; i < ndrop && !rc; i++)
+        rc = compact_drop(txn, s->log, drop[i], removed, bytes);
+    free(drop);
+    if (!rc)
+        rc = mdb_txn_commit(txn);
+    else
+        mdb_txn_abort(txn);
+    if (rc)
+        return rc == ENOMEM ? kb_seterr(err, errlen, KB_ENOMEM,
+                                        "out of memory")
+                            : store_fail(err, errlen, rc, "sweep");
+    s->swept = next;
     return 0;
 }

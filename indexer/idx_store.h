@@ -122,6 +122,16 @@ int idx_store_compact(idx_store_t *s, uint64_t cut, size_t max_records,
  * the store (an index checkpoint) records it and must match it. */
 uint64_t idx_store_id(idx_store_t *s);
 
+/* Drops the documents-table records (below log start) that an operation
+ * in [log start, upto) replaced or deleted: the operations stay (a replica
+ * may still catch up from them) but the data they made obsolete goes at
+ * once, not when they leave the log. Every write below upto must be final.
+ * Walks at most max_records undo entries from where the last call stopped.
+ * *removed and *bytes as for idx_store_compact(). */
+int idx_store_sweep(idx_store_t *s, uint64_t upto, size_t max_records,
+                    uint64_t *removed, uint64_t *bytes, char *err,
+                    size_t errlen);
+
 /* The current log start (see above). */
 uint64_t idx_store_log_start(idx_store_t *s);
 /* The log start in t's snapshot. */

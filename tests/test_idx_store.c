@@ -805,6 +805,47 @@ static void test_idx_store_compact_without_undo(void **state)
     KBT_U64(idx_store_count(f->s), 2);
 }
 
+/* The sweep drops the documents-table records that operations above the
+ * log start replaced or deleted, and keeps those operations. */
+static void test_idx_store_sweep_below_log_start(void **state)
+{
+    fx_t *f = *state;
+    idx_wtxn_t *t = begin(f->s);
+    idx_store_keep_undo(t);
+    upsert(t, 1, "a", "a1");
+    upsert(t, 2, "b", "b2");
+    upsert(t, 3, "c", "c3");
+    commit(&t);
+    uint64_t removed = 0, bytes = 0;
+    char err[512] = "";
+    KBT_OK(idx_store_compact(f->s, 3, 100, &removed, &bytes, err, sizeof err),
+           err);
+    KBT_U64(idx_store_log_start(f->s), 3);
+    t = begin(f->s);
+    idx_store_keep_undo(t);
+    upsert(t, 4, "a", "a4"); /* replaces 1 (below the log start) */
+    del(t, 5, "b", 0);       /* deletes 2 (below the log start) */
+    upsert(t, 6, "c", "c6"); /* replaces 3 (an operation: stays) */
+    commit(&t);
+    KBT_OK(idx_store_sweep(f->s, 7, 100, &removed, &bytes, err, sizeof err),
+           err);
+    KBT_U64(removed, 2);
+    assert_null(rec_at(f->s, 1));
+    assert_null(rec_at(f->s, 2));
+    int64_t keep[] = {3, 4, 5, 6};
+    for (size_t i = 0; i < 4; i++) {
+        Kbsync__LogRecord *r = rec_at(f->s, keep[i]);
+        assert_non_null(r);
+        kbsync__log_record__free_unpacked(r, NULL);
+    }
+    KBT_U64(idx_store_log_start(f->s), 3);
+    KBT_U64(idx_store_count(f->s), 2);
+    /* Nothing more to sweep: a second call removes nothing. */
+    KBT_OK(idx_store_sweep(f->s, 7, 100, &removed, &bytes, err, sizeof err),
+           err);
+    KBT_U64(removed, 0);
+}
+
 int main(void)
 {
     kb_log_setup(KB_LOG_WARN, "test_idx_store");
@@ -824,6 +865,7 @@ int main(void)
         T(test_idx_store_truncate_by_undo),
         T(test_idx_store_compact_keeps_live_documents),
         T(test_idx_store_compact_without_undo),
+        T(test_idx_store_sweep_below_log_start),
     };
 #undef T
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
