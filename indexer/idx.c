@@ -53,7 +53,8 @@
 #define IDX_FILTER_BRUTE_MIN 4096  /* candidates always scored exactly */
 #define IDX_PUBHIST 32             /* published-version samples kept */
 #define IDX_PUBHIST_MS 100         /* ... one per this many ms at most */
-#define IDX_COMPACT_LAG_MS 1000    /* compaction stays this far behind */
+#define IDX_COMPACT_LAG_MIN_MS 100 /* compaction stays at least this far */
+#define IDX_COMPACT_LAG_MAX_MS 2000 /* ... and at most this far behind */
 /* Background checkpoints write at most this many MB/s: about half of what
  * the test machine's disk takes (548 MB/s, dd with fdatasync), so that the
  * LMDB commits that fsync to the same disk keep the other half while a
@@ -84,12 +85,14 @@ struct idx {
     uint64_t loading;     /* snapshot: not servable below this LSN (0: no);
                              atomic: readers check it */
     /* Writer thread: published versions sampled every IDX_PUBHIST_MS, so
-     * compaction can stay a second behind what searches may hold. */
+     * compaction can stay behind what searches may hold. */
     struct {
         uint64_t us, version;
     } pubhist[IDX_PUBHIST];
     size_t pubhist_at;
     uint64_t pub_last_us; /* monotonic: the last publish */
+    uint64_t search_max_us; /* atomic: longest recent search (decays) */
+    uint64_t search_decay_us; /* writer: when it was last halved */
     Kbsync__KbMeta *meta; /* as stored; immutable after open */
     uint32_t dim;
     int metric;     /* IDX_METRIC_* */
@@ -1950,6 +1953,7 @@ int idx_search_batch(idx_kb_t *ix, size_t nq, const idx_query_t *q,
         goto done;
     }
     int tries = 0;
+    const uint64_t t_search = kb_mono_us();
 again:;
     idx_vec_params_t p = {.ef_search = q[0].ef_search, .nprobe = q[0].nprobe};
     idx_rtxn_t *t = NULL;
@@ -2023,6 +2027,15 @@ again:;
                 idx_hits_free(&out[j]);
     }
     idx_store_rend(&t);
+    {
+        uint64_t took = kb_mono_us() - t_search,
+                 cur = __atomic_load_n(&ix->search_max_us, __ATOMIC_RELAXED);
+        while (took > cur &&
+               !__atomic_compare_exchange_n(&ix->search_max_us, &cur, took, 1,
+                                            __ATOMIC_RELAXED,
+                                            __ATOMIC_RELAXED))
+            ;
+    }
 done:
     free(x);
     free(scores);
@@ -2524,16 +2537,27 @@ int idx_compact(idx_kb_t *ix, uint64_t cut, size_t max_records,
             cut = mark;
     }
     /* Searches resolve hits in a read transaction opened after they read
-     * the published view: compact only below a version published at least
-     * IDX_COMPACT_LAG_MS ago (idx_search_batch checks, and searches again
+     * the published view: compact only below a version published longer
+     * ago than searches take (idx_search_batch checks, and searches again
      * in the rare case a search took longer). */
     uint64_t old_v = 0, now = kb_mono_us();
+    /* The lag: twice the longest recent search, within bounds; the longest
+     * is halved every second so that one slow search does not hold it. */
+    uint64_t smax = __atomic_load_n(&ix->search_max_us, __ATOMIC_RELAXED);
+    if (now - ix->search_decay_us >= 1000000u) {
+        __atomic_store_n(&ix->search_max_us, smax / 2, __ATOMIC_RELAXED);
+        ix->search_decay_us = now;
+    }
+    uint64_t lag_us = 2 * smax;
+    if (lag_us < IDX_COMPACT_LAG_MIN_MS * 1000u)
+        lag_us = IDX_COMPACT_LAG_MIN_MS * 1000u;
+    if (lag_us > IDX_COMPACT_LAG_MAX_MS * 1000u)
+        lag_us = IDX_COMPACT_LAG_MAX_MS * 1000u;
     for (size_t i = 0; i < IDX_PUBHIST; i++)
-        if (ix->pubhist[i].us &&
-            now - ix->pubhist[i].us >= IDX_COMPACT_LAG_MS * 1000u &&
+        if (ix->pubhist[i].us && now - ix->pubhist[i].us >= lag_us &&
             ix->pubhist[i].version > old_v)
             old_v = ix->pubhist[i].version;
-    if (ix->pub_last_us && now - ix->pub_last_us >= IDX_COMPACT_LAG_MS * 1000u)
+    if (ix->pub_last_us && now - ix->pub_last_us >= lag_us)
         old_v = v.version; /* nothing published for a while */
     if (cut > old_v + 1)
         cut = old_v + 1;

@@ -380,7 +380,7 @@ static void replica_compact(repl_replica_t *r, uint64_t now)
     if (idx_compact(r->ix, v.version, REPLICA_COMPACT_STEP, &removed, &bytes,
                     err, sizeof err))
         kb_warn("log compaction failed: %s", err);
-    r->compact_behind = idx_log_start(r->ix) < v.version; /* step again */
+    r->compact_behind = idx_log_start(r->ix) < v.version || removed > 0;
     r->compacted += removed;
     if (r->compacted && now - r->compact_log_us >= 10000000u) {
         kb_info("log compacted: %llu records of replaced or deleted "

@@ -221,8 +221,9 @@ void repl__retain_tick(repl_leader_t *l)
     }
     l->compacted_records += removed;
     l->compacted_bytes += bytes;
-    /* Another step soon while behind; else wait a pass. */
-    l->retain_behind = idx_log_start(l->ix) < cut;
+    /* Another step soon while behind (or while a step found work: the
+     * sweep may have more); else wait a pass. */
+    l->retain_behind = idx_log_start(l->ix) < cut || removed > 0;
     if (l->compacted_records &&
         now - l->compact_log_us >= RETAIN_LOG_MS * 1000u) {
         kb_info("log compacted: %llu records (%.1f MB) of replaced or deleted "

@@ -1750,7 +1750,7 @@ static void test_idx_snapshot_of_compacted_log_matches_leader(void **state)
     f->ix = kb_open(f->dir, DIM, "ip", NULL, "leader");
     leader_history(f->ix);
     leader_history(f->ix); /* replaces the same ids: superseded records */
-    usleep(1100000);       /* compaction stays a second behind searches */
+    usleep(1100000);       /* compaction stays behind searches (>= 100 ms) */
     uint64_t removed = 0, bytes = 0;
     KBT_OK(idx_compact(f->ix, UINT64_MAX, 100000, &removed, &bytes, err,
                        sizeof err),
