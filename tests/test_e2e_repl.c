@@ -793,6 +793,44 @@ static void test_e2e_repl_kill9_during_snapshot(void **state)
     print_message("killed %d times during the snapshot\n", killed);
 }
 
+/* A replica whose log shares no record with its leader's (here: the
+ * leader's directory was replaced by a new knowledge base with the same
+ * settings) is told it diverged with nothing to keep: it moves its data
+ * directory aside (kept for inspection) and copies the leader's anew. */
+static void test_e2e_repl_diverged_without_shared_record_starts_over(
+    void **state)
+{
+    cluster_t *c = *state;
+    start_cluster(c, NULL, NULL);
+    char path[400];
+    snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
+    write_jsonl(path, "a", 0, 50);
+    assert_int_equal(ingest(c, "all", path, NULL), 0);
+    stop_node(&c->leader, SIGKILL);
+    char cmd[800];
+    snprintf(cmd, sizeof cmd, "rm -rf '%.300s'", c->leader.data);
+    assert_int_equal(system(cmd), 0);
+    /* A new leader history: other documents under the same LSNs. */
+    start_leader(c, NULL, NULL);
+    snprintf(path, sizeof path, "%s/b.jsonl", c->dir);
+    write_jsonl(path, "b", 0, 60);
+    static char out[1 << 16];
+    assert_int_equal(kbp_run(out, sizeof out,
+                             "'%s' ingest --to '%s' --mode async '%s'",
+                             kbp_bin(), c->leader.ep, path),
+                     0);
+    wait_connected(c, "r1", 1);
+    expect_same(c, &c->r[0], 60, "b");
+    assert_int_equal(rank_on(&c->r[0], 7, "a-7", NULL), -1);
+    assert_true(file_has(c->r[0].log, "starting over from an empty"));
+    snprintf(cmd, sizeof cmd, "ls -d '%.300s'.diverged-* >/dev/null 2>&1",
+             c->r[0].data);
+    assert_int_equal(system(cmd), 0); /* the old copy is kept aside */
+    snprintf(cmd, sizeof cmd, "rm -rf '%.300s'.diverged-* '%.300s'.diverged-*",
+             c->r[0].data, c->r[1].data);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     atexit(kbp_kill_all);
@@ -816,6 +854,9 @@ int main(void)
             test_e2e_repl_snapshot_when_behind_or_new, setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_repl_kill9_during_snapshot,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_e2e_repl_diverged_without_shared_record_starts_over, setup,
+            teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
