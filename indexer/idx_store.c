@@ -1090,6 +1090,51 @@ int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
 
 /* ------------------------------------------------------------ compaction */
 
+/* LSNs of log records a compaction or sweep step drops, collected first
+ * (a cursor must not delete what it has not visited yet). */
+typedef struct drop_list {
+    uint64_t *lsn;
+    size_t n, cap;
+} drop_list_t;
+
+static int drop_push(drop_list_t *d, uint64_t lsn)
+{
+    if (d->n == d->cap) {
+        size_t cap = d->cap ? d->cap * 2 : 1024;
+        uint64_t *m = realloc(d->lsn, cap * sizeof *m);
+        if (!m)
+            return ENOMEM;
+        d->lsn = m;
+        d->cap = cap;
+    }
+    d->lsn[d->n++] = lsn;
+    return 0;
+}
+
+static int compact_drop(MDB_txn *txn, MDB_dbi log, uint64_t lsn,
+                        uint64_t *removed, uint64_t *bytes);
+
+/* Drops the listed records and ends the step: commits when rc is 0, else
+ * aborts; returns 0 or the error, named after what. Frees the list. */
+static int drop_finish(idx_store_t *s, MDB_txn *txn, int rc, drop_list_t *d,
+                       uint64_t *removed, uint64_t *bytes, const char *what,
+                       char *err, size_t errlen)
+{
+    for (size_t i = 0; i < d->n && !rc; i++)
+        rc = compact_drop(txn, s->log, d->lsn[i], removed, bytes);
+    free(d->lsn);
+    d->lsn = NULL;
+    if (!rc)
+        rc = mdb_txn_commit(txn);
+    else
+        mdb_txn_abort(txn);
+    if (rc)
+        return rc == ENOMEM ? kb_seterr(err, errlen, KB_ENOMEM,
+                                        "out of memory")
+                            : store_fail(err, errlen, rc, what);
+    return 0;
+}
+
 /* Drops log record lsn when present; adds its size to *bytes. */
 static int compact_drop(MDB_txn *txn, MDB_dbi log, uint64_t lsn,
                         uint64_t *removed, uint64_t *bytes)
@@ -1135,10 +1180,8 @@ int idx_store_compact(idx_store_t *s, uint64_t cut, size_t max_records,
     size_t n = 0;
     if (!rc)
         rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-    /* First pass: decide, collecting the LSNs to drop (the cursor must not
-     * delete what it has not visited yet). */
-    uint64_t *drop = NULL;
-    size_t ndrop = 0, cap = 0;
+    /* First pass: decide, collecting the LSNs to drop. */
+    drop_list_t drop = {0};
     while (rc == 0) {
         if (k.mv_size != 8) {
             rc = MDB_CORRUPTED;
@@ -1195,28 +1238,18 @@ int idx_store_compact(idx_store_t *s, uint64_t cut, size_t max_records,
             kbsync__log_record__free_unpacked(r, NULL);
         if (rc)
             break;
-        if (ndrop + 2 > cap) {
-            cap = cap ? cap * 2 : 1024;
-            uint64_t *m = realloc(drop, cap * sizeof *m);
-            if (!m) {
-                rc = ENOMEM;
-                break;
-            }
-            drop = m;
-        }
         if (old != UINT64_MAX)
-            drop[ndrop++] = old;
-        if (drop_self)
-            drop[ndrop++] = lsn;
+            rc = drop_push(&drop, old);
+        if (!rc && drop_self)
+            rc = drop_push(&drop, lsn);
+        if (rc)
+            break;
         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
     if (rc == MDB_NOTFOUND)
         rc = 0;
     if (cur)
         mdb_cursor_close(cur);
-    for (size_t i = 0; i < ndrop && !rc; i++)
-        rc = compact_drop(txn, s->log, drop[i], removed, bytes);
-    free(drop);
     if (!rc) { /* undo entries below the new log start are never needed */
         MDB_cursor *uc;
         rc = mdb_cursor_open(txn, s->undo, &uc);
@@ -1232,16 +1265,11 @@ int idx_store_compact(idx_store_t *s, uint64_t cut, size_t max_records,
         MDB_val mk = {9, "log_start"}, mv = u64_val(&ls);
         rc = mdb_put(txn, s->meta, &mk, &mv, 0);
     }
+    rc = drop_finish(s, txn, rc, &drop, removed, bytes, "compact", err,
+                     errlen);
     if (!rc)
-        rc = mdb_txn_commit(txn);
-    else
-        mdb_txn_abort(txn);
-    if (rc)
-        return rc == ENOMEM ? kb_seterr(err, errlen, KB_ENOMEM,
-                                        "out of memory")
-                            : store_fail(err, errlen, rc, "compact");
-    s->log_start = upto;
-    return 0;
+        s->log_start = upto;
+    return rc;
 }
 
 int idx_store_sweep(idx_store_t *s, uint64_t upto, size_t max_records,
@@ -1255,15 +1283,15 @@ int idx_store_sweep(idx_store_t *s, uint64_t upto, size_t max_records,
     if (from >= upto)
         return 0;
     MDB_txn *txn;
-    MDB_cursor *cur;
+    MDB_cursor *cur = NULL;
     int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
     if (rc)
         return store_fail(err, errlen, rc, "sweep: begin");
     rc = mdb_cursor_open(txn, s->undo, &cur);
     uint64_t key = from, next = from;
     MDB_val k = u64_val(&key), v;
-    uint64_t *drop = NULL;
-    size_t ndrop = 0, cap = 0, n = 0;
+    drop_list_t drop = {0};
+    size_t n = 0;
     if (!rc)
         rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     while (rc == 0 && n < max_records) {
@@ -1276,18 +1304,9 @@ int idx_store_sweep(idx_store_t *s, uint64_t upto, size_t max_records,
             break;
         n++;
         next = w + 1;
-        if (old != UINT64_MAX && old < s->log_start) {
-            if (ndrop == cap) {
-                cap = cap ? cap * 2 : 1024;
-                uint64_t *m = realloc(drop, cap * sizeof *m);
-                if (!m) {
-                    rc = ENOMEM;
-                    break;
-                }
-                drop = m;
-            }
-            drop[ndrop++] = old;
-        }
+        if (old != UINT64_MAX && old < s->log_start &&
+            (rc = drop_push(&drop, old)))
+            break;
         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
     if (rc == MDB_NOTFOUND) {
@@ -1296,18 +1315,10 @@ int idx_store_sweep(idx_store_t *s, uint64_t upto, size_t max_records,
     } else if (!rc && n < max_records) {
         next = upto;
     }
-    mdb_cursor_close(cur);
-    for (size_t i = 0; i < ndrop && !rc; i++)
-        rc = compact_drop(txn, s->log, drop[i], removed, bytes);
-    free(drop);
+    if (cur)
+        mdb_cursor_close(cur);
+    rc = drop_finish(s, txn, rc, &drop, removed, bytes, "sweep", err, errlen);
     if (!rc)
-        rc = mdb_txn_commit(txn);
-    else
-        mdb_txn_abort(txn);
-    if (rc)
-        return rc == ENOMEM ? kb_seterr(err, errlen, KB_ENOMEM,
-                                        "out of memory")
-                            : store_fail(err, errlen, rc, "sweep");
-    s->swept = next;
-    return 0;
+        s->swept = next;
+    return rc;
 }
