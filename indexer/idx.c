@@ -153,6 +153,7 @@ struct idx {
     uint64_t ck_ops;    /* IDX_CKPT_NEVER: no periodic checkpoints */
     uint64_t ck_secs;
     int ck_off;
+    int ck_skip_close; /* idx_skip_close_checkpoint() */
     int opened;         /* idx_open() completed: close may checkpoint */
     int ck_pause;       /* vlock: a checkpoint reads vec; no merging */
     pthread_mutex_t ck_mu;
@@ -2317,7 +2318,8 @@ int idx_checkpoint(idx_kb_t *ix, char *err, size_t errlen)
 static void ckpt_at_close(idx_kb_t *ix)
 {
     char err[512];
-    if (ix->ck_off || ix->view.version == ix->ck_lsn || idx_loading(ix))
+    if (ix->ck_off || ix->ck_skip_close || ix->view.version == ix->ck_lsn ||
+        idx_loading(ix))
         return;
     if (ckpt_run(ix, 0, err, sizeof err))
         kb_warn("no checkpoint at close: %s", err);
@@ -2662,4 +2664,9 @@ int idx_truncate_dir(const char *dir, uint64_t map_size, int nosync,
 void idx_remove_derived(const char *dir)
 {
     idx_ckpt_remove(dir);
+}
+
+void idx_skip_close_checkpoint(idx_kb_t *ix)
+{
+    ix->ck_skip_close = 1;
 }

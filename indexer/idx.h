@@ -322,6 +322,10 @@ uint64_t idx_log_start(idx_kb_t *ix);
 int idx_set_loading(idx_kb_t *ix, uint64_t until, char *err, size_t errlen);
 uint64_t idx_loading(idx_kb_t *ix);
 
+/* The next idx_close() writes no checkpoint: the store is about to be
+ * moved aside, emptied or cut back. Writer thread. */
+void idx_skip_close_checkpoint(idx_kb_t *ix);
+
 /* Removes what is derived from the store in dir (the index checkpoint),
  * when the store itself is moved aside or emptied. */
 void idx_remove_derived(const char *dir);

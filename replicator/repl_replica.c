@@ -138,6 +138,15 @@ static void replica_set_ix(repl_replica_t *r, idx_kb_t *ix)
     idx_close(&old);
 }
 
+/* Closes the knowledge base that is about to be moved aside, emptied or
+ * cut back: no checkpoint of it at close (it would be discarded). */
+static void replica_discard_ix(repl_replica_t *r)
+{
+    if (r->ix)
+        idx_skip_close_checkpoint(r->ix);
+    replica_set_ix(r, NULL);
+}
+
 static int replica_connect(repl_replica_t *r, char *err, size_t errlen)
 {
     if (r->sock)
@@ -401,7 +410,7 @@ static void replica_start_over(repl_replica_t *r, const char *reason)
     kb_error("leader says this replica diverged (%s); moving %s to %s and "
              "starting over from an empty knowledge base",
              reason, r->cfg.data_dir, aside);
-    replica_set_ix(r, NULL);
+    replica_discard_ix(r);
     r->recent_n = 0;
     if (rename(r->cfg.data_dir, aside) == 0)
         return;
@@ -437,7 +446,7 @@ static int rm_visit(const char *path, const struct stat *st, int flag,
  * log it would need is gone from the leader). Returns 0, or -1 with errno. */
 static int replica_wipe(repl_replica_t *r)
 {
-    replica_set_ix(r, NULL);
+    replica_discard_ix(r);
     r->leader_committed = 0;
     r->recent_n = 0;
     char aside[4096];
@@ -478,7 +487,7 @@ static int replica_drop_tail(repl_replica_t *r, const char *reason,
         idx_stats_stream(r->ix, &st);
         applied = st.version;
     }
-    replica_set_ix(r, NULL);
+    replica_discard_ix(r);
     r->recent_n = 0;
     char why[512];
     uint64_t dropped = 0;
