@@ -1,7 +1,8 @@
 /* idx: a node's knowledge base = idx_store (LMDB, the truth) + idx_vec
  * (FAISS, derived). In: validated ops (leader) or log records (replica).
- * Out: LSNs, hits, stats. The vector index is rebuilt from the store at open
- * and updated after each durable commit.
+ * Out: LSNs, hits, stats. The vector index is loaded from its checkpoint (or
+ * rebuilt from the store) at open and updated after each durable commit; on
+ * a replica, records the leader has not confirmed stay staged (STAGING).
  *
  * WRITE CONTRACT
  * A write is one LMDB transaction holding, for every op, the document (or its

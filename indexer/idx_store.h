@@ -1,18 +1,23 @@
 /* idx_store: the LMDB document store of one node, private to indexer/.
  * In: documents and deletes stamped with an LSN. Out: documents by label,
  * the write log in LSN order, and the node's applied state. Owns the LMDB
- * environment in DIR with four databases:
- *   meta  "kb" -> KbMeta (dim, metric, index, node id, embedder)
+ * environment in DIR with four databases (store format 2):
+ *   meta  "kb" -> KbMeta (dim, metric, index, node id, embedder); small u64
+ *         settings by name: log_start, undo_from, staged, snapshot_until,
+ *         store_id, pin:<replica id>
  *   log   LSN (u64) -> LogRecord, exactly the bytes streamed to replicas;
- *         an upsert's record holds the whole document, embedding included
+ *         an upsert's record holds the whole document, embedding included.
+ *         From log_start on: every operation. Below it: only the records of
+ *         live documents (the documents table; see "compaction" below)
  *   ids   document id bytes -> label (u64) of its live version
  *   undo  LSN -> the label that write replaced (UINT64_MAX: none); kept by
- *         replicas only, so that a diverged tail can be dropped quickly
+ *         every node, so that compaction finds replaced records and a
+ *         diverged tail can be dropped quickly
  * A document's label is the LSN of the upsert that wrote it, so the live
  * version of a document IS its upsert's log record: each document is stored
- * once. The applied state (LSN, commit time) is the newest log record, so a
- * commit touches only `log` and `ids`: fewer pages to fsync per write.
- * One write transaction at a time (LMDB's rule); reads use their own. */
+ * once. The applied state (LSN, commit time) is the newest log record, which
+ * compaction never removes. One write transaction at a time (LMDB's rule);
+ * reads use their own. */
 #ifndef IDX_STORE_H
 #define IDX_STORE_H
 

@@ -17,7 +17,11 @@
  *
  * APPLY
  * All ReplRecords waiting on the socket are applied as one LMDB transaction
- * (idx_apply_log: fsync, then FAISS), then ReplAck{applied_lsn} goes back.
+ * (idx_apply_log_staged: fsync, then FAISS), then ReplAck{applied_lsn,
+ * durable_lsn} goes back. Records above the leader's committed_lsn stay
+ * staged (durable, not searchable) until a later message confirms them
+ * (replica_publish). A snapshot welcome empties the directory and loads the
+ * leader's documents first; no query is served until it is complete.
  * Records at or below the applied LSN (re-sent after a reconnect) are
  * dropped and counted; a record that does not continue the applied LSN (a
  * gap or reordering) is never applied: the batch is dropped and the replica

@@ -16,7 +16,12 @@
  * durably (LMDB commit, then FAISS) and answers ReplAck{applied_lsn}.
  * Records of a new group commit go to every replica that is caught up
  * BEFORE the leader's own commit, so the replicas' fsyncs run while the
- * leader's does; lagging replicas are fed from the committed log. If the
+ * leader's does; lagging replicas are fed from the committed log. A
+ * replica keeps such records staged (durable, not searchable) until a
+ * ReplBeat.committed_lsn covers them; the leader sends one right after its
+ * commit (repl__announce_commit). Below the log start (repl_retain.c) the
+ * log is the documents table: a replica that needs it gets a snapshot
+ * (ReplWelcome.snapshot_lsn) and the walk skips its gaps. If the
  * leader's commit fails after records were shipped, it turns read-only (see
  * repl_commit.c): it must not give those LSNs to other writes. After its
  * restart, a replica holding such a record is told it diverged.
