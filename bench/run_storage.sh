@@ -49,8 +49,8 @@ R1=$(wait_ep "$W/r1.ep"); R2=$(wait_ep "$W/r2.ep")
 echo "# kbsync storage lifecycle, $(date -u +%FT%TZ), $(nproc) cores, fsync on, N=$N x 384"
 $B/bench/bench_gen "$W/docs.jsonl" "$N" 384 1
 
-# Waits until both replicas are at the leader's version and compaction
-# caught up: each replica's log start within 2 records of its version, the
+# Waits until both replicas are at the leader's version, compaction
+# caught up and no node merges or writes a checkpoint: each replica's log start within 2 records of its version, the
 # leader's within --log-keep-ops (default 10,000) + 2.
 KEEP=10000
 settle() {
@@ -63,6 +63,11 @@ settle() {
       [ "$ep" = "$LEADER" ] && slack=$((KEEP + 2))
       ver=$(field "$ep" version); st=$(field "$ep" log_start)
       [ "$ver" -ge "$v" ] && [ $((ver - st)) -le $slack ] || ok=0
+      # and its background work after the ingest is done (merges into
+      # FAISS, the checkpoint the ingest started), so that the new
+      # replica timed next does not share the 2 cores with it
+      [ "$(field "$ep" unmerged_vectors)" = 0 ] &&
+        [ "$(field "$ep" checkpointing)" = False ] || ok=0
     done
     [ $ok = 1 ] && return
     sleep 0.05
@@ -81,8 +86,11 @@ new_replica() {
     >/dev/null 2>"$W/$name.log" &
   local pid=$!
   local ep; ep=$(wait_ep "$W/$name.ep")
-  until [ "$(field "$ep" version)" -ge "$v" ] && \
-        [ -z "$($B/kbsync status --to "$ep" --json | grep -o '"snapshot":{')" ]; do
+  # Polled without Python: on 2 cores a Python start every 10 ms takes a
+  # good part of a core from the replica being timed.
+  until st=$($B/kbsync status --to "$ep" --json 2>/dev/null) &&
+        [ "$(echo "$st" | grep -o '"version":[0-9]*' | head -1 | cut -d: -f2)" -ge "$v" ] &&
+        [ -z "$(echo "$st" | grep -o '"snapshot":{')" ]; do
     sleep 0.01
   done
   t1=$(date +%s%N)
@@ -90,6 +98,13 @@ new_replica() {
   local s; s=$(calc "($t1 - $t0) / 1000000000" 3)
   local lmb; lmb=$(mb "$W/L")
   echo "new replica $name: serving version $v after $s s (leader data file $lmb MB: $(calc "$lmb / $s" 0) MB/s); $(grep -c 'loading a snapshot' "$W/$name.log") snapshot(s)"
+  # the replica's own account: its log's times of the snapshot's start and end
+  local a b
+  a=$(grep -m1 'loading a snapshot' "$W/$name.log" | cut -d' ' -f1)
+  b=$(grep -m1 'snapshot complete' "$W/$name.log" | cut -d' ' -f1)
+  [ -n "$a" ] && [ -n "$b" ] &&
+    echo "  its log: snapshot loaded in $(calc "($(date -d "$b" +%s%N) - $(date -d "$a" +%s%N)) / 1000000000" 3) s; $(grep -c . "$W/$name.log") log lines"
+  cp "$W/$name.log" "/tmp/kbsync-bstore-$name.log" 2>/dev/null || true
   NEW_S=$s
 }
 

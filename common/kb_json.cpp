@@ -979,11 +979,29 @@ int next_line(kb_jsonl *r, kb_jsonl_rec_t *rec)
     }
 }
 
+/* One parser of each kind per thread, kept between calls: a parser allocates
+ * its buffers (sized for the longest document it has seen) when first used,
+ * and the write path checks every document's metadata, so a parser per call
+ * cost an allocation and fresh pages per document. No call below parses
+ * again before it is done with the previous result (callbacks do not parse
+ * JSON), which is what reusing a parser requires. */
+od::parser &scratch_od()
+{
+    static thread_local od::parser p;
+    return p;
+}
+
+simdjson::dom::parser &scratch_dom()
+{
+    static thread_local simdjson::dom::parser p;
+    return p;
+}
+
 /* kb_json_parse_floats() on a padded copy b[0..len). */
 int floats_in(const char *b, size_t len, float *out, size_t cap, size_t *n,
               char *err, size_t errlen)
 {
-    od::parser p;
+    od::parser &p = scratch_od();
     od::document doc;
     od::array a;
     error_code e = p.iterate(b, len, len + KB__PAD).get(doc);
@@ -1036,7 +1054,7 @@ int floats_in(const char *b, size_t len, float *out, size_t cap, size_t *n,
 /* kb_json_check_object() on a padded copy b[0..len). */
 int object_in(const char *b, size_t len, char *err, size_t errlen)
 {
-    od::parser p;
+    od::parser &p = scratch_od();
     od::document doc;
     od::object o;
     error_code e = p.iterate(b, len, len + KB__PAD).get(doc);
@@ -1072,7 +1090,7 @@ int object_in(const char *b, size_t len, char *err, size_t errlen)
  * by its minifier. */
 int fields_in(const char *b, size_t len, kb_json_field_cb cb, void *ctx)
 {
-    simdjson::dom::parser p;
+    simdjson::dom::parser &p = scratch_dom();
     simdjson::dom::object o;
     if (p.parse(b, len, false).get(o))
         return KB_EBADJSON;

@@ -14,6 +14,7 @@
  * file always qualifies them (no `using namespace faiss`). */
 #include <faiss/AutoTune.h>
 #include <faiss/Index.h>
+#include <faiss/IndexFlatCodes.h>
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIDMap.h>
 #include <faiss/IndexIVF.h>
@@ -500,11 +501,49 @@ FaissMetricType faiss_Index_metric_type(const FaissIndex *index)
 
 /* ---- add / search / remove --------------------------------------------- */
 
+/* GROWTH OF FLAT STORAGE
+ * A flat index (and an HNSW index's vectors) keep their codes in one
+ * std::vector, which add() grows by resize(): twice the size each time it
+ * is full, copying everything into fresh memory. Fresh memory is costly on
+ * the first write to each page (measured on the 2-core VM of FIGURES.md:
+ * 1.46 s to touch 512 MB), so a node that adds 100k x 384 vectors in merge
+ * steps spent more time in those copies than in anything else. Before the
+ * add, this unit reserves four times the current size instead (pages that
+ * are never written cost address space, not memory), which cuts the copied
+ * bytes from about one to about a third of the final size. Behaviour is
+ * otherwise that of add(). */
+static faiss::IndexFlatCodes *flat_storage(faiss::Index *index)
+{
+    if (auto *m = dynamic_cast<faiss::IndexIDMap *>(index))
+        index = m->index;
+    if (auto *h = dynamic_cast<faiss::IndexHNSW *>(index))
+        index = h->storage;
+    return dynamic_cast<faiss::IndexFlatCodes *>(index);
+}
+
+static void reserve_for_add(faiss::Index *index, idx_t n)
+{
+    faiss::IndexFlatCodes *f = flat_storage(index);
+    if (!f || n <= 0)
+        return;
+    size_t need = (static_cast<size_t>(f->ntotal) + static_cast<size_t>(n)) *
+                  f->code_size;
+    if (need <= f->codes.capacity())
+        return;
+    size_t want = std::max(need, f->codes.size() * 4);
+    try {
+        f->codes.reserve(want);
+    } catch (const std::bad_alloc &) {
+        /* add() then asks for only what it needs */
+    }
+}
+
 int faiss_Index_add_with_ids(FaissIndex *index, idx_t n, const float *x,
                              const idx_t *xids)
 {
     /* The header says "if non-null": NULL ids means sequential ids (add). */
     return guard([&] {
+        reserve_for_add(ix(index), n);
         if (xids)
             ix(index)->add_with_ids(n, x, xids);
         else
