@@ -212,6 +212,13 @@ static int ingest_jsonl(ingest_t *g, const char *path)
             snprintf(why, sizeof why,
                      "%s:%llu: \"embedding\" is an empty array", path,
                      (unsigned long long)rec.line);
+        else if (memchr(rec.id, 0, rec.id_len) ||
+                 memchr(rec.text, 0, rec.text_len))
+            /* "\u0000": a protobuf string would be cut there */
+            snprintf(why, sizeof why,
+                     "%s:%llu: \"%s\" contains a NUL character (\\u0000)",
+                     path, (unsigned long long)rec.line,
+                     memchr(rec.id, 0, rec.id_len) ? "id" : "text");
         else
             why[0] = 0;
         if (why[0]) {

@@ -40,11 +40,10 @@ void kb_log_setup(int level, const char *who)
         kb__log_who = who;
 }
 
-void kb_log(int level, const char *fmt, ...)
+static void log_line(int level, const char *suffix, const char *fmt,
+                     va_list ap)
 {
     static const char *names[] = {"DEBUG", "INFO", "WARN", "ERROR"};
-    if (level < kb__log_level)
-        return;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;
@@ -57,11 +56,40 @@ void kb_log(int level, const char *fmt, ...)
                      names[level < 0   ? 0
                            : level > 3 ? 3
                                        : level]);
-    va_list ap;
-    va_start(ap, fmt);
     if (n > 0 && (size_t)n < sizeof line)
         vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
-    va_end(ap);
     /* One write per line so lines from several processes do not interleave. */
-    fprintf(stderr, "%s\n", line);
+    fprintf(stderr, "%s%s\n", line, suffix);
+}
+
+void kb_log(int level, const char *fmt, ...)
+{
+    if (level < kb__log_level)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    log_line(level, "", fmt, ap);
+    va_end(ap);
+}
+
+void kb_log_limited(kb_loglimit_t *l, int level, const char *fmt, ...)
+{
+    if (level < kb__log_level)
+        return;
+    uint64_t now = kb_mono_us();
+    if (l->last_us && now - l->last_us < KB_LOG_LIMIT_MS * 1000u) {
+        l->suppressed++;
+        return;
+    }
+    char suffix[96] = "";
+    if (l->suppressed)
+        snprintf(suffix, sizeof suffix,
+                 " (and %llu more like it since the last such line)",
+                 (unsigned long long)l->suppressed);
+    l->last_us = now;
+    l->suppressed = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    log_line(level, suffix, fmt, ap);
+    va_end(ap);
 }

@@ -43,6 +43,18 @@ void kb_log_setup(int level, const char *who);
 void kb_log(int level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* For lines a peer can cause at its own pace (malformed messages, unknown
+ * senders): one limiter per kind of line, used from one thread. At most one
+ * line per KB_LOG_LIMIT_MS; the next line printed says how many were left
+ * out. */
+#define KB_LOG_LIMIT_MS 1000
+typedef struct kb_loglimit {
+    uint64_t last_us;
+    uint64_t suppressed;
+} kb_loglimit_t;
+void kb_log_limited(kb_loglimit_t *l, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 #define kb_debug(...) kb_log(KB_LOG_DEBUG, __VA_ARGS__)
 #define kb_info(...) kb_log(KB_LOG_INFO, __VA_ARGS__)
 #define kb_warn(...) kb_log(KB_LOG_WARN, __VA_ARGS__)

@@ -155,6 +155,12 @@ int kb_wire_decode_request(const void *data, size_t len, size_t max_len,
         kbsync__request__free_unpacked(r, NULL);
         return rc;
     }
+    int bad = kb_wire_check_strings(&kbsync__request__descriptor, data, len,
+                                    err, errlen);
+    if (bad) {
+        kbsync__request__free_unpacked(r, NULL);
+        return bad;
+    }
     if (r->body_case == KBSYNC__REQUEST__BODY__NOT_SET) {
         kbsync__request__free_unpacked(r, NULL);
         return kb_seterr(err, errlen, KB_EBADMSG,
@@ -164,6 +170,150 @@ int kb_wire_decode_request(const void *data, size_t len, size_t max_len,
     }
     *req = r;
     return 0;
+}
+
+/* ------------------------------------------------------------ strings */
+
+size_t kb_utf8_check(const char *str, size_t len)
+{
+    const uint8_t *s = (const uint8_t *)str;
+    size_t i = 0;
+    while (i < len) {
+        uint8_t c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n;
+        uint32_t cp, min;
+        if ((c & 0xe0) == 0xc0) {
+            n = 2, cp = c & 0x1f, min = 0x80;
+        } else if ((c & 0xf0) == 0xe0) {
+            n = 3, cp = c & 0x0f, min = 0x800;
+        } else if ((c & 0xf8) == 0xf0) {
+            n = 4, cp = c & 0x07, min = 0x10000;
+        } else {
+            return i;
+        }
+        if (len - i < n)
+            return i;
+        for (size_t j = 1; j < n; j++) {
+            if ((s[i + j] & 0xc0) != 0x80)
+                return i;
+            cp = cp << 6 | (s[i + j] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return i;
+        i += n;
+    }
+    return len;
+}
+
+static int wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (unsigned shift = 0; *p < end && shift < 70; shift += 7) {
+        uint8_t b = *(*p)++;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+#define KB__CHECK_DEPTH 16
+
+/* 1: a bad string (err set), 0: fine, -1: not well-formed (left to the
+ * decoder). path is the field path so far (NUL-terminated in a buffer of
+ * pathcap bytes). */
+static int check_msg(const ProtobufCMessageDescriptor *d, const uint8_t *p,
+                     const uint8_t *end, char *path, size_t pathcap,
+                     int depth, char *err, size_t errlen, int *code)
+{
+    if (depth > KB__CHECK_DEPTH)
+        return -1;
+    unsigned seen[32] = {0}; /* occurrences of fields 1..31, for [i] */
+    size_t base = strlen(path);
+    while (p < end) {
+        uint64_t key, v;
+        if (wire_varint(&p, end, &key))
+            return -1;
+        unsigned num = (unsigned)(key >> 3), type = (unsigned)(key & 7);
+        const uint8_t *bytes = NULL;
+        switch (type) {
+        case 0:
+            if (wire_varint(&p, end, &v))
+                return -1;
+            continue;
+        case 1:
+            if (end - p < 8)
+                return -1;
+            p += 8;
+            continue;
+        case 5:
+            if (end - p < 4)
+                return -1;
+            p += 4;
+            continue;
+        case 2:
+            if (wire_varint(&p, end, &v) || v > (uint64_t)(end - p))
+                return -1;
+            bytes = p;
+            p += v;
+            break;
+        default:
+            return -1;
+        }
+        const ProtobufCFieldDescriptor *f =
+            protobuf_c_message_descriptor_get_field(d, num);
+        if (!f || (f->type != PROTOBUF_C_TYPE_STRING &&
+                   f->type != PROTOBUF_C_TYPE_MESSAGE))
+            continue;
+        unsigned idx = num < 32 ? seen[num]++ : 0;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED)
+            snprintf(path + base, pathcap - base, "%s%s[%u]", base ? "." : "",
+                     f->name, idx);
+        else
+            snprintf(path + base, pathcap - base, "%s%s", base ? "." : "",
+                     f->name);
+        if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
+            int rc = check_msg(f->descriptor, bytes, bytes + v, path, pathcap,
+                               depth + 1, err, errlen, code);
+            if (rc)
+                return rc;
+        } else {
+            const uint8_t *nul = memchr(bytes, 0, v);
+            size_t nul_at = nul ? (size_t)(nul - bytes) : v;
+            size_t bad = kb_utf8_check((const char *)bytes, v);
+            if (nul_at < v || bad < v) {
+                int is_id = !strcmp(f->name, "id") || !strcmp(f->name, "ids");
+                *code = is_id ? KB_EBADID : KB_EINVAL;
+                kb_seterr(err, errlen, *code,
+                          "%s: %s at byte %zu (strings must be UTF-8 without "
+                          "NUL)",
+                          path, nul_at <= bad ? "a NUL byte" : "invalid UTF-8",
+                          nul_at <= bad ? nul_at : bad);
+                return 1;
+            }
+        }
+        path[base] = '\0';
+    }
+    return 0;
+}
+
+int kb_wire_check_strings(const ProtobufCMessageDescriptor *desc,
+                          const void *data, size_t len, char *err,
+                          size_t errlen)
+{
+    char path[256] = "";
+    int code = 0;
+    const uint8_t *p = data;
+    return check_msg(desc, p, p + len, path, sizeof path, 0, err, errlen,
+                     &code) == 1
+               ? code
+               : 0;
 }
 
 static void free_packed(void *data, void *hint)

@@ -43,6 +43,22 @@ int kb_wire_decode_request(const void *data, size_t len, size_t max_len,
                            Kbsync__Request **req, uint64_t *request_id,
                            char *err, size_t errlen);
 
+/* Checks every string field of a serialized message of type desc, nested
+ * messages included (proto3 strings are UTF-8, and protobuf-c cuts a C
+ * string at its first NUL, so "k\0a" would silently become "k"): each must
+ * be valid UTF-8 without NUL. Returns 0, or KB_EBADID (a field named `id`
+ * or `ids`) or KB_EINVAL with err naming the field path and the byte
+ * offset, e.g. `upsert.docs[2].id: invalid UTF-8 at byte 5`. Bytes that
+ * are not a well-formed message pass (the decoder refuses them). */
+int kb_wire_check_strings(const ProtobufCMessageDescriptor *desc,
+                          const void *data, size_t len, char *err,
+                          size_t errlen);
+
+/* The offset of the first byte of s[0..len) that is not part of valid
+ * UTF-8 (overlong forms, surrogates and code points above U+10FFFF are
+ * invalid), or len when all of it is valid. */
+size_t kb_utf8_check(const char *s, size_t len);
+
 /* Sends resp to peer (protocol_version is filled in). */
 int kb_wire_send_response(void *router, const kb_peer_t *peer,
                           Kbsync__Response *resp);

@@ -676,14 +676,25 @@ void idx_close(idx_kb_t **ixp)
 
 /* -------------------------------------------------------------- validate */
 
+/* Finite values, and a norm small enough that no score can overflow: with
+ * |x|^2 and |q|^2 at most FLT_MAX / 4, an inner product stays within
+ * FLT_MAX / 4 and a squared L2 distance, at most (|x| + |q|)^2, within
+ * FLT_MAX. *bad is then n. */
 static int check_floats(const float *x, size_t n, char *what, size_t *bad)
 {
+    double n2 = 0;
     for (size_t i = 0; i < n; i++) {
         if (!isfinite(x[i])) {
             *bad = i;
             strcpy(what, isnan(x[i]) ? "NaN" : "infinite");
             return KB_ENONFINITE;
         }
+        n2 += (double)x[i] * x[i];
+    }
+    if (n2 > FLT_MAX / 4.0) {
+        *bad = n;
+        strcpy(what, "too large");
+        return KB_ENONFINITE;
     }
     return 0;
 }
@@ -696,8 +707,11 @@ static int all_zero(const float *x, size_t n)
     return 1;
 }
 
-int idx_validate(const idx_kb_t *ix, const idx_op_t *ops, size_t n, char *err,
-                 size_t errlen)
+/* fresh: a new write from a client, held to the rules added since
+ * records were first stored (id characters, UTF-8, the norm bound); a
+ * record from the leader's log is judged as when it was written. */
+static int validate_ops(const idx_kb_t *ix, const idx_op_t *ops, size_t n,
+                        int fresh, char *err, size_t errlen)
 {
     for (size_t i = 0; i < n; i++) {
         const idx_op_t *o = &ops[i];
@@ -709,7 +723,20 @@ int idx_validate(const idx_kb_t *ix, const idx_op_t *ops, size_t n, char *err,
                              "op #%zu: id of %zu bytes is longer than %u", i,
                              idlen, KB_MAX_ID_LEN);
         if (o->op == IDX_OP_DELETE)
-            continue;
+            continue; /* any id: a delete can only remove what is stored */
+        for (size_t j = 0; fresh && j < idlen; j++) {
+            unsigned char c = (unsigned char)o->id[j];
+            if (c < 0x20 || c == 0x7f)
+                return kb_seterr(err, errlen, KB_EBADID,
+                                 "op #%zu: id has control character 0x%02x "
+                                 "at byte %zu",
+                                 i, c, j);
+        }
+        size_t bad_utf8 = fresh ? kb_utf8_check(o->id, idlen) : idlen;
+        if (bad_utf8 < idlen)
+            return kb_seterr(err, errlen, KB_EBADID,
+                             "op #%zu: id is not valid UTF-8 at byte %zu", i,
+                             bad_utf8);
         if (o->op != IDX_OP_UPSERT)
             return kb_seterr(err, errlen, KB_EINVAL,
                              "op #%zu (\"%s\"): "
@@ -721,6 +748,13 @@ int idx_validate(const idx_kb_t *ix, const idx_op_t *ops, size_t n, char *err,
                              "doc #%zu (\"%s\"): text of %zu bytes is longer "
                              "than %u",
                              i, o->id, tlen, KB_MAX_TEXT_LEN);
+        size_t bad_text =
+            fresh ? kb_utf8_check(o->text ? o->text : "", tlen) : tlen;
+        if (bad_text < tlen)
+            return kb_seterr(err, errlen, KB_EINVAL,
+                             "doc #%zu (\"%s\"): text is not valid UTF-8 at "
+                             "byte %zu",
+                             i, o->id, bad_text);
         if (o->embedding) {
             if (o->embedding_len != ix->dim)
                 return kb_seterr(err, errlen, KB_EDIM,
@@ -729,10 +763,18 @@ int idx_validate(const idx_kb_t *ix, const idx_op_t *ops, size_t n, char *err,
                                  i, o->id, o->embedding_len, ix->dim);
             char what[16];
             size_t bad;
-            if (check_floats(o->embedding, o->embedding_len, what, &bad))
-                return kb_seterr(err, errlen, KB_ENONFINITE,
-                                 "doc #%zu (\"%s\"): embedding[%zu] is %s", i,
-                                 o->id, bad, what);
+            if (check_floats(o->embedding, o->embedding_len, what, &bad) &&
+                (fresh || bad < o->embedding_len))
+                return bad == o->embedding_len
+                           ? kb_seterr(err, errlen, KB_ENONFINITE,
+                                       "doc #%zu (\"%s\"): embedding's "
+                                       "squared norm is above %.3g: a score "
+                                       "could overflow",
+                                       i, o->id, FLT_MAX / 4.0)
+                           : kb_seterr(err, errlen, KB_ENONFINITE,
+                                       "doc #%zu (\"%s\"): embedding[%zu] "
+                                       "is %s",
+                                       i, o->id, bad, what);
             if (ix->metric == IDX_METRIC_COSINE &&
                 all_zero(o->embedding, ix->dim))
                 return kb_seterr(err, errlen, KB_EINVAL,
@@ -768,6 +810,12 @@ int idx_validate(const idx_kb_t *ix, const idx_op_t *ops, size_t n, char *err,
         }
     }
     return 0;
+}
+
+int idx_validate(const idx_kb_t *ix, const idx_op_t *ops, size_t n, char *err,
+                 size_t errlen)
+{
+    return validate_ops(ix, ops, n, 1, err, errlen);
 }
 
 /* ----------------------------------------------------------------- write */
@@ -1081,10 +1129,10 @@ int idx_apply_log_staged(idx_kb_t *ix, size_t n, const void *const *recs,
                                "log record LSN %llu: upsert without embedding",
                                (unsigned long long)r[i]->lsn);
             else
-                rc = idx_validate(ix, &o, 1, err, errlen);
+                rc = validate_ops(ix, &o, 1, 0, err, errlen);
         } else if (r[i]->op == KBSYNC__LOG_OP__LOG_OP_DELETE) {
             idx_op_t o = {IDX_OP_DELETE, r[i]->id, NULL, NULL, 0, NULL};
-            rc = idx_validate(ix, &o, 1, err, errlen);
+            rc = validate_ops(ix, &o, 1, 0, err, errlen);
         } else {
             rc = kb_seterr(err, errlen, KB_EBADMSG,
                            "log record LSN %llu: unknown op %d",
@@ -1674,8 +1722,13 @@ int idx_check_query(const idx_kb_t *ix, const idx_query_t *q, char *err,
         char what[16];
         size_t bad;
         if (floats_bad(q->vec, ix->dim, what, &bad))
-            return kb_seterr(err, errlen, KB_ENONFINITE,
-                             "query vector[%zu] is %s", bad, what);
+            return bad == ix->dim
+                       ? kb_seterr(err, errlen, KB_ENONFINITE,
+                                   "query vector's squared norm is above "
+                                   "%.3g: a score could overflow",
+                                   FLT_MAX / 4.0)
+                       : kb_seterr(err, errlen, KB_ENONFINITE,
+                                   "query vector[%zu] is %s", bad, what);
         if (ix->metric == IDX_METRIC_COSINE && all_zero(q->vec, ix->dim))
             return kb_seterr(err, errlen, KB_EINVAL,
                              "query vector is all zeros: it has no "

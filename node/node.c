@@ -73,6 +73,7 @@ typedef struct node {
     wlist_t held;      /* requests waiting for their client's queued write */
     kb_peer_t *writers; /* clients with a write in the current group */
     size_t nwriters, wcap;
+    kb_loglimit_t log_bad_req, log_bad_env; /* see kb_log_limited */
 } node_t;
 
 /* ----------------------------------------------------------- helpers */
@@ -397,7 +398,8 @@ static void node_handle(node_t *n, const kb_peer_t *peer, const kb_buf_t *b)
     int rc = kb_wire_decode_request(b->data, b->len, n->cfg->max_msg, &req,
                                     &rid, err, sizeof err);
     if (rc) {
-        kb_warn("refused a request: %s", err);
+        kb_log_limited(&n->log_bad_req, KB_LOG_WARN, "refused a request: %s",
+                       err);
         kb_wire_send_error(n->router, peer, rid, rc, err);
         return;
     }
@@ -549,8 +551,9 @@ int node_run(idx_kb_t *ix, const node_config_t *cfg,
             if (r == -EAGAIN || r == -EINTR)
                 break;
             if (r) {
-                kb_warn("dropped a malformed message envelope (%s)",
-                        kb_strerror(r));
+                kb_log_limited(&n.log_bad_env, KB_LOG_WARN,
+                               "dropped a malformed message envelope (%s)",
+                               kb_strerror(r));
                 continue;
             }
             node_handle(&n, &peer, &b);

@@ -14,6 +14,7 @@
 #define REPL_BEAT_MS 100
 #define REPL_DEAD_MS 1000
 #define REPL_MAX_PEERS 64
+#define REPL_EVICT_MS 300 /* silence after which an unnamed entry may go */
 #define REPL_BATCH_RECORDS 2048
 #define REPL_BATCH_BYTES (4u << 20)
 #define REPL_WINDOW 65536 /* records sent but not acknowledged, per replica */
@@ -71,6 +72,7 @@ typedef struct shipment {
 
 struct repl_leader {
     idx_kb_t *ix;
+    kb_loglimit_t log_bad; /* bad messages on the replication socket */
     void *sock; /* replication ROUTER, or NULL */
     repl_leader_config_t cfg;
     char client_ep[256];

@@ -117,6 +117,9 @@ struct repl_replica {
     uint64_t snap_log_us;     /* monotonic: the last progress line */
     char leader_ep[256];
     uint64_t dup_records;
+    kb_loglimit_t log_refused;
+    unsigned refuse_delay_ms; /* pause after a refused hello; reset at a
+                                 welcome */
     /* records of the batch being applied: bytes borrowed from messages, or
      * owned (own[i]) when held back from an earlier batch */
     const void **rec;
@@ -654,6 +657,7 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
             r->cfg.leader, (unsigned long long)st.version,
             (unsigned long long)w->head_lsn);
     r->streaming = 1;
+    r->refuse_delay_ms = 0;
     /* The leader checked our newest record against its log: everything we
      * hold is in its committed history (staged records included). */
     r->leader_committed = w->head_lsn; /* this leader's, this session */
@@ -829,9 +833,28 @@ size_t repl_replica_on_msg(repl_replica_t *r)
             break;
         case KBSYNC__REPL_MESSAGE__BODY_BEAT: replica_beat(r, m->beat); break;
         case KBSYNC__REPL_MESSAGE__BODY_ERROR:
-            kb_warn("leader: %s", m->error->message ? m->error->message : "?");
             r->streaming = 0;
             r->hello_us = 0;
+            if (m->error->code != KB_EUNAVAIL) {
+                /* refused (another protocol version, a full table, ...):
+                 * ask again after a growing pause, not at once */
+                kb_log_limited(&r->log_refused, KB_LOG_WARN,
+                               "leader refused us: %s (%s); asking again "
+                               "after a back-off",
+                               m->error->message ? m->error->message : "?",
+                               kb_errname(m->error->code));
+                r->refuse_delay_ms = r->refuse_delay_ms
+                                         ? r->refuse_delay_ms * 2
+                                         : REPLICA_APPLY_RETRY_FIRST_MS;
+                if (r->refuse_delay_ms > REPLICA_APPLY_RETRY_MAX_MS)
+                    r->refuse_delay_ms = REPLICA_APPLY_RETRY_MAX_MS;
+                uint64_t until = kb_mono_us() + r->refuse_delay_ms * 1000u;
+                if (until > r->apply_retry_us)
+                    r->apply_retry_us = until;
+            } else {
+                kb_warn("leader: %s",
+                        m->error->message ? m->error->message : "?");
+            }
             break;
         case KBSYNC__REPL_MESSAGE__BODY_RECORDS:
             replica_beat(r, m->records->beat);

@@ -43,17 +43,51 @@
 
 /* ------------------------------------------------------------- helpers */
 
+/* A routing id for a log line: bytes outside printable ASCII become '?'. */
+static void printable(char *out, size_t cap, const uint8_t *b, size_t len)
+{
+    size_t n = len < cap - 1 ? len : cap - 1;
+    for (size_t i = 0; i < n; i++)
+        out[i] = b[i] >= 0x20 && b[i] < 0x7f ? (char)b[i] : '?';
+    out[n] = '\0';
+}
+
 static peer_t *peer_find(repl_leader_t *l, const char *id, size_t len, int add)
 {
     for (size_t i = 0; i < l->npeers; i++)
         if (strlen(l->peer[i].id) == len && !memcmp(l->peer[i].id, id, len))
             return &l->peer[i];
-    if (!add || l->npeers == REPL_MAX_PEERS || len == 0 ||
-        len >= sizeof l->peer[0].id)
+    if (!add || len == 0 || len >= sizeof l->peer[0].id)
         return NULL;
-    peer_t *p = &l->peer[l->npeers++];
+    peer_t *p = NULL;
+    if (l->npeers == REPL_MAX_PEERS) {
+        /* Full: the place of an unnamed replica that has been silent for a
+         * while (a passing peer that said hello and left) is taken. Named
+         * replicas keep theirs. */
+        uint64_t now = kb_mono_us(), oldest = UINT64_MAX;
+        for (size_t i = 0; i < l->npeers; i++) {
+            peer_t *q = &l->peer[i];
+            if (!q->named && q->heard_us < oldest &&
+                now - q->heard_us > REPL_EVICT_MS * 1000u) {
+                oldest = q->heard_us;
+                p = q;
+            }
+        }
+        if (!p)
+            return NULL;
+        char who[64];
+        printable(who, sizeof who, (const uint8_t *)id, len);
+        kb_log_limited(&l->log_bad, KB_LOG_INFO,
+                       "replica table full: %s, silent for %llu ms, makes way "
+                       "for \"%s\"",
+                       p->id, (unsigned long long)((now - p->heard_us) / 1000u),
+                       who);
+    } else {
+        p = &l->peer[l->npeers++];
+    }
     memset(p, 0, sizeof *p);
     memcpy(p->id, id, len);
+    p->heard_us = kb_mono_us();
     return p;
 }
 
@@ -133,6 +167,29 @@ static int send_to_peer(repl_leader_t *l, peer_t *p, const void *buf,
         return -EHOSTUNREACH; /* the routing frame went: the peer is gone */
     }
     return 0;
+}
+
+
+/* Sends ReplMessage{error} to a routing id that is not (or not yet) in the
+ * replica table. */
+static void send_error_to(repl_leader_t *l, const void *rid, size_t len,
+                          int code, const char *message)
+{
+    Kbsync__Error e = KBSYNC__ERROR__INIT;
+    e.code = code;
+    e.message = (char *)message;
+    Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
+    m.protocol_version = KB_REPL_PROTOCOL_VERSION;
+    m.body_case = KBSYNC__REPL_MESSAGE__BODY_ERROR;
+    m.error = &e;
+    size_t n = kbsync__repl_message__get_packed_size(&m);
+    uint8_t buf[512];
+    if (n > sizeof buf)
+        return;
+    kbsync__repl_message__pack(&m, buf);
+    if (zmq_send(l->sock, rid, len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        return;
+    zmq_send(l->sock, buf, n, ZMQ_DONTWAIT);
 }
 
 static void peer_lost(peer_t *p, const char *why)
@@ -280,10 +337,12 @@ int repl_leader_new(idx_kb_t *ix, void *zctx, const repl_leader_config_t *cfg,
         }
         int one = 1, hwm = 100000, ivl = 1000, tmo = 3000;
         zmq_setsockopt(l->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
-        /* A replica that comes back (same routing id) while its old
-         * connection is still half-open must take the id over, not be
-         * ignored as a duplicate; ZMTP heartbeats close dead connections. */
-        zmq_setsockopt(l->sock, ZMQ_ROUTER_HANDOVER, &one, sizeof one);
+        /* No ZMQ_ROUTER_HANDOVER: a second connection under a routing id
+         * that is connected is refused by ZeroMQ, so a peer that claims a
+         * running replica's id cannot take its stream over. A replica that
+         * comes back while its old connection is half-open is let in once
+         * ZMTP heartbeats close the dead one (within 3 s), or at once when
+         * its old connection was closed (a process that exits). */
         zmq_setsockopt(l->sock, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl);
         zmq_setsockopt(l->sock, ZMQ_HEARTBEAT_TIMEOUT, &tmo, sizeof tmo);
         zmq_setsockopt(l->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
@@ -613,57 +672,72 @@ void repl_leader_on_repl(repl_leader_t *l, void *router)
         if (rc == -EAGAIN || rc == -EINTR)
             break;
         if (rc) {
-            kb_warn("replication socket: dropped a malformed message (%s)",
-                    kb_strerror(rc));
+            kb_log_limited(&l->log_bad, KB_LOG_WARN,
+                           "replication socket: dropped a malformed message "
+                           "(%s)",
+                           kb_strerror(rc));
             continue;
         }
         Kbsync__ReplMessage *m =
             kbsync__repl_message__unpack(NULL, b.len, b.data);
-        /* A peer enters the table only by saying hello with a routing id
-         * equal to its replica id (ZeroMQ's generated ids never match). */
+        /* A peer enters the table only by saying hello, in our protocol
+         * version, with a routing id equal to its replica id (ZeroMQ's
+         * generated ids never match). */
         int hello = env.nframes == 1 && m &&
-                    m->body_case == KBSYNC__REPL_MESSAGE__BODY_HELLO &&
-                    m->hello->replica_id &&
-                    strlen(m->hello->replica_id) == env.len[0] &&
-                    !memcmp(m->hello->replica_id, env.frame[0], env.len[0]);
-        peer_t *p = env.nframes == 1 ? peer_find(l, (const char *)env.frame[0],
-                                                 env.len[0], hello)
-                                     : NULL;
+                    m->body_case == KBSYNC__REPL_MESSAGE__BODY_HELLO;
+        const char *refuse = NULL;
+        char why[160];
+        if (hello && m->hello->protocol_version != KB_REPL_PROTOCOL_VERSION) {
+            snprintf(why, sizeof why,
+                     "hello in replication protocol %u; this leader speaks "
+                     "%u",
+                     m->hello->protocol_version, KB_REPL_PROTOCOL_VERSION);
+            refuse = why;
+            rc = KB_EPROTO;
+        } else if (hello && !(m->hello->replica_id &&
+                              strlen(m->hello->replica_id) == env.len[0] &&
+                              !memcmp(m->hello->replica_id, env.frame[0],
+                                      env.len[0]))) {
+            refuse = "replica_id must equal the connection's routing id";
+            rc = KB_EINVAL;
+        }
+        peer_t *p = env.nframes == 1 && !refuse
+                        ? peer_find(l, (const char *)env.frame[0], env.len[0],
+                                    hello)
+                        : NULL;
+        if (!refuse && m && !p && env.nframes == 1) {
+            refuse = hello ? "the replica table is full" : "say hello first";
+            rc = KB_EUNAVAIL;
+        }
         if (!m || !p) {
-            kb_warn("replication socket: undecodable message of %zu bytes or "
-                    "unknown sender",
-                    b.len);
+            char rid[64];
+            printable(rid, sizeof rid,
+                         env.nframes ? env.frame[0] : (const uint8_t *)"",
+                         env.nframes ? env.len[0] : 0);
+            kb_log_limited(&l->log_bad, KB_LOG_WARN,
+                           "replication socket: %s from \"%s\" (%zu bytes)%s%s",
+                           m ? "refused a message" : "undecodable message",
+                           rid, b.len, refuse ? ": " : "",
+                           refuse ? refuse : "");
+            if (m && refuse && env.nframes == 1)
+                send_error_to(l, env.frame[0], env.len[0], rc, refuse);
         } else if (m->body_case == KBSYNC__REPL_MESSAGE__BODY_HELLO) {
-            if (m->hello->protocol_version != KB_REPL_PROTOCOL_VERSION)
-                kb_warn("replica %s speaks protocol %u, leader %u: ignored",
-                        p->id, m->hello->protocol_version, KB_REPL_PROTOCOL_VERSION);
-            else
-                on_hello(l, p, m->hello);
+            on_hello(l, p, m->hello);
         } else if (m->body_case == KBSYNC__REPL_MESSAGE__BODY_ACK) {
             p->heard_us = kb_mono_us();
             if (!p->online) {
                 /* Ack from a replica we do not stream to (e.g. we restarted):
                  * it must say hello again. */
-                Kbsync__Error e = KBSYNC__ERROR__INIT;
-                e.code = KB_EUNAVAIL;
-                e.message = "say hello first";
-                Kbsync__ReplMessage r = KBSYNC__REPL_MESSAGE__INIT;
-                r.body_case = KBSYNC__REPL_MESSAGE__BODY_ERROR;
-                r.error = &e;
-                send_msg(l, p, &r);
+                send_error_to(l, p->id, strlen(p->id), KB_EUNAVAIL,
+                              "say hello first");
             } else if (m->ack->applied_lsn > p->sent) {
                 /* It claims records we never sent it in this session: its
                  * store is not what its hello said (or the hello was stale).
                  * Never count that for `all`: make it say hello again, which
                  * checks its newest record against our log. */
                 peer_lost(p, "acknowledged an LSN it was never sent");
-                Kbsync__Error e = KBSYNC__ERROR__INIT;
-                e.code = KB_EUNAVAIL;
-                e.message = "say hello first";
-                Kbsync__ReplMessage r = KBSYNC__REPL_MESSAGE__INIT;
-                r.body_case = KBSYNC__REPL_MESSAGE__BODY_ERROR;
-                r.error = &e;
-                send_msg(l, p, &r);
+                send_error_to(l, p->id, strlen(p->id), KB_EUNAVAIL,
+                              "say hello first");
             } else {
                 if (m->ack->applied_lsn > p->acked)
                     p->acked = m->ack->applied_lsn;
@@ -709,6 +783,13 @@ int repl_leader_tick(repl_leader_t *l, void *router)
                 p->beat_us = now;
         }
     }
+    /* Entries of replicas not named in --replicas go when they are gone:
+     * ids made up by passing peers must not fill the table. */
+    size_t kept = 0;
+    for (size_t i = 0; i < l->npeers; i++)
+        if (l->peer[i].named || l->peer[i].online)
+            l->peer[kept++] = l->peer[i];
+    l->npeers = kept;
     repl__release_parked(l, router);
     if (l->sock)
         repl__stream_all(l);

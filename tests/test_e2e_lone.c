@@ -233,6 +233,23 @@ static void test_e2e_lone_ingest_query_delete_restart(void **state)
     assert_int_equal(rc, 0);
 }
 
+/* Ingests `jsonl` (written to path) and expects a refusal whose output
+ * holds both texts. */
+static void ingest_refused(e2e_t *e, const char *path, const char *jsonl,
+                           const char *want1, const char *want2)
+{
+    static char out[1 << 16];
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(jsonl, f);
+    fclose(f);
+    int rc = kbp_run(out, sizeof out, "'%s' ingest --to '%s' '%s' 2>&1",
+                     kbp_bin(), e->ep, path);
+    assert_int_equal(rc, 1);
+    if (!strstr(out, want1) || !strstr(out, want2))
+        fail_msg("expected \"%s\" and \"%s\" in: %s", want1, want2, out);
+}
+
 static void test_e2e_lone_bad_input_changes_nothing(void **state)
 {
     e2e_t *e = *state;
@@ -289,6 +306,20 @@ static void test_e2e_lone_bad_input_changes_nothing(void **state)
                  e->ep, path);
     assert_int_equal(rc, 1);
     assert_non_null(strstr(out, "KB_EBADID"));
+
+    /* an id with a control character, an id with "\u0000" (a protobuf
+     * string would be cut there, overwriting "doc-1"), a norm that could
+     * make a score overflow */
+    ingest_refused(e, path, "{\"id\": \"line\\nbreak\", \"text\": \"x\"}\n",
+                   "KB_EBADID", "control character 0x0a at byte 4");
+    ingest_refused(e, path, "{\"id\": \"doc-1\\u0000b\", \"text\": \"x\"}\n",
+                   "NUL", "\"id\"");
+    char big[16 * DIM + 64];
+    int n = snprintf(big, sizeof big, "{\"id\": \"big\", \"embedding\": [1e30");
+    for (int j = 1; j < DIM; j++)
+        n += snprintf(big + n, sizeof big - (size_t)n, ", 1e30");
+    snprintf(big + n, sizeof big - (size_t)n, "]}\n");
+    ingest_refused(e, path, big, "KB_ENONFINITE", "overflow");
 
     /* query with the wrong dimension */
     rc = kbp_run(out, sizeof out, "'%s' query --to '%s' --vector '[1,2]' 2>&1",

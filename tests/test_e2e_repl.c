@@ -13,6 +13,11 @@
 
 #include "kb_proc.h"
 
+#include "kb_err.h"
+#include "kbsync.pb-c.h"
+
+#include <zmq.h>
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -831,6 +836,151 @@ static void test_e2e_repl_diverged_without_shared_record_starts_over(
     assert_int_equal(system(cmd), 0);
 }
 
+/* ------------------------------------------------------- hostile peers */
+
+/* A DEALER with routing id `id` connected to the replication endpoint. */
+static void *peer_connect(void *ctx, const cluster_t *c, const char *id)
+{
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    assert_non_null(s);
+    int zero = 0;
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(s, ZMQ_ROUTING_ID, id, strlen(id));
+    assert_int_equal(zmq_connect(s, c->repl_ep), 0);
+    return s;
+}
+
+static void peer_send(void *s, Kbsync__ReplMessage *m)
+{
+    size_t n = kbsync__repl_message__get_packed_size(m);
+    uint8_t buf[256];
+    assert_true(n <= sizeof buf);
+    kbsync__repl_message__pack(m, buf);
+    assert_int_equal(zmq_send(s, buf, n, 0), (int)n);
+}
+
+static void peer_hello(void *s, uint32_t version, const char *id)
+{
+    Kbsync__ReplHello h = KBSYNC__REPL_HELLO__INIT;
+    h.protocol_version = version;
+    h.replica_id = (char *)id;
+    Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
+    m.protocol_version = version;
+    m.body_case = KBSYNC__REPL_MESSAGE__BODY_HELLO;
+    m.hello = &h;
+    peer_send(s, &m);
+}
+
+/* The first message within ms (NULL when none came). */
+static Kbsync__ReplMessage *peer_recv(void *s, int ms)
+{
+    zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, ms) != 1)
+        return NULL;
+    zmq_msg_t zm;
+    zmq_msg_init(&zm);
+    assert_true(zmq_msg_recv(&zm, s, 0) >= 0);
+    Kbsync__ReplMessage *m = kbsync__repl_message__unpack(
+        NULL, zmq_msg_size(&zm), zmq_msg_data(&zm));
+    zmq_msg_close(&zm);
+    assert_non_null(m);
+    return m;
+}
+
+static int leader_lists(cluster_t *c, const char *id)
+{
+    cJSON *s = status(&c->leader);
+    int found = 0;
+    const cJSON *r;
+    cJSON_ArrayForEach(r, cJSON_GetObjectItem(s, "replicas"))
+    {
+        if (!strcmp(cJSON_GetObjectItem(r, "id")->valuestring, id))
+            found = 1;
+    }
+    cJSON_Delete(s);
+    return found;
+}
+
+/* Plain mode authenticates no one, but a peer that claims a connected
+ * replica's id does not take its stream over, a hello in another protocol
+ * version or from an unknown sender is answered with an error and enters
+ * no table, and peers under made-up ids do not lock a real replica out. */
+static void test_e2e_repl_impostors_are_refused(void **state)
+{
+    cluster_t *c = *state;
+    start_cluster(c, "--write-timeout-ms", "3000");
+    void *ctx = zmq_ctx_new();
+
+    /* 1. a second "r1" while r1 runs: refused, r1 keeps streaming */
+    void *imp = peer_connect(ctx, c, "r1");
+    peer_hello(imp, 2, "r1");
+    Kbsync__ReplMessage *m = peer_recv(imp, 1500);
+    if (m)
+        fail_msg("an impostor of a connected replica got an answer (type %d)",
+                 (int)m->body_case);
+    char path[400];
+    snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
+    write_jsonl(path, "a", 0, 5);
+    cJSON *sum = NULL;
+    assert_int_equal(ingest(c, "all", path, &sum), 0);
+    assert_int_equal((int)kbp_num(sum, "written"), 5);
+    cJSON_Delete(sum);
+    zmq_close(imp);
+
+    /* 2. another protocol version: an error, no table entry */
+    void *old = peer_connect(ctx, c, "rx");
+    peer_hello(old, 99, "rx");
+    m = peer_recv(old, 5000);
+    assert_non_null(m);
+    assert_int_equal(m->body_case, KBSYNC__REPL_MESSAGE__BODY_ERROR);
+    assert_int_equal(m->error->code, KB_EPROTO);
+    kbsync__repl_message__free_unpacked(m, NULL);
+    assert_false(leader_lists(c, "rx"));
+    zmq_close(old);
+
+    /* 3. an ack from an id that never said hello: "say hello first" */
+    void *unk = peer_connect(ctx, c, "ry");
+    Kbsync__ReplAck ack = KBSYNC__REPL_ACK__INIT;
+    ack.applied_lsn = 5;
+    Kbsync__ReplMessage am = KBSYNC__REPL_MESSAGE__INIT;
+    am.protocol_version = 2;
+    am.body_case = KBSYNC__REPL_MESSAGE__BODY_ACK;
+    am.ack = &ack;
+    peer_send(unk, &am);
+    m = peer_recv(unk, 5000);
+    assert_non_null(m);
+    assert_int_equal(m->body_case, KBSYNC__REPL_MESSAGE__BODY_ERROR);
+    assert_int_equal(m->error->code, KB_EUNAVAIL);
+    kbsync__repl_message__free_unpacked(m, NULL);
+    zmq_close(unk);
+
+    /* 4. 150 made-up ids say hello and leave (more than the table holds);
+     * then a real replica that is not named still gets in */
+    for (int i = 0; i < 150; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "fake%d", i);
+        void *f = peer_connect(ctx, c, id);
+        peer_hello(f, 2, id);
+        m = peer_recv(f, 5000);
+        assert_non_null(m); /* plain mode: it is welcomed */
+        kbsync__repl_message__free_unpacked(m, NULL);
+        zmq_close(f);
+    }
+    node_t r3;
+    node_paths(c, &r3, "r3");
+    char *argv[] = {"kbsync",      "replica", "--data",
+                    r3.data,       "--id",    "r3",
+                    "--leader",    c->repl_ep, "--listen",
+                    "tcp://127.0.0.1:*", "--endpoint-file", r3.epfile,
+                    NULL};
+    r3.pid = kbp_spawn(r3.log, argv);
+    assert_true(r3.pid > 0);
+    assert_int_equal(kbp_wait_file(r3.epfile, r3.ep, sizeof r3.ep, 20000), 0);
+    assert_int_equal(wait_version(&r3, 5, 20000), 5);
+    wait_connected(c, "r3", 1);
+    zmq_ctx_term(ctx);
+}
+
 int main(void)
 {
     atexit(kbp_kill_all);
@@ -852,6 +1002,8 @@ int main(void)
             teardown),
         cmocka_unit_test_setup_teardown(
             test_e2e_repl_snapshot_when_behind_or_new, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_e2e_repl_impostors_are_refused,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_repl_kill9_during_snapshot,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(

@@ -149,6 +149,111 @@ static void send_bytes(void *sock, const void *data, size_t len, int flags)
 
 /* --------------------------------------------------------------- decode */
 
+/* Packs an upsert of two docs (ids id0, id1, the second with text and
+ * metadata) or, with del set, a delete of those ids; then every '#' in the
+ * packed bytes becomes a NUL (protobuf-c packs C strings, which cannot hold
+ * one). */
+static unsigned char *strings_request(int del, const char *id0,
+                                      const char *id1, const char *text,
+                                      const char *meta, size_t *len)
+{
+    Kbsync__Request r = KBSYNC__REQUEST__INIT;
+    r.protocol_version = KB_PROTOCOL_VERSION;
+    r.request_id = 77;
+    Kbsync__Doc d0 = KBSYNC__DOC__INIT, d1 = KBSYNC__DOC__INIT;
+    Kbsync__Doc *dp[2] = {&d0, &d1};
+    Kbsync__UpsertRequest up = KBSYNC__UPSERT_REQUEST__INIT;
+    Kbsync__DeleteRequest dr = KBSYNC__DELETE_REQUEST__INIT;
+    char *ids[2] = {(char *)id0, (char *)id1};
+    if (del) {
+        dr.n_ids = 2;
+        dr.ids = ids;
+        r.body_case = KBSYNC__REQUEST__BODY_DELETE;
+        r.delete_ = &dr;
+    } else {
+        d0.id = (char *)id0;
+        d0.text = "fine";
+        d1.id = (char *)id1;
+        d1.text = (char *)text;
+        d1.metadata_json = (char *)meta;
+        up.n_docs = 2;
+        up.docs = dp;
+        r.body_case = KBSYNC__REQUEST__BODY_UPSERT;
+        r.upsert = &up;
+    }
+    unsigned char *buf = pack_request(&r, len);
+    for (size_t i = 0; i < *len; i++)
+        if (buf[i] == '#')
+            buf[i] = 0;
+    return buf;
+}
+
+/* Decodes buf and expects code with `want` in the message (code 0: OK). */
+static void expect_decode(unsigned char *buf, size_t len, int code,
+                          const char *want)
+{
+    Kbsync__Request *req = NULL;
+    uint64_t rid = 0;
+    char err[256] = "";
+    int rc = kb_wire_decode_request(buf, len, 1 << 20, &req, &rid, err,
+                                    sizeof err);
+    if (rc != code)
+        fail_msg("decode returned %d (%s), expected %d; %s", rc,
+                 kb_strerror(rc), code, err);
+    if (want && !strstr(err, want))
+        fail_msg("error \"%s\" does not say \"%s\"", err, want);
+    if (code) {
+        assert_null(req);
+        KBT_U64(rid, 77);
+    } else {
+        assert_non_null(req);
+        kbsync__request__free_unpacked(req, NULL);
+    }
+    free(buf);
+}
+
+static void test_kb_wire_decode_checks_strings(void **state)
+{
+    (void)state;
+    size_t len;
+    /* NUL inside an id: protobuf-c would have cut "k#a" to "k" */
+    unsigned char *b = strings_request(0, "ok", "k#a", "t", "{}", &len);
+    expect_decode(b, len, KB_EBADID, "upsert.docs[1].id: a NUL byte at byte 1");
+    b = strings_request(0, "ok", "k", "t\xff", "{}", &len);
+    expect_decode(b, len, KB_EINVAL, "upsert.docs[1].text: invalid UTF-8 at "
+                                     "byte 1");
+    b = strings_request(0, "ok", "k", "t", "{\"a\":\"\xc0\xaf\"}", &len);
+    expect_decode(b, len, KB_EINVAL, "upsert.docs[1].metadata_json: invalid "
+                                     "UTF-8 at byte 6");
+    b = strings_request(1, "fine", "nul#zzz", NULL, NULL, &len);
+    expect_decode(b, len, KB_EBADID, "delete.ids[1]: a NUL byte at byte 3");
+    /* surrogate half, code point above U+10FFFF, cut sequence */
+    b = strings_request(0, "\xed\xa0\x80", "k", "t", "{}", &len);
+    expect_decode(b, len, KB_EBADID, "upsert.docs[0].id: invalid UTF-8 at "
+                                     "byte 0");
+    b = strings_request(0, "ok", "k", "x\xf4\x90\x80\x80", "{}", &len);
+    expect_decode(b, len, KB_EINVAL, "invalid UTF-8 at byte 1");
+    b = strings_request(0, "ok", "k", "ab\xe2\x9c", "{}", &len);
+    expect_decode(b, len, KB_EINVAL, "invalid UTF-8 at byte 2");
+    /* valid multi-byte text of every length passes */
+    b = strings_request(0, "caf\xc3\xa9", "\xe2\x9c\x93",
+                        "\xf0\x9f\x98\x80 x", "{\"k\":\"\xc3\xa9\"}", &len);
+    expect_decode(b, len, 0, NULL);
+}
+
+static void test_kb_utf8_check(void **state)
+{
+    (void)state;
+    KBT_U64(kb_utf8_check("", 0), 0);
+    KBT_U64(kb_utf8_check("plain", 5), 5);
+    KBT_U64(kb_utf8_check("\xc3\xa9\xe2\x82\xac\xf0\x90\x8d\x88", 9), 9);
+    KBT_U64(kb_utf8_check("a\x80", 2), 1);         /* lone continuation */
+    KBT_U64(kb_utf8_check("ab\xe0\x80\x80", 5), 2); /* overlong 3-byte */
+    KBT_U64(kb_utf8_check("\xf8\x88\x80\x80\x80", 5), 0); /* 5-byte form */
+    KBT_U64(kb_utf8_check("x\xc3", 2), 1);          /* cut at the end */
+    KBT_U64(kb_utf8_check("\xef\xbf\xbf", 3), 3);    /* U+FFFF is valid */
+}
+
 static void test_kb_wire_decode_valid(void **state)
 {
     (void)state;
@@ -524,6 +629,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kb_wire_decode_valid),
+        cmocka_unit_test(test_kb_wire_decode_checks_strings),
+        cmocka_unit_test(test_kb_utf8_check),
         cmocka_unit_test(test_kb_wire_decode_rejects_oversized),
         cmocka_unit_test(test_kb_wire_decode_rejects_truncated),
         cmocka_unit_test(test_kb_wire_decode_rejects_garbage),
