@@ -13,6 +13,16 @@
 
 int cli_ingest_main(int argc, char **argv);
 
+/* The client commands' --key FILE and --server-key FILE (CURVE): they set
+ * KBSYNC_KEY and KBSYNC_SERVER_KEY, which qry_client_open reads. */
+#define CLI_OPT_KEY 1101
+#define CLI_OPT_SERVER_KEY 1102
+#define CLI_CLIENT_KEY_OPTIONS                                                 \
+    {"key", required_argument, 0, CLI_OPT_KEY},                                \
+        {"server-key", required_argument, 0, CLI_OPT_SERVER_KEY}
+/* Handles option c if it is one of those; 1 when it was. */
+int cli_client_key_option(int c, const char *arg);
+
 /* Parses a non-negative integer option value or exits with a message
  * naming the option. */
 uint64_t cli_uint(const char *opt, const char *val, uint64_t max);

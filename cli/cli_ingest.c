@@ -356,11 +356,14 @@ int cli_ingest_main(int argc, char **argv)
         {"json", no_argument, 0, 'j'},
         {"timeout-ms", required_argument, 0, 'T'},
         {"mode", required_argument, 0, 'm'},
+        CLI_CLIENT_KEY_OPTIONS,
         {0, 0, 0, 0}};
     const char *ep = CLI_DEFAULT_ENDPOINT;
     ingest_t g = {.batch = 1000, .window = 4, .timeout_ms = 120000};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (cli_client_key_option(c, optarg))
+            continue;
         switch (c) {
         case 't': ep = optarg; break;
         case 'b': g.batch = cli_uint("--batch", optarg, 100000); break;

@@ -8,6 +8,7 @@
 #include "idx_vec.h"
 #include "kb_err.h"
 #include "kb_json.h"
+#include "kb_sec.h"
 #include "kb_util.h"
 #include "qry_client.h"
 #include "node.h"
@@ -45,6 +46,12 @@ static const char USAGE[] =
     "          --checkpoint-ops writes (default 10000; 0 = only at shutdown)\n"
     "          and --checkpoint-secs (default 30) passed since the last one,\n"
     "          and at shutdown; a start loads it instead of rebuilding\n"
+    "  security (both): --key FILE --trust FILE turn CURVE on for the\n"
+    "          node's sockets (a replica also needs --leader-key FILE);\n"
+    "          without keys, endpoints other than loopback are refused\n"
+    "          unless --insecure\n"
+    "  keygen  PREFIX\n"
+    "          write a CURVE key pair: PREFIX.key (mode 0600), PREFIX.pub\n"
     "  ingest  --to EP [--mode async|all] [--batch N] [--window N] "
     "[--keep-going]\n"
     "          [--dry-run] FILE...\n"
@@ -59,7 +66,9 @@ static const char USAGE[] =
     "          rebuild the node's vector index in the background (drops\n"
     "          replaced/deleted vectors; retrains an IVF index)\n"
     "\n"
-    "EP is a ZeroMQ endpoint; default " CLI_DEFAULT_ENDPOINT ".\n"
+    "EP is a ZeroMQ endpoint; default " CLI_DEFAULT_ENDPOINT ". Client\n"
+    "commands take --key FILE --server-key FILE (or KBSYNC_KEY and\n"
+    "KBSYNC_SERVER_KEY) for a node with CURVE.\n"
     "See README.md and docs/ for the JSON output contract.\n";
 
 static volatile sig_atomic_t g_stop; /* set by SIGINT/SIGTERM only */
@@ -164,6 +173,77 @@ static void install_signals(void)
         {"checkpoint-secs", required_argument, 0, OPT_CKPT_SECS},              \
         {"no-checkpoint", no_argument, 0, OPT_CKPT_OFF}
 
+/* CURVE options of leader and replica (docs/PROTOCOL.md, "Security"). */
+#define OPT_KEY 1011
+#define OPT_TRUST 1012
+#define OPT_LEADER_KEY 1013
+#define OPT_INSECURE 1014
+#define SEC_OPTIONS                                                            \
+    {"key", required_argument, 0, OPT_KEY},                                    \
+        {"trust", required_argument, 0, OPT_TRUST},                            \
+        {"insecure", no_argument, 0, OPT_INSECURE}
+
+typedef struct sec_opts {
+    const char *key, *trust, *leader_key;
+    int insecure;
+    kb_curve_t curve, leader_curve;
+} sec_opts_t;
+
+static int sec_option(int c, const char *arg, sec_opts_t *o)
+{
+    switch (c) {
+    case OPT_KEY: o->key = arg; return 1;
+    case OPT_TRUST: o->trust = arg; return 1;
+    case OPT_LEADER_KEY: o->leader_key = arg; return 1;
+    case OPT_INSECURE: o->insecure = 1; return 1;
+    default: return 0;
+    }
+}
+
+/* Loads the keys and checks the combination; exits with a message when it
+ * is wrong. Plain TCP is allowed only on local endpoints (eps, NULLs
+ * skipped) unless --insecure. */
+static void sec_finish(sec_opts_t *o, node_config_t *nc, int replica,
+                       const char *const *eps, size_t neps)
+{
+    char err[512];
+    if (!o->key != !o->trust)
+        die_usage("--key and --trust go together (the node's key pair, and "
+                  "the keys it lets in)%s", "");
+    if (replica && !o->key != !o->leader_key)
+        die_usage("a replica's --key needs --leader-key (the leader's public "
+                  "key file), and the other way round%s", "");
+    if (o->key) {
+        if (kb_sec_load_pair(o->key, &o->curve, err, sizeof err))
+            die_usage("%s", err);
+        nc->curve = &o->curve;
+        nc->trust_file = o->trust;
+        if (replica) {
+            o->leader_curve = o->curve;
+            if (kb_sec_load_public(o->leader_key, o->leader_curve.server, err,
+                                   sizeof err))
+                die_usage("%s", err);
+            nc->replica.curve = &o->leader_curve;
+        } else {
+            nc->leader.curve = &o->curve;
+        }
+        return;
+    }
+    for (size_t i = 0; i < neps; i++) {
+        if (!eps[i] || kb_sec_endpoint_local(eps[i]))
+            continue;
+        if (!o->insecure)
+            die_usage("%s is not a loopback address and no --key is given: "
+                      "anyone who reaches it could read and write (and "
+                      "follow as a replica). Give --key and --trust (see "
+                      "`kbsync keygen`), or --insecure to run without "
+                      "authentication anyway", eps[i]);
+    }
+    if (o->insecure)
+        kb_warn("--insecure: no CURVE keys; anyone who reaches this node's "
+                "endpoints can read, write and follow it as a replica");
+}
+
 /* Applies checkpoint option c to the settings; 0 when c is not one. */
 static int ckpt_option(int c, const char *arg, uint64_t *ops, uint32_t *secs,
                        int *off)
@@ -208,7 +288,9 @@ static int cmd_leader(int argc, char **argv)
         {"log-retain-hours", required_argument, 0, 'H'},
         {"log-keep-ops", required_argument, 0, 'K'},
         CKPT_OPTIONS,
+        SEC_OPTIONS,
         {0, 0, 0, 0}};
+    static sec_opts_t sec;
     idx_config_t ic = {0};
     node_config_t nc = {.listen = CLI_DEFAULT_ENDPOINT,
                             .max_msg = KB_DEFAULT_MAX_MSG,
@@ -217,7 +299,8 @@ static int cmd_leader(int argc, char **argv)
     nc.leader.write_timeout_ms = 5000;
     int threads = 1, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (ckpt_option(c, optarg, &ic.ckpt_ops, &ic.ckpt_secs, &ic.ckpt_off))
+        if (ckpt_option(c, optarg, &ic.ckpt_ops, &ic.ckpt_secs, &ic.ckpt_off) ||
+            sec_option(c, optarg, &sec))
             continue;
         switch (c) {
         case 'd': ic.dir = optarg; break;
@@ -280,6 +363,8 @@ static int cmd_leader(int argc, char **argv)
         die_usage("--metric must be ip, l2 or cosine, not \"%s\"", ic.metric);
     if (nc.max_msg == 0)
         die_usage("--max-msg-mb must be at least 1%s", "");
+    const char *eps[] = {nc.listen, nc.leader.repl_listen};
+    sec_finish(&sec, &nc, 0, eps, 2);
 
     install_signals();
     idx_vec_setup(threads);
@@ -316,14 +401,18 @@ static int cmd_replica(int argc, char **argv)
         {"log-level", required_argument, 0, 'g'},
         {"query-threads", required_argument, 0, 'Q'},
         CKPT_OPTIONS,
+        SEC_OPTIONS,
+        {"leader-key", required_argument, 0, OPT_LEADER_KEY},
         {0, 0, 0, 0}};
+    static sec_opts_t sec;
     node_config_t nc = {.listen = "tcp://127.0.0.1:7410",
                             .max_msg = KB_DEFAULT_MAX_MSG,
                             .role = NODE_REPLICA};
-    int threads = 1, c;
+    int threads = 1, c, level = KB_LOG_INFO;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (ckpt_option(c, optarg, &nc.replica.ckpt_ops,
-                        &nc.replica.ckpt_secs, &nc.replica.ckpt_off))
+                        &nc.replica.ckpt_secs, &nc.replica.ckpt_off) ||
+            sec_option(c, optarg, &sec))
             continue;
         switch (c) {
         case 'd': nc.replica.data_dir = optarg; break;
@@ -345,7 +434,7 @@ static int cmd_replica(int argc, char **argv)
             nc.max_msg = (size_t)cli_uint("--max-msg-mb", optarg, 1024) << 20;
             break;
         case 'e': nc.endpoint_file = optarg; break;
-        case 'g': kb_log_setup(parse_level(optarg), NULL); break;
+        case 'g': level = parse_level(optarg); break;
         default: die_usage("bad option for replica%s", "");
         }
     }
@@ -353,7 +442,9 @@ static int cmd_replica(int argc, char **argv)
         die_usage("replica needs --data DIR, --id NAME and --leader EP%s", "");
     if (nc.max_msg == 0)
         die_usage("--max-msg-mb must be at least 1%s", "");
-    kb_log_setup(KB_LOG_INFO, nc.replica.id);
+    kb_log_setup(level, nc.replica.id);
+    const char *eps[] = {nc.listen, nc.replica.leader};
+    sec_finish(&sec, &nc, 1, eps, 2);
     install_signals();
     idx_vec_setup(threads);
     char err[512];
@@ -365,6 +456,40 @@ static int cmd_replica(int argc, char **argv)
 }
 
 /* --------------------------------------------------------------- clients */
+
+int cli_client_key_option(int c, const char *arg)
+{
+    if (c == CLI_OPT_KEY)
+        setenv("KBSYNC_KEY", arg, 1);
+    else if (c == CLI_OPT_SERVER_KEY)
+        setenv("KBSYNC_SERVER_KEY", arg, 1);
+    else
+        return 0;
+    return 1;
+}
+
+static int cmd_keygen(int argc, char **argv)
+{
+    if (argc != 2 || argv[1][0] == '-') {
+        fprintf(stderr, "usage: kbsync keygen PREFIX   (writes PREFIX.key, "
+                        "mode 0600, and PREFIX.pub)\n");
+        return 2;
+    }
+    char err[512];
+    if (kb_sec_keygen(argv[1], err, sizeof err)) {
+        fprintf(stderr, "kbsync keygen: %s\n", err);
+        return 1;
+    }
+    char pub[KB_Z85_KEY], path[4096];
+    snprintf(path, sizeof path, "%s.pub", argv[1]);
+    if (kb_sec_load_public(path, pub, err, sizeof err)) {
+        fprintf(stderr, "kbsync keygen: %s\n", err);
+        return 1;
+    }
+    printf("%s.key (secret, mode 0600) and %s.pub written; public key:\n%s\n",
+           argv[1], argv[1], pub);
+    return 0;
+}
 
 static qry_client_t *connect_or_die(const char *ep)
 {
@@ -419,10 +544,13 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
         {"to", required_argument, 0, 't'},
         {"json", no_argument, 0, 'j'},
         {"timeout-ms", required_argument, 0, 'T'},
+        CLI_CLIENT_KEY_OPTIONS,
         {0, 0, 0, 0}};
     const char *ep = CLI_DEFAULT_ENDPOINT;
     int json = 0, timeout = 5000, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (cli_client_key_option(c, optarg))
+            continue;
         switch (c) {
         case 't': ep = optarg; break;
         case 'j': json = 1; break;
@@ -586,6 +714,7 @@ static int cmd_query(int argc, char **argv)
         {"ef-search", required_argument, 0, 'E'},
         {"nprobe", required_argument, 0, 'P'},
         {"filter", required_argument, 0, 'F'},
+        CLI_CLIENT_KEY_OPTIONS,
         {0, 0, 0, 0}};
     const char *ep = CLI_DEFAULT_ENDPOINT, *vec = NULL, *text = NULL;
     Kbsync__Filter filt[IDX_MAX_FILTERS + 1];
@@ -596,6 +725,8 @@ static int cmd_query(int argc, char **argv)
     Kbsync__QueryRequest q = KBSYNC__QUERY_REQUEST__INIT;
     q.k = 10;
     while ((c = getopt_long(argc, argv, "k:", opts, NULL)) != -1) {
+        if (cli_client_key_option(c, optarg))
+            continue;
         switch (c) {
         case 't': ep = optarg; break;
         case 'j': json = 1; break;
@@ -723,10 +854,13 @@ static int cmd_delete(int argc, char **argv)
         {"json", no_argument, 0, 'j'},
         {"mode", required_argument, 0, 'm'},
         {"timeout-ms", required_argument, 0, 'T'},
+        CLI_CLIENT_KEY_OPTIONS,
         {0, 0, 0, 0}};
     const char *ep = CLI_DEFAULT_ENDPOINT;
     int timeout = CLI_DEFAULT_TIMEOUT_MS, c, mode = 0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (cli_client_key_option(c, optarg))
+            continue;
         switch (c) {
         case 't': ep = optarg; break;
         case 'm': mode = cli_mode(optarg); break;
@@ -792,6 +926,8 @@ int main(int argc, char **argv)
     argv++;
     if (!strcmp(cmd, "leader"))
         return cmd_leader(argc, argv);
+    if (!strcmp(cmd, "keygen"))
+        return cmd_keygen(argc, argv);
     if (!strcmp(cmd, "replica"))
         return cmd_replica(argc, argv);
     if (!strcmp(cmd, "ingest"))

@@ -25,7 +25,8 @@
     X(CORRUPT, -1016, "stored data is corrupt")                                \
     X(GAP, -1017, "replication log gap or reordering")                         \
     X(UNAVAIL, -1018, "node unavailable")                                      \
-    X(NOMEM, -1019, "out of memory")
+    X(NOMEM, -1019, "out of memory")                                          \
+    X(ACCES, -1020, "not allowed for this key's role")
 
 typedef enum kb_errno {
 #define KB__ERR_ENUM(name, val, text) KB_E##name = (val),

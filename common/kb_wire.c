@@ -3,6 +3,8 @@
  * here; errno from libzmq is read right after the failing call. */
 #include "kb_wire.h"
 
+#include "kb_sec.h"
+
 #include "kb_err.h"
 #include "kb_util.h"
 
@@ -380,13 +382,38 @@ int kb_wire_send_error(void *router, const kb_peer_t *peer, uint64_t request_id,
 int kb_wire_socket(void *ctx, int type, const char *endpoint, int bind,
                    void **out, char *err, size_t errlen)
 {
+    return kb_wire_socket_curve(ctx, type, endpoint, bind, NULL, out, err,
+                                errlen);
+}
+
+int kb_wire_socket_curve(void *ctx, int type, const char *endpoint, int bind,
+                         const struct kb_curve *curve, void **out, char *err,
+                         size_t errlen)
+{
     *out = NULL;
     void *s = zmq_socket(ctx, type);
     if (!s)
         return kb_seterr(err, errlen, KB_ENET, "zmq_socket: %s",
                          zmq_strerror(errno));
-    int zero = 0;
+    int zero = 0, one = 1;
     zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    if (curve && curve->pub[0]) {
+        /* Before bind/connect: a connection takes the settings it finds. */
+        int bad = zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, curve->pub, 40) ||
+                  zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, curve->sec, 40);
+        if (!bad && curve->server[0])
+            bad = zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, curve->server, 40);
+        else if (!bad)
+            bad = zmq_setsockopt(s, ZMQ_CURVE_SERVER, &one, sizeof one) ||
+                  zmq_setsockopt(s, ZMQ_ZAP_DOMAIN, curve->domain,
+                                 strlen(curve->domain));
+        if (bad) {
+            int e = errno;
+            zmq_close(s);
+            return kb_seterr(err, errlen, KB_ENET, "CURVE on %s: %s",
+                             endpoint, zmq_strerror(e));
+        }
+    }
     int rc = bind ? zmq_bind(s, endpoint) : zmq_connect(s, endpoint);
     if (rc) {
         int e = errno;

@@ -80,4 +80,12 @@ uint64_t kb_wire_peek_u64(const void *bytes, size_t len, unsigned field);
 int kb_wire_socket(void *ctx, int type, const char *endpoint, int bind,
                    void **out, char *err, size_t errlen);
 
+/* The same with CURVE (kb_sec.h) when curve is non-NULL with keys: a server
+ * socket (bind) when curve->server is empty, else a client of that server
+ * key. */
+struct kb_curve;
+int kb_wire_socket_curve(void *ctx, int type, const char *endpoint, int bind,
+                         const struct kb_curve *curve, void **out, char *err,
+                         size_t errlen);
+
 #endif

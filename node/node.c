@@ -32,6 +32,8 @@
  * settings answers KB_EUNAVAIL. */
 #include "node.h"
 
+#include "kb_sec.h"
+
 #include "kb_err.h"
 #include "kb_util.h"
 #include "kb_wire.h"
@@ -74,6 +76,8 @@ typedef struct node {
     kb_peer_t *writers; /* clients with a write in the current group */
     size_t nwriters, wcap;
     kb_loglimit_t log_bad_req, log_bad_env; /* see kb_log_limited */
+    kb_zap_t *zap;      /* CURVE: the ZAP handler (cfg->trust_file) */
+    kb_role_t req_role; /* role of the request being dispatched */
 } node_t;
 
 /* ----------------------------------------------------------- helpers */
@@ -232,7 +236,8 @@ static void node_state(node_t *n, Kbsync__NodeState *s, uint64_t *hist,
     } else {
         s->role = "leader";
         s->leader_version = s->version;
-        if (with_replicas)
+        /* With CURVE, replica details are for admin keys only. */
+        if (with_replicas && (!n->cfg->curve || n->req_role == KB_ROLE_ADMIN))
             repl_leader_replicas(n->leader, &s->replicas, &s->n_replicas);
     }
 }
@@ -321,8 +326,10 @@ static void node_flush(node_t *n)
     n->nwriters = 0;
     wlist_t held = n->held;
     n->held = (wlist_t){0};
-    for (size_t i = 0; i < held.n; i++)
+    for (size_t i = 0; i < held.n; i++) {
+        n->req_role = KB_ROLE_READER; /* held: no replica details */
         node_dispatch(n, &held.w[i].peer, held.w[i].req);
+    }
     free(held.w);
 }
 
@@ -397,6 +404,33 @@ static void node_handle(node_t *n, const kb_peer_t *peer, const kb_buf_t *b)
     uint64_t rid;
     int rc = kb_wire_decode_request(b->data, b->len, n->cfg->max_msg, &req,
                                     &rid, err, sizeof err);
+    if (!rc && n->cfg->curve) {
+        /* With CURVE every peer has a trusted key and its role. */
+        kb_role_t role = kb_sec_role(zmq_msg_gets(b->priv, "User-Id"), NULL);
+        int write = req->body_case == KBSYNC__REQUEST__BODY_UPSERT ||
+                    req->body_case == KBSYNC__REQUEST__BODY_DELETE ||
+                    req->body_case == KBSYNC__REQUEST__BODY_REBUILD;
+        int ok = write ? role == KB_ROLE_WRITER || role == KB_ROLE_ADMIN
+                       : role == KB_ROLE_READER || role == KB_ROLE_WRITER ||
+                             role == KB_ROLE_ADMIN;
+        if (!ok) {
+            rc = kb_seterr(err, sizeof err, KB_EACCES,
+                           "this key's role (%s) may not %s",
+                           role == KB_ROLE_REPLICA ? "replica"
+                           : role == KB_ROLE_READER ? "reader"
+                                                    : "none",
+                           write ? "write (upsert, delete, rebuild need "
+                                   "writer or admin)"
+                                 : "use the client API (reader, writer or "
+                                   "admin may)");
+            kbsync__request__free_unpacked(req, NULL);
+            kb_log_limited(&n->log_bad_req, KB_LOG_WARN, "refused a request: %s",
+                           err);
+            kb_wire_send_error(n->router, peer, rid, rc, err);
+            return;
+        }
+        n->req_role = role;
+    }
     if (rc) {
         kb_log_limited(&n->log_bad_req, KB_LOG_WARN, "refused a request: %s",
                        err);
@@ -443,6 +477,21 @@ static int node_open(node_t *n, char *err, size_t errlen)
     if (zmq_bind(n->answers, aep))
         return kb_seterr(err, errlen, KB_ENET, "cannot bind %s: %s", aep,
                          zmq_strerror(errno));
+    if (n->cfg->curve) {
+        /* The ZAP handler first: CURVE handshakes ask it at once. */
+        int zrc = kb_zap_start(n->ctx, n->cfg->trust_file, &n->zap, err,
+                               errlen);
+        if (zrc)
+            return zrc;
+        const kb_curve_t *cv = n->cfg->curve;
+        int one = 1;
+        if (zmq_setsockopt(n->router, ZMQ_CURVE_PUBLICKEY, cv->pub, 40) ||
+            zmq_setsockopt(n->router, ZMQ_CURVE_SECRETKEY, cv->sec, 40) ||
+            zmq_setsockopt(n->router, ZMQ_CURVE_SERVER, &one, sizeof one) ||
+            zmq_setsockopt(n->router, ZMQ_ZAP_DOMAIN, "kbsync-client", 13))
+            return kb_seterr(err, errlen, KB_ENET, "CURVE: %s",
+                             zmq_strerror(errno));
+    }
     if (zmq_bind(n->router, n->cfg->listen))
         return kb_seterr(err, errlen, KB_ENET, "cannot listen on %s: %s",
                          n->cfg->listen, zmq_strerror(errno));
@@ -586,6 +635,7 @@ int node_run(idx_kb_t *ix, const node_config_t *cfg,
         zmq_close(n.answers);
     if (n.router)
         zmq_close(n.router);
+    kb_zap_stop(&n.zap); /* its socket must close before the context */
     if (n.ctx)
         zmq_ctx_term(n.ctx);
     pthread_rwlock_destroy(&n.ix_lock);

@@ -37,6 +37,11 @@ typedef struct node_config {
     size_t max_msg;            /* largest request accepted, bytes */
     int query_threads;         /* reader threads; 0 = the number of cores */
     node_role_t role;
+    /* CURVE (kb_sec.h): the node's key pair, used on the client socket and
+     * the replication socket (a replica's own is in replica.curve); NULL
+     * for plain TCP. trust_file: the ZAP trust file (keys and roles). */
+    const struct kb_curve *curve;
+    const char *trust_file;
     repl_leader_config_t leader;   /* role == NODE_LEADER */
     repl_replica_config_t replica; /* role == NODE_REPLICA */
 } node_config_t;

@@ -2,6 +2,7 @@
 #include "qry_client.h"
 
 #include "kb_err.h"
+#include "kb_sec.h"
 #include "kb_util.h"
 #include "kb_wire.h"
 
@@ -25,10 +26,27 @@ int qry_client_open(const char *endpoint, qry_client_t **out, char *err,
     if (!c)
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     snprintf(c->endpoint, sizeof c->endpoint, "%s", endpoint);
-    c->ctx = zmq_ctx_new();
-    int rc = c->ctx ? kb_wire_socket(c->ctx, ZMQ_DEALER, endpoint, 0, &c->sock,
-                                     err, errlen)
+    /* CURVE when KBSYNC_KEY names this client's key pair file; then
+     * KBSYNC_SERVER_KEY must name the node's public key file. */
+    kb_curve_t cv = {0};
+    const char *key = getenv("KBSYNC_KEY"), *srv = getenv("KBSYNC_SERVER_KEY");
+    int rc = 0;
+    if (key && *key) {
+        rc = kb_sec_load_pair(key, &cv, err, errlen);
+        if (!rc && !(srv && *srv))
+            rc = kb_seterr(err, errlen, KB_EINVAL,
+                           "--key (KBSYNC_KEY) needs --server-key "
+                           "(KBSYNC_SERVER_KEY): the node's public key");
+        if (!rc)
+            rc = kb_sec_load_public(srv, cv.server, err, errlen);
+    }
+    c->ctx = rc ? NULL : zmq_ctx_new();
+    if (!rc)
+        rc = c->ctx ? kb_wire_socket_curve(c->ctx, ZMQ_DEALER, endpoint, 0,
+                                           cv.pub[0] ? &cv : NULL, &c->sock,
+                                           err, errlen)
                     : kb_seterr(err, errlen, KB_ENET, "zmq_ctx_new failed");
+    memset(cv.sec, 0, sizeof cv.sec);
     if (rc) {
         qry_client_close(&c);
         return rc;

@@ -36,6 +36,10 @@ typedef struct repl_leader_config {
     uint64_t log_retain_mb;
     uint64_t log_retain_hours;
     uint64_t log_keep_ops;
+    /* CURVE server keys for the replication socket (NULL: plain TCP); its
+     * ZAP domain is "kbsync-repl", and a peer may follow only under the id
+     * its key's role names (replica:<id>). */
+    const struct kb_curve *curve;
 } repl_leader_config_t;
 
 /* ix and zctx (a ZeroMQ context) are borrowed and must outlive the leader.

@@ -39,6 +39,8 @@
  * so a cut-off replica shows its lag growing instead of freezing at 0. */
 #include "repl_replica.h"
 
+#include "kb_sec.h"
+
 #include "kb_err.h"
 #include "kb_util.h"
 #include "kb_wire.h"
@@ -176,6 +178,12 @@ static int replica_connect(repl_replica_t *r, char *err, size_t errlen)
     zmq_setsockopt(r->sock, ZMQ_RECONNECT_IVL_MAX, &re_max, sizeof re_max);
     zmq_setsockopt(r->sock, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl);
     zmq_setsockopt(r->sock, ZMQ_HEARTBEAT_TIMEOUT, &tmo, sizeof tmo);
+    const kb_curve_t *cv = r->cfg.curve;
+    if (cv && (zmq_setsockopt(r->sock, ZMQ_CURVE_PUBLICKEY, cv->pub, 40) ||
+               zmq_setsockopt(r->sock, ZMQ_CURVE_SECRETKEY, cv->sec, 40) ||
+               zmq_setsockopt(r->sock, ZMQ_CURVE_SERVERKEY, cv->server, 40)))
+        return kb_seterr(err, errlen, KB_ENET, "CURVE: %s",
+                         zmq_strerror(errno));
     r->conn_us = kb_mono_us();
     if (zmq_connect(r->sock, r->cfg.leader))
         return kb_seterr(err, errlen, KB_ENET,

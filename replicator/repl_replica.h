@@ -31,6 +31,9 @@ typedef struct repl_replica_config {
      * closed or replaced (reader threads hold it shared around a search);
      * borrowed, may be NULL. */
     pthread_rwlock_t *ix_lock;
+    /* CURVE: this replica's key pair and its leader's public key (server);
+     * NULL: plain TCP. */
+    const struct kb_curve *curve;
 } repl_replica_config_t;
 
 /* zctx is borrowed. Opens DIR if it holds a knowledge base (so the replica

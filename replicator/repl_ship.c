@@ -34,6 +34,8 @@
  * a live peer from a dead one. */
 #include "repl_leader_int.h"
 
+#include "kb_sec.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,6 +171,16 @@ static int send_to_peer(repl_leader_t *l, peer_t *p, const void *buf,
     return 0;
 }
 
+
+/* With CURVE: whether the key a message came with (its ZAP user id) has
+ * the role replica:<rid>. */
+static int key_may_follow(void *zmsg, const uint8_t *rid, size_t len)
+{
+    const char *id = NULL;
+    const char *uid = zmq_msg_gets((zmq_msg_t *)zmsg, "User-Id");
+    return kb_sec_role(uid, &id) == KB_ROLE_REPLICA && rid &&
+           strlen(id) == len && !memcmp(id, rid, len);
+}
 
 /* Sends ReplMessage{error} to a routing id that is not (or not yet) in the
  * replica table. */
@@ -329,8 +341,15 @@ int repl_leader_new(idx_kb_t *ix, void *zctx, const repl_leader_config_t *cfg,
         }
     }
     if (cfg->repl_listen) {
-        int rc = kb_wire_socket(zctx, ZMQ_ROUTER, cfg->repl_listen, 1, &l->sock,
-                                err, errlen);
+        kb_curve_t cv;
+        if (cfg->curve) {
+            cv = *cfg->curve;
+            cv.server[0] = '\0';
+            cv.domain = "kbsync-repl";
+        }
+        int rc = kb_wire_socket_curve(zctx, ZMQ_ROUTER, cfg->repl_listen, 1,
+                                      cfg->curve ? &cv : NULL, &l->sock, err,
+                                      errlen);
         if (rc) {
             free(l);
             return rc;
@@ -694,6 +713,12 @@ void repl_leader_on_repl(repl_leader_t *l, void *router)
                      m->hello->protocol_version, KB_REPL_PROTOCOL_VERSION);
             refuse = why;
             rc = KB_EPROTO;
+        } else if (m && l->cfg.curve &&
+                   !key_may_follow(b.priv, env.nframes ? env.frame[0] : NULL,
+                                   env.nframes ? env.len[0] : 0)) {
+            refuse = "this key may not follow the leader under this id "
+                     "(its role in the trust file is not replica:<this id>)";
+            rc = KB_EACCES;
         } else if (hello && !(m->hello->replica_id &&
                               strlen(m->hello->replica_id) == env.len[0] &&
                               !memcmp(m->hello->replica_id, env.frame[0],

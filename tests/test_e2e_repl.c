@@ -207,6 +207,8 @@ static int teardown(void **state)
 {
     cluster_t *c = *state;
     kbp_kill_all();
+    unsetenv("KBSYNC_KEY");
+    unsetenv("KBSYNC_SERVER_KEY");
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", c->dir);
     if (system(cmd) != 0)
@@ -981,6 +983,179 @@ static void test_e2e_repl_impostors_are_refused(void **state)
     zmq_ctx_term(ctx);
 }
 
+/* -------------------------------------------------------------- CURVE */
+
+/* kbsync keygen DIR/name; returns the public key file's path. */
+static const char *keygen(cluster_t *c, const char *name, char *pub,
+                          size_t cap)
+{
+    static char out[4096];
+    assert_int_equal(kbp_run(out, sizeof out, "'%s' keygen '%s/%s'",
+                             kbp_bin(), c->dir, name),
+                     0);
+    snprintf(pub, cap, "%s/%s.pub", c->dir, name);
+    return pub;
+}
+
+/* The public key in DIR/name.pub. */
+static void pubkey(cluster_t *c, const char *name, char *out)
+{
+    char path[400], line[256];
+    snprintf(path, sizeof path, "%s/%s.pub", c->dir, name);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    out[0] = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "public-key = %40s", out) == 1)
+            break;
+    fclose(f);
+    assert_int_equal(strlen(out), 40);
+}
+
+/* Client commands that follow use key `name` against node `server`. */
+static void use_key(cluster_t *c, const char *name, const char *server)
+{
+    char k[400], s2[400];
+    snprintf(k, sizeof k, "%s/%s.key", c->dir, name);
+    snprintf(s2, sizeof s2, "%s/%s.pub", c->dir, server);
+    setenv("KBSYNC_KEY", k, 1);
+    setenv("KBSYNC_SERVER_KEY", s2, 1);
+}
+
+static void start_replica_key(cluster_t *c, node_t *n, const char *id,
+                              const char *key)
+{
+    char k[400], lk[400], trust[400];
+    snprintf(k, sizeof k, "%s/%s.key", c->dir, key);
+    snprintf(lk, sizeof lk, "%s/leader.pub", c->dir);
+    snprintf(trust, sizeof trust, "%s/trust-replica.txt", c->dir);
+    unlink(n->epfile);
+    char *argv[] = {"kbsync", "replica", "--data", n->data, "--id", (char *)id,
+                    "--leader", c->repl_ep, "--listen", "tcp://127.0.0.1:*",
+                    "--endpoint-file", n->epfile, "--key", k, "--trust",
+                    trust, "--leader-key", lk, NULL};
+    n->pid = kbp_spawn(n->log, argv);
+    assert_true(n->pid > 0);
+    assert_int_equal(kbp_wait_file(n->epfile, n->ep, sizeof n->ep, 20000), 0);
+}
+
+/* With --key/--trust: only trusted keys connect, each does what its role
+ * allows, and a replica follows only under the id its key names. */
+static void test_e2e_repl_curve_keys_and_roles(void **state)
+{
+    cluster_t *c = *state;
+    char pub[400], k[9][41], path[400];
+    const char *names[] = {"leader", "r1", "r2", "writer", "reader",
+                           "admin",  "eve"};
+    for (int i = 0; i < 7; i++) {
+        keygen(c, names[i], pub, sizeof pub);
+        pubkey(c, names[i], k[i]);
+    }
+    snprintf(path, sizeof path, "%s/trust.txt", c->dir);
+    FILE *f = fopen(path, "w");
+    fprintf(f, "# the leader's trust file\n%s replica:r1\n%s replica:r2\n"
+               "%s writer\n%s reader\n%s admin\n",
+            k[1], k[2], k[3], k[4], k[5]);
+    fclose(f);
+    char rpath[400];
+    snprintf(rpath, sizeof rpath, "%s/trust-replica.txt", c->dir);
+    f = fopen(rpath, "w");
+    fprintf(f, "%s reader\n%s admin\n", k[4], k[5]);
+    fclose(f);
+    char lkey[400];
+    snprintf(lkey, sizeof lkey, "%s/leader.key", c->dir);
+    const char *extra[] = {"--key", lkey, "--trust", path,
+                           "--write-timeout-ms", "3000", NULL};
+    start_leader_args(c, extra);
+    start_replica_key(c, &c->r[0], "r1", "r1");
+    start_replica_key(c, &c->r[1], "r2", "r2");
+    use_key(c, "admin", "leader");
+    wait_connected(c, "r1", 1);
+    wait_connected(c, "r2", 1);
+
+    /* a writer writes (`all`: both replicas confirm over CURVE) */
+    char jl[400];
+    snprintf(jl, sizeof jl, "%s/a.jsonl", c->dir);
+    write_jsonl(jl, "a", 0, 5);
+    use_key(c, "writer", "leader");
+    cJSON *sum = NULL;
+    assert_int_equal(ingest(c, "all", jl, &sum), 0);
+    assert_int_equal((int)kbp_num(sum, "written"), 5);
+    cJSON_Delete(sum);
+
+    /* a reader reads (also on a replica, with the replica's key) but may
+     * not write */
+    use_key(c, "reader", "leader");
+    static char out[1 << 16];
+    assert_int_equal(ingest(c, "async", jl, NULL), 1);
+    int rc = kbp_run(out, sizeof out,
+                     "'%s' delete --to '%s' a-0 2>&1", kbp_bin(), c->leader.ep);
+    if (rc != 1 || !strstr(out, "may not write"))
+        fail_msg("delete with a reader key: rc %d, %s", rc, out);
+    int v = -1;
+    assert_int_equal(rank_on(&c->leader, 0, "a-0", &v), 0);
+    use_key(c, "reader", "r1");
+    assert_int_equal(rank_on(&c->r[0], 0, "a-0", &v), 0);
+    assert_int_equal(v, 5);
+
+    /* an unknown key gets no answer; neither does a client without keys */
+    use_key(c, "eve", "leader");
+    rc = kbp_run(out, sizeof out, "'%s' status --to '%s' --timeout-ms 1500",
+                 kbp_bin(), c->leader.ep);
+    assert_int_not_equal(rc, 0);
+    unsetenv("KBSYNC_KEY");
+    unsetenv("KBSYNC_SERVER_KEY");
+    rc = kbp_run(out, sizeof out, "'%s' status --to '%s' --timeout-ms 1500",
+                 kbp_bin(), c->leader.ep);
+    assert_int_not_equal(rc, 0);
+
+    /* with r2 down: r1's key cannot follow as r2, a writer's key cannot
+     * follow at all, an unknown key cannot connect; so an `all` write is
+     * refused (KB_ENOREPLICA), never confirmed by an impostor */
+    stop_node(&c->r[1], SIGKILL);
+    use_key(c, "admin", "leader");
+    wait_connected(c, "r2", 0);
+    node_t imp[3];
+    const char *as[3][2] = {{"r2", "r1"}, {"r9", "writer"}, {"r2", "eve"}};
+    for (int i = 0; i < 3; i++) {
+        char nm[16];
+        snprintf(nm, sizeof nm, "imp%d", i);
+        node_paths(c, &imp[i], nm);
+        start_replica_key(c, &imp[i], as[i][0], as[i][1]);
+    }
+    usleep(1500000);
+    cJSON *s = status(&c->leader);
+    assert_false(replica_connected(s, "r2"));
+    assert_false(replica_connected(s, "r9"));
+    cJSON_Delete(s);
+    use_key(c, "writer", "leader");
+    snprintf(jl, sizeof jl, "%s/b.jsonl", c->dir);
+    write_jsonl(jl, "b", 0, 2);
+    rc = kbp_run(out, sizeof out, "'%s' ingest --to '%s' --mode all '%s' 2>&1",
+                 kbp_bin(), c->leader.ep, jl);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "KB_ENOREPLICA"));
+    assert_true(file_has(c->leader.log, "may not follow the leader"));
+    assert_true(file_has(c->leader.log, "is not in the trust file"));
+    unsetenv("KBSYNC_KEY");
+    unsetenv("KBSYNC_SERVER_KEY");
+}
+
+/* Without keys, a node refuses to listen beyond loopback unless
+ * --insecure. */
+static void test_e2e_repl_plain_tcp_only_on_loopback(void **state)
+{
+    cluster_t *c = *state;
+    static char out[1 << 16];
+    int rc = kbp_run(out, sizeof out,
+                     "'%s' leader --data '%s/x' --dim 4 --listen "
+                     "'tcp://0.0.0.0:%d' 2>&1",
+                     kbp_bin(), c->dir, free_port());
+    assert_int_equal(rc, 2);
+    assert_non_null(strstr(out, "not a loopback address"));
+    assert_non_null(strstr(out, "--insecure"));
+}
+
 int main(void)
 {
     atexit(kbp_kill_all);
@@ -1004,6 +1179,10 @@ int main(void)
             test_e2e_repl_snapshot_when_behind_or_new, setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_repl_impostors_are_refused,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_e2e_repl_curve_keys_and_roles,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_e2e_repl_plain_tcp_only_on_loopback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_repl_kill9_during_snapshot,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(

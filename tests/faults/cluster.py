@@ -283,6 +283,9 @@ class Cluster:
                             str(write_timeout_ms), "--query-threads", "2",
                             # the audit reads the whole history back
                             "--log-keep-ops", "1000000000"]
+                           # plain TCP beyond loopback: the namespaces are
+                           # this run's own private links
+                           + (["--insecure"] if self.net else [])
                            + list(extra_leader))
         self.replicas = []
         for i, name in enumerate(names):
@@ -293,7 +296,8 @@ class Cluster:
             self.replicas.append(Node(
                 self, name, "replica", data, ep,
                 [kbsync, "replica", "--data", data, "--id", name, "--leader",
-                 self.repl_ep, "--listen", ep, "--query-threads", "2"],
+                 self.repl_ep, "--listen", ep, "--query-threads", "2"]
+                + (["--insecure"] if self.net else []),
                 netns=self.net.ns[i] if self.net else None))
 
     @property
