@@ -49,7 +49,8 @@ static const char USAGE[] =
     "  security (both): --key FILE --trust FILE turn CURVE on for the\n"
     "          node's sockets (a replica also needs --leader-key FILE);\n"
     "          without keys, endpoints other than loopback are refused\n"
-    "          unless --insecure\n"
+    "          unless --insecure; --max-client-queue-mb N (default 64)\n"
+    "          bounds a client's unread query answers\n"
     "  keygen  PREFIX\n"
     "          write a CURVE key pair: PREFIX.key (mode 0600), PREFIX.pub\n"
     "  ingest  --to EP [--mode async|all] [--batch N] [--window N] "
@@ -178,14 +179,18 @@ static void install_signals(void)
 #define OPT_TRUST 1012
 #define OPT_LEADER_KEY 1013
 #define OPT_INSECURE 1014
+#define OPT_CLIENT_QUEUE 1015
 #define SEC_OPTIONS                                                            \
     {"key", required_argument, 0, OPT_KEY},                                    \
         {"trust", required_argument, 0, OPT_TRUST},                            \
-        {"insecure", no_argument, 0, OPT_INSECURE}
+        {"insecure", no_argument, 0, OPT_INSECURE},                            \
+        {"max-client-queue-mb", required_argument, 0, OPT_CLIENT_QUEUE}
 
 typedef struct sec_opts {
     const char *key, *trust, *leader_key;
     int insecure;
+    uint64_t client_queue_mb; /* --max-client-queue-mb; 0: the default */
+    int client_queue_set;
     kb_curve_t curve, leader_curve;
 } sec_opts_t;
 
@@ -196,6 +201,10 @@ static int sec_option(int c, const char *arg, sec_opts_t *o)
     case OPT_TRUST: o->trust = arg; return 1;
     case OPT_LEADER_KEY: o->leader_key = arg; return 1;
     case OPT_INSECURE: o->insecure = 1; return 1;
+    case OPT_CLIENT_QUEUE:
+        o->client_queue_mb = cli_uint("--max-client-queue-mb", arg, 1u << 20);
+        o->client_queue_set = 1;
+        return 1;
     default: return 0;
     }
 }
@@ -207,6 +216,10 @@ static void sec_finish(sec_opts_t *o, node_config_t *nc, int replica,
                        const char *const *eps, size_t neps)
 {
     char err[512];
+    /* 0 on the command line: no limit */
+    nc->max_client_queue = !o->client_queue_set ? NODE_CLIENT_QUEUE_DEFAULT
+                           : o->client_queue_mb ? o->client_queue_mb << 20
+                                                : UINT64_MAX;
     if (!o->key != !o->trust)
         die_usage("--key and --trust go together (the node's key pair, and "
                   "the keys it lets in)%s", "");
@@ -621,6 +634,14 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
         cJSON_AddNumberToObject(o, "query_threads", s->query_threads);
         cJSON_AddNumberToObject(o, "queries", (double)s->queries);
         cJSON_AddNumberToObject(o, "query_batches", (double)s->query_batches);
+        cJSON_AddNumberToObject(o, "client_queue_bytes",
+                                (double)s->client_queue_bytes);
+        cJSON_AddNumberToObject(o, "clients_over_queue_limit",
+                                (double)s->clients_over_queue_limit);
+        cJSON_AddNumberToObject(o, "dropped_client_answers",
+                                (double)s->dropped_client_answers);
+        cJSON_AddNumberToObject(o, "dropped_client_requests",
+                                (double)s->dropped_client_requests);
         cJSON *hist = cJSON_AddArrayToObject(o, "query_batch_hist");
         for (size_t i = 0; i < s->n_query_batch_hist; i++)
             cJSON_AddItemToArray(

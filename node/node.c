@@ -75,9 +75,10 @@ typedef struct node {
     wlist_t held;      /* requests waiting for their client's queued write */
     kb_peer_t *writers; /* clients with a write in the current group */
     size_t nwriters, wcap;
-    kb_loglimit_t log_bad_req, log_bad_env; /* see kb_log_limited */
+    kb_loglimit_t log_bad_req, log_bad_env, log_queue; /* kb_log_limited */
     kb_zap_t *zap;      /* CURVE: the ZAP handler (cfg->trust_file) */
     kb_role_t req_role; /* role of the request being dispatched */
+    qry_outq_t *outq;   /* unread answers per client */
 } node_t;
 
 /* ----------------------------------------------------------- helpers */
@@ -226,6 +227,12 @@ static void node_state(node_t *n, Kbsync__NodeState *s, uint64_t *hist,
         qry_pool_stats(n->pool, &ps);
         s->queries = ps.queries;
         s->query_batches = ps.batches;
+        qry_outq_stats_t qs;
+        qry_outq_stats(n->outq, &qs);
+        s->client_queue_bytes = qs.bytes;
+        s->clients_over_queue_limit = qs.clients_over;
+        s->dropped_client_answers = qs.dropped_answers;
+        s->dropped_client_requests = qs.dropped_requests;
         memcpy(hist, ps.hist, sizeof ps.hist);
         s->query_batch_hist = hist;
         s->n_query_batch_hist = QRY_HIST_BUCKETS;
@@ -400,6 +407,21 @@ static void node_dispatch(node_t *n, const kb_peer_t *peer,
 static void node_handle(node_t *n, const kb_peer_t *peer, const kb_buf_t *b)
 {
     char err[512];
+    if (peer->nframes &&
+        qry_outq_over(n->outq, peer->frame[0], peer->len[0])) {
+        /* It does not read its answers: no more work for it until it does
+         * (an error answer would only join the queue). */
+        qry_outq_count_dropped_request(n->outq);
+        kb_log_limited(&n->log_queue, KB_LOG_WARN,
+                       "dropped a request from a client with more than %llu "
+                       "MB of answers unread (--max-client-queue-mb); its "
+                       "requests and answers are dropped until it reads them",
+                       (unsigned long long)(n->cfg->max_client_queue
+                                                ? n->cfg->max_client_queue >> 20
+                                                : NODE_CLIENT_QUEUE_DEFAULT >>
+                                                      20));
+        return;
+    }
     Kbsync__Request *req;
     uint64_t rid;
     int rc = kb_wire_decode_request(b->data, b->len, n->cfg->max_msg, &req,
@@ -443,7 +465,7 @@ static void node_handle(node_t *n, const kb_peer_t *peer, const kb_buf_t *b)
 static void node_forward(node_t *n)
 {
     for (int i = 0; i < NODE_FORWARD_MAX; i++)
-        if (qry_pool_forward(n->answers, n->router))
+        if (qry_pool_forward(n->answers, n->router, n->outq))
             break;
 }
 
@@ -477,6 +499,10 @@ static int node_open(node_t *n, char *err, size_t errlen)
     if (zmq_bind(n->answers, aep))
         return kb_seterr(err, errlen, KB_ENET, "cannot bind %s: %s", aep,
                          zmq_strerror(errno));
+    uint64_t lim = n->cfg->max_client_queue ? n->cfg->max_client_queue
+                                            : NODE_CLIENT_QUEUE_DEFAULT;
+    if (qry_outq_new(lim == UINT64_MAX ? 0 : lim, &n->outq))
+        return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     if (n->cfg->curve) {
         /* The ZAP handler first: CURVE handshakes ask it at once. */
         int zrc = kb_zap_start(n->ctx, n->cfg->trust_file, &n->zap, err,
@@ -638,6 +664,7 @@ int node_run(idx_kb_t *ix, const node_config_t *cfg,
     kb_zap_stop(&n.zap); /* its socket must close before the context */
     if (n.ctx)
         zmq_ctx_term(n.ctx);
+    qry_outq_free(&n.outq); /* no answer is in flight any more */
     pthread_rwlock_destroy(&n.ix_lock);
     if (!rc)
         kb_info("stopped cleanly");

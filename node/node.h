@@ -29,6 +29,8 @@
 #include <signal.h>
 #include <stddef.h>
 
+#define NODE_CLIENT_QUEUE_DEFAULT (64u << 20)
+
 typedef enum node_role { NODE_LEADER = 0, NODE_REPLICA = 1 } node_role_t;
 
 typedef struct node_config {
@@ -42,6 +44,10 @@ typedef struct node_config {
      * for plain TCP. trust_file: the ZAP trust file (keys and roles). */
     const struct kb_curve *curve;
     const char *trust_file;
+    /* Unread query answer bytes a client may have queued before its
+     * answers and requests are dropped (qry_pool.h, CLIENT QUEUES);
+     * 0 = NODE_CLIENT_QUEUE_DEFAULT, UINT64_MAX = no limit. */
+    uint64_t max_client_queue;
     repl_leader_config_t leader;   /* role == NODE_LEADER */
     repl_replica_config_t replica; /* role == NODE_REPLICA */
 } node_config_t;

@@ -86,7 +86,188 @@ static void push_error(void *push, const kb_peer_t *peer, uint64_t rid,
     push_response(push, peer, &r);
 }
 
-int qry_pool_forward(void *answers, void *router)
+/* ------------------------------------------------------- client queues
+ *
+ * CLIENT QUEUES
+ * A client that sends queries and never reads the answers would otherwise
+ * make the node hold them all (the ROUTER queues up to its high-water mark
+ * of 100,000 messages per client, and answers can be megabytes). Each
+ * answer the loop forwards is counted against its client (by routing id)
+ * until ZeroMQ's I/O thread has written it to the connection and frees it:
+ * the answer travels as a message whose free function lowers the count.
+ * A client over --max-client-queue-mb gets no more answers, and its new
+ * requests are dropped unanswered, until it reads (docs/PROTOCOL.md).
+ * Entries are allocated one by one and never move while they count bytes
+ * (the I/O thread holds pointers to them); entries at zero go when the
+ * table is rebuilt. */
+
+typedef struct outq_entry {
+    atomic_uint_fast64_t bytes;
+    size_t len;
+    unsigned char rid[256];
+} outq_entry_t;
+
+struct qry_outq {
+    uint64_t limit;
+    outq_entry_t **slot; /* open addressing by hash of the routing id */
+    size_t cap, used;
+    uint64_t dropped_answers, dropped_requests;
+};
+
+typedef struct outq_held {
+    zmq_msg_t msg;
+    outq_entry_t *e;
+    size_t size;
+    atomic_int ready; /* release/acquire: makes the hand-over visible to
+                         ThreadSanitizer (libzmq is not instrumented) */
+} outq_held_t;
+
+static uint64_t rid_hash(const void *rid, size_t len)
+{
+    const unsigned char *p = rid;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
+int qry_outq_new(uint64_t limit, qry_outq_t **out)
+{
+    qry_outq_t *q = calloc(1, sizeof *q);
+    if (!q || !(q->slot = calloc(1024, sizeof *q->slot))) {
+        free(q);
+        return KB_ENOMEM;
+    }
+    q->cap = 1024;
+    q->limit = limit;
+    *out = q;
+    return 0;
+}
+
+void qry_outq_free(qry_outq_t **qp)
+{
+    if (!qp || !*qp)
+        return;
+    qry_outq_t *q = *qp;
+    for (size_t i = 0; i < q->cap; i++)
+        free(q->slot[i]);
+    free(q->slot);
+    free(q);
+    *qp = NULL;
+}
+
+static outq_entry_t **outq_find(qry_outq_t *q, const void *rid, size_t len)
+{
+    for (size_t i = rid_hash(rid, len) & (q->cap - 1);; i = (i + 1) & (q->cap - 1)) {
+        outq_entry_t *e = q->slot[i];
+        if (!e || (e->len == len && !memcmp(e->rid, rid, len)))
+            return &q->slot[i];
+    }
+}
+
+/* Rebuilds the table without the entries at zero, doubling it if it is
+ * still more than half full. */
+static int outq_rebuild(qry_outq_t *q)
+{
+    size_t live = 0;
+    for (size_t i = 0; i < q->cap; i++)
+        if (q->slot[i] && atomic_load(&q->slot[i]->bytes))
+            live++;
+    size_t cap = q->cap;
+    while (live * 2 >= cap)
+        cap *= 2;
+    outq_entry_t **old = q->slot, **ns = calloc(cap, sizeof *ns);
+    if (!ns)
+        return KB_ENOMEM;
+    size_t oldcap = q->cap;
+    q->slot = ns;
+    q->cap = cap;
+    q->used = 0;
+    for (size_t i = 0; i < oldcap; i++) {
+        outq_entry_t *e = old[i];
+        if (!e)
+            continue;
+        if (!atomic_load(&e->bytes)) {
+            free(e); /* no message points at it any more */
+            continue;
+        }
+        *outq_find(q, e->rid, e->len) = e;
+        q->used++;
+    }
+    free(old);
+    return 0;
+}
+
+/* The entry of a routing id, made when new; NULL out of memory. */
+static outq_entry_t *outq_get(qry_outq_t *q, const void *rid, size_t len)
+{
+    if (len > sizeof q->slot[0]->rid)
+        return NULL;
+    outq_entry_t **s = outq_find(q, rid, len);
+    if (*s)
+        return *s;
+    if ((q->used + 1) * 4 > q->cap * 3) {
+        if (outq_rebuild(q))
+            return NULL;
+        s = outq_find(q, rid, len);
+    }
+    outq_entry_t *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    atomic_init(&e->bytes, 0);
+    e->len = len;
+    memcpy(e->rid, rid, len);
+    *s = e;
+    q->used++;
+    return e;
+}
+
+int qry_outq_over(qry_outq_t *q, const void *rid, size_t len)
+{
+    if (!q || !q->limit || len > sizeof q->slot[0]->rid)
+        return 0;
+    outq_entry_t *e = *outq_find(q, rid, len);
+    return e && atomic_load(&e->bytes) > q->limit;
+}
+
+void qry_outq_stats(qry_outq_t *q, qry_outq_stats_t *st)
+{
+    memset(st, 0, sizeof *st);
+    if (!q)
+        return;
+    for (size_t i = 0; i < q->cap; i++) {
+        outq_entry_t *e = q->slot[i];
+        uint64_t b = e ? atomic_load(&e->bytes) : 0;
+        if (!b)
+            continue;
+        st->bytes += b;
+        st->clients++;
+        if (q->limit && b > q->limit)
+            st->clients_over++;
+    }
+    st->dropped_answers = q->dropped_answers;
+    st->dropped_requests = q->dropped_requests;
+}
+
+void qry_outq_count_dropped_request(qry_outq_t *q)
+{
+    if (q)
+        q->dropped_requests++;
+}
+
+/* ZeroMQ's free function of a counted answer (its I/O thread, or the loop
+ * when a send fails). */
+static void outq_release(void *data, void *hint)
+{
+    (void)data;
+    outq_held_t *h = hint;
+    (void)atomic_load_explicit(&h->ready, memory_order_acquire);
+    atomic_fetch_sub(&h->e->bytes, h->size);
+    zmq_msg_close(&h->msg);
+    free(h);
+}
+
+int qry_pool_forward(void *answers, void *router, qry_outq_t *q)
 {
     zmq_msg_t m;
     zmq_msg_init(&m);
@@ -97,6 +278,8 @@ int qry_pool_forward(void *answers, void *router)
     /* The pushed parts arrive together: the rest is there. */
     int more = zmq_msg_more(&m);
     zmq_msg_close(&m);
+    outq_entry_t *e = NULL;
+    int first = 1, drop = 0;
     while (more) {
         zmq_msg_init(&m);
         if (zmq_msg_recv(&m, answers, 0) < 0) {
@@ -104,6 +287,37 @@ int qry_pool_forward(void *answers, void *router)
             return 0;
         }
         more = zmq_msg_more(&m);
+        if (first && q) {
+            /* the routing id: whose queue this answer joins */
+            e = outq_get(q, zmq_msg_data(&m), zmq_msg_size(&m));
+            drop = e && q->limit && atomic_load(&e->bytes) > q->limit;
+            if (drop)
+                q->dropped_answers++;
+        }
+        first = 0;
+        if (drop) {
+            zmq_msg_close(&m);
+            continue; /* the envelope did not go either: drop all of it */
+        }
+        if (!more && e) {
+            /* the payload: counted until ZeroMQ frees it */
+            outq_held_t *h = malloc(sizeof *h);
+            if (h) {
+                zmq_msg_init(&h->msg);
+                zmq_msg_move(&h->msg, &m);
+                h->e = e;
+                h->size = zmq_msg_size(&h->msg);
+                atomic_fetch_add(&e->bytes, h->size);
+                atomic_init(&h->ready, 0);
+                atomic_store_explicit(&h->ready, 1, memory_order_release);
+                zmq_msg_close(&m);
+                if (zmq_msg_init_data(&m, zmq_msg_data(&h->msg), h->size,
+                                      outq_release, h)) {
+                    outq_release(NULL, h);
+                    return 0;
+                }
+            }
+        }
         /* DONTWAIT: a client that stopped reading loses answers past its
          * queue limit instead of stalling the loop. */
         if (zmq_msg_send(&m, router, (more ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) <

@@ -81,8 +81,32 @@ void qry_pool_stats(qry_pool_t *p, qry_pool_stats_t *st);
  * NULL and sets *p to NULL. */
 void qry_pool_free(qry_pool_t **p, void *router);
 
+/* Unread answers per client (CLIENT QUEUES in qry_pool.c): the bytes of
+ * query answers handed to the ROUTER and not yet written to the client's
+ * connection, counted per routing id. Used by the node loop only, except
+ * for the counters, which ZeroMQ's I/O thread lowers. */
+typedef struct qry_outq qry_outq_t;
+/* limit: bytes a client may have unread before its answers and requests
+ * are dropped (0 = no limit). */
+int qry_outq_new(uint64_t limit, qry_outq_t **out);
+/* After the ROUTER's context is terminated (no answer is in flight). */
+void qry_outq_free(qry_outq_t **q);
+/* Whether the client with this routing id is over the limit. */
+int qry_outq_over(qry_outq_t *q, const void *rid, size_t len);
+typedef struct qry_outq_stats {
+    uint64_t bytes;            /* unread answer bytes, all clients */
+    uint64_t clients;          /* clients with unread answers */
+    uint64_t clients_over;     /* ... of which over the limit */
+    uint64_t dropped_answers;  /* answers dropped: client over its limit */
+    uint64_t dropped_requests; /* requests dropped, counted by the caller */
+} qry_outq_stats_t;
+void qry_outq_stats(qry_outq_t *q, qry_outq_stats_t *st);
+void qry_outq_count_dropped_request(qry_outq_t *q);
+
 /* The node loop: forwards one answer waiting on the PULL socket `answers`
- * to the client ROUTER. Returns 0, or -EAGAIN when none is waiting. */
-int qry_pool_forward(void *answers, void *router);
+ * to the client ROUTER, counting its bytes in q (may be NULL), or dropping
+ * it when its client is over the limit. Returns 0, or -EAGAIN when none is
+ * waiting. */
+int qry_pool_forward(void *answers, void *router, qry_outq_t *q);
 
 #endif

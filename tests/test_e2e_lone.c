@@ -10,6 +10,10 @@
 
 #include "kb_proc.h"
 
+#include "kbsync.pb-c.h"
+
+#include <zmq.h>
+
 #define DIM 16
 #define NDOCS 300
 
@@ -371,12 +375,115 @@ static void test_e2e_lone_text_ingest_and_text_query(void **state)
     cJSON_Delete(q);
 }
 
+/* Resident memory of a process, in MB (VmRSS). */
+static long rss_mb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb / 1024;
+}
+
+/* A client that sends queries with megabyte answers and never reads them:
+ * the node keeps at most --max-client-queue-mb of its answers, drops the
+ * rest and its later requests, and serves other clients meanwhile. */
+static void test_e2e_lone_slow_reader_stays_bounded(void **state)
+{
+    e2e_t *e = *state;
+    unlink(e->epfile);
+    char dim[16];
+    snprintf(dim, sizeof dim, "%d", DIM);
+    char *argv[] = {"kbsync", "leader", "--data", e->data, "--dim", dim,
+                    "--listen", "tcp://127.0.0.1:*", "--endpoint-file",
+                    e->epfile, "--max-client-queue-mb", "4", NULL};
+    e->leader = kbp_spawn(e->log, argv);
+    assert_true(e->leader > 0);
+    assert_int_equal(kbp_wait_file(e->epfile, e->ep, sizeof e->ep, 20000), 0);
+    /* 20 documents of 60 KB of text: a k=20 answer is about 1.2 MB */
+    char path[400];
+    snprintf(path, sizeof path, "%s/big.jsonl", e->dir);
+    FILE *f = fopen(path, "w");
+    for (int i = 0; i < 20; i++) {
+        fprintf(f, "{\"id\": \"big-%d\", \"text\": \"", i);
+        for (int j = 0; j < 6000; j++)
+            fputs("word word ", f);
+        fprintf(f, "\", \"embedding\": [");
+        for (int j = 0; j < DIM; j++)
+            fprintf(f, "%s%.9g", j ? ", " : "", kbp_vec(i, j));
+        fprintf(f, "]}\n");
+    }
+    fclose(f);
+    static char out[1 << 16];
+    assert_int_equal(kbp_run(out, sizeof out, "'%s' ingest --to '%s' '%s'",
+                             kbp_bin(), e->ep, path),
+                     0);
+    long rss0 = rss_mb(e->leader);
+
+    void *ctx = zmq_ctx_new();
+    void *slow = zmq_socket(ctx, ZMQ_DEALER);
+    int zero = 0, big = 1000000;
+    zmq_setsockopt(slow, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(slow, ZMQ_RCVHWM, &big, sizeof big);
+    int rcvbuf = 65536;
+    zmq_setsockopt(slow, ZMQ_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    assert_int_equal(zmq_connect(slow, e->ep), 0);
+    float vec[DIM];
+    for (int j = 0; j < DIM; j++)
+        vec[j] = 1.0f;
+    /* 400 x 1.2 MB = 480 MB if the node kept every answer */
+    for (int i = 0; i < 400; i++) {
+        Kbsync__QueryRequest q = KBSYNC__QUERY_REQUEST__INIT;
+        q.k = 20;
+        q.n_vector = DIM;
+        q.vector = vec;
+        Kbsync__Request r = KBSYNC__REQUEST__INIT;
+        r.protocol_version = 1;
+        r.request_id = (uint64_t)i + 1;
+        r.body_case = KBSYNC__REQUEST__BODY_QUERY;
+        r.query = &q;
+        uint8_t buf[512];
+        size_t n = kbsync__request__pack(&r, buf);
+        assert_int_equal(zmq_send(slow, buf, n, 0), (int)n);
+    }
+    /* meanwhile another client is served */
+    usleep(1500000);
+    cJSON *q = query_json(e, 0, 1);
+    assert_non_null(q);
+    cJSON_Delete(q);
+    snprintf(path, sizeof path, "%s/small.jsonl", e->dir);
+    write_jsonl(path, 0, 5, 0);
+    assert_int_equal(kbp_run(out, sizeof out, "'%s' ingest --to '%s' '%s'",
+                             kbp_bin(), e->ep, path),
+                     0);
+    cJSON *st = status_json(e);
+    double queued = kbp_num(st, "client_queue_bytes");
+    double dropped = kbp_num(st, "dropped_client_answers") +
+                     kbp_num(st, "dropped_client_requests");
+    long rss1 = rss_mb(e->leader);
+    cJSON_Delete(st);
+    if (queued > 4.0 * 1048576 + 2.5 * 1048576 || dropped < 100 ||
+        rss1 - rss0 > 150)
+        fail_msg("slow reader: %.0f bytes queued (limit 4 MB + one answer), "
+                 "%.0f answers/requests dropped, resident %ld -> %ld MB",
+                 queued, dropped, rss0, rss1);
+    zmq_close(slow);
+    zmq_ctx_term(ctx);
+}
+
 int main(void)
 {
     atexit(kbp_kill_all);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(
             test_e2e_lone_ingest_query_delete_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_e2e_lone_slow_reader_stays_bounded,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_lone_bad_input_changes_nothing,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(
