@@ -5,6 +5,7 @@
 #include "kb_err.h"
 #include "kb_util.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -72,8 +73,8 @@ int kb_sec_keygen(const char *prefix, char *err, size_t errlen)
         if (rc)
             unlink(kpath);
     }
-    memset(sec, 0, sizeof sec);
-    memset(text, 0, sizeof text);
+    explicit_bzero(sec, sizeof sec);
+    explicit_bzero(text, sizeof text);
     free(kpath);
     free(ppath);
     return rc;
@@ -139,7 +140,7 @@ int kb_sec_load_pair(const char *path, kb_curve_t *c, char *err,
     if (rc)
         return rc;
     if (st.st_mode & 077) {
-        memset(text, 0, sizeof text);
+        explicit_bzero(text, sizeof text);
         return kb_seterr(err, errlen, KB_EINVAL,
                          "%s may be read by others (mode %03o): a secret key "
                          "file must be mode 0600 (chmod 600 %s)",
@@ -147,7 +148,7 @@ int kb_sec_load_pair(const char *path, kb_curve_t *c, char *err,
     }
     int a = key_field(text, "public-key", c->pub);
     int b = key_field(text, "secret-key", c->sec);
-    memset(text, 0, sizeof text);
+    explicit_bzero(text, sizeof text);
     if (a != 1 || b != 1)
         return kb_seterr(err, errlen, KB_EINVAL,
                          "%s is not a key pair file of `kbsync keygen` "
@@ -173,7 +174,6 @@ int kb_sec_load_public(const char *path, char out[KB_Z85_KEY], char *err,
     if (rc)
         return rc;
     int a = key_field(text, "public-key", out);
-    memset(text, 0, sizeof text);
     if (a != 1)
         return kb_seterr(err, errlen, KB_EINVAL,
                          "%s holds no public key (a line public-key = <40 "
@@ -213,8 +213,27 @@ int kb_sec_endpoint_local(const char *ep)
     const char *semi = strchr(h, ';');
     if (semi)
         h = semi + 1;
-    return !strncmp(h, "127.", 4) || !strncmp(h, "[::1]:", 6) ||
-           !strncmp(h, "localhost:", 10);
+    if (!strncmp(h, "localhost:", 10))
+        return 1;
+    char host[64];
+    const char *colon = *h == '[' ? strstr(h, "]:") : strrchr(h, ':');
+    size_t n = colon ? (size_t)(colon - h) : 0;
+    if (*h == '[') { /* [v6]:port */
+        if (!colon || n - 1 >= sizeof host)
+            return 0;
+        memcpy(host, h + 1, n - 1);
+        host[n - 1] = '\0';
+        struct in6_addr a6;
+        return inet_pton(AF_INET6, host, &a6) == 1 &&
+               IN6_IS_ADDR_LOOPBACK(&a6);
+    }
+    if (!colon || n >= sizeof host)
+        return 0;
+    memcpy(host, h, n);
+    host[n] = '\0';
+    struct in_addr a4;
+    return inet_pton(AF_INET, host, &a4) == 1 &&
+           (ntohl(a4.s_addr) >> 24) == 127;
 }
 
 /* ---------------------------------------------------------- ZAP handler */
@@ -247,6 +266,12 @@ static int load_trust(kb_zap_t *z, const char *path, char *err, size_t errlen)
     unsigned lineno = 0;
     while (!rc && fgets(line, sizeof line, f)) {
         lineno++;
+        if (!strchr(line, '\n') && !feof(f)) {
+            rc = kb_seterr(err, errlen, KB_EINVAL,
+                           "%s:%u: line longer than %zu bytes", path, lineno,
+                           sizeof line - 2);
+            break;
+        }
         /* '#' starts a comment only at the start of a line: Z85 keys may
          * hold '#'. */
         const char *first = line + strspn(line, " \t");
@@ -301,13 +326,15 @@ static void note_refused(kb_zap_t *z, const uint8_t *key, const char *domain,
     for (size_t i = 0; i < z->nrefused; i++)
         if (!memcmp(z->refused[i], key, 32))
             return;
-    if (z->nrefused < ZAP_MAX_REFUSED)
-        memcpy(z->refused[z->nrefused++], key, 32);
     char text[KB_Z85_KEY] = "?";
     zmq_z85_encode(text, key, 32);
-    kb_log_limited(&z->log, KB_LOG_WARN,
-                   "refused a connection to %s from %s: key %s %s", domain,
-                   addr, text, why);
+    /* remembered only once its line was printed (not held back by the
+     * limit); past ZAP_MAX_REFUSED keys, only the limit applies */
+    if (kb_log_limited(&z->log, KB_LOG_WARN,
+                       "refused a connection to %s from %s: key %s %s",
+                       domain, addr, text, why) &&
+        z->nrefused < ZAP_MAX_REFUSED)
+        memcpy(z->refused[z->nrefused++], key, 32);
 }
 
 static void zap_answer(kb_zap_t *z)

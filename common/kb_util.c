@@ -72,14 +72,14 @@ void kb_log(int level, const char *fmt, ...)
     va_end(ap);
 }
 
-void kb_log_limited(kb_loglimit_t *l, int level, const char *fmt, ...)
+int kb_log_limited(kb_loglimit_t *l, int level, const char *fmt, ...)
 {
     if (level < kb__log_level)
-        return;
+        return 0;
     uint64_t now = kb_mono_us();
     if (l->last_us && now - l->last_us < KB_LOG_LIMIT_MS * 1000u) {
         l->suppressed++;
-        return;
+        return 0;
     }
     char suffix[96] = "";
     if (l->suppressed)
@@ -92,4 +92,5 @@ void kb_log_limited(kb_loglimit_t *l, int level, const char *fmt, ...)
     va_start(ap, fmt);
     log_line(level, suffix, fmt, ap);
     va_end(ap);
+    return 1;
 }

@@ -52,7 +52,8 @@ typedef struct kb_loglimit {
     uint64_t last_us;
     uint64_t suppressed;
 } kb_loglimit_t;
-void kb_log_limited(kb_loglimit_t *l, int level, const char *fmt, ...)
+/* Returns 1 when the line was printed, 0 when it was left out. */
+int kb_log_limited(kb_loglimit_t *l, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 #define kb_debug(...) kb_log(KB_LOG_DEBUG, __VA_ARGS__)

@@ -55,6 +55,7 @@
 typedef struct waiting { /* a request held in the loop */
     kb_peer_t peer;
     Kbsync__Request *req;
+    int role; /* kb_role_t of the key it came with */
 } waiting_t;
 
 typedef struct wlist {
@@ -83,7 +84,8 @@ typedef struct node {
 
 /* ----------------------------------------------------------- helpers */
 
-static int wlist_push(wlist_t *l, const kb_peer_t *peer, Kbsync__Request *req)
+static int wlist_push(wlist_t *l, const kb_peer_t *peer, Kbsync__Request *req,
+                      int role)
 {
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 16;
@@ -95,6 +97,7 @@ static int wlist_push(wlist_t *l, const kb_peer_t *peer, Kbsync__Request *req)
     }
     l->w[l->n].peer = *peer;
     l->w[l->n].req = req;
+    l->w[l->n].role = role;
     l->n++;
     return 0;
 }
@@ -334,7 +337,7 @@ static void node_flush(node_t *n)
     wlist_t held = n->held;
     n->held = (wlist_t){0};
     for (size_t i = 0; i < held.n; i++) {
-        n->req_role = KB_ROLE_READER; /* held: no replica details */
+        n->req_role = (kb_role_t)held.w[i].role;
         node_dispatch(n, &held.w[i].peer, held.w[i].req);
     }
     free(held.w);
@@ -380,7 +383,7 @@ static void node_dispatch(node_t *n, const kb_peer_t *peer,
     case KBSYNC__REQUEST__BODY_STATUS:
     case KBSYNC__REQUEST__BODY_REBUILD:
         if (has_queued_write(n, peer)) {
-            if (wlist_push(&n->held, peer, req)) {
+            if (wlist_push(&n->held, peer, req, (int)n->req_role)) {
                 kb_wire_send_error(n->router, peer, rid, KB_ENOMEM,
                                    "out of memory");
                 break;

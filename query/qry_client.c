@@ -46,7 +46,7 @@ int qry_client_open(const char *endpoint, qry_client_t **out, char *err,
                                            cv.pub[0] ? &cv : NULL, &c->sock,
                                            err, errlen)
                     : kb_seterr(err, errlen, KB_ENET, "zmq_ctx_new failed");
-    memset(cv.sec, 0, sizeof cv.sec);
+    explicit_bzero(cv.sec, sizeof cv.sec);
     if (rc) {
         qry_client_close(&c);
         return rc;

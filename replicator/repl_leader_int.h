@@ -14,7 +14,6 @@
 #define REPL_BEAT_MS 100
 #define REPL_DEAD_MS 1000
 #define REPL_MAX_PEERS 64
-#define REPL_EVICT_MS 300 /* silence after which an unnamed entry may go */
 #define REPL_BATCH_RECORDS 2048
 #define REPL_BATCH_BYTES (4u << 20)
 #define REPL_WINDOW 65536 /* records sent but not acknowledged, per replica */

@@ -63,14 +63,15 @@ static peer_t *peer_find(repl_leader_t *l, const char *id, size_t len, int add)
         return NULL;
     peer_t *p = NULL;
     if (l->npeers == REPL_MAX_PEERS) {
-        /* Full: the place of an unnamed replica that has been silent for a
-         * while (a passing peer that said hello and left) is taken. Named
-         * replicas keep theirs. */
+        /* Full: the place of an unnamed replica silent for longer than a
+         * live one ever is (REPL_DEAD_MS: a passing peer that said hello
+         * and left, not yet marked gone) is taken. Named replicas keep
+         * theirs. */
         uint64_t now = kb_mono_us(), oldest = UINT64_MAX;
         for (size_t i = 0; i < l->npeers; i++) {
             peer_t *q = &l->peer[i];
             if (!q->named && q->heard_us < oldest &&
-                now - q->heard_us > REPL_EVICT_MS * 1000u) {
+                now - q->heard_us > REPL_DEAD_MS * 1000u) {
                 oldest = q->heard_us;
                 p = q;
             }
@@ -350,6 +351,8 @@ int repl_leader_new(idx_kb_t *ix, void *zctx, const repl_leader_config_t *cfg,
         int rc = kb_wire_socket_curve(zctx, ZMQ_ROUTER, cfg->repl_listen, 1,
                                       cfg->curve ? &cv : NULL, &l->sock, err,
                                       errlen);
+        if (cfg->curve)
+            explicit_bzero(&cv, sizeof cv);
         if (rc) {
             free(l);
             return rc;
@@ -731,8 +734,19 @@ void repl_leader_on_repl(repl_leader_t *l, void *router)
                                     hello)
                         : NULL;
         if (!refuse && m && !p && env.nframes == 1) {
-            refuse = hello ? "the replica table is full" : "say hello first";
-            rc = KB_EUNAVAIL;
+            /* KB_EUNAVAIL only for "say hello first": the replica says
+             * hello again at once; for the others it pauses first. */
+            if (!hello) {
+                refuse = "say hello first";
+                rc = KB_EUNAVAIL;
+            } else if (env.len[0] >= sizeof l->peer[0].id) {
+                refuse = "a replica id has at most 63 bytes";
+                rc = KB_EINVAL;
+            } else {
+                refuse = "the replica table is full (64 entries, none "
+                         "disconnected)";
+                rc = KB_ETOOBIG;
+            }
         }
         if (!m || !p) {
             char rid[64];

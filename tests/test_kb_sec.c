@@ -100,6 +100,9 @@ static void test_kb_sec_roles_and_endpoints(void **state)
     assert_false(kb_sec_endpoint_local("tcp://*:7400"));
     assert_false(kb_sec_endpoint_local("tcp://10.1.2.3:7400"));
     assert_false(kb_sec_endpoint_local("tcp://128.0.0.1:7400"));
+    assert_false(kb_sec_endpoint_local("tcp://127.evil.example:7400"));
+    assert_false(kb_sec_endpoint_local("tcp://[::2]:7400"));
+    assert_true(kb_sec_endpoint_local("tcp://10.0.0.1;127.0.0.1:7400"));
 }
 
 static void write_trust(const char *path, const char *text)
