@@ -662,6 +662,8 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
                 cJSON_AddNumberToObject(po, "durable_version",
                                         (double)p->durable_version);
                 cJSON_AddBoolToObject(po, "snapshot", p->snapshot);
+                cJSON_AddNumberToObject(po, "queued_bytes",
+                                        (double)p->queued_bytes);
                 cJSON_AddItemToArray(ra, po);
             }
         }

@@ -17,6 +17,10 @@
 #define REPL_BATCH_RECORDS 2048
 #define REPL_BATCH_BYTES (4u << 20)
 #define REPL_WINDOW 65536 /* records sent but not acknowledged, per replica */
+/* ... and their bytes: what the leader holds for one replica (queued in
+ * ZeroMQ or in flight) stays bounded whatever the records' size. */
+#define REPL_WINDOW_BYTES (64u << 20)
+#define REPL_FLIGHT 256 /* messages tracked for the byte window */
 
 typedef struct peer {
     char id[64];
@@ -32,6 +36,11 @@ typedef struct peer {
                           it is away */
     uint64_t snapshot_lsn; /* being sent a snapshot up to this LSN (0: no) */
     int warned_behind; /* retention dropped log it needs: said once */
+    /* Bytes sent and not acknowledged (REPL_WINDOW_BYTES bounds them):
+     * per message, the LSN it ends at and its record bytes, oldest first. */
+    uint64_t fl_lsn[REPL_FLIGHT], fl_bytes[REPL_FLIGHT];
+    unsigned fl_head, fl_n;
+    uint64_t inflight;
 } peer_t;
 
 /* Retention's samples of the log: cumulative record bytes and commit time

@@ -94,6 +94,43 @@ static peer_t *peer_find(repl_leader_t *l, const char *id, size_t len, int add)
     return p;
 }
 
+/* ------------------------------------------------- the byte window */
+
+static void flight_reset(peer_t *p)
+{
+    p->fl_head = p->fl_n = 0;
+    p->inflight = 0;
+}
+
+static void flight_push(peer_t *p, uint64_t lsn, uint64_t bytes)
+{
+    if (p->fl_n == REPL_FLIGHT) { /* full: the newest entry grows */
+        unsigned last = (p->fl_head + p->fl_n - 1) % REPL_FLIGHT;
+        p->fl_lsn[last] = lsn;
+        p->fl_bytes[last] += bytes;
+    } else {
+        unsigned i = (p->fl_head + p->fl_n++) % REPL_FLIGHT;
+        p->fl_lsn[i] = lsn;
+        p->fl_bytes[i] = bytes;
+    }
+    p->inflight += bytes;
+}
+
+static void flight_ack(peer_t *p, uint64_t acked)
+{
+    while (p->fl_n && p->fl_lsn[p->fl_head] <= acked) {
+        p->inflight -= p->fl_bytes[p->fl_head];
+        p->fl_head = (p->fl_head + 1) % REPL_FLIGHT;
+        p->fl_n--;
+    }
+}
+
+/* Whether p may be sent more: records and bytes in flight. */
+static int peer_has_room(const peer_t *p)
+{
+    return p->sent - p->acked < REPL_WINDOW && p->inflight < REPL_WINDOW_BYTES;
+}
+
 static void ship_reset(shipment_t *s)
 {
     s->n = 0;
@@ -291,6 +328,7 @@ static int ship_send(repl_leader_t *l, peer_t **targets, size_t nt)
             continue;
         }
         p->sent = s->last;
+        flight_push(p, s->last, s->bytes);
         sent++;
     }
     zmq_msg_close(&packed);
@@ -438,7 +476,7 @@ int repl__precommit(void *ctx, uint64_t lsn, const void *bytes,
     size_t nt = 0;
     for (size_t i = 0; i < l->npeers; i++)
         if (l->peer[i].online && l->peer[i].sent == l->ship.first - 1 &&
-            l->peer[i].sent - l->peer[i].acked < REPL_WINDOW)
+            peer_has_room(&l->peer[i]))
             t[nt++] = &l->peer[i];
     if (ship_send(l, t, nt))
         l->shipped = 1;
@@ -548,7 +586,7 @@ static int catchup_visit(void *ctx, uint64_t lsn, const void *b, size_t len)
     peer_t *t[1] = {s->to};
     s->open = group_goes_on(l, s);
     ship_send(l, t, 1);
-    return s->stalled || !s->to->online ? 1 : 0;
+    return s->stalled || !s->to->online || !peer_has_room(s->to) ? 1 : 0;
 }
 
 /* Feeds one replica from the committed log until it is caught up, its
@@ -556,7 +594,7 @@ static int catchup_visit(void *ctx, uint64_t lsn, const void *b, size_t len)
 static void stream_peer(repl_leader_t *l, peer_t *p, uint64_t head)
 {
     char err[256];
-    if (!p->online || p->sent >= head || p->sent - p->acked >= REPL_WINDOW)
+    if (!p->online || p->sent >= head || !peer_has_room(p))
         return;
     size_t room = REPL_WINDOW - (size_t)(p->sent - p->acked);
     l->ship.to = p;
@@ -676,6 +714,7 @@ static void on_hello(repl_leader_t *l, peer_t *p, const Kbsync__ReplHello *h)
             h->applied_lsn < st.version ? "; streaming what it missed" : "");
     p->online = 1;
     p->acked = p->sent = snap ? 0 : h->applied_lsn;
+    flight_reset(p);
     p->durable = p->acked;
     p->snapshot_lsn = snap || resume ? w.snapshot_lsn : 0;
     p->warned_behind = 0;
@@ -780,6 +819,7 @@ void repl_leader_on_repl(repl_leader_t *l, void *router)
             } else {
                 if (m->ack->applied_lsn > p->acked)
                     p->acked = m->ack->applied_lsn;
+                flight_ack(p, p->acked);
                 if (m->ack->durable_lsn > p->durable)
                     p->durable = m->ack->durable_lsn;
                 if (p->snapshot_lsn && p->acked >= p->snapshot_lsn) {
@@ -860,6 +900,7 @@ void repl_leader_replicas(repl_leader_t *l, Kbsync__ReplicaState ***out,
         r->version = p->acked;
         r->durable_version = p->durable > p->acked ? p->durable : p->acked;
         r->snapshot = p->online && p->snapshot_lsn != 0;
+        r->queued_bytes = p->online ? p->inflight : 0;
         r->lag_ops = st.version > p->acked ? st.version - p->acked : 0;
         if (r->lag_ops) {
             uint64_t t = idx_commit_time(l->ix, p->acked + 1);

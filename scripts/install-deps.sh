@@ -11,6 +11,7 @@ PKGS=(
   libsimdjson-dev libcjson-dev
   gnuplot-nox
   libcmocka-dev
+  clang libclang-rt-14-dev
   python3 python3-zmq python3-protobuf protobuf-compiler iproute2 iptables
 )
 

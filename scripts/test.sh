@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, builds, and runs the whole
-# cmocka/CTest suite twice: a Release build, then an ASan+UBSan build; then
+# cmocka/CTest suite twice: a Release build (then a minute of fuzzing the
+# wire decoders), then an ASan+UBSan build; then
 # the tests of the threaded parts (reader pool, delta, merger, rebuild, node
 # loop) in a ThreadSanitizer build. KB_TEST_SANITIZE=0 skips the sanitizer
 # passes.
@@ -9,6 +10,9 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 bash scripts/build.sh build Release
 (cd build && ctest --output-on-failure -j2 --timeout 600)
+# The wire decoders a hostile peer reaches, under libFuzzer + ASan + UBSan
+# for a minute (tests/fuzz/run.sh; longer runs: docs/PROTOCOL.md).
+bash tests/fuzz/run.sh "${KB_FUZZ_SECONDS:-60}"
 if [ "${KB_TEST_SANITIZE:-1}" != 0 ]; then
   bash scripts/build.sh build-san Sanitize
   # detect_leaks=0: libgomp and OpenBLAS keep thread pools alive at exit.
