@@ -983,6 +983,67 @@ static void test_e2e_repl_impostors_are_refused(void **state)
     zmq_ctx_term(ctx);
 }
 
+/* The newest queued_bytes the leader reports for replica id (-1: none). */
+static double queued_bytes(const cJSON *leader_status, const char *id)
+{
+    const cJSON *r;
+    cJSON_ArrayForEach(r, cJSON_GetObjectItem(leader_status, "replicas"))
+    {
+        if (!strcmp(cJSON_GetObjectItem(r, "id")->valuestring, id))
+            return kbp_num(r, "queued_bytes");
+    }
+    return -1;
+}
+
+/* A replica catching up on 173 MB of records is never sent more than the
+ * 64 MiB byte window (plus one message) beyond what it acknowledged. */
+static void test_e2e_repl_catch_up_bounded_in_flight(void **state)
+{
+    cluster_t *c = *state;
+    start_leader(c, NULL, NULL);
+    char path[400];
+    snprintf(path, sizeof path, "%s/big.jsonl", c->dir);
+    FILE *f = fopen(path, "w");
+    for (int i = 0; i < 160; i++) {
+        fprintf(f, "{\"id\": \"big-%d\", \"text\": \"", i);
+        for (int j = 0; j < 90000; j++)
+            fputs("wordy ", f); /* 540 KB of text: 160 docs, 86 MB */
+        fprintf(f, "\", \"embedding\": [");
+        for (int j = 0; j < DIM; j++)
+            fprintf(f, "%s%.9g", j ? "," : "", kbp_vec(i, j));
+        fprintf(f, "]}\n");
+    }
+    fclose(f);
+    static char out[1 << 16];
+    assert_int_equal(kbp_run(out, sizeof out,
+                             "'%s' ingest --to '%s' --batch 10 '%s'",
+                             kbp_bin(), c->leader.ep, path),
+                     0);
+    assert_int_equal(kbp_run(out, sizeof out,
+                             "'%s' ingest --to '%s' --batch 10 '%s'",
+                             kbp_bin(), c->leader.ep, path),
+                     0); /* twice: 320 records of ~540 KB in the log */
+    start_replica(c, 0);
+    double most = 0;
+    int seen = 0;
+    for (int i = 0; i < 400 && seen < 320; i++) {
+        cJSON *s = status(&c->leader);
+        double q = s ? queued_bytes(s, "r1") : -1;
+        if (q > most)
+            most = q;
+        cJSON_Delete(s);
+        cJSON *r = status(&c->r[0]);
+        seen = r ? (int)kbp_num(r, "version") : 0;
+        cJSON_Delete(r);
+        usleep(10000);
+    }
+    assert_int_equal(wait_version(&c->r[0], 320, 30000), 320);
+    if (most > (64.0 + 5.0) * 1048576 || most < 8.0 * 1048576)
+        fail_msg("largest queued_bytes seen for r1: %.1f MB (expected 8 MB "
+                 "to 69 MB: the 64 MiB window plus one message)",
+                 most / 1048576);
+}
+
 /* -------------------------------------------------------------- CURVE */
 
 /* kbsync keygen DIR/name; returns the public key file's path. */
@@ -1181,6 +1242,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_repl_curve_keys_and_roles,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_e2e_repl_catch_up_bounded_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_e2e_repl_plain_tcp_only_on_loopback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_repl_kill9_during_snapshot,
