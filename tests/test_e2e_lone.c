@@ -437,8 +437,15 @@ static void test_e2e_lone_slow_reader_stays_bounded(void **state)
     float vec[DIM];
     for (int j = 0; j < DIM; j++)
         vec[j] = 1.0f;
-    /* 400 x 1.2 MB = 480 MB if the node kept every answer */
-    for (int i = 0; i < 400; i++) {
+    /* 400 x 1.2 MB = 480 MB if the node kept every answer (fewer under
+     * ASan, whose readers take ~20x longer per answer: the other client's
+     * query below waits behind them) */
+#ifdef __SANITIZE_ADDRESS__
+    const int nflood = 120;
+#else
+    const int nflood = 400;
+#endif
+    for (int i = 0; i < nflood; i++) {
         Kbsync__QueryRequest q = KBSYNC__QUERY_REQUEST__INIT;
         q.k = 20;
         q.n_vector = DIM;
@@ -468,7 +475,12 @@ static void test_e2e_lone_slow_reader_stays_bounded(void **state)
                      kbp_num(st, "dropped_client_requests");
     long rss1 = rss_mb(e->leader);
     cJSON_Delete(st);
-    if (queued > 4.0 * 1048576 + 2.5 * 1048576 || dropped < 100 ||
+#ifdef __SANITIZE_ADDRESS__
+    /* ASan keeps freed memory in quarantine (256 MB): resident memory
+     * says nothing there; the queue and the drops still do */
+    rss1 = rss0;
+#endif
+    if (queued > 4.0 * 1048576 + 2.5 * 1048576 || dropped < nflood / 2 ||
         rss1 - rss0 > 150)
         fail_msg("slow reader: %.0f bytes queued (limit 4 MB + one answer), "
                  "%.0f answers/requests dropped, resident %ld -> %ld MB",
