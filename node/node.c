@@ -468,7 +468,7 @@ static void node_handle(node_t *n, const kb_peer_t *peer, const kb_buf_t *b)
 static void node_forward(node_t *n)
 {
     for (int i = 0; i < NODE_FORWARD_MAX; i++)
-        if (qry_pool_forward(n->answers, n->router, n->outq))
+        if (qry_pool_forward(n->answers, n->router, n->outq, n->pool))
             break;
 }
 

@@ -267,7 +267,8 @@ static void outq_release(void *data, void *hint)
     free(h);
 }
 
-int qry_pool_forward(void *answers, void *router, qry_outq_t *q)
+int qry_pool_forward(void *answers, void *router, qry_outq_t *q,
+                     qry_pool_t *pool)
 {
     zmq_msg_t m;
     zmq_msg_init(&m);
@@ -291,8 +292,14 @@ int qry_pool_forward(void *answers, void *router, qry_outq_t *q)
             /* the routing id: whose queue this answer joins */
             e = outq_get(q, zmq_msg_data(&m), zmq_msg_size(&m));
             drop = e && q->limit && atomic_load(&e->bytes) > q->limit;
-            if (drop)
+            if (drop) {
                 q->dropped_answers++;
+                /* its queries still waiting would only be dropped too:
+                 * the readers need not search them */
+                q->dropped_requests +=
+                    qry_pool_drop_client(pool, zmq_msg_data(&m),
+                                         zmq_msg_size(&m));
+            }
         }
         first = 0;
         if (drop) {
@@ -639,6 +646,27 @@ void qry_pool_submit(qry_pool_t *p, const kb_peer_t *peer,
     p->nq++;
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
+}
+
+size_t qry_pool_drop_client(qry_pool_t *p, const void *rid, size_t len)
+{
+    if (!p)
+        return 0;
+    size_t keep = 0, dropped = 0;
+    pthread_mutex_lock(&p->mu);
+    for (size_t i = 0; i < p->nq; i++) {
+        job_t *j = &p->q[i];
+        if (j->peer.nframes && j->peer.len[0] == len &&
+            !memcmp(j->peer.frame[0], rid, len)) {
+            kbsync__request__free_unpacked(j->req, NULL);
+            dropped++;
+        } else {
+            p->q[keep++] = *j;
+        }
+    }
+    p->nq = keep;
+    pthread_mutex_unlock(&p->mu);
+    return dropped;
 }
 
 void qry_pool_stats(qry_pool_t *p, qry_pool_stats_t *st)

@@ -105,8 +105,14 @@ void qry_outq_count_dropped_request(qry_outq_t *q);
 
 /* The node loop: forwards one answer waiting on the PULL socket `answers`
  * to the client ROUTER, counting its bytes in q (may be NULL), or dropping
- * it when its client is over the limit. Returns 0, or -EAGAIN when none is
+ * it when its client is over the limit, and then that client's queries
+ * still queued in pool (may be NULL). Returns 0, or -EAGAIN when none is
  * waiting. */
-int qry_pool_forward(void *answers, void *router, qry_outq_t *q);
+int qry_pool_forward(void *answers, void *router, qry_outq_t *q,
+                     qry_pool_t *pool);
+
+/* Drops (unanswered) the queries of the client with this routing id that
+ * wait for a reader; returns how many. */
+size_t qry_pool_drop_client(qry_pool_t *p, const void *rid, size_t len);
 
 #endif

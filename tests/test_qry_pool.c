@@ -148,7 +148,7 @@ static const kb_peer_t c1 = {.nframes = 1, .len = {2}, .frame = {"c1"}};
 static Kbsync__Response *next_answer(fx_t *f)
 {
     for (int i = 0; i < 5000; i++) {
-        qry_pool_forward(f->answers, f->router, NULL);
+        qry_pool_forward(f->answers, f->router, NULL, NULL);
         zmq_msg_t m;
         zmq_msg_init(&m);
         if (zmq_msg_recv(&m, f->client, ZMQ_DONTWAIT) >= 0) {
