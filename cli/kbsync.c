@@ -252,9 +252,11 @@ static void sec_finish(sec_opts_t *o, node_config_t *nc, int replica,
                       "`kbsync keygen`), or --insecure to run without "
                       "authentication anyway", eps[i]);
     }
-    if (o->insecure)
+    if (o->insecure) {
+        nc->insecure = 1;
         kb_warn("--insecure: no CURVE keys; anyone who reaches this node's "
                 "endpoints can read, write and follow it as a replica");
+    }
 }
 
 /* Applies checkpoint option c to the settings; 0 when c is not one. */
@@ -636,6 +638,7 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
         cJSON_AddNumberToObject(o, "query_batches", (double)s->query_batches);
         cJSON_AddNumberToObject(o, "client_queue_bytes",
                                 (double)s->client_queue_bytes);
+        cJSON_AddBoolToObject(o, "insecure", s->insecure);
         cJSON_AddNumberToObject(o, "clients_over_queue_limit",
                                 (double)s->clients_over_queue_limit);
         cJSON_AddNumberToObject(o, "dropped_client_answers",

@@ -225,6 +225,7 @@ static void node_state(node_t *n, Kbsync__NodeState *s, uint64_t *hist,
         s->node_id = (char *)n->cfg->replica.id;
     }
     s->query_threads = (uint32_t)n->threads;
+    s->insecure = n->cfg->insecure != 0;
     if (n->pool && hist) {
         qry_pool_stats_t ps;
         qry_pool_stats(n->pool, &ps);

@@ -48,6 +48,7 @@ typedef struct node_config {
      * answers and requests are dropped (qry_pool.h, CLIENT QUEUES);
      * 0 = NODE_CLIENT_QUEUE_DEFAULT, UINT64_MAX = no limit. */
     uint64_t max_client_queue;
+    int insecure; /* --insecure: reported in status */
     repl_leader_config_t leader;   /* role == NODE_LEADER */
     repl_replica_config_t replica; /* role == NODE_REPLICA */
 } node_config_t;

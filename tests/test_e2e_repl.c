@@ -1215,6 +1215,14 @@ static void test_e2e_repl_plain_tcp_only_on_loopback(void **state)
     assert_int_equal(rc, 2);
     assert_non_null(strstr(out, "not a loopback address"));
     assert_non_null(strstr(out, "--insecure"));
+    /* --insecure is said at start and in status (loopback here: tests bind
+     * nothing else) */
+    const char *extra[] = {"--insecure", NULL};
+    start_leader_args(c, extra);
+    cJSON *s = status(&c->leader);
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItem(s, "insecure")));
+    cJSON_Delete(s);
+    assert_true(file_has(c->leader.log, "--insecure: no CURVE keys"));
 }
 
 int main(void)
