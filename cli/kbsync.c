@@ -639,6 +639,16 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
         cJSON_AddNumberToObject(o, "client_queue_bytes",
                                 (double)s->client_queue_bytes);
         cJSON_AddBoolToObject(o, "insecure", s->insecure);
+        cJSON *cqa = cJSON_AddArrayToObject(o, "client_queues");
+        for (size_t i = 0; i < s->n_client_queues; i++) {
+            cJSON *co = cJSON_CreateObject();
+            cJSON_AddStringToObject(co, "client", s->client_queues[i]->client);
+            cJSON_AddNumberToObject(co, "bytes",
+                                    (double)s->client_queues[i]->bytes);
+            cJSON_AddBoolToObject(co, "over_limit",
+                                  s->client_queues[i]->over_limit);
+            cJSON_AddItemToArray(cqa, co);
+        }
         cJSON_AddNumberToObject(o, "clients_over_queue_limit",
                                 (double)s->clients_over_queue_limit);
         cJSON_AddNumberToObject(o, "dropped_client_answers",

@@ -63,6 +63,17 @@ typedef struct wlist {
     size_t n, cap;
 } wlist_t;
 
+#define NODE_TOP_CLIENTS 32
+
+/* The status answer's list of client queues (built by the node loop). */
+typedef struct top_clients {
+    char hex[NODE_TOP_CLIENTS][512];
+    uint64_t bytes[NODE_TOP_CLIENTS];
+    int over[NODE_TOP_CLIENTS];
+    Kbsync__ClientQueue cq[NODE_TOP_CLIENTS];
+    Kbsync__ClientQueue *cqp[NODE_TOP_CLIENTS];
+} top_clients_t;
+
 typedef struct node {
     idx_kb_t *ix; /* leader: borrowed; replica: repl_replica's */
     const node_config_t *cfg;
@@ -80,6 +91,7 @@ typedef struct node {
     kb_zap_t *zap;      /* CURVE: the ZAP handler (cfg->trust_file) */
     kb_role_t req_role; /* role of the request being dispatched */
     qry_outq_t *outq;   /* unread answers per client */
+    top_clients_t top;  /* status: clients with unread answers */
 } node_t;
 
 /* ----------------------------------------------------------- helpers */
@@ -237,6 +249,17 @@ static void node_state(node_t *n, Kbsync__NodeState *s, uint64_t *hist,
         s->clients_over_queue_limit = qs.clients_over;
         s->dropped_client_answers = qs.dropped_answers;
         s->dropped_client_requests = qs.dropped_requests;
+        size_t nt = qry_outq_top(n->outq, NODE_TOP_CLIENTS, n->top.hex,
+                                 n->top.bytes, n->top.over);
+        for (size_t i = 0; i < nt; i++) {
+            kbsync__client_queue__init(&n->top.cq[i]);
+            n->top.cq[i].client = n->top.hex[i];
+            n->top.cq[i].bytes = n->top.bytes[i];
+            n->top.cq[i].over_limit = n->top.over[i];
+            n->top.cqp[i] = &n->top.cq[i];
+        }
+        s->client_queues = n->top.cqp;
+        s->n_client_queues = nt;
         memcpy(hist, ps.hist, sizeof ps.hist);
         s->query_batch_hist = hist;
         s->n_query_batch_hist = QRY_HIST_BUCKETS;

@@ -249,6 +249,38 @@ void qry_outq_stats(qry_outq_t *q, qry_outq_stats_t *st)
     st->dropped_requests = q->dropped_requests;
 }
 
+size_t qry_outq_top(qry_outq_t *q, size_t max, char (*rid_hex)[512],
+                    uint64_t *bytes, int *over)
+{
+    size_t n = 0;
+    for (size_t i = 0; q && i < q->cap; i++) {
+        outq_entry_t *e = q->slot[i];
+        uint64_t b = e ? atomic_load(&e->bytes) : 0;
+        if (!b)
+            continue;
+        /* insertion into the sorted top list */
+        size_t at = n;
+        while (at > 0 && bytes[at - 1] < b)
+            at--;
+        if (at >= max)
+            continue;
+        size_t last = n < max ? n : max - 1;
+        for (size_t j = last; j > at; j--) {
+            bytes[j] = bytes[j - 1];
+            over[j] = over[j - 1];
+            memcpy(rid_hex[j], rid_hex[j - 1], sizeof rid_hex[j]);
+        }
+        bytes[at] = b;
+        over[at] = q->limit && b > q->limit;
+        for (size_t k = 0; k < e->len; k++)
+            snprintf(rid_hex[at] + 2 * k, 3, "%02x", e->rid[k]);
+        rid_hex[at][2 * e->len] = '\0';
+        if (n < max)
+            n++;
+    }
+    return n;
+}
+
 void qry_outq_count_dropped_request(qry_outq_t *q)
 {
     if (q)

@@ -101,6 +101,11 @@ typedef struct qry_outq_stats {
     uint64_t dropped_requests; /* requests dropped, counted by the caller */
 } qry_outq_stats_t;
 void qry_outq_stats(qry_outq_t *q, qry_outq_stats_t *st);
+/* The clients with unread answers, most bytes first: up to max of them
+ * into rid_hex (each up to 2 * 255 + 1 chars, in a buffer of max * 512),
+ * bytes and over. Returns how many. */
+size_t qry_outq_top(qry_outq_t *q, size_t max, char (*rid_hex)[512],
+                    uint64_t *bytes, int *over);
 void qry_outq_count_dropped_request(qry_outq_t *q);
 
 /* The node loop: forwards one answer waiting on the PULL socket `answers`
