@@ -15,15 +15,10 @@ B=${KB_BUILD:-build}
 W=$(mktemp -d /tmp/kbsync-bflood-XXXXXX)
 mkdir -p results
 OUT=results/flood-$(date -u +%Y%m%dT%H%M%SZ).txt
-pids=()
-stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-             for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done; pids=(); }
+. bench/lib.sh
 trap 'stop_all; rm -rf "$W"' EXIT
 exec > >(tee "$OUT") 2>&1
 
-wait_ep() { for _ in $(seq 400); do [ -s "$1" ] && break; sleep 0.025; done; cat "$1"; }
-free_port() { for p in $(seq 17401 17999); do
-  (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo $p; return; }; done; }
 rss_mb() { awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$1/status"; }
 
 REPL="tcp://127.0.0.1:$(free_port)"

@@ -4,7 +4,9 @@
  * A reader never touches the client ROUTER socket (ZeroMQ sockets belong to
  * one thread). It packs each Response and pushes it on its own PUSH socket
  * as [1 byte: envelope frame count n][n envelope frames][payload]; the node
- * loop forwards that to the ROUTER without copying (qry_pool_forward).
+ * loop forwards that to the ROUTER without copying (qry_pool_forward),
+ * counting each answer against its client until ZeroMQ has written it
+ * (CLIENT QUEUES, below).
  *
  * READ CONSISTENCY AT ANSWER TIME
  * The loop hands over a query only once the node's version reached its
