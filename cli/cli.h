@@ -27,8 +27,9 @@ int cli_client_key_option(int c, const char *arg);
  * naming the option. */
 uint64_t cli_uint(const char *opt, const char *val, uint64_t max);
 
-/* Parses "async" / "all" into a repl_mode_t or exits with a message. */
-int cli_mode(const char *s);
+/* Parses "async", "all", "majority" or "quorum:K" into a repl_mode_t
+ * (and K) or exits with a message. */
+int cli_mode(const char *s, uint32_t *k);
 /* repl_mode_t (0 = not given) -> Kbsync__WriteMode. */
 int cli_wire_mode(int mode);
 

@@ -28,6 +28,7 @@ typedef struct ingest {
     qry_client_t *cl;
     size_t batch, window;
     int mode; /* repl_mode_t, 0 = the leader's default */
+    uint32_t quorum; /* K of quorum:K */
     int keep_going, dry_run, timeout_ms;
     /* the batch being filled: each doc and its strings in one allocation */
     Kbsync__Doc **docs;
@@ -162,6 +163,7 @@ static int ingest_send(ingest_t *g)
     u.docs = g->docs;
     u.n_docs = g->ndocs;
     u.mode = cli_wire_mode(g->mode);
+    u.quorum = g->quorum;
     Kbsync__Request req = KBSYNC__REQUEST__INIT;
     req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
     req.upsert = &u;
@@ -369,7 +371,7 @@ int cli_ingest_main(int argc, char **argv)
         case 'b': g.batch = cli_uint("--batch", optarg, 100000); break;
         case 'w': g.window = cli_uint("--window", optarg, 64); break;
         case 'k': g.keep_going = 1; break;
-        case 'm': g.mode = cli_mode(optarg); break;
+        case 'm': g.mode = cli_mode(optarg, &g.quorum); break;
         case 'n': g.dry_run = 1; break;
         case 'j': break; /* the summary line is always JSON */
         case 'T':

@@ -30,10 +30,11 @@ static const char USAGE[] =
     "          [--id NAME] [--map-size-gb N] [--no-sync] [--threads N]\n"
     "          [--query-threads N]\n"
     "          [--max-msg-mb N] [--endpoint-file FILE] [--log-level LEVEL]\n"
-    "          [--repl-listen EP] [--replicas r1,r2] [--write-mode async|all]\n"
+    "          [--repl-listen EP] [--replicas r1,r2] [--write-mode async|all|majority|quorum:K]\n"
     "          [--write-timeout-ms N] [--log-retain-mb N] [--log-retain-hours "
     "N]\n"
     "          [--log-keep-ops N] [--checkpoint-ops N] [--checkpoint-secs S]\n"
+    "          [--dedup-hours H] [--dedup-max N]\n"
     "          [--no-checkpoint]\n"
     "          start a node that owns the knowledge base in DIR (created on\n"
     "          first start, which needs --dim), serves writes and queries, "
@@ -53,7 +54,7 @@ static const char USAGE[] =
     "          bounds a client's unread query answers\n"
     "  keygen  PREFIX\n"
     "          write a CURVE key pair: PREFIX.key (mode 0600), PREFIX.pub\n"
-    "  ingest  --to EP [--mode async|all] [--batch N] [--window N] "
+    "  ingest  --to EP [--mode async|all|majority|quorum:K] [--batch N] [--window N] "
     "[--keep-going]\n"
     "          [--dry-run] FILE...\n"
     "          upsert documents from JSONL files (id, text, embedding,\n"
@@ -61,7 +62,7 @@ static const char USAGE[] =
     "  query   --to EP [-k N] (--vector JSON | --text TEXT) [--min-version V]\n"
     "          [--wait-ms N] [--max-lag-ms N] [--ef-search N] [--nprobe N]\n"
     "          [--filter KEY=VALUE]... [--json]\n"
-    "  delete  --to EP [--mode async|all] ID...\n"
+    "  delete  --to EP [--mode async|all|majority|quorum:K] ID...\n"
     "  status  --to EP [--json]\n"
     "  rebuild --to EP [--json]\n"
     "          rebuild the node's vector index in the background (drops\n"
@@ -125,19 +126,24 @@ void cli_print_write_summary(uint64_t written, uint64_t failed,
 
 int cli_wire_mode(int mode)
 {
-    return mode == REPL_ALL     ? KBSYNC__WRITE_MODE__WRITE_MODE_ALL
-           : mode == REPL_ASYNC ? KBSYNC__WRITE_MODE__WRITE_MODE_ASYNC
-                                : KBSYNC__WRITE_MODE__WRITE_MODE_DEFAULT;
+    switch (mode) {
+    case REPL_ALL: return KBSYNC__WRITE_MODE__WRITE_MODE_ALL;
+    case REPL_ASYNC: return KBSYNC__WRITE_MODE__WRITE_MODE_ASYNC;
+    case REPL_QUORUM: return KBSYNC__WRITE_MODE__WRITE_MODE_QUORUM;
+    case REPL_MAJORITY: return KBSYNC__WRITE_MODE__WRITE_MODE_MAJORITY;
+    default: return KBSYNC__WRITE_MODE__WRITE_MODE_DEFAULT;
+    }
 }
 
-int cli_mode(const char *s)
+int cli_mode(const char *s, uint32_t *k)
 {
-    if (!strcmp(s, "async"))
-        return REPL_ASYNC;
-    if (!strcmp(s, "all"))
-        return REPL_ALL;
-    fprintf(stderr, "kbsync: mode must be async or all, not \"%s\"\n", s);
-    exit(2);
+    repl_mode_t m;
+    char err[256];
+    if (repl_mode_parse(s, &m, k, err, sizeof err)) {
+        fprintf(stderr, "kbsync: --mode: %s\n", err);
+        exit(2);
+    }
+    return (int)m;
 }
 
 static int parse_level(const char *s)
@@ -302,6 +308,8 @@ static int cmd_leader(int argc, char **argv)
         {"log-retain-mb", required_argument, 0, 'B'},
         {"log-retain-hours", required_argument, 0, 'H'},
         {"log-keep-ops", required_argument, 0, 'K'},
+        {"dedup-hours", required_argument, 0, 'D'},
+        {"dedup-max", required_argument, 0, 'X'},
         CKPT_OPTIONS,
         SEC_OPTIONS,
         {0, 0, 0, 0}};
@@ -343,7 +351,10 @@ static int cmd_leader(int argc, char **argv)
         case 'L': kb_log_setup(parse_level(optarg), NULL); break;
         case 'r': nc.leader.repl_listen = optarg; break;
         case 'R': nc.leader.replicas = optarg; break;
-        case 'w': nc.leader.default_mode = cli_mode(optarg); break;
+        case 'w':
+            nc.leader.default_mode =
+                (repl_mode_t)cli_mode(optarg, &nc.leader.default_quorum);
+            break;
         case 'W':
             nc.leader.write_timeout_ms =
                 (int)cli_uint("--write-timeout-ms", optarg, 3600000);
@@ -365,6 +376,18 @@ static int cmd_leader(int argc, char **argv)
                                               UINT64_C(1) << 40);
             if (!nc.leader.log_keep_ops) /* 0 in the config means default */
                 nc.leader.log_keep_ops = UINT64_MAX;
+            break;
+        case 'D':
+            nc.leader.dedup_hours = cli_uint("--dedup-hours", optarg,
+                                             24u * 365);
+            if (!nc.leader.dedup_hours)
+                die_usage("--dedup-hours must be at least 1%s", "");
+            break;
+        case 'X':
+            nc.leader.dedup_max = cli_uint("--dedup-max", optarg,
+                                           UINT64_C(1) << 32);
+            if (!nc.leader.dedup_max)
+                die_usage("--dedup-max must be at least 1%s", "");
             break;
         default: die_usage("bad option for leader%s", ""); /* fallthrough */
         }
@@ -894,12 +917,13 @@ static int cmd_delete(int argc, char **argv)
         {0, 0, 0, 0}};
     const char *ep = CLI_DEFAULT_ENDPOINT;
     int timeout = CLI_DEFAULT_TIMEOUT_MS, c, mode = 0;
+    uint32_t quorum = 0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (cli_client_key_option(c, optarg))
             continue;
         switch (c) {
         case 't': ep = optarg; break;
-        case 'm': mode = cli_mode(optarg); break;
+        case 'm': mode = cli_mode(optarg, &quorum); break;
         case 'j': break; /* the summary line is always JSON */
         case 'T':
             timeout = (int)cli_uint("--timeout-ms", optarg, 86400000);
@@ -917,6 +941,7 @@ static int cmd_delete(int argc, char **argv)
     d.n_ids = n;
     d.ids = argv + optind;
     d.mode = cli_wire_mode(mode);
+    d.quorum = quorum;
     req.body_case = KBSYNC__REQUEST__BODY_DELETE;
     req.delete_ = &d;
     char err[512];

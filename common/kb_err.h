@@ -26,7 +26,8 @@
     X(GAP, -1017, "replication log gap or reordering")                         \
     X(UNAVAIL, -1018, "node unavailable")                                      \
     X(NOMEM, -1019, "out of memory")                                          \
-    X(ACCES, -1020, "not allowed for this key's role")
+    X(ACCES, -1020, "not allowed for this key's role")                         \
+    X(CONFLICT, -1021, "a conditional write found another version")
 
 typedef enum kb_errno {
 #define KB__ERR_ENUM(name, val, text) KB_E##name = (val),

@@ -28,6 +28,10 @@
 int kb_seterr(char *err, size_t errlen, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* CRC-32C (Castagnoli, reflected, as iSCSI and ext4 use it). Streaming:
+ * crc = kb_crc32c(crc, buf, n), starting at 0. Any thread. */
+uint32_t kb_crc32c(uint32_t crc, const void *buf, size_t n);
+
 /* Microseconds: monotonic (for durations) and wall clock (for timestamps
  * that cross machines, e.g. a leader's commit time). */
 uint64_t kb_mono_us(void);

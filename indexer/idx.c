@@ -1025,6 +1025,39 @@ int idx_write(idx_kb_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
               uint64_t *lsns, idx_log_cb precommit, void *ctx, char *err,
               size_t errlen)
 {
+    return idx_write_ex(ix, ops, n, commit_us, lsns, precommit, ctx, NULL, 0,
+                        err, errlen);
+}
+
+int idx_dedup_get(idx_kb_t *ix, const void *key, size_t klen,
+                  idx_dedup_result_t *out)
+{
+    idx_store_dedup_t d;
+    int rc = idx_store_dedup_get(ix->store, key, klen, &d);
+    if (!rc) {
+        out->first = d.first;
+        out->version = d.version;
+        out->commit_us = d.commit_us;
+        out->hash = d.hash;
+        out->written = d.written;
+        out->missing = d.missing;
+    }
+    return rc;
+}
+
+int idx_dedup_expire(idx_kb_t *ix, uint64_t before_us, uint64_t max_entries,
+                     size_t max_step, uint64_t *removed, uint64_t *left,
+                     char *err, size_t errlen)
+{
+    return idx_store_dedup_expire(ix->store, before_us, max_entries, max_step,
+                                  removed, left, err, errlen);
+}
+
+int idx_write_ex(idx_kb_t *ix, const idx_op_t *ops, size_t n,
+                 uint64_t commit_us, uint64_t *lsns, idx_log_cb precommit,
+                 void *ctx, const idx_dedup_t *dd, size_t ndd, char *err,
+                 size_t errlen)
+{
     if (n == 0)
         return 0;
     if (!commit_us)
@@ -1062,6 +1095,22 @@ int idx_write(idx_kb_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
                 lsns[i] = 0;
             }
         }
+    }
+    for (size_t i = 0; i < ndd && !rc; i++) {
+        idx_store_dedup_t d = {0};
+        d.commit_us = commit_us;
+        d.hash = dd[i].hash;
+        d.version = lsn; /* a request that wrote nothing: the head */
+        for (size_t j = dd[i].first_op; j < dd[i].first_op + dd[i].nops; j++) {
+            if (lsns[j]) {
+                if (!d.written++)
+                    d.first = lsns[j];
+                d.version = lsns[j];
+            } else {
+                d.missing++;
+            }
+        }
+        rc = idx_store_dedup_put(t, dd[i].key, dd[i].klen, &d, err, errlen);
     }
     if (!rc && precommit && lsn >= first) {
         rc = idx_store_txn_log(t, first, precommit, ctx, err, errlen);
@@ -1963,6 +2012,7 @@ static int resolve_hits(idx_kb_t *ix, idx_rtxn_t *t, const float *scores,
         hit[p->n].text = d->text;
         hit[p->n].metadata = d->metadata_json;
         hit[p->n].score = scores[i];
+        hit[p->n].version = rec->lsn;
         p->n++;
     }
     (void)ix;
@@ -2552,6 +2602,24 @@ void idx_stats_stream(idx_kb_t *ix, idx_stats_t *st)
 const void *idx_meta(const idx_kb_t *ix)
 {
     return ix->meta;
+}
+
+int idx_doc_versions(idx_kb_t *ix, const char *const *ids, size_t n,
+                     uint64_t *vers, char *err, size_t errlen)
+{
+    idx_rtxn_t *rt;
+    int rc = idx_store_rbegin(ix->store, &rt, err, errlen);
+    for (size_t i = 0; !rc && i < n; i++) {
+        int64_t lab;
+        rc = idx_store_rlabel(rt, ids[i], strlen(ids[i]), &lab);
+        if (rc)
+            rc = kb_seterr(err, errlen, KB_ESTORE,
+                           "looking up document \"%.64s\": LMDB error %d",
+                           ids[i], rc);
+        vers[i] = lab > 0 ? (uint64_t)lab : 0;
+    }
+    idx_store_rend(&rt);
+    return rc;
 }
 
 uint64_t idx_commit_time(idx_kb_t *ix, uint64_t lsn)

@@ -123,6 +123,32 @@ int idx_write(idx_kb_t *ix, const idx_op_t *ops, size_t n, uint64_t commit_us,
               uint64_t *lsns, idx_log_cb precommit, void *ctx, char *err,
               size_t errlen);
 
+/* Idempotent writes: idx_write_ex() records, in the same transaction as
+ * the writes, the result of each request that carries a client identity:
+ * key = client id, NUL, big-endian seq; its ops are ops[first_op ..
+ * first_op + nops). idx_dedup_get() reads a result back (0, or -ENOENT). */
+typedef struct idx_dedup {
+    const void *key;
+    size_t klen;
+    uint64_t hash; /* of the request's content, to spot a reused seq */
+    size_t first_op, nops;
+} idx_dedup_t;
+typedef struct idx_dedup_result {
+    uint64_t first, version, commit_us, hash;
+    uint32_t written, missing;
+} idx_dedup_result_t;
+int idx_write_ex(idx_kb_t *ix, const idx_op_t *ops, size_t n,
+                 uint64_t commit_us, uint64_t *lsns, idx_log_cb precommit,
+                 void *ctx, const idx_dedup_t *dd, size_t ndd, char *err,
+                 size_t errlen);
+int idx_dedup_get(idx_kb_t *ix, const void *key, size_t klen,
+                  idx_dedup_result_t *out);
+/* Drops results committed before before_us, and the oldest beyond
+ * max_entries, at most max_step per call; *left: results kept. */
+int idx_dedup_expire(idx_kb_t *ix, uint64_t before_us, uint64_t max_entries,
+                     size_t max_step, uint64_t *removed, uint64_t *left,
+                     char *err, size_t errlen);
+
 /* Replica path. Applies serialized LogRecords (as read from a leader's log)
  * in one durable transaction. Their LSNs must continue the current version
  * with no gap, duplicate or reordering: anything else is refused with
@@ -150,6 +176,7 @@ typedef struct idx_hit {
     float score;
     const char *text;
     const char *metadata; /* "" when the document has none */
+    uint64_t version;     /* the LSN that wrote this version of it */
 } idx_hit_t;
 
 typedef struct idx_hits {
@@ -275,6 +302,12 @@ void idx_stats_stream(idx_kb_t *ix, idx_stats_t *st);
 /* The stored settings (dim, metric, index, node id, embedder); borrowed,
  * valid until idx_close. The pointer is a Kbsync__KbMeta. */
 const void *idx_meta(const idx_kb_t *ix);
+
+/* The current versions of n ids: vers[i] = the LSN that wrote id i's live
+ * document, or 0 when it does not exist (committed state, as the next
+ * idx_write starts from). Writer thread. Returns 0 or KB_ESTORE. */
+int idx_doc_versions(idx_kb_t *ix, const char *const *ids, size_t n,
+                     uint64_t *vers, char *err, size_t errlen);
 
 /* Commit time (leader clock, us) of the log record with that LSN, or 0 when
  * there is none. */

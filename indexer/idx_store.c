@@ -23,6 +23,8 @@
 struct idx_store {
     MDB_env *env;
     MDB_dbi meta, ids, log, undo;
+    MDB_dbi dedup, dedup_t; /* idempotent writes: (client, seq) -> result,
+                               and (commit time, key) for expiry */
     uint64_t staged;      /* meta "staged": records above may be unconfirmed */
     uint64_t log_start;   /* meta "log_start" (1 when absent) */
     uint64_t undo_from;   /* meta "undo_from": undo kept from this LSN on */
@@ -155,6 +157,10 @@ int idx_store_open(const char *dir, uint64_t map_size, int nosync,
         rc = mdb_dbi_open(txn, "log", MDB_CREATE | MDB_INTEGERKEY, &s->log);
     if (!rc)
         rc = mdb_dbi_open(txn, "undo", MDB_CREATE | MDB_INTEGERKEY, &s->undo);
+    if (!rc)
+        rc = mdb_dbi_open(txn, "dedup", MDB_CREATE, &s->dedup);
+    if (!rc)
+        rc = mdb_dbi_open(txn, "dedup_t", MDB_CREATE, &s->dedup_t);
     if (!rc)
         rc = store_load_state(s, txn);
     MDB_stat st;
@@ -567,6 +573,124 @@ int idx_store_commit(idx_wtxn_t **tp, char *err, size_t errlen)
     return rc ? store_fail(err, errlen, rc, "commit") : 0;
 }
 
+/* ------------------------------------------------------ idempotent writes
+ * dedup: key (client id, NUL, big-endian seq) -> 40 bytes: first, version,
+ * commit_us, hash (u64 each), written, missing (u32 each), little-endian.
+ * dedup_t: (big-endian commit_us, key) -> nothing, oldest first, so that
+ * expiry walks from the front. */
+
+#define DEDUP_VAL 40
+
+static void put64le(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get64le(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+int idx_store_dedup_put(idx_wtxn_t *t, const void *key, size_t klen,
+                        const idx_store_dedup_t *d, char *err, size_t errlen)
+{
+    unsigned char v[DEDUP_VAL], tk[8 + 512];
+    if (klen > sizeof tk - 8)
+        return kb_seterr(err, errlen, KB_EINVAL, "client id too long");
+    put64le(v, d->first);
+    put64le(v + 8, d->version);
+    put64le(v + 16, d->commit_us);
+    put64le(v + 24, d->hash);
+    put64le(v + 32, (uint64_t)d->written | (uint64_t)d->missing << 32);
+    for (int i = 0; i < 8; i++)
+        tk[i] = (unsigned char)(d->commit_us >> (56 - 8 * i));
+    memcpy(tk + 8, key, klen);
+    MDB_val k = {klen, (void *)key}, mv = {DEDUP_VAL, v};
+    MDB_val k2 = {klen + 8, tk}, e = {0, ""};
+    int rc = mdb_put(t->txn, t->s->dedup, &k, &mv, 0);
+    if (!rc)
+        rc = mdb_put(t->txn, t->s->dedup_t, &k2, &e, 0);
+    return rc ? store_fail(err, errlen, rc, "write the idempotency table") : 0;
+}
+
+int idx_store_dedup_get(idx_store_t *s, const void *key, size_t klen,
+                        idx_store_dedup_t *d)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc)
+        return KB_ESTORE;
+    MDB_val k = {klen, (void *)key}, v;
+    rc = mdb_get(txn, s->dedup, &k, &v);
+    if (!rc && v.mv_size == DEDUP_VAL) {
+        const unsigned char *p = v.mv_data;
+        d->first = get64le(p);
+        d->version = get64le(p + 8);
+        d->commit_us = get64le(p + 16);
+        d->hash = get64le(p + 24);
+        uint64_t wm = get64le(p + 32);
+        d->written = (uint32_t)wm;
+        d->missing = (uint32_t)(wm >> 32);
+    }
+    mdb_txn_abort(txn);
+    if (rc == MDB_NOTFOUND)
+        return -ENOENT;
+    return rc ? KB_ESTORE : (v.mv_size == DEDUP_VAL ? 0 : KB_ECORRUPT);
+}
+
+int idx_store_dedup_expire(idx_store_t *s, uint64_t before_us,
+                           uint64_t max_entries, size_t max_step,
+                           uint64_t *removed, uint64_t *left, char *err,
+                           size_t errlen)
+{
+    *removed = 0;
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc)
+        return store_fail(err, errlen, rc, "begin");
+    MDB_stat st;
+    rc = mdb_stat(txn, s->dedup_t, &st);
+    uint64_t n = rc ? 0 : st.ms_entries;
+    MDB_cursor *c = NULL;
+    if (!rc)
+        rc = mdb_cursor_open(txn, s->dedup_t, &c);
+    MDB_val k, v;
+    int g = rc ? rc : mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    while (!rc && g == 0 && *removed < max_step && k.mv_size > 8) {
+        const unsigned char *p = k.mv_data;
+        uint64_t at = 0;
+        for (int i = 0; i < 8; i++)
+            at = at << 8 | p[i];
+        if (at >= before_us && n - *removed <= max_entries)
+            break;
+        MDB_val dk = {k.mv_size - 8, (unsigned char *)k.mv_data + 8};
+        rc = mdb_del(txn, s->dedup, &dk, NULL);
+        if (rc == MDB_NOTFOUND)
+            rc = 0;
+        if (!rc)
+            rc = mdb_cursor_del(c, 0);
+        if (!rc) {
+            (*removed)++;
+            g = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+            if (g == 0 && k.mv_size <= 8)
+                g = MDB_NOTFOUND;
+        }
+    }
+    if (c)
+        mdb_cursor_close(c);
+    if (!rc && *removed)
+        rc = mdb_txn_commit(txn);
+    else
+        mdb_txn_abort(txn);
+    if (left)
+        *left = n - *removed;
+    return rc ? store_fail(err, errlen, rc, "expire the idempotency table") : 0;
+}
+
 void idx_store_abort(idx_wtxn_t **tp)
 {
     if (!tp || !*tp)
@@ -599,6 +723,22 @@ void idx_store_rend(idx_rtxn_t **t)
     mdb_txn_abort((*t)->txn);
     free(*t);
     *t = NULL;
+}
+
+int idx_store_rlabel(idx_rtxn_t *t, const char *id, size_t id_len,
+                     int64_t *label)
+{
+    MDB_val k = {id_len, (void *)id}, v;
+    int rc = mdb_get(t->txn, t->s->ids, &k, &v);
+    *label = -1;
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    if (v.mv_size != 8)
+        return MDB_CORRUPTED;
+    *label = (int64_t)get_u64(v.mv_data);
+    return 0;
 }
 
 int idx_store_doc_by_label(idx_rtxn_t *t, int64_t label, const void **bytes,

@@ -166,6 +166,24 @@ int idx_store_wlabel(idx_wtxn_t *t, const char *id, size_t id_len,
 int idx_store_txn_log(idx_wtxn_t *t, uint64_t from, idx_store_log_cb cb,
                       void *ctx, char *err, size_t errlen);
 int idx_store_commit(idx_wtxn_t **t, char *err, size_t errlen);
+
+/* Idempotent writes (the leader's table of committed (client, seq) pairs;
+ * see idx_write_ex): one entry, written in t; read back by key; expired
+ * (its own transaction) when committed before before_us or beyond the
+ * max_entries newest, at most max_step per call (*left: entries kept). */
+typedef struct idx_store_dedup {
+    uint64_t first, version, commit_us, hash;
+    uint32_t written, missing;
+} idx_store_dedup_t;
+int idx_store_dedup_put(idx_wtxn_t *t, const void *key, size_t klen,
+                        const idx_store_dedup_t *d, char *err, size_t errlen);
+/* 0, -ENOENT, KB_ESTORE or KB_ECORRUPT. */
+int idx_store_dedup_get(idx_store_t *s, const void *key, size_t klen,
+                        idx_store_dedup_t *d);
+int idx_store_dedup_expire(idx_store_t *s, uint64_t before_us,
+                           uint64_t max_entries, size_t max_step,
+                           uint64_t *removed, uint64_t *left, char *err,
+                           size_t errlen);
 void idx_store_abort(idx_wtxn_t **t);
 
 /* The newest records' LSNs and commit times, newest first: up to 64
@@ -186,6 +204,9 @@ int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
  * until idx_store_rend() of that transaction. */
 int idx_store_rbegin(idx_store_t *s, idx_rtxn_t **t, char *err, size_t errlen);
 void idx_store_rend(idx_rtxn_t **t);
+/* The live label (LSN of the current version) of an id, or -1. */
+int idx_store_rlabel(idx_rtxn_t *t, const char *id, size_t id_len,
+                     int64_t *label);
 /* Finds the log record (a serialized LogRecord holding the Doc) of the
  * document with that label. Returns 0, or -ENOENT when there is none. The
  * caller knows the label is live (it came from the vector index). */

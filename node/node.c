@@ -273,6 +273,9 @@ static void node_state(node_t *n, Kbsync__NodeState *s, uint64_t *hist,
         /* With CURVE, replica details are for admin keys only. */
         if (with_replicas && (!n->cfg->curve || n->req_role == KB_ROLE_ADMIN))
             repl_leader_replicas(n->leader, &s->replicas, &s->n_replicas);
+        if (with_replicas)
+            repl_leader_dedup_stats(n->leader, &s->idempotency_entries,
+                                    &s->idempotent_retries);
     }
 }
 

@@ -405,6 +405,7 @@ static void answer_hits(void *push, const job_t *j, const idx_hits_t *h,
         hits[i].score = h->hit[i].score;
         hits[i].text = (char *)h->hit[i].text;
         hits[i].metadata_json = (char *)h->hit[i].metadata;
+        hits[i].version = h->hit[i].version;
         hp[i] = &hits[i];
     }
     Kbsync__QueryResult qr = KBSYNC__QUERY_RESULT__INIT;

@@ -19,13 +19,32 @@
 
 typedef struct repl_leader repl_leader_t;
 
-typedef enum repl_mode { REPL_ASYNC = 1, REPL_ALL = 2 } repl_mode_t;
+/* Write modes (docs/CONSISTENCY.md): answered after the leader's commit
+ * (ASYNC), or once K named replicas applied the write: all of them (ALL),
+ * K given (QUORUM), K = floor((n + 1) / 2) of n named (MAJORITY, so that
+ * the leader and K replicas are a majority of the n + 1 copies). */
+typedef enum repl_mode {
+    REPL_ASYNC = 1,
+    REPL_ALL = 2,
+    REPL_QUORUM = 3,
+    REPL_MAJORITY = 4
+} repl_mode_t;
+
+/* Parses "async", "all", "majority" or "quorum:K" (K >= 1). Returns 0, or
+ * KB_EINVAL with err naming what is wrong. *k is 0 unless quorum. */
+int repl_mode_parse(const char *s, repl_mode_t *mode, uint32_t *k, char *err,
+                    size_t errlen);
+/* "async", "all", "quorum" or "majority". */
+const char *repl_mode_name(repl_mode_t mode);
+/* Named replicas a write in this mode waits for, with n named. */
+uint32_t repl_mode_need(repl_mode_t mode, uint32_t k, uint32_t n);
 
 typedef struct repl_leader_config {
     const char *repl_listen;     /* replication endpoint; NULL = none */
     const char *replicas;        /* "r1,r2": the replicas `all` waits for */
     repl_mode_t default_mode;    /* for requests that do not choose */
-    int write_timeout_ms;        /* how long `all` waits for acks */
+    uint32_t default_quorum;     /* K when default_mode is REPL_QUORUM */
+    int write_timeout_ms;        /* how long all/quorum wait for acks */
     const char *client_endpoint; /* told to replicas, for KB_ENOTLEADER */
     /* Log retention (see repl_retain.c): the log a lagging replica needs is
      * kept, but at most log_retain_mb MB and log_retain_hours hours of it
@@ -36,6 +55,11 @@ typedef struct repl_leader_config {
     uint64_t log_retain_mb;
     uint64_t log_retain_hours;
     uint64_t log_keep_ops;
+    /* Idempotent writes: the results of (client_id, client_seq) writes are
+     * kept dedup_hours (0 = 24) and at most dedup_max (0 = 1,000,000), the
+     * oldest dropped first. */
+    uint64_t dedup_hours;
+    uint64_t dedup_max;
     /* CURVE server keys for the replication socket (NULL: plain TCP); its
      * ZAP domain is "kbsync-repl", and a peer may follow only under the id
      * its key's role names (replica:<id>). */
@@ -77,6 +101,11 @@ void repl_leader_on_repl(repl_leader_t *l, void *router);
 /* Heartbeats, catch-up streaming, dead replicas and `all` timeouts. Call
  * at least every repl_leader_tick() milliseconds (its return value). */
 int repl_leader_tick(repl_leader_t *l, void *router);
+
+/* Idempotency table: results kept (as of the last expiry pass) and
+ * retries answered from it since start. */
+void repl_leader_dedup_stats(const repl_leader_t *l, uint64_t *entries,
+                             uint64_t *retries);
 
 /* Fills the leader-only part of a status answer: the replica list.
  * Pointers are borrowed from the leader until the next call. */

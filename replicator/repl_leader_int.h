@@ -21,6 +21,9 @@
  * ZeroMQ or in flight) stays bounded whatever the records' size. */
 #define REPL_WINDOW_BYTES (64u << 20)
 #define REPL_FLIGHT 256 /* messages tracked for the byte window */
+#define REPL_MAX_CLIENT_ID 64 /* bytes of an idempotent write's client_id */
+#define REPL_DEDUP_KEY (REPL_MAX_CLIENT_ID + 1 + 8)
+#define REPL_DEDUP_STEP 10000 /* results expired per tick at most */
 
 typedef struct peer {
     char id[64];
@@ -31,6 +34,7 @@ typedef struct peer {
     uint64_t heard_us; /* monotonic time of its last message */
     uint64_t beat_us;  /* monotonic time of our last beat to it */
     uint64_t durable;  /* LSN durable on it (ReplAck.durable_lsn) */
+    uint64_t received; /* LSN it read off the connection (ReplAck) */
     uint64_t pin;      /* named: newest acked LSN as last saved (meta
                           "pin:<id>"), what retention keeps for it while
                           it is away */
@@ -56,13 +60,27 @@ typedef struct pending {
     Kbsync__Request *req;
     size_t first_op, nops;
     repl_mode_t mode;
+    uint32_t need; /* named replicas that must apply it (0: async) */
     int dropped;
+    /* Idempotent write: client id, NUL, big-endian seq (dklen 0: none). */
+    unsigned char dkey[REPL_DEDUP_KEY];
+    size_t dklen;
+    uint64_t dhash;
 } pending_t;
 
-typedef struct parked { /* an `all` answer waiting for acks */
-    kb_peer_t peer;
-    uint64_t rid, lsn, deadline_us;
+/* What a write answer says (WriteResult), kept while it waits for acks. */
+typedef struct wresult {
+    uint64_t first, lsn; /* the request's first and last LSN (0: none) */
     uint32_t written, missing;
+    repl_mode_t mode;
+    uint32_t need;
+    int retried;
+} wresult_t;
+
+typedef struct parked { /* an all/quorum answer waiting for acks */
+    kb_peer_t peer;
+    uint64_t rid, deadline_us;
+    wresult_t w;
 } parked_t;
 
 /* A batch of serialized log records to send. The bytes are borrowed from
@@ -117,6 +135,13 @@ struct repl_leader {
     uint64_t compact_log_us;                     /* monotonic: that line */
     Kbsync__ReplicaState rs[REPL_MAX_PEERS];
     Kbsync__ReplicaState *rsp[REPL_MAX_PEERS];
+    idx_dedup_t *dd; /* the group commit's idempotent requests */
+    size_t ddcap;
+    uint64_t dedup_us;   /* monotonic: last expiry pass */
+    uint64_t dedup_left; /* results kept after it */
+    uint64_t retries;    /* writes answered from the table since start */
+    Kbsync__Receipt rc[REPL_MAX_PEERS]; /* a write answer's receipts */
+    Kbsync__Receipt *rcp[REPL_MAX_PEERS];
 };
 
 
@@ -127,8 +152,12 @@ void repl__ship_reset(repl_leader_t *l);
  * that hold them (ReplBeat.committed_lsn), so they make them searchable. */
 void repl__announce_commit(repl_leader_t *l);
 void repl__stream_all(repl_leader_t *l);
-int repl__all_named_acked(const repl_leader_t *l, uint64_t lsn, char *missing,
-                          size_t cap, int *have, int *want);
+/* 1 when at least `need` named replicas applied lsn; *have of *want
+ * (named) did; missing lists the named ones that did not. */
+int repl__named_acked(const repl_leader_t *l, uint64_t lsn, uint32_t need,
+                      char *missing, size_t cap, int *have, int *want);
+/* Named replicas, and how many of them are connected now. */
+uint32_t repl__named(const repl_leader_t *l, uint32_t *online);
 
 /* repl_retain.c: log retention and compaction, on the leader's tick. */
 void repl__retain_init(repl_leader_t *l);
@@ -137,6 +166,7 @@ void repl__retain_free(repl_leader_t *l);
 
 /* repl_commit.c, for the shipping half. */
 void repl__release_parked(repl_leader_t *l, void *router);
+void repl__dedup_tick(repl_leader_t *l);
 void repl__clear_queue(repl_leader_t *l);
 
 #endif

@@ -85,6 +85,7 @@ struct repl_replica {
     idx_kb_t *ix; /* changed only under *cfg.ix_lock held exclusively */
     int streaming;
     uint64_t hello_us, ack_us, heard_us; /* monotonic */
+    uint64_t received; /* newest LSN read off the connection this session */
     uint64_t conn_us;                    /* monotonic: socket (re)created */
     int hello_unsent; /* the last hello found no connection to go out on */
     uint64_t apply_fails;    /* failed applies in a row */
@@ -320,6 +321,7 @@ static void replica_ack(repl_replica_t *r)
     Kbsync__ReplAck a = KBSYNC__REPL_ACK__INIT;
     a.applied_lsn = v.version; /* searchable */
     idx_state(r->ix, &a.durable_lsn, NULL);
+    a.received_lsn = r->received > a.durable_lsn ? r->received : a.durable_lsn;
     Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
     m.body_case = KBSYNC__REPL_MESSAGE__BODY_ACK;
     m.ack = &a;
@@ -832,6 +834,7 @@ size_t repl_replica_on_msg(repl_replica_t *r)
             applied += batch_apply(r, 0);
             batch_release(r); /* a new session sends any held group again */
             r->group_open = 0;
+            r->received = 0;
             on_welcome(r, m->welcome);
             if (r->ix) {
                 idx_stats_t st;
@@ -890,6 +893,8 @@ size_t repl_replica_on_msg(repl_replica_t *r)
                 r->batch_bytes += b->len;
                 r->nrec++;
                 expect = lsn + 1;
+                if (lsn > r->received)
+                    r->received = lsn;
                 keep = 1;
             }
             break;

@@ -356,6 +356,11 @@ int repl_leader_new(idx_kb_t *ix, void *zctx, const repl_leader_config_t *cfg,
     }
     if (!l->cfg.default_mode)
         l->cfg.default_mode = REPL_ASYNC;
+    if (l->cfg.default_mode == REPL_QUORUM && l->cfg.default_quorum == 0) {
+        free(l);
+        return kb_seterr(err, errlen, KB_EINVAL,
+                         "--write-mode quorum needs K >= 1 (quorum:K)");
+    }
     if (l->cfg.write_timeout_ms <= 0)
         l->cfg.write_timeout_ms = 5000;
     snprintf(l->client_ep, sizeof l->client_ep, "%s",
@@ -378,6 +383,15 @@ int repl_leader_new(idx_kb_t *ix, void *zctx, const repl_leader_config_t *cfg,
             if (*s == ',')
                 s++;
         }
+    }
+    if (l->cfg.default_mode == REPL_QUORUM &&
+        l->cfg.default_quorum > repl__named(l, NULL)) {
+        uint32_t n = repl__named(l, NULL);
+        free(l);
+        return kb_seterr(err, errlen, KB_EINVAL,
+                         "--write-mode quorum:%u but --replicas names %u "
+                         "replica%s",
+                         cfg->default_quorum, n, n == 1 ? "" : "s");
     }
     if (cfg->repl_listen) {
         kb_curve_t cv;
@@ -409,13 +423,18 @@ int repl_leader_new(idx_kb_t *ix, void *zctx, const repl_leader_config_t *cfg,
         char ep[256];
         size_t eplen = sizeof ep;
         zmq_getsockopt(l->sock, ZMQ_LAST_ENDPOINT, ep, &eplen);
-        if (l->cfg.default_mode == REPL_ALL &&
+        if (l->cfg.default_mode != REPL_ASYNC &&
             !(cfg->replicas && *cfg->replicas))
-            kb_warn("--write-mode all without --replicas: `all` waits for no "
-                    "replica and is the same as `async`");
-        kb_info("replication on %s; replicas for `all`: %s; default mode %s",
+            kb_warn("--write-mode %s without --replicas: it waits for no "
+                    "replica and is the same as `async`",
+                    repl_mode_name(l->cfg.default_mode));
+        uint32_t n = repl__named(l, NULL);
+        kb_info("replication on %s; named replicas: %s; default mode %s "
+                "(waits for %u of %u named replicas)",
                 ep, cfg->replicas && *cfg->replicas ? cfg->replicas : "(none)",
-                l->cfg.default_mode == REPL_ALL ? "all" : "async");
+                repl_mode_name(l->cfg.default_mode),
+                repl_mode_need(l->cfg.default_mode, l->cfg.default_quorum, n),
+                n);
     }
     repl__retain_init(l);
     *out = l;
@@ -436,6 +455,7 @@ void repl_leader_free(repl_leader_t **lp)
     free(l->ops);
     free(l->lsns);
     free(l->park);
+    free(l->dd);
     free(l);
     *lp = NULL;
 }
@@ -494,8 +514,8 @@ int repl__precommit(void *ctx, uint64_t lsn, const void *bytes,
     return 0;
 }
 
-int repl__all_named_acked(const repl_leader_t *l, uint64_t lsn, char *missing,
-                           size_t cap, int *have, int *want)
+int repl__named_acked(const repl_leader_t *l, uint64_t lsn, uint32_t need,
+                      char *missing, size_t cap, int *have, int *want)
 {
     *have = *want = 0;
     size_t used = 0;
@@ -511,7 +531,20 @@ int repl__all_named_acked(const repl_leader_t *l, uint64_t lsn, char *missing,
             used += (size_t)snprintf(missing + used, cap - used, "%s%s",
                                      used ? ", " : "", l->peer[i].id);
     }
-    return *have == *want;
+    return (uint32_t)*have >= need;
+}
+
+uint32_t repl__named(const repl_leader_t *l, uint32_t *online)
+{
+    uint32_t n = 0, on = 0;
+    for (size_t i = 0; i < l->npeers; i++)
+        if (l->peer[i].named) {
+            n++;
+            on += l->peer[i].online != 0;
+        }
+    if (online)
+        *online = on;
+    return n;
 }
 
 void repl__announce_commit(repl_leader_t *l)
@@ -822,6 +855,11 @@ void repl_leader_on_repl(repl_leader_t *l, void *router)
                 flight_ack(p, p->acked);
                 if (m->ack->durable_lsn > p->durable)
                     p->durable = m->ack->durable_lsn;
+                if (m->ack->received_lsn > p->received &&
+                    m->ack->received_lsn <= p->sent)
+                    p->received = m->ack->received_lsn;
+                if (p->durable > p->received)
+                    p->received = p->durable;
                 if (p->snapshot_lsn && p->acked >= p->snapshot_lsn) {
                     kb_info("replica %s loaded its snapshot (LSN %llu)",
                             p->id, (unsigned long long)p->snapshot_lsn);
@@ -873,6 +911,7 @@ int repl_leader_tick(repl_leader_t *l, void *router)
     if (l->sock)
         repl__stream_all(l);
     repl__retain_tick(l);
+    repl__dedup_tick(l);
     for (size_t i = 0; i < l->nparked; i++) {
         int left =
             (int)((l->park[i].deadline_us > now ? l->park[i].deadline_us - now
@@ -882,6 +921,19 @@ int repl_leader_tick(repl_leader_t *l, void *router)
             next = left;
     }
     return next;
+}
+
+/* LSNs behind the committed version, and ms since the oldest write not at
+ * the stage yet was committed. */
+static void stage_lag(repl_leader_t *l, uint64_t head, uint64_t now_us,
+                      uint64_t at, uint64_t *ops, uint64_t *ms)
+{
+    *ops = head > at ? head - at : 0;
+    *ms = 0;
+    if (*ops) {
+        uint64_t t = idx_commit_time(l->ix, at + 1);
+        *ms = t && now_us > t ? (now_us - t) / 1000u : 0;
+    }
 }
 
 void repl_leader_replicas(repl_leader_t *l, Kbsync__ReplicaState ***out,
@@ -901,11 +953,13 @@ void repl_leader_replicas(repl_leader_t *l, Kbsync__ReplicaState ***out,
         r->durable_version = p->durable > p->acked ? p->durable : p->acked;
         r->snapshot = p->online && p->snapshot_lsn != 0;
         r->queued_bytes = p->online ? p->inflight : 0;
-        r->lag_ops = st.version > p->acked ? st.version - p->acked : 0;
-        if (r->lag_ops) {
-            uint64_t t = idx_commit_time(l->ix, p->acked + 1);
-            r->lag_ms = t && now > t ? (now - t) / 1000u : 0;
-        }
+        r->received_version =
+            p->received > r->durable_version ? p->received : r->durable_version;
+        stage_lag(l, st.version, now, p->acked, &r->lag_ops, &r->lag_ms);
+        stage_lag(l, st.version, now, r->durable_version, &r->durable_lag_ops,
+                  &r->durable_lag_ms);
+        stage_lag(l, st.version, now, r->received_version,
+                  &r->received_lag_ops, &r->received_lag_ms);
         l->rsp[k] = r;
         k++;
     }

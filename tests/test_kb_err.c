@@ -53,6 +53,7 @@ static void test_kb_err_codes_are_unique_negative_and_stable(void **state)
     assert_int_equal(KB_EGAP, -1017);
     assert_int_equal(KB_ENOMEM, -1019);
     assert_int_equal(KB_EACCES, -1020);
+    assert_int_equal(KB_ECONFLICT, -1021);
 }
 
 static void test_kb_err_zero_is_success(void **state)
@@ -89,8 +90,8 @@ static void test_kb_err_unknown_code(void **state)
     }
     /* Just past the table, inside the errno range: never NULL, never
      * mistaken for a project code. */
-    const char *t = kb_strerror(KB_EACCES - 1);
-    const char *n = kb_errname(KB_EACCES - 1);
+    const char *t = kb_strerror(KB_ECONFLICT - 1);
+    const char *n = kb_errname(KB_ECONFLICT - 1);
     assert_non_null(t);
     assert_non_null(n);
     assert_true(strncmp(n, "KB_E", 4) != 0);
