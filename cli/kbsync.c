@@ -62,6 +62,7 @@ static const char USAGE[] =
     "  query   --to EP [-k N] (--vector JSON | --text TEXT) [--min-version V]\n"
     "          [--wait-ms N] [--max-lag-ms N] [--ef-search N] [--nprobe N]\n"
     "          [--filter KEY=VALUE]... [--json]\n"
+    "          [--consistency eventual|bounded:MS|session:VERSION|strong]\n"
     "  delete  --to EP [--mode async|all|majority|quorum:K] ID...\n"
     "  status  --to EP [--json]\n"
     "  rebuild --to EP [--json]\n"
@@ -759,6 +760,37 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
     return 0;
 }
 
+static const char *level_name(Kbsync__ReadLevel l)
+{
+    switch (l) {
+    case KBSYNC__READ_LEVEL__READ_EVENTUAL: return "eventual";
+    case KBSYNC__READ_LEVEL__READ_BOUNDED: return "bounded";
+    case KBSYNC__READ_LEVEL__READ_SESSION: return "session";
+    case KBSYNC__READ_LEVEL__READ_STRONG: return "strong";
+    default: return "default";
+    }
+}
+
+/* --consistency eventual | bounded:MS | session:VERSION | strong */
+static void parse_consistency(const char *s, Kbsync__QueryRequest *q)
+{
+    if (!strcmp(s, "eventual")) {
+        q->consistency = KBSYNC__READ_LEVEL__READ_EVENTUAL;
+    } else if (!strcmp(s, "strong")) {
+        q->consistency = KBSYNC__READ_LEVEL__READ_STRONG;
+    } else if (!strncmp(s, "bounded:", 8)) {
+        q->consistency = KBSYNC__READ_LEVEL__READ_BOUNDED;
+        q->max_lag_ms = cli_uint("--consistency bounded:MS", s + 8, 86400000);
+    } else if (!strncmp(s, "session:", 8)) {
+        q->consistency = KBSYNC__READ_LEVEL__READ_SESSION;
+        q->min_version = cli_uint("--consistency session:VERSION", s + 8,
+                                  UINT64_MAX);
+    } else {
+        die_usage("--consistency must be eventual, bounded:MS, "
+                  "session:VERSION or strong, not \"%s\"", s);
+    }
+}
+
 static int cmd_query(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -773,6 +805,7 @@ static int cmd_query(int argc, char **argv)
         {"ef-search", required_argument, 0, 'E'},
         {"nprobe", required_argument, 0, 'P'},
         {"filter", required_argument, 0, 'F'},
+        {"consistency", required_argument, 0, 'C'},
         CLI_CLIENT_KEY_OPTIONS,
         {0, 0, 0, 0}};
     const char *ep = CLI_DEFAULT_ENDPOINT, *vec = NULL, *text = NULL;
@@ -830,6 +863,7 @@ static int cmd_query(int argc, char **argv)
             nf++;
             break;
         }
+        case 'C': parse_consistency(optarg, &q); break;
         default: die_usage("bad option for query%s", "");
         }
     }
@@ -868,11 +902,15 @@ static int cmd_query(int argc, char **argv)
     if (json) {
         cJSON *o = cJSON_CreateObject();
         add_state(o, qr->state);
+        cJSON_AddStringToObject(o, "consistency", level_name(qr->level));
+        if (qr->read_index)
+            cJSON_AddNumberToObject(o, "read_index", (double)qr->read_index);
         cJSON *hits = cJSON_AddArrayToObject(o, "hits");
         for (size_t i = 0; i < qr->n_hits; i++) {
             const Kbsync__Hit *h = qr->hits[i];
             cJSON *ho = cJSON_CreateObject();
             cJSON_AddStringToObject(ho, "id", h->id);
+            cJSON_AddNumberToObject(ho, "version", (double)h->version);
             cJSON_AddNumberToObject(ho, "score", h->score);
             cJSON_AddStringToObject(ho, "text", h->text);
             /* Stored metadata was checked to be a JSON object on ingest. */
@@ -886,11 +924,11 @@ static int cmd_query(int argc, char **argv)
     } else {
         const Kbsync__NodeState *s = qr->state;
         printf("%s %s: version %llu (leader %llu), lag %llu ops / %llu ms, "
-               "%zu hits\n",
+               "%s read, %zu hits\n",
                s->role, s->node_id, (unsigned long long)s->version,
                (unsigned long long)s->leader_version,
                (unsigned long long)s->lag_ops, (unsigned long long)s->lag_ms,
-               qr->n_hits);
+               level_name(qr->level), qr->n_hits);
         for (size_t i = 0; i < qr->n_hits; i++) {
             const Kbsync__Hit *h = qr->hits[i];
             int tl = (int)strlen(h->text);

@@ -306,10 +306,20 @@ static void read_state(void *ctx, Kbsync__NodeState *s)
     node_state(ctx, s, NULL, 0);
 }
 
+static uint64_t read_index_begin(void *ctx)
+{
+    node_t *n = ctx;
+    return repl_replica_read_index_begin(n->replica);
+}
+
 static qry_read_node_t read_node(node_t *n)
 {
     qry_read_node_t r = {
         .ctx = n, .leader = !n->replica, .run = read_run, .state = read_state};
+    if (n->replica) {
+        r.ri_begin = read_index_begin;
+        repl_replica_read_index(n->replica, &r.ri_seq, &r.ri_lsn);
+    }
     idx_kb_t *ix = node_idx(n);
     if (ix) {
         idx_view_t v;

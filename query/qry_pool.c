@@ -17,6 +17,7 @@
 #include "qry_pool.h"
 
 #include "kb_err.h"
+#include "qry_read.h"
 #include "kb_util.h"
 
 #include <errno.h>
@@ -410,6 +411,9 @@ static void answer_hits(void *push, const job_t *j, const idx_hits_t *h,
     }
     Kbsync__QueryResult qr = KBSYNC__QUERY_RESULT__INIT;
     qr.state = s;
+    qr.level = qry_read_level(j->req->query);
+    if (qr.level == KBSYNC__READ_LEVEL__READ_STRONG)
+        qr.read_index = j->req->query->min_version;
     qr.n_hits = h->n;
     qr.hits = hp;
     Kbsync__Response r = KBSYNC__RESPONSE__INIT;
@@ -501,7 +505,10 @@ static void run_batch(qry_pool_t *p, void *push, job_t *jobs, size_t n)
                              (unsigned long long)r->min_version);
                     push_error(push, &ok[i]->peer, ok[i]->req->request_id,
                                KB_ESTALE, err);
-                } else if (r->max_lag_ms && s.lag_ms > r->max_lag_ms) {
+                } else if ((r->max_lag_ms ||
+                            r->consistency ==
+                                KBSYNC__READ_LEVEL__READ_BOUNDED) &&
+                           s.lag_ms > r->max_lag_ms) {
                     snprintf(err, sizeof err,
                              "node %s lags the leader by %llu ms (%llu "
                              "versions), above max_lag_ms %llu",

@@ -9,7 +9,15 @@
  * leader's version and the lag. A leader holds every acknowledged version,
  * so a token above its version was never handed out: refused at once. A
  * replica without a knowledge base yet parks the query too (its settings
- * and records may arrive within the wait). */
+ * and records may arrive within the wait).
+ *
+ * STRONG READS
+ * A READ_STRONG query on a leader runs at once with min_version raised to
+ * the leader's version. On a replica it is parked, the replica asks the
+ * leader for its committed LSN (repl_replica_read_index_begin(), with a
+ * request sent after the query arrived), and once the answer comes the
+ * query waits like a min_version read for that LSN. No answer within
+ * wait_ms: KB_ESTALE saying the leader did not answer. */
 #include "qry_read.h"
 
 #include "kb_err.h"
@@ -22,6 +30,7 @@ typedef struct parked {
     kb_peer_t peer;
     Kbsync__Request *req;
     uint64_t deadline_us;
+    uint64_t ri_need; /* strong read: the read-index seq awaited (0: none) */
 } parked_t;
 
 struct qry_read {
@@ -57,11 +66,62 @@ void qry_read_free(qry_read_t **rp, void *router)
     *rp = NULL;
 }
 
+Kbsync__ReadLevel qry_read_level(const Kbsync__QueryRequest *q)
+{
+    if (q->consistency != KBSYNC__READ_LEVEL__READ_DEFAULT)
+        return q->consistency;
+    if (q->min_version)
+        return KBSYNC__READ_LEVEL__READ_SESSION;
+    if (q->max_lag_ms)
+        return KBSYNC__READ_LEVEL__READ_BOUNDED;
+    return KBSYNC__READ_LEVEL__READ_EVENTUAL;
+}
+
+/* KB_EINVAL for a level the request's other fields contradict. */
+static int check_level(const Kbsync__QueryRequest *q, char *err, size_t cap)
+{
+    switch (q->consistency) {
+    case KBSYNC__READ_LEVEL__READ_DEFAULT:
+    case KBSYNC__READ_LEVEL__READ_STRONG: return 0;
+    case KBSYNC__READ_LEVEL__READ_EVENTUAL:
+        if (q->min_version || q->max_lag_ms)
+            return kb_seterr(err, cap, KB_EINVAL,
+                             "consistency eventual with min_version or "
+                             "max_lag_ms: ask for session or bounded");
+        return 0;
+    case KBSYNC__READ_LEVEL__READ_SESSION:
+        if (!q->min_version)
+            return kb_seterr(err, cap, KB_EINVAL,
+                             "consistency session needs min_version (the "
+                             "version a write returned)");
+        return 0;
+    case KBSYNC__READ_LEVEL__READ_BOUNDED:
+        if (q->min_version)
+            return kb_seterr(err, cap, KB_EINVAL,
+                             "consistency bounded with min_version: ask for "
+                             "session (or leave consistency unset for both)");
+        return 0;
+    default:
+        return kb_seterr(err, cap, KB_EINVAL, "unknown consistency level %d",
+                         (int)q->consistency);
+    }
+}
+
 static void refuse(void *router, const qry_read_node_t *node,
                    const kb_peer_t *peer, Kbsync__Request *req, int waited)
 {
     char err[512];
-    if (!waited) {
+    if (waited == 2) {
+        Kbsync__NodeState s;
+        node->state(node->ctx, &s);
+        snprintf(err, sizeof err,
+                 "strong read refused: node %s could not learn the leader's "
+                 "committed version within %u ms (leader contact %llu ms "
+                 "ago; node at version %llu)",
+                 s.node_id, wait_ms(req->query),
+                 (unsigned long long)s.leader_contact_ms,
+                 (unsigned long long)s.version);
+    } else if (!waited) {
         snprintf(err, sizeof err,
                  "min_version %llu is above the leader's version %llu: no "
                  "such write was acknowledged",
@@ -86,8 +146,19 @@ static void refuse(void *router, const qry_read_node_t *node,
 void qry_read_admit(qry_read_t *r, void *router, const qry_read_node_t *node,
                     const kb_peer_t *peer, Kbsync__Request *req)
 {
+    char err[256];
+    int rc = check_level(req->query, err, sizeof err);
+    if (rc) {
+        kb_wire_send_error(router, peer, req->request_id, rc, err);
+        kbsync__request__free_unpacked(req, NULL);
+        return;
+    }
+    int strong = req->query->consistency == KBSYNC__READ_LEVEL__READ_STRONG;
+    if (strong && node->leader && node->version > req->query->min_version)
+        req->query->min_version = node->version;
     uint64_t want = req->query->min_version;
-    if (!want || (node->has_kb && want <= node->version)) {
+    if ((!strong || node->leader) &&
+        (!want || (node->has_kb && want <= node->version))) {
         node->run(node->ctx, peer, req);
         return;
     }
@@ -109,6 +180,8 @@ void qry_read_admit(qry_read_t *r, void *router, const qry_read_node_t *node,
     }
     r->p[r->n].peer = *peer;
     r->p[r->n].req = req;
+    r->p[r->n].ri_need = strong && node->ri_begin ? node->ri_begin(node->ctx)
+                                                  : 0;
     r->p[r->n].deadline_us =
         kb_mono_us() + (uint64_t)wait_ms(req->query) * 1000u;
     r->n++;
@@ -120,10 +193,16 @@ void qry_read_release(qry_read_t *r, void *router, const qry_read_node_t *node)
     size_t keep = 0;
     for (size_t i = 0; i < r->n; i++) {
         parked_t *w = &r->p[i];
-        if (node->has_kb && w->req->query->min_version <= node->version)
+        if (w->ri_need && node->ri_seq >= w->ri_need) {
+            if (node->ri_lsn > w->req->query->min_version)
+                w->req->query->min_version = node->ri_lsn;
+            w->ri_need = 0;
+        }
+        if (!w->ri_need && node->has_kb &&
+            w->req->query->min_version <= node->version)
             node->run(node->ctx, &w->peer, w->req);
         else if (now >= w->deadline_us)
-            refuse(router, node, &w->peer, w->req, 1);
+            refuse(router, node, &w->peer, w->req, w->ri_need ? 2 : 1);
         else
             r->p[keep++] = *w;
     }

@@ -29,7 +29,15 @@ typedef struct qry_read_node {
     uint64_t version;
     void (*run)(void *ctx, const kb_peer_t *peer, Kbsync__Request *req);
     void (*state)(void *ctx, Kbsync__NodeState *s);
+    /* Replicas, strong reads: asks the leader for a read index and returns
+     * the request seq to wait for; ri_seq/ri_lsn: the newest answer. */
+    uint64_t (*ri_begin)(void *ctx);
+    uint64_t ri_seq, ri_lsn;
 } qry_read_node_t;
+
+/* The level a query asks for (QueryRequest.consistency, or derived from
+ * min_version and max_lag_ms when DEFAULT). */
+Kbsync__ReadLevel qry_read_level(const Kbsync__QueryRequest *q);
 
 int qry_read_new(qry_read_t **out);
 
@@ -38,7 +46,9 @@ int qry_read_new(qry_read_t **out);
 void qry_read_free(qry_read_t **r, void *router);
 
 /* Takes a query request (ownership passes): runs it through node->run when
- * the node can answer it now, parks it, or refuses it. */
+ * the node can answer it now, parks it, or refuses it. A strong read runs
+ * with min_version raised to the read index (the leader's version on a
+ * leader, its answer to a ReplReadIndex on a replica). */
 void qry_read_admit(qry_read_t *r, void *router, const qry_read_node_t *node,
                     const kb_peer_t *peer, Kbsync__Request *req);
 

@@ -62,6 +62,8 @@
 #define REPLICA_APPLY_RETRY_FIRST_MS 50
 #define REPLICA_APPLY_RETRY_MAX_MS 5000
 #define REPLICA_ACK_MS 100
+/* A read-index request unanswered this long is sent again (same seq). */
+#define REPLICA_RI_RESEND_MS 200
 #define REPLICA_SILENT_MS 300
 #define REPLICA_DEAD_MS 1000
 /* While the leader is silent, a fresh connection every this often: a TCP
@@ -86,6 +88,13 @@ struct repl_replica {
     int streaming;
     uint64_t hello_us, ack_us, heard_us; /* monotonic */
     uint64_t received; /* newest LSN read off the connection this session */
+    /* Read index (strong reads): one ReplReadIndex in flight at a time;
+     * reads that arrive meanwhile wait for the next one. */
+    uint64_t ri_sent;    /* seq of the newest request sent */
+    uint64_t ri_sent_us; /* monotonic: when (re)sent */
+    uint64_t ri_want;    /* newest seq some read waits for */
+    uint64_t ri_done;    /* newest seq answered */
+    uint64_t ri_lsn;     /* the leader's committed LSN in that answer */
     uint64_t conn_us;                    /* monotonic: socket (re)created */
     int hello_unsent; /* the last hello found no connection to go out on */
     uint64_t apply_fails;    /* failed applies in a row */
@@ -329,10 +338,57 @@ static void replica_ack(repl_replica_t *r)
     r->ack_us = kb_mono_us();
 }
 
+static void ri_send(repl_replica_t *r)
+{
+    Kbsync__ReplReadIndex q = KBSYNC__REPL_READ_INDEX__INIT;
+    q.seq = r->ri_sent;
+    Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
+    m.body_case = KBSYNC__REPL_MESSAGE__BODY_READ_INDEX;
+    m.read_index = &q;
+    replica_send(r, &m);
+    r->ri_sent_us = kb_mono_us();
+}
+
+/* Sends the next read-index request when a read waits for one and none is
+ * in flight (or the one in flight went unanswered for REPLICA_RI_RESEND_MS:
+ * sent again, same seq). */
+static void ri_pump(repl_replica_t *r)
+{
+    if (!r->streaming || r->ri_want <= r->ri_done)
+        return;
+    if (r->ri_sent == r->ri_done) {
+        r->ri_sent++;
+        ri_send(r);
+    } else if (kb_mono_us() - r->ri_sent_us >= REPLICA_RI_RESEND_MS * 1000u) {
+        ri_send(r);
+    }
+}
+
+uint64_t repl_replica_read_index_begin(repl_replica_t *r)
+{
+    /* A request sent from now on: the one after any in flight. */
+    r->ri_want = r->ri_sent + 1;
+    ri_pump(r);
+    return r->ri_want;
+}
+
+void repl_replica_read_index(const repl_replica_t *r, uint64_t *seq,
+                             uint64_t *lsn)
+{
+    *seq = r->ri_done;
+    *lsn = r->ri_lsn;
+}
+
 static void replica_beat(repl_replica_t *r, const Kbsync__ReplBeat *b)
 {
     if (!b)
         return;
+    if (b->read_index_seq && b->read_index_seq > r->ri_done &&
+        b->read_index_seq <= r->ri_sent) {
+        r->ri_done = b->read_index_seq;
+        r->ri_lsn = b->committed_lsn;
+        ri_pump(r); /* reads that came meanwhile wait for the next one */
+    }
     pthread_mutex_lock(&r->smu);
     if (b->head_lsn >= r->head_lsn) {
         r->head_lsn = b->head_lsn;
@@ -962,6 +1018,7 @@ int repl_replica_tick(repl_replica_t *r)
             replica_hello(r);
         }
     }
+    ri_pump(r);
     if (r->streaming && now - r->ack_us >= REPLICA_ACK_MS * 1000u)
         replica_ack(r);
     replica_compact(r, now);

@@ -64,6 +64,15 @@ idx_kb_t *repl_replica_idx(repl_replica_t *r);
 void repl_replica_staleness(repl_replica_t *r, const idx_view_t *view,
                             Kbsync__NodeState *s);
 
+/* Strong reads (read index): begin() asks the leader for its committed
+ * LSN with a request sent from now on and returns that request's seq; once
+ * repl_replica_read_index() reports an answered seq >= it, its lsn is the
+ * version the read must wait for. Requests are batched: one in flight, the
+ * reads that arrive meanwhile share the next. Node loop only. */
+uint64_t repl_replica_read_index_begin(repl_replica_t *r);
+void repl_replica_read_index(const repl_replica_t *r, uint64_t *seq,
+                             uint64_t *lsn);
+
 /* The leader's client endpoint as it announced it ("" until known). */
 const char *repl_replica_leader_endpoint(const repl_replica_t *r);
 

@@ -834,6 +834,23 @@ void repl_leader_on_repl(repl_leader_t *l, void *router)
                 send_error_to(l, env.frame[0], env.len[0], rc, refuse);
         } else if (m->body_case == KBSYNC__REPL_MESSAGE__BODY_HELLO) {
             on_hello(l, p, m->hello);
+        } else if (m->body_case == KBSYNC__REPL_MESSAGE__BODY_READ_INDEX) {
+            p->heard_us = kb_mono_us();
+            if (!p->online) {
+                send_error_to(l, p->id, strlen(p->id), KB_EUNAVAIL,
+                              "say hello first");
+            } else {
+                /* The read index: our committed version now, after every
+                 * write we acknowledged before reading this request. */
+                Kbsync__ReplBeat beat;
+                fill_beat(l, p, &beat);
+                beat.read_index_seq = m->read_index->seq;
+                Kbsync__ReplMessage out = KBSYNC__REPL_MESSAGE__INIT;
+                out.body_case = KBSYNC__REPL_MESSAGE__BODY_BEAT;
+                out.beat = &beat;
+                if (send_msg(l, p, &out) == 0)
+                    p->beat_us = kb_mono_us();
+            }
         } else if (m->body_case == KBSYNC__REPL_MESSAGE__BODY_ACK) {
             p->heard_us = kb_mono_us();
             if (!p->online) {
