@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void repl__clear_queue(repl_leader_t *l)
 {
@@ -775,6 +776,11 @@ void repl_leader_flush(repl_leader_t *l, void *router)
     }
     if (!rc)
         l->dedup_left += ndd;
+    if (!rc && ndd && l->crash_after_commit && --l->crash_after_commit == 0) {
+        kb_warn("KBSYNC_TEST_FAULT crash-after-commit: exiting after the "
+                "commit, before its answers");
+        _exit(9);
+    }
     if (!rc && nops && l->commit_fails) {
         kb_info("commits work again after %llu failed group commits (last: "
                 "%s)",

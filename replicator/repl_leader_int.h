@@ -121,6 +121,7 @@ struct repl_leader {
     int readonly;
     char readonly_why[512];
     uint64_t crash_after_ship; /* KBSYNC_TEST_FAULT countdown (0 = off) */
+    uint64_t crash_after_commit; /* ... after a commit with a client id */
     uint64_t commit_fails; /* failed group commits in a row */
     char commit_err[256];  /* the last failure, logged once */
     /* repl_retain.c */

@@ -354,6 +354,13 @@ int repl_leader_new(idx_kb_t *ix, void *zctx, const repl_leader_config_t *cfg,
                 "group commit #%llu that holds an `all` write (tests only)",
                 (unsigned long long)l->crash_after_ship);
     }
+    if (fault && !strncmp(fault, "crash-after-commit:", 19)) {
+        l->crash_after_commit = strtoull(fault + 19, NULL, 10);
+        kb_warn("KBSYNC_TEST_FAULT: this leader exits after its group commit "
+                "#%llu that holds an idempotent write, before answering it "
+                "(tests only)",
+                (unsigned long long)l->crash_after_commit);
+    }
     if (!l->cfg.default_mode)
         l->cfg.default_mode = REPL_ASYNC;
     if (l->cfg.default_mode == REPL_QUORUM && l->cfg.default_quorum == 0) {

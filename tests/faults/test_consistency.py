@@ -1,0 +1,350 @@
+#!/usr/bin/python3
+"""The consistency spectrum (issue #11) against real processes on 127.0.0.1:
+a leader and two named replicas, driven by a client written from
+schemas/kbsync.proto. Each test fails when its feature is taken away:
+
+- quorum and majority writes: refused with KB_ENOREPLICA (nothing written)
+  when fewer than K named replicas are connected, acknowledged once K applied
+  the write, with one replica stopped;
+- receipts name the stage each replica reached;
+- idempotent retries are applied once, also when the leader is killed
+  between its commit and its answer;
+- conditional writes refuse the whole request and write nothing, judged
+  against the writes before them in the same group commit;
+- strong reads on replicas see every write acknowledged before they were
+  sent (a history check over concurrent writers and readers; the same check
+  over eventual reads must find violations, or it proves nothing).
+"""
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import zmq  # noqa: E402
+
+import cluster  # noqa: E402
+import kbproto  # noqa: E402
+
+KBSYNC = os.environ.get("KBSYNC", os.path.join(kbproto.ROOT, "build",
+                                               "kbsync"))
+DIM = 8
+ASYNC, ALL, QUORUM, MAJORITY = 1, 2, 3, 4
+EVENTUAL, STRONG = 1, 4
+ECONFLICT = -1021
+NONE, RECEIVED, DURABLE, SEARCHABLE = 0, 1, 2, 3
+
+
+class Consistency(unittest.TestCase):
+    def setUp(self):
+        kbproto.load(os.environ.get("KBF_PROTO_DIR",
+                                    tempfile.mkdtemp(prefix="kbf-proto-")))
+        self.pb = kbproto.pb
+        self.tmp = tempfile.mkdtemp(prefix="kbcons-")
+        self.ctx = zmq.Context()
+        self.c = None
+
+    def tearDown(self):
+        if self.c:
+            self.c.shutdown()
+        self.ctx.destroy(0)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def start(self, write_timeout_ms=2000, fault=None):
+        self.c = cluster.Cluster(KBSYNC, self.tmp, nreplicas=2, dim=DIM,
+                                 use_netns=False,
+                                 write_timeout_ms=write_timeout_ms)
+        if fault:
+            os.environ["KBSYNC_TEST_FAULT"] = fault
+        try:
+            self.c.start()
+        finally:
+            os.environ.pop("KBSYNC_TEST_FAULT", None)
+        self.cl = self.client(self.c.client_ep)
+        self.wait_connected(2)
+
+    def client(self, ep):
+        return kbproto.Client(self.ctx, ep, timeout_s=6.0)
+
+    def wait_connected(self, n, timeout_s=20):
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            s = self.cl.status(2)
+            if s and sum(r.connected for r in s.replicas) == n:
+                return s
+            time.sleep(0.05)
+        self.fail("leader never had %d replicas connected" % n)
+
+    def upsert(self, ids, mode=ASYNC, quorum=0, cid="", seq=0, ifv=None,
+               cl=None):
+        def fill(r):
+            r.upsert.mode = mode
+            r.upsert.quorum = quorum
+            if cid:
+                r.upsert.client_id = cid
+                r.upsert.client_seq = seq
+            for i, d_id in enumerate(ids):
+                d = r.upsert.docs.add(id=d_id, text="text of " + d_id,
+                                      embedding=kbproto.embedding(d_id, DIM))
+                if ifv is not None and ifv[i] is not None:
+                    d.if_version.version = ifv[i]
+        return (cl or self.cl).call(fill)
+
+    def version(self):
+        return self.cl.status().version
+
+    # ------------------------------------------------------------ quorum
+    def test_quorum_refusal_and_success_per_k(self):
+        self.start(write_timeout_ms=1500)
+        for mode, k in ((QUORUM, 1), (QUORUM, 2), (MAJORITY, 0), (ALL, 0)):
+            r = self.upsert(["both-%d-%d" % (mode, k)], mode, k)
+            self.assertFalse(r.HasField("error"), r)
+            want = {QUORUM: k, MAJORITY: 1, ALL: 2}[mode]
+            self.assertEqual(r.write.quorum, want)
+            self.assertGreaterEqual(
+                sum(c.stage == SEARCHABLE for c in r.write.receipts), want)
+        r = self.upsert(["k3"], QUORUM, 3)
+        self.assertEqual(r.error.code, kbproto.EINVAL, r)
+        r = self.upsert(["k0"], QUORUM, 0)
+        self.assertEqual(r.error.code, kbproto.EINVAL, r)
+
+        r2 = self.c.replicas[1]
+        r2.stop()
+        try:
+            # r2 is still counted as connected for up to a second: quorum:1
+            # is acknowledged by r1 alone, `all` waits and times out.
+            t0 = time.time()
+            r = self.upsert(["q1-stopped"], QUORUM, 1)
+            self.assertFalse(r.HasField("error"), r)
+            self.assertLess(time.time() - t0, 1.0)
+            st = {c.replica_id: c for c in r.write.receipts}
+            self.assertEqual(st["r1"].stage, SEARCHABLE)
+            self.assertEqual(st["r2"].stage, NONE)
+            self.assertLess(st["r2"].applied_lsn, r.write.version)
+            s = self.wait_connected(1)
+            # one named replica connected: quorum:2 and all refused at once,
+            # nothing written; quorum:1 and majority (K = 1 of 2) go on
+            v0 = s.version
+            for mode, k in ((QUORUM, 2), (ALL, 0)):
+                t0 = time.time()
+                r = self.upsert(["refused-%d" % mode], mode, k)
+                self.assertEqual(r.error.code, kbproto.ENOREPLICA, r)
+                self.assertLess(time.time() - t0, 1.0)
+                self.assertIn("r2", r.error.message)
+            self.assertEqual(self.version(), v0)
+            for mode, k in ((QUORUM, 1), (MAJORITY, 0)):
+                r = self.upsert(["ok-%d" % mode], mode, k)
+                self.assertFalse(r.HasField("error"), r)
+                self.assertEqual(r.write.quorum, 1)
+        finally:
+            r2.cont()
+        self.wait_connected(2)
+        st = self.cl.status()
+        lag = {r.id: r for r in st.replicas}
+        for rid in ("r1", "r2"):
+            self.assertGreaterEqual(lag[rid].received_version,
+                                    lag[rid].durable_version)
+            self.assertGreaterEqual(lag[rid].durable_version, lag[rid].version)
+
+    # ------------------------------------------------------- idempotency
+    def test_idempotent_retry_is_applied_once(self):
+        self.start()
+        r1 = self.upsert(["idem-a", "idem-b"], cid="c1", seq=7)
+        self.assertFalse(r1.HasField("error"), r1)
+        v = self.version()
+        r2 = self.upsert(["idem-a", "idem-b"], ALL, cid="c1", seq=7)
+        self.assertFalse(r2.HasField("error"), r2)
+        self.assertTrue(r2.write.retried)
+        self.assertEqual(r2.write.version, r1.write.version)
+        self.assertEqual(r2.write.first_version, r1.write.first_version)
+        self.assertEqual(self.version(), v, "a retry took a new LSN")
+        r3 = self.upsert(["idem-other"], cid="c1", seq=7)
+        self.assertEqual(r3.error.code, kbproto.EINVAL, r3)
+        r4 = self.upsert(["idem-a"], cid="c2", seq=7)  # another client
+        self.assertFalse(r4.HasField("error"), r4)
+        self.assertFalse(r4.write.retried)
+        self.assertEqual(self.version(), v + 1)
+
+    def test_retry_after_leader_kill_between_commit_and_answer(self):
+        self.start(fault="crash-after-commit:1")
+        r = self.upsert(["crash-a"], cid="c9", seq=1)
+        self.assertIsNone(r, "the leader answered before its crash")
+        self.c.leader.proc.wait(10)
+        v_before = None
+        self.c.leader.reaped = True
+        self.c.leader.start()
+        self.cl = self.client(self.c.client_ep)
+        for _ in range(200):
+            s = self.cl.status(1)
+            if s:
+                v_before = s.version
+                break
+            time.sleep(0.05)
+        self.assertEqual(v_before, 1, "the commit before the crash is lost")
+        r = self.upsert(["crash-a"], cid="c9", seq=1)
+        self.assertFalse(r.HasField("error"), r)
+        self.assertTrue(r.write.retried)
+        self.assertEqual(r.write.version, 1)
+        self.assertEqual(self.version(), 1, "the retry was written again")
+
+    # -------------------------------------------------------- conditions
+    def test_conditional_writes_refuse_whole_request(self):
+        self.start()
+        a = self.upsert(["cond-a"]).write.version
+        b = self.upsert(["cond-b"]).write.version
+        v = self.version()
+        # one condition wrong: nothing of the request is written
+        r = self.upsert(["cond-a", "cond-b", "cond-new"], ifv=[a, a, None])
+        self.assertEqual(r.error.code, ECONFLICT, r)
+        self.assertIn("cond-b", r.error.message)
+        self.assertIn("version %d" % b, r.error.message)
+        self.assertEqual(self.version(), v)
+        r = self.upsert(["cond-a"], ifv=[0])
+        self.assertEqual(r.error.code, ECONFLICT, r)
+        r = self.upsert(["cond-a", "cond-b"], ifv=[a, b])
+        self.assertFalse(r.HasField("error"), r)
+        a2 = r.write.first_version
+        r = self.upsert(["cond-c"], ifv=[0])
+        self.assertFalse(r.HasField("error"), r)
+
+        def delete(ids, ifv):
+            def fill(q):
+                q.delete.ids.extend(ids)
+                q.delete.if_version.extend(ifv)
+            return self.cl.call(fill)
+        v = self.version()
+        r = delete(["cond-a"], [a])
+        self.assertEqual(r.error.code, ECONFLICT, r)
+        self.assertEqual(self.version(), v)
+        r = delete(["cond-a"], [a2])
+        self.assertFalse(r.HasField("error"), r)
+        r = delete(["cond-zzz"], [5])
+        self.assertEqual(r.error.code, ECONFLICT, r)
+        self.assertIn("does not exist", r.error.message)
+        # pipelined: the second request's condition is judged after the
+        # first, even when both go into one group commit
+        for round_ in range(20):
+            did = "pipe-%d" % round_
+            reqs = []
+            for ifv in (None, [0]):
+                q = self.pb.Request(protocol_version=1,
+                                    request_id=10000 + 2 * round_ +
+                                    len(reqs))
+                q.upsert.mode = ASYNC
+                d = q.upsert.docs.add(id=did, text="x",
+                                      embedding=kbproto.embedding(did, DIM))
+                if ifv:
+                    d.if_version.version = 0
+                reqs.append(q)
+            for q in reqs:
+                self.cl.sock.send(q.SerializeToString())
+            got = {}
+            while len(got) < 2:
+                self.assertTrue(self.cl.sock.poll(5000))
+                resp = self.pb.Response.FromString(self.cl.sock.recv())
+                got[resp.request_id] = resp
+            first, second = (got[q.request_id] for q in reqs)
+            self.assertFalse(first.HasField("error"), first)
+            self.assertEqual(second.error.code, ECONFLICT, second)
+
+    # ------------------------------------------------------ strong reads
+    def history(self, level, seconds=3.0):
+        """Writers write async on the leader, readers query the replicas
+        at `level`. Returns (reads, violations): a read violates when a
+        write acknowledged before the read was sent is above the version it
+        answered at."""
+        stop = time.time() + seconds
+        acked = []  # (ack time, version)
+        lock = threading.Lock()
+        reads = []
+        errors = []
+
+        def writer(w):
+            cl = self.client(self.c.client_ep)
+            i = 0
+            while time.time() < stop:
+                r = self.upsert(["w%d-%d" % (w, i)], cl=cl)
+                i += 1
+                if r is None or r.HasField("error"):
+                    errors.append(r)
+                    continue
+                with lock:
+                    acked.append((time.monotonic(), r.write.version))
+            cl.close()
+
+        def reader(k):
+            cl = self.client(self.c.replicas[k % 2].listen)
+            while time.time() < stop:
+                sent = time.monotonic()
+
+                def fill(q):
+                    q.query.k = 1
+                    q.query.vector.extend(kbproto.embedding("q", DIM))
+                    q.query.consistency = level
+                    q.query.wait_ms = 3000
+                r = cl.call(fill)
+                if r is None or r.HasField("error"):
+                    errors.append(r)
+                    continue
+                reads.append((sent, r.query.state.version,
+                              r.query.read_index))
+            cl.close()
+
+        ts = [threading.Thread(target=writer, args=(w,)) for w in range(2)]
+        ts += [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        self.assertEqual(errors, [])
+        acked.sort()
+        bad = 0
+        j = 0
+        newest = 0
+        for sent, version, _ in sorted(reads):
+            while j < len(acked) and acked[j][0] < sent:
+                newest = max(newest, acked[j][1])
+                j += 1
+            if version < newest:
+                bad += 1
+        return len(reads), bad
+
+    def test_strong_reads_see_every_acknowledged_write(self):
+        self.start()
+        n, bad = self.history(STRONG)
+        self.assertGreater(n, 100)
+        self.assertEqual(bad, 0, "%d of %d strong reads missed an "
+                         "acknowledged write" % (bad, n))
+        # the check has teeth: eventual reads on the same cluster miss some
+        n, bad = self.history(EVENTUAL)
+        self.assertGreater(bad, 0, "the history check found nothing to "
+                           "catch in %d eventual reads" % n)
+
+    def test_strong_read_refused_without_leader(self):
+        self.start()
+        rc = self.client(self.c.replicas[0].listen)
+        self.c.leader.stop()
+        try:
+            def fill(q):
+                q.query.k = 1
+                q.query.vector.extend(kbproto.embedding("q", DIM))
+                q.query.consistency = STRONG
+                q.query.wait_ms = 300
+            t0 = time.time()
+            r = rc.call(fill)
+            self.assertEqual(r.error.code, kbproto.ESTALE, r)
+            self.assertIn("leader", r.error.message)
+            self.assertLess(time.time() - t0, 2.0)
+        finally:
+            self.c.leader.cont()
+        rc.close()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
