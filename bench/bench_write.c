@@ -2,10 +2,11 @@
  * them: one upsert of one 384-float document (+ ~300 bytes of text) at a
  * time, each waiting for its acknowledgement (closed loop, one client).
  * usage: bench_write ENDPOINT [N=2000] [dim=384] [id-prefix=w]
- * [mode=default|async|all] */
+ * [mode=default|async|all|majority|quorum:K] */
 #include "bench_common.h"
 #include "kb_util.h"
 #include "qry_client.h"
+#include "repl_leader.h"
 
 int main(int argc, char **argv)
 {
@@ -17,11 +18,20 @@ int main(int argc, char **argv)
     int dim = argc > 3 ? atoi(argv[3]) : 384;
     const char *prefix = argc > 4 ? argv[4] : "w";
     const char *mode = argc > 5 ? argv[5] : "default";
-    Kbsync__WriteMode wm =
-        !strcmp(mode, "all")     ? KBSYNC__WRITE_MODE__WRITE_MODE_ALL
-        : !strcmp(mode, "async") ? KBSYNC__WRITE_MODE__WRITE_MODE_ASYNC
-                                 : KBSYNC__WRITE_MODE__WRITE_MODE_DEFAULT;
+    Kbsync__WriteMode wm = KBSYNC__WRITE_MODE__WRITE_MODE_DEFAULT;
+    uint32_t quorum = 0;
     char err[512];
+    repl_mode_t rm;
+    if (strcmp(mode, "default")) {
+        if (repl_mode_parse(mode, &rm, &quorum, err, sizeof err)) {
+            fprintf(stderr, "bench_write: %s\n", err);
+            return 2;
+        }
+        wm = rm == REPL_ALL        ? KBSYNC__WRITE_MODE__WRITE_MODE_ALL
+             : rm == REPL_QUORUM   ? KBSYNC__WRITE_MODE__WRITE_MODE_QUORUM
+             : rm == REPL_MAJORITY ? KBSYNC__WRITE_MODE__WRITE_MODE_MAJORITY
+                                   : KBSYNC__WRITE_MODE__WRITE_MODE_ASYNC;
+    }
     qry_client_t *c;
     if (qry_client_open(argv[1], &c, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
@@ -45,6 +55,7 @@ int main(int argc, char **argv)
         u.docs = &dp;
         u.n_docs = 1;
         u.mode = wm;
+        u.quorum = quorum;
         Kbsync__Request req = KBSYNC__REQUEST__INIT;
         req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
         req.upsert = &u;

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# bench/run_consistency.sh: the issue #11 targets on a leader + 2 replicas
+# (r1, r2, both named) on loopback, fsync on every node, 384-d synthetic
+# embeddings (bench_common.h, not a model's) + ~300 B of text, flat index.
+#  1. quorum:1 with r2 SIGSTOPped (and marked disconnected) against `all`
+#     with both healthy: single-doc write p50/p99 (bench_write, closed loop,
+#     one client), interleaved over ROUNDS rounds; `all` with r2 stopped is
+#     refused (KB_ENOREPLICA).
+#  2. strong reads on a replica of a knowledge base of N docs against plain
+#     reads there and a client round trip to the leader (bench_consistency
+#     strong).
+#  3. idempotent retries: 10,000 writes with the connection cut at random
+#     points, unanswered writes retried (bench_consistency retry).
+# usage: bash bench/run_consistency.sh [N=100000] [ROUNDS=2] [BUILD=build]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-100000}
+ROUNDS=${2:-2}
+B=${3:-build}
+[ -x "$B/bench/bench_consistency" ] || bash scripts/build.sh "$B" Release >/dev/null
+W=$(mktemp -d /tmp/kbsync-bcons-XXXXXX)
+mkdir -p results
+OUT=results/consistency-$(date -u +%Y%m%dT%H%M%SZ).txt
+. bench/lib.sh
+trap 'stop_all; rm -rf "$W"' EXIT
+exec > >(tee "$OUT") 2>&1
+
+start_cluster() {
+  stop_all; rm -rf "$W/c"; mkdir -p "$W/c"
+  REPL="tcp://127.0.0.1:$(free_port)"
+  $B/kbsync leader --data "$W/c/L" --dim 384 --listen 'tcp://127.0.0.1:*' \
+    --endpoint-file "$W/c/L.ep" --repl-listen "$REPL" --replicas r1,r2 \
+    >/dev/null 2>"$W/c/L.log" &
+  pids+=($!)
+  LEADER=$(wait_ep "$W/c/L.ep")
+  for r in r1 r2; do
+    $B/kbsync replica --data "$W/c/$r" --id $r --leader "$REPL" \
+      --listen 'tcp://127.0.0.1:*' --endpoint-file "$W/c/$r.ep" \
+      >/dev/null 2>"$W/c/$r.log" &
+    pids+=($!)
+  done
+  R1=$(wait_ep "$W/c/r1.ep"); R2=$(wait_ep "$W/c/r2.ep")
+  R2PID=${pids[2]}
+  wait_replicas 2
+}
+
+# waits until the leader reports exactly $1 replicas connected
+wait_replicas() {
+  for _ in $(seq 400); do
+    n=$($B/kbsync status --to "$LEADER" --json | grep -o '"connected":true' | wc -l)
+    [ "$n" = "$1" ] && return
+    sleep 0.05
+  done
+  echo "leader never had $1 replicas connected"; exit 1
+}
+
+echo "# kbsync leader + 2 replicas, $(date -u +%FT%TZ), $(nproc) cores, fsync on"
+echo "# data: synthetic clustered 384-d embeddings (not a model's) + ~300 B text"
+
+echo "== 1. quorum:1 with r2 stopped vs all with both healthy (single-doc writes)"
+start_cluster
+for round in $(seq "$ROUNDS"); do
+  $B/bench/bench_write "$LEADER" 2000 384 "a$round" all
+  kill -STOP "$R2PID"
+  wait_replicas 1
+  $B/bench/bench_write "$LEADER" 2000 384 "q$round" quorum:1
+  $B/kbsync ingest --to "$LEADER" --mode all --timeout-ms 3000 /dev/stdin <<<'{"id":"refused","text":"x"}' \
+    2>&1 | grep -o 'KB_ENOREPLICA[^"]*' | head -1 | sed 's/^/all with r2 stopped: /' || true
+  kill -CONT "$R2PID"
+  wait_replicas 2
+done
+
+echo "== 2. strong reads on a replica, $N docs (flat)"
+$B/bench/bench_gen "$W/docs.jsonl" "$N" 384 1 >/dev/null
+$B/kbsync ingest --to "$LEADER" --mode all --batch 1000 "$W/docs.jsonl" | tail -1
+$B/bench/bench_consistency strong "$LEADER" "$R1" 2000 384
+
+echo "== 3. idempotent retries with connection cuts"
+$B/bench/bench_consistency retry "$LEADER" 10000 384 16 40
+stop_all
