@@ -663,6 +663,22 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
         cJSON_AddNumberToObject(o, "client_queue_bytes",
                                 (double)s->client_queue_bytes);
         cJSON_AddBoolToObject(o, "insecure", s->insecure);
+        char hex[24];
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)s->digest);
+        cJSON_AddStringToObject(o, "digest", hex);
+        cJSON_AddNumberToObject(o, "digest_lsn", (double)s->digest_lsn);
+        cJSON_AddNumberToObject(o, "digest_checks", (double)s->digest_checks);
+        cJSON_AddNumberToObject(o, "digest_check_ms",
+                                (double)s->digest_check_ms);
+        cJSON_AddNumberToObject(o, "digest_check_mismatches",
+                                (double)s->digest_check_mismatches);
+        cJSON_AddNumberToObject(o, "digest_resyncs", (double)s->digest_resyncs);
+        if (!strcmp(s->role, "leader")) {
+            cJSON_AddNumberToObject(o, "idempotency_entries",
+                                    (double)s->idempotency_entries);
+            cJSON_AddNumberToObject(o, "idempotent_retries",
+                                    (double)s->idempotent_retries);
+        }
         cJSON *cqa = cJSON_AddArrayToObject(o, "client_queues");
         for (size_t i = 0; i < s->n_client_queues; i++) {
             cJSON *co = cJSON_CreateObject();
@@ -698,6 +714,22 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
                 cJSON_AddNumberToObject(po, "lag_ms", (double)p->lag_ms);
                 cJSON_AddNumberToObject(po, "durable_version",
                                         (double)p->durable_version);
+                cJSON_AddNumberToObject(po, "durable_lag_ops",
+                                        (double)p->durable_lag_ops);
+                cJSON_AddNumberToObject(po, "durable_lag_ms",
+                                        (double)p->durable_lag_ms);
+                cJSON_AddNumberToObject(po, "received_version",
+                                        (double)p->received_version);
+                cJSON_AddNumberToObject(po, "received_lag_ops",
+                                        (double)p->received_lag_ops);
+                cJSON_AddNumberToObject(po, "received_lag_ms",
+                                        (double)p->received_lag_ms);
+                cJSON_AddNumberToObject(po, "digest_match_lsn",
+                                        (double)p->digest_match_lsn);
+                cJSON_AddNumberToObject(po, "digest_mismatch_lsn",
+                                        (double)p->digest_mismatch_lsn);
+                cJSON_AddNumberToObject(po, "digest_mismatches",
+                                        (double)p->digest_mismatches);
                 cJSON_AddBoolToObject(po, "snapshot", p->snapshot);
                 cJSON_AddNumberToObject(po, "queued_bytes",
                                         (double)p->queued_bytes);
@@ -735,6 +767,14 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
                (unsigned long long)s->log_start,
                (unsigned long long)(s->durable_version ? s->durable_version
                                                        : s->version));
+        printf("  digest %016llx at LSN %llu; %llu background checks (last "
+               "%llu ms), %llu mismatches%s\n",
+               (unsigned long long)s->digest,
+               (unsigned long long)s->digest_lsn,
+               (unsigned long long)s->digest_checks,
+               (unsigned long long)s->digest_check_ms,
+               (unsigned long long)s->digest_check_mismatches,
+               s->digest_resyncs ? " (copied anew from the leader)" : "");
         if (s->snapshot_lsn)
             printf("  LOADING A SNAPSHOT up to LSN %llu: %llu of %llu "
                    "documents, %.1f MB, about %llu ms left (queries refused "
@@ -746,13 +786,16 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
                    (unsigned long long)s->snapshot_eta_ms);
         for (size_t i = 0; i < s->n_replicas; i++) {
             const Kbsync__ReplicaState *p = s->replicas[i];
-            printf("  replica %s: %s, version %llu, lag %llu ops / %llu "
-                   "ms%s\n",
+            printf("  replica %s: %s, received %llu / durable %llu / "
+                   "searchable %llu, lag %llu ops / %llu ms%s%s\n",
                    p->id, p->connected ? "connected" : "NOT connected",
+                   (unsigned long long)p->received_version,
+                   (unsigned long long)p->durable_version,
                    (unsigned long long)p->version,
                    (unsigned long long)p->lag_ops,
                    (unsigned long long)p->lag_ms,
-                   p->snapshot ? ", being sent a snapshot" : "");
+                   p->snapshot ? ", being sent a snapshot" : "",
+                   p->digest_mismatches ? ", DIGEST MISMATCH seen" : "");
         }
     }
     kbsync__response__free_unpacked(r, NULL);

@@ -19,6 +19,7 @@
 #include "idx_delta.h"
 #include "idx_embed.h"
 #include "idx_filter.h"
+#include "idx_scrub.h"
 #include "idx_store.h"
 #include "idx_vec.h"
 #include "kb_err.h"
@@ -80,6 +81,7 @@ typedef struct pending_rm {
 
 struct idx {
     idx_store_t *store;
+    idx_scrub_t *scrub; /* background digest checks, or NULL */
     char *confirmed_path; /* replicas: DIR/confirmed (see STAGING) */
     int confirmed_fd;     /* open on it, or -1 */
     int confirmed_warned;
@@ -601,6 +603,12 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
         goto fail;
     }
     ix->mg_started = 1;
+    if (cfg->scrub_ms != IDX_SCRUB_OFF &&
+        idx_scrub_start(ix->store, cfg->scrub_ms, &ix->scrub)) {
+        rc = kb_seterr(err, errlen, KB_ENOMEM,
+                       "cannot start the digest checks");
+        goto fail;
+    }
     ix->opened = 1;
     kb_info("opened %s: version %llu, %llu documents; %s index %s in %.3f s",
             cfg->dir, (unsigned long long)ix->view.version,
@@ -628,6 +636,7 @@ void idx_close(idx_kb_t **ixp)
     if (!ixp || !*ixp)
         return;
     idx_kb_t *ix = *ixp;
+    idx_scrub_stop(&ix->scrub);
     ckpt_join(ix, 1); /* first: a rebuild may wait for it */
     if (ix->rb_started) {
         pthread_mutex_lock(&ix->rb_mu);
@@ -2602,6 +2611,49 @@ void idx_stats_stream(idx_kb_t *ix, idx_stats_t *st)
 const void *idx_meta(const idx_kb_t *ix)
 {
     return ix->meta;
+}
+
+void idx_digest(idx_kb_t *ix, uint64_t *lsn, uint64_t *digest)
+{
+    idx_store_state(ix->store, lsn, NULL);
+    *digest = idx_store_digest(ix->store);
+}
+
+int idx_digest_at(idx_kb_t *ix, uint64_t lsn, uint64_t *digest)
+{
+    return idx_store_digest_at(ix->store, lsn, digest);
+}
+
+void idx_check_state(idx_kb_t *ix, idx_check_t *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!ix->scrub)
+        return;
+    idx_scrub_state_t s;
+    idx_scrub_get(ix->scrub, &s);
+    out->passes = s.passes;
+    out->last_ms = s.last_ms;
+    out->last_lsn = s.last_lsn;
+    out->docs = s.docs;
+    out->mismatches = s.mismatches;
+    out->bad_lsn = s.bad_lsn;
+    out->bad_stored = s.bad_stored;
+    out->bad_scanned = s.bad_scanned;
+}
+
+int idx_check_now(idx_kb_t *ix, uint64_t *lsn, uint64_t *stored,
+                  uint64_t *scanned, uint64_t *docs, char *err, size_t errlen)
+{
+    idx_store_digest_check_t c;
+    int rc = ix->scrub ? idx_scrub_run(ix->scrub, &c, err, errlen)
+                       : idx_store_digest_check(ix->store, &c, err, errlen);
+    if (!rc) {
+        *lsn = c.lsn;
+        *stored = c.stored;
+        *scanned = c.scanned;
+        *docs = c.docs;
+    }
+    return rc;
 }
 
 int idx_doc_versions(idx_kb_t *ix, const char *const *ids, size_t n,

@@ -56,7 +56,13 @@ typedef struct idx_config {
                            at close and idx_checkpoint() */
     uint32_t ckpt_secs; /* 0 = IDX_CKPT_SECS_DEFAULT */
     int ckpt_off;       /* 1 = neither write nor load checkpoints */
+    /* Digest checks (anti-entropy): a background pass recomputes the
+     * documents' digest at most every scrub_ms (0 = 1000; IDX_SCRUB_OFF =
+     * never) and at most 1/30 of a core. */
+    uint32_t scrub_ms;
 } idx_config_t;
+
+#define IDX_SCRUB_OFF UINT32_MAX
 
 #define IDX_CKPT_OPS_DEFAULT 10000u
 #define IDX_CKPT_SECS_DEFAULT 30u
@@ -308,6 +314,30 @@ const void *idx_meta(const idx_kb_t *ix);
  * idx_write starts from). Writer thread. Returns 0 or KB_ESTORE. */
 int idx_doc_versions(idx_kb_t *ix, const char *const *ids, size_t n,
                      uint64_t *vers, char *err, size_t errlen);
+
+/* Anti-entropy (docs/CONSISTENCY.md, "Digests"). Every node keeps an
+ * order-independent digest of its live documents, updated with every
+ * write. idx_digest: the digest now and the LSN it covers (the newest
+ * durable record; writer thread). idx_digest_at: the digest right after
+ * lsn, for the last 65,536 LSNs written here (-ENOENT otherwise; writer
+ * thread). */
+void idx_digest(idx_kb_t *ix, uint64_t *lsn, uint64_t *digest);
+int idx_digest_at(idx_kb_t *ix, uint64_t lsn, uint64_t *digest);
+
+/* The background digest checks: each pass recomputes the digest from the
+ * stored documents and compares it with the kept one. */
+typedef struct idx_check {
+    uint64_t passes, last_ms, last_lsn, docs;
+    uint64_t mismatches; /* passes that found the documents changed */
+    uint64_t bad_lsn, bad_stored, bad_scanned; /* the newest mismatch */
+} idx_check_t;
+/* Any thread. All zero when checks are off. */
+void idx_check_state(idx_kb_t *ix, idx_check_t *out);
+/* One check now, on the calling thread (any thread): *lsn, the kept
+ * digest, the recomputed one and the documents read. Returns 0 or a
+ * negative code with err set. */
+int idx_check_now(idx_kb_t *ix, uint64_t *lsn, uint64_t *stored,
+                  uint64_t *scanned, uint64_t *docs, char *err, size_t errlen);
 
 /* Commit time (leader clock, us) of the log record with that LSN, or 0 when
  * there is none. */

@@ -33,6 +33,11 @@ struct idx_store {
     uint64_t applied_lsn; /* LSN of the newest log record; 0 = none */
     uint64_t applied_us;  /* its leader commit time */
     uint64_t ndocs;       /* entries in `ids`, kept in step with commits */
+    uint64_t digest;      /* meta "digest": sum of the live documents'
+                             record hashes (idx_store_digest) */
+    /* The digest after each recent LSN (written as records are put; valid
+     * for LSNs <= applied_lsn whose slot still holds them). */
+    uint64_t ring_lsn[IDX_STORE_DIGEST_RING], ring_dg[IDX_STORE_DIGEST_RING];
 };
 
 struct idx_wtxn {
@@ -44,6 +49,7 @@ struct idx_wtxn {
     size_t rawlen;
     int undo;                   /* idx_store_keep_undo(): record old labels */
     uint64_t staged;            /* the staged mark after this txn */
+    uint64_t digest;            /* the store's digest as of this txn */
 };
 
 struct idx_rtxn {
@@ -88,6 +94,69 @@ static uint64_t get_u64(const void *p)
 }
 
 /* The applied state is the newest log record. */
+/* ---------------------------------------------------------------- digest
+ * Order-independent: the sum (mod 2^64) of a 64-bit hash of each live
+ * document's log record, byte for byte as the leader wrote it (so every
+ * copy of the same state has the same digest). The record holds the id,
+ * the LSN, the commit time and the document. */
+uint64_t idx_store_record_hash(const void *bytes, size_t len)
+{
+    uint64_t z = ((uint64_t)kb_crc32c(0, bytes, len) << 32) ^ len;
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* The hash of the record at label, or 0 when there is none. */
+static uint64_t label_hash(MDB_txn *txn, MDB_dbi log, int64_t label)
+{
+    if (label < 0)
+        return 0;
+    uint64_t key = (uint64_t)label;
+    MDB_val k = {sizeof key, &key}, v;
+    if (mdb_get(txn, log, &k, &v))
+        return 0;
+    return idx_store_record_hash(v.mv_data, v.mv_size);
+}
+
+/* Recomputes the digest from every live document in txn. */
+static int digest_scan(idx_store_t *s, MDB_txn *txn, uint64_t *digest,
+                       uint64_t *docs)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    *digest = *docs = 0;
+    int rc = mdb_cursor_open(txn, s->ids, &cur);
+    if (rc)
+        return rc;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (v.mv_size != 8) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        uint64_t key = get_u64(v.mv_data);
+        MDB_val lk = {sizeof key, &key}, lv;
+        rc = mdb_get(txn, s->log, &lk, &lv);
+        if (rc == MDB_NOTFOUND)
+            rc = MDB_CORRUPTED; /* a live id without its record */
+        if (rc)
+            break;
+        *digest += idx_store_record_hash(lv.mv_data, lv.mv_size);
+        (*docs)++;
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int digest_put(idx_store_t *s, MDB_txn *txn, uint64_t digest)
+{
+    uint64_t v64 = digest;
+    MDB_val k = {6, "digest"}, v = u64_val(&v64);
+    return mdb_put(txn, s->meta, &k, &v, 0);
+}
+
 static int store_load_state(idx_store_t *s, MDB_txn *txn)
 {
     MDB_cursor *cur;
@@ -176,6 +245,20 @@ int idx_store_open(const char *dir, uint64_t map_size, int nosync,
             *vals[i] = get_u64(v.mv_data);
         else if (g != MDB_NOTFOUND)
             rc = g ? g : MDB_CORRUPTED;
+    }
+    if (!rc) {
+        MDB_val k = {6, "digest"}, v;
+        int g = mdb_get(txn, s->meta, &k, &v);
+        if (g == 0 && v.mv_size == 8) {
+            s->digest = get_u64(v.mv_data);
+        } else if (g == MDB_NOTFOUND) { /* older store: computed once */
+            uint64_t docs;
+            rc = digest_scan(s, txn, &s->digest, &docs);
+            if (!rc)
+                rc = digest_put(s, txn, s->digest);
+        } else {
+            rc = g ? g : MDB_CORRUPTED;
+        }
     }
     if (!rc && !s->store_id) {
         s->store_id = new_store_id();
@@ -281,6 +364,7 @@ int idx_store_begin(idx_store_t *s, idx_wtxn_t **t, char *err, size_t errlen)
     w->last_lsn = s->applied_lsn;
     w->last_us = s->applied_us;
     w->staged = s->staged;
+    w->digest = s->digest;
     *t = w;
     return 0;
 }
@@ -495,6 +579,13 @@ void idx_store_next_raw(idx_wtxn_t *t, const void *bytes, size_t len)
     t->rawlen = len;
 }
 
+static void store_ring(idx_wtxn_t *t, uint64_t lsn)
+{
+    size_t i = lsn % IDX_STORE_DIGEST_RING;
+    t->s->ring_lsn[i] = lsn;
+    t->s->ring_dg[i] = t->digest;
+}
+
 int idx_store_upsert(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
                      const Kbsync__Doc *doc, int64_t *old_label, char *err,
                      size_t errlen)
@@ -508,9 +599,17 @@ int idx_store_upsert(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
     rec.commit_time_us = commit_us;
     rec.op = KBSYNC__LOG_OP__LOG_OP_UPSERT;
     rec.doc = (Kbsync__Doc *)doc;
+    t->digest -= label_hash(t->txn, t->s->log, *old_label);
     rc = store_put_log(t, &rec, "upsert", err, errlen);
     if (rc)
         return rc;
+    {
+        uint64_t key = lsn;
+        MDB_val k = u64_val(&key), v;
+        if (!mdb_get(t->txn, t->s->log, &k, &v))
+            t->digest += idx_store_record_hash(v.mv_data, v.mv_size);
+        store_ring(t, lsn);
+    }
     uint64_t label = lsn;
     MDB_val ik = {idlen, doc->id}, iv = u64_val(&label);
     rc = mdb_put(t->txn, t->s->ids, &ik, &iv, 0);
@@ -536,6 +635,7 @@ int idx_store_delete(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
         return 0;
     }
     if (*old_label >= 0) {
+        t->digest -= label_hash(t->txn, t->s->log, *old_label);
         MDB_val ik = {id_len, (void *)id};
         rc = mdb_del(t->txn, t->s->ids, &ik, NULL);
         if (rc)
@@ -553,6 +653,8 @@ int idx_store_delete(idx_wtxn_t *t, uint64_t lsn, uint64_t commit_us,
     rec.op = KBSYNC__LOG_OP__LOG_OP_DELETE;
     rec.id = idbuf;
     rc = store_put_log(t, &rec, "delete", err, errlen);
+    if (!rc)
+        store_ring(t, lsn);
     if (!rc && (rc = store_put_undo(t, lsn, *old_label)))
         return store_fail(err, errlen, rc, "delete: put undo");
     return rc;
@@ -562,8 +664,16 @@ int idx_store_commit(idx_wtxn_t **tp, char *err, size_t errlen)
 {
     idx_wtxn_t *t = *tp;
     *tp = NULL;
-    int rc = mdb_txn_commit(t->txn);
+    int rc = t->digest != t->s->digest ? digest_put(t->s, t->txn, t->digest)
+                                       : 0;
+    if (rc) {
+        mdb_txn_abort(t->txn);
+        free(t);
+        return store_fail(err, errlen, rc, "commit (digest)");
+    }
+    rc = mdb_txn_commit(t->txn);
     if (!rc) {
+        t->s->digest = t->digest;
         t->s->applied_lsn = t->last_lsn;
         t->s->applied_us = t->last_us;
         t->s->ndocs = (uint64_t)((int64_t)t->s->ndocs + t->ndocs_delta);
@@ -1208,12 +1318,16 @@ int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
     free(undo_old);
     if (cur)
         mdb_cursor_close(cur);
+    uint64_t dg = 0, dg_docs;
+    if (!rc && !(rc = digest_scan(s, txn, &dg, &dg_docs)))
+        rc = digest_put(s, txn, dg);
     if (!rc)
         rc = mdb_txn_commit(txn);
     else
         mdb_txn_abort(txn);
     if (rc)
         return store_fail(err, errlen, rc, "truncate");
+    s->digest = dg;
     MDB_txn *rt;
     MDB_stat st;
     if (!mdb_txn_begin(s->env, NULL, MDB_RDONLY, &rt)) {
@@ -1461,4 +1575,46 @@ int idx_store_sweep(idx_store_t *s, uint64_t upto, size_t max_records,
     if (!rc)
         s->swept = next;
     return rc;
+}
+
+/* ------------------------------------------------------------ digests */
+
+uint64_t idx_store_digest(idx_store_t *s)
+{
+    return s->digest;
+}
+
+int idx_store_digest_at(idx_store_t *s, uint64_t lsn, uint64_t *digest)
+{
+    size_t i = lsn % IDX_STORE_DIGEST_RING;
+    if (lsn == 0 || lsn > s->applied_lsn || s->ring_lsn[i] != lsn)
+        return -ENOENT;
+    *digest = s->ring_dg[i];
+    return 0;
+}
+
+int idx_store_digest_check(idx_store_t *s, idx_store_digest_check_t *c,
+                           char *err, size_t errlen)
+{
+    memset(c, 0, sizeof *c);
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc)
+        return store_fail(err, errlen, rc, "digest check");
+    MDB_cursor *cur;
+    MDB_val k, v;
+    if (!(rc = mdb_cursor_open(txn, s->log, &cur))) {
+        if (!mdb_cursor_get(cur, &k, &v, MDB_LAST) && k.mv_size == 8)
+            c->lsn = get_u64(k.mv_data);
+        mdb_cursor_close(cur);
+    }
+    MDB_val dk = {6, "digest"}, dv;
+    if (!rc && !mdb_get(txn, s->meta, &dk, &dv) && dv.mv_size == 8)
+        c->stored = get_u64(dv.mv_data);
+    if (!rc)
+        rc = digest_scan(s, txn, &c->scanned, &c->docs);
+    mdb_txn_abort(txn);
+    if (rc)
+        return store_fail(err, errlen, rc, "digest check");
+    return 0;
 }

@@ -167,6 +167,23 @@ int idx_store_txn_log(idx_wtxn_t *t, uint64_t from, idx_store_log_cb cb,
                       void *ctx, char *err, size_t errlen);
 int idx_store_commit(idx_wtxn_t **t, char *err, size_t errlen);
 
+/* Digests (anti-entropy, docs/CONSISTENCY.md): the sum mod 2^64 of
+ * idx_store_record_hash() of every live document's log record, kept with
+ * every commit (meta "digest") and for the last IDX_STORE_DIGEST_RING LSNs
+ * in memory. idx_store_digest_at: the digest right after lsn, or -ENOENT
+ * when it is not in the window (writer thread). idx_store_digest_check
+ * recomputes it from the documents in one read transaction and returns it
+ * with the stored one and the LSN they cover (any thread). */
+#define IDX_STORE_DIGEST_RING 65536
+uint64_t idx_store_record_hash(const void *bytes, size_t len);
+uint64_t idx_store_digest(idx_store_t *s);
+int idx_store_digest_at(idx_store_t *s, uint64_t lsn, uint64_t *digest);
+typedef struct idx_store_digest_check {
+    uint64_t lsn, stored, scanned, docs;
+} idx_store_digest_check_t;
+int idx_store_digest_check(idx_store_t *s, idx_store_digest_check_t *c,
+                           char *err, size_t errlen);
+
 /* Idempotent writes (the leader's table of committed (client, seq) pairs;
  * see idx_write_ex): one entry, written in t; read back by key; expired
  * (its own transaction) when committed before before_us or beyond the

@@ -233,6 +233,14 @@ static void node_state(node_t *n, Kbsync__NodeState *s, uint64_t *hist,
         s->checkpointing = st.checkpointing;
         s->index_from_checkpoint = st.ckpt_loaded;
         s->index_open_ms = (uint64_t)(st.rebuild_s * 1000);
+        if (hist) { /* status answers: the node loop */
+            idx_digest(ix, &s->digest_lsn, &s->digest);
+            idx_check_t ck;
+            idx_check_state(ix, &ck);
+            s->digest_checks = ck.passes;
+            s->digest_check_ms = ck.last_ms;
+            s->digest_check_mismatches = ck.mismatches;
+        }
     } else {
         s->node_id = (char *)n->cfg->replica.id;
     }
@@ -267,6 +275,7 @@ static void node_state(node_t *n, Kbsync__NodeState *s, uint64_t *hist,
     if (n->replica) {
         s->role = "replica";
         repl_replica_staleness(n->replica, NULL, s);
+        s->digest_resyncs = repl_replica_resyncs(n->replica);
     } else {
         s->role = "leader";
         s->leader_version = s->version;

@@ -35,6 +35,7 @@ typedef struct peer {
     uint64_t beat_us;  /* monotonic time of our last beat to it */
     uint64_t durable;  /* LSN durable on it (ReplAck.durable_lsn) */
     uint64_t received; /* LSN it read off the connection (ReplAck) */
+    uint64_t dg_match, dg_bad, dg_bads; /* digest compares (see on ack) */
     uint64_t pin;      /* named: newest acked LSN as last saved (meta
                           "pin:<id>"), what retention keeps for it while
                           it is away */

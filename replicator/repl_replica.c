@@ -95,6 +95,7 @@ struct repl_replica {
     uint64_t ri_want;    /* newest seq some read waits for */
     uint64_t ri_done;    /* newest seq answered */
     uint64_t ri_lsn;     /* the leader's committed LSN in that answer */
+    uint64_t resyncs;    /* copies started over for a digest mismatch */
     uint64_t conn_us;                    /* monotonic: socket (re)created */
     int hello_unsent; /* the last hello found no connection to go out on */
     uint64_t apply_fails;    /* failed applies in a row */
@@ -331,6 +332,8 @@ static void replica_ack(repl_replica_t *r)
     a.applied_lsn = v.version; /* searchable */
     idx_state(r->ix, &a.durable_lsn, NULL);
     a.received_lsn = r->received > a.durable_lsn ? r->received : a.durable_lsn;
+    if (!idx_loading(r->ix))
+        idx_digest(r->ix, &a.digest_lsn, &a.digest);
     Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
     m.body_case = KBSYNC__REPL_MESSAGE__BODY_ACK;
     m.ack = &a;
@@ -480,7 +483,7 @@ static void replica_start_over(repl_replica_t *r, const char *reason)
     char aside[4096];
     snprintf(aside, sizeof aside, "%s.diverged-%llu", r->cfg.data_dir,
              (unsigned long long)(kb_wall_us() / 1000000u));
-    kb_error("leader says this replica diverged (%s); moving %s to %s and "
+    kb_error("this replica's copy cannot go on (%s); moving %s to %s and "
              "starting over from an empty knowledge base",
              reason, r->cfg.data_dir, aside);
     replica_discard_ix(r);
@@ -902,7 +905,17 @@ size_t repl_replica_on_msg(repl_replica_t *r)
         case KBSYNC__REPL_MESSAGE__BODY_ERROR:
             r->streaming = 0;
             r->hello_us = 0;
-            if (m->error->code != KB_EUNAVAIL) {
+            if (m->error->code == KB_ECORRUPT && r->ix) {
+                /* the leader found our digest differs from its own */
+                applied += batch_apply(r, 0);
+                batch_release(r);
+                r->group_open = 0;
+                r->resyncs++;
+                replica_start_over(r, m->error->message
+                                          ? m->error->message
+                                          : "digest mismatch");
+                expect = 1;
+            } else if (m->error->code != KB_EUNAVAIL) {
                 /* refused (another protocol version, a full table, ...):
                  * ask again after a growing pause, not at once */
                 kb_log_limited(&r->log_refused, KB_LOG_WARN,
@@ -1019,6 +1032,27 @@ int repl_replica_tick(repl_replica_t *r)
         }
     }
     ri_pump(r);
+    if (r->ix) {
+        /* our background digest check found the stored documents changed
+         * under us: nothing here can be trusted, copy anew */
+        idx_check_t ck;
+        idx_check_state(r->ix, &ck);
+        if (ck.mismatches) {
+            char why[256];
+            snprintf(why, sizeof why,
+                     "its documents at LSN %llu add up to %016llx, not to the "
+                     "digest kept with them, %016llx",
+                     (unsigned long long)ck.bad_lsn,
+                     (unsigned long long)ck.bad_scanned,
+                     (unsigned long long)ck.bad_stored);
+            batch_release(r);
+            r->group_open = 0;
+            r->resyncs++;
+            r->streaming = 0;
+            r->hello_us = 0;
+            replica_start_over(r, why);
+        }
+    }
     if (r->streaming && now - r->ack_us >= REPLICA_ACK_MS * 1000u)
         replica_ack(r);
     replica_compact(r, now);
@@ -1121,4 +1155,9 @@ int repl_replica_snapshot(repl_replica_t *r, repl_snapshot_t *p)
         p->eta_ms = (now - r->snap_start_us) / 1000u *
                     (p->docs_total - p->docs_loaded) / done;
     return 1;
+}
+
+uint64_t repl_replica_resyncs(const repl_replica_t *r)
+{
+    return r->resyncs;
 }

@@ -73,6 +73,10 @@ uint64_t repl_replica_read_index_begin(repl_replica_t *r);
 void repl_replica_read_index(const repl_replica_t *r, uint64_t *seq,
                              uint64_t *lsn);
 
+/* Copies of the knowledge base started over because a digest did not
+ * match (the leader's, or the stored documents'). */
+uint64_t repl_replica_resyncs(const repl_replica_t *r);
+
 /* The leader's client endpoint as it announced it ("" until known). */
 const char *repl_replica_leader_endpoint(const repl_replica_t *r);
 

@@ -250,6 +250,36 @@ static void peer_lost(peer_t *p, const char *why)
     p->online = 0;
 }
 
+/* Anti-entropy: the replica's digest at an LSN against ours there. A
+ * mismatch is logged and the replica told (KB_ECORRUPT): it copies its
+ * knowledge base anew. */
+static void check_digest(repl_leader_t *l, peer_t *p, const Kbsync__ReplAck *a)
+{
+    uint64_t mine;
+    if (!a->digest_lsn || idx_digest_at(l->ix, a->digest_lsn, &mine))
+        return; /* loading a snapshot, or out of our window */
+    if (mine == a->digest) {
+        if (a->digest_lsn > p->dg_match)
+            p->dg_match = a->digest_lsn;
+        return;
+    }
+    if (a->digest_lsn <= p->dg_bad)
+        return; /* told already */
+    p->dg_bad = a->digest_lsn;
+    p->dg_bads++;
+    char msg[384];
+    snprintf(msg, sizeof msg,
+             "digest mismatch at LSN %llu: the replica's documents add up to "
+             "%016llx, the leader's to %016llx; the replica must copy its "
+             "knowledge base again",
+             (unsigned long long)a->digest_lsn, (unsigned long long)a->digest,
+             (unsigned long long)mine);
+    kb_error("replica %s: %s", p->id, msg);
+    send_error_to(l, p->id, strlen(p->id), KB_ECORRUPT, msg);
+    peer_lost(p, "digest mismatch");
+}
+
+
 static int send_msg(repl_leader_t *l, peer_t *p, Kbsync__ReplMessage *m)
 {
     m->protocol_version = KB_REPL_PROTOCOL_VERSION;
@@ -884,6 +914,7 @@ void repl_leader_on_repl(repl_leader_t *l, void *router)
                     p->received = m->ack->received_lsn;
                 if (p->durable > p->received)
                     p->received = p->durable;
+                check_digest(l, p, m->ack);
                 if (p->snapshot_lsn && p->acked >= p->snapshot_lsn) {
                     kb_info("replica %s loaded its snapshot (LSN %llu)",
                             p->id, (unsigned long long)p->snapshot_lsn);
@@ -984,6 +1015,9 @@ void repl_leader_replicas(repl_leader_t *l, Kbsync__ReplicaState ***out,
                   &r->durable_lag_ms);
         stage_lag(l, st.version, now, r->received_version,
                   &r->received_lag_ops, &r->received_lag_ms);
+        r->digest_match_lsn = p->dg_match;
+        r->digest_mismatch_lsn = p->dg_bad;
+        r->digest_mismatches = p->dg_bads;
         l->rsp[k] = r;
         k++;
     }

@@ -13,11 +13,15 @@ schemas/kbsync.proto. Each test fails when its feature is taken away:
   against the writes before them in the same group commit;
 - strong reads on replicas see every write acknowledged before they were
   sent (a history check over concurrent writers and readers; the same check
-  over eventual reads must find violations, or it proves nothing).
+  over eventual reads must find violations, or it proves nothing);
+- a replica whose stored documents are edited behind its back (kb_tamper)
+  is detected by its digest checks, or by the leader's digest comparison
+  when the kept digest was edited too, and copies its knowledge base anew.
 """
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +38,8 @@ import kbproto  # noqa: E402
 
 KBSYNC = os.environ.get("KBSYNC", os.path.join(kbproto.ROOT, "build",
                                                "kbsync"))
+TAMPER = os.environ.get("KB_TAMPER", os.path.join(os.path.dirname(KBSYNC),
+                                                  "tests", "kb_tamper"))
 DIM = 8
 ASYNC, ALL, QUORUM, MAJORITY = 1, 2, 3, 4
 EVENTUAL, STRONG = 1, 4
@@ -344,6 +350,90 @@ class Consistency(unittest.TestCase):
         finally:
             self.c.leader.cont()
         rc.close()
+
+
+    # ------------------------------------------------------- anti-entropy
+    def fill_docs(self, n):
+        for i in range(0, n, 100):
+            r = self.upsert(["ae-%d" % j for j in range(i, min(n, i + 100))],
+                            ALL)
+            self.assertFalse(r.HasField("error"), r)
+
+    def replica_status(self, k):
+        rc = self.client(self.c.replicas[k].listen)
+        try:
+            return rc.status(2)
+        finally:
+            rc.close()
+
+    def wait_same_digest(self, k, timeout_s):
+        """Waits until replica k is at the leader's version with the
+        leader's digest; returns the seconds it took."""
+        t0 = time.time()
+        while time.time() - t0 < timeout_s:
+            lead = self.cl.status(2)
+            rep = self.replica_status(k)
+            if (lead and rep and rep.version == lead.version and
+                    rep.digest_lsn == lead.digest_lsn and
+                    rep.digest == lead.digest):
+                return time.time() - t0
+            time.sleep(0.05)
+        self.fail("replica r%d never reached the leader's digest" % (k + 1))
+
+    def text_of(self, k, doc_id):
+        rc = self.client(self.c.replicas[k].listen)
+
+        def fill(q):
+            q.query.k = 1000
+            q.query.vector.extend(kbproto.embedding(doc_id, DIM))
+        r = rc.call(fill)
+        rc.close()
+        if r is None or r.HasField("error"):
+            return None
+        return next((h.text for h in r.query.hits if h.id == doc_id), None)
+
+    def test_edited_replica_is_detected_and_copied_anew(self):
+        self.start()
+        self.fill_docs(2000)
+        self.wait_same_digest(0, 10)
+        r1 = self.c.replicas[0]
+        out = subprocess.run([TAMPER, r1.data, "ae-5", "edited behind its "
+                              "back"], capture_output=True, text=True)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        t0 = time.time()
+        detected = None
+        while time.time() - t0 < 10 and detected is None:
+            s = self.replica_status(0)
+            if s and s.digest_resyncs >= 1:
+                detected = time.time() - t0
+            time.sleep(0.02)
+        self.assertIsNotNone(detected, "the edit was never detected")
+        self.wait_same_digest(0, 15)
+        repaired = time.time() - t0
+        print("\nedited replica: detected in %.2f s, same digest as the "
+              "leader after %.2f s" % (detected, repaired))
+        self.assertLess(detected, 3.0)
+        self.assertEqual(self.text_of(0, "ae-5"), "text of ae-5")
+        self.assertEqual(self.text_of(1, "ae-5"), "text of ae-5")
+
+    def test_leader_digest_comparison_catches_a_consistent_edit(self):
+        self.start()
+        self.fill_docs(500)
+        self.wait_same_digest(1, 10)
+        r2 = self.c.replicas[1]
+        r2.terminate()
+        out = subprocess.run([TAMPER, "--and-digest", r2.data, "ae-7",
+                              "edited with its digest"],
+                             capture_output=True, text=True)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        r2.reaped = True
+        r2.start()
+        self.wait_same_digest(1, 20)
+        s = self.replica_status(1)
+        self.assertGreaterEqual(s.digest_resyncs, 1)
+        lead = {r.id: r for r in self.cl.status().replicas}
+        self.assertGreaterEqual(lead["r2"].digest_mismatches, 1)
+        self.assertEqual(self.text_of(1, "ae-7"), "text of ae-7")
 
 
 if __name__ == "__main__":

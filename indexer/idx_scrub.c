@@ -1,0 +1,134 @@
+/* idx_scrub: background digest checks (see idx_scrub.h). */
+#include "idx_scrub.h"
+
+#include "kb_err.h"
+#include "kb_util.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct idx_scrub {
+    idx_store_t *s;
+    uint32_t every_ms;
+    pthread_mutex_t mu; /* guards st, stop */
+    pthread_cond_t cv;
+    int stop;
+    idx_scrub_state_t st;
+    pthread_t thr;
+};
+
+static int scrub_pass(idx_scrub_t *sc, idx_store_digest_check_t *c, char *err,
+                      size_t errlen)
+{
+    uint64_t t0 = kb_mono_us();
+    int rc = idx_store_digest_check(sc->s, c, err, errlen);
+    uint64_t ms = (kb_mono_us() - t0) / 1000u;
+    pthread_mutex_lock(&sc->mu);
+    if (!rc) {
+        sc->st.passes++;
+        sc->st.last_ms = ms;
+        sc->st.last_lsn = c->lsn;
+        sc->st.docs = c->docs;
+        if (c->stored != c->scanned) {
+            sc->st.mismatches++;
+            sc->st.bad_lsn = c->lsn;
+            sc->st.bad_stored = c->stored;
+            sc->st.bad_scanned = c->scanned;
+        }
+    }
+    pthread_mutex_unlock(&sc->mu);
+    return rc;
+}
+
+static void *scrub_main(void *arg)
+{
+    idx_scrub_t *sc = arg;
+    uint64_t wait_ms = sc->every_ms;
+    for (;;) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += (time_t)(wait_ms / 1000u);
+        ts.tv_nsec += (long)(wait_ms % 1000u) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&sc->mu);
+        while (!sc->stop &&
+               pthread_cond_timedwait(&sc->cv, &sc->mu, &ts) != ETIMEDOUT)
+            ;
+        int stop = sc->stop;
+        pthread_mutex_unlock(&sc->mu);
+        if (stop)
+            break;
+        idx_store_digest_check_t c;
+        char err[256];
+        uint64_t t0 = kb_mono_us();
+        if (scrub_pass(sc, &c, err, sizeof err))
+            kb_warn("digest check: %s", err);
+        else if (c.stored != c.scanned)
+            kb_error("digest check: the %llu documents at LSN %llu add up to "
+                     "%016llx, but the digest kept with them is %016llx: "
+                     "stored data changed outside kbsync (edited, or "
+                     "corrupted)",
+                     (unsigned long long)c.docs, (unsigned long long)c.lsn,
+                     (unsigned long long)c.scanned,
+                     (unsigned long long)c.stored);
+        uint64_t took = (kb_mono_us() - t0) / 1000u;
+        wait_ms = took * IDX_SCRUB_DUTY > sc->every_ms
+                      ? took * IDX_SCRUB_DUTY
+                      : sc->every_ms;
+    }
+    return NULL;
+}
+
+int idx_scrub_start(idx_store_t *s, uint32_t every_ms, idx_scrub_t **out)
+{
+    idx_scrub_t *sc = calloc(1, sizeof *sc);
+    if (!sc)
+        return KB_ENOMEM;
+    sc->s = s;
+    sc->every_ms = every_ms ? every_ms : 1000;
+    pthread_mutex_init(&sc->mu, NULL);
+    pthread_cond_init(&sc->cv, NULL);
+    if (pthread_create(&sc->thr, NULL, scrub_main, sc)) {
+        pthread_cond_destroy(&sc->cv);
+        pthread_mutex_destroy(&sc->mu);
+        free(sc);
+        return KB_ENOMEM;
+    }
+    *out = sc;
+    return 0;
+}
+
+void idx_scrub_stop(idx_scrub_t **scp)
+{
+    if (!scp || !*scp)
+        return;
+    idx_scrub_t *sc = *scp;
+    pthread_mutex_lock(&sc->mu);
+    sc->stop = 1;
+    pthread_cond_signal(&sc->cv);
+    pthread_mutex_unlock(&sc->mu);
+    pthread_join(sc->thr, NULL);
+    pthread_cond_destroy(&sc->cv);
+    pthread_mutex_destroy(&sc->mu);
+    free(sc);
+    *scp = NULL;
+}
+
+void idx_scrub_get(idx_scrub_t *sc, idx_scrub_state_t *out)
+{
+    pthread_mutex_lock(&sc->mu);
+    *out = sc->st;
+    pthread_mutex_unlock(&sc->mu);
+}
+
+int idx_scrub_run(idx_scrub_t *sc, idx_store_digest_check_t *c, char *err,
+                  size_t errlen)
+{
+    return scrub_pass(sc, c, err, errlen);
+}

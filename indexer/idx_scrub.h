@@ -1,0 +1,41 @@
+/* idx_scrub: the background check that a node's documents still add up to
+ * the digest it keeps (anti-entropy, docs/CONSISTENCY.md). In: an open
+ * store. Out: passes that recompute the digest of every live document in
+ * one read transaction and compare it with the stored one, and their
+ * outcome. Owns one thread. A pass costs about one read of the documents;
+ * the thread waits max(every_ms, IDX_SCRUB_DUTY x the last pass) between
+ * passes, so it uses at most 1/IDX_SCRUB_DUTY of a core. */
+#ifndef IDX_SCRUB_H
+#define IDX_SCRUB_H
+
+#include "idx_store.h"
+
+#include <stdint.h>
+
+#define IDX_SCRUB_DUTY 30
+
+typedef struct idx_scrub idx_scrub_t;
+
+/* What the passes found (any thread reads a copy). */
+typedef struct idx_scrub_state {
+    uint64_t passes;       /* completed */
+    uint64_t last_ms;      /* the last pass took */
+    uint64_t last_lsn;     /* the LSN the last pass covered */
+    uint64_t docs;         /* documents it read */
+    uint64_t mismatches;   /* passes that found a difference */
+    uint64_t bad_lsn;      /* the newest mismatch: at this LSN, */
+    uint64_t bad_stored;   /* the kept digest */
+    uint64_t bad_scanned;  /* and what the documents add up to */
+} idx_scrub_state_t;
+
+/* Starts the thread (every_ms >= 1). */
+int idx_scrub_start(idx_store_t *s, uint32_t every_ms, idx_scrub_t **out);
+/* Stops and joins it; accepts NULL. */
+void idx_scrub_stop(idx_scrub_t **sc);
+void idx_scrub_get(idx_scrub_t *sc, idx_scrub_state_t *out);
+/* One pass now, on the calling thread (counted like the others). Returns
+ * 0 (see c) or a negative code with err set. */
+int idx_scrub_run(idx_scrub_t *sc, idx_store_digest_check_t *c, char *err,
+                  size_t errlen);
+
+#endif
