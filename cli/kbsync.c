@@ -66,6 +66,9 @@ static const char USAGE[] =
     "  delete  --to EP [--mode async|all|majority|quorum:K] ID...\n"
     "  status  --to EP [--json]\n"
     "  rebuild --to EP [--json]\n"
+    "  verify  --to EP [--leader EP] [--json]\n"
+    "          recompute the node's document digest now; with --leader,\n"
+    "          compare it with the leader's at the same LSN (exit 1: differ)\n"
     "          rebuild the node's vector index in the background (drops\n"
     "          replaced/deleted vectors; retrains an IVF index)\n"
     "\n"
@@ -577,6 +580,107 @@ static void print_json(cJSON *o)
     cJSON_Delete(o);
 }
 
+static Kbsync__Response *verify_call(const char *ep, uint64_t at_lsn,
+                                     int timeout)
+{
+    qry_client_t *cl = connect_or_die(ep);
+    Kbsync__Request req = KBSYNC__REQUEST__INIT;
+    Kbsync__VerifyRequest vr = KBSYNC__VERIFY_REQUEST__INIT;
+    vr.at_lsn = at_lsn;
+    req.body_case = KBSYNC__REQUEST__BODY_VERIFY;
+    req.verify = &vr;
+    Kbsync__Response *r = call_or_die(cl, &req, timeout);
+    qry_client_close(&cl);
+    if (!r->verify) {
+        fprintf(stderr, "kbsync: verify answer without a result\n");
+        exit(1);
+    }
+    return r;
+}
+
+/* kbsync verify: the node's documents against its kept digest, and with
+ * --leader, its digest against the leader's at the same LSN. */
+static int cmd_verify(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"to", required_argument, 0, 't'},
+        {"leader", required_argument, 0, 'l'},
+        {"json", no_argument, 0, 'j'},
+        {"timeout-ms", required_argument, 0, 'T'},
+        CLI_CLIENT_KEY_OPTIONS,
+        {0, 0, 0, 0}};
+    const char *ep = CLI_DEFAULT_ENDPOINT, *leader = NULL;
+    int json = 0, timeout = 60000, c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (cli_client_key_option(c, optarg))
+            continue;
+        switch (c) {
+        case 't': ep = optarg; break;
+        case 'l': leader = optarg; break;
+        case 'j': json = 1; break;
+        case 'T':
+            timeout = (int)cli_uint("--timeout-ms", optarg, 86400000);
+            break;
+        default: die_usage("bad option for verify%s", "");
+        }
+    }
+    Kbsync__Response *r = verify_call(ep, 0, timeout);
+    const Kbsync__VerifyResult *v = r->verify;
+    int self_ok = v->kept == v->computed, cmp = -1; /* -1: not compared */
+    Kbsync__Response *lr = NULL;
+    if (leader) {
+        lr = verify_call(leader, v->lsn, timeout);
+        if (lr->verify->has_at)
+            cmp = lr->verify->digest_at == v->kept;
+    }
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        char h[24];
+        cJSON_AddStringToObject(o, "node_id", v->node_id);
+        cJSON_AddStringToObject(o, "role", v->role);
+        cJSON_AddNumberToObject(o, "lsn", (double)v->lsn);
+        cJSON_AddNumberToObject(o, "docs", (double)v->docs);
+        snprintf(h, sizeof h, "%016llx", (unsigned long long)v->kept);
+        cJSON_AddStringToObject(o, "kept", h);
+        snprintf(h, sizeof h, "%016llx", (unsigned long long)v->computed);
+        cJSON_AddStringToObject(o, "computed", h);
+        cJSON_AddBoolToObject(o, "documents_match_digest", self_ok);
+        if (lr && lr->verify->has_at) {
+            snprintf(h, sizeof h, "%016llx",
+                     (unsigned long long)lr->verify->digest_at);
+            cJSON_AddStringToObject(o, "leader_digest", h);
+            cJSON_AddBoolToObject(o, "matches_leader", cmp == 1);
+        } else if (lr) {
+            cJSON_AddNullToObject(o, "matches_leader");
+        }
+        print_json(o);
+    } else {
+        printf("%s %s at LSN %llu: %llu documents add up to %016llx; kept "
+               "digest %016llx: %s\n",
+               v->role, v->node_id, (unsigned long long)v->lsn,
+               (unsigned long long)v->docs, (unsigned long long)v->computed,
+               (unsigned long long)v->kept,
+               self_ok ? "match"
+                       : "DIFFER (its stored documents changed outside "
+                         "kbsync)");
+        if (lr && cmp >= 0)
+            printf("leader %s at LSN %llu: digest %016llx: %s\n",
+                   lr->verify->node_id, (unsigned long long)v->lsn,
+                   (unsigned long long)lr->verify->digest_at,
+                   cmp ? "same as this node"
+                       : "DIFFERENT: this node's documents are not the "
+                         "leader's at the same LSN");
+        else if (lr)
+            printf("leader %s no longer holds its digest at LSN %llu (it "
+                   "keeps the last 65,536 LSNs it wrote): not compared\n",
+                   lr->verify->node_id, (unsigned long long)v->lsn);
+    }
+    kbsync__response__free_unpacked(r, NULL);
+    if (lr)
+        kbsync__response__free_unpacked(lr, NULL);
+    return self_ok && cmp != 0 ? 0 : 1;
+}
+
 static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
 {
     static const struct option opts[] = {
@@ -1082,6 +1186,8 @@ int main(int argc, char **argv)
         return cmd_status_or_rebuild(argc, argv, 0);
     if (!strcmp(cmd, "rebuild"))
         return cmd_status_or_rebuild(argc, argv, 1);
+    if (!strcmp(cmd, "verify"))
+        return cmd_verify(argc, argv);
     die_usage("unknown command \"%s\"", cmd);
     return 2;
 }

@@ -402,6 +402,44 @@ static void node_rebuild(node_t *n, const kb_peer_t *peer, uint64_t rid)
     node_status(n, peer, rid);
 }
 
+/* kbsync verify: a digest check now (see VerifyRequest). */
+static void node_verify(node_t *n, const kb_peer_t *peer, uint64_t rid,
+                        uint64_t at_lsn)
+{
+    idx_kb_t *ix = node_idx(n);
+    char err[512];
+    if (!ix || (n->replica && idx_loading(ix))) {
+        kb_wire_send_error(n->router, peer, rid, KB_EUNAVAIL,
+                           ix ? "loading a snapshot: its documents are not a "
+                                "state of the knowledge base yet"
+                              : "no knowledge base yet");
+        return;
+    }
+    Kbsync__VerifyResult v = KBSYNC__VERIFY_RESULT__INIT;
+    int rc = idx_check_now(ix, &v.lsn, &v.kept, &v.computed, &v.docs, err,
+                           sizeof err);
+    if (rc) {
+        kb_wire_send_error(n->router, peer, rid, rc, err);
+        return;
+    }
+    if (at_lsn)
+        v.has_at = idx_digest_at(ix, at_lsn, &v.digest_at) == 0;
+    idx_stats_t st;
+    idx_stats_stream(ix, &st);
+    v.node_id = (char *)(n->replica ? n->cfg->replica.id : st.node_id);
+    v.role = n->replica ? "replica" : "leader";
+    if (v.kept != v.computed)
+        kb_error("verify: the %llu documents at LSN %llu add up to %016llx, "
+                 "not to the kept digest %016llx",
+                 (unsigned long long)v.docs, (unsigned long long)v.lsn,
+                 (unsigned long long)v.computed, (unsigned long long)v.kept);
+    Kbsync__Response r = KBSYNC__RESPONSE__INIT;
+    r.request_id = rid;
+    r.body_case = KBSYNC__RESPONSE__BODY_VERIFY;
+    r.verify = &v;
+    kb_wire_send_response(n->router, peer, &r);
+}
+
 /* Runs a decoded request; takes ownership of req. */
 static void node_dispatch(node_t *n, const kb_peer_t *peer,
                           Kbsync__Request *req)
@@ -445,6 +483,9 @@ static void node_dispatch(node_t *n, const kb_peer_t *peer,
         else
             node_rebuild(n, peer, rid);
         break;
+    case KBSYNC__REQUEST__BODY_VERIFY:
+        node_verify(n, peer, rid, req->verify->at_lsn);
+        break;
     default:
         kb_wire_send_error(n->router, peer, rid, KB_EBADMSG,
                            "unknown request body");
@@ -480,7 +521,8 @@ static void node_handle(node_t *n, const kb_peer_t *peer, const kb_buf_t *b)
         kb_role_t role = kb_sec_role(zmq_msg_gets(b->priv, "User-Id"), NULL);
         int write = req->body_case == KBSYNC__REQUEST__BODY_UPSERT ||
                     req->body_case == KBSYNC__REQUEST__BODY_DELETE ||
-                    req->body_case == KBSYNC__REQUEST__BODY_REBUILD;
+                    req->body_case == KBSYNC__REQUEST__BODY_REBUILD ||
+                    req->body_case == KBSYNC__REQUEST__BODY_VERIFY;
         int ok = write ? role == KB_ROLE_WRITER || role == KB_ROLE_ADMIN
                        : role == KB_ROLE_READER || role == KB_ROLE_WRITER ||
                              role == KB_ROLE_ADMIN;
@@ -490,8 +532,8 @@ static void node_handle(node_t *n, const kb_peer_t *peer, const kb_buf_t *b)
                            role == KB_ROLE_REPLICA ? "replica"
                            : role == KB_ROLE_READER ? "reader"
                                                     : "none",
-                           write ? "write (upsert, delete, rebuild need "
-                                   "writer or admin)"
+                           write ? "write (upsert, delete, rebuild and "
+                                   "verify need writer or admin)"
                                  : "use the client API (reader, writer or "
                                    "admin may)");
             kbsync__request__free_unpacked(req, NULL);

@@ -436,5 +436,33 @@ class Consistency(unittest.TestCase):
         self.assertEqual(self.text_of(1, "ae-7"), "text of ae-7")
 
 
+    def test_verify_reports_an_edited_leader(self):
+        self.start()
+        self.fill_docs(300)
+        self.wait_same_digest(0, 10)
+        ok = subprocess.run([KBSYNC, "verify", "--to",
+                             self.c.replicas[0].listen, "--leader",
+                             self.c.client_ep], capture_output=True,
+                            text=True)
+        self.assertEqual(ok.returncode, 0, ok.stdout + ok.stderr)
+        self.assertIn("same as this node", ok.stdout)
+        out = subprocess.run([TAMPER, self.c.leader.data, "ae-9", "edited"],
+                             capture_output=True, text=True)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        bad = subprocess.run([KBSYNC, "verify", "--to", self.c.client_ep],
+                             capture_output=True, text=True)
+        self.assertEqual(bad.returncode, 1, bad.stdout + bad.stderr)
+        self.assertIn("DIFFER", bad.stdout)
+        # the leader's own background check reports it too (it cannot copy
+        # anew from anyone: it says so in its status and log)
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            s = self.cl.status()
+            if s.digest_check_mismatches:
+                break
+            time.sleep(0.05)
+        self.assertGreaterEqual(s.digest_check_mismatches, 1)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
