@@ -11,6 +11,11 @@
 #     strong).
 #  3. idempotent retries: 10,000 writes with the connection cut at random
 #     points, unanswered writes retried (bench_consistency retry).
+#  4. anti-entropy: one document of r1 edited in its LMDB behind its back
+#     (tests/kb_tamper): seconds until r1 reports the mismatch and until it
+#     holds the leader's digest again.
+#  5. what each write mode costs with both replicas healthy (async,
+#     majority, quorum:1, quorum:2, all; single-doc writes, interleaved).
 # usage: bash bench/run_consistency.sh [N=100000] [ROUNDS=2] [BUILD=build]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,4 +82,33 @@ $B/bench/bench_consistency strong "$LEADER" "$R1" 2000 384
 
 echo "== 3. idempotent retries with connection cuts"
 $B/bench/bench_consistency retry "$LEADER" 10000 384 16 40
+
+echo "== 4. anti-entropy: one document of r1 edited behind its back"
+field() { $B/kbsync status --to "$1" --json | grep -o "\"$2\":[^,}]*" | head -1 | cut -d: -f2 | tr -d '"'; }
+for _ in $(seq 200); do
+  [ "$(field "$R1" digest)" = "$(field "$LEADER" digest)" ] && break; sleep 0.05
+done
+resyncs0=$(field "$R1" digest_resyncs)
+$B/tests/kb_tamper "$W/c/r1" doc-42 "edited behind its back" >/dev/null
+t0=$(date +%s.%N); det=""; rep=""
+for _ in $(seq 1200); do
+  now=$(date +%s.%N)
+  if [ -z "$det" ] && [ "$(field "$R1" digest_resyncs)" != "$resyncs0" ]; then
+    det=$(awk "BEGIN{printf \"%.2f\", $now - $t0}")
+  fi
+  if [ -n "$det" ] && [ "$(field "$R1" version)" = "$(field "$LEADER" version)" ] &&
+     [ "$(field "$R1" digest)" = "$(field "$LEADER" digest)" ]; then
+    rep=$(awk "BEGIN{printf \"%.2f\", $now - $t0}"); break
+  fi
+  sleep 0.02
+done
+echo "edited document detected after ${det:-never} s, r1 holds the leader's digest again after ${rep:-never} s ($N docs; r2 and the leader served throughout)"
+echo "r1 background check: $(field "$R1" digest_check_ms) ms per pass over $(field "$R1" docs) docs"
+
+echo "== 5. single-doc write latency per mode, both replicas healthy"
+for round in $(seq "$ROUNDS"); do
+  for mode in async majority quorum:1 quorum:2 all; do
+    $B/bench/bench_write "$LEADER" 2000 384 "m$round-${mode/:/}" $mode
+  done
+done
 stop_all

@@ -17,6 +17,8 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <sys/random.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,10 +35,19 @@ typedef struct ingest {
     /* the batch being filled: each doc and its strings in one allocation */
     Kbsync__Doc **docs;
     size_t ndocs;
-    /* requests in flight: request id -> doc count */
+    /* requests in flight: request id, doc count, client_seq and the docs
+     * (kept until answered, to send again after a timeout) */
     uint64_t *fl_id;
     size_t *fl_n;
+    uint64_t *fl_seq;
+    Kbsync__Doc ***fl_docs;
     size_t inflight;
+    /* idempotent retries: this run's client_id, the last client_seq */
+    const char *ep;
+    char cid[64];
+    uint64_t seq;
+    unsigned retries, max_retries; /* in a row, without an answer */
+    uint64_t resent, answered_retried;
     /* totals */
     uint64_t written, failed, version, read;
     uint64_t unreplicated; /* committed on the leader, `all` acks timed out */
@@ -83,21 +94,72 @@ static void batch_clear(ingest_t *g)
     g->ndocs = 0;
 }
 
+static void free_docs(Kbsync__Doc **d, size_t n)
+{
+    for (size_t i = 0; d && i < n; i++)
+        free(d[i]);
+    free(d);
+}
+
+/* Sends in-flight slot i (again): same client_id and client_seq, so the
+ * leader writes it once whatever happened to an earlier attempt. */
+static int send_slot(ingest_t *g, size_t i, char *err, size_t errlen)
+{
+    Kbsync__UpsertRequest u = KBSYNC__UPSERT_REQUEST__INIT;
+    u.docs = g->fl_docs[i];
+    u.n_docs = g->fl_n[i];
+    u.mode = cli_wire_mode(g->mode);
+    u.quorum = g->quorum;
+    u.client_id = g->cid;
+    u.client_seq = g->fl_seq[i];
+    Kbsync__Request req = KBSYNC__REQUEST__INIT;
+    req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
+    req.upsert = &u;
+    return qry_client_send(g->cl, &req, &g->fl_id[i], err, errlen);
+}
+
+/* No answer in time: open a new connection (the old one may be dead, and
+ * answers on it are lost) and send every batch in flight again. */
+static int ingest_resend(ingest_t *g, char *err, size_t errlen)
+{
+    qry_client_close(&g->cl);
+    int rc = qry_client_open(g->ep, &g->cl, err, errlen);
+    for (size_t i = 0; !rc && i < g->inflight; i++) {
+        rc = send_slot(g, i, err, errlen);
+        g->resent++;
+    }
+    return rc;
+}
+
 /* Waits for one in-flight answer and books it. */
 static int ingest_reap(ingest_t *g)
 {
     char err[512];
     Kbsync__Response *r;
     int rc = qry_client_recv(g->cl, g->timeout_ms, &r, err, sizeof err);
+    while (rc && g->retries < g->max_retries) {
+        g->retries++;
+        fprintf(stderr,
+                "kbsync ingest: %s; sending the %zu batches in flight again "
+                "on a new connection (attempt %u of %u; the leader writes "
+                "each batch once)\n",
+                err, g->inflight, g->retries, g->max_retries);
+        rc = ingest_resend(g, err, sizeof err);
+        if (!rc)
+            rc = qry_client_recv(g->cl, g->timeout_ms, &r, err, sizeof err);
+    }
     if (rc) {
         fprintf(stderr, "kbsync ingest: %s\n", err);
         /* Unknown outcome for what is in flight: count it as failed. */
-        for (size_t i = 0; i < g->inflight; i++)
+        for (size_t i = 0; i < g->inflight; i++) {
             g->failed += g->fl_n[i];
+            free_docs(g->fl_docs[i], g->fl_n[i]);
+        }
         g->inflight = 0;
         g->stopped = 1;
         return rc;
     }
+    g->retries = 0;
     size_t slot = g->inflight;
     for (size_t i = 0; i < g->inflight; i++)
         if (g->fl_id[i] == r->request_id)
@@ -109,9 +171,14 @@ static int ingest_reap(ingest_t *g)
         return 0;
     }
     size_t n = g->fl_n[slot];
+    free_docs(g->fl_docs[slot], n);
     g->fl_id[slot] = g->fl_id[g->inflight - 1];
     g->fl_n[slot] = g->fl_n[g->inflight - 1];
+    g->fl_seq[slot] = g->fl_seq[g->inflight - 1];
+    g->fl_docs[slot] = g->fl_docs[g->inflight - 1];
     g->inflight--;
+    if (r->write && r->write->retried)
+        g->answered_retried++;
     if (r->error && r->write) {
         /* `all` timed out: committed on the leader, not confirmed on every
          * named replica. */
@@ -159,27 +226,30 @@ static int ingest_send(ingest_t *g)
         batch_clear(g);
         return KB_EINVAL;
     }
-    Kbsync__UpsertRequest u = KBSYNC__UPSERT_REQUEST__INIT;
-    u.docs = g->docs;
-    u.n_docs = g->ndocs;
-    u.mode = cli_wire_mode(g->mode);
-    u.quorum = g->quorum;
-    Kbsync__Request req = KBSYNC__REQUEST__INIT;
-    req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
-    req.upsert = &u;
-    char err[512];
-    uint64_t rid;
-    int rc = qry_client_send(g->cl, &req, &rid, err, sizeof err);
-    if (rc) {
-        fprintf(stderr, "kbsync ingest: %s\n", err);
+    /* the slot takes the batch's docs until its answer comes */
+    size_t i = g->inflight;
+    g->fl_docs[i] = malloc(g->ndocs * sizeof *g->fl_docs[i]);
+    if (!g->fl_docs[i]) {
+        fprintf(stderr, "kbsync ingest: out of memory\n");
         g->failed += g->ndocs;
         g->stopped = 1;
+        batch_clear(g);
+        return KB_ENOMEM;
+    }
+    memcpy(g->fl_docs[i], g->docs, g->ndocs * sizeof *g->docs);
+    g->fl_n[i] = g->ndocs;
+    g->fl_seq[i] = ++g->seq;
+    g->ndocs = 0;
+    char err[512];
+    int rc = send_slot(g, i, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "kbsync ingest: %s\n", err);
+        g->failed += g->fl_n[i];
+        free_docs(g->fl_docs[i], g->fl_n[i]);
+        g->stopped = 1;
     } else {
-        g->fl_id[g->inflight] = rid;
-        g->fl_n[g->inflight] = g->ndocs;
         g->inflight++;
     }
-    batch_clear(g);
     return rc;
 }
 
@@ -358,10 +428,12 @@ int cli_ingest_main(int argc, char **argv)
         {"json", no_argument, 0, 'j'},
         {"timeout-ms", required_argument, 0, 'T'},
         {"mode", required_argument, 0, 'm'},
+        {"retries", required_argument, 0, 'r'},
         CLI_CLIENT_KEY_OPTIONS,
         {0, 0, 0, 0}};
     const char *ep = CLI_DEFAULT_ENDPOINT;
-    ingest_t g = {.batch = 1000, .window = 4, .timeout_ms = 120000};
+    ingest_t g = {.batch = 1000, .window = 4, .timeout_ms = 120000,
+                  .max_retries = 3};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (cli_client_key_option(c, optarg))
@@ -372,6 +444,9 @@ int cli_ingest_main(int argc, char **argv)
         case 'w': g.window = cli_uint("--window", optarg, 64); break;
         case 'k': g.keep_going = 1; break;
         case 'm': g.mode = cli_mode(optarg, &g.quorum); break;
+        case 'r':
+            g.max_retries = (unsigned)cli_uint("--retries", optarg, 1000);
+            break;
         case 'n': g.dry_run = 1; break;
         case 'j': break; /* the summary line is always JSON */
         case 'T':
@@ -393,8 +468,21 @@ int cli_ingest_main(int argc, char **argv)
     g.docs = calloc(g.batch, sizeof *g.docs);
     g.fl_id = calloc(g.window, sizeof *g.fl_id);
     g.fl_n = calloc(g.window, sizeof *g.fl_n);
-    if (!g.docs || !g.fl_id || !g.fl_n)
+    g.fl_seq = calloc(g.window, sizeof *g.fl_seq);
+    g.fl_docs = calloc(g.window, sizeof *g.fl_docs);
+    if (!g.docs || !g.fl_id || !g.fl_n || !g.fl_seq || !g.fl_docs)
         return 1;
+    g.ep = ep;
+    /* This run's identity for idempotent retries: unique per host and run. */
+    {
+        char host[32] = "";
+        gethostname(host, sizeof host - 1);
+        unsigned rnd = 0;
+        if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+            rnd = (unsigned)kb_mono_us();
+        snprintf(g.cid, sizeof g.cid, "ingest-%.24s-%d-%08x", host,
+                 (int)getpid(), rnd);
+    }
     char err[512];
     if (!g.dry_run && qry_client_open(ep, &g.cl, err, sizeof err)) {
         fprintf(stderr, "kbsync ingest: %s\n", err);
@@ -419,6 +507,13 @@ int cli_ingest_main(int argc, char **argv)
         g.keep_going = keep;
     }
     double secs = (double)(kb_mono_us() - t0) / 1e6;
+    if (g.resent)
+        fprintf(stderr,
+                "kbsync ingest: %llu batches sent again after timeouts; the "
+                "leader answered %llu of them from its idempotency table "
+                "(written once, before)\n",
+                (unsigned long long)g.resent,
+                (unsigned long long)g.answered_retried);
     if (!g.failed && !g.unreplicated)
         fprintf(stderr,
                 "kbsync ingest: %llu documents in %.3f s (%.0f docs/s)%s\n",
@@ -431,5 +526,7 @@ int cli_ingest_main(int argc, char **argv)
     free(g.docs);
     free(g.fl_id);
     free(g.fl_n);
+    free(g.fl_seq);
+    free(g.fl_docs);
     return g.failed || g.unreplicated ? 1 : 0;
 }

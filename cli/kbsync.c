@@ -56,7 +56,7 @@ static const char USAGE[] =
     "          write a CURVE key pair: PREFIX.key (mode 0600), PREFIX.pub\n"
     "  ingest  --to EP [--mode async|all|majority|quorum:K] [--batch N] [--window N] "
     "[--keep-going]\n"
-    "          [--dry-run] FILE...\n"
+    "          [--dry-run] [--timeout-ms N] [--retries N] FILE...\n"
     "          upsert documents from JSONL files (id, text, embedding,\n"
     "          metadata) or, for other files, paragraph chunks of their text\n"
     "  query   --to EP [-k N] (--vector JSON | --text TEXT) [--min-version V]\n"

@@ -46,7 +46,7 @@ static int scrub_pass(idx_scrub_t *sc, idx_store_digest_check_t *c, char *err,
 static void *scrub_main(void *arg)
 {
     idx_scrub_t *sc = arg;
-    uint64_t wait_ms = sc->every_ms;
+    uint64_t wait_ms = sc->every_ms, prev_lsn = UINT64_MAX;
     for (;;) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -64,7 +64,7 @@ static void *scrub_main(void *arg)
         pthread_mutex_unlock(&sc->mu);
         if (stop)
             break;
-        idx_store_digest_check_t c;
+        idx_store_digest_check_t c = {0};
         char err[256];
         uint64_t t0 = kb_mono_us();
         if (scrub_pass(sc, &c, err, sizeof err))
@@ -78,9 +78,10 @@ static void *scrub_main(void *arg)
                      (unsigned long long)c.scanned,
                      (unsigned long long)c.stored);
         uint64_t took = (kb_mono_us() - t0) / 1000u;
-        wait_ms = took * IDX_SCRUB_DUTY > sc->every_ms
-                      ? took * IDX_SCRUB_DUTY
-                      : sc->every_ms;
+        uint64_t duty = c.lsn == prev_lsn ? IDX_SCRUB_DUTY_IDLE
+                                          : IDX_SCRUB_DUTY;
+        prev_lsn = c.lsn;
+        wait_ms = took * duty > sc->every_ms ? took * duty : sc->every_ms;
     }
     return NULL;
 }
