@@ -13,7 +13,10 @@
  *            (closed loop): latency p50/p99/p999. Then read-after-write:
  *            after each acked write, one query (k=10, the doc's vector, no
  *            min_version) to a replica drawn at random; the share of answers
- *            whose version >= the write's version.
+ *            whose version >= the write's version. Then read levels: after
+ *            each acked write, one query at each level (eventual, session
+ *            with the write's version, strong) to a random replica: the
+ *            share that sees the write and the read latency p50 / p99.
  * open       open loop: single-doc upserts sent at fixed times (i/rate), so
  *            latency counts from the scheduled send time and a slow node
  *            cannot hide it (no coordinated omission). One poller thread
@@ -70,6 +73,9 @@
 #define WARM_US 500000u /* open loop: the first 0.5 s is warm-up, not counted */
 
 /* ------------------------------------------------------------- options */
+
+/* K of --mode quorum:K (0 otherwise): every upsert carries it. */
+static uint32_t g_quorum;
 
 typedef struct opts {
     const char *leader, *tag, *cut, *heal, *raw, *out, *lag_rate_s;
@@ -163,7 +169,10 @@ static void parse_opts(int argc, char **argv, opts_t *o)
                 o->mode = KBSYNC__WRITE_MODE__WRITE_MODE_ALL;
             else if (!strcmp(optarg, "async"))
                 o->mode = KBSYNC__WRITE_MODE__WRITE_MODE_ASYNC;
-            else
+            else if (!strncmp(optarg, "quorum:", 7) && atoi(optarg + 7) > 0) {
+                o->mode = KBSYNC__WRITE_MODE__WRITE_MODE_QUORUM;
+                g_quorum = (uint32_t)atoi(optarg + 7);
+            } else
                 usage();
             break;
         case 'd': o->dim = atoi(optarg); break;
@@ -285,6 +294,7 @@ static int send_upsert(qry_client_t *c, Kbsync__Doc **docs, size_t n,
     u.docs = docs;
     u.n_docs = n;
     u.mode = mode;
+    u.quorum = g_quorum;
     Kbsync__Request req = KBSYNC__REQUEST__INIT;
     req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
     req.upsert = &u;
@@ -403,6 +413,7 @@ static void raw_once(const opts_t *o, qry_client_t *W, qry_client_t *R,
     u.docs = &b->dp;
     u.n_docs = 1;
     u.mode = o->mode;
+    u.quorum = g_quorum;
     Kbsync__Request req = KBSYNC__REQUEST__INIT;
     req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
     req.upsert = &u;
@@ -552,8 +563,91 @@ static int cmd_closed(const opts_t *o)
         all.unanswered += G[k].unanswered;
         all.wfail += G[k].wfail;
     }
+    /* read levels: a write, then one read at each level on a random
+     * replica (from that replica's region) */
+    enum { NLVL = 3 };
+    static const Kbsync__ReadLevel lvl[NLVL] = {
+        KBSYNC__READ_LEVEL__READ_EVENTUAL, KBSYNC__READ_LEVEL__READ_SESSION,
+        KBSYNC__READ_LEVEL__READ_STRONG};
+    static const char *const lvl_name[NLVL] = {"eventual", "session",
+                                               "strong"};
+    size_t lcap = 100000, ln[NLVL] = {0}, lseen[NLVL] = {0}, lfail = 0;
+    double *llat[NLVL];
+    for (int l = 0; l < NLVL; l++)
+        llat[l] = malloc(sizeof(double) * lcap);
+    for (int k = 0; k < o->nrep; k++) {
+        W1[k] = open_in_region(o, k, leader_from(o, k));
+        R1[k] = open_in_region(o, k, o->rep[k]);
+    }
+    sleep_us(100000);
+    raw_end = kb_mono_us() + (uint64_t)(o->raw_seconds * 1e6);
+    for (uint64_t i = 0; kb_mono_us() < raw_end && ln[NLVL - 1] < lcap; i++) {
+        int k = (int)(bench_next(&rng) % (uint64_t)o->nrep);
+        doc_make(&b, o->dim, 9, i, "lvl");
+        Kbsync__Response *r = NULL;
+        Kbsync__UpsertRequest u = KBSYNC__UPSERT_REQUEST__INIT;
+        u.docs = &b.dp;
+        u.n_docs = 1;
+        u.mode = o->mode;
+        u.quorum = g_quorum;
+        Kbsync__Request req = KBSYNC__REQUEST__INIT;
+        req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
+        req.upsert = &u;
+        if (qry_client_call(W1[k], &req, o->timeout_ms, &r, err, sizeof err) ||
+            r->error || !r->write) {
+            lfail++;
+            if (r)
+                kbsync__response__free_unpacked(r, NULL);
+            continue;
+        }
+        uint64_t version = r->write->version;
+        kbsync__response__free_unpacked(r, NULL);
+        for (int l = 0; l < NLVL; l++) {
+            Kbsync__QueryRequest q = KBSYNC__QUERY_REQUEST__INIT;
+            q.k = 10;
+            q.vector = b.vec;
+            q.n_vector = (size_t)o->dim;
+            q.consistency = lvl[l];
+            if (lvl[l] == KBSYNC__READ_LEVEL__READ_SESSION)
+                q.min_version = version;
+            Kbsync__Request qr = KBSYNC__REQUEST__INIT;
+            qr.body_case = KBSYNC__REQUEST__BODY_QUERY;
+            qr.query = &q;
+            r = NULL;
+            uint64_t t0 = kb_mono_us();
+            int bad = qry_client_call(R1[k], &qr, o->timeout_ms, &r, err,
+                                      sizeof err) ||
+                      r->error || !r->query || !r->query->state;
+            uint64_t t1 = kb_mono_us();
+            if (!bad) {
+                llat[l][ln[l]++] = (double)(t1 - t0) / 1000.0;
+                lseen[l] += r->query->state->version >= version;
+            } else {
+                lfail++;
+            }
+            if (r)
+                kbsync__response__free_unpacked(r, NULL);
+        }
+    }
+    for (int k = 0; k < o->nrep; k++) {
+        qry_client_close(&W1[k]);
+        qry_client_close(&R1[k]);
+    }
     jline_t j;
     j_begin(&j, o, "closed");
+    for (int l = 0; l < NLVL; l++) {
+        char key[64];
+        snprintf(key, sizeof key, "lvl_%s_reads", lvl_name[l]);
+        j_num(&j, key, (double)ln[l]);
+        snprintf(key, sizeof key, "lvl_%s_share", lvl_name[l]);
+        j_num(&j, key, ln[l] ? (double)lseen[l] / (double)ln[l] : -1);
+        snprintf(key, sizeof key, "lvl_%s_p50", lvl_name[l]);
+        j_num(&j, key, ln[l] ? pct(llat[l], ln[l], 50) : -1);
+        snprintf(key, sizeof key, "lvl_%s_p99", lvl_name[l]);
+        j_num(&j, key, ln[l] ? pct(llat[l], ln[l], 99) : -1);
+        free(llat[l]);
+    }
+    j_num(&j, "lvl_failed", (double)lfail);
     double mean = 0;
     for (size_t i = 0; i < n; i++)
         mean += lat[i];
@@ -1397,7 +1491,7 @@ static int cmd_delay(const opts_t *o)
  * summarised by its median over the runs. */
 
 typedef struct group {
-    char test[16], mode[8];
+    char test[16], mode[16];
     int delay, n, rate;
     char method[16];
     cJSON *runs[64];
@@ -1547,7 +1641,8 @@ static FILE *open_out(const char *dir, const char *name)
     return f;
 }
 
-static const char *const MODES[2] = {"async", "all"};
+#define NMODES 3
+static const char *const MODES[NMODES] = {"async", "quorum:1", "all"};
 
 static int cmd_report(const opts_t *o)
 {
@@ -1686,17 +1781,19 @@ static int cmd_report(const opts_t *o)
                 D ? "network namespaces" : "loopback", D, nr, nr == 1 ? "" : "s");
         fprintf(md, "| dimension | measure |");
         for (int ni = 0; ni < nns; ni++)
-            fprintf(md, " async N=%d | all N=%d |", ns[ni], ns[ni]);
+            for (int mi = 0; mi < NMODES; mi++)
+                fprintf(md, " %s N=%d |", MODES[mi], ns[ni]);
         fprintf(md, "\n|---|---|");
         for (int ni = 0; ni < nns; ni++)
-            fprintf(md, "---|---|");
+            for (int mi = 0; mi < NMODES; mi++)
+                fprintf(md, "---|");
         fprintf(md, "\n");
         /* a row: label, then one cell per (N, mode) from a formatter */
 #define ROW(dim, what, ...)                                                  \
     do {                                                                       \
         fprintf(md, "| %s | %s |", dim, what);                                 \
         for (int ni = 0; ni < nns; ni++)                                       \
-            for (int mi = 0; mi < 2; mi++) {                                   \
+            for (int mi = 0; mi < NMODES; mi++) {                              \
                 int N = ns[ni];                                                \
                 const char *M = MODES[mi];                                     \
                 (void)N;                                                       \
@@ -1741,6 +1838,33 @@ static int cmd_report(const opts_t *o)
                 fmt_share(c, sizeof c, v);
                 ok = !isnan(v);
             });
+        {
+            static const char *const ln_[3] = {"eventual", "session",
+                                               "strong"};
+            static const char *const lt_[3] = {
+                "eventual (no token)", "session (the write's version)",
+                "strong (read index from the leader)"};
+            for (int l = 0; l < 3; l++) {
+                char k1[64], k2[64], k3[64];
+                snprintf(k1, sizeof k1, "lvl_%s_share", ln_[l]);
+                snprintf(k2, sizeof k2, "lvl_%s_p50", ln_[l]);
+                snprintf(k3, sizeof k3, "lvl_%s_p99", ln_[l]);
+                snprintf(what, sizeof what,
+                         "read right after the write's ack at level %s on a "
+                         "random replica: share that sees the write; read ms "
+                         "p50 / p99",
+                         lt_[l]);
+                ROW("read levels", what, {
+                    const group_t *g = rep_find(&R, "closed", D, N, M, 0, 0);
+                    double sh = med(g, k1), a = med(g, k2), b2 = med(g, k3);
+                    if (!isnan(sh) && !isnan(a) && a >= 0) {
+                        fmt_share(x, sizeof x, sh);
+                        snprintf(c, sizeof c, "%s; %.2f / %.2f", x, a, b2);
+                        ok = 1;
+                    }
+                });
+            }
+        }
         ROW("write latency", "single-doc write, ms p50 / p99 / p999 (closed loop, 1 client)", {
             ok = fmt_triple(c, sizeof c, rep_find(&R, "closed", D, N, M, 0, 0),
                             "lat_p50", "lat_p99", "lat_p999");
@@ -1831,7 +1955,7 @@ static int cmd_report(const opts_t *o)
 
     /* gnuplot data: open-loop points, per (delay, mode, N) */
     for (int di = 0; di < ndelays; di++)
-        for (int mi = 0; mi < 2; mi++)
+        for (int mi = 0; mi < NMODES; mi += 2) /* plots: async and all */
             for (int ni = 0; ni < nns; ni++) {
                 char name[128];
                 snprintf(name, sizeof name, "open-d%d-%s-n%d.dat", delays[di],
@@ -1854,7 +1978,7 @@ static int cmd_report(const opts_t *o)
             }
     /* per (delay, mode): by N */
     for (int di = 0; di < ndelays; di++)
-        for (int mi = 0; mi < 2; mi++) {
+        for (int mi = 0; mi < NMODES; mi += 2) /* plots: async and all */ {
             char name[128];
             snprintf(name, sizeof name, "scale-d%d-%s.dat", delays[di], MODES[mi]);
             FILE *d = open_out(o->out, name);
@@ -1874,7 +1998,7 @@ static int cmd_report(const opts_t *o)
             fclose(d);
         }
     /* per (mode, N): by delay */
-    for (int mi = 0; mi < 2; mi++)
+    for (int mi = 0; mi < NMODES; mi += 2) /* plots: async and all */
         for (int ni = 0; ni < nns; ni++) {
             char name[128];
             snprintf(name, sizeof name, "delay-%s-n%d.dat", MODES[mi], ns[ni]);

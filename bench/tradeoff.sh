@@ -3,8 +3,8 @@
 # (issue #4). Starts a real leader and N real replicas (separate processes,
 # fsync on every node), drives them with build/bench/bench_tradeoff, stops
 # them, and writes raw.jsonl, summary.csv/json, table.md and PNG plots into
-# a results directory. Prints the trade-off table, `async` and `all` side by
-# side for every N. With delays > 0, every replica lives in its own network
+# a results directory. Prints the trade-off table, `async`, `quorum:1` and
+# `all` side by side for every N, with rows for the read levels. With delays > 0, every replica lives in its own network
 # namespace behind a veth link whose packets are held D ms each way (a
 # netem-like delay made with NFQUEUE, since this kernel has no sch_netem);
 # without root or namespaces those delays are skipped and it says so.
@@ -341,7 +341,7 @@ for d in $DELAYS; do
   RTMO=$(( READ_TIMEOUT_MS + 4 * d ))
   for n in $REPLICAS; do
     for run in $(seq "$RUNS"); do
-      for mode in async all; do
+      for mode in async quorum:1 all; do
         tag="\"delay\":$d,\"run\":$run,\"net\":\"$MODEL\",\"method\":\"$METHOD\""
         say "delay $d ms, N=$n, run $run/$RUNS, $mode"
         # three fresh clusters per mode: a partition leaves TCP backing off
@@ -399,11 +399,11 @@ fi
 
 {
   echo
-  echo "## kbsync trade-off: async vs all ($(date -u +%F), $( [ $QUICK = 1 ] && echo quick || echo full ) run, $T_RUN s)"
+  echo "## kbsync trade-off: async, quorum:1 and all ($(date -u +%F), $( [ $QUICK = 1 ] && echo quick || echo full ) run, $T_RUN s)"
   echo
   echo "Machine: $(machine)."
   echo "Loads: ${DIM}-d synthetic clustered embeddings (not a model's) + ~300 B text per document."
-  echo "Cells are \`async | all\` per N; every figure is the median of $RUNS run(s)."
+  echo "Cells are \`async | quorum:1 | all\` per N; every figure is the median of $RUNS run(s)."
   echo
   cat "$OUT/table.md"
 } | tee "$OUT/report.md"
