@@ -265,6 +265,11 @@ int idx_store_open(const char *dir, uint64_t map_size, int nosync,
         MDB_val k = {8, "store_id"}, v = u64_val(&s->store_id);
         rc = mdb_put(txn, s->meta, &k, &v, 0);
     }
+    if (s->applied_lsn) { /* the digest at the head is known at once */
+        size_t ri = s->applied_lsn % IDX_STORE_DIGEST_RING;
+        s->ring_lsn[ri] = s->applied_lsn;
+        s->ring_dg[ri] = s->digest;
+    }
     if (!s->log_start)
         s->log_start = 1;
     if (!s->undo_from)
