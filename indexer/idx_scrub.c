@@ -46,12 +46,12 @@ static int scrub_pass(idx_scrub_t *sc, idx_store_digest_check_t *c, char *err,
 static void *scrub_main(void *arg)
 {
     idx_scrub_t *sc = arg;
-    uint64_t wait_ms = sc->every_ms, prev_lsn = UINT64_MAX;
+    uint64_t last_lsn = UINT64_MAX, last_end = 0, last_ms = 0;
     for (;;) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += (time_t)(wait_ms / 1000u);
-        ts.tv_nsec += (long)(wait_ms % 1000u) * 1000000L;
+        ts.tv_sec += (time_t)(sc->every_ms / 1000u);
+        ts.tv_nsec += (long)(sc->every_ms % 1000u) * 1000000L;
         if (ts.tv_nsec >= 1000000000L) {
             ts.tv_sec++;
             ts.tv_nsec -= 1000000000L;
@@ -64,6 +64,12 @@ static void *scrub_main(void *arg)
         pthread_mutex_unlock(&sc->mu);
         if (stop)
             break;
+        /* Due? D x the last pass since it ended: D = IDX_SCRUB_DUTY_IDLE
+         * when nothing was written since, IDX_SCRUB_DUTY while writes flow. */
+        uint64_t duty = idx_store_head(sc->s) == last_lsn ? IDX_SCRUB_DUTY_IDLE
+                                                          : IDX_SCRUB_DUTY;
+        if (last_end && kb_mono_us() - last_end < duty * last_ms * 1000u)
+            continue;
         idx_store_digest_check_t c = {0};
         char err[256];
         uint64_t t0 = kb_mono_us();
@@ -77,11 +83,9 @@ static void *scrub_main(void *arg)
                      (unsigned long long)c.docs, (unsigned long long)c.lsn,
                      (unsigned long long)c.scanned,
                      (unsigned long long)c.stored);
-        uint64_t took = (kb_mono_us() - t0) / 1000u;
-        uint64_t duty = c.lsn == prev_lsn ? IDX_SCRUB_DUTY_IDLE
-                                          : IDX_SCRUB_DUTY;
-        prev_lsn = c.lsn;
-        wait_ms = took * duty > sc->every_ms ? took * duty : sc->every_ms;
+        last_end = kb_mono_us();
+        last_ms = (last_end - t0) / 1000u;
+        last_lsn = c.lsn;
     }
     return NULL;
 }

@@ -2,12 +2,12 @@
  * the digest it keeps (anti-entropy, docs/CONSISTENCY.md). In: an open
  * store. Out: passes that recompute the digest of every live document in
  * one read transaction and compare it with the stored one, and their
- * outcome. Owns one thread. A pass costs about one read of the documents;
- * the thread waits max(every_ms, D x the last pass) between passes, D =
- * IDX_SCRUB_DUTY_IDLE when nothing was written since the pass before (at
- * most 1/8 of a core, so that an edit is found within about a second on a
- * quiet node of 100k documents) and IDX_SCRUB_DUTY while writes flow (at
- * most 1/30 of a core, out of the writers' way). */
+ * outcome. Owns one thread. A pass costs about one read of the documents.
+ * The thread wakes every every_ms and runs a pass when D x the last pass
+ * has gone by since it ended: D = IDX_SCRUB_DUTY_IDLE when nothing was
+ * written since (at most 1/8 of a core, so that an edit is found within
+ * about a second on a quiet node of 100k documents), IDX_SCRUB_DUTY while
+ * writes flow (at most 1/30 of a core, out of the writers' way). */
 #ifndef IDX_SCRUB_H
 #define IDX_SCRUB_H
 

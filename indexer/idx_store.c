@@ -1598,6 +1598,23 @@ int idx_store_digest_at(idx_store_t *s, uint64_t lsn, uint64_t *digest)
     return 0;
 }
 
+uint64_t idx_store_head(idx_store_t *s)
+{
+    MDB_txn *txn;
+    uint64_t lsn = 0;
+    if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn))
+        return 0;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    if (!mdb_cursor_open(txn, s->log, &cur)) {
+        if (!mdb_cursor_get(cur, &k, &v, MDB_LAST) && k.mv_size == 8)
+            lsn = get_u64(k.mv_data);
+        mdb_cursor_close(cur);
+    }
+    mdb_txn_abort(txn);
+    return lsn;
+}
+
 int idx_store_digest_check(idx_store_t *s, idx_store_digest_check_t *c,
                            char *err, size_t errlen)
 {

@@ -183,6 +183,9 @@ typedef struct idx_store_digest_check {
 } idx_store_digest_check_t;
 int idx_store_digest_check(idx_store_t *s, idx_store_digest_check_t *c,
                            char *err, size_t errlen);
+/* The newest LSN in the log, read in its own read transaction (any
+ * thread; 0 when empty or on error). */
+uint64_t idx_store_head(idx_store_t *s);
 
 /* Idempotent writes (the leader's table of committed (client, seq) pairs;
  * see idx_write_ex): one entry, written in t; read back by key; expired
