@@ -2639,6 +2639,16 @@ void idx_check_state(idx_kb_t *ix, idx_check_t *out)
     out->bad_lsn = s.bad_lsn;
     out->bad_stored = s.bad_stored;
     out->bad_scanned = s.bad_scanned;
+    out->started = s.started;
+    out->ended = s.passes + s.failed;
+    out->last_ok = s.last_ok;
+    out->last_stored = s.last_stored;
+    out->last_scanned = s.last_scanned;
+}
+
+uint64_t idx_check_request(idx_kb_t *ix)
+{
+    return ix->scrub ? idx_scrub_request(ix->scrub) : 0;
 }
 
 int idx_check_now(idx_kb_t *ix, uint64_t *lsn, uint64_t *stored,
@@ -2646,7 +2656,8 @@ int idx_check_now(idx_kb_t *ix, uint64_t *lsn, uint64_t *stored,
 {
     idx_store_digest_check_t c;
     int rc = ix->scrub ? idx_scrub_run(ix->scrub, &c, err, errlen)
-                       : idx_store_digest_check(ix->store, &c, err, errlen);
+                       : idx_store_digest_check(ix->store, &c, NULL, err,
+                                                errlen);
     if (!rc) {
         *lsn = c.lsn;
         *stored = c.stored;
@@ -2688,7 +2699,8 @@ uint64_t idx_commit_time(idx_kb_t *ix, uint64_t lsn)
     return t;
 }
 
-int idx_compact(idx_kb_t *ix, uint64_t cut, size_t max_records,
+int idx_compact(idx_kb_t *ix, uint64_t cut, uint64_t sweep_max,
+                size_t max_records,
                 uint64_t *removed, uint64_t *bytes, char *err, size_t errlen)
 {
     *removed = *bytes = 0;
@@ -2746,6 +2758,8 @@ int idx_compact(idx_kb_t *ix, uint64_t cut, size_t max_records,
     uint64_t swept = 0, sbytes = 0, upto = old_v + 1;
     if (ix->confirmed_path && upto > v.version + 1)
         upto = v.version + 1;
+    if (upto > sweep_max)
+        upto = sweep_max;
     if (!rc)
         rc = idx_store_sweep(ix->store, upto, max_records, &swept, &sbytes,
                              err, errlen);

@@ -330,9 +330,17 @@ typedef struct idx_check {
     uint64_t passes, last_ms, last_lsn, docs;
     uint64_t mismatches; /* passes that found the documents changed */
     uint64_t bad_lsn, bad_stored, bad_scanned; /* the newest mismatch */
+    uint64_t started, ended; /* passes begun, and ended (done or failed) */
+    uint64_t last_stored, last_scanned; /* the newest completed pass */
+    uint64_t last_ok; /* its number among the passes begun */
 } idx_check_t;
 /* Any thread. All zero when checks are off. */
 void idx_check_state(idx_kb_t *ix, idx_check_t *out);
+/* Asks the background thread for a pass now (kbsync verify); returns N:
+ * once `ended` reaches N, pass N has ended; last_ok >= N means the newest
+ * completed pass (last_*) began after this call, else pass N failed. 0
+ * when checks are off: use idx_check_now(). Any thread. */
+uint64_t idx_check_request(idx_kb_t *ix);
 /* One check now, on the calling thread (any thread): *lsn, the kept
  * digest, the recomputed one and the documents read. Returns 0 or a
  * negative code with err set. */
@@ -351,10 +359,14 @@ size_t idx_recent(idx_kb_t *ix, size_t max, uint64_t *lsn, uint64_t *commit_us);
 /* Compacts the log below cut (see idx_store_compact in idx_store.h):
  * superseded and deleted documents' records go, live ones stay as the
  * documents table below the log start; then sweeps the documents table of
- * what the operations kept above the cut replaced (idx_store_sweep). On a replica cut is held to the
- * published version; nothing is compacted while a snapshot loads. At most
- * max_records operations per call. Writer thread. */
-int idx_compact(idx_kb_t *ix, uint64_t cut, size_t max_records,
+ * what the operations kept above the cut replaced (idx_store_sweep), but
+ * only what operations below sweep_max replaced (UINT64_MAX: no bound; the
+ * leader bounds it while it streams snapshots, whose documents table must
+ * hold every document as of the snapshot's LSN). On a replica cut is held
+ * to the published version; nothing is compacted while a snapshot loads.
+ * At most max_records operations per call. Writer thread. */
+int idx_compact(idx_kb_t *ix, uint64_t cut, uint64_t sweep_max,
+                size_t max_records,
                 uint64_t *removed, uint64_t *bytes, char *err, size_t errlen);
 
 /* Small named settings kept in the store (u64, 0 = absent), e.g. the

@@ -10,12 +10,16 @@
 #include <string.h>
 #include <time.h>
 
+#define SCRUB_WAKE_MS 250u   /* how often the thread looks whether one is due */
+#define SCRUB_QUIET_MS 1000u /* no write for this long: the node is quiet */
+
 struct idx_scrub {
     idx_store_t *s;
     uint32_t every_ms;
-    pthread_mutex_t mu; /* guards st, stop */
+    pthread_mutex_t mu; /* guards st, want */
     pthread_cond_t cv;
-    int stop;
+    _Atomic int stop;   /* also read by a pass in progress */
+    int want;           /* idx_scrub_request(): a pass as soon as possible */
     idx_scrub_state_t st;
     pthread_t thr;
 };
@@ -23,21 +27,30 @@ struct idx_scrub {
 static int scrub_pass(idx_scrub_t *sc, idx_store_digest_check_t *c, char *err,
                       size_t errlen)
 {
+    pthread_mutex_lock(&sc->mu);
+    uint64_t seq = ++sc->st.started;
+    sc->want = 0;
+    pthread_mutex_unlock(&sc->mu);
     uint64_t t0 = kb_mono_us();
-    int rc = idx_store_digest_check(sc->s, c, err, errlen);
+    int rc = idx_store_digest_check(sc->s, c, &sc->stop, err, errlen);
     uint64_t ms = (kb_mono_us() - t0) / 1000u;
     pthread_mutex_lock(&sc->mu);
     if (!rc) {
         sc->st.passes++;
+        sc->st.last_ok = seq;
         sc->st.last_ms = ms;
         sc->st.last_lsn = c->lsn;
         sc->st.docs = c->docs;
+        sc->st.last_stored = c->stored;
+        sc->st.last_scanned = c->scanned;
         if (c->stored != c->scanned) {
             sc->st.mismatches++;
             sc->st.bad_lsn = c->lsn;
             sc->st.bad_stored = c->stored;
             sc->st.bad_scanned = c->scanned;
         }
+    } else {
+        sc->st.failed++;
     }
     pthread_mutex_unlock(&sc->mu);
     return rc;
@@ -46,36 +59,45 @@ static int scrub_pass(idx_scrub_t *sc, idx_store_digest_check_t *c, char *err,
 static void *scrub_main(void *arg)
 {
     idx_scrub_t *sc = arg;
-    uint64_t last_lsn = UINT64_MAX, last_end = 0, last_ms = 0;
+    uint64_t last_end = 0, last_ms = 0, seen_head = UINT64_MAX, changed = 0;
     for (;;) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += (time_t)(sc->every_ms / 1000u);
-        ts.tv_nsec += (long)(sc->every_ms % 1000u) * 1000000L;
+        ts.tv_nsec += (long)SCRUB_WAKE_MS * 1000000L;
         if (ts.tv_nsec >= 1000000000L) {
             ts.tv_sec++;
             ts.tv_nsec -= 1000000000L;
         }
         pthread_mutex_lock(&sc->mu);
-        while (!sc->stop &&
+        while (!sc->stop && !sc->want &&
                pthread_cond_timedwait(&sc->cv, &sc->mu, &ts) != ETIMEDOUT)
             ;
-        int stop = sc->stop;
+        int stop = sc->stop, want = sc->want;
         pthread_mutex_unlock(&sc->mu);
         if (stop)
             break;
-        /* Due? D x the last pass since it ended: D = IDX_SCRUB_DUTY_IDLE
-         * when nothing was written since, IDX_SCRUB_DUTY while writes flow. */
-        uint64_t duty = idx_store_head(sc->s) == last_lsn ? IDX_SCRUB_DUTY_IDLE
-                                                          : IDX_SCRUB_DUTY;
-        if (last_end && kb_mono_us() - last_end < duty * last_ms * 1000u)
+        /* Due? D x the last pass since it ended (and every_ms since):
+         * D = IDX_SCRUB_DUTY_IDLE once nothing was written for a second,
+         * IDX_SCRUB_DUTY while writes flow. */
+        uint64_t now = kb_mono_us(), head = idx_store_head(sc->s);
+        if (head != seen_head) {
+            seen_head = head;
+            changed = now;
+        }
+        uint64_t duty = now - changed >= SCRUB_QUIET_MS * 1000u
+                            ? IDX_SCRUB_DUTY_IDLE
+                            : IDX_SCRUB_DUTY;
+        uint64_t need_ms = duty * last_ms > sc->every_ms ? duty * last_ms
+                                                         : sc->every_ms;
+        if (!want && last_end && now - last_end < need_ms * 1000u)
             continue;
         idx_store_digest_check_t c = {0};
         char err[256];
         uint64_t t0 = kb_mono_us();
-        if (scrub_pass(sc, &c, err, sizeof err))
+        int rc = scrub_pass(sc, &c, err, sizeof err);
+        if (rc && !sc->stop)
             kb_warn("digest check: %s", err);
-        else if (c.stored != c.scanned)
+        else if (!rc && c.stored != c.scanned)
             kb_error("digest check: the %llu documents at LSN %llu add up to "
                      "%016llx, but the digest kept with them is %016llx: "
                      "stored data changed outside kbsync (edited, or "
@@ -85,7 +107,6 @@ static void *scrub_main(void *arg)
                      (unsigned long long)c.stored);
         last_end = kb_mono_us();
         last_ms = (last_end - t0) / 1000u;
-        last_lsn = c.lsn;
     }
     return NULL;
 }
@@ -115,7 +136,7 @@ void idx_scrub_stop(idx_scrub_t **scp)
         return;
     idx_scrub_t *sc = *scp;
     pthread_mutex_lock(&sc->mu);
-    sc->stop = 1;
+    sc->stop = 1; /* a pass in progress gives up within 1,024 documents */
     pthread_cond_signal(&sc->cv);
     pthread_mutex_unlock(&sc->mu);
     pthread_join(sc->thr, NULL);
@@ -130,6 +151,16 @@ void idx_scrub_get(idx_scrub_t *sc, idx_scrub_state_t *out)
     pthread_mutex_lock(&sc->mu);
     *out = sc->st;
     pthread_mutex_unlock(&sc->mu);
+}
+
+uint64_t idx_scrub_request(idx_scrub_t *sc)
+{
+    pthread_mutex_lock(&sc->mu);
+    uint64_t need = sc->st.started + 1;
+    sc->want = 1;
+    pthread_cond_signal(&sc->cv);
+    pthread_mutex_unlock(&sc->mu);
+    return need;
 }
 
 int idx_scrub_run(idx_scrub_t *sc, idx_store_digest_check_t *c, char *err,

@@ -3,11 +3,11 @@
  * store. Out: passes that recompute the digest of every live document in
  * one read transaction and compare it with the stored one, and their
  * outcome. Owns one thread. A pass costs about one read of the documents.
- * The thread wakes every every_ms and runs a pass when D x the last pass
- * has gone by since it ended: D = IDX_SCRUB_DUTY_IDLE when nothing was
- * written since (at most 1/8 of a core, so that an edit is found within
- * about a second on a quiet node of 100k documents), IDX_SCRUB_DUTY while
- * writes flow (at most 1/30 of a core, out of the writers' way). */
+ * The thread looks every 250 ms and runs a pass when D x the last pass
+ * (and at least every_ms) has gone by since it ended: D = IDX_SCRUB_DUTY_IDLE when nothing was
+ * written for a second (at most 1/8 of a core, so that an edit is found
+ * within about a second on a quiet node of 100k documents), IDX_SCRUB_DUTY
+ * while writes flow (at most 1/30 of a core, out of the writers' way). */
 #ifndef IDX_SCRUB_H
 #define IDX_SCRUB_H
 
@@ -22,7 +22,13 @@ typedef struct idx_scrub idx_scrub_t;
 
 /* What the passes found (any thread reads a copy). */
 typedef struct idx_scrub_state {
+    uint64_t started;      /* passes begun */
     uint64_t passes;       /* completed */
+    uint64_t failed;       /* ended by an error or by idx_scrub_stop */
+    uint64_t last_ok;      /* the newest completed pass: its number among
+                              those begun (started) */
+    uint64_t last_stored;  /* the last completed pass: the kept digest */
+    uint64_t last_scanned; /* and what the documents added up to */
     uint64_t last_ms;      /* the last pass took */
     uint64_t last_lsn;     /* the LSN the last pass covered */
     uint64_t docs;         /* documents it read */
@@ -37,6 +43,10 @@ int idx_scrub_start(idx_store_t *s, uint32_t every_ms, idx_scrub_t **out);
 /* Stops and joins it; accepts NULL. */
 void idx_scrub_stop(idx_scrub_t **sc);
 void idx_scrub_get(idx_scrub_t *sc, idx_scrub_state_t *out);
+/* Asks the thread for a pass as soon as possible; returns the number of
+ * passes begun that includes it (its result is the newest once
+ * st.passes + st.failed reaches that number). */
+uint64_t idx_scrub_request(idx_scrub_t *sc);
 /* One pass now, on the calling thread (counted like the others). Returns
  * 0 (see c) or a negative code with err set. */
 int idx_scrub_run(idx_scrub_t *sc, idx_store_digest_check_t *c, char *err,

@@ -122,7 +122,7 @@ static uint64_t label_hash(MDB_txn *txn, MDB_dbi log, int64_t label)
 
 /* Recomputes the digest from every live document in txn. */
 static int digest_scan(idx_store_t *s, MDB_txn *txn, uint64_t *digest,
-                       uint64_t *docs)
+                       uint64_t *docs, const _Atomic int *stop)
 {
     MDB_cursor *cur;
     MDB_val k, v;
@@ -144,7 +144,10 @@ static int digest_scan(idx_store_t *s, MDB_txn *txn, uint64_t *digest,
         if (rc)
             break;
         *digest += idx_store_record_hash(lv.mv_data, lv.mv_size);
-        (*docs)++;
+        if ((++*docs & 1023) == 0 && stop && *stop) {
+            rc = KB_EUNAVAIL;
+            break;
+        }
     }
     mdb_cursor_close(cur);
     return rc == MDB_NOTFOUND ? 0 : rc;
@@ -253,7 +256,7 @@ int idx_store_open(const char *dir, uint64_t map_size, int nosync,
             s->digest = get_u64(v.mv_data);
         } else if (g == MDB_NOTFOUND) { /* older store: computed once */
             uint64_t docs;
-            rc = digest_scan(s, txn, &s->digest, &docs);
+            rc = digest_scan(s, txn, &s->digest, &docs, NULL);
             if (!rc)
                 rc = digest_put(s, txn, s->digest);
         } else {
@@ -1324,7 +1327,7 @@ int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
     if (cur)
         mdb_cursor_close(cur);
     uint64_t dg = 0, dg_docs;
-    if (!rc && !(rc = digest_scan(s, txn, &dg, &dg_docs)))
+    if (!rc && !(rc = digest_scan(s, txn, &dg, &dg_docs, NULL)))
         rc = digest_put(s, txn, dg);
     if (!rc)
         rc = mdb_txn_commit(txn);
@@ -1616,7 +1619,7 @@ uint64_t idx_store_head(idx_store_t *s)
 }
 
 int idx_store_digest_check(idx_store_t *s, idx_store_digest_check_t *c,
-                           char *err, size_t errlen)
+                           const _Atomic int *stop, char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
     MDB_txn *txn;
@@ -1634,8 +1637,10 @@ int idx_store_digest_check(idx_store_t *s, idx_store_digest_check_t *c,
     if (!rc && !mdb_get(txn, s->meta, &dk, &dv) && dv.mv_size == 8)
         c->stored = get_u64(dv.mv_data);
     if (!rc)
-        rc = digest_scan(s, txn, &c->scanned, &c->docs);
+        rc = digest_scan(s, txn, &c->scanned, &c->docs, stop);
     mdb_txn_abort(txn);
+    if (rc == KB_EUNAVAIL)
+        return kb_seterr(err, errlen, rc, "digest check stopped");
     if (rc)
         return store_fail(err, errlen, rc, "digest check");
     return 0;

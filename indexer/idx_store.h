@@ -181,8 +181,11 @@ int idx_store_digest_at(idx_store_t *s, uint64_t lsn, uint64_t *digest);
 typedef struct idx_store_digest_check {
     uint64_t lsn, stored, scanned, docs;
 } idx_store_digest_check_t;
+/* stop (may be NULL): when it turns non-zero the walk gives up within
+ * 1,024 documents with KB_EUNAVAIL. */
 int idx_store_digest_check(idx_store_t *s, idx_store_digest_check_t *c,
-                           char *err, size_t errlen);
+                           const _Atomic int *stop, char *err,
+                           size_t errlen);
 /* The newest LSN in the log, read in its own read transaction (any
  * thread; 0 when empty or on error). */
 uint64_t idx_store_head(idx_store_t *s);

@@ -74,6 +74,8 @@ typedef struct top_clients {
     Kbsync__ClientQueue *cqp[NODE_TOP_CLIENTS];
 } top_clients_t;
 
+#define NODE_VERIFY_MAX 16 /* verify requests waiting at once */
+
 typedef struct node {
     idx_kb_t *ix; /* leader: borrowed; replica: repl_replica's */
     const node_config_t *cfg;
@@ -84,6 +86,13 @@ typedef struct node {
     qry_pool_t *pool;
     int threads;
     qry_read_t *reads; /* queries waiting for min_version */
+    /* kbsync verify requests waiting for a digest-check pass of ix */
+    struct verify_wait {
+        kb_peer_t peer;
+        uint64_t rid, at_lsn, need;
+        idx_kb_t *ix;
+    } vw[NODE_VERIFY_MAX];
+    size_t nvw;
     wlist_t held;      /* requests waiting for their client's queued write */
     kb_peer_t *writers; /* clients with a write in the current group */
     size_t nwriters, wcap;
@@ -402,7 +411,32 @@ static void node_rebuild(node_t *n, const kb_peer_t *peer, uint64_t rid)
     node_status(n, peer, rid);
 }
 
-/* kbsync verify: a digest check now (see VerifyRequest). */
+/* kbsync verify (see VerifyRequest): the answer to a finished check. */
+static void verify_answer(node_t *n, const kb_peer_t *peer, uint64_t rid,
+                          idx_kb_t *ix, uint64_t at_lsn, uint64_t lsn,
+                          uint64_t kept, uint64_t computed, uint64_t docs)
+{
+    Kbsync__VerifyResult v = KBSYNC__VERIFY_RESULT__INIT;
+    v.lsn = lsn;
+    v.kept = kept;
+    v.computed = computed;
+    v.docs = docs;
+    if (at_lsn)
+        v.has_at = idx_digest_at(ix, at_lsn, &v.digest_at) == 0;
+    idx_stats_t st;
+    idx_stats_stream(ix, &st);
+    v.node_id = (char *)(n->replica ? n->cfg->replica.id : st.node_id);
+    v.role = n->replica ? "replica" : "leader";
+    Kbsync__Response r = KBSYNC__RESPONSE__INIT;
+    r.request_id = rid;
+    r.body_case = KBSYNC__RESPONSE__BODY_VERIFY;
+    r.verify = &v;
+    kb_wire_send_response(n->router, peer, &r);
+}
+
+/* kbsync verify: asks the digest-check thread for a pass now and answers
+ * when it has ended (node_verify_release); the loop goes on meanwhile.
+ * With checks off, the check runs here, on the loop. */
 static void node_verify(node_t *n, const kb_peer_t *peer, uint64_t rid,
                         uint64_t at_lsn)
 {
@@ -415,29 +449,58 @@ static void node_verify(node_t *n, const kb_peer_t *peer, uint64_t rid,
                               : "no knowledge base yet");
         return;
     }
-    Kbsync__VerifyResult v = KBSYNC__VERIFY_RESULT__INIT;
-    int rc = idx_check_now(ix, &v.lsn, &v.kept, &v.computed, &v.docs, err,
-                           sizeof err);
-    if (rc) {
-        kb_wire_send_error(n->router, peer, rid, rc, err);
+    if (n->nvw == NODE_VERIFY_MAX) {
+        kb_wire_send_error(n->router, peer, rid, KB_EUNAVAIL,
+                           "too many verify requests waiting; ask again "
+                           "once they are answered");
         return;
     }
-    if (at_lsn)
-        v.has_at = idx_digest_at(ix, at_lsn, &v.digest_at) == 0;
-    idx_stats_t st;
-    idx_stats_stream(ix, &st);
-    v.node_id = (char *)(n->replica ? n->cfg->replica.id : st.node_id);
-    v.role = n->replica ? "replica" : "leader";
-    if (v.kept != v.computed)
-        kb_error("verify: the %llu documents at LSN %llu add up to %016llx, "
-                 "not to the kept digest %016llx",
-                 (unsigned long long)v.docs, (unsigned long long)v.lsn,
-                 (unsigned long long)v.computed, (unsigned long long)v.kept);
-    Kbsync__Response r = KBSYNC__RESPONSE__INIT;
-    r.request_id = rid;
-    r.body_case = KBSYNC__RESPONSE__BODY_VERIFY;
-    r.verify = &v;
-    kb_wire_send_response(n->router, peer, &r);
+    uint64_t need = idx_check_request(ix);
+    if (need) {
+        struct verify_wait *w = &n->vw[n->nvw++];
+        w->peer = *peer;
+        w->rid = rid;
+        w->at_lsn = at_lsn;
+        w->need = need;
+        w->ix = ix;
+        return;
+    }
+    uint64_t lsn, kept, computed, docs;
+    int rc = idx_check_now(ix, &lsn, &kept, &computed, &docs, err, sizeof err);
+    if (rc)
+        kb_wire_send_error(n->router, peer, rid, rc, err);
+    else
+        verify_answer(n, peer, rid, ix, at_lsn, lsn, kept, computed, docs);
+}
+
+/* Answers the verify requests whose check has ended. */
+static void node_verify_release(node_t *n, int closing)
+{
+    idx_kb_t *ix = node_idx(n);
+    size_t keep = 0;
+    for (size_t i = 0; i < n->nvw; i++) {
+        struct verify_wait *w = &n->vw[i];
+        idx_check_t ck = {0};
+        if (w->ix == ix && ix)
+            idx_check_state(ix, &ck);
+        if (w->ix != ix || closing) {
+            kb_wire_send_error(n->router, &w->peer, w->rid, KB_EUNAVAIL,
+                               closing ? "node is shutting down"
+                                       : "the knowledge base was replaced "
+                                         "during the check; ask again");
+        } else if (ck.ended >= w->need) {
+            if (ck.last_ok >= w->need)
+                verify_answer(n, &w->peer, w->rid, ix, w->at_lsn, ck.last_lsn,
+                              ck.last_stored, ck.last_scanned, ck.docs);
+            else
+                kb_wire_send_error(n->router, &w->peer, w->rid, KB_ESTORE,
+                                   "the digest check failed (see the node's "
+                                   "log)");
+        } else {
+            n->vw[keep++] = *w;
+        }
+    }
+    n->nvw = keep;
 }
 
 /* Runs a decoded request; takes ownership of req. */
@@ -734,6 +797,7 @@ int node_run(idx_kb_t *ix, const node_config_t *cfg,
                 idx_maintain(kb); /* rebuild due after the last writes? */
         }
         node_unpark(&n);
+        node_verify_release(&n, 0);
         node_forward(&n);
     }
     if (n.leader) {
@@ -743,6 +807,7 @@ int node_run(idx_kb_t *ix, const node_config_t *cfg,
     qry_pool_free(&n.pool, n.router); /* joins the readers */
     if (n.answers && n.router)
         node_forward(&n);
+    node_verify_release(&n, 1);
     qry_read_free(&n.reads, n.router);
     refuse_all(&n, &n.held);
     free(n.writers);

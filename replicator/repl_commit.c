@@ -562,17 +562,21 @@ static int answer_retry(repl_leader_t *l, void *router, const kb_peer_t *peer,
 void repl__dedup_tick(repl_leader_t *l)
 {
     uint64_t now = kb_mono_us();
-    if (now - l->dedup_us < 1000000u)
-        return;
-    l->dedup_us = now;
     uint64_t hours = l->cfg.dedup_hours ? l->cfg.dedup_hours : 24;
     uint64_t max = l->cfg.dedup_max ? l->cfg.dedup_max : 1000000;
+    /* once a second for the time limit; at every tick while over the count
+     * limit, by as many as it is over (so it never runs away) */
+    int over = l->dedup_left > max;
+    if (!over && now - l->dedup_us < 1000000u)
+        return;
+    l->dedup_us = now;
+    size_t step = over ? (size_t)(l->dedup_left - max) + REPL_DEDUP_STEP
+                       : REPL_DEDUP_STEP;
     uint64_t wall = kb_wall_us(), span = hours * 3600u * 1000000u;
     uint64_t removed = 0;
     char err[512];
-    if (idx_dedup_expire(l->ix, wall > span ? wall - span : 0, max,
-                         REPL_DEDUP_STEP, &removed, &l->dedup_left, err,
-                         sizeof err))
+    if (idx_dedup_expire(l->ix, wall > span ? wall - span : 0, max, step,
+                         &removed, &l->dedup_left, err, sizeof err))
         kb_log_limited(&l->log_bad, KB_LOG_WARN,
                        "expiring idempotent-write results: %s", err);
     else if (removed)
@@ -605,8 +609,6 @@ void repl_leader_submit(repl_leader_t *l, void *router, const kb_peer_t *peer,
         rc = check_condition_shape(req, err, sizeof err);
     if (rc)
         ;
-    else if (l->readonly)
-        rc = kb_seterr(err, sizeof err, KB_ESTORE, "%s", l->readonly_why);
     else if (leader_reserve(l, n))
         rc = kb_seterr(err, sizeof err, KB_ENOMEM, "out of memory");
     pending_t id;
@@ -615,12 +617,16 @@ void repl_leader_submit(repl_leader_t *l, void *router, const kb_peer_t *peer,
     if (!rc)
         rc = request_identity(req, &id, err, sizeof err);
     if (!rc && id.dklen) {
+        /* a committed retry is answered even by a read-only leader */
         rc = answer_retry(l, router, peer, req, &id, err, sizeof err);
         if (rc == 1) {
             kbsync__request__free_unpacked(req, NULL);
             return;
         }
     }
+    if (!rc && l->readonly) /* checked after the retry's flush: it may
+                               have turned the leader read-only */
+        rc = kb_seterr(err, sizeof err, KB_ESTORE, "%s", l->readonly_why);
     if (!rc) {
         ops_from_request(req, l->ops + l->nops);
         rc = idx_validate(l->ix, l->ops + l->nops, n, err, sizeof err);
@@ -649,6 +655,13 @@ void repl_leader_flush(repl_leader_t *l, void *router)
 {
     if (l->qn == 0)
         return;
+    if (l->readonly) { /* nothing may take an LSN any more */
+        for (size_t i = 0; i < l->qn; i++)
+            kb_wire_send_error(router, &l->q[i].peer, l->q[i].req->request_id,
+                               KB_ESTORE, l->readonly_why);
+        repl__clear_queue(l);
+        return;
+    }
     repl__ship_reset(l); /* never carry LMDB pointers across transactions */
     char err[512];
     /* A write that waits for K named replicas needs K of them connected,

@@ -161,6 +161,9 @@ int repl__named_acked(const repl_leader_t *l, uint64_t lsn, uint32_t need,
 /* Named replicas, and how many of them are connected now. */
 uint32_t repl__named(const repl_leader_t *l, uint32_t *online);
 
+/* Ends an online replica's session: it must say hello again. */
+void repl__peer_restart(repl_leader_t *l, peer_t *p);
+
 /* repl_retain.c: log retention and compaction, on the leader's tick. */
 void repl__retain_init(repl_leader_t *l);
 void repl__retain_tick(repl_leader_t *l);

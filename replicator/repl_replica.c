@@ -462,7 +462,7 @@ static void replica_compact(repl_replica_t *r, uint64_t now)
     idx_view(r->ix, &v);
     uint64_t removed = 0, bytes = 0;
     char err[256];
-    if (idx_compact(r->ix, v.version, REPLICA_COMPACT_STEP, &removed, &bytes,
+    if (idx_compact(r->ix, v.version, UINT64_MAX, REPLICA_COMPACT_STEP, &removed, &bytes,
                     err, sizeof err))
         kb_warn("log compaction failed: %s", err);
     r->compact_behind = idx_log_start(r->ix) < v.version || removed > 0;

@@ -208,11 +208,18 @@ void repl__retain_tick(repl_leader_t *l)
         cut = bound;
     }
     /* Also with nothing to compact: idx_compact sweeps what the kept
-     * operations replaced. */
+     * operations replaced, except while snapshots are streamed: a document
+     * replaced after a snapshot's LSN must still be sent in it (the
+     * replica's state at that LSN holds it). */
+    uint64_t sweep_max = UINT64_MAX;
+    for (size_t i = 0; i < l->npeers; i++)
+        if (l->peer[i].snapshot_lsn &&
+            l->peer[i].snapshot_lsn + 1 < sweep_max)
+            sweep_max = l->peer[i].snapshot_lsn + 1;
     uint64_t removed = 0, bytes = 0;
     char err[256];
-    int rc = idx_compact(l->ix, cut, RETAIN_STEP_RECORDS, &removed, &bytes,
-                         err, sizeof err);
+    int rc = idx_compact(l->ix, cut, sweep_max, RETAIN_STEP_RECORDS, &removed,
+                         &bytes, err, sizeof err);
     if (rc) {
         kb_warn("log compaction below LSN %llu failed: %s; trying again in "
                 "%d ms",
@@ -221,6 +228,20 @@ void repl__retain_tick(repl_leader_t *l)
     }
     l->compacted_records += removed;
     l->compacted_bytes += bytes;
+    /* Retention limits may have cut below a snapshot being streamed: the
+     * operations it needs after its LSN are gone; it starts anew. */
+    for (size_t i = 0; i < l->npeers; i++) {
+        peer_t *p = &l->peer[i];
+        if (p->snapshot_lsn && idx_log_start(l->ix) > p->snapshot_lsn + 1) {
+            kb_warn("replica %s was loading a snapshot at LSN %llu, but the "
+                    "log now starts at %llu (retention limits): it starts "
+                    "a new snapshot",
+                    p->id, (unsigned long long)p->snapshot_lsn,
+                    (unsigned long long)idx_log_start(l->ix));
+            p->snapshot_lsn = 0;
+            repl__peer_restart(l, p);
+        }
+    }
     /* Another step soon while behind (or while a step found work: the
      * sweep may have more); else wait a pass. */
     l->retain_behind = idx_log_start(l->ix) < cut || removed > 0;

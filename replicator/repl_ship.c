@@ -250,6 +250,14 @@ static void peer_lost(peer_t *p, const char *why)
     p->online = 0;
 }
 
+void repl__peer_restart(repl_leader_t *l, peer_t *p)
+{
+    if (!p->online)
+        return;
+    peer_lost(p, "its session must start again");
+    send_error_to(l, p->id, strlen(p->id), KB_EUNAVAIL, "say hello first");
+}
+
 /* Anti-entropy: the replica's digest at an LSN against ours there. A
  * mismatch is logged and the replica told (KB_ECORRUPT): it copies its
  * knowledge base anew. */
@@ -702,9 +710,13 @@ static void on_hello(repl_leader_t *l, peer_t *p, const Kbsync__ReplHello *h)
      * misses are gone, only the documents they left are here. */
     /* A replica part way through a snapshot goes on from where it is when
      * nothing was compacted since the snapshot began (the log still starts
-     * right after its end): what it lacks is still here, unchanged. */
+     * right after its end) and this leader still knows that snapshot (its
+     * table entry kept it, so no sweep ran past it since): what it lacks is
+     * still here, unchanged. After a leader restart, or once the entry of
+     * an unnamed replica expired, it starts a new snapshot. */
     const int resume = h->loading_lsn && h->loading_lsn + 1 == start &&
-                       have <= h->loading_lsn;
+                       have <= h->loading_lsn &&
+                       p->snapshot_lsn == h->loading_lsn;
     int snap = have <= st.version && !resume &&
                ((have == 0 && start > 1) || (have > 0 && have + 1 < start) ||
                 (have > 0 && have < start &&
@@ -785,7 +797,7 @@ static void on_hello(repl_leader_t *l, peer_t *p, const Kbsync__ReplHello *h)
     p->online = 1;
     p->acked = p->sent = snap ? 0 : h->applied_lsn;
     flight_reset(p);
-    p->durable = p->acked;
+    p->durable = p->received = p->acked;
     p->snapshot_lsn = snap || resume ? w.snapshot_lsn : 0;
     p->warned_behind = 0;
     p->beat_us = 0;

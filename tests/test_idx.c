@@ -1752,7 +1752,7 @@ static void test_idx_snapshot_of_compacted_log_matches_leader(void **state)
     leader_history(f->ix); /* replaces the same ids: superseded records */
     usleep(1100000);       /* compaction stays behind searches (>= 100 ms) */
     uint64_t removed = 0, bytes = 0;
-    KBT_OK(idx_compact(f->ix, UINT64_MAX, 100000, &removed, &bytes, err,
+    KBT_OK(idx_compact(f->ix, UINT64_MAX, UINT64_MAX, 100000, &removed, &bytes, err,
                        sizeof err),
            err);
     assert_true(removed > 0);
@@ -1792,6 +1792,73 @@ static void test_idx_snapshot_of_compacted_log_matches_leader(void **state)
     snapshot_free(a);
     snapshot_free(b);
     recs_free(&r);
+}
+
+/* A snapshot walks the documents table in LSN order while writes go on. A
+ * document the walk has not reached yet, replaced after the snapshot's LSN,
+ * must still be sent in its old version: the replica's state at that LSN
+ * holds it. The leader bounds the sweep by the snapshot (sweep_max); the
+ * same sweep without the bound drops those old versions. */
+static void sweep_case(fx_t *f, int bounded, uint64_t *docs_at_snapshot)
+{
+    char err[512] = "";
+    float v[DIM];
+    char id[16];
+    for (int i = 0; i < 40; i++) {
+        snprintf(id, sizeof id, "s%d", i);
+        kbt_rand_unit(v, DIM, 900 + (uint64_t)i);
+        write1(f->ix, up(id, "first", v, ""));
+    }
+    write1(f->ix, up("last", "x", v, "")); /* the log starts after s39 */
+    usleep(1100000); /* compaction stays behind searches (>= 100 ms) */
+    uint64_t removed = 0, bytes = 0;
+    KBT_OK(idx_compact(f->ix, UINT64_MAX, UINT64_MAX, 100000, &removed,
+                       &bytes, err, sizeof err),
+           err);
+    const uint64_t snap = idx_log_start(f->ix) - 1;
+    KBT_U64(snap, 40);
+    /* the walk has sent s0..s19 (LSNs 1..20) when s20..s39 are replaced */
+    for (int i = 20; i < 40; i++) {
+        snprintf(id, sizeof id, "s%d", i);
+        kbt_rand_unit(v, DIM, 1900 + (uint64_t)i);
+        write1(f->ix, up(id, "second", v, ""));
+    }
+    usleep(1100000);
+    KBT_OK(idx_compact(f->ix, idx_log_start(f->ix), bounded ? snap + 1
+                                                          : UINT64_MAX,
+                       100000, &removed, &bytes, err, sizeof err),
+           err);
+    /* the rest of the documents table, up to the snapshot's LSN */
+    recs_t r;
+    read_log(f->ix, 1, &r);
+    idx_config_t c = {.dir = f->dir2, .dim = DIM, .metric = "ip",
+                      .node_id = "replica", .nosync = 1, .replica = 1};
+    KBT_OK(idx_open(&c, &f->rep, err, sizeof err), err);
+    KBT_OK(idx_set_loading(f->rep, snap, err, sizeof err), err);
+    size_t n = 0;
+    while (n < r.n && r.lsn[n] <= snap)
+        n++;
+    KBT_OK(apply(f->rep, &r, 0, n, err, sizeof err), err);
+    *docs_at_snapshot = stats(f->rep).docs;
+    recs_free(&r);
+}
+
+static void test_idx_sweep_keeps_what_a_snapshot_needs(void **state)
+{
+    fx_t *f = *state;
+    f->ix = kb_open(f->dir, DIM, "ip", NULL, "leader");
+    uint64_t docs;
+    sweep_case(f, 1, &docs);
+    KBT_U64(docs, 40); /* s0..s39: the state at the snapshot LSN */
+}
+
+static void test_idx_unbounded_sweep_loses_snapshot_documents(void **state)
+{
+    fx_t *f = *state;
+    f->ix = kb_open(f->dir, DIM, "ip", NULL, "leader");
+    uint64_t docs;
+    sweep_case(f, 0, &docs);
+    assert_true(docs < 40); /* the hazard the bound exists for */
 }
 
 /* Compaction removes the records of replaced documents; a search running
@@ -1845,7 +1912,7 @@ static void test_idx_search_during_compaction_misses_nothing(void **state)
         write_ops(f->ix, &ops[k], 1, lsns);
         uint64_t removed = 0, bytes = 0;
         char err[256] = "";
-        KBT_OK(idx_compact(f->ix, UINT64_MAX, 4096, &removed, &bytes, err,
+        KBT_OK(idx_compact(f->ix, UINT64_MAX, UINT64_MAX, 4096, &removed, &bytes, err,
                            sizeof err),
                err);
         removed_total += removed;
@@ -1899,7 +1966,7 @@ static void test_idx_format1_store_is_upgraded_in_place(void **state)
     /* Compacting everything keeps every live document searchable. */
     usleep(1100000);
     uint64_t removed = 0, bytes = 0;
-    KBT_OK(idx_compact(f->ix, UINT64_MAX, 100000, &removed, &bytes, err,
+    KBT_OK(idx_compact(f->ix, UINT64_MAX, UINT64_MAX, 100000, &removed, &bytes, err,
                        sizeof err),
            err);
     assert_true(removed > 0);
@@ -1948,6 +2015,8 @@ int main(void)
         T(test_idx_filter_returns_exactly_the_matching),
         T(test_idx_filter_and_param_bounds),
         T(test_idx_snapshot_of_compacted_log_matches_leader),
+        T(test_idx_sweep_keeps_what_a_snapshot_needs),
+        T(test_idx_unbounded_sweep_loses_snapshot_documents),
         T(test_idx_search_during_compaction_misses_nothing),
         T(test_idx_format1_store_is_upgraded_in_place),
     };

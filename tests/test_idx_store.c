@@ -853,7 +853,7 @@ static void expect_digest(idx_store_t *s)
 {
     idx_store_digest_check_t c;
     char err[512] = "";
-    KBT_OK(idx_store_digest_check(s, &c, err, sizeof err), err);
+    KBT_OK(idx_store_digest_check(s, &c, NULL, err, sizeof err), err);
     KBT_U64(c.stored, c.scanned);
     KBT_U64(c.stored, idx_store_digest(s));
     KBT_U64(c.docs, idx_store_count(s));

@@ -60,12 +60,16 @@ class Consistency(unittest.TestCase):
         if self.c:
             self.c.shutdown()
         self.ctx.destroy(0)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if os.environ.get("KB_KEEP"):  # debugging: keep the logs
+            print("kept %s" % self.tmp)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def start(self, write_timeout_ms=2000, fault=None):
+    def start(self, write_timeout_ms=2000, fault=None, extra_leader=()):
         self.c = cluster.Cluster(KBSYNC, self.tmp, nreplicas=2, dim=DIM,
                                  use_netns=False,
-                                 write_timeout_ms=write_timeout_ms)
+                                 write_timeout_ms=write_timeout_ms,
+                                 extra_leader=extra_leader)
         if fault:
             os.environ["KBSYNC_TEST_FAULT"] = fault
         try:
@@ -88,7 +92,7 @@ class Consistency(unittest.TestCase):
         self.fail("leader never had %d replicas connected" % n)
 
     def upsert(self, ids, mode=ASYNC, quorum=0, cid="", seq=0, ifv=None,
-               cl=None):
+               cl=None, pad=0):
         def fill(r):
             r.upsert.mode = mode
             r.upsert.quorum = quorum
@@ -96,7 +100,8 @@ class Consistency(unittest.TestCase):
                 r.upsert.client_id = cid
                 r.upsert.client_seq = seq
             for i, d_id in enumerate(ids):
-                d = r.upsert.docs.add(id=d_id, text="text of " + d_id,
+                d = r.upsert.docs.add(id=d_id, text="text of " + d_id +
+                                      " " * pad,
                                       embedding=kbproto.embedding(d_id, DIM))
                 if ifv is not None and ifv[i] is not None:
                     d.if_version.version = ifv[i]
@@ -464,6 +469,78 @@ class Consistency(unittest.TestCase):
         self.assertGreaterEqual(lead["r2"].digest_mismatches, 1)
         self.assertEqual(self.text_of(1, "ae-7"), "text of ae-7")
 
+
+    def test_snapshot_under_overwrites_needs_no_recopy(self):
+        """A new replica loads a snapshot while the documents it has not
+        been sent yet are overwritten: the leader must not sweep their old
+        versions from under the snapshot (the replica's state at the
+        snapshot's LSN holds them), so the replica's digest matches and it
+        is never told to copy anew."""
+        self.start(extra_leader=("--log-keep-ops", "100"))
+        n = 40000  # x 2 KB: a snapshot that takes a while
+        for i in range(0, n, 1000):
+            r = self.upsert(["ae-%d" % j for j in range(i, i + 1000)], ALL,
+                            pad=2000)
+            self.assertFalse(r.HasField("error"), r)
+        deadline = time.time() + 20  # the log compacted: r9 gets a snapshot
+        while self.cl.status().log_start < n // 2 and time.time() < deadline:
+            time.sleep(0.1)
+        self.assertGreaterEqual(self.cl.status().log_start, n // 2)
+        ep = "tcp://127.0.0.1:%d" % cluster.free_port()
+        r9 = cluster.Node(self.c, "r9", "replica",
+                          os.path.join(self.tmp, "r9"), ep,
+                          [KBSYNC, "replica", "--data",
+                           os.path.join(self.tmp, "r9"), "--id", "r9",
+                           "--leader", self.c.repl_ep, "--listen", ep,
+                           "--query-threads", "1"])
+        stop = threading.Event()
+
+        def overwrite():
+            cl = self.client(self.c.client_ep)
+            k = 0
+            while not stop.is_set():
+                ids = ["ae-%d" % (n - 1 - (k * 50 + j) % 5000)
+                       for j in range(50)]
+                self.upsert(ids, ASYNC, cl=cl, pad=2000)
+                k += 1
+            cl.close()
+        w = threading.Thread(target=overwrite)
+        w.start()
+        r9.start()
+        try:
+            for _ in range(50):  # slow it down: stop/cont while it loads
+                time.sleep(0.03)
+                r9.stop()
+                time.sleep(0.03)
+                r9.cont()
+        finally:
+            r9.cont()
+            stop.set()
+            w.join()
+        deadline = time.time() + 30
+        rc = self.client(ep)
+        try:
+            while time.time() < deadline:
+                lead, s = self.cl.status(2), rc.status(2)
+                if (lead and s and s.version == lead.version and
+                        s.digest == lead.digest):
+                    break
+                time.sleep(0.1)
+            self.assertEqual(s.version, lead.version)
+            self.assertEqual(s.digest, lead.digest)
+            self.assertEqual(s.digest_resyncs, 0,
+                             "the replica had to copy anew")
+            # overwrites only: every state holds all n documents, also the
+            # one the snapshot ended at
+            with open(r9.log_path) as f:
+                done = [l for l in f if "snapshot complete at LSN" in l]
+            self.assertTrue(done, "r9 got no snapshot: nothing tested")
+            self.assertIn(": %d documents" % n, done[0])
+            mism = {r.id: r.digest_mismatches for r in lead.replicas}
+            self.assertEqual(mism.get("r9", 0), 0)
+        finally:
+            rc.close()
+            r9.terminate()
 
     def test_verify_reports_an_edited_leader(self):
         self.start()
