@@ -47,6 +47,9 @@ static const char USAGE[] =
     "          --checkpoint-ops writes (default 10000; 0 = only at shutdown)\n"
     "          and --checkpoint-secs (default 30) passed since the last one,\n"
     "          and at shutdown; a start loads it instead of rebuilding\n"
+    "  digests (both): --digest-check-ms N, the shortest gap between\n"
+    "          background checks of the documents against their digest\n"
+    "          (default 1000; 0 = none; docs/CONSISTENCY.md, Digests)\n"
     "  security (both): --key FILE --trust FILE turn CURVE on for the\n"
     "          node's sockets (a replica also needs --leader-key FILE);\n"
     "          without keys, endpoints other than loopback are refused\n"
@@ -179,10 +182,12 @@ static void install_signals(void)
 #define OPT_CKPT_OPS 1001
 #define OPT_CKPT_SECS 1002
 #define OPT_CKPT_OFF 1003
+#define OPT_DIGEST_MS 1016
 #define CKPT_OPTIONS                                                           \
     {"checkpoint-ops", required_argument, 0, OPT_CKPT_OPS},                    \
         {"checkpoint-secs", required_argument, 0, OPT_CKPT_SECS},              \
-        {"no-checkpoint", no_argument, 0, OPT_CKPT_OFF}
+        {"no-checkpoint", no_argument, 0, OPT_CKPT_OFF},                       \
+        {"digest-check-ms", required_argument, 0, OPT_DIGEST_MS}
 
 /* CURVE options of leader and replica (docs/PROTOCOL.md, "Security"). */
 #define OPT_KEY 1011
@@ -270,6 +275,17 @@ static void sec_finish(sec_opts_t *o, node_config_t *nc, int replica,
 }
 
 /* Applies checkpoint option c to the settings; 0 when c is not one. */
+/* --digest-check-ms N: the shortest gap between background digest checks
+ * (docs/CONSISTENCY.md, "Digests"); 0 = no background checks. */
+static int digest_option(int c, const char *arg, uint32_t *ms)
+{
+    if (c != OPT_DIGEST_MS)
+        return 0;
+    uint64_t v = cli_uint("--digest-check-ms", arg, 86400000);
+    *ms = v ? (uint32_t)v : IDX_SCRUB_OFF;
+    return 1;
+}
+
 static int ckpt_option(int c, const char *arg, uint64_t *ops, uint32_t *secs,
                        int *off)
 {
@@ -327,6 +343,7 @@ static int cmd_leader(int argc, char **argv)
     int threads = 1, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (ckpt_option(c, optarg, &ic.ckpt_ops, &ic.ckpt_secs, &ic.ckpt_off) ||
+            digest_option(c, optarg, &ic.scrub_ms) ||
             sec_option(c, optarg, &sec))
             continue;
         switch (c) {
@@ -454,6 +471,7 @@ static int cmd_replica(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (ckpt_option(c, optarg, &nc.replica.ckpt_ops,
                         &nc.replica.ckpt_secs, &nc.replica.ckpt_off) ||
+            digest_option(c, optarg, &nc.replica.scrub_ms) ||
             sec_option(c, optarg, &sec))
             continue;
         switch (c) {

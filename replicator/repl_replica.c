@@ -233,6 +233,7 @@ int repl_replica_new(void *zctx, const repl_replica_config_t *cfg,
                        .replica = 1,
                        .ckpt_ops = cfg->ckpt_ops,
                        .ckpt_secs = cfg->ckpt_secs,
+                       .scrub_ms = cfg->scrub_ms,
                        .ckpt_off = cfg->ckpt_off};
     char why[512];
     int rc = idx_open(&ic, &r->ix, why, sizeof why);
@@ -649,6 +650,7 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
                            .replica = 1,
                            .ckpt_ops = r->cfg.ckpt_ops,
                            .ckpt_secs = r->cfg.ckpt_secs,
+                           .scrub_ms = r->cfg.scrub_ms,
                            .ckpt_off = r->cfg.ckpt_off};
         char why[512];
         idx_kb_t *ix;

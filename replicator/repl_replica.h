@@ -27,6 +27,7 @@ typedef struct repl_replica_config {
     uint64_t ckpt_ops;    /* idx_config_t's checkpoint settings */
     uint32_t ckpt_secs;
     int ckpt_off;
+    uint32_t scrub_ms; /* idx_config_t's digest-check setting */
     /* Held exclusively while the replica's knowledge base is created,
      * closed or replaced (reader threads hold it shared around a search);
      * borrowed, may be NULL. */
