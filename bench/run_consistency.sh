@@ -30,35 +30,6 @@ OUT=results/consistency-$(date -u +%Y%m%dT%H%M%SZ).txt
 trap 'stop_all; rm -rf "$W"' EXIT
 exec > >(tee "$OUT") 2>&1
 
-start_cluster() {
-  stop_all; rm -rf "$W/c"; mkdir -p "$W/c"
-  REPL="tcp://127.0.0.1:$(free_port)"
-  $B/kbsync leader --data "$W/c/L" --dim 384 --listen 'tcp://127.0.0.1:*' \
-    --endpoint-file "$W/c/L.ep" --repl-listen "$REPL" --replicas r1,r2 \
-    >/dev/null 2>"$W/c/L.log" &
-  pids+=($!)
-  LEADER=$(wait_ep "$W/c/L.ep")
-  for r in r1 r2; do
-    $B/kbsync replica --data "$W/c/$r" --id $r --leader "$REPL" \
-      --listen 'tcp://127.0.0.1:*' --endpoint-file "$W/c/$r.ep" \
-      >/dev/null 2>"$W/c/$r.log" &
-    pids+=($!)
-  done
-  R1=$(wait_ep "$W/c/r1.ep"); R2=$(wait_ep "$W/c/r2.ep")
-  R2PID=${pids[2]}
-  wait_replicas 2
-}
-
-# waits until the leader reports exactly $1 replicas connected
-wait_replicas() {
-  for _ in $(seq 400); do
-    n=$($B/kbsync status --to "$LEADER" --json | grep -o '"connected":true' | wc -l)
-    [ "$n" = "$1" ] && return
-    sleep 0.05
-  done
-  echo "leader never had $1 replicas connected"; exit 1
-}
-
 echo "# kbsync leader + 2 replicas, $(date -u +%FT%TZ), $(nproc) cores, fsync on"
 echo "# data: synthetic clustered 384-d embeddings (not a model's) + ~300 B text"
 

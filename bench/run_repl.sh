@@ -15,37 +15,9 @@ B=build
 W=$(mktemp -d /tmp/kbsync-brepl-XXXXXX)
 mkdir -p results
 OUT=results/repl-$(date -u +%Y%m%dT%H%M%SZ).txt
-pids=()
-stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-             for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done; pids=(); }
+. bench/lib.sh
 trap 'stop_all; rm -rf "$W"' EXIT
 exec > >(tee "$OUT") 2>&1
-
-wait_ep() { for _ in $(seq 400); do [ -s "$1" ] && break; sleep 0.025; done; cat "$1"; }
-free_port() { for p in $(seq 17401 17999); do
-  (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo $p; return; }; done; }
-
-start_cluster() {
-  stop_all; rm -rf "$W/c"; mkdir -p "$W/c"
-  REPL="tcp://127.0.0.1:$(free_port)"
-  $B/kbsync leader --data "$W/c/L" --dim 384 --listen 'tcp://127.0.0.1:*' \
-    --endpoint-file "$W/c/L.ep" --repl-listen "$REPL" --replicas r1,r2 \
-    >/dev/null 2>"$W/c/L.log" &
-  pids+=($!)
-  LEADER=$(wait_ep "$W/c/L.ep")
-  for r in r1 r2; do
-    $B/kbsync replica --data "$W/c/$r" --id $r --leader "$REPL" \
-      --listen 'tcp://127.0.0.1:*' --endpoint-file "$W/c/$r.ep" \
-      >/dev/null 2>"$W/c/$r.log" &
-    pids+=($!)
-  done
-  R1=$(wait_ep "$W/c/r1.ep"); R2=$(wait_ep "$W/c/r2.ep")
-  for _ in $(seq 200); do
-    $B/kbsync status --to "$LEADER" --json | grep -q '"connected":true.*"connected":true' && return
-    sleep 0.05
-  done
-  echo "replicas did not connect"; exit 1
-}
 
 version_of() { $B/kbsync status --to "$1" --json | sed 's/.*"version":\([0-9]*\),.*/\1/'; }
 

@@ -377,21 +377,27 @@ int idx_store_begin(idx_store_t *s, idx_wtxn_t **t, char *err, size_t errlen)
     return 0;
 }
 
-int idx_store_wlabel(idx_wtxn_t *t, const char *id, size_t id_len,
-                     int64_t *label)
+/* The live label of an id in txn, or -1; an LMDB code on failure. */
+static int id_label(MDB_txn *txn, MDB_dbi ids, const char *id, size_t id_len,
+                    int64_t *label)
 {
     MDB_val k = {id_len, (void *)id}, v;
-    int rc = mdb_get(t->txn, t->s->ids, &k, &v);
-    if (rc == MDB_NOTFOUND) {
-        *label = -1;
+    int rc = mdb_get(txn, ids, &k, &v);
+    *label = -1;
+    if (rc == MDB_NOTFOUND)
         return 0;
-    }
     if (rc)
         return rc;
     if (v.mv_size != 8)
         return MDB_CORRUPTED;
     *label = (int64_t)get_u64(v.mv_data);
     return 0;
+}
+
+int idx_store_wlabel(idx_wtxn_t *t, const char *id, size_t id_len,
+                     int64_t *label)
+{
+    return id_label(t->txn, t->s->ids, id, id_len, label);
 }
 
 /* Appends rec to the log. An LSN not above the newest one is a gap in the
@@ -846,17 +852,7 @@ void idx_store_rend(idx_rtxn_t **t)
 int idx_store_rlabel(idx_rtxn_t *t, const char *id, size_t id_len,
                      int64_t *label)
 {
-    MDB_val k = {id_len, (void *)id}, v;
-    int rc = mdb_get(t->txn, t->s->ids, &k, &v);
-    *label = -1;
-    if (rc == MDB_NOTFOUND)
-        return 0;
-    if (rc)
-        return rc;
-    if (v.mv_size != 8)
-        return MDB_CORRUPTED;
-    *label = (int64_t)get_u64(v.mv_data);
-    return 0;
+    return id_label(t->txn, t->s->ids, id, id_len, label);
 }
 
 int idx_store_doc_by_label(idx_rtxn_t *t, int64_t label, const void **bytes,
