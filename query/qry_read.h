@@ -1,7 +1,8 @@
 /* qry_read: read consistency in the node loop, before a query reaches the
  * readers. In: query requests and the node's applied version. Out: each
- * query either run now, parked until the node applies its min_version (then
- * handed to the readers), or refused with KB_ESTALE: at once on a leader
+ * query either run now, parked until the node applies its min_version or
+ * (strong reads on a replica) the leader's read index, then handed to the
+ * readers, or refused with KB_ESTALE: at once on a leader
  * (no such write was acknowledged), after wait_ms on a replica, naming both
  * versions and the node's lag. Owns the parked requests. Node loop only.
  * (max_lag_ms is checked by the reader that answers, against the version

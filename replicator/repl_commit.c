@@ -1,9 +1,11 @@
 /* repl_commit: the leader's client write path (see repl_leader.h). In:
  * decoded Upsert/Delete requests. Out: one durable group commit per batch
- * of requests and a WriteResult or error to each client, at once (`async`)
- * or once every named replica applied the write (`all`). Owns the queue of
- * requests waiting for the next group commit and the `all` answers waiting
- * for acks; log shipping is repl_ship.c's.
+ * of requests and a WriteResult (with per-replica receipts) or error to
+ * each client, at once (`async`) or once K named replicas applied the write
+ * (`quorum:K`, `majority`, `all`). Owns the queue of requests waiting for
+ * the next group commit, the answers waiting for acks, the conditional
+ * write checks and the idempotent-write lookups (their results live in the
+ * store's dedup table); log shipping is repl_ship.c's.
  *
  * GROUP COMMIT
  * The node loop hands over every write request it finds waiting on the
@@ -18,17 +20,23 @@
  * records had already been sent to replicas, the leader turns read-only:
  * it refuses every later write until restarted, so that no LSN is reused.
  *
- * SYNCHRONOUS REPLICATION (`all`)
- * Before the commit: if a replica named in --replicas is not connected
- * (no Hello, or silent for REPL_DEAD_MS), an `all` request is refused at
- * once with KB_ENOREPLICA and nothing of it is written. After the commit,
- * the answer waits until every named replica acknowledged an LSN >= the
- * request's last LSN. If that does not happen within --write-timeout-ms,
+ * SYNCHRONOUS REPLICATION (`quorum:K`, `majority`, `all` = K of n named)
+ * Before the commit: if fewer than K replicas named in --replicas are
+ * connected (no Hello, or silent for REPL_DEAD_MS), the request is refused
+ * at once with KB_ENOREPLICA and nothing of it is written. After the
+ * commit, the answer waits until K named replicas acknowledged an LSN >=
+ * the request's last LSN. If that does not happen within --write-timeout-ms,
  * the client gets KB_ETIMEOUT saying the write IS committed on the leader,
  * at which version, and which named replicas have not applied it (they get
  * it when they are back). `async` requests are answered right after the
  * leader's commit.
  *
+ * CONDITIONS AND RETRIES
+ * if_version conditions are judged at flush against the store plus an
+ * overlay of the requests before them in the group (the LSNs idx_write
+ * will give); a failed one refuses its request alone (KB_ECONFLICT). A
+ * request with client_id/client_seq already in the dedup table is answered
+ * from it; new ones are recorded in the group's own transaction.
  */
 #include "repl_leader_int.h"
 

@@ -3,7 +3,8 @@
  * on the replication socket. Out: one durable group commit per batch of
  * requests (LSNs in arrival order), the log streamed in LSN order to every
  * replica, and a WriteResult or error to each client — at once (`async`) or
- * once every named replica applied the write (`all`). Owns the replication
+ * once K named replicas applied the write (`quorum:K`, `majority`, `all`);
+ * read-index answers for strong reads; digest comparisons on acks. Owns the replication
  * ROUTER socket, the replica table and the requests waiting for acks;
  * borrows the idx and the client socket. Single-threaded: node loop only.
  * Implemented in two halves: repl_commit.c (group commit and answers) and

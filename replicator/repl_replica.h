@@ -1,6 +1,8 @@
 /* repl_replica: a query node following the leader. In: ReplWelcome,
  * ReplRecords and ReplBeat from the leader's replication socket. Out: the
- * leader's log applied in LSN order, durably (LMDB, then FAISS), ReplAcks,
+ * leader's log applied in LSN order, durably (LMDB, then FAISS), ReplAcks
+ * (received/durable/applied LSNs and the store's digest), read-index
+ * requests for strong reads,
  * and the node's staleness (leader_version, lag_ops, lag_ms, contact age).
  * Owns the replica's idx (opened at start when DIR holds a knowledge base,
  * else created from the leader's settings on first contact) and a DEALER
