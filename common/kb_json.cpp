@@ -1123,6 +1123,27 @@ int fields_in(const char *b, size_t len, kb_json_field_cb cb, void *ctx)
     return 0;
 }
 
+/* kb_json_value() on a padded copy b[0..len). */
+int value_in(const char *b, size_t len, const char *key, size_t key_len,
+             char **out, size_t *out_len)
+{
+    simdjson::dom::parser &p = scratch_dom();
+    simdjson::dom::object o;
+    if (p.parse(b, len, false).get(o))
+        return KB_EBADJSON;
+    simdjson::dom::element v;
+    if (o.at_key(std::string_view(key, key_len)).get(v))
+        return 0;
+    std::string t = simdjson::minify(v);
+    *out = (char *)malloc(t.size() + 1);
+    if (!*out)
+        return -ENOMEM;
+    memcpy(*out, t.data(), t.size());
+    (*out)[t.size()] = 0;
+    *out_len = t.size();
+    return 0;
+}
+
 } // namespace
 
 /* ---- the C interface
@@ -1255,6 +1276,27 @@ int kb_json_check_object(const char *s, size_t len, char *err, size_t errlen)
         rc = put_err(err, errlen, -ENOMEM, "out of memory");
     } catch (...) {
         rc = put_err(err, errlen, KB_EBADJSON, "internal error in the parser");
+    }
+    free(b);
+    return rc;
+}
+
+int kb_json_value(const char *s, size_t len, const char *key, size_t key_len,
+                  char **out, size_t *out_len)
+{
+    assert((s || !len) && out && out_len);
+    *out = nullptr;
+    *out_len = 0;
+    char *b = padded_copy(s, len);
+    if (!b)
+        return -ENOMEM;
+    int rc;
+    try {
+        rc = value_in(b, len, key, key_len, out, out_len);
+    } catch (const std::bad_alloc &) {
+        rc = -ENOMEM;
+    } catch (...) {
+        rc = KB_EBADJSON;
     }
     free(b);
     return rc;

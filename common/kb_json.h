@@ -75,6 +75,13 @@ typedef int (*kb_json_field_cb)(void *ctx, const char *key, size_t key_len,
  * Returns 0, KB_EBADJSON (not an object), -ENOMEM, or cb's value. */
 int kb_json_fields(const char *s, size_t len, kb_json_field_cb cb, void *ctx);
 
+/* The value of top-level field key[0..key_len) of the JSON object
+ * s[0..len), as minified JSON text (a string keeps its quotes) in a malloc'd,
+ * NUL-terminated *out of *out_len bytes; the caller frees it. An absent key
+ * leaves *out NULL. Returns 0, KB_EBADJSON (not an object) or -ENOMEM. */
+int kb_json_value(const char *s, size_t len, const char *key, size_t key_len,
+                  char **out, size_t *out_len);
+
 #ifdef __cplusplus
 }
 #endif

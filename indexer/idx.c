@@ -2685,6 +2685,119 @@ int idx_doc_versions(idx_kb_t *ix, const char *const *ids, size_t n,
     return rc;
 }
 
+/* ------------------------------------------------------------ listing */
+
+typedef struct list_ctx {
+    Kbsync__ListResult *r;
+    size_t cap;
+    const char *key;
+    size_t key_len;
+    char *err;
+    size_t errlen;
+} list_ctx_t;
+
+static int list_one(void *vctx, const char *id, size_t id_len, uint64_t label,
+                    const void *rec, size_t rec_len)
+{
+    list_ctx_t *c = vctx;
+    Kbsync__ListResult *r = c->r;
+    if (r->n_entries == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 64;
+        Kbsync__ListEntry **e = realloc(r->entries, cap * sizeof *e);
+        if (!e)
+            return kb_seterr(c->err, c->errlen, KB_ENOMEM, "out of memory");
+        r->entries = e;
+        c->cap = cap;
+    }
+    char *val = NULL;
+    size_t val_len = 0;
+    if (c->key_len) {
+        Kbsync__LogRecord *lr = kbsync__log_record__unpack(NULL, rec_len, rec);
+        if (!lr || !lr->doc)
+            return kb_seterr(c->err, c->errlen, KB_ECORRUPT,
+                             "list: the record of document \"%.*s\" (LSN "
+                             "%llu) does not decode",
+                             (int)(id_len > 64 ? 64 : id_len), id,
+                             (unsigned long long)label);
+        const char *m = lr->doc->metadata_json;
+        int rc = m && *m ? kb_json_value(m, strlen(m), c->key, c->key_len,
+                                         &val, &val_len)
+                         : 0;
+        kbsync__log_record__free_unpacked(lr, NULL);
+        if (rc == -ENOMEM)
+            return kb_seterr(c->err, c->errlen, KB_ENOMEM, "out of memory");
+        /* metadata that is not an object has no keys */
+    }
+    /* One allocation: the entry, its id, its value. */
+    Kbsync__ListEntry *e = malloc(sizeof *e + id_len + val_len + 2);
+    if (!e) {
+        free(val);
+        return kb_seterr(c->err, c->errlen, KB_ENOMEM, "out of memory");
+    }
+    kbsync__list_entry__init(e);
+    char *p = (char *)(e + 1);
+    memcpy(p, id, id_len);
+    p[id_len] = 0;
+    e->id = p;
+    p += id_len + 1;
+    if (val_len)
+        memcpy(p, val, val_len);
+    p[val_len] = 0;
+    e->meta_value = p;
+    e->version = label;
+    free(val);
+    r->entries[r->n_entries++] = e;
+    return 0;
+}
+
+int idx_list(idx_kb_t *ix, const Kbsync__ListRequest *q,
+             Kbsync__ListResult *out, char *err, size_t errlen)
+{
+    kbsync__list_result__init(out);
+    const char *prefix = q->prefix ? q->prefix : "";
+    const char *after = q->after ? q->after : "";
+    const char *key = q->meta_key ? q->meta_key : "";
+    size_t plen = strlen(prefix), alen = strlen(after), klen = strlen(key);
+    uint32_t limit = q->limit ? q->limit : IDX_LIST_DEFAULT;
+    if (limit > IDX_LIST_MAX)
+        return kb_seterr(err, errlen, KB_EINVAL,
+                         "list: limit %u is above the maximum %u", limit,
+                         IDX_LIST_MAX);
+    if (plen > KB_MAX_ID_LEN || alen > KB_MAX_ID_LEN)
+        return kb_seterr(err, errlen, KB_EINVAL,
+                         "list: %s is %zu bytes, longer than any id (%u)",
+                         plen > KB_MAX_ID_LEN ? "prefix" : "after",
+                         plen > KB_MAX_ID_LEN ? plen : alen, KB_MAX_ID_LEN);
+    if (klen > IDX_MAX_FILTER_KEY)
+        return kb_seterr(err, errlen, KB_EINVAL,
+                         "list: meta_key is %zu bytes (at most %u)", klen,
+                         IDX_MAX_FILTER_KEY);
+    idx_rtxn_t *rt;
+    int rc = idx_store_rbegin(ix->store, &rt, err, errlen);
+    if (rc)
+        return rc;
+    list_ctx_t c = {out, 0, key, klen, err, errlen};
+    int more = 0;
+    uint64_t lsn = 0;
+    rc = idx_store_list(rt, prefix, plen, after, alen, limit, list_one, &c,
+                        &more, &lsn, err, errlen);
+    idx_store_rend(&rt);
+    out->more = more;
+    out->version = lsn;
+    if (rc)
+        idx_list_free(out);
+    return rc;
+}
+
+void idx_list_free(Kbsync__ListResult *r)
+{
+    for (size_t i = 0; i < r->n_entries; i++)
+        free(r->entries[i]);
+    free(r->entries);
+    r->entries = NULL;
+    r->n_entries = 0;
+}
+
 uint64_t idx_commit_time(idx_kb_t *ix, uint64_t lsn)
 {
     uint64_t t = 0;

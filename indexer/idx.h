@@ -309,6 +309,20 @@ void idx_stats_stream(idx_kb_t *ix, idx_stats_t *st);
  * valid until idx_close. The pointer is a Kbsync__KbMeta. */
 const void *idx_meta(const idx_kb_t *ix);
 
+/* ListRequest (schemas/kbsync.proto): the live documents whose ids start
+ * with q->prefix, after q->after, in id order, at most q->limit (0 =
+ * IDX_LIST_DEFAULT, at most IDX_LIST_MAX), with the value of q->meta_key
+ * when set; read in one transaction, out->version is its newest LSN. Fills
+ * *out (free its entries with idx_list_free). Any thread. Returns 0,
+ * KB_EINVAL naming the field, KB_ENOMEM, KB_ESTORE or KB_ECORRUPT. */
+#define IDX_LIST_DEFAULT 1000u
+#define IDX_LIST_MAX 10000u
+struct Kbsync__ListRequest;
+struct Kbsync__ListResult;
+int idx_list(idx_kb_t *ix, const struct Kbsync__ListRequest *q,
+             struct Kbsync__ListResult *out, char *err, size_t errlen);
+void idx_list_free(struct Kbsync__ListResult *r);
+
 /* The current versions of n ids: vers[i] = the LSN that wrote id i's live
  * document, or 0 when it does not exist (committed state, as the next
  * idx_write starts from). Writer thread. Returns 0 or KB_ESTORE. */

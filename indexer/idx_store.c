@@ -870,6 +870,71 @@ int idx_store_doc_by_label(idx_rtxn_t *t, int64_t label, const void **bytes,
     return 0;
 }
 
+int idx_store_list(idx_rtxn_t *t, const char *prefix, size_t plen,
+                   const char *after, size_t alen, size_t max,
+                   idx_store_list_cb cb, void *ctx, int *more, uint64_t *lsn,
+                   char *err, size_t errlen)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    *more = 0;
+    *lsn = t->s->applied_lsn;
+    int rc = mdb_cursor_open(t->txn, t->s->log, &cur);
+    if (rc)
+        return store_fail(err, errlen, rc, "list: open log cursor");
+    if (mdb_cursor_get(cur, &k, &v, MDB_LAST) == 0 && k.mv_size == 8)
+        *lsn = get_u64(k.mv_data);
+    mdb_cursor_close(cur);
+    rc = mdb_cursor_open(t->txn, t->s->ids, &cur);
+    if (rc)
+        return store_fail(err, errlen, rc, "list: open id cursor");
+    /* Start at whichever of prefix and after sorts later; skip `after`
+     * itself. */
+    size_t m = alen < plen ? alen : plen;
+    int c = memcmp(after, prefix, m);
+    int from_after = alen && (c > 0 || (c == 0 && alen >= plen));
+    k.mv_data = (void *)(from_after ? after : prefix);
+    k.mv_size = from_after ? alen : plen;
+    if (k.mv_size == 0)
+        rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    else
+        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    if (rc == 0 && from_after && k.mv_size == alen &&
+        memcmp(k.mv_data, after, alen) == 0)
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    size_t n = 0;
+    int out = 0;
+    for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < plen || memcmp(k.mv_data, prefix, plen) != 0)
+            break; /* past the prefix */
+        if (v.mv_size != 8) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        if (n == max) {
+            *more = 1;
+            break;
+        }
+        uint64_t label = get_u64(v.mv_data);
+        MDB_val lk = {sizeof label, &label}, lv;
+        rc = mdb_get(t->txn, t->s->log, &lk, &lv);
+        if (rc == MDB_NOTFOUND)
+            rc = MDB_CORRUPTED; /* a live id without its record */
+        if (rc)
+            break;
+        n++;
+        if ((out = cb(ctx, k.mv_data, k.mv_size, label, lv.mv_data,
+                      lv.mv_size)) != 0)
+            break;
+    }
+    mdb_cursor_close(cur);
+    if (out)
+        return out;
+    if (rc && rc != MDB_NOTFOUND)
+        return store_fail(err, errlen, rc, "list documents");
+    return 0;
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;

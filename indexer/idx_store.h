@@ -262,6 +262,21 @@ int idx_store_scan_labels(idx_store_t *s, const uint64_t *labels, size_t n,
                           idx_store_doc_cb cb, void *ctx, char *err,
                           size_t errlen);
 
+/* The live documents of t's snapshot whose ids start with prefix[0..plen)
+ * and sort (bytewise) after after[0..alen) (alen 0: from the first), in id
+ * order, at most max: cb gets each id (not NUL-terminated), its label (the
+ * LSN that wrote it) and its LogRecord, borrowed for the call; a non-zero
+ * return stops the walk and is returned. *more is set when another such id
+ * follows the last one passed; *lsn receives the newest LSN in t's log.
+ * Returns 0, cb's value, or KB_ESTORE / KB_ECORRUPT with err set. */
+typedef int (*idx_store_list_cb)(void *ctx, const char *id, size_t id_len,
+                                 uint64_t label, const void *rec,
+                                 size_t rec_len);
+int idx_store_list(idx_rtxn_t *t, const char *prefix, size_t plen,
+                   const char *after, size_t alen, size_t max,
+                   idx_store_list_cb cb, void *ctx, int *more, uint64_t *lsn,
+                   char *err, size_t errlen);
+
 /* Bytes of the store's data file in use (last page written x page size). */
 uint64_t idx_store_bytes(idx_store_t *s);
 

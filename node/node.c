@@ -378,6 +378,35 @@ static void node_unpark(node_t *n)
     qry_read_release(n->reads, n->router, &rn);
 }
 
+/* ListRequest: the leader's live documents by id (idx_list). Replicas
+ * refuse it: their stores may hold records the leader has not confirmed
+ * yet, which a listing must not show. */
+static void node_list(node_t *n, const kb_peer_t *peer, uint64_t rid,
+                      const Kbsync__ListRequest *q)
+{
+    char err[512];
+    if (n->replica) {
+        const char *ep = repl_replica_leader_endpoint(n->replica);
+        snprintf(err, sizeof err,
+                 "this node is replica %s; list documents on the leader at %s",
+                 n->cfg->replica.id, *ep ? ep : n->cfg->replica.leader);
+        kb_wire_send_error(n->router, peer, rid, KB_ENOTLEADER, err);
+        return;
+    }
+    Kbsync__ListResult lr;
+    int rc = idx_list(node_idx(n), q, &lr, err, sizeof err);
+    if (rc) {
+        kb_wire_send_error(n->router, peer, rid, rc, err);
+        return;
+    }
+    Kbsync__Response r = KBSYNC__RESPONSE__INIT;
+    r.request_id = rid;
+    r.body_case = KBSYNC__RESPONSE__BODY_LIST;
+    r.list = &lr;
+    kb_wire_send_response(n->router, peer, &r);
+    idx_list_free(&lr);
+}
+
 /* ------------------------------------------------------------ requests */
 
 static void node_dispatch(node_t *n, const kb_peer_t *peer,
@@ -529,6 +558,7 @@ static void node_dispatch(node_t *n, const kb_peer_t *peer,
     case KBSYNC__REQUEST__BODY_QUERY:
     case KBSYNC__REQUEST__BODY_STATUS:
     case KBSYNC__REQUEST__BODY_REBUILD:
+    case KBSYNC__REQUEST__BODY_LIST:
         if (has_queued_write(n, peer)) {
             if (wlist_push(&n->held, peer, req, (int)n->req_role)) {
                 kb_wire_send_error(n->router, peer, rid, KB_ENOMEM,
@@ -543,6 +573,8 @@ static void node_dispatch(node_t *n, const kb_peer_t *peer,
         }
         if (req->body_case == KBSYNC__REQUEST__BODY_STATUS)
             node_status(n, peer, rid);
+        else if (req->body_case == KBSYNC__REQUEST__BODY_LIST)
+            node_list(n, peer, rid, req->list);
         else
             node_rebuild(n, peer, rid);
         break;

@@ -12,7 +12,8 @@ PKGS=(
   gnuplot-nox
   libcmocka-dev
   clang libclang-rt-14-dev
-  python3 python3-zmq python3-protobuf protobuf-compiler iproute2 iptables
+  libmicrohttpd-dev libcurl4-openssl-dev
+  python3 python3-zmq python3-protobuf protobuf-compiler python3-pytest python3-venv iproute2 iptables
 )
 
 missing=()

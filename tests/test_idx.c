@@ -444,6 +444,74 @@ static void test_idx_upsert_replaces(void **state)
     }
 }
 
+/* ListRequest: live ids with a prefix, after a cursor, in id order, pages
+ * that join without gaps or repeats, the metadata value asked for. */
+static void test_idx_list_pages_by_prefix(void **state)
+{
+    fx_t *f = *state;
+    f->ix = kb_open(f->dir, DIM, "ip", NULL, NULL);
+    float v[DIM];
+    kbt_rand_unit(v, DIM, 1);
+    char id[32], meta[64];
+    for (int i = 0; i < 25; i++) {
+        snprintf(id, sizeof id, "doc/%02d", i);
+        snprintf(meta, sizeof meta, "{\"sha\":\"h%d\",\"n\":%d}", i, i);
+        write1(f->ix, up(id, "t", v, meta));
+    }
+    write1(f->ix, up("doa", "t", v, ""));        /* sorts before the prefix */
+    write1(f->ix, up("doc0", "t", v, ""));       /* after it */
+    write1(f->ix, up("doc/07", "t2", v, "{}"));  /* replaced: no "sha" now */
+    write1(f->ix, rm("doc/03"));                 /* gone */
+    uint64_t head = stats(f->ix).version;
+
+    char err[256], after[64] = "";
+    int seen = 0;
+    for (int page = 0; page < 10; page++) {
+        Kbsync__ListRequest q = KBSYNC__LIST_REQUEST__INIT;
+        q.prefix = "doc/";
+        q.after = after;
+        q.limit = 7;
+        q.meta_key = "sha";
+        Kbsync__ListResult r;
+        assert_int_equal(idx_list(f->ix, &q, &r, err, sizeof err), 0);
+        KBT_U64(r.version, head);
+        for (size_t i = 0; i < r.n_entries; i++, seen++) {
+            int want = seen < 3 ? seen : seen + 1; /* doc/03 is deleted */
+            snprintf(id, sizeof id, "doc/%02d", want);
+            assert_string_equal(r.entries[i]->id, id);
+            if (want == 7) {
+                assert_string_equal(r.entries[i]->meta_value, "");
+                KBT_U64(r.entries[i]->version, head - 1);
+            } else {
+                snprintf(meta, sizeof meta, "\"h%d\"", want);
+                assert_string_equal(r.entries[i]->meta_value, meta);
+                KBT_U64(r.entries[i]->version, (uint64_t)want + 1);
+            }
+        }
+        int more = r.more;
+        if (r.n_entries)
+            snprintf(after, sizeof after, "%s",
+                     r.entries[r.n_entries - 1]->id);
+        idx_list_free(&r);
+        if (!more)
+            break;
+    }
+    assert_int_equal(seen, 24);
+
+    /* No prefix: every live id; bounds are refused by name. */
+    Kbsync__ListRequest q = KBSYNC__LIST_REQUEST__INIT;
+    Kbsync__ListResult r;
+    assert_int_equal(idx_list(f->ix, &q, &r, err, sizeof err), 0);
+    assert_int_equal(r.n_entries, 26);
+    assert_string_equal(r.entries[0]->id, "doa");
+    assert_string_equal(r.entries[25]->id, "doc0");
+    assert_false(r.more);
+    idx_list_free(&r);
+    q.limit = IDX_LIST_MAX + 1;
+    assert_int_equal(idx_list(f->ix, &q, &r, err, sizeof err), KB_EINVAL);
+    assert_non_null(strstr(err, "limit"));
+}
+
 static void test_idx_same_id_twice_in_one_write(void **state)
 {
     fx_t *f = *state;
@@ -1990,6 +2058,7 @@ int main(void)
         T(test_idx_write_and_search),
         T(test_idx_l2_metric_scores),
         T(test_idx_upsert_replaces),
+        T(test_idx_list_pages_by_prefix),
         T(test_idx_same_id_twice_in_one_write),
         T(test_idx_delete),
         T(test_idx_missing_delete_takes_no_lsn),
