@@ -69,11 +69,14 @@ static const char USAGE[] =
     "  delete  --to EP [--mode async|all|majority|quorum:K] ID...\n"
     "  status  --to EP [--json]\n"
     "  rebuild --to EP [--json]\n"
+    "          rebuild the node's vector index in the background (drops\n"
+    "          replaced/deleted vectors; retrains an IVF index)\n"
     "  verify  --to EP [--leader EP] [--json]\n"
     "          recompute the node's document digest now; with --leader,\n"
     "          compare it with the leader's at the same LSN (exit 1: differ)\n"
-    "          rebuild the node's vector index in the background (drops\n"
-    "          replaced/deleted vectors; retrains an IVF index)\n"
+    "  list    --to EP [--prefix P] [--after ID] [--limit N] [--meta-key K]\n"
+    "          the leader's documents in id order, one JSON line each:\n"
+    "          {\"id\",\"version\"[,\"meta\"]}; every page unless --limit\n"
     "\n"
     "EP is a ZeroMQ endpoint; default " CLI_DEFAULT_ENDPOINT ". Client\n"
     "commands take --key FILE --server-key FILE (or KBSYNC_KEY and\n"
@@ -699,6 +702,88 @@ static int cmd_verify(int argc, char **argv)
     return self_ok && cmp != 0 ? 0 : 1;
 }
 
+/* kbsync list: pages through ListRequests and prints one JSON line per
+ * document; with --limit, that many at most. */
+static int cmd_list(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"to", required_argument, 0, 't'},
+        {"prefix", required_argument, 0, 'p'},
+        {"after", required_argument, 0, 'a'},
+        {"limit", required_argument, 0, 'n'},
+        {"meta-key", required_argument, 0, 'm'},
+        {"timeout-ms", required_argument, 0, 'T'},
+        CLI_CLIENT_KEY_OPTIONS,
+        {0, 0, 0, 0}};
+    const char *ep = CLI_DEFAULT_ENDPOINT;
+    char *after = strdup("");
+    Kbsync__ListRequest lq = KBSYNC__LIST_REQUEST__INIT;
+    uint64_t limit = UINT64_MAX;
+    int timeout = CLI_DEFAULT_TIMEOUT_MS, c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (cli_client_key_option(c, optarg))
+            continue;
+        switch (c) {
+        case 't': ep = optarg; break;
+        case 'p': lq.prefix = optarg; break;
+        case 'a':
+            free(after);
+            after = strdup(optarg);
+            break;
+        case 'n': limit = cli_uint("--limit", optarg, UINT64_MAX); break;
+        case 'm': lq.meta_key = optarg; break;
+        case 'T':
+            timeout = (int)cli_uint("--timeout-ms", optarg, 86400000);
+            break;
+        default: die_usage("bad option for list%s", "");
+        }
+    }
+    if (optind < argc)
+        die_usage("list takes no arguments (\"%s\")", argv[optind]);
+    qry_client_t *cl = connect_or_die(ep);
+    uint64_t printed = 0;
+    for (;;) {
+        Kbsync__Request req = KBSYNC__REQUEST__INIT;
+        lq.after = after;
+        uint64_t left = limit - printed;
+        lq.limit = left < 10000 ? (uint32_t)left : 10000;
+        req.body_case = KBSYNC__REQUEST__BODY_LIST;
+        req.list = &lq;
+        Kbsync__Response *r = call_or_die(cl, &req, timeout);
+        if (!r->list) {
+            fprintf(stderr, "kbsync: list answer without a result\n");
+            exit(1);
+        }
+        for (size_t i = 0; i < r->list->n_entries; i++) {
+            const Kbsync__ListEntry *e = r->list->entries[i];
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "id", e->id);
+            cJSON_AddNumberToObject(o, "version", (double)e->version);
+            if (lq.meta_key && *lq.meta_key)
+                cJSON_AddItemToObject(o, "meta",
+                                      *e->meta_value
+                                          ? cJSON_CreateRaw(e->meta_value)
+                                          : cJSON_CreateNull());
+            char *line = cJSON_PrintUnformatted(o);
+            puts(line);
+            cJSON_free(line);
+            cJSON_Delete(o);
+        }
+        printed += r->list->n_entries;
+        int more = r->list->more && r->list->n_entries && printed < limit;
+        if (more) {
+            free(after);
+            after = strdup(r->list->entries[r->list->n_entries - 1]->id);
+        }
+        kbsync__response__free_unpacked(r, NULL);
+        if (!more)
+            break;
+    }
+    free(after);
+    qry_client_close(&cl);
+    return 0;
+}
+
 static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
 {
     static const struct option opts[] = {
@@ -1206,6 +1291,8 @@ int main(int argc, char **argv)
         return cmd_status_or_rebuild(argc, argv, 1);
     if (!strcmp(cmd, "verify"))
         return cmd_verify(argc, argv);
+    if (!strcmp(cmd, "list"))
+        return cmd_list(argc, argv);
     die_usage("unknown command \"%s\"", cmd);
     return 2;
 }
