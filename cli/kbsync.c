@@ -55,6 +55,8 @@ static const char USAGE[] =
     "          without keys, endpoints other than loopback are refused\n"
     "          unless --insecure; --max-client-queue-mb N (default 64)\n"
     "          bounds a client's unread query answers\n"
+    "  metrics (both): --metrics-listen HOST:PORT serves Prometheus text\n"
+    "          at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464)\n"
     "  keygen  PREFIX\n"
     "          write a CURVE key pair: PREFIX.key (mode 0600), PREFIX.pub\n"
     "  ingest  --to EP [--mode async|all|majority|quorum:K] [--batch N] [--window N] "
@@ -198,8 +200,11 @@ static void install_signals(void)
 #define OPT_LEADER_KEY 1013
 #define OPT_INSECURE 1014
 #define OPT_CLIENT_QUEUE 1015
+#define OPT_METRICS 1017
+/* (--metrics-listen rides along: leader and replica both take it.) */
 #define SEC_OPTIONS                                                            \
-    {"key", required_argument, 0, OPT_KEY},                                    \
+    {"metrics-listen", required_argument, 0, OPT_METRICS},                     \
+        {"key", required_argument, 0, OPT_KEY},                                \
         {"trust", required_argument, 0, OPT_TRUST},                            \
         {"insecure", no_argument, 0, OPT_INSECURE},                            \
         {"max-client-queue-mb", required_argument, 0, OPT_CLIENT_QUEUE}
@@ -209,6 +214,7 @@ typedef struct sec_opts {
     int insecure;
     uint64_t client_queue_mb; /* --max-client-queue-mb; 0: the default */
     int client_queue_set;
+    const char *metrics; /* --metrics-listen HOST:PORT */
     kb_curve_t curve, leader_curve;
 } sec_opts_t;
 
@@ -219,6 +225,7 @@ static int sec_option(int c, const char *arg, sec_opts_t *o)
     case OPT_TRUST: o->trust = arg; return 1;
     case OPT_LEADER_KEY: o->leader_key = arg; return 1;
     case OPT_INSECURE: o->insecure = 1; return 1;
+    case OPT_METRICS: o->metrics = arg; return 1;
     case OPT_CLIENT_QUEUE:
         o->client_queue_mb = cli_uint("--max-client-queue-mb", arg, 1u << 20);
         o->client_queue_set = 1;
@@ -238,6 +245,13 @@ static void sec_finish(sec_opts_t *o, node_config_t *nc, int replica,
     nc->max_client_queue = !o->client_queue_set ? NODE_CLIENT_QUEUE_DEFAULT
                            : o->client_queue_mb ? o->client_queue_mb << 20
                                                 : UINT64_MAX;
+    nc->metrics_listen = o->metrics;
+    if (o->metrics && strncmp(o->metrics, "127.", 4) &&
+        o->metrics[0] != ':')
+        kb_warn("--metrics-listen %s: the metrics page has no "
+                "authentication; anyone who reaches it sees the node's "
+                "counters and replica names",
+                o->metrics);
     if (!o->key != !o->trust)
         die_usage("--key and --trust go together (the node's key pair, and "
                   "the keys it lets in)%s", "");

@@ -6,6 +6,7 @@
 #include "kb_sec.h"
 
 #include "kb_err.h"
+#include "kb_metrics.h"
 #include "kb_util.h"
 
 #include <errno.h>
@@ -35,6 +36,7 @@ int kb_wire_recv(void *router, kb_peer_t *peer, kb_buf_t *payload)
 {
     memset(payload, 0, sizeof *payload);
     peer->nframes = 0;
+    peer->t_us = kb_mono_us();
     zmq_msg_t *m = malloc(sizeof *m);
     if (!m)
         return KB_ENOMEM;
@@ -357,6 +359,8 @@ int kb_wire_send_response(void *router, const kb_peer_t *peer,
                           Kbsync__Response *resp)
 {
     resp->protocol_version = KB_PROTOCOL_VERSION;
+    if (resp->error)
+        kb_metrics_error(resp->error->code);
     for (size_t i = 0; i < peer->nframes; i++) {
         /* ZMQ_DONTWAIT: a peer that went away (EHOSTUNREACH with
          * ROUTER_MANDATORY off is silent) must not block the node. */

@@ -16,6 +16,7 @@
 /* Who sent a message: the frames in front of the payload, echoed on reply. */
 typedef struct kb_peer {
     size_t nframes;
+    uint64_t t_us; /* kb_mono_us() when its request arrived (metrics) */
     size_t len[KB_MAX_ENVELOPE];
     unsigned char frame[KB_MAX_ENVELOPE][256];
 } kb_peer_t;

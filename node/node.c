@@ -31,6 +31,7 @@
  * (query/qry_pool.c). A replica that has not yet received the leader's
  * settings answers KB_EUNAVAIL. */
 #include "node.h"
+#include "node_metrics.h"
 
 #include "kb_sec.h"
 
@@ -101,6 +102,7 @@ typedef struct node {
     kb_role_t req_role; /* role of the request being dispatched */
     qry_outq_t *outq;   /* unread answers per client */
     top_clients_t top;  /* status: clients with unread answers */
+    node_metrics_t *metrics; /* --metrics-listen: its loop-side socket */
 } node_t;
 
 /* ----------------------------------------------------------- helpers */
@@ -295,6 +297,31 @@ static void node_state(node_t *n, Kbsync__NodeState *s, uint64_t *hist,
             repl_leader_dedup_stats(n->leader, &s->idempotency_entries,
                                     &s->idempotent_retries);
     }
+}
+
+/* A scrape of --metrics-listen: the page from this moment's state, with
+ * the replica details status gives admin keys. */
+static void node_metrics_answer(node_t *n)
+{
+    zmq_msg_t req;
+    zmq_msg_init(&req);
+    int got = zmq_msg_recv(&req, node_metrics_socket(n->metrics),
+                           ZMQ_DONTWAIT);
+    zmq_msg_close(&req);
+    if (got < 0)
+        return;
+    Kbsync__NodeState s;
+    uint64_t hist[QRY_HIST_BUCKETS];
+    kb_role_t role = n->req_role;
+    n->req_role = KB_ROLE_ADMIN;
+    node_state(n, &s, hist, 1);
+    n->req_role = role;
+    size_t len = 0;
+    char *page = node_metrics_render(&s, &len);
+    static const char oom[] = "# out of memory rendering the metrics\n";
+    zmq_send(node_metrics_socket(n->metrics), page ? page : oom,
+             page ? len : sizeof oom - 1, 0);
+    free(page);
 }
 
 static void node_status(node_t *n, const kb_peer_t *peer, uint64_t rid)
@@ -736,6 +763,10 @@ static int node_open(node_t *n, char *err, size_t errlen)
         rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     if (rc)
         return rc;
+    if (n->cfg->metrics_listen &&
+        (rc = node_metrics_start(n->ctx, n->cfg->metrics_listen, &n->metrics,
+                                 err, errlen)))
+        return rc;
     kb_info("%s serving clients on %s with %d query threads",
             n->cfg->role == NODE_REPLICA ? "replica" : "leader", ep,
             n->threads);
@@ -779,10 +810,13 @@ int node_run(idx_kb_t *ix, const node_config_t *cfg,
     int rc = node_open(&n, err, errlen);
     int timeout = 0;
     while (!rc && !*stop) {
-        zmq_pollitem_t items[3] = {{n.router, 0, ZMQ_POLLIN, 0},
+        zmq_pollitem_t items[4] = {{n.router, 0, ZMQ_POLLIN, 0},
                                    {n.answers, 0, ZMQ_POLLIN, 0},
+                                   {NULL, 0, ZMQ_POLLIN, 0},
                                    {NULL, 0, ZMQ_POLLIN, 0}};
         int nitems = 2;
+        if (n.metrics)
+            items[nitems++].socket = node_metrics_socket(n.metrics);
         void *rs = n.leader ? repl_leader_socket(n.leader)
                             : repl_replica_socket(n.replica);
         if (rs)
@@ -821,6 +855,8 @@ int node_run(idx_kb_t *ix, const node_config_t *cfg,
             kb_buf_free(&b);
         }
         node_flush(&n);
+        if (n.metrics)
+            node_metrics_answer(&n);
         timeout = n.leader ? repl_leader_tick(n.leader, n.router)
                            : repl_replica_tick(n.replica);
         {
@@ -849,6 +885,7 @@ int node_run(idx_kb_t *ix, const node_config_t *cfg,
         zmq_close(n.answers);
     if (n.router)
         zmq_close(n.router);
+    node_metrics_stop(&n.metrics); /* joins its HTTP thread */
     kb_zap_stop(&n.zap); /* its socket must close before the context */
     if (n.ctx)
         zmq_ctx_term(n.ctx);

@@ -49,6 +49,9 @@ typedef struct node_config {
      * 0 = NODE_CLIENT_QUEUE_DEFAULT, UINT64_MAX = no limit. */
     uint64_t max_client_queue;
     int insecure; /* --insecure: reported in status */
+    /* --metrics-listen HOST:PORT: the Prometheus endpoint (node_metrics.h);
+     * NULL = none. */
+    const char *metrics_listen;
     repl_leader_config_t leader;   /* role == NODE_LEADER */
     repl_replica_config_t replica; /* role == NODE_REPLICA */
 } node_config_t;

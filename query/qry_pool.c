@@ -17,6 +17,7 @@
 #include "qry_pool.h"
 
 #include "kb_err.h"
+#include "kb_metrics.h"
 #include "qry_read.h"
 #include "kb_util.h"
 
@@ -59,6 +60,10 @@ static void push_response(void *push, const kb_peer_t *peer,
                           Kbsync__Response *resp)
 {
     resp->protocol_version = KB_PROTOCOL_VERSION;
+    if (resp->error)
+        kb_metrics_error(resp->error->code);
+    else if (resp->query)
+        kb_metrics_query(resp->query->level, kb_mono_us() - peer->t_us);
     size_t len = kbsync__response__get_packed_size(resp);
     void *buf = malloc(len ? len : 1);
     if (!buf) {

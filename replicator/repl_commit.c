@@ -40,6 +40,8 @@
  */
 #include "repl_leader_int.h"
 
+#include "kb_metrics.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -424,6 +426,8 @@ static void answer_write(repl_leader_t *l, void *router, const kb_peer_t *peer,
 {
     Kbsync__WriteResult w;
     fill_result(l, res, &w);
+    kb_metrics_write(w.mode, kb_mono_us() - peer->t_us,
+                     w.written + w.missing);
     Kbsync__Response r = KBSYNC__RESPONSE__INIT;
     r.request_id = rid;
     r.body_case = KBSYNC__RESPONSE__BODY_WRITE;
