@@ -31,11 +31,12 @@ round() {
   local ep; ep=$(wait_ep "$W/ep")
   local scrapes=0
   if [ "$1" != 0 ]; then
-    ( n=0; while :; do curl -s -o /dev/null "http://127.0.0.1:$port/metrics"; n=$((n+1)); echo $n > "$W/scrapes"; sleep "$1"; done ) &
+    : > "$W/scrapes"
+    ( while :; do curl -s -o /dev/null "http://127.0.0.1:$port/metrics"; echo >> "$W/scrapes"; sleep "$1"; done ) &
     scraper=$!
   fi
   local out; out=$($B/kbsync ingest --to "$ep" --batch 1000 --window 4 "$W/docs.jsonl" 2>/dev/null | tail -1)
-  if [ -n "$scraper" ]; then kill "$scraper"; wait "$scraper" 2>/dev/null || true; scraper=; scrapes=$(cat "$W/scrapes"); fi
+  if [ -n "$scraper" ]; then kill "$scraper"; wait "$scraper" 2>/dev/null || true; scraper=; scrapes=$(wc -l < "$W/scrapes"); fi
   local secs; secs=$(echo "$out" | sed 's/.*"seconds":\([0-9.]*\).*/\1/')
   local bytes; bytes=$(curl -s "http://127.0.0.1:$port/metrics" | wc -c)
   echo "$(awk -v n="$N" -v s="$secs" 'BEGIN{printf "%.0f", n/s}') $scrapes $bytes"
