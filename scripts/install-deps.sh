@@ -13,7 +13,7 @@ PKGS=(
   libcmocka-dev
   clang libclang-rt-14-dev
   libmicrohttpd-dev libcurl4-openssl-dev curl
-  python3 python3-zmq python3-protobuf protobuf-compiler python3-pytest python3-venv iproute2 iptables
+  python3 python3-zmq python3-protobuf protobuf-compiler python3-pytest python3-venv python3-wheel iproute2 iptables
 )
 
 missing=()
