@@ -1,6 +1,8 @@
 /* cli: the kbsync command-line program, private to cli/. kbsync.c parses
  * the subcommand and runs leader/query/delete/status; cli_ingest.c runs
- * ingest. Shared here: option helpers and the JSON renderings of answers. */
+ * ingest; cli_embed.h is the client of the user's embedding server (query
+ * and ingest --embed-url). Shared here: option helpers and the JSON
+ * renderings of answers. */
 #ifndef CLI_H
 #define CLI_H
 

@@ -1,58 +1,246 @@
 /* cli_ingest: `kbsync ingest`. In: JSONL files of documents (common/kb_json)
- * or plain-text files, which are cut into paragraph chunks. Out: batched
- * UpsertRequests to a node, several in flight at once (--window), and one
- * JSON summary line {written, failed, version, seconds}.
+ * and text, Markdown and HTML files or directory trees of them, cut into
+ * overlapping chunks (cli_chunk). Out: batched UpsertRequests (with
+ * --resume also DeleteRequests) to the leader, several in flight at once
+ * (--window); a progress line on a terminal; one JSON summary line on
+ * stdout {written, failed, version, seconds, ...}.
  *
- * Each batch is one all-or-nothing write on the node. On the first bad
- * record (malformed JSON, named by file and line) or refused batch, ingest
- * stops: batches already acknowledged stay written, the batch holding the
- * bad record is never sent, and the summary counts the rest as failed.
- * --keep-going skips bad records and refused batches instead. */
+ * ---------------------------------------------------------------------
+ * BAD INPUT AND WHAT A STOPPED RUN LEAVES
+ *
+ * Each batch is one all-or-nothing write on the leader. A bad record is
+ * skipped and counted in "failed", with a message naming where it is:
+ *   FILE:LINE:COLUMN: FIELD: REASON    a JSONL line (column in bytes, from
+ *                                      1; the field as "embedding[3]")
+ *   FILE:LINE:COLUMN: text: REASON     a text file that is not UTF-8 (and
+ *                                      --encoding cannot decode) or holds NUL
+ *   FILE: FIELD: REASON                a file that cannot be read, or whose
+ *                                      path cannot make valid chunk ids
+ * A file is read and checked whole before any chunk of it is queued, so a
+ * bad file adds nothing. A batch the leader refuses counts as one error.
+ * Once more than --max-errors errors were seen (default 0: the first one;
+ * --keep-going: never), the run stops: acknowledged batches stay written,
+ * the batch being filled is never sent, and no delete is sent.
+ *
+ * ---------------------------------------------------------------------
+ * RESUME (--resume; --sync-deletes implies it)
+ *
+ * 1. Before any write, the leader's documents whose ids start with
+ *    --id-prefix are listed once with their metadata "sha" (ListRequest,
+ *    pages of 10,000). An id "P#n" (n decimal) whose "sha" is 32 hex
+ *    digits is chunk n of file P; any other document is not ingest's and is
+ *    never touched.
+ * 2. Chunk n of file P is sent only when the listing lacks P#n or holds it
+ *    with another sha (cli_chunk.c: the sha covers the text, the offsets
+ *    and the chunking settings). Then P#k is deleted for every listed k at
+ *    or above P's new chunk count.
+ * 3. --sync-deletes: once every file went through and the run did not
+ *    stop, every listed P that is no file of this run is deleted, all its
+ *    chunks: the trees of one run mirror everything under the prefix, so
+ *    other trees in the same knowledge base belong under another prefix.
+ * 4. The listing is read once, before the writes: two runs on one prefix
+ *    at the same time may each skip what the other changes.
+ * A run killed part way leaves whole acknowledged batches, each chunk with
+ * its sha, so the next --resume sends only the rest; a complete resume of
+ * an unchanged tree sends nothing and the leader's version stays put.
+ * --------------------------------------------------------------------- */
 #include "cli.h"
+#include "cli_chunk.h"
+#include "cli_embed.h"
 
+#include "idx_embed.h"
 #include "kb_err.h"
 #include "kb_json.h"
 #include "kb_util.h"
 #include "qry_client.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
-#include <sys/random.h>
-#include <unistd.h>
+#include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
-#define INGEST_CHUNK_TARGET 800 /* bytes of text per plain-text chunk */
-#define INGEST_CHUNK_MAX 2000
+#define INGEST_LIST_PAGE 10000u /* ids per ListRequest (the node's max) */
+#define INGEST_PROGRESS_US 250000u
+
+static const char INGEST_USAGE[] =
+    "usage: kbsync ingest --to EP [options] PATH...\n"
+    "  PATH: a .jsonl/.ndjson file of {\"id\",\"text\",\"embedding\","
+    "\"metadata\"}\n"
+    "        records (- = standard input), a text/Markdown/HTML file, or a\n"
+    "        directory: its *.txt *.text *.md *.markdown *.html *.htm files,\n"
+    "        recursively (names starting with . skipped)\n"
+    "  chunks of files get ids PATH#N: PATH relative to the directory "
+    "named\n"
+    "        (or the file's base name), behind --id-prefix; metadata\n"
+    "        {\"source\",\"chunk\",\"start\",\"end\",\"sha\"}\n"
+    "  --chunk-bytes N     largest chunk (default 1000, 32..1048576)\n"
+    "  --overlap-bytes N   text repeated from the chunk before (default "
+    "100,\n"
+    "                      less than half of --chunk-bytes)\n"
+    "  --resume            send only chunks the leader lacks or holds with\n"
+    "                      another content hash; delete a changed file's\n"
+    "                      chunks beyond its new count\n"
+    "  --sync-deletes      --resume, and delete the chunks of files gone "
+    "from\n"
+    "                      the trees (everything under --id-prefix)\n"
+    "  --id-prefix P       put P in front of chunk ids (one per tree)\n"
+    "  --encoding E        decode files that are not UTF-8 from E (iconv:\n"
+    "                      latin1, cp1252, utf-16, ...)\n"
+    "  --embed-on node|client  who embeds texts with the built-in embedder\n"
+    "                      (default node: the leader; client: this process)\n"
+    "  --max-errors N      skip up to N bad records/files, stop at the next\n"
+    "                      (default 0); --keep-going: no limit\n"
+    "  --mode async|all|majority|quorum:K  --batch N (1000)  --window N "
+    "(4)\n"
+    "  --timeout-ms N (120000)  --retries N (3)  --dry-run  --key F "
+    "--server-key F\n"
+    "  texts without \"embedding\" get vectors from your model server "
+    "with\n" CLI_EMBED_USAGE;
+
+/* A request in flight: sent (again after a timeout) until answered. */
+typedef struct ingest_slot {
+    uint64_t rid, seq; /* request id; client_seq */
+    size_t n;
+    Kbsync__Doc **docs; /* an upsert's documents (owned), or NULL */
+    char **ids;         /* a delete's ids (owned), or NULL */
+    float *vecs;        /* vectors the docs point at (owned), or NULL */
+} ingest_slot_t;
+
+/* --resume: a file's chunk hashes, computed while the listing is read. */
+typedef struct pre_file {
+    size_t ns;   /* chunks */
+    uint64_t *h; /* 2 per chunk (owned); NULL: not computed */
+} pre_file_t;
+
+/* --resume: one file's chunks as the leader listed them. */
+typedef struct known_chunk {
+    uint64_t n, h[2]; /* P#n and its sha */
+} known_chunk_t;
+
+typedef struct known_file {
+    char *path;       /* P: the ids without "#n" */
+    known_chunk_t *c; /* sorted by n once the listing is read */
+    size_t nc, cap;
+    int seen; /* a file of this run has this P */
+} known_file_t;
 
 typedef struct ingest {
-    qry_client_t *cl;
-    size_t batch, window;
-    int mode; /* repl_mode_t, 0 = the leader's default */
+    /* settings */
+    const char *ep, *prefix, *encoding;
+    size_t batch, window, chunk, overlap;
+    int mode;        /* repl_mode_t, 0 = the leader's default */
     uint32_t quorum; /* K of quorum:K */
-    int keep_going, dry_run, timeout_ms;
-    /* the batch being filled: each doc and its strings in one allocation */
-    Kbsync__Doc **docs;
+    int dry_run, timeout_ms, resume, sync_deletes, tty;
+    int embed_client;   /* --embed-on client: texts embedded here */
+    uint32_t embed_dim; /* texts embedded here, this dim; 0 = not here */
+    /* --embed-url: texts embedded by the user's model server (cli_embed),
+     * batches queued in emb_q (oldest first, the order of their jobs) */
+    cli_embed_config_t emb_cfg;
+    cli_embed_t *emb;
+    struct emb_wait *emb_q, *emb_q_tail;
+    size_t emb_window; /* embedding jobs kept queued */
+    uint64_t max_errors;
+    unsigned max_retries; /* resends in a row, without an answer */
+    /* the connection, the batches being filled and those in flight */
+    qry_client_t *cl;
+    char cid[64];       /* this run's client_id */
+    uint64_t seq;       /* the last client_seq */
+    Kbsync__Doc **docs; /* each doc and its strings in one allocation */
     size_t ndocs;
-    /* requests in flight: request id, doc count, client_seq and the docs
-     * (kept until answered, to send again after a timeout) */
-    uint64_t *fl_id;
-    size_t *fl_n;
-    uint64_t *fl_seq;
-    Kbsync__Doc ***fl_docs;
+    char **dels;
+    size_t ndels;
+    ingest_slot_t *fl;
     size_t inflight;
-    /* idempotent retries: this run's client_id, the last client_seq */
-    const char *ep;
-    char cid[64];
-    uint64_t seq;
-    unsigned retries, max_retries; /* in a row, without an answer */
-    uint64_t resent, answered_retried;
-    /* totals */
-    uint64_t written, failed, version, read;
-    uint64_t unreplicated; /* committed on the leader, `all` acks timed out */
-    int stopped;
+    unsigned retries;
+    /* --resume: the leader's chunks, by P (open addressing over kf) */
+    known_file_t *kf;
+    size_t nkf, kfcap;
+    uint32_t *kidx; /* index + 1 into kf; 0 = empty */
+    size_t kidxcap;
+    pre_file_t *pre; /* one per file of the walk, or NULL */
+    /* reused buffers */
+    char *buf;
+    size_t bufcap;
+    size_t *spans, spancap;
+    /* figures */
+    uint64_t written, failed, unchanged, deleted, missing, unreplicated;
+    uint64_t version, errors, resent, answered_retried;
+    uint64_t nfiles, files_done, total_bytes, bytes_done, docs_made;
+    uint64_t t0, last_progress;
+    int progress_shown, stopped;
 } ingest_t;
+
+/* ============================================================= messages */
+
+/* A line on stderr; the progress line, if shown, is cleared first. */
+static void ingest_msg(ingest_t *g, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void ingest_msg(ingest_t *g, const char *fmt, ...)
+{
+    if (g->progress_shown) {
+        fputs("\r\033[K", stderr);
+        g->progress_shown = 0;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("kbsync ingest: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static void batch_clear(ingest_t *g)
+{
+    for (size_t i = 0; i < g->ndocs; i++)
+        free(g->docs[i]);
+    g->ndocs = 0;
+    for (size_t i = 0; i < g->ndels; i++)
+        free(g->dels[i]);
+    g->ndels = 0;
+}
+
+/* Stops the run: what is queued and not sent is failed, never sent. */
+static void ingest_stop(ingest_t *g)
+{
+    if (g->stopped)
+        return;
+    g->stopped = 1;
+    g->failed += g->ndocs;
+    batch_clear(g);
+}
+
+/* One more error (a bad record, a refused batch): stops the run once more
+ * than --max-errors were seen. */
+static void ingest_error(ingest_t *g)
+{
+    if (++g->errors > g->max_errors)
+        ingest_stop(g);
+}
+
+/* A bad record (JSONL line or file): said, counted, skipped. */
+static void ingest_bad(ingest_t *g, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void ingest_bad(ingest_t *g, const char *fmt, ...)
+{
+    char m[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m, sizeof m, fmt, ap);
+    va_end(ap);
+    ingest_msg(g, "%s", m);
+    g->failed++;
+    ingest_error(g);
+}
+
+/* =================================================== requests in flight */
 
 /* One allocation holding a Doc, its floats and its NUL-terminated strings. */
 static Kbsync__Doc *doc_new(const char *id, size_t idlen, const char *text,
@@ -87,39 +275,55 @@ static Kbsync__Doc *doc_new(const char *id, size_t idlen, const char *text,
     return d;
 }
 
-static void batch_clear(ingest_t *g)
+static void slot_free(ingest_slot_t *s)
 {
-    for (size_t i = 0; i < g->ndocs; i++)
-        free(g->docs[i]);
-    g->ndocs = 0;
-}
-
-static void free_docs(Kbsync__Doc **d, size_t n)
-{
-    for (size_t i = 0; d && i < n; i++)
-        free(d[i]);
-    free(d);
+    for (size_t i = 0; i < s->n; i++) {
+        if (s->docs)
+            free(s->docs[i]);
+        if (s->ids)
+            free(s->ids[i]);
+    }
+    free(s->docs);
+    free(s->ids);
+    free(s->vecs);
+    s->docs = NULL;
+    s->ids = NULL;
+    s->vecs = NULL;
+    s->n = 0;
 }
 
 /* Sends in-flight slot i (again): same client_id and client_seq, so the
  * leader writes it once whatever happened to an earlier attempt. */
 static int send_slot(ingest_t *g, size_t i, char *err, size_t errlen)
 {
-    Kbsync__UpsertRequest u = KBSYNC__UPSERT_REQUEST__INIT;
-    u.docs = g->fl_docs[i];
-    u.n_docs = g->fl_n[i];
-    u.mode = cli_wire_mode(g->mode);
-    u.quorum = g->quorum;
-    u.client_id = g->cid;
-    u.client_seq = g->fl_seq[i];
+    ingest_slot_t *s = &g->fl[i];
     Kbsync__Request req = KBSYNC__REQUEST__INIT;
-    req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
-    req.upsert = &u;
-    return qry_client_send(g->cl, &req, &g->fl_id[i], err, errlen);
+    Kbsync__UpsertRequest u = KBSYNC__UPSERT_REQUEST__INIT;
+    Kbsync__DeleteRequest d = KBSYNC__DELETE_REQUEST__INIT;
+    if (s->docs) {
+        u.docs = s->docs;
+        u.n_docs = s->n;
+        u.mode = cli_wire_mode(g->mode);
+        u.quorum = g->quorum;
+        u.client_id = g->cid;
+        u.client_seq = s->seq;
+        req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
+        req.upsert = &u;
+    } else {
+        d.ids = s->ids;
+        d.n_ids = s->n;
+        d.mode = cli_wire_mode(g->mode);
+        d.quorum = g->quorum;
+        d.client_id = g->cid;
+        d.client_seq = s->seq;
+        req.body_case = KBSYNC__REQUEST__BODY_DELETE;
+        req.delete_ = &d;
+    }
+    return qry_client_send(g->cl, &req, &s->rid, err, errlen);
 }
 
 /* No answer in time: open a new connection (the old one may be dead, and
- * answers on it are lost) and send every batch in flight again. */
+ * answers on it are lost) and send every request in flight again. */
 static int ingest_resend(ingest_t *g, char *err, size_t errlen)
 {
     qry_client_close(&g->cl);
@@ -131,402 +335,1367 @@ static int ingest_resend(ingest_t *g, char *err, size_t errlen)
     return rc;
 }
 
+/* Books the answer to slot s (taken out of the window already). */
+static void ingest_book(ingest_t *g, ingest_slot_t *s, Kbsync__Response *r)
+{
+    const char *what = s->docs ? "batch" : "delete";
+    if (r->write && r->write->retried)
+        g->answered_retried++;
+    if (r->write && r->write->version > g->version)
+        g->version = r->write->version;
+    if (r->error && r->write) {
+        /* `all` timed out: committed on the leader, not confirmed on every
+         * named replica. */
+        ingest_msg(g, "%s of %zu: %s", what, s->n, r->error->message);
+        if (s->docs) {
+            g->written += r->write->written;
+            g->unreplicated += r->write->written;
+        } else {
+            g->deleted += r->write->written;
+        }
+        ingest_error(g);
+    } else if (r->error || !r->write) {
+        ingest_msg(g, "%s of %zu refused, nothing of it written: %s: %s", what,
+                   s->n, r->error ? kb_errname(r->error->code) : "?",
+                   r->error ? r->error->message : "no write result");
+        g->failed += s->n;
+        ingest_error(g);
+    } else if (s->docs) {
+        g->written += r->write->written;
+    } else {
+        g->deleted += r->write->written;
+        g->missing += r->write->missing;
+    }
+}
+
 /* Waits for one in-flight answer and books it. */
-static int ingest_reap(ingest_t *g)
+static void ingest_reap(ingest_t *g)
 {
     char err[512];
     Kbsync__Response *r;
     int rc = qry_client_recv(g->cl, g->timeout_ms, &r, err, sizeof err);
     while (rc && g->retries < g->max_retries) {
         g->retries++;
-        fprintf(stderr,
-                "kbsync ingest: %s; sending the %zu batches in flight again "
-                "on a new connection (attempt %u of %u; the leader writes "
-                "each batch once)\n",
-                err, g->inflight, g->retries, g->max_retries);
+        ingest_msg(g,
+                   "%s; sending the %zu requests in flight again on a new "
+                   "connection (attempt %u of %u; the leader writes each "
+                   "once)",
+                   err, g->inflight, g->retries, g->max_retries);
         rc = ingest_resend(g, err, sizeof err);
         if (!rc)
             rc = qry_client_recv(g->cl, g->timeout_ms, &r, err, sizeof err);
     }
     if (rc) {
-        fprintf(stderr, "kbsync ingest: %s\n", err);
+        ingest_msg(g, "%s", err);
         /* Unknown outcome for what is in flight: count it as failed. */
         for (size_t i = 0; i < g->inflight; i++) {
-            g->failed += g->fl_n[i];
-            free_docs(g->fl_docs[i], g->fl_n[i]);
+            if (g->fl[i].docs)
+                g->failed += g->fl[i].n;
+            slot_free(&g->fl[i]);
         }
         g->inflight = 0;
-        g->stopped = 1;
-        return rc;
+        ingest_stop(g);
+        return;
     }
     g->retries = 0;
-    size_t slot = g->inflight;
-    for (size_t i = 0; i < g->inflight; i++)
-        if (g->fl_id[i] == r->request_id)
-            slot = i;
-    if (slot == g->inflight) {
-        fprintf(stderr, "kbsync ingest: unexpected answer id %llu\n",
-                (unsigned long long)r->request_id);
-        kbsync__response__free_unpacked(r, NULL);
-        return 0;
-    }
-    size_t n = g->fl_n[slot];
-    free_docs(g->fl_docs[slot], n);
-    g->fl_id[slot] = g->fl_id[g->inflight - 1];
-    g->fl_n[slot] = g->fl_n[g->inflight - 1];
-    g->fl_seq[slot] = g->fl_seq[g->inflight - 1];
-    g->fl_docs[slot] = g->fl_docs[g->inflight - 1];
-    g->inflight--;
-    if (r->write && r->write->retried)
-        g->answered_retried++;
-    if (r->error && r->write) {
-        /* `all` timed out: committed on the leader, not confirmed on every
-         * named replica. */
-        fprintf(stderr, "kbsync ingest: batch of %zu: %s\n", n,
-                r->error->message);
-        g->written += r->write->written;
-        g->unreplicated += r->write->written;
-        if (r->write->version > g->version)
-            g->version = r->write->version;
-        if (!g->keep_going)
-            g->stopped = 1;
-        rc = r->error->code;
-    } else if (r->error || !r->write) {
-        fprintf(stderr,
-                "kbsync ingest: batch of %zu refused, nothing of it "
-                "written: %s: %s\n",
-                n, r->error ? kb_errname(r->error->code) : "?",
-                r->error ? r->error->message : "no write result");
-        g->failed += n;
-        if (!g->keep_going)
-            g->stopped = 1;
-        rc = r->error ? r->error->code : KB_EBADMSG;
+    size_t i = 0;
+    while (i < g->inflight && g->fl[i].rid != r->request_id)
+        i++;
+    if (i == g->inflight) {
+        ingest_msg(g, "unexpected answer id %llu",
+                   (unsigned long long)r->request_id);
     } else {
-        g->written += r->write->written;
-        if (r->write->version > g->version)
-            g->version = r->write->version;
+        ingest_slot_t s = g->fl[i];
+        g->fl[i] = g->fl[--g->inflight];
+        ingest_book(g, &s, r);
+        slot_free(&s);
     }
     kbsync__response__free_unpacked(r, NULL);
-    return rc;
 }
 
-static int ingest_send(ingest_t *g)
+/* Sends n docs (or n delete ids), taking them, once the window has room. */
+static void ingest_dispatch(ingest_t *g, Kbsync__Doc **docs, char **ids,
+                            size_t n, float *vecs)
 {
-    if (g->ndocs == 0)
+    while (g->inflight >= g->window && !g->stopped)
+        ingest_reap(g);
+    ingest_slot_t dropped = {0, 0, n, docs, ids, vecs}, *s = &dropped;
+    if (g->stopped) {
+        if (docs)
+            g->failed += n;
+        slot_free(s);
+        return;
+    }
+    s = &g->fl[g->inflight];
+    *s = (ingest_slot_t){0, ++g->seq, n, docs, ids, vecs};
+    char err[512];
+    if (send_slot(g, g->inflight, err, sizeof err)) {
+        ingest_msg(g, "%s", err);
+        if (docs)
+            g->failed += n;
+        slot_free(s);
+        ingest_stop(g);
+        return;
+    }
+    g->inflight++;
+}
+
+/* THE place where a batch's texts get their vectors before it is sent.
+ * Docs that carry an embedding (JSONL records with one) are left alone.
+ * By default (--embed-on node) nothing happens here and the leader embeds
+ * the texts itself. With --embed-on client they are embedded here with
+ * the same built-in embedder the node uses (indexer/idx_embed, the
+ * knowledge base's dim from its status): the vectors the leader would
+ * make, computed off its single write thread (about a third of its CPU
+ * in an ingest of text; worth it when the client has cores to spare). A
+ * client-side model (--embed-url) hooks in here too. The docs point into *vecs
+ * (owned by the caller, freed with the batch). Returns 0 or KB_ENOMEM. */
+static int ingest_embed(ingest_t *g, Kbsync__Doc **docs, size_t n, float **vecs)
+{
+    size_t need = 0;
+    *vecs = NULL;
+    for (size_t i = 0; g->embed_dim && !g->emb && i < n; i++)
+        need += docs[i]->n_embedding == 0 && docs[i]->text[0];
+    if (!need)
         return 0;
+    float *v = malloc(need * g->embed_dim * sizeof *v);
+    if (!v)
+        return KB_ENOMEM;
+    for (size_t i = 0, k = 0; i < n; i++) {
+        Kbsync__Doc *d = docs[i];
+        if (d->n_embedding || !d->text[0])
+            continue;
+        d->embedding = v + k++ * g->embed_dim;
+        d->n_embedding = g->embed_dim;
+        idx_embed_text(d->text, strlen(d->text), d->embedding, g->embed_dim);
+    }
+    *vecs = v;
+    return 0;
+}
+
+/* --embed-url: a batch waiting for its texts' vectors from the model
+ * server; the tag of its embedding job. need[k]: the doc that gets the
+ * job's vector k (docs with an "embedding" or no text get none). */
+typedef struct emb_wait {
+    struct emb_wait *next;
+    Kbsync__Doc **docs; /* owned */
+    size_t n, nneed, need[];
+} emb_wait_t;
+
+static void emb_wait_fail(ingest_t *g, emb_wait_t *w, float *vecs)
+{
+    ingest_slot_t s = {0, 0, w->n, w->docs, NULL, vecs};
+    g->failed += w->n;
+    slot_free(&s);
+    free(w);
+}
+
+/* Takes the oldest embedding job (waiting up to wait_ms, < 0: for ever)
+ * and sends its batch with the vectors, or fails the batch, naming its
+ * documents. Returns 0 when a job was taken, -EAGAIN when none is ready,
+ * KB_EINVAL when none is pending. */
+static int ingest_embed_take(ingest_t *g, int wait_ms)
+{
+    if (!cli_embed_pending(g->emb))
+        return KB_EINVAL;
+    cli_embed_result_t r;
+    char err[800];
+    int rc = cli_embed_next(g->emb, wait_ms, &r, err, sizeof err);
+    if (rc == -EAGAIN)
+        return rc;
+    emb_wait_t *w = g->emb_q; /* jobs come back in order: r.tag == w */
+    g->emb_q = w->next;
+    if (!g->emb_q)
+        g->emb_q_tail = NULL;
+    if (rc) {
+        Kbsync__Doc *a = w->docs[w->need[r.failed_from]],
+                    *b = w->docs[w->need[r.failed_from + r.failed_n - 1]];
+        ingest_msg(g, "%s: documents %s .. %s; the batch of %zu from %s "
+                      "was not sent",
+                   err, a->id, b->id, w->n, w->docs[0]->id);
+        emb_wait_fail(g, w, NULL);
+        ingest_error(g);
+        return 0;
+    }
+    if (g->stopped) {
+        emb_wait_fail(g, w, r.vectors);
+        return 0;
+    }
+    for (size_t k = 0; k < w->nneed; k++) {
+        Kbsync__Doc *d = w->docs[w->need[k]];
+        d->embedding = r.vectors + k * r.dim;
+        d->n_embedding = r.dim;
+    }
+    Kbsync__Doc **docs = w->docs;
+    size_t n = w->n;
+    free(w);
+    ingest_dispatch(g, docs, NULL, n, r.vectors); /* the slot owns vectors */
+    return 0;
+}
+
+/* Queues the docs for embedding by the model server; batches that are
+ * embedded go out meanwhile, and at most emb_window jobs stay queued. */
+static void ingest_embed_submit(ingest_t *g, Kbsync__Doc **docs, size_t n)
+{
+    emb_wait_t *w = malloc(sizeof *w + n * sizeof w->need[0]);
+    const char **texts = malloc(n * sizeof *texts);
+    char err[800];
+    if (!w || !texts) {
+        ingest_msg(g, "out of memory");
+        free(texts);
+        free(w);
+        ingest_slot_t s = {0, 0, n, docs, NULL, NULL};
+        g->failed += n;
+        slot_free(&s);
+        ingest_stop(g);
+        return;
+    }
+    w->next = NULL;
+    w->docs = docs;
+    w->n = n;
+    w->nneed = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!docs[i]->n_embedding && docs[i]->text[0]) {
+            w->need[w->nneed] = i;
+            texts[w->nneed++] = docs[i]->text;
+        }
+    int rc = cli_embed_submit(g->emb, texts, NULL, w->nneed, w, err,
+                              sizeof err);
+    free(texts);
+    if (rc) {
+        ingest_msg(g, "%s (the batch of %zu from %s was not sent)", err, n,
+                   docs[0]->id);
+        emb_wait_fail(g, w, NULL);
+        ingest_error(g);
+        return;
+    }
+    if (g->emb_q_tail)
+        g->emb_q_tail->next = w;
+    else
+        g->emb_q = w;
+    g->emb_q_tail = w;
+    while (!ingest_embed_take(g, 0)) {
+    }
+    while (cli_embed_pending(g->emb) >= g->emb_window)
+        ingest_embed_take(g, -1);
+}
+
+/* Sends every batch still waiting for vectors (in order), e.g. before
+ * deletes. A stopped run leaves them to ingest_embed_close. */
+static void ingest_embed_drain(ingest_t *g)
+{
+    while (g->emb && !g->stopped && !ingest_embed_take(g, -1)) {
+    }
+}
+
+/* Says what the model server did, stops the client and fails the batches
+ * a stopped run left waiting. */
+static void ingest_embed_close(ingest_t *g)
+{
+    if (!g->emb)
+        return;
+    cli_embed_stats_t st;
+    cli_embed_stats(g->emb, &st);
+    ingest_msg(g,
+               "embedding server: %llu texts in %llu requests (%llu "
+               "retried), %llu batches failed",
+               (unsigned long long)st.texts, (unsigned long long)st.attempts,
+               (unsigned long long)st.retries,
+               (unsigned long long)st.batches_failed);
+    cli_embed_close(&g->emb);
+    while (g->emb_q) {
+        emb_wait_t *w = g->emb_q;
+        g->emb_q = w->next;
+        emb_wait_fail(g, w, NULL);
+    }
+    g->emb_q_tail = NULL;
+}
+
+/* Sends the batch of documents being filled. */
+static void ingest_send(ingest_t *g)
+{
+    if (g->ndocs == 0 || g->stopped)
+        return;
     if (g->dry_run) {
         g->written += g->ndocs;
         batch_clear(g);
-        return 0;
+        return;
     }
-    while (g->inflight >= g->window && !g->stopped)
-        ingest_reap(g);
-    if (g->stopped) {
-        g->failed += g->ndocs;
-        batch_clear(g);
-        return KB_EINVAL;
+    Kbsync__Doc **docs = malloc(g->ndocs * sizeof *docs);
+    float *vecs = NULL;
+    if (!docs || ingest_embed(g, g->docs, g->ndocs, &vecs)) {
+        ingest_msg(g, "out of memory");
+        free(docs);
+        ingest_stop(g);
+        return;
     }
-    /* the slot takes the batch's docs until its answer comes */
-    size_t i = g->inflight;
-    g->fl_docs[i] = malloc(g->ndocs * sizeof *g->fl_docs[i]);
-    if (!g->fl_docs[i]) {
-        fprintf(stderr, "kbsync ingest: out of memory\n");
-        g->failed += g->ndocs;
-        g->stopped = 1;
-        batch_clear(g);
-        return KB_ENOMEM;
-    }
-    memcpy(g->fl_docs[i], g->docs, g->ndocs * sizeof *g->docs);
-    g->fl_n[i] = g->ndocs;
-    g->fl_seq[i] = ++g->seq;
+    memcpy(docs, g->docs, g->ndocs * sizeof *docs);
+    size_t n = g->ndocs;
     g->ndocs = 0;
-    char err[512];
-    int rc = send_slot(g, i, err, sizeof err);
-    if (rc) {
-        fprintf(stderr, "kbsync ingest: %s\n", err);
-        g->failed += g->fl_n[i];
-        free_docs(g->fl_docs[i], g->fl_n[i]);
-        g->stopped = 1;
-    } else {
-        g->inflight++;
+    if (g->emb)
+        ingest_embed_submit(g, docs, n);
+    else
+        ingest_dispatch(g, docs, NULL, n, vecs);
+}
+
+/* Sends the batch of ids to delete being filled. */
+static void ingest_send_dels(ingest_t *g)
+{
+    ingest_embed_drain(g); /* upserts queued before go first */
+    if (g->ndels == 0 || g->stopped)
+        return;
+    if (g->dry_run) {
+        g->deleted += g->ndels;
+        batch_clear(g);
+        return;
     }
+    char **ids = malloc(g->ndels * sizeof *ids);
+    if (!ids) {
+        ingest_msg(g, "out of memory");
+        ingest_stop(g);
+        return;
+    }
+    memcpy(ids, g->dels, g->ndels * sizeof *ids);
+    size_t n = g->ndels;
+    g->ndels = 0;
+    ingest_dispatch(g, NULL, ids, n, NULL);
+}
+
+static void ingest_add(ingest_t *g, Kbsync__Doc *d)
+{
+    if (!d) {
+        ingest_msg(g, "out of memory");
+        ingest_stop(g);
+        return;
+    }
+    if (g->stopped) {
+        free(d);
+        return;
+    }
+    g->docs[g->ndocs++] = d;
+    if (g->ndocs == g->batch)
+        ingest_send(g);
+}
+
+/* Queues the deletion of id path#n. */
+static void ingest_del(ingest_t *g, const char *path, uint64_t n)
+{
+    char *id;
+    if (g->stopped)
+        return;
+    if (asprintf(&id, "%s#%llu", path, (unsigned long long)n) < 0) {
+        ingest_msg(g, "out of memory");
+        ingest_stop(g);
+        return;
+    }
+    g->dels[g->ndels++] = id;
+    if (g->ndels == g->batch)
+        ingest_send_dels(g);
+}
+
+/* ============================================= resume: what the leader has */
+
+static uint64_t path_hash(const char *p, size_t n)
+{
+    uint64_t h[2];
+    cli_hash128(p, n, 0, h);
+    return h[0];
+}
+
+static known_file_t *known_find(ingest_t *g, const char *p, size_t n)
+{
+    if (!g->kidxcap)
+        return NULL;
+    size_t mask = g->kidxcap - 1, i = (size_t)path_hash(p, n) & mask;
+    for (; g->kidx[i]; i = (i + 1) & mask) {
+        known_file_t *k = &g->kf[g->kidx[i] - 1];
+        if (strlen(k->path) == n && !memcmp(k->path, p, n))
+            return k;
+    }
+    return NULL;
+}
+
+static int known_reindex(ingest_t *g, size_t cap)
+{
+    uint32_t *ix = calloc(cap, sizeof *ix);
+    if (!ix)
+        return KB_ENOMEM;
+    free(g->kidx);
+    g->kidx = ix;
+    g->kidxcap = cap;
+    for (size_t k = 0; k < g->nkf; k++) {
+        const char *p = g->kf[k].path;
+        size_t i = (size_t)path_hash(p, strlen(p)) & (cap - 1);
+        while (ix[i])
+            i = (i + 1) & (cap - 1);
+        ix[i] = (uint32_t)k + 1;
+    }
+    return 0;
+}
+
+static known_file_t *known_get(ingest_t *g, const char *p, size_t n)
+{
+    known_file_t *k = g->nkf ? &g->kf[g->nkf - 1] : NULL;
+    if (k && strlen(k->path) == n && !memcmp(k->path, p, n))
+        return k; /* the ids of one file come together, mostly */
+    if ((k = known_find(g, p, n)) != NULL)
+        return k;
+    if (g->nkf == g->kfcap) {
+        size_t cap = g->kfcap ? g->kfcap * 2 : 1024;
+        known_file_t *nk = realloc(g->kf, cap * sizeof *nk);
+        if (!nk)
+            return NULL;
+        g->kf = nk;
+        g->kfcap = cap;
+    }
+    k = &g->kf[g->nkf];
+    *k = (known_file_t){0};
+    if (!(k->path = strndup(p, n)))
+        return NULL;
+    g->nkf++;
+    if (g->nkf * 2 > g->kidxcap)
+        return known_reindex(g, g->kidxcap ? g->kidxcap * 2 : 4096)
+                   ? NULL
+                   : &g->kf[g->nkf - 1];
+    size_t mask = g->kidxcap - 1, i = (size_t)path_hash(p, n) & mask;
+    while (g->kidx[i])
+        i = (i + 1) & mask;
+    g->kidx[i] = (uint32_t)g->nkf;
+    return k;
+}
+
+/* 32 hex digits -> h[2]; 0, or -1 when s is not that. */
+static int parse_sha(const char *s, size_t n, uint64_t h[2])
+{
+    if (n != 32)
+        return -1;
+    h[0] = h[1] = 0;
+    for (size_t i = 0; i < 32; i++) {
+        int c = s[i], v = c >= '0' && c <= '9'   ? c - '0'
+                          : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                                 : -1;
+        if (v < 0)
+            return -1;
+        h[i / 16] = h[i / 16] << 4 | (uint64_t)v;
+    }
+    return 0;
+}
+
+/* Books one listed document if it is a chunk (see RESUME). */
+static int known_add(ingest_t *g, const char *id, const char *meta)
+{
+    const char *hash = strrchr(id, '#');
+    size_t ml = strlen(meta);
+    uint64_t h[2], n = 0;
+    if (!hash || !hash[1] || ml != 34 || meta[0] != '"' || meta[33] != '"' ||
+        parse_sha(meta + 1, 32, h) || (hash[1] == '0' && hash[2]) ||
+        strlen(hash + 1) > 18)
+        return 0;
+    for (const char *p = hash + 1; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return 0;
+        n = n * 10 + (uint64_t)(*p - '0');
+    }
+    known_file_t *k = known_get(g, id, (size_t)(hash - id));
+    if (!k)
+        return KB_ENOMEM;
+    if (k->nc == k->cap) {
+        size_t cap = k->cap ? k->cap * 2 : 8;
+        known_chunk_t *nc = realloc(k->c, cap * sizeof *nc);
+        if (!nc)
+            return KB_ENOMEM;
+        k->c = nc;
+        k->cap = cap;
+    }
+    k->c[k->nc++] = (known_chunk_t){n, {h[0], h[1]}};
+    return 0;
+}
+
+static int cmp_chunk_n(const void *a, const void *b)
+{
+    uint64_t x = ((const known_chunk_t *)a)->n,
+             y = ((const known_chunk_t *)b)->n;
+    return x < y ? -1 : x > y;
+}
+
+static const known_chunk_t *known_chunk(const known_file_t *k, uint64_t n)
+{
+    size_t lo = 0, hi = k->nc;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (k->c[mid].n < n)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < k->nc && k->c[lo].n == n ? &k->c[lo] : NULL;
+}
+
+/* One page of the listing; *after moves to its last id. */
+static int list_page(ingest_t *g, char **after, int *more)
+{
+    Kbsync__ListRequest lq = KBSYNC__LIST_REQUEST__INIT;
+    lq.prefix = (char *)g->prefix;
+    lq.after = *after;
+    lq.limit = INGEST_LIST_PAGE;
+    lq.meta_key = "sha";
+    Kbsync__Request req = KBSYNC__REQUEST__INIT;
+    req.body_case = KBSYNC__REQUEST__BODY_LIST;
+    req.list = &lq;
+    Kbsync__Response *r;
+    char err[512];
+    int rc = qry_client_call(g->cl, &req, g->timeout_ms, &r, err, sizeof err);
+    if (rc) {
+        ingest_msg(g, "--resume: listing the leader's chunks: %s", err);
+        return rc;
+    }
+    if (r->error || !r->list) {
+        ingest_msg(g, "--resume: listing the leader's chunks: %s: %s",
+                   r->error ? kb_errname(r->error->code) : "?",
+                   r->error ? r->error->message : "no list result");
+        rc = r->error ? r->error->code : KB_EBADMSG;
+        kbsync__response__free_unpacked(r, NULL);
+        return rc;
+    }
+    if (r->list->version > g->version)
+        g->version = r->list->version;
+    for (size_t i = 0; !rc && i < r->list->n_entries; i++)
+        rc = known_add(g, r->list->entries[i]->id,
+                       r->list->entries[i]->meta_value);
+    *more = r->list->more && r->list->n_entries;
+    if (*more && !rc) {
+        free(*after);
+        *after = strdup(r->list->entries[r->list->n_entries - 1]->id);
+        rc = *after ? 0 : KB_ENOMEM;
+    }
+    kbsync__response__free_unpacked(r, NULL);
+    if (rc == KB_ENOMEM)
+        ingest_msg(g, "--resume: out of memory listing the leader's chunks");
     return rc;
 }
 
-static int ingest_add(ingest_t *g, Kbsync__Doc *d)
+/* Reads what the leader holds under the prefix (RESUME, step 1). */
+static int ingest_list(ingest_t *g)
 {
-    if (!d) {
-        fprintf(stderr, "kbsync ingest: out of memory\n");
-        g->stopped = 1;
-        return KB_ENOMEM;
-    }
-    g->read++;
-    g->docs[g->ndocs++] = d;
-    return g->ndocs == g->batch ? ingest_send(g) : 0;
+    char *after = strdup("");
+    int more = 1, rc = after ? 0 : KB_ENOMEM;
+    while (!rc && more)
+        rc = list_page(g, &after, &more);
+    free(after);
+    for (size_t i = 0; i < g->nkf; i++)
+        qsort(g->kf[i].c, g->kf[i].nc, sizeof *g->kf[i].c, cmp_chunk_n);
+    return rc;
 }
 
-static int ingest_jsonl(ingest_t *g, const char *path)
+/* RESUME, step 3: the chunks of files no longer there. */
+static void ingest_sync_deletes(ingest_t *g)
 {
-    kb_jsonl_t *r;
-    int rc = kb_jsonl_open(path, &r);
-    if (rc) {
-        fprintf(stderr, "kbsync ingest: cannot open %s: %s\n", path,
-                kb_strerror(rc));
-        g->stopped = 1;
-        return rc;
-    }
-    kb_jsonl_rec_t rec;
-    char why[600];
-    while (!g->stopped && (rc = kb_jsonl_next(r, &rec)) != 0) {
-        if (rc < 0)
-            snprintf(why, sizeof why, "%s", kb_jsonl_error(r));
-        else if (rec.embedding && rec.embedding_len == 0)
-            snprintf(why, sizeof why,
-                     "%s:%llu: \"embedding\" is an empty array", path,
-                     (unsigned long long)rec.line);
-        else if (memchr(rec.id, 0, rec.id_len) ||
-                 memchr(rec.text, 0, rec.text_len))
-            /* "\u0000": a protobuf string would be cut there */
-            snprintf(why, sizeof why,
-                     "%s:%llu: \"%s\" contains a NUL character (\\u0000)",
-                     path, (unsigned long long)rec.line,
-                     memchr(rec.id, 0, rec.id_len) ? "id" : "text");
-        else
-            why[0] = 0;
-        if (why[0]) {
-            fprintf(stderr, "kbsync ingest: %s\n", why);
-            g->failed++;
-            if (g->keep_going)
-                continue;
-            /* The batch holding the bad record is not sent. */
-            g->failed += g->ndocs;
-            batch_clear(g);
-            g->stopped = 1;
-            break;
-        }
-        ingest_add(g, doc_new(rec.id, rec.id_len, rec.text, rec.text_len,
-                              rec.embedding, rec.embedding_len, rec.metadata,
-                              rec.metadata ? rec.metadata_len : 0));
-    }
-    kb_jsonl_close(&r);
-    return g->stopped ? KB_EINVAL : 0;
+    for (size_t i = 0; i < g->nkf && !g->stopped; i++)
+        for (size_t j = 0; !g->kf[i].seen && j < g->kf[i].nc; j++)
+            ingest_del(g, g->kf[i].path, g->kf[i].c[j].n);
 }
 
-/* Plain text: paragraphs (split at blank lines) are merged up to about
- * INGEST_CHUNK_TARGET bytes; a longer paragraph is cut at a sentence or
- * word boundary near INGEST_CHUNK_MAX. Chunk ids are "<file>#<n>". */
-static int ingest_text(ingest_t *g, const char *path)
+static void known_free(ingest_t *g)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "kbsync ingest: cannot open %s: %s\n", path,
-                strerror(errno));
-        g->stopped = 1;
+    for (size_t i = 0; i < g->nkf; i++) {
+        free(g->kf[i].path);
+        free(g->kf[i].c);
+    }
+    free(g->kf);
+    free(g->kidx);
+}
+
+/* ================================================================ files */
+
+/* Reads the whole file into g->buf. Returns 0 or -errno. */
+static int read_all(ingest_t *g, const char *path, size_t *len)
+{
+    *len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
         return -errno;
-    }
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    size_t got;
-    while (buf && (got = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-        len += got;
-        if (len + 1 == cap) {
-            char *nb = realloc(buf, cap * 2);
+    struct stat st;
+    size_t want =
+        fstat(fd, &st) == 0 && st.st_size > 0 ? (size_t)st.st_size : 65536;
+    size_t n = 0;
+    int rc = 0;
+    for (;;) {
+        if (n + want + 1 > g->bufcap) {
+            size_t cap = g->bufcap ? g->bufcap : 65536;
+            while (cap < n + want + 1)
+                cap *= 2;
+            char *nb = realloc(g->buf, cap);
             if (!nb) {
-                free(buf);
-                buf = NULL;
+                rc = -ENOMEM;
                 break;
             }
-            buf = nb;
-            cap *= 2;
+            g->buf = nb;
+            g->bufcap = cap;
         }
-    }
-    fclose(f);
-    if (!buf) {
-        g->stopped = 1;
-        return KB_ENOMEM;
-    }
-    buf[len] = 0;
-    const char *base = strrchr(path, '/');
-    base = base ? base + 1 : path;
-    char chunk[INGEST_CHUNK_MAX + 8];
-    size_t cl = 0, nchunk = 0, i = 0;
-    while (i <= len && !g->stopped) {
-        /* next paragraph [i, e) */
-        size_t e = i;
-        while (e < len &&
-               !(buf[e] == '\n' && e + 1 < len &&
-                 (buf[e + 1] == '\n' ||
-                  (buf[e + 1] == '\r' && e + 2 < len && buf[e + 2] == '\n'))))
-            e++;
-        for (size_t j = i; j < e; j++) {
-            char ch = buf[j] == '\n' || buf[j] == '\r' || buf[j] == '\t'
-                          ? ' '
-                          : buf[j];
-            if (ch == ' ' && (cl == 0 || chunk[cl - 1] == ' '))
-                continue;
-            chunk[cl++] = ch;
-            if (cl >= INGEST_CHUNK_MAX) {
-                /* cut at the last sentence end, else the last space */
-                size_t cut = cl;
-                for (size_t k = cl; k > INGEST_CHUNK_TARGET; k--)
-                    if (chunk[k - 1] == '.' || chunk[k - 1] == '?') {
-                        cut = k;
-                        break;
-                    }
-                if (cut == cl)
-                    for (size_t k = cl; k > INGEST_CHUNK_TARGET; k--)
-                        if (chunk[k - 1] == ' ') {
-                            cut = k;
-                            break;
-                        }
-                char id[300], meta[600];
-                snprintf(id, sizeof id, "%.200s#%zu", base, nchunk);
-                snprintf(meta, sizeof meta,
-                         "{\"source\":\"%.200s\",\"chunk\":%zu}", base, nchunk);
-                nchunk++;
-                ingest_add(g, doc_new(id, strlen(id), chunk, cut, NULL, 0, meta,
-                                      strlen(meta)));
-                memmove(chunk, chunk + cut, cl - cut);
-                cl -= cut;
-            }
+        ssize_t got = read(fd, g->buf + n, g->bufcap - n - 1);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0) {
+            rc = got < 0 ? -errno : 0;
+            break;
         }
-        int last = e >= len;
-        if (cl && (cl >= INGEST_CHUNK_TARGET || last)) {
-            char id[300], meta[600];
-            snprintf(id, sizeof id, "%.200s#%zu", base, nchunk);
-            snprintf(meta, sizeof meta, "{\"source\":\"%.200s\",\"chunk\":%zu}",
-                     base, nchunk);
-            nchunk++;
-            ingest_add(g, doc_new(id, strlen(id), chunk, cl, NULL, 0, meta,
-                                  strlen(meta)));
-            cl = 0;
-        } else if (cl && chunk[cl - 1] != ' ') {
-            chunk[cl++] = ' ';
-        }
-        i = e + 1;
+        n += (size_t)got;
+        want = 65536;
     }
-    free(buf);
-    fprintf(stderr, "kbsync ingest: %s: %zu text chunks\n", path, nchunk);
-    return g->stopped ? KB_EINVAL : 0;
+    close(fd);
+    *len = n;
+    return rc;
 }
 
-static int is_jsonl(const char *path)
+/* A bad file, unless quiet (the pre-pass: the main pass says it). */
+#define file_bad(g, quiet, ...)                                                \
+    do {                                                                       \
+        if (!(quiet))                                                          \
+            ingest_bad(g, __VA_ARGS__);                                        \
+    } while (0)
+
+/* The file's text as UTF-8 in *text (g->buf or *owned, which the caller
+ * frees). Returns 0, or -1 after reporting it as a bad record (unless
+ * quiet). */
+static int file_text(ingest_t *g, const cli_file_t *f, const char **text,
+                     size_t *n, char **owned, int quiet)
 {
-    size_t n = strlen(path);
-    return !strcmp(path, "-") || (n > 6 && !strcmp(path + n - 6, ".jsonl")) ||
-           (n > 7 && !strcmp(path + n - 7, ".ndjson"));
+    size_t len, bad;
+    const char *why;
+    int rc = read_all(g, f->path, &len);
+    if (rc) {
+        file_bad(g, quiet, "%s: cannot read: %s", f->path, strerror(-rc));
+        return -1;
+    }
+    *text = g->buf;
+    *n = len;
+    if (!cli_utf8_check(g->buf, len, &bad, &why))
+        return 0;
+    uint64_t line, col;
+    if (!g->encoding) {
+        cli_line_col(g->buf, bad, &line, &col);
+        file_bad(g, quiet,
+                 "%s:%llu:%llu: text: %s (byte 0x%02x): not a UTF-8 text "
+                 "file; give its encoding with --encoding (e.g. latin1)",
+                 f->path, (unsigned long long)line, (unsigned long long)col,
+                 why, (unsigned char)g->buf[bad]);
+        return -1;
+    }
+    char err[256];
+    if (cli_decode(g->encoding, g->buf, len, owned, n, &bad, err, sizeof err)) {
+        cli_line_col(g->buf, bad, &line, &col);
+        file_bad(g, quiet, "%s:%llu:%llu: text: %s", f->path,
+                 (unsigned long long)line, (unsigned long long)col, err);
+        return -1;
+    }
+    *text = *owned;
+    if (!cli_utf8_check(*owned, *n, &bad, &why))
+        return 0;
+    cli_line_col(*owned, bad, &line, &col);
+    file_bad(g, quiet, "%s:%llu:%llu: text: %s after decoding from %s", f->path,
+             (unsigned long long)line, (unsigned long long)col, why,
+             g->encoding);
+    free(*owned);
+    *owned = NULL;
+    return -1;
 }
 
-int cli_ingest_main(int argc, char **argv)
+/* Checks that P can make chunk ids up to P#last. Returns 0 or -1 after
+ * reporting it. */
+static int check_path(ingest_t *g, const cli_file_t *f, const char *p,
+                      size_t last)
+{
+    size_t bad, n = strlen(p);
+    const char *why;
+    char num[24];
+    int dl = snprintf(num, sizeof num, "%zu", last);
+    if (cli_utf8_check(p, n, &bad, &why)) {
+        ingest_bad(g, "%s: id: the path is not UTF-8 (%s at byte %zu)", f->path,
+                   why, bad);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)p[i] < 0x20 || p[i] == 0x7f) {
+            ingest_bad(g,
+                       "%s: id: the path holds control character 0x%02x, "
+                       "which ids may not",
+                       f->path, (unsigned char)p[i]);
+            return -1;
+        }
+    if (n + 1 + (size_t)dl > KB_MAX_ID_LEN) {
+        ingest_bad(g,
+                   "%s: id: \"%s#%s\" would be %zu bytes, over the %u "
+                   "bytes an id may have",
+                   f->path, p, num, n + 1 + (size_t)dl, KB_MAX_ID_LEN);
+        return -1;
+    }
+    return 0;
+}
+
+/* The spans of text in g->spans (start, end pairs); returns their count. */
+static size_t file_spans(ingest_t *g, const char *text, size_t n, size_t from)
+{
+    cli_chunker_t ck;
+    cli_chunker_init(&ck, text, n, g->chunk, g->overlap);
+    ck.pos = from;
+    size_t ns = 0, s, e;
+    while (cli_chunker_next(&ck, &s, &e)) {
+        if (2 * ns + 2 > g->spancap) {
+            size_t cap = g->spancap ? g->spancap * 2 : 256;
+            size_t *nsp = realloc(g->spans, cap * sizeof *nsp);
+            if (!nsp) {
+                ingest_msg(g, "out of memory");
+                ingest_stop(g);
+                return 0;
+            }
+            g->spans = nsp;
+            g->spancap = cap;
+        }
+        g->spans[2 * ns] = s;
+        g->spans[2 * ns + 1] = e;
+        ns++;
+    }
+    return ns;
+}
+
+/* Chunk i's (g->spans) hash and source offsets; base: the offset of
+ * text's first byte in the file (a byte-order mark before HTML). */
+static void chunk_sha(const ingest_t *g, size_t i, const char *text,
+                      const cli_text_t *map, size_t base, char hex[33],
+                      size_t *ss, size_t *se)
+{
+    size_t s = g->spans[2 * i], e = g->spans[2 * i + 1];
+    *ss = base + cli_text_src_start(map, s);
+    *se = base + cli_text_src_end(map, e);
+    cli_chunk_params_t par = {g->chunk, g->overlap, *ss, *se, ""};
+    cli_chunk_hash_hex(text + s, e - s, &par, hex);
+}
+
+/* Queues chunk i of file P (unless --resume finds it unchanged). */
+static void file_chunk(ingest_t *g, const char *p, const known_file_t *k,
+                       size_t i, const char *text, const cli_text_t *map,
+                       size_t base)
+{
+    size_t s = g->spans[2 * i], e = g->spans[2 * i + 1], ss, se;
+    char hex[33], id[KB_MAX_ID_LEN + 32], meta[KB_MAX_ID_LEN * 6 + 160];
+    chunk_sha(g, i, text, map, base, hex, &ss, &se);
+    g->docs_made++;
+    const known_chunk_t *kc = k ? known_chunk(k, i) : NULL;
+    uint64_t h[2];
+    if (kc && !parse_sha(hex, 32, h) && kc->h[0] == h[0] && kc->h[1] == h[1]) {
+        g->unchanged++;
+        return;
+    }
+    int idl = snprintf(id, sizeof id, "%s#%zu", p, i);
+    size_t ml = 0;
+    memcpy(meta, "{\"source\":", 10);
+    ml = 10;
+    cli_json_str(meta, sizeof meta, &ml, p, strlen(p));
+    ml += (size_t)snprintf(meta + ml, sizeof meta - ml,
+                           ",\"chunk\":%zu,\"start\":%zu,\"end\":%zu,"
+                           "\"sha\":\"%s\"}",
+                           i, ss, se, hex);
+    ingest_add(g, doc_new(id, (size_t)idl, text + s, e - s, NULL, 0, meta, ml));
+}
+
+/* Chunks a file's text and queues what is new (and, with --resume, the
+ * deletion of chunks beyond the new count). */
+static void file_chunks(ingest_t *g, const cli_file_t *f, const char *p,
+                        known_file_t *k, const char *text, size_t n)
+{
+    size_t bom = n >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3) ? 3 : 0;
+    cli_text_t html = {0}, *map = NULL;
+    if (f->kind == CLI_KIND_HTML) {
+        if (cli_html_extract(text + bom, n - bom, &html)) {
+            ingest_msg(g, "%s: out of memory", f->path);
+            ingest_stop(g);
+            return;
+        }
+        map = &html;
+        text = html.s;
+        n = html.n;
+    }
+    size_t ns = file_spans(g, text, n, map ? 0 : bom);
+    if (!g->stopped && !check_path(g, f, p, ns ? ns - 1 : 0)) {
+        for (size_t i = 0; i < ns && !g->stopped; i++)
+            file_chunk(g, p, k, i, text, map, map ? bom : 0);
+        for (size_t j = 0; k && j < k->nc && !g->stopped; j++)
+            if (k->c[j].n >= ns)
+                ingest_del(g, p, k->c[j].n);
+    }
+    cli_text_free(&html);
+}
+
+/* The pre-pass's chunk hashes of file f match what the leader has. */
+static int pre_unchanged(const known_file_t *k, const pre_file_t *pf)
+{
+    if (!pf || !pf->h || k->nc != pf->ns)
+        return 0;
+    for (size_t i = 0; i < pf->ns; i++)
+        if (k->c[i].n != i || k->c[i].h[0] != pf->h[2 * i] ||
+            k->c[i].h[1] != pf->h[2 * i + 1])
+            return 0;
+    return 1;
+}
+
+static void ingest_file(ingest_t *g, const cli_file_t *f, pre_file_t *pf)
+{
+    char *p;
+    if (asprintf(&p, "%s%s", g->prefix, f->rel) < 0) {
+        ingest_msg(g, "out of memory");
+        ingest_stop(g);
+        return;
+    }
+    known_file_t *k = g->resume ? known_find(g, p, strlen(p)) : NULL;
+    if (k) /* there, good or bad: --sync-deletes keeps its chunks */
+        k->seen = 1;
+    const char *text;
+    size_t n;
+    char *owned = NULL;
+    if (k && pre_unchanged(k, pf)) { /* not read again */
+        g->unchanged += pf->ns;
+        g->docs_made += pf->ns;
+    } else if (!file_text(g, f, &text, &n, &owned, 0)) {
+        file_chunks(g, f, p, k, text, n);
+    }
+    free(owned);
+    free(p);
+}
+
+/* The pre-pass of --resume over file f: its chunk hashes in *pf, quietly
+ * (a bad file is left to the main pass, which says what is wrong). */
+static void file_prehash(ingest_t *g, const cli_file_t *f, pre_file_t *pf)
+{
+    const char *text;
+    size_t n;
+    char *owned = NULL;
+    if (file_text(g, f, &text, &n, &owned, 1))
+        return;
+    size_t bom = n >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3) ? 3 : 0;
+    cli_text_t html = {0}, *map = NULL;
+    if (f->kind == CLI_KIND_HTML &&
+        !cli_html_extract(text + bom, n - bom, &html)) {
+        map = &html;
+        text = html.s;
+        n = html.n;
+    }
+    if (f->kind != CLI_KIND_HTML || map) {
+        size_t ns = file_spans(g, text, n, map ? 0 : bom), ss, se;
+        char hex[33];
+        pf->h = malloc((2 * ns + 1) * sizeof *pf->h);
+        for (size_t i = 0; pf->h && i < ns; i++) {
+            chunk_sha(g, i, text, map, map ? bom : 0, hex, &ss, &se);
+            parse_sha(hex, 32, pf->h + 2 * i);
+        }
+        pf->ns = ns;
+    }
+    cli_text_free(&html);
+    free(owned);
+}
+
+typedef struct list_job {
+    ingest_t *g;
+    int rc;
+} list_job_t;
+
+static void *list_main(void *arg)
+{
+    list_job_t *j = arg;
+    j->rc = ingest_list(j->g);
+    return NULL;
+}
+
+/* RESUME, step 1, with the files' hashes computed meanwhile: the listing
+ * is read by a thread (the only user of g->cl and of the known table until
+ * it is joined) while this thread reads and hashes every file. A file
+ * whose hashes then all match the listing is not read again; the others
+ * are read once more, in the main pass. A complete resume then takes about
+ * the longer of the two, not their sum. Returns the listing's result. */
+static int ingest_list_and_prehash(ingest_t *g, const cli_walk_t *w)
+{
+    list_job_t j = {g, 0};
+    pthread_t t;
+    g->pre = calloc(w->n + 1, sizeof *g->pre);
+    if (!g->pre || pthread_create(&t, NULL, list_main, &j))
+        return ingest_list(g); /* one after the other */
+    for (size_t i = 0; i < w->n && !g->stopped; i++)
+        if (w->files[i].kind != CLI_KIND_JSONL)
+            file_prehash(g, &w->files[i], &g->pre[i]);
+    pthread_join(t, NULL);
+    return j.rc;
+}
+
+/* ================================================================ JSONL */
+
+/* Re-reads lines of a JSONL file to explain its errors (they come in
+ * line order, so one pass). Only regular files: a pipe cannot be read
+ * twice. */
+typedef struct line_reader {
+    FILE *f;
+    uint64_t line; /* of buf */
+    char *buf;
+    size_t cap;
+    ssize_t len;
+} line_reader_t;
+
+static const char *line_get(line_reader_t *lr, const char *path, uint64_t ln,
+                            size_t *len)
+{
+    struct stat st;
+    if (!lr->f || ln < lr->line) {
+        if (lr->f)
+            fclose(lr->f);
+        lr->f = NULL;
+        lr->line = 0;
+        if (stat(path, &st) || !S_ISREG(st.st_mode) ||
+            !(lr->f = fopen(path, "rb")))
+            return NULL;
+    }
+    while (lr->line < ln) {
+        if ((lr->len = getline(&lr->buf, &lr->cap, lr->f)) < 0)
+            return NULL;
+        lr->line++;
+    }
+    size_t l = (size_t)lr->len;
+    while (l && (lr->buf[l - 1] == '\n' || lr->buf[l - 1] == '\r'))
+        l--;
+    *len = l;
+    return lr->buf;
+}
+
+/* A record the reader took but ingest refuses: field and why. */
+static void jsonl_field_bad(ingest_t *g, const cli_file_t *f, line_reader_t *lr,
+                            uint64_t ln, const char *field, const char *why)
+{
+    size_t len;
+    const char *l = line_get(lr, f->path, ln, &len);
+    uint64_t col = l ? cli_json_value_col(l, len, field) : 0;
+    const char *name = strcmp(f->path, "-") ? f->path : "<stdin>";
+    if (col)
+        ingest_bad(g, "%s:%llu:%llu: %s: %s", name, (unsigned long long)ln,
+                   (unsigned long long)col, field, why);
+    else /* standard input cannot be read again to find the column */
+        ingest_bad(g, "%s:%llu: %s: %s", name, (unsigned long long)ln, field,
+                   why);
+}
+
+/* The reader's error "FILE:LINE: reason", with column and field added. */
+static void jsonl_read_bad(ingest_t *g, const cli_file_t *f, line_reader_t *lr,
+                           const char *msg, int code)
+{
+    size_t pl = strlen(f->path);
+    char *end;
+    if (strncmp(msg, f->path, pl) || msg[pl] != ':') {
+        ingest_bad(g, "%s", msg);
+        return;
+    }
+    unsigned long long ln = strtoull(msg + pl + 1, &end, 10);
+    const char *reason = *end == ':' ? end + 1 + (end[1] == ' ') : end;
+    size_t len;
+    const char *l =
+        code == KB_EBADJSON ? line_get(lr, f->path, ln, &len) : NULL;
+    cli_json_diag_t d;
+    if (l && cli_jsonl_diag(l, len, &d))
+        ingest_bad(g, "%s:%llu:%llu: %s: %s", f->path, ln,
+                   (unsigned long long)d.col, d.field, d.why);
+    else if (l)
+        ingest_bad(g, "%s:%llu:1: record: %s", f->path, ln, reason);
+    else
+        ingest_bad(g, "%s", msg);
+}
+
+static void ingest_jsonl(ingest_t *g, const cli_file_t *f)
+{
+    kb_jsonl_t *r;
+    int rc = kb_jsonl_open(f->path, &r);
+    if (rc) {
+        ingest_bad(g, "%s: cannot read: %s", f->path, kb_strerror(rc));
+        return;
+    }
+    line_reader_t lr = {0};
+    kb_jsonl_rec_t rec;
+    while (!g->stopped && (rc = kb_jsonl_next(r, &rec)) != 0) {
+        if (rc < 0)
+            jsonl_read_bad(g, f, &lr, kb_jsonl_error(r), rc);
+        else if (rec.embedding && rec.embedding_len == 0)
+            jsonl_field_bad(g, f, &lr, rec.line, "embedding",
+                            "is an empty array");
+        else if (memchr(rec.id, 0, rec.id_len))
+            /* "\u0000": a protobuf string would be cut there */
+            jsonl_field_bad(g, f, &lr, rec.line, "id",
+                            "contains a NUL character (\\u0000), which "
+                            "\"id\" may not");
+        else if (memchr(rec.text, 0, rec.text_len))
+            jsonl_field_bad(g, f, &lr, rec.line, "text",
+                            "contains a NUL character (\\u0000), which "
+                            "\"text\" may not");
+        else
+            ingest_add(g,
+                       doc_new(rec.id, rec.id_len, rec.text, rec.text_len,
+                               rec.embedding, rec.embedding_len, rec.metadata,
+                               rec.metadata ? rec.metadata_len : 0));
+        g->docs_made += rc > 0;
+    }
+    kb_jsonl_close(&r);
+    if (lr.f)
+        fclose(lr.f);
+    free(lr.buf);
+}
+
+/* ======================================================= progress, summary */
+
+static void fmt_secs(char *b, size_t n, double s)
+{
+    if (s >= 3600)
+        snprintf(b, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+    else if (s >= 60)
+        snprintf(b, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    else
+        snprintf(b, n, "%ds", (int)(s + 0.5));
+}
+
+/* On a terminal: one line, redrawn a few times a second. */
+static void ingest_progress(ingest_t *g)
+{
+    uint64_t now = kb_mono_us();
+    if (!g->tty || now - g->last_progress < INGEST_PROGRESS_US)
+        return;
+    g->last_progress = now;
+    double secs = (double)(now - g->t0) / 1e6;
+    double mbs = secs > 0 ? (double)g->bytes_done / 1e6 / secs : 0;
+    char eta[32] = "?";
+    if (mbs > 0 && g->total_bytes >= g->bytes_done)
+        fmt_secs(eta, sizeof eta,
+                 (double)(g->total_bytes - g->bytes_done) / 1e6 / mbs);
+    fprintf(stderr,
+            "\r\033[Kkbsync ingest: %llu/%llu files, %.1f/%.1f MB, %.0f "
+            "docs/s, %.1f MB/s, ETA %s",
+            (unsigned long long)g->files_done, (unsigned long long)g->nfiles,
+            (double)g->bytes_done / 1e6, (double)g->total_bytes / 1e6,
+            secs > 0 ? (double)g->docs_made / secs : 0.0, mbs, eta);
+    fflush(stderr);
+    g->progress_shown = 1;
+}
+
+/* The one line on stderr at the end, and the JSON line on stdout. */
+static void ingest_summary(ingest_t *g, double secs)
+{
+    if (g->resent)
+        ingest_msg(g,
+                   "%llu requests sent again after timeouts; the leader "
+                   "answered %llu of them from its idempotency table "
+                   "(written once, before)",
+                   (unsigned long long)g->resent,
+                   (unsigned long long)g->answered_retried);
+    ingest_msg(g,
+               "%llu file%s (%.1f MB) in %.2f s, %.1f MB/s, %.0f docs/s: "
+               "%llu documents written, %llu unchanged, %llu deleted, %llu "
+               "failed%s%s",
+               (unsigned long long)g->files_done, g->files_done == 1 ? "" : "s",
+               (double)g->bytes_done / 1e6, secs,
+               secs > 0 ? (double)g->bytes_done / 1e6 / secs : 0.0,
+               secs > 0 ? (double)g->docs_made / secs : 0.0,
+               (unsigned long long)g->written, (unsigned long long)g->unchanged,
+               (unsigned long long)g->deleted, (unsigned long long)g->failed,
+               g->stopped ? " (stopped)" : "",
+               g->dry_run ? " [dry run: nothing sent]" : "");
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "written", (double)g->written);
+    cJSON_AddNumberToObject(o, "failed", (double)g->failed);
+    cJSON_AddNumberToObject(o, "version", (double)g->version);
+    cJSON_AddNumberToObject(o, "seconds", secs);
+    if (g->unreplicated)
+        cJSON_AddNumberToObject(o, "unreplicated", (double)g->unreplicated);
+    if (g->resume) {
+        cJSON_AddNumberToObject(o, "unchanged", (double)g->unchanged);
+        cJSON_AddNumberToObject(o, "deleted", (double)g->deleted);
+        if (g->missing)
+            cJSON_AddNumberToObject(o, "missing", (double)g->missing);
+    }
+    char *s = cJSON_PrintUnformatted(o);
+    printf("%s\n", s);
+    fflush(stdout);
+    cJSON_free(s);
+    cJSON_Delete(o);
+}
+
+/* ================================================================= main */
+
+static int ingest_usage(const char *why)
+{
+    if (why)
+        fprintf(stderr, "kbsync ingest: %s\n", why);
+    fputs(INGEST_USAGE, stderr);
+    return 2;
+}
+
+enum {
+    OPT_CHUNK = 1300,
+    OPT_OVERLAP,
+    OPT_RESUME,
+    OPT_SYNC_DELETES,
+    OPT_PREFIX,
+    OPT_ENCODING,
+    OPT_MAX_ERRORS,
+    OPT_EMBED_ON,
+};
+
+static int ingest_check_options(ingest_t *g, int argc);
+
+/* Parses the options into g. Returns 0, or 2 after a usage message. */
+static int ingest_options(ingest_t *g, int argc, char **argv)
 {
     static const struct option opts[] = {
         {"to", required_argument, 0, 't'},
         {"batch", required_argument, 0, 'b'},
         {"window", required_argument, 0, 'w'},
         {"keep-going", no_argument, 0, 'k'},
+        {"max-errors", required_argument, 0, OPT_MAX_ERRORS},
         {"dry-run", no_argument, 0, 'n'},
         {"json", no_argument, 0, 'j'},
         {"timeout-ms", required_argument, 0, 'T'},
         {"mode", required_argument, 0, 'm'},
         {"retries", required_argument, 0, 'r'},
+        {"chunk-bytes", required_argument, 0, OPT_CHUNK},
+        {"overlap-bytes", required_argument, 0, OPT_OVERLAP},
+        {"resume", no_argument, 0, OPT_RESUME},
+        {"sync-deletes", no_argument, 0, OPT_SYNC_DELETES},
+        {"id-prefix", required_argument, 0, OPT_PREFIX},
+        {"encoding", required_argument, 0, OPT_ENCODING},
+        {"embed-on", required_argument, 0, OPT_EMBED_ON},
+        {"help", no_argument, 0, 'h'},
         CLI_CLIENT_KEY_OPTIONS,
+        CLI_EMBED_OPTIONS,
         {0, 0, 0, 0}};
-    const char *ep = CLI_DEFAULT_ENDPOINT;
-    ingest_t g = {.batch = 1000, .window = 4, .timeout_ms = 120000,
-                  .max_retries = 3};
     int c;
+    cli_embed_config_init(&g->emb_cfg);
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (cli_client_key_option(c, optarg))
+        if (cli_client_key_option(c, optarg) ||
+            cli_embed_option(c, optarg, &g->emb_cfg))
             continue;
         switch (c) {
-        case 't': ep = optarg; break;
-        case 'b': g.batch = cli_uint("--batch", optarg, 100000); break;
-        case 'w': g.window = cli_uint("--window", optarg, 64); break;
-        case 'k': g.keep_going = 1; break;
-        case 'm': g.mode = cli_mode(optarg, &g.quorum); break;
-        case 'r':
-            g.max_retries = (unsigned)cli_uint("--retries", optarg, 1000);
+        case 't': g->ep = optarg; break;
+        case 'b': g->batch = cli_uint("--batch", optarg, 100000); break;
+        case 'w': g->window = cli_uint("--window", optarg, 64); break;
+        case 'k': g->max_errors = UINT64_MAX; break;
+        case OPT_MAX_ERRORS:
+            g->max_errors = cli_uint("--max-errors", optarg, UINT64_MAX);
             break;
-        case 'n': g.dry_run = 1; break;
+        case 'm': g->mode = cli_mode(optarg, &g->quorum); break;
+        case 'r':
+            g->max_retries = (unsigned)cli_uint("--retries", optarg, 1000);
+            break;
+        case 'n': g->dry_run = 1; break;
         case 'j': break; /* the summary line is always JSON */
         case 'T':
-            g.timeout_ms = (int)cli_uint("--timeout-ms", optarg, 86400000);
+            g->timeout_ms = (int)cli_uint("--timeout-ms", optarg, 86400000);
             break;
-        default:
-            fprintf(stderr,
-                    "usage: kbsync ingest --to EP [--batch N] [--window N] "
-                    "[--keep-going] [--dry-run] FILE...\n");
-            return 2;
+        case OPT_CHUNK:
+            g->chunk = cli_uint("--chunk-bytes", optarg, CLI_CHUNK_MAX);
+            break;
+        case OPT_OVERLAP:
+            g->overlap = cli_uint("--overlap-bytes", optarg, CLI_CHUNK_MAX);
+            break;
+        case OPT_SYNC_DELETES: g->sync_deletes = 1; /* fallthrough */
+        case OPT_RESUME: g->resume = 1; break;
+        case OPT_PREFIX: g->prefix = optarg; break;
+        case OPT_ENCODING: g->encoding = optarg; break;
+        case OPT_EMBED_ON:
+            if (strcmp(optarg, "client") && strcmp(optarg, "node"))
+                return ingest_usage("--embed-on takes client or node");
+            g->embed_client = !strcmp(optarg, "client");
+            break;
+        case 'h': fputs(INGEST_USAGE, stdout); exit(0);
+        default: return ingest_usage(NULL);
         }
     }
-    if (optind >= argc || g.batch == 0 || g.window == 0) {
-        fprintf(stderr, "usage: kbsync ingest --to EP [--batch N>0] [--window "
-                        "N>0] [--keep-going] [--dry-run] FILE...\n");
+    return ingest_check_options(g, argc);
+}
+
+/* The options' values together. Returns 0, or 2 after a usage message. */
+static int ingest_check_options(ingest_t *g, int argc)
+{
+    if (optind >= argc)
+        return ingest_usage("no PATH to ingest");
+    if (cli_embed_finish(&g->emb_cfg) && g->embed_client)
+        return ingest_usage("--embed-url and --embed-on client exclude each "
+                            "other");
+    if (g->batch == 0 || g->window == 0)
+        return ingest_usage("--batch and --window must be at least 1");
+    if (g->chunk < CLI_CHUNK_MIN)
+        return ingest_usage("--chunk-bytes must be at least 32");
+    if (2 * g->overlap >= g->chunk)
+        return ingest_usage("--overlap-bytes must be less than half of "
+                            "--chunk-bytes");
+    if (strlen(g->prefix) >= KB_MAX_ID_LEN)
+        return ingest_usage("--id-prefix is longer than an id may be");
+    if (g->encoding && cli_encoding_ok(g->encoding)) {
+        fprintf(stderr,
+                "kbsync ingest: --encoding %s: iconv does not know it "
+                "(`iconv -l` lists the names)\n",
+                g->encoding);
         return 2;
     }
-    uint64_t t0 = kb_mono_us();
-    g.docs = calloc(g.batch, sizeof *g.docs);
-    g.fl_id = calloc(g.window, sizeof *g.fl_id);
-    g.fl_n = calloc(g.window, sizeof *g.fl_n);
-    g.fl_seq = calloc(g.window, sizeof *g.fl_seq);
-    g.fl_docs = calloc(g.window, sizeof *g.fl_docs);
-    if (!g.docs || !g.fl_id || !g.fl_n || !g.fl_seq || !g.fl_docs)
+    return 0;
+}
+
+/* Walks every PATH; refuses the run (nothing sent) if one cannot be read
+ * or two files would make the same ids. */
+static int ingest_walk(ingest_t *g, cli_walk_t *w, int argc, char **argv)
+{
+    char err[1024];
+    for (int i = optind; i < argc; i++)
+        if (cli_walk_arg(w, argv[i], err, sizeof err)) {
+            fprintf(stderr, "kbsync ingest: %s; nothing sent\n", err);
+            return 1;
+        }
+    if (cli_walk_check_unique(w, err, sizeof err)) {
+        fprintf(stderr, "kbsync ingest: %s; nothing sent\n", err);
         return 1;
-    g.ep = ep;
-    /* This run's identity for idempotent retries: unique per host and run. */
-    {
-        char host[32] = "";
-        gethostname(host, sizeof host - 1);
-        unsigned rnd = 0;
-        if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
-            rnd = (unsigned)kb_mono_us();
-        snprintf(g.cid, sizeof g.cid, "ingest-%.24s-%d-%08x", host,
-                 (int)getpid(), rnd);
     }
+    g->nfiles = w->n;
+    g->total_bytes = w->total_bytes;
+    return 0;
+}
+
+/* This run's identity for idempotent retries: unique per host and run. */
+static void ingest_client_id(ingest_t *g)
+{
+    char host[32] = "";
+    gethostname(host, sizeof host - 1);
+    unsigned rnd = 0;
+    if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+        rnd = (unsigned)kb_mono_us();
+    snprintf(g->cid, sizeof g->cid, "ingest-%.24s-%d-%08x", host, (int)getpid(),
+             rnd);
+}
+
+/* The knowledge base's dim, for embedding texts here (ingest_embed).
+ * Returns 0, or the error after saying it. */
+static int ingest_kb_dim(ingest_t *g)
+{
+    Kbsync__StatusRequest sq = KBSYNC__STATUS_REQUEST__INIT;
+    Kbsync__Request req = KBSYNC__REQUEST__INIT;
+    req.body_case = KBSYNC__REQUEST__BODY_STATUS;
+    req.status = &sq;
+    Kbsync__Response *r;
     char err[512];
-    if (!g.dry_run && qry_client_open(ep, &g.cl, err, sizeof err)) {
+    int rc = qry_client_call(g->cl, &req, g->timeout_ms, &r, err, sizeof err);
+    if (rc) {
+        ingest_msg(g, "asking the node for its dim: %s", err);
+        return rc;
+    }
+    if (r->error || !r->status || !r->status->dim) {
+        ingest_msg(g, "asking the node for its dim: %s",
+                   r->error ? r->error->message : "no dim in its status");
+        rc = r->error ? r->error->code : KB_EBADMSG;
+    } else {
+        g->embed_dim = r->status->dim;
+    }
+    kbsync__response__free_unpacked(r, NULL);
+    return rc;
+}
+
+/* --embed-url: checks the model's vectors against the knowledge base's
+ * dim (from its status), and keeps enough batches queued to keep every
+ * request slot busy. Returns 0, or 1 after saying why. */
+static int ingest_embed_open(ingest_t *g)
+{
+    char err[800];
+    g->emb_cfg.dim = g->embed_dim;
+    g->emb_cfg.dim_from = "the knowledge base's dim";
+    if (cli_embed_open(&g->emb_cfg, &g->emb, err, sizeof err)) {
+        ingest_msg(g, "%s", err);
+        return 1;
+    }
+    g->emb_window = 1 + (g->emb_cfg.parallel * (size_t)g->emb_cfg.batch +
+                         g->batch - 1) / g->batch;
+    return 0;
+}
+
+/* Every file, then the last batches and the deletes; waits for answers. */
+static void ingest_run(ingest_t *g, const cli_walk_t *w)
+{
+    for (size_t i = 0; i < w->n && !g->stopped; i++) {
+        if (w->files[i].kind == CLI_KIND_JSONL)
+            ingest_jsonl(g, &w->files[i]);
+        else
+            ingest_file(g, &w->files[i], g->pre ? &g->pre[i] : NULL);
+        g->files_done++;
+        g->bytes_done += w->files[i].size;
+        ingest_progress(g);
+    }
+    ingest_send(g);
+    ingest_embed_drain(g);
+    if (g->sync_deletes && !g->stopped)
+        ingest_sync_deletes(g);
+    ingest_send_dels(g);
+    ingest_embed_close(g);
+    uint64_t keep = g->max_errors;
+    g->max_errors = UINT64_MAX; /* collect every answer on its way */
+    while (g->inflight) {
+        ingest_reap(g);
+        ingest_progress(g);
+    }
+    g->max_errors = keep;
+    if (g->errors > g->max_errors)
+        g->stopped = 1;
+}
+
+int cli_ingest_main(int argc, char **argv)
+{
+    ingest_t g = {.ep = CLI_DEFAULT_ENDPOINT,
+                  .prefix = "",
+                  .batch = 1000,
+                  .window = 4,
+                  .chunk = CLI_CHUNK_DEFAULT,
+                  .overlap = CLI_OVERLAP_DEFAULT,
+                  .timeout_ms = 120000,
+                  .max_retries = 3};
+    int rc = ingest_options(&g, argc, argv);
+    if (rc)
+        return rc;
+    cli_walk_t w = {0};
+    if (ingest_walk(&g, &w, argc, argv)) {
+        cli_walk_free(&w);
+        return 1;
+    }
+    g.tty = isatty(2);
+    g.t0 = kb_mono_us(); /* last_progress 0: drawn at the first file */
+    g.docs = calloc(g.batch, sizeof *g.docs);
+    g.dels = calloc(g.batch, sizeof *g.dels);
+    g.fl = calloc(g.window, sizeof *g.fl);
+    if (!g.docs || !g.dels || !g.fl)
+        return 1;
+    ingest_client_id(&g);
+    char err[512];
+    int connect = !g.dry_run || g.resume;
+    if (connect && qry_client_open(g.ep, &g.cl, err, sizeof err)) {
         fprintf(stderr, "kbsync ingest: %s\n", err);
         return 1;
     }
-    for (int i = optind; i < argc && !g.stopped; i++) {
-        if (is_jsonl(argv[i]))
-            ingest_jsonl(&g, argv[i]);
-        else
-            ingest_text(&g, argv[i]);
+    if ((!g.dry_run && (g.embed_client || g.emb_cfg.url) &&
+         ingest_kb_dim(&g)) ||
+        (g.emb_cfg.url && !g.dry_run && ingest_embed_open(&g)) ||
+        (g.resume && ingest_list_and_prehash(&g, &w))) {
+        fprintf(stderr, "kbsync ingest: nothing sent\n");
+        rc = 1;
+    } else {
+        ingest_run(&g, &w);
+        ingest_summary(&g, (double)(kb_mono_us() - g.t0) / 1e6);
+        rc = g.failed || g.unreplicated || g.stopped ? 1 : 0;
     }
-    if (!g.stopped)
-        ingest_send(&g);
-    else {
-        g.failed += g.ndocs;
-        batch_clear(&g);
-    }
-    while (g.inflight) {
-        int keep = g.keep_going;
-        g.keep_going = 1; /* collect every answer that is on its way */
-        ingest_reap(&g);
-        g.keep_going = keep;
-    }
-    double secs = (double)(kb_mono_us() - t0) / 1e6;
-    if (g.resent)
-        fprintf(stderr,
-                "kbsync ingest: %llu batches sent again after timeouts; the "
-                "leader answered %llu of them from its idempotency table "
-                "(written once, before)\n",
-                (unsigned long long)g.resent,
-                (unsigned long long)g.answered_retried);
-    if (!g.failed && !g.unreplicated)
-        fprintf(stderr,
-                "kbsync ingest: %llu documents in %.3f s (%.0f docs/s)%s\n",
-                (unsigned long long)g.written, secs,
-                secs > 0 ? (double)g.written / secs : 0.0,
-                g.dry_run ? " [dry run: nothing sent]" : "");
-    cli_print_write_summary(g.written, g.failed, g.version, secs, 0,
-                            g.unreplicated);
+    ingest_embed_close(&g);
     qry_client_close(&g.cl);
+    for (size_t i = 0; g.pre && i < w.n; i++)
+        free(g.pre[i].h);
+    free(g.pre);
+    cli_walk_free(&w);
+    known_free(&g);
     free(g.docs);
-    free(g.fl_id);
-    free(g.fl_n);
-    free(g.fl_seq);
-    free(g.fl_docs);
-    return g.failed || g.unreplicated ? 1 : 0;
+    free(g.dels);
+    free(g.fl);
+    free(g.buf);
+    free(g.spans);
+    return rc;
 }

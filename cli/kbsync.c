@@ -3,6 +3,7 @@
  * are clients that speak the protobuf API (schemas/) over ZeroMQ and print
  * answers for people, or with --json as the documented JSON contract. */
 #include "cli.h"
+#include "cli_embed.h"
 
 #include "idx.h"
 #include "idx_vec.h"
@@ -61,13 +62,21 @@ static const char USAGE[] =
     "          write a CURVE key pair: PREFIX.key (mode 0600), PREFIX.pub\n"
     "  ingest  --to EP [--mode async|all|majority|quorum:K] [--batch N] [--window N] "
     "[--keep-going]\n"
-    "          [--dry-run] [--timeout-ms N] [--retries N] FILE...\n"
+    "          [--max-errors N] [--dry-run] [--timeout-ms N] [--retries N]\n"
+    "          [--chunk-bytes 1000] [--overlap-bytes 100] [--resume]\n"
+    "          [--sync-deletes] [--id-prefix P] [--encoding E] PATH...\n"
     "          upsert documents from JSONL files (id, text, embedding,\n"
-    "          metadata) or, for other files, paragraph chunks of their text\n"
-    "  query   --to EP [-k N] (--vector JSON | --text TEXT) [--min-version V]\n"
+    "          metadata), or overlapping chunks PATH#N of text, Markdown\n"
+    "          and HTML files and directories of them; --resume sends only\n"
+    "          changed chunks (`kbsync ingest --help` for the rest)\n"
+    "  query   --to EP [-k N] (--vector JSON | --text TEXT | TEXT) "
+    "[--min-version V]\n"
     "          [--wait-ms N] [--max-lag-ms N] [--ef-search N] [--nprobe N]\n"
     "          [--filter KEY=VALUE]... [--json]\n"
     "          [--consistency eventual|bounded:MS|session:VERSION|strong]\n"
+    /* the --embed-* options (cli_embed.h) */ CLI_EMBED_USAGE
+    "          with --embed-url, TEXT is embedded by your model server\n"
+    "          (OpenAI-compatible /v1/embeddings; key: KBSYNC_EMBED_KEY)\n"
     "  delete  --to EP [--mode async|all|majority|quorum:K] ID...\n"
     "  status  --to EP [--json]\n"
     "  rebuild --to EP [--json]\n"
@@ -1055,6 +1064,39 @@ static void parse_consistency(const char *s, Kbsync__QueryRequest *q)
     }
 }
 
+/* --embed-url: the query text becomes a vector from the user's model
+ * server, checked against the node's dim (from its status) before it is
+ * sent. Exits with a message when it cannot be had. Returns the vector. */
+static float *query_embed(qry_client_t *cl, const char *ep, int timeout,
+                          cli_embed_config_t *emb, const char *text,
+                          Kbsync__QueryRequest *q)
+{
+    Kbsync__Request req = KBSYNC__REQUEST__INIT;
+    Kbsync__StatusRequest sr = KBSYNC__STATUS_REQUEST__INIT;
+    req.body_case = KBSYNC__REQUEST__BODY_STATUS;
+    req.status = &sr;
+    Kbsync__Response *r = call_or_die(cl, &req, timeout);
+    uint32_t kb_dim = r->status ? r->status->dim : 0, dim = 0;
+    kbsync__response__free_unpacked(r, NULL);
+    float *v = NULL;
+    char err[700];
+    if (cli_embed_one(emb, text, &v, &dim, err, sizeof err)) {
+        fprintf(stderr, "kbsync: --embed-url: %s\n", err);
+        exit(1);
+    }
+    if (kb_dim && dim != kb_dim) {
+        fprintf(stderr,
+                "kbsync: model \"%s\" at %s gives %u-dimensional vectors, "
+                "but the knowledge base at %s has dim %u: query with the "
+                "model its documents were embedded with\n",
+                emb->model, emb->url, dim, ep, kb_dim);
+        exit(1);
+    }
+    q->vector = v;
+    q->n_vector = dim;
+    return v;
+}
+
 static int cmd_query(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -1071,8 +1113,11 @@ static int cmd_query(int argc, char **argv)
         {"filter", required_argument, 0, 'F'},
         {"consistency", required_argument, 0, 'C'},
         CLI_CLIENT_KEY_OPTIONS,
+        CLI_EMBED_OPTIONS,
         {0, 0, 0, 0}};
     const char *ep = CLI_DEFAULT_ENDPOINT, *vec = NULL, *text = NULL;
+    cli_embed_config_t emb;
+    cli_embed_config_init(&emb);
     Kbsync__Filter filt[IDX_MAX_FILTERS + 1];
     Kbsync__Filter *filtp[IDX_MAX_FILTERS + 1];
     char *fbuf[IDX_MAX_FILTERS + 1];
@@ -1081,7 +1126,8 @@ static int cmd_query(int argc, char **argv)
     Kbsync__QueryRequest q = KBSYNC__QUERY_REQUEST__INIT;
     q.k = 10;
     while ((c = getopt_long(argc, argv, "k:", opts, NULL)) != -1) {
-        if (cli_client_key_option(c, optarg))
+        if (cli_client_key_option(c, optarg) ||
+            cli_embed_option(c, optarg, &emb))
             continue;
         switch (c) {
         case 't': ep = optarg; break;
@@ -1131,6 +1177,14 @@ static int cmd_query(int argc, char **argv)
         default: die_usage("bad option for query%s", "");
         }
     }
+    if (optind < argc && (text || optind + 1 < argc))
+        die_usage("query takes one TEXT (or --text), not also \"%s\"",
+                  argv[argc - 1]);
+    if (optind < argc)
+        text = argv[optind];
+    int embed = cli_embed_finish(&emb);
+    if (embed && !text)
+        die_usage("--embed-url embeds a query text: give --text TEXT%s", "");
     if (!vec == !text)
         die_usage("query needs exactly one of --vector or --text%s", "");
     if (q.k == 0)
@@ -1148,12 +1202,14 @@ static int cmd_query(int argc, char **argv)
         }
         q.vector = v;
         q.n_vector = n;
-    } else {
+    } else if (!embed) {
         q.text = (char *)text;
     }
     q.filters = filtp;
     q.n_filters = nf;
     qry_client_t *cl = connect_or_die(ep);
+    if (embed)
+        v = query_embed(cl, ep, timeout, &emb, text, &q);
     Kbsync__Request req = KBSYNC__REQUEST__INIT;
     req.body_case = KBSYNC__REQUEST__BODY_QUERY;
     req.query = &q;
