@@ -39,6 +39,7 @@ round() {
   if [ -n "$scraper" ]; then kill "$scraper"; wait "$scraper" 2>/dev/null || true; scraper=; scrapes=$(wc -l < "$W/scrapes"); fi
   local secs; secs=$(echo "$out" | sed 's/.*"seconds":\([0-9.]*\).*/\1/')
   local bytes; bytes=$(curl -s "http://127.0.0.1:$port/metrics" | wc -c)
+  stop_all # round runs in a subshell: its leader must go with it
   echo "$(awk -v n="$N" -v s="$secs" 'BEGIN{printf "%.0f", n/s}') $scrapes $bytes"
 }
 

@@ -108,6 +108,8 @@ struct idx {
                                merge_paused */
     idx_vec_t *vec;
     uint64_t merged;      /* delta entries below are in vec */
+    idx_stats_t stats_cache; /* index figures of the last idx_stats*()
+                                that got vlock (writer thread only) */
     int merge_paused;     /* a rebuild is building the next vec */
     idx_delta_t *delta;   /* appended by the writer; see idx_delta.h */
     pthread_mutex_t rm_mu; /* guards rm (removals vec does not hold) */
@@ -2544,7 +2546,19 @@ static int ckpt_load(idx_kb_t *ix)
 
 /* ----------------------------------------------------------------- stats */
 
+static void stats_of(idx_kb_t *ix, idx_stats_t *st, int wait);
+
 void idx_stats(idx_kb_t *ix, idx_stats_t *st)
+{
+    stats_of(ix, st, 1);
+}
+
+void idx_stats_try(idx_kb_t *ix, idx_stats_t *st)
+{
+    stats_of(ix, st, 0);
+}
+
+static void stats_of(idx_kb_t *ix, idx_stats_t *st, int wait)
 {
     memset(st, 0, sizeof *st);
     idx_view_t v;
@@ -2555,7 +2569,18 @@ void idx_stats(idx_kb_t *ix, idx_stats_t *st)
     idx_store_state(ix->store, &st->durable, NULL);
     /* Status only: this waits for vlock (so for a merge step, which waits
      * for the searches in FAISS). The stream uses idx_state(). */
-    pthread_rwlock_rdlock(&ix->vlock);
+    if (!wait && pthread_rwlock_tryrdlock(&ix->vlock)) {
+        idx_stats_t *c = &ix->stats_cache; /* a merge step holds it */
+        st->vectors = c->vectors;
+        st->dead = c->dead;
+        st->unmerged = c->unmerged;
+        st->index_bytes = c->index_bytes;
+        st->kind = c->kind;
+        st->trained = c->trained;
+        goto unlocked;
+    }
+    if (wait)
+        pthread_rwlock_rdlock(&ix->vlock);
     uint64_t delta = idx_delta_count(ix->delta) - ix->merged;
     pthread_mutex_lock(&ix->rm_mu);
     uint64_t pending = ix->rm_n;
@@ -2570,6 +2595,8 @@ void idx_stats(idx_kb_t *ix, idx_stats_t *st)
     st->index_bytes += idx_filter_bytes(ix->flt);
     pthread_mutex_unlock(&ix->fmu);
     pthread_rwlock_unlock(&ix->vlock);
+    ix->stats_cache = *st;
+unlocked:
     pthread_mutex_lock(&ix->rb_mu);
     st->rebuilding = ix->rb_active;
     st->rebuilds = ix->rebuilds;

@@ -21,7 +21,7 @@
  * The writer never takes a lock a search holds for long: a write's vectors
  * go to an append-only delta (idx_delta.h), its removals to a pending list
  * (rm_mu), its metadata to the postings (fmu), then the new version is
- * published (vmu); idx_stats() and the rebuild check only try vlock.
+ * published (vmu); idx_stats_try() and the rebuild check only try vlock.
  * vlock (a reader-writer lock, writers preferred) guards the FAISS index:
  * searches hold it shared; the merger and the rebuild swap hold it
  * exclusively. A search reads the published version V inside its hold and
@@ -295,6 +295,11 @@ typedef struct idx_stats {
 
 /* Writer thread. Waits for the index lock (status answers only). */
 void idx_stats(idx_kb_t *ix, idx_stats_t *st);
+/* idx_stats() that never waits: when a merge step holds the index lock,
+ * the index figures (vectors, dead, unmerged, index_bytes, kind, trained)
+ * are those of the last idx_stats*() call. For metrics scrapes, which must
+ * not stall the writer. Writer thread. */
+void idx_stats_try(idx_kb_t *ix, idx_stats_t *st);
 
 /* The applied version and its leader commit time, without any lock: for
  * the replication stream. Writer thread. */

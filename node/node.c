@@ -103,6 +103,7 @@ typedef struct node {
     qry_outq_t *outq;   /* unread answers per client */
     top_clients_t top;  /* status: clients with unread answers */
     node_metrics_t *metrics; /* --metrics-listen: its loop-side socket */
+    int stats_nowait; /* node_state for a scrape: idx_stats_try */
 } node_t;
 
 /* ----------------------------------------------------------- helpers */
@@ -210,7 +211,10 @@ static void node_state(node_t *n, Kbsync__NodeState *s, uint64_t *hist,
     idx_kb_t *ix = node_idx(n);
     if (ix) {
         idx_stats_t st;
-        idx_stats(ix, &st);
+        if (n->stats_nowait)
+            idx_stats_try(ix, &st);
+        else
+            idx_stats(ix, &st);
         s->node_id = (char *)st.node_id;
         s->version = st.version;
         s->docs = st.docs;
@@ -314,7 +318,9 @@ static void node_metrics_answer(node_t *n)
     uint64_t hist[QRY_HIST_BUCKETS];
     kb_role_t role = n->req_role;
     n->req_role = KB_ROLE_ADMIN;
+    n->stats_nowait = 1; /* a scrape never waits for a merge step */
     node_state(n, &s, hist, 1);
+    n->stats_nowait = 0;
     n->req_role = role;
     size_t len = 0;
     char *page = node_metrics_render(&s, &len);
