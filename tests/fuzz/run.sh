@@ -17,6 +17,7 @@ clang -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
   -fno-sanitize-recover=all \
   -Icommon -I"$B/gen" $(pkg-config --cflags libzmq) \
   tests/fuzz/fuzz_wire.c common/kb_wire.c common/kb_err.c common/kb_util.c \
+  common/kb_metrics.c \
   "$B/gen/kbsync.pb-c.c" -lprotobuf-c $(pkg-config --libs libzmq) \
   -o "$W/fuzz_wire"
 mkdir -p "$W/corpus"
