@@ -3,7 +3,8 @@
 # cmocka/CTest suite twice: a Release build (then a minute of fuzzing the
 # wire decoders), then an ASan+UBSan build; then
 # the tests of the threaded parts (reader pool, delta, merger, rebuild, node
-# loop) in a ThreadSanitizer build. KB_TEST_SANITIZE=0 skips the sanitizer
+# loop, the embedding client's worker) in a ThreadSanitizer build.
+# KB_TEST_SANITIZE=0 skips the sanitizer
 # passes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,5 +25,5 @@ if [ "${KB_TEST_SANITIZE:-1}" != 0 ]; then
   bash scripts/build.sh build-tsan Tsan
   # libgomp and OpenBLAS are not instrumented: tests/tsan.supp names them.
   (cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/../tests/tsan.supp" \
-     ctest --output-on-failure -j2 --timeout 900 -R '^test_(idx|idx_ckpt|idx_vec|idx_delta|qry_pool|node)$')
+     ctest --output-on-failure -j2 --timeout 900 -R '^test_(idx|idx_ckpt|idx_vec|idx_delta|qry_pool|node|cli_embed)$')
 fi
