@@ -1067,7 +1067,10 @@ static void chunk_sha(const ingest_t *g, size_t i, const char *text,
     size_t s = g->spans[2 * i], e = g->spans[2 * i + 1];
     *ss = base + cli_text_src_start(map, s);
     *se = base + cli_text_src_end(map, e);
-    cli_chunk_params_t par = {g->chunk, g->overlap, *ss, *se, ""};
+    /* The model server's model is part of what is stored: another model
+     * (or the built-in embedder, salt "") must rewrite every chunk. */
+    cli_chunk_params_t par = {g->chunk, g->overlap, *ss, *se,
+                              g->emb_cfg.url ? g->emb_cfg.model : ""};
     cli_chunk_hash_hex(text + s, e - s, &par, hex);
 }
 

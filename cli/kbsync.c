@@ -753,7 +753,11 @@ static int cmd_list(int argc, char **argv)
             free(after);
             after = strdup(optarg);
             break;
-        case 'n': limit = cli_uint("--limit", optarg, UINT64_MAX); break;
+        case 'n':
+            limit = cli_uint("--limit", optarg, UINT64_MAX);
+            if (!limit)
+                die_usage("--limit must be at least 1%s", "");
+            break;
         case 'm': lq.meta_key = optarg; break;
         case 'T':
             timeout = (int)cli_uint("--timeout-ms", optarg, 86400000);

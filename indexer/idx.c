@@ -110,6 +110,7 @@ struct idx {
     uint64_t merged;      /* delta entries below are in vec */
     idx_stats_t stats_cache; /* index figures of the last idx_stats*()
                                 that got vlock (writer thread only) */
+    int stats_cached;        /* stats_cache holds figures */
     int merge_paused;     /* a rebuild is building the next vec */
     idx_delta_t *delta;   /* appended by the writer; see idx_delta.h */
     pthread_mutex_t rm_mu; /* guards rm (removals vec does not hold) */
@@ -2569,7 +2570,7 @@ static void stats_of(idx_kb_t *ix, idx_stats_t *st, int wait)
     idx_store_state(ix->store, &st->durable, NULL);
     /* Status only: this waits for vlock (so for a merge step, which waits
      * for the searches in FAISS). The stream uses idx_state(). */
-    if (!wait && pthread_rwlock_tryrdlock(&ix->vlock)) {
+    if (!wait && ix->stats_cached && pthread_rwlock_tryrdlock(&ix->vlock)) {
         idx_stats_t *c = &ix->stats_cache; /* a merge step holds it */
         st->vectors = c->vectors;
         st->dead = c->dead;
@@ -2579,7 +2580,7 @@ static void stats_of(idx_kb_t *ix, idx_stats_t *st, int wait)
         st->trained = c->trained;
         goto unlocked;
     }
-    if (wait)
+    if (wait || !ix->stats_cached) /* (the first time, a try waits once) */
         pthread_rwlock_rdlock(&ix->vlock);
     uint64_t delta = idx_delta_count(ix->delta) - ix->merged;
     pthread_mutex_lock(&ix->rm_mu);
@@ -2596,6 +2597,7 @@ static void stats_of(idx_kb_t *ix, idx_stats_t *st, int wait)
     pthread_mutex_unlock(&ix->fmu);
     pthread_rwlock_unlock(&ix->vlock);
     ix->stats_cache = *st;
+    ix->stats_cached = 1;
 unlocked:
     pthread_mutex_lock(&ix->rb_mu);
     st->rebuilding = ix->rb_active;
@@ -2717,6 +2719,7 @@ int idx_doc_versions(idx_kb_t *ix, const char *const *ids, size_t n,
 typedef struct list_ctx {
     Kbsync__ListResult *r;
     size_t cap;
+    size_t bytes; /* ids and values in r so far (IDX_LIST_BYTES) */
     const char *key;
     size_t key_len;
     char *err;
@@ -2755,6 +2758,13 @@ static int list_one(void *vctx, const char *id, size_t id_len, uint64_t label,
             return kb_seterr(c->err, c->errlen, KB_ENOMEM, "out of memory");
         /* metadata that is not an object has no keys */
     }
+    /* A page ends at IDX_LIST_BYTES: the entry that would cross it is the
+     * next page's first (1 stops the walk; idx_list sets `more`). */
+    if (r->n_entries && c->bytes + id_len + val_len > IDX_LIST_BYTES) {
+        free(val);
+        return 1;
+    }
+    c->bytes += id_len + val_len;
     /* One allocation: the entry, its id, its value. */
     Kbsync__ListEntry *e = malloc(sizeof *e + id_len + val_len + 2);
     if (!e) {
@@ -2803,12 +2813,16 @@ int idx_list(idx_kb_t *ix, const Kbsync__ListRequest *q,
     int rc = idx_store_rbegin(ix->store, &rt, err, errlen);
     if (rc)
         return rc;
-    list_ctx_t c = {out, 0, key, klen, err, errlen};
+    list_ctx_t c = {out, 0, 0, key, klen, err, errlen};
     int more = 0;
     uint64_t lsn = 0;
     rc = idx_store_list(rt, prefix, plen, after, alen, limit, list_one, &c,
                         &more, &lsn, err, errlen);
     idx_store_rend(&rt);
+    if (rc == 1) { /* the byte budget ended the page */
+        rc = 0;
+        more = 1;
+    }
     out->more = more;
     out->version = lsn;
     if (rc)

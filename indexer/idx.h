@@ -316,12 +316,14 @@ const void *idx_meta(const idx_kb_t *ix);
 
 /* ListRequest (schemas/kbsync.proto): the live documents whose ids start
  * with q->prefix, after q->after, in id order, at most q->limit (0 =
- * IDX_LIST_DEFAULT, at most IDX_LIST_MAX), with the value of q->meta_key
+ * IDX_LIST_DEFAULT, at most IDX_LIST_MAX, fewer when their ids and values
+ * pass IDX_LIST_BYTES), with the value of q->meta_key
  * when set; read in one transaction, out->version is its newest LSN. Fills
  * *out (free its entries with idx_list_free). Any thread. Returns 0,
  * KB_EINVAL naming the field, KB_ENOMEM, KB_ESTORE or KB_ECORRUPT. */
 #define IDX_LIST_DEFAULT 1000u
 #define IDX_LIST_MAX 10000u
+#define IDX_LIST_BYTES (4u << 20) /* ids + values per page; `more` beyond */
 struct Kbsync__ListRequest;
 struct Kbsync__ListResult;
 int idx_list(idx_kb_t *ix, const struct Kbsync__ListRequest *q,

@@ -10,6 +10,7 @@
 #include "kb_err.h"
 #include "kb_metrics.h"
 #include "kb_util.h"
+#include "kb_wire.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -85,11 +86,16 @@ static void counter(buf_t *b, const char *name, const char *help, double v)
     put(b, "%s %.17g\n", name, v);
 }
 
-/* A label value with \, " and newline escaped. */
+/* A label value with \, " and newline escaped; bytes of a string that is
+ * not UTF-8 (an unnamed replica may choose its id) become '?', since
+ * Prometheus drops a whole page over one invalid label. */
 static void label_value(buf_t *b, const char *s)
 {
+    int bad = kb_utf8_check(s, strlen(s)) != strlen(s);
     for (; *s; s++) {
-        if (*s == '\\' || *s == '"')
+        if (bad && (unsigned char)*s >= 0x80)
+            put(b, "?");
+        else if (*s == '\\' || *s == '"')
             put(b, "\\%c", *s);
         else if (*s == '\n')
             put(b, "\\n");
@@ -333,19 +339,19 @@ char *node_metrics_render(const Kbsync__NodeState *s, size_t *len)
         replica_series(&b, s, "kbsync_replica_digest_mismatches_total",
                        "counter",
                        "Acks whose digest differed from the leader's.", 6);
+        head(&b, "kbsync_write_duration_seconds", "histogram",
+             "From a write request's arrival to its answer, by write mode "
+             "(answers with a WriteResult; refusals are in "
+             "kbsync_errors_total).");
+        for (int i = 1; i <= 4; i++)
+            hist(&b, "kbsync_write_duration_seconds", "mode", MODE_NAME[i],
+                 &m->write_us[i], kb_hist_us_bounds, kb_hist_us_n, 1e6);
+        head(&b, "kbsync_write_request_documents", "histogram",
+             "Documents per answered write request.");
+        hist(&b, "kbsync_write_request_documents", NULL, NULL, &m->write_docs,
+             kb_hist_size_bounds, kb_hist_size_n, 1);
     }
 
-    head(&b, "kbsync_write_duration_seconds", "histogram",
-         "From a write request's arrival to its answer, by write mode "
-         "(answers with a WriteResult; refusals are in "
-         "kbsync_errors_total).");
-    for (int i = 1; i <= 4; i++)
-        hist(&b, "kbsync_write_duration_seconds", "mode", MODE_NAME[i],
-             &m->write_us[i], kb_hist_us_bounds, kb_hist_us_n, 1e6);
-    head(&b, "kbsync_write_request_documents", "histogram",
-         "Documents per answered write request.");
-    hist(&b, "kbsync_write_request_documents", NULL, NULL, &m->write_docs,
-         kb_hist_size_bounds, kb_hist_size_n, 1);
     head(&b, "kbsync_query_duration_seconds", "histogram",
          "From a query's arrival to its answer (waits for freshness "
          "included), by the read level it satisfied.");

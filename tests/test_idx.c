@@ -510,6 +510,35 @@ static void test_idx_list_pages_by_prefix(void **state)
     q.limit = IDX_LIST_MAX + 1;
     assert_int_equal(idx_list(f->ix, &q, &r, err, sizeof err), KB_EINVAL);
     assert_non_null(strstr(err, "limit"));
+
+    /* A page ends at IDX_LIST_BYTES of ids and values: 80 values of 60 KB
+     * take two pages that join without a gap. */
+    size_t big = 60000;
+    char *m = malloc(big + 32);
+    assert_non_null(m);
+    memcpy(m, "{\"v\":\"", 6);
+    memset(m + 6, 'x', big);
+    memcpy(m + 6 + big, "\"}", 3);
+    for (int i = 0; i < 80; i++) {
+        snprintf(id, sizeof id, "big/%02d", i);
+        write1(f->ix, up(id, "t", v, m));
+    }
+    free(m);
+    Kbsync__ListRequest bq = KBSYNC__LIST_REQUEST__INIT;
+    bq.prefix = "big/";
+    bq.meta_key = "v";
+    assert_int_equal(idx_list(f->ix, &bq, &r, err, sizeof err), 0);
+    size_t first = r.n_entries;
+    assert_true(first > 0 && first < 80);
+    assert_true(r.more);
+    assert_true(first * (big + 8) <= IDX_LIST_BYTES);
+    snprintf(after, sizeof after, "%s", r.entries[first - 1]->id);
+    idx_list_free(&r);
+    bq.after = after;
+    assert_int_equal(idx_list(f->ix, &bq, &r, err, sizeof err), 0);
+    assert_int_equal(first + r.n_entries, 80);
+    assert_false(r.more);
+    idx_list_free(&r);
 }
 
 static void test_idx_same_id_twice_in_one_write(void **state)

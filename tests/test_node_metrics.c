@@ -164,8 +164,9 @@ static void test_node_metrics_render_format(void **state)
     (void)state;
     Kbsync__NodeState s = KBSYNC__NODE_STATE__INIT;
     Kbsync__ReplicaState r1 = KBSYNC__REPLICA_STATE__INIT,
-                         r2 = KBSYNC__REPLICA_STATE__INIT;
-    Kbsync__ReplicaState *rs[2] = {&r1, &r2};
+                         r2 = KBSYNC__REPLICA_STATE__INIT,
+                         r3 = KBSYNC__REPLICA_STATE__INIT;
+    Kbsync__ReplicaState *rs[3] = {&r1, &r2, &r3};
     uint64_t qh[7] = {5, 1, 0, 2, 0, 0, 0};
     s.role = "leader";
     s.node_id = "lead\"er";
@@ -173,7 +174,7 @@ static void test_node_metrics_render_format(void **state)
     s.leader_version = 42;
     s.docs = 40;
     s.replicas = rs;
-    s.n_replicas = 2;
+    s.n_replicas = 3;
     s.query_batch_hist = qh;
     s.n_query_batch_hist = 7;
     r1.id = "r1";
@@ -184,6 +185,8 @@ static void test_node_metrics_render_format(void **state)
     r1.lag_ops = 2;
     r1.lag_ms = 1500;
     r2.id = "odd\\id\"";
+    r3.id = "x\xff\xfe"; /* not UTF-8: a hostile unnamed replica's id */
+    r3.connected = 1;
     kb_metrics_t *m = kb_metrics();
     uint64_t before = atomic_load(&m->write_us[2].count);
     kb_metrics_write(KBSYNC__WRITE_MODE__WRITE_MODE_ALL, 1500, 10);
@@ -208,6 +211,9 @@ static void test_node_metrics_render_format(void **state)
                 0);
     assert_true(sample(page, "kbsync_write_duration_seconds_count{mode=\"all\"}") ==
                 (double)before + 1);
+    assert_true(sample(page, "kbsync_replica_connected{replica=\"x??\"}") == 1);
+    for (const char *c = page; *c; c++)
+        assert_true((unsigned char)*c < 0x80); /* all of it ASCII here */
     /* 1.5 ms lands in le=0.0025, not in le=0.001 */
     assert_true(
         sample(page, "kbsync_write_duration_seconds_bucket{mode=\"all\",le=\"0.0025\"}") -
