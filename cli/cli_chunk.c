@@ -29,6 +29,7 @@
 #include "cli_chunk.h"
 
 #include "kb_err.h"
+#include "kb_wire.h"
 #include "kb_util.h"
 
 #include <ctype.h>
@@ -281,35 +282,6 @@ void cli_walk_free(cli_walk_t *w)
 
 /* ================================================================= text */
 
-/* Length of the UTF-8 sequence at p[0..n) (1..4), or 0 when invalid. */
-static size_t utf8_seq(const unsigned char *p, size_t n)
-{
-    unsigned c = p[0];
-    size_t len;
-    uint32_t cp;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        len = 2, cp = c & 0x1F;
-    else if (c >= 0xE0 && c <= 0xEF)
-        len = 3, cp = c & 0x0F;
-    else if (c >= 0xF0 && c <= 0xF4)
-        len = 4, cp = c & 0x07;
-    else
-        return 0;
-    if (len > n)
-        return 0;
-    for (size_t k = 1; k < len; k++) {
-        if ((p[k] & 0xC0) != 0x80)
-            return 0;
-        cp = cp << 6 | (p[k] & 0x3F);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
-        return 0;
-    return len;
-}
-
 int cli_utf8_check(const char *s, size_t n, size_t *bad, const char **why)
 {
     const unsigned char *p = (const unsigned char *)s;
@@ -331,7 +303,7 @@ int cli_utf8_check(const char *s, size_t n, size_t *bad, const char **why)
             *why = "NUL byte";
             return KB_EINVAL;
         }
-        size_t len = utf8_seq(p + i, n - i);
+        size_t len = kb_utf8_seq((const char *)p + i, n - i);
         if (!len) {
             *bad = i;
             *why = "invalid UTF-8";
@@ -1128,7 +1100,9 @@ static int js_string(js_t *j, const char *field, int *nul)
             }
             continue;
         }
-        size_t len = c < 0x80 ? 1 : utf8_seq(j->s + j->i, j->n - j->i);
+        size_t len = c < 0x80 ? 1
+                              : kb_utf8_seq((const char *)j->s + j->i,
+                                            j->n - j->i);
         if (!len)
             return js_fail(j, j->i, field, "invalid UTF-8 in a string");
         j->i += len;

@@ -7,6 +7,7 @@
 #include "cli_embed.h"
 
 #include "kb_err.h"
+#include "kb_wire.h"
 #include "kb_util.h"
 
 #include <curl/curl.h>
@@ -196,36 +197,6 @@ static int buf_put(emb_buf_t *b, const char *s, size_t n)
     return 0;
 }
 
-/* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is not one
- * (overlong forms, surrogates and code points above U+10FFFF refused). */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    size_t len;
-    unsigned cp;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        len = 2, cp = c & 0x1F;
-    else if (c >= 0xE0 && c <= 0xEF)
-        len = 3, cp = c & 0x0F;
-    else if (c >= 0xF0 && c <= 0xF4)
-        len = 4, cp = c & 0x07;
-    else
-        return 0;
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-        cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;
-    return len;
-}
-
 /* Appends s[0..n) as a JSON string. Returns 0, -1 (out of memory), or the
  * 1-based byte offset of the first byte that is not UTF-8. */
 static long buf_json_string(emb_buf_t *b, const char *s, size_t n)
@@ -236,7 +207,7 @@ static long buf_json_string(emb_buf_t *b, const char *s, size_t n)
     size_t i = 0, run = 0; /* s[run..i) is copied as is */
     while (i < n) {
         unsigned char c = (unsigned char)s[i];
-        size_t l = utf8_seq((const unsigned char *)s + i, n - i);
+        size_t l = kb_utf8_seq(s + i, n - i);
         if (!l)
             return (long)i + 1;
         if (c >= 0x20 && c != '"' && c != '\\') {

@@ -178,35 +178,44 @@ int kb_wire_decode_request(const void *data, size_t len, size_t max_len,
 
 /* ------------------------------------------------------------ strings */
 
-size_t kb_utf8_check(const char *str, size_t len)
+size_t kb_utf8_seq(const char *str, size_t n)
 {
     const uint8_t *s = (const uint8_t *)str;
+    uint8_t c = s[0];
+    size_t len;
+    uint32_t cp, min;
+    if (c < 0x80)
+        return 1;
+    if ((c & 0xe0) == 0xc0)
+        len = 2, cp = c & 0x1f, min = 0x80;
+    else if ((c & 0xf0) == 0xe0)
+        len = 3, cp = c & 0x0f, min = 0x800;
+    else if ((c & 0xf8) == 0xf0)
+        len = 4, cp = c & 0x07, min = 0x10000;
+    else
+        return 0;
+    if (n < len)
+        return 0;
+    for (size_t j = 1; j < len; j++) {
+        if ((s[j] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (s[j] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return len;
+}
+
+size_t kb_utf8_check(const char *str, size_t len)
+{
     size_t i = 0;
     while (i < len) {
-        uint8_t c = s[i];
-        if (c < 0x80) {
+        if ((unsigned char)str[i] < 0x80) {
             i++;
             continue;
         }
-        size_t n;
-        uint32_t cp, min;
-        if ((c & 0xe0) == 0xc0) {
-            n = 2, cp = c & 0x1f, min = 0x80;
-        } else if ((c & 0xf0) == 0xe0) {
-            n = 3, cp = c & 0x0f, min = 0x800;
-        } else if ((c & 0xf8) == 0xf0) {
-            n = 4, cp = c & 0x07, min = 0x10000;
-        } else {
-            return i;
-        }
-        if (len - i < n)
-            return i;
-        for (size_t j = 1; j < n; j++) {
-            if ((s[i + j] & 0xc0) != 0x80)
-                return i;
-            cp = cp << 6 | (s[i + j] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        size_t n = kb_utf8_seq(str + i, len - i);
+        if (!n)
             return i;
         i += n;
     }

@@ -59,6 +59,9 @@ int kb_wire_check_strings(const ProtobufCMessageDescriptor *desc,
  * UTF-8 (overlong forms, surrogates and code points above U+10FFFF are
  * invalid), or len when all of it is valid. */
 size_t kb_utf8_check(const char *s, size_t len);
+/* The length (1..4) of the valid UTF-8 sequence that starts s[0..n), n >= 1,
+ * or 0 when it is not one (same rules as kb_utf8_check). */
+size_t kb_utf8_seq(const char *s, size_t n);
 
 /* Sends resp to peer (protocol_version is filled in). */
 int kb_wire_send_response(void *router, const kb_peer_t *peer,
