@@ -1,6 +1,8 @@
 /* cli_ingest: `kbsync ingest`. In: JSONL files of documents (common/kb_json)
  * and text, Markdown and HTML files or directory trees of them, cut into
- * overlapping chunks (cli_chunk). Out: batched UpsertRequests (with
+ * overlapping chunks (cli_chunk); with --embed-url, each batch's texts go
+ * to the user's model server first (cli_embed) and the batch waits for its
+ * vectors. Out: batched UpsertRequests (with
  * --resume also DeleteRequests) to the leader, several in flight at once
  * (--window); a progress line on a terminal; one JSON summary line on
  * stdout {written, failed, version, seconds, ...}.
