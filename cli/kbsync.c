@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char USAGE[] =
     "usage: kbsync <command> [options]\n"
@@ -1336,6 +1337,43 @@ static int cmd_delete(int argc, char **argv)
     return 0;
 }
 
+/* Node processes run with glibc's malloc backing large allocations by
+ * transparent huge pages (the tunable glibc.malloc.hugetlb=1, read only at
+ * process start, hence the exec of ourselves: same pid, same arguments).
+ * The FAISS index grows by reallocating its vectors; on 4 KiB pages each
+ * growth faults every page in again, which cost a leader ingesting 100k
+ * 384-d documents about 45% of its CPU (docs/BENCHMARKS.md, "Write path").
+ * Only when the kernel gives huge pages on request ("[madvise]"; with
+ * "[always]" there is nothing to do); KBSYNC_HUGE_PAGES=0 turns it off. */
+static void huge_pages_reexec(char **argv)
+{
+    const char *off = getenv("KBSYNC_HUGE_PAGES");
+    const char *tun = getenv("GLIBC_TUNABLES");
+    if ((off && !strcmp(off, "0")) ||
+        (tun && strstr(tun, "glibc.malloc.hugetlb")))
+        return;
+    char mode[128] = "";
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (f) {
+        if (!fgets(mode, sizeof mode, f))
+            mode[0] = 0;
+        fclose(f);
+    }
+    if (!strstr(mode, "[madvise]"))
+        return;
+    char val[1024];
+    int n = snprintf(val, sizeof val, "%s%sglibc.malloc.hugetlb=1",
+                     tun ? tun : "", tun && *tun ? ":" : "");
+    if (n < 0 || (size_t)n >= sizeof val || setenv("GLIBC_TUNABLES", val, 1))
+        return;
+    execv("/proc/self/exe", argv);
+    /* no exec (no /proc?): run on as we are, without the setting */
+    if (tun)
+        setenv("GLIBC_TUNABLES", tun, 1);
+    else
+        unsetenv("GLIBC_TUNABLES");
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ||
@@ -1344,6 +1382,8 @@ int main(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];
+    if (!strcmp(cmd, "leader") || !strcmp(cmd, "replica"))
+        huge_pages_reexec(argv);
     kb_log_setup(KB_LOG_INFO, cmd);
     argc--;
     argv++;

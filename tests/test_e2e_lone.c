@@ -125,6 +125,56 @@ static int count_id(const cJSON *q, const char *id, int *rank)
     return n;
 }
 
+/* A node re-executes itself with glibc's malloc on transparent huge pages
+ * when the kernel hands them out on request, and not when told not to. */
+static int environ_has(pid_t pid, const char *what)
+{
+    char path[64], buf[65536];
+    snprintf(path, sizeof path, "/proc/%d/environ", (int)pid);
+    for (int tries = 0; tries < 200; tries++) {
+        FILE *f = fopen(path, "r");
+        assert_non_null(f);
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        for (size_t i = 0; i < n; i++)
+            if (!buf[i])
+                buf[i] = '\n';
+        buf[n] = 0;
+        if (strstr(buf, what))
+            return 1;
+        usleep(10000); /* the exec may not have happened yet */
+    }
+    return 0;
+}
+
+static void test_e2e_lone_huge_pages(void **state)
+{
+    e2e_t *e = *state;
+    char mode[128] = "";
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (f) {
+        if (!fgets(mode, sizeof mode, f))
+            mode[0] = 0;
+        fclose(f);
+    }
+    if (!strstr(mode, "[madvise]"))
+        skip(); /* nothing to ask for: "always" or "never" */
+    start_leader(e, DIM);
+    assert_true(environ_has(e->leader, "glibc.malloc.hugetlb=1"));
+    /* still serves after the exec */
+    cJSON *st = status_json(e);
+    assert_int_equal((int)kbp_num(st, "dim"), DIM);
+    cJSON_Delete(st);
+    assert_int_equal(kbp_stop(e->leader, SIGTERM, 10000), 0);
+
+    setenv("KBSYNC_HUGE_PAGES", "0", 1);
+    start_leader(e, 0);
+    unsetenv("KBSYNC_HUGE_PAGES");
+    cJSON *st2 = status_json(e);
+    cJSON_Delete(st2);
+    assert_false(environ_has(e->leader, "glibc.malloc.hugetlb"));
+}
+
 static void test_e2e_lone_ingest_query_delete_restart(void **state)
 {
     e2e_t *e = *state;
@@ -500,6 +550,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(
             test_e2e_lone_ingest_query_delete_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_e2e_lone_huge_pages, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_e2e_lone_slow_reader_stays_bounded,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_lone_bad_input_changes_nothing,
