@@ -869,6 +869,10 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
         cJSON_AddBoolToObject(o, "rebuilding", s->rebuilding);
         cJSON_AddNumberToObject(o, "rebuilds", (double)s->rebuilds);
         cJSON_AddNumberToObject(o, "commits", (double)s->commits);
+        cJSON_AddNumberToObject(o, "synced_commits",
+                                (double)s->synced_commits);
+        cJSON_AddNumberToObject(o, "lazy_commits", (double)s->lazy_commits);
+        cJSON_AddNumberToObject(o, "store_syncs", (double)s->store_syncs);
         cJSON_AddNumberToObject(o, "log_start", (double)s->log_start);
         cJSON_AddNumberToObject(o, "durable_version",
                                 (double)s->durable_version);

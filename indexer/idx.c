@@ -2567,7 +2567,7 @@ static void stats_of(idx_kb_t *ix, idx_stats_t *st, int wait)
     st->version = v.version;
     st->commit_us = v.commit_us;
     st->docs = v.docs;
-    idx_store_state(ix->store, &st->durable, NULL);
+    st->durable = idx_store_synced(ix->store);
     /* Status only: this waits for vlock (so for a merge step, which waits
      * for the searches in FAISS). The stream uses idx_state(). */
     if (!wait && ix->stats_cached && pthread_rwlock_tryrdlock(&ix->vlock)) {
@@ -2609,6 +2609,8 @@ unlocked:
     st->index = ix->meta->index;
     st->node_id = ix->meta->node_id;
     st->commits = ix->commits;
+    idx_store_sync_counts(ix->store, &st->synced_commits, &st->lazy_commits,
+                          &st->store_syncs);
     st->rebuild_s = ix->rebuild_s;
     st->ckpt_loaded = ix->ck_loaded;
     pthread_mutex_lock(&ix->ck_mu);
@@ -2623,6 +2625,21 @@ unlocked:
 void idx_state(const idx_kb_t *ix, uint64_t *version, uint64_t *commit_us)
 {
     idx_store_state(ix->store, version, commit_us);
+}
+
+void idx_set_lazy(idx_kb_t *ix, int on)
+{
+    idx_store_set_lazy(ix->store, on);
+}
+
+uint64_t idx_synced(const idx_kb_t *ix)
+{
+    return idx_store_synced(ix->store);
+}
+
+int idx_sync(idx_kb_t *ix, char *err, size_t errlen)
+{
+    return idx_store_sync(ix->store, err, errlen);
 }
 
 void idx_stats_stream(idx_kb_t *ix, idx_stats_t *st)

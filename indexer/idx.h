@@ -282,6 +282,7 @@ typedef struct idx_stats {
     int rebuilding;      /* a background rebuild is running */
     uint64_t rebuilds;   /* background rebuilds completed */
     uint64_t commits;    /* durable write transactions since open */
+    uint64_t synced_commits, lazy_commits, store_syncs; /* idx_set_lazy() */
     double rebuild_s;    /* seconds the last index (re)build took; at
                             open, loading the checkpoint included */
     int ckpt_loaded;     /* the index was loaded from a checkpoint at open */
@@ -304,6 +305,12 @@ void idx_stats_try(idx_kb_t *ix, idx_stats_t *st);
 /* The applied version and its leader commit time, without any lock: for
  * the replication stream. Writer thread. */
 void idx_state(const idx_kb_t *ix, uint64_t *version, uint64_t *commit_us);
+/* Lazy commits (idx_store_set_lazy): while on, writes commit with one disk
+ * flush and reach the disk fully with the next commit or idx_sync();
+ * idx_synced() is the newest LSN known on disk. Writer thread only. */
+void idx_set_lazy(idx_kb_t *ix, int on);
+uint64_t idx_synced(const idx_kb_t *ix);
+int idx_sync(idx_kb_t *ix, char *err, size_t errlen);
 
 /* idx_stats() without the index figures (vectors, dead, bytes, kind, ...:
  * left 0) and without any lock: version, commit time, docs, settings,

@@ -38,6 +38,12 @@ struct idx_store {
     /* The digest after each recent LSN (written as records are put; valid
      * for LSNs <= applied_lsn whose slot still holds them). */
     uint64_t ring_lsn[IDX_STORE_DIGEST_RING], ring_dg[IDX_STORE_DIGEST_RING];
+    /* Lazy commits (idx_store_set_lazy): MDB_NOMETASYNC, so the newest
+     * commit's meta page reaches the disk with the next commit's flush or
+     * idx_store_sync(). synced_lsn: every record up to it is on disk. */
+    int nosync, lazy, env_lazy;
+    uint64_t synced_lsn;
+    uint64_t synced_commits, lazy_commits, syncs;
 };
 
 struct idx_wtxn {
@@ -48,6 +54,7 @@ struct idx_wtxn {
     const void *raw;            /* idx_store_next_raw(): bytes to store */
     size_t rawlen;
     int undo;                   /* idx_store_keep_undo(): record old labels */
+    int lazy;                   /* begun with MDB_NOMETASYNC */
     uint64_t staged;            /* the staged mark after this txn */
     uint64_t digest;            /* the store's digest as of this txn */
 };
@@ -286,6 +293,15 @@ int idx_store_open(const char *dir, uint64_t map_size, int nosync,
         free(s);
         return store_fail(err, errlen, rc, "open databases");
     }
+    /* What a killed process left in the page cache may not be on disk yet
+     * (a lazy commit): flush it once, so that synced_lsn starts true. */
+    s->nosync = nosync;
+    if (!nosync && (rc = mdb_env_sync(s->env, 1))) {
+        mdb_env_close(s->env);
+        free(s);
+        return store_fail(err, errlen, rc, "flush at open");
+    }
+    s->synced_lsn = s->applied_lsn;
     *out = s;
     return 0;
 }
@@ -352,6 +368,36 @@ void idx_store_state(const idx_store_t *s, uint64_t *lsn, uint64_t *commit_us)
         *commit_us = s->applied_us;
 }
 
+void idx_store_set_lazy(idx_store_t *s, int on)
+{
+    s->lazy = on;
+}
+
+uint64_t idx_store_synced(const idx_store_t *s)
+{
+    return s->synced_lsn < s->applied_lsn ? s->synced_lsn : s->applied_lsn;
+}
+
+int idx_store_sync(idx_store_t *s, char *err, size_t errlen)
+{
+    if (s->synced_lsn >= s->applied_lsn)
+        return 0;
+    int rc = mdb_env_sync(s->env, 1);
+    if (rc)
+        return store_fail(err, errlen, rc, "flush to disk");
+    s->syncs++;
+    s->synced_lsn = s->applied_lsn;
+    return 0;
+}
+
+void idx_store_sync_counts(const idx_store_t *s, uint64_t *synced_commits,
+                           uint64_t *lazy_commits, uint64_t *syncs)
+{
+    *synced_commits = s->synced_commits;
+    *lazy_commits = s->lazy_commits;
+    *syncs = s->syncs;
+}
+
 uint64_t idx_store_count(idx_store_t *s)
 {
     return s->ndocs;
@@ -363,7 +409,20 @@ int idx_store_begin(idx_store_t *s, idx_wtxn_t **t, char *err, size_t errlen)
     idx_wtxn_t *w = calloc(1, sizeof *w);
     if (!w)
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
-    int rc = mdb_txn_begin(s->env, NULL, 0, &w->txn);
+    /* LMDB 0.9 takes MDB_NOMETASYNC only as an environment flag (as a
+     * transaction flag it is ignored): switched here, by the one writer,
+     * before its transaction begins; commits read it. */
+    w->lazy = s->lazy && !s->nosync;
+    int rc = 0;
+    if (w->lazy != s->env_lazy) {
+        rc = mdb_env_set_flags(s->env, MDB_NOMETASYNC, w->lazy);
+        if (rc) {
+            free(w);
+            return store_fail(err, errlen, rc, "set commit mode");
+        }
+        s->env_lazy = w->lazy;
+    }
+    rc = mdb_txn_begin(s->env, NULL, 0, &w->txn);
     if (rc) {
         free(w);
         return store_fail(err, errlen, rc, "begin write");
@@ -685,8 +744,17 @@ int idx_store_commit(idx_wtxn_t **tp, char *err, size_t errlen)
         free(t);
         return store_fail(err, errlen, rc, "commit (digest)");
     }
+    uint64_t before = t->s->applied_lsn;
     rc = mdb_txn_commit(t->txn);
     if (!rc) {
+        /* A lazy commit's fdatasync also flushed the meta page the commit
+         * before it left unsynced: everything before this one is on disk. */
+        if (t->s->nosync)
+            t->s->synced_lsn = t->last_lsn;
+        else if (t->lazy)
+            t->s->synced_lsn = before, t->s->lazy_commits++;
+        else
+            t->s->synced_lsn = t->last_lsn, t->s->synced_commits++;
         t->s->digest = t->digest;
         t->s->applied_lsn = t->last_lsn;
         t->s->applied_us = t->last_us;

@@ -50,6 +50,23 @@ int idx_store_put_meta(idx_store_t *s, const Kbsync__KbMeta *meta, char *err,
 /* Applied state: LSN of the last committed write and its commit time. */
 void idx_store_state(const idx_store_t *s, uint64_t *lsn, uint64_t *commit_us);
 
+/* Lazy commits, for records no writer waits on (a replica's async
+ * stream): while on, write transactions commit with MDB_NOMETASYNC, one
+ * disk flush instead of two; the newest lazy commit reaches the disk with
+ * the next commit or idx_store_sync(). A crash of the process loses
+ * nothing (the page cache holds it); a crash of the machine can undo the
+ * commits after idx_store_synced(), never corrupt the store. No effect
+ * with nosync. Writer thread only, as are the three below. */
+void idx_store_set_lazy(idx_store_t *s, int on);
+/* Newest LSN known to be on disk (<= the applied one). */
+uint64_t idx_store_synced(const idx_store_t *s);
+/* Flushes lazy commits to disk (nothing to do: returns 0 at once). */
+int idx_store_sync(idx_store_t *s, char *err, size_t errlen);
+/* Since open: commits flushed in full, lazy commits, idx_store_sync()
+ * flushes. */
+void idx_store_sync_counts(const idx_store_t *s, uint64_t *synced_commits,
+                           uint64_t *lazy_commits, uint64_t *syncs);
+
 /* Number of live documents (entries in `ids`). Writer thread only. */
 uint64_t idx_store_count(idx_store_t *s);
 

@@ -230,6 +230,9 @@ static void node_state(node_t *n, Kbsync__NodeState *s, uint64_t *hist,
         s->rebuilding = st.rebuilding;
         s->rebuilds = st.rebuilds;
         s->commits = st.commits;
+        s->synced_commits = st.synced_commits;
+        s->lazy_commits = st.lazy_commits;
+        s->store_syncs = st.store_syncs;
         s->log_start = idx_log_start(ix);
         s->durable_version = st.durable;
         repl_snapshot_t sp;

@@ -747,6 +747,14 @@ void repl_leader_flush(repl_leader_t *l, void *router)
     int any_all = 0;
     for (size_t i = 0; i < l->qn; i++)
         any_all |= !l->q[i].dropped && l->q[i].need > 0;
+    if (any_all) {
+        /* Replicas flush these records in full and say so at once; the
+         * group's LSNs are at most head + nops (a delete of an absent id
+         * takes none). */
+        uint64_t head;
+        idx_state(l->ix, &head, NULL);
+        l->wait_lsn = head + l->nops;
+    }
     size_t ndd = 0;
     int ddfail = 0;
     for (size_t i = 0; i < l->qn && !ddfail; i++) {

@@ -115,6 +115,8 @@ struct repl_leader {
     shipment_t ship;
     uint64_t cat_start, cat_undo_from; /* catch-up walk: log start, undo_from */
     int shipped; /* the current group commit sent records before commit */
+    uint64_t wait_lsn; /* ReplRecords.wait_lsn: newest LSN a writer waits
+                          on replicas for (an upper bound) */
     int closing; /* repl_leader_shutdown(): answer every parked write */
     /* A commit failed after its records were sent to replicas: those LSNs
      * must never be reused, so every later write is refused (KB_ESTORE)

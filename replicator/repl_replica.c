@@ -62,6 +62,12 @@
 #define REPLICA_APPLY_RETRY_FIRST_MS 50
 #define REPLICA_APPLY_RETRY_MAX_MS 5000
 #define REPLICA_ACK_MS 100
+/* Records no writer waits for are committed lazily (one flush, see
+ * idx_set_lazy): flushed in full once the stream pauses this long, and
+ * acknowledged at most this often while it flows (an ack wakes the
+ * leader; a waited-for record is acknowledged at once). */
+#define REPLICA_LAZY_SYNC_MS 2
+#define REPLICA_LAZY_ACK_MS 5
 /* A read-index request unanswered this long is sent again (same seq). */
 #define REPLICA_RI_RESEND_MS 200
 #define REPLICA_SILENT_MS 300
@@ -130,7 +136,11 @@ struct repl_replica {
     uint64_t snap_log_us;     /* monotonic: the last progress line */
     char leader_ep[256];
     uint64_t dup_records;
-    kb_loglimit_t log_refused;
+    kb_loglimit_t log_refused, log_sync;
+    /* ReplRecords.wait_lsn: records up to it are flushed in full and
+     * acknowledged at once; later ones are committed lazily. lazy_us: when
+     * the newest lazy commit was made (flushed REPLICA_LAZY_SYNC_MS on). */
+    uint64_t wait_lsn, lazy_us;
     unsigned refuse_delay_ms; /* pause after a refused hello; reset at a
                                  welcome */
     /* records of the batch being applied: bytes borrowed from messages, or
@@ -330,9 +340,15 @@ static void replica_ack(repl_replica_t *r)
     idx_view_t v;
     idx_view(r->ix, &v);
     Kbsync__ReplAck a = KBSYNC__REPL_ACK__INIT;
-    a.applied_lsn = v.version; /* searchable */
-    idx_state(r->ix, &a.durable_lsn, NULL);
-    a.received_lsn = r->received > a.durable_lsn ? r->received : a.durable_lsn;
+    /* durable: on disk; applied: searchable AND on disk (a lazy commit is
+     * searchable a moment before its meta page is flushed) */
+    uint64_t committed;
+    idx_state(r->ix, &committed, NULL);
+    a.durable_lsn = idx_synced(r->ix);
+    a.applied_lsn = v.version < a.durable_lsn ? v.version : a.durable_lsn;
+    if (committed > r->received)
+        r->received = committed;
+    a.received_lsn = r->received > committed ? r->received : committed;
     if (!idx_loading(r->ix))
         idx_digest(r->ix, &a.digest_lsn, &a.digest);
     Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
@@ -822,6 +838,10 @@ static size_t batch_apply(repl_replica_t *r, int more)
             m = n; /* one group larger than a batch cannot be held whole */
     }
     char err[512];
+    /* Nobody waits for any of these records: one flush (lazy commit). */
+    int lazy = m && r->wait_lsn < kb_wire_peek_u64(r->rec[0], r->len[0], 1);
+    if (m)
+        idx_set_lazy(r->ix, lazy);
     int rc = m ? idx_apply_log_staged(r->ix, m, r->rec, r->len,
                                       r->leader_committed, err, sizeof err)
                : 0;
@@ -852,8 +872,13 @@ static size_t batch_apply(repl_replica_t *r, int more)
         r->apply_delay_ms = 0;
         r->apply_retry_us = 0;
     }
-    if (m)
-        replica_ack(r);
+    if (m) {
+        uint64_t now = kb_mono_us();
+        if (lazy)
+            r->lazy_us = now;
+        if (!lazy || now - r->ack_us >= REPLICA_LAZY_ACK_MS * 1000u)
+            replica_ack(r);
+    }
     return m;
 }
 
@@ -896,6 +921,7 @@ size_t repl_replica_on_msg(repl_replica_t *r)
             batch_release(r); /* a new session sends any held group again */
             r->group_open = 0;
             r->received = 0;
+            r->wait_lsn = 0; /* the new session's records say it again */
             on_welcome(r, m->welcome);
             if (r->ix) {
                 idx_stats_t st;
@@ -941,6 +967,8 @@ size_t repl_replica_on_msg(repl_replica_t *r)
         case KBSYNC__REPL_MESSAGE__BODY_RECORDS:
             replica_beat(r, m->records->beat);
             r->records_us = r->heard_us;
+            if (m->records->wait_lsn > r->wait_lsn)
+                r->wait_lsn = m->records->wait_lsn;
             if (!r->streaming || !r->ix)
                 break;
             r->group_open = m->records->group_open;
@@ -1055,6 +1083,27 @@ int repl_replica_tick(repl_replica_t *r)
             replica_start_over(r, why);
         }
     }
+    int lazy_left = -1; /* ms until the lazy commits are due on disk */
+    if (r->ix) {
+        uint64_t committed;
+        idx_state(r->ix, &committed, NULL);
+        if (idx_synced(r->ix) < committed) {
+            uint64_t due = r->lazy_us + REPLICA_LAZY_SYNC_MS * 1000u;
+            char err[512];
+            if (now < due) {
+                lazy_left = (int)((due - now + 999) / 1000u);
+            } else if (idx_sync(r->ix, err, sizeof err)) {
+                kb_log_limited(&r->log_sync, KB_LOG_WARN,
+                               "cannot flush applied records to disk: %s; "
+                               "they are not acknowledged as durable", err);
+                lazy_left = REPLICA_APPLY_RETRY_FIRST_MS;
+                r->lazy_us = now + (REPLICA_APPLY_RETRY_FIRST_MS -
+                                    REPLICA_LAZY_SYNC_MS) * 1000u;
+            } else if (r->streaming) {
+                replica_ack(r);
+            }
+        }
+    }
     if (r->streaming && now - r->ack_us >= REPLICA_ACK_MS * 1000u)
         replica_ack(r);
     replica_compact(r, now);
@@ -1072,6 +1121,8 @@ int repl_replica_tick(repl_replica_t *r)
                     (unsigned long long)sp.eta_ms);
         r->snap_log_us = now;
     }
+    if (lazy_left >= 0 && lazy_left < REPLICA_ACK_MS)
+        return lazy_left;
     if (r->streaming)
         return REPLICA_ACK_MS;
     if (now < r->apply_retry_us)

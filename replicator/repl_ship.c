@@ -333,6 +333,7 @@ static int ship_send(repl_leader_t *l, peer_t **targets, size_t nt)
     rr.n_records = s->n;
     rr.beat = &beat;
     rr.group_open = s->open;
+    rr.wait_lsn = l->wait_lsn;
     Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
     m.protocol_version = KB_REPL_PROTOCOL_VERSION;
     m.body_case = KBSYNC__REPL_MESSAGE__BODY_RECORDS;

@@ -319,6 +319,78 @@ static void test_e2e_repl_all_mode_visible_on_every_replica(void **state)
     assert_non_null(strstr(out, c->leader.ep));
 }
 
+/* Disk flushes per commit on each node (issue #13): the leader flushes
+ * every group commit in full (data, then meta); a replica commits records
+ * no writer waits for lazily (one flush, meta with the next commit),
+ * flushes them in full once the stream pauses, and flushes in full at once
+ * what an `all` writer waits for. */
+static void test_e2e_repl_flushes_per_commit(void **state)
+{
+    cluster_t *c = *state;
+    start_cluster(c, NULL, NULL);
+    char path[400], out[1 << 16];
+    snprintf(path, sizeof path, "%s/f.jsonl", c->dir);
+    write_jsonl(path, "f", 0, 40);
+    int rc = kbp_run(out, sizeof out,
+                     "'%s' ingest --to '%s' --mode async --batch 1 '%s'",
+                     kbp_bin(), c->leader.ep, path);
+    assert_int_equal(rc, 0);
+    assert_int_equal(wait_version(&c->r[0], 40, 20000), 40);
+    usleep(200000); /* the stream paused: lazy commits are flushed */
+    cJSON *ls = status(&c->leader), *rs = status(&c->r[0]);
+    assert_non_null(ls);
+    assert_non_null(rs);
+    int lcommits = (int)kbp_num(ls, "commits");
+    assert_true(lcommits >= 1 && lcommits <= 40);
+    assert_int_equal((int)kbp_num(ls, "synced_commits"), lcommits);
+    assert_int_equal((int)kbp_num(ls, "lazy_commits"), 0);
+    int rcommits = (int)kbp_num(rs, "commits");
+    int rlazy = (int)kbp_num(rs, "lazy_commits");
+    assert_true(rcommits >= 1 && rcommits <= lcommits);
+    assert_int_equal(rlazy, rcommits);
+    assert_int_equal((int)kbp_num(rs, "synced_commits"), 0);
+    assert_true(kbp_num(rs, "store_syncs") >= 1);
+    assert_int_equal((int)kbp_num(rs, "durable_version"), 40);
+    cJSON_Delete(ls);
+    cJSON_Delete(rs);
+    /* the leader sees r1 durable and applied at 40 (acks say so) */
+    for (int i = 0; i < 100; i++) {
+        cJSON *l = status(&c->leader);
+        const cJSON *r;
+        int ok = 0;
+        cJSON_ArrayForEach(r, cJSON_GetObjectItem(l, "replicas"))
+        {
+            if (!strcmp(cJSON_GetObjectItem(r, "id")->valuestring, "r1"))
+                ok = kbp_num(r, "version") == 40 &&
+                     kbp_num(r, "durable_version") == 40;
+        }
+        cJSON_Delete(l);
+        if (ok)
+            break;
+        assert_true(i < 99);
+        usleep(20000);
+    }
+
+    /* `all`: every commit on the replica is flushed in full */
+    snprintf(path, sizeof path, "%s/g.jsonl", c->dir);
+    write_jsonl(path, "g", 0, 10);
+    rc = kbp_run(out, sizeof out,
+                 "'%s' ingest --to '%s' --mode all --batch 1 '%s'",
+                 kbp_bin(), c->leader.ep, path);
+    assert_int_equal(rc, 0);
+    ls = status(&c->leader);
+    rs = status(&c->r[0]);
+    int lnew = (int)kbp_num(ls, "commits") - lcommits;
+    assert_true(lnew >= 1);
+    assert_int_equal((int)kbp_num(ls, "synced_commits"), lcommits + lnew);
+    assert_int_equal((int)kbp_num(rs, "lazy_commits"), rlazy);
+    assert_true(kbp_num(rs, "synced_commits") >= lnew);
+    assert_int_equal((int)kbp_num(rs, "version"), 50);
+    assert_int_equal((int)kbp_num(rs, "durable_version"), 50);
+    cJSON_Delete(ls);
+    cJSON_Delete(rs);
+}
+
 static void test_e2e_repl_async_converges_and_lag_is_reported(void **state)
 {
     cluster_t *c = *state;
@@ -1246,6 +1318,8 @@ int main(void)
             teardown),
         cmocka_unit_test_setup_teardown(
             test_e2e_repl_snapshot_when_behind_or_new, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_e2e_repl_flushes_per_commit,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_repl_impostors_are_refused,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_repl_curve_keys_and_roles,
