@@ -391,6 +391,72 @@ static void test_e2e_repl_flushes_per_commit(void **state)
     cJSON_Delete(rs);
 }
 
+/* kill -9 of the leader between its commit and the replicas' durability
+ * acks, in each write mode (KBSYNC_TEST_FAULT=crash-after-commit: the
+ * leader exits right after a group commit, before answering it and, for
+ * `async`, before streaming it; an `all` or quorum group was shipped before
+ * the commit and sits staged on the replicas). Nothing acknowledged is
+ * lost, the committed write survives, and both replicas converge on the
+ * leader's documents, lazily committed records included. */
+static void test_e2e_repl_leader_killed_between_commit_and_acks(void **state)
+{
+    cluster_t *c = *state;
+    const char *modes[] = {"async", "quorum:1", "all"};
+    char path[400], out[1 << 16];
+    int total = 0;
+    for (int m = 0; m < 3; m++) {
+        setenv("KBSYNC_TEST_FAULT", "crash-after-commit:3", 1);
+        start_leader(c, NULL, NULL);
+        unsetenv("KBSYNC_TEST_FAULT");
+        if (m == 0) {
+            start_replica(c, 0);
+            start_replica(c, 1);
+        }
+        wait_connected(c, "r1", 1);
+        wait_connected(c, "r2", 1);
+        char prefix[8];
+        snprintf(prefix, sizeof prefix, "k%d", m);
+        snprintf(path, sizeof path, "%s/%s.jsonl", c->dir, prefix);
+        write_jsonl(path, prefix, m * 100, m * 100 + 30);
+        int before = total;
+        int rc = kbp_run(out, sizeof out,
+                         "'%s' ingest --to '%s' --mode %s --batch 1 "
+                         "--timeout-ms 3000 --retries 0 '%s' 2>&1",
+                         kbp_bin(), c->leader.ep, modes[m], path);
+        assert_int_not_equal(rc, 0); /* the leader died under it */
+        int st = 0;
+        assert_int_equal(waitpid(c->leader.pid, &st, 0), c->leader.pid);
+        kbp_forget(c->leader.pid);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 9);
+        start_leader(c, NULL, NULL);
+        cJSON *ls = status(&c->leader);
+        assert_non_null(ls);
+        int v = (int)kbp_num(ls, "version");
+        int docs = (int)kbp_num(ls, "docs");
+        cJSON_Delete(ls);
+        /* 3 commits of at least one write each, the crashing one too */
+        assert_true(v >= total + 3);
+        assert_int_equal(docs, v);
+        total = v;
+        for (int r = 0; r < 2; r++) {
+            assert_int_equal(wait_version(&c->r[r], v, 20000), v);
+            cJSON *rs = status(&c->r[r]);
+            assert_int_equal((int)kbp_num(rs, "docs"), docs);
+            cJSON_Delete(rs);
+        }
+        /* the newest write committed (one request per document, in file
+         * order) is searchable on both replicas, the next one nowhere */
+        int n = v - before;
+        char id[32];
+        snprintf(id, sizeof id, "%s-%d", prefix, m * 100 + n - 1);
+        for (int r = 0; r < 2; r++)
+            assert_int_equal(rank_on(&c->r[r], m * 100 + n - 1, id, NULL), 0);
+        snprintf(id, sizeof id, "%s-%d", prefix, m * 100 + n);
+        assert_int_equal(rank_on(&c->leader, m * 100 + n, id, NULL), -1);
+        assert_int_equal(kbp_stop(c->leader.pid, SIGTERM, 10000), 0);
+    }
+}
+
 static void test_e2e_repl_async_converges_and_lag_is_reported(void **state)
 {
     cluster_t *c = *state;
@@ -1320,6 +1386,9 @@ int main(void)
             test_e2e_repl_snapshot_when_behind_or_new, setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_repl_flushes_per_commit,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_e2e_repl_leader_killed_between_commit_and_acks, setup,
+            teardown),
         cmocka_unit_test_setup_teardown(test_e2e_repl_impostors_are_refused,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_repl_curve_keys_and_roles,
