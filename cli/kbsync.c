@@ -1365,12 +1365,24 @@ static void huge_pages_reexec(char **argv)
     }
     if (!strstr(mode, "[madvise]"))
         return;
+    /* Exec this binary by its path, so that the process keeps its name
+     * (exec'ing /proc/self/exe would rename it "exe"); not when started
+     * through the dynamic loader, or when the file was replaced. */
+    char self[4096];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (len <= 0)
+        return;
+    self[len] = 0;
+    const char *base = strrchr(self, '/');
+    base = base ? base + 1 : self;
+    if (!strncmp(base, "ld-", 3) || strstr(self, " (deleted)"))
+        return;
     char val[1024];
     int n = snprintf(val, sizeof val, "%s%sglibc.malloc.hugetlb=1",
                      tun ? tun : "", tun && *tun ? ":" : "");
     if (n < 0 || (size_t)n >= sizeof val || setenv("GLIBC_TUNABLES", val, 1))
         return;
-    execv("/proc/self/exe", argv);
+    execv(self, argv);
     /* no exec (no /proc?): run on as we are, without the setting */
     if (tun)
         setenv("GLIBC_TUNABLES", tun, 1);

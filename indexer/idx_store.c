@@ -42,6 +42,7 @@ struct idx_store {
      * commit's meta page reaches the disk with the next commit's flush or
      * idx_store_sync(). synced_lsn: every record up to it is on disk. */
     int nosync, lazy, env_lazy;
+    int sync_failed; /* a flush failed: synced_lsn never moves again */
     uint64_t synced_lsn;
     uint64_t synced_commits, lazy_commits, syncs;
 };
@@ -382,9 +383,20 @@ int idx_store_sync(idx_store_t *s, char *err, size_t errlen)
 {
     if (s->synced_lsn >= s->applied_lsn)
         return 0;
+    if (s->sync_failed)
+        return kb_seterr(err, errlen, KB_ESTORE,
+                         "an earlier flush to disk failed: what it held may "
+                         "not be on disk, so nothing after LSN %llu is "
+                         "reported durable until the node is restarted",
+                         (unsigned long long)s->synced_lsn);
     int rc = mdb_env_sync(s->env, 1);
-    if (rc)
+    if (rc) {
+        /* Linux may mark the pages of a failed writeback clean: a later
+         * flush that succeeds would not have written them. Never count
+         * anything as on disk again in this process. */
+        s->sync_failed = 1;
         return store_fail(err, errlen, rc, "flush to disk");
+    }
     s->syncs++;
     s->synced_lsn = s->applied_lsn;
     return 0;
@@ -746,15 +758,24 @@ int idx_store_commit(idx_wtxn_t **tp, char *err, size_t errlen)
     }
     uint64_t before = t->s->applied_lsn;
     rc = mdb_txn_commit(t->txn);
+    if (rc == EIO) /* a flush failed (ENOSPC: no space for the pages;
+                      nothing was flushed and the commit can be retried) */
+        t->s->sync_failed = 1;
     if (!rc) {
         /* A lazy commit's fdatasync also flushed the meta page the commit
          * before it left unsynced: everything before this one is on disk. */
-        if (t->s->nosync)
+        if (t->s->sync_failed)
+            ; /* pages a failed flush dropped may be missing: see below */
+        else if (t->s->nosync)
             t->s->synced_lsn = t->last_lsn;
         else if (t->lazy)
-            t->s->synced_lsn = before, t->s->lazy_commits++;
+            t->s->synced_lsn = before;
         else
-            t->s->synced_lsn = t->last_lsn, t->s->synced_commits++;
+            t->s->synced_lsn = t->last_lsn;
+        if (t->lazy)
+            t->s->lazy_commits++;
+        else if (!t->s->nosync)
+            t->s->synced_commits++;
         t->s->digest = t->digest;
         t->s->applied_lsn = t->last_lsn;
         t->s->applied_us = t->last_us;

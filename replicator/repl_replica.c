@@ -309,6 +309,16 @@ static void replica_hello(repl_replica_t *r)
     h.protocol_version = KB_REPL_PROTOCOL_VERSION;
     h.replica_id = (char *)r->cfg.id;
     if (r->ix) {
+        /* The leader counts the hello's LSN as applied here (an `all` or
+         * quorum write may be answered on it): it must be on disk. */
+        char err[512];
+        if (idx_sync(r->ix, err, sizeof err)) {
+            kb_log_limited(&r->log_sync, KB_LOG_WARN,
+                           "no hello: cannot flush applied records to "
+                           "disk: %s", err);
+            r->hello_us = kb_mono_us();
+            return;
+        }
         idx_stats_t st;
         idx_stats_stream(r->ix, &st);
         h.applied_lsn = st.version;

@@ -342,7 +342,8 @@ static void test_e2e_repl_flushes_per_commit(void **state)
     assert_non_null(rs);
     int lcommits = (int)kbp_num(ls, "commits");
     assert_true(lcommits >= 1 && lcommits <= 40);
-    assert_int_equal((int)kbp_num(ls, "synced_commits"), lcommits);
+    /* (>=: the leader also saves retention pins every 5 s, in full) */
+    assert_true(kbp_num(ls, "synced_commits") >= lcommits);
     assert_int_equal((int)kbp_num(ls, "lazy_commits"), 0);
     int rcommits = (int)kbp_num(rs, "commits");
     int rlazy = (int)kbp_num(rs, "lazy_commits");
@@ -382,7 +383,8 @@ static void test_e2e_repl_flushes_per_commit(void **state)
     rs = status(&c->r[0]);
     int lnew = (int)kbp_num(ls, "commits") - lcommits;
     assert_true(lnew >= 1);
-    assert_int_equal((int)kbp_num(ls, "synced_commits"), lcommits + lnew);
+    assert_true(kbp_num(ls, "synced_commits") >= lcommits + lnew);
+    assert_int_equal((int)kbp_num(ls, "lazy_commits"), 0);
     assert_int_equal((int)kbp_num(rs, "lazy_commits"), rlazy);
     assert_true(kbp_num(rs, "synced_commits") >= lnew);
     assert_int_equal((int)kbp_num(rs, "version"), 50);
@@ -425,7 +427,15 @@ static void test_e2e_repl_leader_killed_between_commit_and_acks(void **state)
                          kbp_bin(), c->leader.ep, modes[m], path);
         assert_int_not_equal(rc, 0); /* the leader died under it */
         int st = 0;
-        assert_int_equal(waitpid(c->leader.pid, &st, 0), c->leader.pid);
+        pid_t got = 0;
+        for (int i = 0; i < 400 && got == 0; i++) {
+            got = waitpid(c->leader.pid, &st, WNOHANG);
+            if (got == 0)
+                usleep(50000);
+        }
+        if (got != c->leader.pid)
+            fail_msg("the leader did not exit at its 3rd commit (%s): %s",
+                     modes[m], out);
         kbp_forget(c->leader.pid);
         assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 9);
         start_leader(c, NULL, NULL);

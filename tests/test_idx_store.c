@@ -912,6 +912,63 @@ static void test_idx_store_digest_follows_every_write(void **state)
     idx_store_close(&s2);
 }
 
+/* Lazy commits (idx_store_set_lazy): a lazy commit is on disk only once
+ * the next commit (or idx_store_sync) flushed its meta page, and
+ * idx_store_synced() never claims more; a full commit is on disk at once;
+ * reopening flushes; with nosync everything counts as synced. */
+static void test_idx_store_lazy_commits_and_synced_lsn(void **state)
+{
+    fx_t *f = *state;
+    char dir[400], err[512] = "";
+    kbt_path(dir, sizeof dir, f->tmp, "lazy");
+    idx_store_t *s = NULL;
+    KBT_OK(idx_store_open(dir, 0, 0, &s, err, sizeof err), err);
+    uint64_t full, lazy, syncs;
+    KBT_U64(idx_store_synced(s), 0);
+    idx_wtxn_t *t = begin(s);
+    upsert(t, 1, "a", "a1");
+    commit(&t);
+    KBT_U64(idx_store_synced(s), 1); /* full: on disk at once */
+    idx_store_set_lazy(s, 1);
+    t = begin(s);
+    upsert(t, 2, "b", "b1");
+    commit(&t);
+    KBT_U64(idx_store_synced(s), 1); /* its meta page is not flushed */
+    t = begin(s);
+    upsert(t, 3, "c", "c1");
+    upsert(t, 4, "d", "d1");
+    commit(&t);
+    KBT_U64(idx_store_synced(s), 2); /* this flush carried LSN 2's meta */
+    expect_state(s, 4, 1004);
+    idx_store_sync_counts(s, &full, &lazy, &syncs);
+    KBT_U64(full, 1);
+    KBT_U64(lazy, 2);
+    KBT_U64(syncs, 0);
+    KBT_OK(idx_store_sync(s, err, sizeof err), err);
+    KBT_U64(idx_store_synced(s), 4);
+    KBT_OK(idx_store_sync(s, err, sizeof err), err); /* nothing to do */
+    idx_store_sync_counts(s, &full, &lazy, &syncs);
+    KBT_U64(syncs, 1);
+    t = begin(s);
+    upsert(t, 5, "e", "e1");
+    commit(&t);
+    KBT_U64(idx_store_synced(s), 4);
+    idx_store_close(&s);
+    /* reopened: what the last process left is flushed, then counted */
+    KBT_OK(idx_store_open(dir, 0, 0, &s, err, sizeof err), err);
+    expect_state(s, 5, 1005);
+    KBT_U64(idx_store_synced(s), 5);
+    idx_store_close(&s);
+    /* nosync (the fixture's store): lazy or not, synced follows applied */
+    idx_store_set_lazy(f->s, 1);
+    t = begin(f->s);
+    upsert(t, 1, "a", "a1");
+    commit(&t);
+    KBT_U64(idx_store_synced(f->s), 1);
+    idx_store_sync_counts(f->s, &full, &lazy, &syncs);
+    KBT_U64(full + lazy + syncs, 0);
+}
+
 int main(void)
 {
     kb_log_setup(KB_LOG_WARN, "test_idx_store");
@@ -933,6 +990,7 @@ int main(void)
         T(test_idx_store_compact_without_undo),
         T(test_idx_store_sweep_below_log_start),
         T(test_idx_store_digest_follows_every_write),
+        T(test_idx_store_lazy_commits_and_synced_lsn),
     };
 #undef T
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
