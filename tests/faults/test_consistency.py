@@ -336,8 +336,40 @@ class Consistency(unittest.TestCase):
                               r.query.read_index))
             cl.close()
 
+        def chaser(k):
+            # Writes, then at once reads a replica: the leader answers an
+            # async write before streaming it, so an eventual read here is
+            # usually stale, and a strong one must not be.
+            cw = self.client(self.c.client_ep)
+            cr = self.client(self.c.replicas[k % 2].listen)
+            i = 0
+            while time.time() < stop:
+                r = self.upsert(["c%d-%d" % (k, i)], cl=cw)
+                i += 1
+                if r is None or r.HasField("error"):
+                    errors.append(r)
+                    continue
+                with lock:
+                    acked.append((time.monotonic(), r.write.version))
+                sent = time.monotonic()
+
+                def fill(q):
+                    q.query.k = 1
+                    q.query.vector.extend(kbproto.embedding("q", DIM))
+                    q.query.consistency = level
+                    q.query.wait_ms = 3000
+                q = cr.call(fill)
+                if q is None or q.HasField("error"):
+                    errors.append(q)
+                    continue
+                reads.append((sent, q.query.state.version,
+                              q.query.read_index))
+            cw.close()
+            cr.close()
+
         ts = [threading.Thread(target=writer, args=(w,)) for w in range(2)]
         ts += [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+        ts += [threading.Thread(target=chaser, args=(k,)) for k in range(2)]
         for t in ts:
             t.start()
         for t in ts:
