@@ -1353,8 +1353,13 @@ static void huge_pages_reexec(char **argv)
 {
     const char *off = getenv("KBSYNC_HUGE_PAGES");
     const char *tun = getenv("GLIBC_TUNABLES");
+    const char *pre = getenv("LD_PRELOAD");
     if ((off && !strcmp(off, "0")) ||
         (tun && strstr(tun, "glibc.malloc.hugetlb")))
+        return;
+    /* Under valgrind an exec would leave it (children are not traced by
+     * default), and its own malloc ignores the tunable anyway. */
+    if (pre && (strstr(pre, "vgpreload") || strstr(pre, "valgrind")))
         return;
     char mode[128] = "";
     FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");

@@ -47,6 +47,22 @@ ECONFLICT = -1021
 NONE, RECEIVED, DURABLE, SEARCHABLE = 0, 1, 2, 3
 
 
+def violations(acked, reads):
+    """Reads (sent, version, _) answered below a write acknowledged (time,
+    version) before the read was sent."""
+    acked = sorted(acked)
+    bad = 0
+    j = 0
+    newest = 0
+    for sent, version, _ in sorted(reads):
+        while j < len(acked) and acked[j][0] < sent:
+            newest = max(newest, acked[j][1])
+            j += 1
+        if version < newest:
+            bad += 1
+    return bad
+
+
 class Consistency(unittest.TestCase):
     def setUp(self):
         kbproto.load(os.environ.get("KBF_PROTO_DIR",
@@ -375,17 +391,8 @@ class Consistency(unittest.TestCase):
         for t in ts:
             t.join()
         self.assertEqual(errors, [])
-        acked.sort()
-        bad = 0
-        j = 0
-        newest = 0
-        for sent, version, _ in sorted(reads):
-            while j < len(acked) and acked[j][0] < sent:
-                newest = max(newest, acked[j][1])
-                j += 1
-            if version < newest:
-                bad += 1
-        return len(reads), bad
+        self.last_history = (acked, reads)
+        return len(reads), violations(acked, reads)
 
     def test_strong_reads_see_every_acknowledged_write(self):
         self.start()
@@ -393,10 +400,18 @@ class Consistency(unittest.TestCase):
         self.assertGreater(n, 100)
         self.assertEqual(bad, 0, "%d of %d strong reads missed an "
                          "acknowledged write" % (bad, n))
-        # the check has teeth: eventual reads on the same cluster miss some
+        # The check has teeth: the same history with every read answered
+        # at version 0 is caught (deterministic; whether eventual reads on
+        # a replica are actually stale depends on timing: replicas that
+        # apply the stream before queued queries are rarely behind, and a
+        # sanitizer build found none in 191 such reads).
+        acked, reads = self.last_history
+        zeroed = [(sent, 0, ri) for sent, _, ri in reads]
+        self.assertGreater(violations(acked, zeroed), 0,
+                           "the history check catches nothing")
         n, bad = self.history(EVENTUAL)
-        self.assertGreater(bad, 0, "the history check found nothing to "
-                           "catch in %d eventual reads" % n)
+        sys.stderr.write("eventual reads behind an acknowledged write: "
+                         "%d of %d\n" % (bad, n))
 
     def test_strong_read_refused_without_leader(self):
         self.start()
