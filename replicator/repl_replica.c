@@ -358,7 +358,7 @@ static void replica_ack(repl_replica_t *r)
     a.applied_lsn = v.version < a.durable_lsn ? v.version : a.durable_lsn;
     if (committed > r->received)
         r->received = committed;
-    a.received_lsn = r->received > committed ? r->received : committed;
+    a.received_lsn = r->received;
     if (!idx_loading(r->ix))
         idx_digest(r->ix, &a.digest_lsn, &a.digest);
     Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;

@@ -321,35 +321,41 @@ class Consistency(unittest.TestCase):
         reads = []
         errors = []
 
+        def write(cl, name):
+            r = self.upsert([name], cl=cl)
+            if r is None or r.HasField("error"):
+                errors.append(r)
+                return False
+            with lock:
+                acked.append((time.monotonic(), r.write.version))
+            return True
+
+        def fill(q):
+            q.query.k = 1
+            q.query.vector.extend(kbproto.embedding("q", DIM))
+            q.query.consistency = level
+            q.query.wait_ms = 3000
+
+        def read(cl):
+            sent = time.monotonic()
+            r = cl.call(fill)
+            if r is None or r.HasField("error"):
+                errors.append(r)
+                return
+            reads.append((sent, r.query.state.version, r.query.read_index))
+
         def writer(w):
             cl = self.client(self.c.client_ep)
             i = 0
             while time.time() < stop:
-                r = self.upsert(["w%d-%d" % (w, i)], cl=cl)
+                write(cl, "w%d-%d" % (w, i))
                 i += 1
-                if r is None or r.HasField("error"):
-                    errors.append(r)
-                    continue
-                with lock:
-                    acked.append((time.monotonic(), r.write.version))
             cl.close()
 
         def reader(k):
             cl = self.client(self.c.replicas[k % 2].listen)
             while time.time() < stop:
-                sent = time.monotonic()
-
-                def fill(q):
-                    q.query.k = 1
-                    q.query.vector.extend(kbproto.embedding("q", DIM))
-                    q.query.consistency = level
-                    q.query.wait_ms = 3000
-                r = cl.call(fill)
-                if r is None or r.HasField("error"):
-                    errors.append(r)
-                    continue
-                reads.append((sent, r.query.state.version,
-                              r.query.read_index))
+                read(cl)
             cl.close()
 
         def chaser(k):
@@ -360,26 +366,9 @@ class Consistency(unittest.TestCase):
             cr = self.client(self.c.replicas[k % 2].listen)
             i = 0
             while time.time() < stop:
-                r = self.upsert(["c%d-%d" % (k, i)], cl=cw)
+                if write(cw, "c%d-%d" % (k, i)):
+                    read(cr)
                 i += 1
-                if r is None or r.HasField("error"):
-                    errors.append(r)
-                    continue
-                with lock:
-                    acked.append((time.monotonic(), r.write.version))
-                sent = time.monotonic()
-
-                def fill(q):
-                    q.query.k = 1
-                    q.query.vector.extend(kbproto.embedding("q", DIM))
-                    q.query.consistency = level
-                    q.query.wait_ms = 3000
-                q = cr.call(fill)
-                if q is None or q.HasField("error"):
-                    errors.append(q)
-                    continue
-                reads.append((sent, q.query.state.version,
-                              q.query.read_index))
             cw.close()
             cr.close()
 
