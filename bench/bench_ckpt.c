@@ -24,7 +24,6 @@
  * Last line: RESULT key=value ... */
 #include "bench_common.h"
 #include "idx.h"
-#include "idx_vec.h" /* idx_vec_setup(), as the kbsync program calls it */
 #include "kb_err.h"
 #include "kb_util.h"
 
@@ -355,7 +354,7 @@ int main(int argc, char **argv)
     o.mode = argv[optind];
     o.dir = argv[optind + 1];
     kb_log_setup(KB_LOG_INFO, "bench_ckpt");
-    idx_vec_setup(o.threads);
+    idx_setup(o.threads);
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (!strcmp(o.mode, "open")) { /* one timed open, no close */
         idx_stats_t st;

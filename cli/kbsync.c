@@ -6,7 +6,6 @@
 #include "cli_embed.h"
 
 #include "idx.h"
-#include "idx_vec.h"
 #include "kb_err.h"
 #include "kb_json.h"
 #include "kb_sec.h"
@@ -453,7 +452,7 @@ static int cmd_leader(int argc, char **argv)
     sec_finish(&sec, &nc, 0, eps, 2);
 
     install_signals();
-    idx_vec_setup(threads);
+    idx_setup(threads);
     char err[512];
     idx_kb_t *ix = NULL;
     int rc = idx_open(&ic, &ix, err, sizeof err);
@@ -533,7 +532,7 @@ static int cmd_replica(int argc, char **argv)
     const char *eps[] = {nc.listen, nc.replica.leader};
     sec_finish(&sec, &nc, 1, eps, 2);
     install_signals();
-    idx_vec_setup(threads);
+    idx_setup(threads);
     char err[512];
     if (node_run(NULL, &nc, &g_stop, err, sizeof err)) {
         kb_error("%s", err);

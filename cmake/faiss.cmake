@@ -10,17 +10,17 @@ include_guard(GLOBAL)
 
 option(KB_FAISS_FORCE_COMPAT "Always build indexer/faiss_c_compat.cpp" OFF)
 
-# The C API functions kbsync calls; a faiss_c lacking any of them is unusable.
-# That includes the per-call search parameters declared in
-# indexer/faiss_c_ext.h (official since FAISS 1.7.4, absent from 1.7.3's C
-# API): an older faiss_c that lacks them falls back to the compat unit.
+# The C API functions kbsync calls (indexer/*.c), every one of them and no
+# other; a faiss_c lacking any of them is unusable. That includes the
+# per-call search parameters declared in indexer/faiss_c_ext.h (official
+# since FAISS 1.7.4, absent from 1.7.3's C API): an older faiss_c that lacks
+# them falls back to the compat unit. The check below the probe fails the
+# configure step when indexer/ calls a faiss_ function the probe does not.
 set(_kb_faiss_probe_src [=[
-#include <faiss/c_api/AutoTune_c.h>
 #include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/MetaIndexes_c.h>
 #include <faiss/c_api/error_c.h>
-#include <faiss/c_api/impl/AuxIndexStructures_c.h>
 #include <faiss/c_api/index_factory_c.h>
 #include <faiss/c_api/index_io_c.h>
 #include <faiss/c_api/utils/distances_c.h>
@@ -30,10 +30,6 @@ int main(int argc, char **argv)
 {
     /* Called, not just named: a referenced address can be folded away. */
     FaissIndex *idx = 0;
-    FaissIDSelectorBatch *sel = 0;
-    FaissIDSelectorRange *range = 0;
-    FaissParameterSpace *ps = 0;
-    FaissSearchParameters *sp = 0;
     FaissSearchParametersIVF *ivf = 0;
     FaissSearchParametersHNSW *hnsw = 0;
     float x[4] = {0}, d = 0;
@@ -43,38 +39,44 @@ int main(int argc, char **argv)
         faiss_Index_train(idx, 1, x);
         faiss_Index_add_with_ids(idx, 1, x, &l);
         faiss_Index_search(idx, 1, x, 1, &d, &l);
-        faiss_Index_reconstruct(idx, l, x);
-        faiss_Index_reset(idx);
-        faiss_IDSelectorBatch_new(&sel, 0, 0);
-        faiss_IDSelectorRange_new(&range, 0, 1);
-        faiss_Index_remove_ids(idx, (FaissIDSelector *)sel, 0);
-        faiss_IDSelector_free((FaissIDSelector *)sel);
-        faiss_SearchParameters_new(&sp, (FaissIDSelector *)range);
         faiss_SearchParametersIVF_new_with(&ivf, 0, 1, 0);
         faiss_SearchParametersHNSW_new_with(&hnsw, 0, 16);
-        faiss_Index_search_with_params(idx, 1, x, 1, sp, &d, &l);
-        faiss_SearchParameters_free(sp);
-        faiss_SearchParametersIVF_free(ivf);
-        faiss_SearchParametersHNSW_free(hnsw);
+        faiss_Index_search_with_params(idx, 1, x, 1,
+                                       (FaissSearchParameters *)ivf, &d, &l);
+        faiss_SearchParameters_free((FaissSearchParameters *)ivf);
+        faiss_SearchParameters_free((FaissSearchParameters *)hnsw);
+        faiss_Index_reconstruct(idx, l, x);
         faiss_IndexIVF_make_direct_map(
             faiss_IndexIVF_cast(faiss_IndexIDMap2_sub_index(
                 faiss_IndexIDMap2_cast(idx))),
             1);
-        faiss_write_index_fname(idx, argv[1]);
-        faiss_read_index_fname(argv[1], 0, &idx);
         faiss_write_index(idx, stdout);
         faiss_read_index(stdin, 0, &idx);
-        faiss_ParameterSpace_new(&ps);
-        faiss_ParameterSpace_set_index_parameter(ps, idx, argv[2], 1.0);
-        faiss_ParameterSpace_free(ps);
-        faiss_set_distance_compute_blas_threshold(
-            faiss_get_distance_compute_blas_threshold());
-        return faiss_Index_d(idx) + faiss_Index_is_trained(idx) +
-               (int)faiss_Index_ntotal(idx) + faiss_Index_metric_type(idx);
+        faiss_set_distance_compute_blas_threshold(argc);
+        int r = faiss_Index_d(idx) + faiss_Index_is_trained(idx) +
+                (int)faiss_Index_ntotal(idx) + faiss_Index_metric_type(idx);
+        faiss_Index_free(idx);
+        return r;
     }
     return faiss_get_last_error() != 0;
 }
 ]=])
+
+# Every faiss_ function called in indexer/*.c must be in the probe.
+file(GLOB _kb_idx_src ${CMAKE_CURRENT_LIST_DIR}/../indexer/*.c)
+foreach(_f ${_kb_idx_src})
+  file(READ ${_f} _txt)
+  string(REGEX MATCHALL "faiss_[A-Za-z0-9_]+[ \t\n]*\\(" _calls "${_txt}")
+  foreach(_c ${_calls})
+    string(REGEX REPLACE "[ \t\n]*\\($" "" _c "${_c}")
+    string(FIND "${_kb_faiss_probe_src}" "${_c}(" _at)
+    if(_at EQUAL -1)
+      message(FATAL_ERROR "${_f} calls ${_c}, which cmake/faiss.cmake's probe "
+                          "does not: add it there, so that a faiss_c without "
+                          "it is not taken")
+    endif()
+  endforeach()
+endforeach()
 
 # Dependencies of the C++ libfaiss.a: OpenMP (the imported `faiss` target
 # names OpenMP::OpenMP_CXX without finding it, hence the order), BLAS and

@@ -47,8 +47,8 @@
  * A read() error is final: it is returned once, then the reader is at end.
  *
  * r->line counts every line handed out: records, blank lines, failed lines.
- * Chunk size: KB__JSONL_CHUNK, or the environment variable KB_JSONL_CHUNK
- * (bytes, >= 64) so that tests can put chunk boundaries inside records.
+ * Chunk size: KB__JSONL_CHUNK, or what the caller of kb_jsonl_open_chunk()
+ * asks for (tests put chunk boundaries inside records with it).
  * 1 MiB measured fastest (bench_jsonl, 8.9 KB records): the read() copy is
  * still in cache when parsed; 16 MiB was ~4% slower, 64 MiB ~15%. mmap was
  * not used: touching the pages cost about what read() copying them does
@@ -304,9 +304,12 @@ inline uint32_t eight_digits_value(const char *p)
  * is the same, correctly rounded. Returns false for anything unusual (more
  * than 19 significant digits, long or out-of-range exponents, bad grammar,
  * or when compute_float_64 cannot decide); the caller then classifies the
- * token and uses slow_double(). compute_float_64 is an internal of simdjson
- * 3.0.x (Debian 12); if another simdjson lacks it, make this function return
- * false: values stay identical, only slower (strtod for every number).
+ * token and uses slow_double(). compute_float_64 and the power bounds are
+ * internals of simdjson 3.0.x (Debian 12), not its public API: CMakeLists.txt
+ * compiles and runs a check of them at configure time (KB_SIMDJSON_FAST_FLOATS)
+ * and, when another simdjson lacks them or they behave otherwise, builds with
+ * KB_JSON_NO_FAST_FLOATS and says so: then this function returns false and
+ * every number goes through strtod (values identical, ingest slower).
  * p has SIMDJSON_PADDING readable bytes after the token. */
 inline bool fast_double(const char *p, double *d)
 {
@@ -367,11 +370,19 @@ inline bool fast_double(const char *p, double *d)
     char c = *p;
     if (!(c == ',' || c == ']' || c == '}' || is_ws(c)))
         return false;
+#ifdef KB_JSON_NO_FAST_FLOATS
+    (void)exp;
+    (void)i;
+    (void)neg;
+    (void)d;
+    return false;
+#else
     if (exp < simdjson::internal::smallest_power ||
         exp > simdjson::internal::largest_power)
         return false;
     return simdjson::SIMDJSON_BUILTIN_IMPLEMENTATION::numberparsing::
         compute_float_64(exp, i, neg, *d);
+#endif
 }
 
 /* Slow path: any well-formed number t (followed in memory by a byte that
@@ -841,18 +852,6 @@ int parse_record(kb_jsonl *r, const char *p, size_t len, size_t avail,
     return 1;
 }
 
-size_t chunk_size(void)
-{
-    const char *s = getenv("KB_JSONL_CHUNK");
-    if (!s || !*s)
-        return KB__JSONL_CHUNK;
-    char *end;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (*end != '\0' || v < 64 || v > (1ull << 30))
-        return KB__JSONL_CHUNK;
-    return static_cast<size_t>(v);
-}
-
 /* read() once into buf[end..cap). Returns bytes read, 0 at end, -errno. */
 ssize_t fill(kb_jsonl *r)
 {
@@ -1155,8 +1154,17 @@ extern "C" {
 
 int kb_jsonl_open(const char *path, kb_jsonl_t **out)
 {
+    return kb_jsonl_open_chunk(path, 0, out);
+}
+
+int kb_jsonl_open_chunk(const char *path, size_t chunk, kb_jsonl_t **out)
+{
     assert(path && out);
     *out = nullptr;
+    if (chunk == 0)
+        chunk = KB__JSONL_CHUNK;
+    if (chunk < KB_JSONL_CHUNK_MIN || chunk > KB_JSONL_CHUNK_MAX)
+        return KB_EINVAL;
     bool is_stdin = strcmp(path, "-") == 0;
     int fd = 0;
     if (!is_stdin) {
@@ -1187,7 +1195,7 @@ int kb_jsonl_open(const char *path, kb_jsonl_t **out)
     r->fd = fd;
     r->own_fd = !is_stdin;
     r->name = strdup(is_stdin ? "<stdin>" : path);
-    r->cap = chunk_size();
+    r->cap = chunk;
     r->buf = static_cast<char *>(malloc(r->cap + KB__PAD));
     r->emb_cap = 1024;
     r->emb = static_cast<float *>(malloc(r->emb_cap * sizeof(float)));

@@ -482,6 +482,11 @@ static void ckpt_wait(idx_kb_t *ix);
 static void ckpt_at_close(idx_kb_t *ix);
 static void ckpt_maybe_start(idx_kb_t *ix);
 
+void idx_setup(int threads)
+{
+    idx_vec_setup(threads);
+}
+
 int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
 {
     *out = NULL;

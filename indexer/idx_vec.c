@@ -339,7 +339,7 @@ static void factory_desc(const vec_desc_t *d, char *buf, size_t len)
         snprintf(buf, len, "IDMap2,IVF%u,Flat", d->nlist);
 }
 
-static FaissMetricType faiss_metric(int metric)
+static FaissMetricType metric_of(int metric)
 {
     return metric == IDX_METRIC_L2 ? METRIC_L2 : METRIC_INNER_PRODUCT;
 }
@@ -349,7 +349,7 @@ static int vec_build(idx_vec_t *v, const char *desc, const char *user,
                      int parsed, char *err, size_t errlen)
 {
     if (faiss_index_factory(&v->index, (int)v->dim, desc,
-                            faiss_metric(v->metric))) {
+                            metric_of(v->metric))) {
         const char *why = faiss_get_last_error();
         return kb_seterr(err, errlen, KB_EINDEX,
                          "index \"%s\": FAISS index_factory failed: %s", user,
@@ -373,7 +373,7 @@ static int vec_build(idx_vec_t *v, const char *desc, const char *user,
     if (faiss_IndexIVF_make_direct_map(ivf, 1))
         return vec_fail(err, errlen, "IndexIVF_make_direct_map");
     if (faiss_index_factory(&v->fallback, (int)v->dim, "IDMap2,Flat",
-                            faiss_metric(v->metric)))
+                            metric_of(v->metric)))
         return vec_fail(err, errlen, "index_factory (flat fallback)");
     return 0;
 }
@@ -615,7 +615,7 @@ static size_t first_kprime(const search_t *s, size_t nq, uint32_t k)
 }
 
 /* One FAISS search of n queries for kp neighbours each. */
-static int faiss_search(const search_t *s, size_t n, const float *q, size_t kp,
+static int search_faiss(const search_t *s, size_t n, const float *q, size_t kp,
                         float *d, int64_t *l, char *err, size_t errlen)
 {
     const idx_vec_t *v = s->v;
@@ -683,7 +683,7 @@ static int retry_one(const search_t *s, size_t i, size_t kp, uint32_t k,
             rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
             break;
         }
-        rc = faiss_search(s, 1, s->q + i * s->v->dim, kp, d, l, err, errlen);
+        rc = search_faiss(s, 1, s->q + i * s->v->dim, kp, d, l, err, errlen);
         if (rc)
             break;
         got = keep_hits(s, d, l, kp, k, os, ol, &full);
@@ -703,7 +703,7 @@ static int search_run(const search_t *s, size_t nq, uint32_t k, float *scores,
     int64_t *l = malloc(nq * kp * sizeof *l);
     int rc = d && l ? 0 : kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     if (!rc)
-        rc = faiss_search(s, nq, s->q, kp, d, l, err, errlen);
+        rc = search_faiss(s, nq, s->q, kp, d, l, err, errlen);
     uint64_t want = s->p->allow || s->elig > k ? k : s->elig;
     for (size_t i = 0; i < nq && !rc; i++) {
         float *os = scores + i * k;
@@ -1011,11 +1011,11 @@ static int check_loaded(const idx_vec_t *v, const FaissIndex *x,
         return kb_seterr(err, errlen, KB_ECORRUPT, "%s is not an IDMap2",
                          what);
     if (faiss_Index_d(x) != (int)v->dim ||
-        faiss_Index_metric_type(x) != faiss_metric(v->metric))
+        faiss_Index_metric_type(x) != metric_of(v->metric))
         return kb_seterr(err, errlen, KB_ECORRUPT,
                          "%s has dim %d and metric %d; expected %u and %d",
                          what, faiss_Index_d(x), (int)faiss_Index_metric_type(x),
-                         v->dim, (int)faiss_metric(v->metric));
+                         v->dim, (int)metric_of(v->metric));
     return 0;
 }
 

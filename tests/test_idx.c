@@ -1,4 +1,4 @@
-/* test_idx: one node's knowledge base (indexer/idx.h) = real LMDB in a fresh
+/* test_idx: one node's knowledge base (indexer/include/idx.h) = real LMDB in a fresh
  * /tmp directory + real FAISS. In: upserts, deletes, queries, log records
  * read from another idx. Out: pass/fail on settings checks at open, write
  * and search semantics (replace, delete, LSNs), validation errors, index

@@ -8,7 +8,6 @@
 #include "kb_test.h"
 
 #include "idx.h"
-#include "idx_vec.h"
 #include "kb_err.h"
 #include "kb_util.h"
 
@@ -611,7 +610,7 @@ static void test_idx_ckpt_off(void **state)
 int main(void)
 {
     kb_log_setup(KB_LOG_WARN, "test_idx_ckpt");
-    idx_vec_setup(1); /* as kbsync does (--threads 1) */
+    idx_setup(1); /* as kbsync does (--threads 1) */
     const struct CMUnitTest tests[] = {
         T(test_idx_ckpt_tail_matches_rebuild_flat),
         T(test_idx_ckpt_tail_matches_rebuild_unmerged),

@@ -1,4 +1,4 @@
-/* test_idx_embed: the built-in lexical embedder of indexer/idx_embed.h. In:
+/* test_idx_embed: the built-in lexical embedder of indexer/include/idx_embed.h. In:
  * short texts. Out: pass/fail on determinism, unit norm, the zero vector
  * for word-less text, case folding, word splitting, and that texts sharing
  * words are closer than unrelated ones. Pure function: no state. */

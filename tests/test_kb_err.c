@@ -1,4 +1,4 @@
-/* test_kb_err: the error table of common/kb_err.h. In: every code of
+/* test_kb_err: the error table of common/include/kb_err.h. In: every code of
  * KB_ERRNO_MAP, some -errno values, codes in neither. Out: pass/fail on the
  * texts and names kb_strerror() / kb_errname() give them. No state. */
 #include "kb_test.h"

@@ -1,7 +1,7 @@
 /* test_kb_json: checks kb_json (common/kb_json.cpp) on real files in a temp
  * dir and on standard input: good records, blank lines and CRLF, every
  * documented error with its exact "FILE:LINE: reason" and the continuation
- * after it, records across chunk boundaries (KB_JSONL_CHUNK), too long lines,
+ * after it, records across chunk boundaries (kb_jsonl_open_chunk), too long lines,
  * and kb_json_parse_floats / kb_json_check_object on good and bad input. */
 #include "kb_json.h"
 #include "kb_test.h"
@@ -553,18 +553,21 @@ static void test_kb_json_records_across_chunks(void **state)
 
     /* Chunks far smaller than a record (buffer grows), about one record, a
      * few records, and the default (file is ~2 MB, chunk 1 MiB). */
-    static const char *const chunks[] = {"64",   "100",   "1000",
-                                         "4096", "65536", NULL};
+    static const size_t chunks[] = {64, 100, 1000, 4096, 65536, 0};
     for (int c = 0; c <= 5; c++) {
         kb_jsonl_t *r;
-        if (chunks[c])
-            setenv("KB_JSONL_CHUNK", chunks[c], 1);
-        else
-            unsetenv("KB_JSONL_CHUNK");
-        KBT_OK(kb_jsonl_open(path, &r), path);
+        KBT_OK(kb_jsonl_open_chunk(path, chunks[c], &r), path);
         check_records(r, n);
         kb_jsonl_close(&r);
     }
+    /* Chunk sizes out of bounds are refused, and open nothing. */
+    kb_jsonl_t *bad = (kb_jsonl_t *)path;
+    assert_int_equal(kb_jsonl_open_chunk(path, KB_JSONL_CHUNK_MIN - 1, &bad),
+                     KB_EINVAL);
+    assert_null(bad);
+    assert_int_equal(
+        kb_jsonl_open_chunk(path, (size_t)KB_JSONL_CHUNK_MAX + 1, &bad),
+        KB_EINVAL);
 
     /* An error in a record that spans a chunk boundary names its line. */
     sb.len = 0;
@@ -573,11 +576,9 @@ static void test_kb_json_records_across_chunks(void **state)
     sb_add(&sb, "{\"id\": \"z\"}\n");
     write_file(path, "chunks.jsonl", sb.p, sb.len);
     free(sb.p);
-    setenv("KB_JSONL_CHUNK", "530", 1);
     kb_jsonl_t *r;
     kb_jsonl_rec_t rec;
-    KBT_OK(kb_jsonl_open(path, &r), path);
-    unsetenv("KB_JSONL_CHUNK");
+    KBT_OK(kb_jsonl_open_chunk(path, 530, &r), path);
     KBT_RC(kb_jsonl_next(r, &rec), 1, kb_jsonl_error(r));
     KBT_RC(kb_jsonl_next(r, &rec), KB_EBADJSON, kb_jsonl_error(r));
     assert_err(r, path, 2, "\"embedding\"[2] is not a number");

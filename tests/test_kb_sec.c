@@ -1,5 +1,5 @@
 /* test_kb_sec: CURVE key files, trust files and the ZAP handler of
- * common/kb_sec.h. In: key files written by kb_sec_keygen in a temporary
+ * common/include/kb_sec.h. In: key files written by kb_sec_keygen in a temporary
  * directory, hand-written trust files, real CURVE sockets on inproc
  * endpoints. Out: pass/fail on file modes, refusals, the role a trusted
  * key's messages carry, and an untrusted key getting nothing through. */

@@ -1,4 +1,4 @@
-/* test_kb_wire: the ZeroMQ/protobuf boundary of common/kb_wire.h. In:
+/* test_kb_wire: the ZeroMQ/protobuf boundary of common/include/kb_wire.h. In:
  * hand-packed Requests (valid, oversized, truncated, garbage, wrong
  * version) and real ROUTER/DEALER/REQ sockets on inproc endpoints. Out:
  * pass/fail on decode codes, the request_id recovered from bad bytes, and

@@ -1,4 +1,4 @@
-/* test_node: the node of node/node.h, run for real: a node
+/* test_node: the node of node/include/node.h, run for real: a node
  * thread on tcp://127.0.0.1:* (endpoint read back from its endpoint file)
  * over real LMDB + FAISS in a fresh /tmp directory, driven through
  * qry_client and, for malformed traffic, raw DEALER/REQ sockets. Out:
@@ -9,7 +9,6 @@
 #include "kb_test.h"
 
 #include "idx.h"
-#include "idx_vec.h"
 #include "kb_err.h"
 #include "kb_util.h"
 #include "qry_client.h"
@@ -1342,7 +1341,7 @@ static void test_node_filters_and_search_params(void **state)
 int main(void)
 {
     kb_log_setup(KB_LOG_ERROR, "test_node");
-    idx_vec_setup(1); /* as kbsync's main does */
+    idx_setup(1); /* as kbsync's main does */
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(test_node_status),

@@ -1,4 +1,4 @@
-/* test_qry_pool: the reader threads of query/qry_pool.h on a real knowledge
+/* test_qry_pool: the reader threads of query/include/qry_pool.h on a real knowledge
  * base (LMDB + FAISS in a temp dir) and real ZeroMQ inproc sockets: a
  * ROUTER standing in for the node's client socket, a DEALER client, and the
  * PULL socket the readers answer on. Out: pass/fail on answers (hits equal
@@ -8,7 +8,6 @@
 #include "kb_test.h"
 
 #include "idx.h"
-#include "idx_vec.h"
 #include "kb_err.h"
 #include "kb_util.h"
 #include "qry_pool.h"
@@ -285,7 +284,7 @@ static void test_qry_pool_free_refuses_queued(void **state)
 int main(void)
 {
     kb_log_setup(KB_LOG_WARN, "test_qry_pool");
-    idx_vec_setup(1);
+    idx_setup(1);
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(test_qry_pool_answers_equal_direct_search),

@@ -21,7 +21,7 @@ SCHEMA = os.path.join(ROOT, "schemas", "kbsync.proto")
 
 pb = None
 
-# Error codes (common/kb_err.h, docs/PROTOCOL.md).
+# Error codes (common/include/kb_err.h, docs/PROTOCOL.md).
 EINVAL, EDIM, ENONFINITE, EBADID = -1000, -1001, -1002, -1003
 ETIMEOUT, ENOTLEADER, ENOREPLICA, ESTALE = -1012, -1013, -1014, -1015
 EUNAVAIL = -1018

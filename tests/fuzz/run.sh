@@ -15,7 +15,7 @@ W=$(mktemp -d /tmp/kbsync-fuzz-XXXXXX)
 trap 'rm -rf "$W"' EXIT
 clang -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
   -fno-sanitize-recover=all \
-  -Icommon -I"$B/gen" $(pkg-config --cflags libzmq) \
+  -Icommon/include -I"$B/gen" $(pkg-config --cflags libzmq) \
   tests/fuzz/fuzz_wire.c common/kb_wire.c common/kb_err.c common/kb_util.c \
   common/kb_metrics.c \
   "$B/gen/kbsync.pb-c.c" -lprotobuf-c $(pkg-config --libs libzmq) \

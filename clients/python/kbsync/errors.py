@@ -1,5 +1,5 @@
 """Typed exceptions for kbsync error codes: one class per KB_E* code of the
-table in docs/PROTOCOL.md ("Errors") and common/kb_err.h, all derived from
+table in docs/PROTOCOL.md ("Errors") and common/include/kb_err.h, all derived from
 KbsyncError.
 
 An error answer means the request failed and changed nothing, unless the

@@ -68,6 +68,11 @@ typedef struct idx_config {
 #define IDX_CKPT_SECS_DEFAULT 30u
 #define IDX_CKPT_NEVER UINT64_MAX
 
+/* Process-wide compute settings for the vector index: `threads` OpenMP and
+ * OpenBLAS threads for FAISS searches, adds and training (>= 1), and single
+ * queries through BLAS. Call once at start-up, before idx_open(). */
+void idx_setup(int threads);
+
 /* Opens or creates the knowledge base in cfg->dir and loads the vector
  * index from DIR/index.ckpt, adding the documents written after it, or
  * (no usable checkpoint: logged once, with the reason) rebuilds it from
