@@ -1042,6 +1042,10 @@ static size_t file_spans(ingest_t *g, const char *text, size_t n, size_t from)
     ck.pos = from;
     size_t ns = 0, s, e;
     while (cli_chunker_next(&ck, &s, &e)) {
+        /* Nothing to embed (e.g. a "----" rule alone): the node would refuse
+         * it, and a search could never find it by its words. */
+        if (!idx_embed_has_words(text + s, e - s))
+            continue;
         if (2 * ns + 2 > g->spancap) {
             size_t cap = g->spancap ? g->spancap * 2 : 256;
             size_t *nsp = realloc(g->spans, cap * sizeof *nsp);

@@ -990,12 +990,6 @@ od::parser &scratch_od()
     return p;
 }
 
-simdjson::dom::parser &scratch_dom()
-{
-    static thread_local simdjson::dom::parser p;
-    return p;
-}
-
 /* kb_json_parse_floats() on a padded copy b[0..len). */
 int floats_in(const char *b, size_t len, float *out, size_t cap, size_t *n,
               char *err, size_t errlen)
@@ -1084,63 +1078,147 @@ int object_in(const char *b, size_t len, char *err, size_t errlen)
     return 0;
 }
 
-/* kb_json_fields() on a padded copy b[0..len), with the DOM API: metadata
- * objects are small, and the DOM gives each number's text back as written
- * by its minifier. */
+/* A scalar's text for filters and listings: a string unescaped (quoted
+ * when `quoted`, as JSON), a number or boolean exactly as written (the
+ * document's own token: "1e2" stays "1e2", and a number beyond the double
+ * range, which simdjson's number getters refuse, is still one). Returns
+ * SUCCESS with *txt set, INCORRECT_TYPE for null, an object or an array. */
+error_code scalar_text(od::value &v, bool quoted, std::string_view *txt)
+{
+    od::json_type t;
+    error_code e = v.type().get(t);
+    if (e)
+        return e;
+    switch (t) {
+    case od::json_type::string:
+        if (quoted) {
+            *txt = trim_token(v.raw_json_token());
+            return simdjson::SUCCESS;
+        }
+        return v.get_string().get(*txt);
+    case od::json_type::number:
+    case od::json_type::boolean:
+        *txt = trim_token(v.raw_json_token());
+        return simdjson::SUCCESS;
+    default:
+        return simdjson::INCORRECT_TYPE;
+    }
+}
+
+/* The on-demand parser of kb_json_fields() and kb_json_value(), apart from
+ * scratch_od() so that a callback may parse too. */
+od::parser &fields_od()
+{
+    static thread_local od::parser p;
+    return p;
+}
+
+/* kb_json_fields() on a padded copy b[0..len). The object was checked when
+ * it was written (kb_json_check_object), so any error here is
+ * KB_EBADJSON. */
 int fields_in(const char *b, size_t len, kb_json_field_cb cb, void *ctx)
 {
-    simdjson::dom::parser &p = scratch_dom();
-    simdjson::dom::object o;
-    if (p.parse(b, len, false).get(o))
+    od::document doc;
+    od::object o;
+    if (fields_od().iterate(b, len, len + KB__PAD).get(doc) ||
+        doc.get_object().get(o))
         return KB_EBADJSON;
     for (auto field : o) {
-        std::string_view key = field.key;
-        simdjson::dom::element v = field.value;
-        simdjson::dom::array arr;
-        bool is_array = v.get(arr) == simdjson::SUCCESS;
-        auto one = [&](simdjson::dom::element e) -> int {
-            std::string_view sv;
-            if (e.get(sv) == simdjson::SUCCESS)
-                return cb(ctx, key.data(), key.size(), sv.data(), sv.size());
-            if (e.is_null() || e.is_object() || e.is_array())
-                return 0;
-            std::string t = simdjson::minify(e);
-            return cb(ctx, key.data(), key.size(), t.data(), t.size());
-        };
-        if (is_array) {
-            for (auto e : arr) {
-                int rc = one(e);
+        std::string_view key, txt;
+        od::value v;
+        if (field.unescaped_key().get(key) || field.value().get(v))
+            return KB_EBADJSON;
+        od::json_type t;
+        if (v.type().get(t))
+            return KB_EBADJSON;
+        if (t == od::json_type::array) {
+            od::array arr;
+            if (v.get_array().get(arr))
+                return KB_EBADJSON;
+            for (auto el : arr) {
+                od::value ev;
+                if (el.get(ev))
+                    return KB_EBADJSON;
+                error_code e = scalar_text(ev, false, &txt);
+                if (e == simdjson::INCORRECT_TYPE)
+                    continue; /* null, nested object or array */
+                if (e)
+                    return KB_EBADJSON;
+                int rc =
+                    cb(ctx, key.data(), key.size(), txt.data(), txt.size());
                 if (rc)
                     return rc;
             }
-        } else {
-            int rc = one(v);
-            if (rc)
-                return rc;
+            continue;
         }
+        error_code e = scalar_text(v, false, &txt);
+        if (e == simdjson::INCORRECT_TYPE)
+            continue;
+        if (e)
+            return KB_EBADJSON;
+        /* Views into the parser's string buffer, which only grows while
+         * this document is read: key stays valid after txt is unescaped. */
+        int rc = cb(ctx, key.data(), key.size(), txt.data(), txt.size());
+        if (rc)
+            return rc;
     }
     return 0;
 }
 
-/* kb_json_value() on a padded copy b[0..len). */
+/* kb_json_value() on a padded copy b[0..len): the raw text of the value,
+ * minified (whitespace outside strings removed; numbers as written). */
 int value_in(const char *b, size_t len, const char *key, size_t key_len,
              char **out, size_t *out_len)
 {
-    simdjson::dom::parser &p = scratch_dom();
-    simdjson::dom::object o;
-    if (p.parse(b, len, false).get(o))
+    od::document doc;
+    od::object o;
+    if (fields_od().iterate(b, len, len + KB__PAD).get(doc) ||
+        doc.get_object().get(o))
         return KB_EBADJSON;
-    simdjson::dom::element v;
-    if (o.at_key(std::string_view(key, key_len)).get(v))
+    std::string_view want(key, key_len);
+    for (auto field : o) {
+        std::string_view k, raw;
+        od::value v;
+        if (field.unescaped_key().get(k) || field.value().get(v))
+            return KB_EBADJSON;
+        if (k != want)
+            continue;
+        od::json_type t;
+        if (v.type().get(t))
+            return KB_EBADJSON;
+        error_code e;
+        if (t == od::json_type::object) {
+            od::object sub;
+            e = v.get_object().get(sub);
+            if (!e)
+                e = sub.raw_json().get(raw);
+        } else if (t == od::json_type::array) {
+            od::array sub;
+            e = v.get_array().get(sub);
+            if (!e)
+                e = sub.raw_json().get(raw);
+        } else if (t == od::json_type::null) {
+            raw = "null";
+            e = simdjson::SUCCESS;
+        } else {
+            e = scalar_text(v, true, &raw);
+        }
+        if (e)
+            return KB_EBADJSON;
+        *out = static_cast<char *>(malloc(raw.size() + 1));
+        if (!*out)
+            return -ENOMEM;
+        size_t n = 0;
+        if (simdjson::minify(raw.data(), raw.size(), *out, n)) {
+            free(*out);
+            *out = nullptr;
+            return KB_EBADJSON;
+        }
+        (*out)[n] = 0;
+        *out_len = n;
         return 0;
-    std::string t = simdjson::minify(v);
-    *out = (char *)malloc(t.size() + 1);
-    if (!*out)
-        return -ENOMEM;
-    memcpy(*out, t.data(), t.size());
-    (*out)[t.size()] = 0;
-    *out_len = t.size();
-    return 0;
+    }
+    return 0; /* absent */
 }
 
 } // namespace

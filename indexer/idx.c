@@ -803,6 +803,12 @@ static int validate_ops(const idx_kb_t *ix, const idx_op_t *ops, size_t n,
                              "doc #%zu (\"%s\"): neither embedding nor text "
                              "to embed",
                              i, o->id);
+        } else if (!idx_embed_has_words(o->text, tlen)) {
+            return kb_seterr(err, errlen, KB_EINVAL,
+                             "doc #%zu (\"%s\"): text has no words to embed "
+                             "(no letter, digit or non-ASCII character): "
+                             "send an embedding with it, or leave it out",
+                             i, o->id);
         } else if (ix->metric == IDX_METRIC_COSINE) {
             float buf[KB_MAX_DIM];
             idx_embed_text(o->text, tlen, buf, ix->dim);
@@ -975,8 +981,9 @@ static int idx_apply_vectors(idx_kb_t *ix, const idx_view_t *pub, char *err,
     journal_add(ix, keep, ix->add_label, ix->add_meta, ix->add_meta_len);
     pthread_mutex_unlock(&ix->fmu);
     if (rc) {
-        kb_error("out of memory in the metadata postings after a durable "
-                 "commit; stopping: restart the node to rebuild them");
+        kb_error("cannot add to the metadata postings after a durable "
+                 "commit (%s); stopping: restart the node to rebuild them",
+                 kb_strerror(rc));
         abort();
     }
     if (rm) {

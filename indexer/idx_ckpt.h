@@ -15,7 +15,7 @@
 #include <stdint.h>
 
 #define IDX_CKPT_FILE "index.ckpt"
-#define IDX_CKPT_FORMAT 2 /* 2: store_id */
+#define IDX_CKPT_FORMAT 3 /* 2: store_id; 3: filter values as written */
 #define IDX_CKPT_INDEX_MAX 256 /* bytes of the index description kept */
 
 /* The head of a checkpoint: what it covers and the settings it was written

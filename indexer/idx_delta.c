@@ -107,13 +107,10 @@ int idx_delta_append(idx_delta_t *d, size_t n, const float *x,
         size_t j = c % DELTA_BLOCK;
         float *dst = b->x + j * d->dim;
         memcpy(dst, x + i * d->dim, sizeof(float) * d->dim);
-        float nn = dot(dst, dst, d->dim);
-        if (d->metric == IDX_METRIC_COSINE && nn > 0) {
-            float inv = 1.0f / sqrtf(nn);
-            for (uint32_t t = 0; t < d->dim; t++)
-                dst[t] *= inv;
-            nn = 1;
-        }
+        float nn = d->metric == IDX_METRIC_COSINE &&
+                           !idx_vec_normalise(dst, dst, d->dim)
+                       ? 1.0f
+                       : dot(dst, dst, d->dim);
         b->n2[j] = nn;
         b->l[j] = labels[i];
     }
@@ -191,14 +188,10 @@ static float *prep_queries(const idx_delta_t *d, size_t nq, const float *q,
     memcpy(y, q, sizeof(float) * nq * d->dim);
     for (size_t i = 0; i < nq; i++) {
         float *yi = y + i * d->dim;
-        float nn = dot(yi, yi, d->dim);
-        if (d->metric == IDX_METRIC_COSINE && nn > 0) {
-            float inv = 1.0f / sqrtf(nn);
-            for (uint32_t t = 0; t < d->dim; t++)
-                yi[t] *= inv;
-            nn = 1;
-        }
-        qn2[i] = nn;
+        qn2[i] = d->metric == IDX_METRIC_COSINE &&
+                         !idx_vec_normalise(yi, yi, d->dim)
+                     ? 1.0f
+                     : dot(yi, yi, d->dim);
     }
     return y;
 }

@@ -42,6 +42,14 @@ static int is_word_byte(unsigned char c)
            (c >= '0' && c <= '9') || c >= 0x80;
 }
 
+int idx_embed_has_words(const char *text, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (is_word_byte((unsigned char)text[i]))
+            return 1;
+    return 0;
+}
+
 static void embed_word(float *out, uint32_t dim, const unsigned char *w,
                        size_t n)
 {

@@ -434,6 +434,19 @@ void idx_vec_free(idx_vec_t **v)
 
 /* ==== ADD, REMOVE, TRAIN ================================================= */
 
+int idx_vec_normalise(float *dst, const float *src, uint32_t dim)
+{
+    double ss = 0;
+    for (uint32_t j = 0; j < dim; j++)
+        ss += (double)src[j] * src[j];
+    if (!(ss > 0))
+        return -1;
+    double inv = 1.0 / sqrt(ss);
+    for (uint32_t j = 0; j < dim; j++)
+        dst[j] = (float)(src[j] * inv);
+    return 0;
+}
+
 /* Under cosine: a malloc'd normalised copy of n vectors in *copy (NULL for
  * other metrics, when x is used as is). what names them in errors. */
 static int normalised(const idx_vec_t *v, size_t n, const float *x,
@@ -447,11 +460,7 @@ static int normalised(const idx_vec_t *v, size_t n, const float *x,
     if (!y)
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) {
-        const float *a = x + i * v->dim;
-        double ss = 0;
-        for (uint32_t j = 0; j < v->dim; j++)
-            ss += (double)a[j] * a[j];
-        if (!(ss > 0)) {
+        if (idx_vec_normalise(y + i * v->dim, x + i * v->dim, v->dim)) {
             free(y);
             if (labels)
                 return kb_seterr(err, errlen, KB_EINVAL,
@@ -462,9 +471,6 @@ static int normalised(const idx_vec_t *v, size_t n, const float *x,
                              "%s %zu is a zero vector, which has no cosine",
                              what, i);
         }
-        float inv = (float)(1.0 / sqrt(ss));
-        for (uint32_t j = 0; j < v->dim; j++)
-            y[i * v->dim + j] = a[j] * inv;
     }
     *copy = y;
     return 0;

@@ -75,6 +75,13 @@ typedef struct idx_vec_params {
  * before any other idx_vec call. threads >= 1. */
 void idx_vec_setup(int threads);
 
+/* Cosine's normalisation, shared by the index and the delta: dst = src /
+ * |src|, computed in double so that a vector of tiny components (1e-40,
+ * subnormal in float, whose float norm underflows to 0 and whose inverse
+ * would overflow) still becomes a unit vector. dst may be src. Returns 0,
+ * or -1 for a zero vector (dst untouched). */
+int idx_vec_normalise(float *dst, const float *src, uint32_t dim);
+
 /* Builds an empty index of dimension dim from a description:
  *   "Flat" (also NULL, "" and "IDMap2,Flat")   exact search
  *   "HNSW<M>" or "HNSW<M>,Flat", 2 <= M <= 512  graph, approximate

@@ -403,6 +403,19 @@ static void test_e2e_ingest_errors_and_encoding(void **state)
         0);
     KBT_CONTAINS(out, "Café crème");
     KBT_CONTAINS(out, "\"source\":\"latin.txt\"");
+
+    /* A file without a word (a rule alone) has no chunk to write: the node
+     * would refuse its text, so the ingest leaves it out and succeeds. */
+    snprintf(t, sizeof t, "%s/rule.md", e->dir);
+    f = fopen(t, "w");
+    fputs("----\n\n* * *\n", f);
+    fclose(f);
+    v = status_num(e, "version");
+    ingest(e, r, "'%s'", t);
+    assert_int_equal(r->rc, 0);
+    KBT_U64_EQ(r->written, 0);
+    KBT_U64_EQ(r->failed, 0);
+    KBT_U64_EQ(status_num(e, "version"), v);
     free(r);
 }
 

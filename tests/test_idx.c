@@ -735,6 +735,10 @@ static void test_idx_validate_errors_change_nothing(void **state)
                    "text");
     expect_invalid(f->ix, up("nothing", NULL, NULL, ""), KB_EINVAL, "neither");
     expect_invalid(f->ix, up("nothing2", "", NULL, ""), KB_EINVAL, "neither");
+    /* A text without a word embeds to the zero vector: refused under every
+     * metric (here ip), unless an embedding comes with it. */
+    expect_invalid(f->ix, up("nowords", "--- !! ...", NULL, ""), KB_EINVAL,
+                   "no words");
     idx_op_t bad_op = up("weird", "x", v, "");
     bad_op.op = (idx_opcode_t)7;
     expect_invalid(f->ix, bad_op, KB_EINVAL, "unknown operation");
@@ -1794,6 +1798,46 @@ static void test_idx_filter_returns_exactly_the_matching(void **state)
     idx_hits_free(&h);
 }
 
+/* Filter values are numbers as written; a number beyond the double range
+ * is accepted by validation, so the filter index must take it too (it once
+ * failed after the commit, and the node aborted and could not reopen). */
+static size_t filter_hits(idx_kb_t *ix, const char *key, const char *val)
+{
+    float q[DIM];
+    kbt_rand_unit(q, DIM, 1);
+    idx_filter_kv_t fl = {key, val};
+    idx_query_t qq = {
+        .vec = q, .vec_len = DIM, .k = 10, .filters = &fl, .nfilters = 1};
+    idx_hits_t h;
+    idx_view_t v;
+    char err[256] = "";
+    KBT_OK(idx_search_batch(ix, 1, &qq, &h, &v, err, sizeof err), err);
+    size_t n = h.n;
+    idx_hits_free(&h);
+    return n;
+}
+
+static void test_idx_filter_numbers_as_written(void **state)
+{
+    fx_t *f = *state;
+    f->ix = kb_open(f->dir, DIM, "ip", NULL, "n1");
+    float x[DIM];
+    kbt_rand_unit(x, DIM, 2);
+    write1(f->ix, up("big", NULL, x, "{\"n\": 1e400, \"m\": 123456789012345678901234}"));
+    write1(f->ix, up("e2", NULL, x, "{\"n\": 1e2}"));
+    write1(f->ix, up("hundred", NULL, x, "{\"n\": 100}"));
+    for (int pass = 0; pass < 2; pass++) {
+        assert_int_equal(filter_hits(f->ix, "n", "1e400"), 1);
+        assert_int_equal(filter_hits(f->ix, "m", "123456789012345678901234"), 1);
+        assert_int_equal(filter_hits(f->ix, "n", "1e2"), 1);
+        assert_int_equal(filter_hits(f->ix, "n", "100"), 1);
+        assert_int_equal(filter_hits(f->ix, "n", "100.0"), 0);
+        /* Reopened: the postings are rebuilt from the stored documents. */
+        idx_close(&f->ix);
+        f->ix = kb_open(f->dir, 0, NULL, NULL, NULL);
+    }
+}
+
 static void test_idx_filter_and_param_bounds(void **state)
 {
     fx_t *f = *state;
@@ -1833,6 +1877,28 @@ static void test_idx_filter_and_param_bounds(void **state)
     idx_op_t z = up("z", "x", zero, "");
     KBT_RC(idx_validate(f->ix, &z, 1, err, sizeof err), KB_EINVAL, err);
     KBT_CONTAINS(err, "zero");
+    /* Tiny components (subnormal floats, whose float norm underflows and
+     * whose inverse overflows) still have a direction: a unit vector in the
+     * index and in the unmerged delta alike, never an infinite or NaN score. */
+    float tiny[DIM] = {0}, tiny2[DIM] = {0};
+    tiny[0] = tiny[1] = 1e-40f;
+    tiny2[0] = 1e-40f;
+    write1(f->ix, up("tiny", "x", tiny, ""));
+    write1(f->ix, up("tiny2", "x", tiny2, ""));
+    for (int pass = 0; pass < 2; pass++) {
+        h = search(f->ix, tiny, 3);
+        assert_int_equal(h.n, 3);
+        assert_string_equal(h.hit[0].id, "tiny");
+        KBT_NEAR(h.hit[0].score, 1.0, 1e-4);
+        assert_string_equal(h.hit[1].id, "tiny2");
+        KBT_NEAR(h.hit[1].score, 0.70710678, 1e-4);
+        for (size_t i = 0; i < h.n; i++)
+            assert_true(isfinite(h.hit[i].score));
+        idx_hits_free(&h);
+        /* Reopened: every vector is in the FAISS index, none in the delta. */
+        idx_close(&f->ix);
+        f->ix = kb_open(f->dir, 0, NULL, NULL, NULL);
+    }
 }
 
 /* A snapshot: the leader's log is compacted (only live documents stay
@@ -2112,6 +2178,7 @@ int main(void)
         T(test_idx_ivf_trains_in_background),
         T(test_idx_filter_returns_exactly_the_matching),
         T(test_idx_filter_and_param_bounds),
+        T(test_idx_filter_numbers_as_written),
         T(test_idx_snapshot_of_compacted_log_matches_leader),
         T(test_idx_sweep_keeps_what_a_snapshot_needs),
         T(test_idx_unbounded_sweep_loses_snapshot_documents),

@@ -887,6 +887,71 @@ static void test_kb_json_check_object_bad(void **state)
     free(sb.p);
 }
 
+/* kb_json_fields: collects "key=value;" for every filterable field. */
+static int collect_field(void *ctx, const char *key, size_t key_len,
+                         const char *val, size_t val_len)
+{
+    char *out = ctx;
+    size_t n = strlen(out);
+    snprintf(out + n, 1024 - n, "%.*s=%.*s;", (int)key_len, key, (int)val_len,
+             val);
+    return 0;
+}
+
+static void test_kb_json_fields_as_written(void **state)
+{
+    (void)state;
+    /* Numbers and booleans as written in the document, strings unescaped,
+     * array elements one by one; null, objects and nested arrays skipped.
+     * A number beyond the double range is a value like any other (it was
+     * accepted by kb_json_check_object, so the filter index must take it). */
+    const char *m =
+        "{\"n\": 1e2, \"f\":1.50, \"z\": -0, \"big\": 1e400, "
+        "\"huge\": 123456789012345678901234, \"s\": \"a\\\"b\\u00e9\", "
+        "\"b\": true, \"nul\": null, \"o\": {\"x\": 1}, "
+        "\"arr\": [1, \"two\", false, null, [3], {\"y\": 2}]}";
+    char out[1024] = "";
+    KBT_OK(kb_json_fields(m, strlen(m), collect_field, out), out);
+    assert_string_equal(out, "n=1e2;f=1.50;z=-0;big=1e400;"
+                             "huge=123456789012345678901234;s=a\"b\xc3\xa9;"
+                             "b=true;arr=1;arr=two;arr=false;");
+    KBT_OK(kb_json_check_object(m, strlen(m), out, sizeof out), out);
+    /* Not an object. */
+    out[0] = 0;
+    assert_int_equal(kb_json_fields("[1]", 3, collect_field, out),
+                     KB_EBADJSON);
+}
+
+static void test_kb_json_value_minified_as_written(void **state)
+{
+    (void)state;
+    const char *m = "{\"a\" : { \"x\" : [ 1 , 2e0 ] , \"s\" : \"p q\" }, "
+                    "\"n\": 1e400, \"s\": \"t\\u00e9\", \"nul\": null}";
+    static const struct {
+        const char *key, *want;
+    } cases[] = {
+        {"a", "{\"x\":[1,2e0],\"s\":\"p q\"}"},
+        {"n", "1e400"},
+        {"s", "\"t\\u00e9\""},
+        {"nul", "null"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *v = NULL;
+        size_t vlen = 0;
+        KBT_OK(kb_json_value(m, strlen(m), cases[i].key,
+                             strlen(cases[i].key), &v, &vlen),
+               cases[i].key);
+        assert_non_null(v);
+        assert_string_equal(v, cases[i].want);
+        assert_int_equal(vlen, strlen(cases[i].want));
+        free(v);
+    }
+    char *v = NULL;
+    size_t vlen = 0;
+    KBT_OK(kb_json_value(m, strlen(m), "absent", 6, &v, &vlen), "absent");
+    assert_null(v);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -903,6 +968,8 @@ int main(void)
         cmocka_unit_test(test_kb_json_parse_floats_bad),
         cmocka_unit_test(test_kb_json_check_object_good),
         cmocka_unit_test(test_kb_json_check_object_bad),
+        cmocka_unit_test(test_kb_json_fields_as_written),
+        cmocka_unit_test(test_kb_json_value_minified_as_written),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

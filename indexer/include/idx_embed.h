@@ -16,4 +16,10 @@
  * characters gives the zero vector. Returns 0, or KB_EINVAL for dim == 0. */
 int idx_embed_text(const char *text, size_t len, float *out, uint32_t dim);
 
+/* 1 when text[0..len) holds a word character (an ASCII letter or digit, or
+ * any non-ASCII byte): what idx_embed_text needs to give a non-zero vector.
+ * A node refuses a text without one (KB_EINVAL), and `kbsync ingest` leaves
+ * out chunks without one. */
+int idx_embed_has_words(const char *text, size_t len);
+
 #endif
