@@ -309,8 +309,9 @@ static void replica_hello(repl_replica_t *r)
     h.protocol_version = KB_REPL_PROTOCOL_VERSION;
     h.replica_id = (char *)r->cfg.id;
     if (r->ix) {
-        /* The leader counts the hello's LSN as applied here (an `all` or
-         * quorum write may be answered on it): it must be on disk. */
+        /* The leader counts the hello's searchable LSN as applied here (an
+         * `all` or quorum write may be answered on it): it must be on
+         * disk. */
         char err[512];
         if (idx_sync(r->ix, err, sizeof err)) {
             kb_log_limited(&r->log_sync, KB_LOG_WARN,
@@ -323,6 +324,11 @@ static void replica_hello(repl_replica_t *r)
         idx_stats_stream(r->ix, &st);
         h.applied_lsn = st.version;
         h.applied_commit_us = st.commit_us;
+        /* Staged records are durable but not searchable until the welcome
+         * confirms them: the leader must not count them as applied. */
+        idx_view_t v;
+        idx_view(r->ix, &v);
+        h.searchable_lsn = v.version < st.version ? v.version : st.version;
         /* So that a diverged replica loses only its tail (ReplWelcome).
          * Read again only when the applied LSN moved: hellos repeat every
          * 20 ms while the leader is away. */

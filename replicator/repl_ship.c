@@ -796,9 +796,13 @@ static void on_hello(repl_leader_t *l, peer_t *p, const Kbsync__ReplHello *h)
             (unsigned long long)h->applied_lsn, (unsigned long long)st.version,
             h->applied_lsn < st.version ? "; streaming what it missed" : "");
     p->online = 1;
-    p->acked = p->sent = snap ? 0 : h->applied_lsn;
+    p->sent = snap ? 0 : h->applied_lsn;
     flight_reset(p);
-    p->durable = p->received = p->acked;
+    p->durable = p->received = p->sent;
+    /* Applied (searchable) only up to what the replica could search when it
+     * said hello: its staged records above that become searchable when it
+     * reads this welcome, and its next ack says so. */
+    p->acked = h->searchable_lsn < p->sent ? h->searchable_lsn : p->sent;
     p->snapshot_lsn = snap || resume ? w.snapshot_lsn : 0;
     p->warned_behind = 0;
     p->beat_us = 0;
@@ -831,11 +835,13 @@ void repl_leader_on_repl(repl_leader_t *l, void *router)
                     m->body_case == KBSYNC__REPL_MESSAGE__BODY_HELLO;
         const char *refuse = NULL;
         char why[160];
-        if (hello && m->hello->protocol_version != KB_REPL_PROTOCOL_VERSION) {
+        if (hello && (m->hello->protocol_version != KB_REPL_PROTOCOL_VERSION ||
+                      m->protocol_version != KB_REPL_PROTOCOL_VERSION)) {
             snprintf(why, sizeof why,
-                     "hello in replication protocol %u; this leader speaks "
-                     "%u",
-                     m->hello->protocol_version, KB_REPL_PROTOCOL_VERSION);
+                     "hello in replication protocol %u (message %u); this "
+                     "leader speaks %u",
+                     m->hello->protocol_version, m->protocol_version,
+                     KB_REPL_PROTOCOL_VERSION);
             refuse = why;
             rc = KB_EPROTO;
         } else if (m && l->cfg.curve &&

@@ -1009,16 +1009,23 @@ static void peer_send(void *s, Kbsync__ReplMessage *m)
     assert_int_equal(zmq_send(s, buf, n, 0), (int)n);
 }
 
-static void peer_hello(void *s, uint32_t version, const char *id)
+/* A hello in protocol `version`, in a message of protocol `outer`. */
+static void peer_hello2(void *s, uint32_t version, uint32_t outer,
+                        const char *id)
 {
     Kbsync__ReplHello h = KBSYNC__REPL_HELLO__INIT;
     h.protocol_version = version;
     h.replica_id = (char *)id;
     Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;
-    m.protocol_version = version;
+    m.protocol_version = outer;
     m.body_case = KBSYNC__REPL_MESSAGE__BODY_HELLO;
     m.hello = &h;
     peer_send(s, &m);
+}
+
+static void peer_hello(void *s, uint32_t version, const char *id)
+{
+    peer_hello2(s, version, version, id);
 }
 
 /* The first message within ms (NULL when none came). */
@@ -1077,16 +1084,19 @@ static void test_e2e_repl_impostors_are_refused(void **state)
     cJSON_Delete(sum);
     zmq_close(imp);
 
-    /* 2. another protocol version: an error, no table entry */
-    void *old = peer_connect(ctx, c, "rx");
-    peer_hello(old, 99, "rx");
-    m = peer_recv(old, 5000);
-    assert_non_null(m);
-    assert_int_equal(m->body_case, KBSYNC__REPL_MESSAGE__BODY_ERROR);
-    assert_int_equal(m->error->code, KB_EPROTO);
-    kbsync__repl_message__free_unpacked(m, NULL);
-    assert_false(leader_lists(c, "rx"));
-    zmq_close(old);
+    /* 2. another protocol version, in the hello or in the message around
+     * it: an error, no table entry */
+    for (int outer = 0; outer < 2; outer++) {
+        void *old = peer_connect(ctx, c, "rx");
+        peer_hello2(old, outer ? 2 : 99, outer ? 99 : 2, "rx");
+        m = peer_recv(old, 5000);
+        assert_non_null(m);
+        assert_int_equal(m->body_case, KBSYNC__REPL_MESSAGE__BODY_ERROR);
+        assert_int_equal(m->error->code, KB_EPROTO);
+        kbsync__repl_message__free_unpacked(m, NULL);
+        assert_false(leader_lists(c, "rx"));
+        zmq_close(old);
+    }
 
     /* 3. an ack from an id that never said hello: "say hello first" */
     void *unk = peer_connect(ctx, c, "ry");
