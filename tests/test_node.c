@@ -514,6 +514,39 @@ static void test_node_delete_write_result(void **state)
     expect_state(f->c, 7, 1);
 }
 
+/* docs/PROTOCOL.md, "Rules a client must know": an id repeated within one
+ * request is applied in order. Upserts each take an LSN and the last wins;
+ * a repeated delete finds the id gone and counts it in `missing`. */
+static void test_node_duplicate_ids_in_one_request(void **state)
+{
+    fx_t *f = *state;
+    float v[3][DIM];
+    for (int i = 0; i < 3; i++)
+        kbt_rand_unit(v[i], DIM, 80 + i);
+    docspec_t ds[] = {{"a", "", v[0], 0, "{\"copy\":1}"},
+                      {"a", "", v[1], 0, "{\"copy\":2}"},
+                      {"b", "", v[2], 0, NULL}};
+    Kbsync__Response *r = upsert(f->c, ds, 3);
+    expect_ok(r, KBSYNC__RESPONSE__BODY_WRITE);
+    KBT_U64(r->write->first_version, 1);
+    KBT_U64(r->write->version, 3);
+    assert_int_equal(r->write->written, 3); /* every copy counts */
+    kbsync__response__free_unpacked(r, NULL);
+    expect_state(f->c, 3, 2);
+    /* "a" is its second copy, written at LSN 2. */
+    r = query(f->c, v[1], DIM, NULL, 3);
+    expect_ok(r, KBSYNC__RESPONSE__BODY_QUERY);
+    assert_int_equal(count_hit(r, "a"), 1);
+    assert_string_equal(r->query->hits[0]->id, "a");
+    KBT_U64(r->query->hits[0]->version, 2);
+    KBT_CONTAINS(r->query->hits[0]->metadata_json, "\"copy\":2");
+    kbsync__response__free_unpacked(r, NULL);
+
+    const char *ids[] = {"b", "b", "zz"};
+    expect_write(delete_ids(f->c, ids, 3), 4, 1, 2);
+    expect_state(f->c, 4, 1);
+}
+
 static void test_node_errors_change_nothing(void **state)
 {
     fx_t *f = *state;
@@ -1348,6 +1381,7 @@ int main(void)
         T(test_node_upsert_and_query_vector),
         T(test_node_query_text),
         T(test_node_delete_write_result),
+        T(test_node_duplicate_ids_in_one_request),
         T(test_node_errors_change_nothing),
         T(test_node_bad_protocol_version),
         T(test_node_garbage_bytes),
