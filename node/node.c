@@ -366,10 +366,20 @@ static uint64_t read_index_begin(void *ctx)
     return repl_replica_read_index_begin(n->replica);
 }
 
+static int read_check(void *ctx, const Kbsync__QueryRequest *q, char *err,
+                      size_t errlen)
+{
+    idx_kb_t *ix = node_idx(ctx);
+    return ix ? qry_pool_check(ix, q, err, errlen) : 0;
+}
+
 static qry_read_node_t read_node(node_t *n)
 {
-    qry_read_node_t r = {
-        .ctx = n, .leader = !n->replica, .run = read_run, .state = read_state};
+    qry_read_node_t r = {.ctx = n,
+                         .leader = !n->replica,
+                         .run = read_run,
+                         .state = read_state,
+                         .check = read_check};
     if (n->replica) {
         r.ri_begin = read_index_begin;
         repl_replica_read_index(n->replica, &r.ri_seq, &r.ri_lsn);

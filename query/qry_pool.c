@@ -451,6 +451,25 @@ static void query_from(const Kbsync__QueryRequest *r, idx_query_t *q,
     q->nfilters = r->n_filters; /* checked against the bound */
 }
 
+static int check_query(idx_kb_t *ix, const Kbsync__QueryRequest *r,
+                       idx_query_t *q, idx_filter_kv_t *kv, char *err,
+                       size_t errlen)
+{
+    if (r->n_vector && r->text && *r->text)
+        return kb_seterr(err, errlen, KB_EINVAL,
+                         "query has both a vector and text: send one");
+    query_from(r, q, kv);
+    return idx_check_query(ix, q, err, errlen);
+}
+
+int qry_pool_check(idx_kb_t *ix, const Kbsync__QueryRequest *r, char *err,
+                   size_t errlen)
+{
+    idx_query_t q;
+    idx_filter_kv_t kv[IDX_MAX_FILTERS];
+    return check_query(ix, r, &q, kv, err, errlen);
+}
+
 static void run_batch(qry_pool_t *p, void *push, job_t *jobs, size_t n)
 {
     char err[512];
@@ -470,14 +489,7 @@ static void run_batch(qry_pool_t *p, void *push, job_t *jobs, size_t n)
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
         const Kbsync__QueryRequest *r = jobs[i].req->query;
-        int rc = 0;
-        if (r->n_vector && r->text && *r->text)
-            rc = kb_seterr(err, sizeof err, KB_EINVAL,
-                           "query has both a vector and text: send one");
-        if (!rc) {
-            query_from(r, &qs[m], kv[m]);
-            rc = idx_check_query(ix, &qs[m], err, sizeof err);
-        }
+        int rc = check_query(ix, r, &qs[m], kv[m], err, sizeof err);
         if (rc) {
             push_error(push, &jobs[i].peer, jobs[i].req->request_id, rc, err);
             continue;

@@ -620,6 +620,13 @@ static void test_node_errors_change_nothing(void **state)
     r = call(f->c, &req);
     expect_error(r, KB_ESTALE, "99");
     kbsync__response__free_unpacked(r, NULL);
+    /* A malformed query that would wait is refused for what is wrong
+     * with it, not for freshness. */
+    q.k = KB_MAX_K + 1;
+    r = call(f->c, &req);
+    expect_error(r, KB_EINVAL, "1001");
+    kbsync__response__free_unpacked(r, NULL);
+    q.k = 5;
     q.min_version = 1; /* reached: fine */
     r = call(f->c, &req);
     expect_ok(r, KBSYNC__RESPONSE__BODY_QUERY);
@@ -1270,6 +1277,18 @@ static void test_node_replica_min_version_waits_for_stream(void **state)
     Kbsync__Response *r = NULL;
     /* It waits instead of answering stale or refusing. */
     KBT_RC(qry_client_recv(c->cr, 300, &r, err, sizeof err), KB_ETIMEOUT, err);
+    /* The same read with a wrong dimension is refused at once (KB_EDIM),
+     * not after its wait with KB_ESTALE. */
+    Kbsync__QueryRequest bad;
+    Kbsync__Request breq;
+    query_init(&bad, &breq, q, DIM - 1, NULL, 5);
+    bad.min_version = v1 + 1;
+    bad.wait_ms = 8000;
+    uint64_t t0 = kb_mono_us();
+    Kbsync__Response *br = call(c->cr, &breq);
+    expect_error(br, KB_EDIM, NULL);
+    kbsync__response__free_unpacked(br, NULL);
+    assert_true(kb_mono_us() - t0 < 4000000u);
     uint64_t v2 =
         bulk_upsert(c->cl, "b", 1, 1000, KBSYNC__WRITE_MODE__WRITE_MODE_ASYNC);
     assert_true(v2 > v1);
