@@ -341,7 +341,7 @@ char *node_metrics_render(const Kbsync__NodeState *s, size_t *len)
                        "Acks whose digest differed from the leader's.", 6);
         head(&b, "kbsync_write_duration_seconds", "histogram",
              "From a write request's arrival to its answer, by write mode "
-             "(answers with a WriteResult; refusals are in "
+             "(successful answers only; refusals and timeouts are in "
              "kbsync_errors_total).");
         for (int i = 1; i <= 4; i++)
             hist(&b, "kbsync_write_duration_seconds", "mode", MODE_NAME[i],
