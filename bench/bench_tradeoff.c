@@ -777,9 +777,12 @@ static int cmd_open(const opts_t *o)
     sleep_us(50000); /* pollers connected and sampling */
     docbuf_t b = {0};
     /* OPEN_CONNS connections, write i on connection i % OPEN_CONNS, each with
-     * at most OPEN_INFLIGHT unanswered writes: the node's client socket
-     * drops answers beyond ZeroMQ's default high-water mark (1,000 per
-     * connection). A write that must wait for that is sent late, and its
+     * at most OPEN_INFLIGHT unanswered writes, so that no queue of this
+     * driver's DEALER socket reaches ZeroMQ's default high-water mark (1,000
+     * messages), where a send would block this loop and stop it reading
+     * answers. (The node's client ROUTER queues up to 100,000 answers per
+     * connection, ZMQ_SNDHWM in node/node.c, and drops answers only beyond
+     * that.) A write that must wait for a free slot is sent late, and its
      * latency still counts from its scheduled time. */
     qry_client_t *C[OPEN_CONNS];
     uint64_t rid0[OPEN_CONNS] = {0};

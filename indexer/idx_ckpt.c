@@ -7,7 +7,8 @@
  * FILE (DIR/index.ckpt; integers little-endian, as in memory)
  *   head   "KBCKPT\r\n", u32 format, u32 dim, u32 metric, u32 index length,
  *          the index description, u64 lsn, u64 commit_us, u64 docs,
- *          u64 written_us, u32 CRC-32C of the head bytes before it
+ *          u64 written_us, u64 store_id, u32 CRC-32C of the head bytes
+ *          before it
  *   body   u64 n, n labels removed at or before lsn that the FAISS index
  *          still holds live (applied at load);
  *          u64 n, n delta labels (ascending, <= lsn), n * dim floats: the

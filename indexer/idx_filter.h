@@ -2,8 +2,8 @@
  * each indexed document's label and metadata JSON. Out: the labels of the
  * documents whose metadata match every key=value pair of a filter. Owns an
  * in-memory hash of "key=value" -> ascending label list, derived from the
- * store like the vector index (built at open and by background rebuilds,
- * never persisted). Postings only grow: a label whose document was replaced
+ * store like the vector index (built at open and by background rebuilds;
+ * saved in index checkpoints, idx_filter_save). Postings only grow: a label whose document was replaced
  * or deleted stays listed until the next rebuild, so callers drop labels the
  * vector index no longer holds. Not thread-safe: idx guards it with the
  * same lock as the vector index (readers share, the writer is alone). */

@@ -235,7 +235,8 @@ char *node_metrics_render(const Kbsync__NodeState *s, size_t *len)
                 "differed from the leader's.",
                 (double)s->digest_resyncs);
         gauge(&b, "kbsync_snapshot_loading",
-              "1 while this replica loads a snapshot (it answers nothing).",
+              "1 while this replica loads a snapshot's documents (it refuses "
+              "queries until the log after them is loaded too).",
               s->snapshot_docs_total && s->snapshot_docs_loaded <
                                             s->snapshot_docs_total);
         gauge(&b, "kbsync_snapshot_documents_loaded",

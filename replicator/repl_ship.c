@@ -390,7 +390,8 @@ int repl_leader_new(idx_kb_t *ix, void *zctx, const repl_leader_config_t *cfg,
     if (fault && !strncmp(fault, "crash-after-ship:", 17)) {
         l->crash_after_ship = strtoull(fault + 17, NULL, 10);
         kb_warn("KBSYNC_TEST_FAULT: this leader exits after shipping its "
-                "group commit #%llu that holds an `all` write (tests only)",
+                "group commit #%llu that holds a write waiting for replicas "
+                "(tests only)",
                 (unsigned long long)l->crash_after_ship);
     }
     if (fault && !strncmp(fault, "crash-after-commit:", 19)) {

@@ -7,8 +7,9 @@
  * read-index answers for strong reads; digest comparisons on acks. Owns the replication
  * ROUTER socket, the replica table and the requests waiting for acks;
  * borrows the idx and the client socket. Single-threaded: node loop only.
- * Implemented in two halves: repl_commit.c (group commit and answers) and
- * repl_ship.c (log shipping, heartbeats, acks). */
+ * Implemented in three parts: repl_commit.c (group commit and answers),
+ * repl_ship.c (log shipping, heartbeats, acks) and repl_retain.c (how much
+ * log to keep for the replicas). */
 #ifndef REPL_LEADER_H
 #define REPL_LEADER_H
 
