@@ -28,6 +28,9 @@ static const char USAGE[] =
     "commands:\n"
     "  leader  --data DIR [--dim N] [--listen EP] [--index DESC] [--metric "
     "ip|l2|cosine]\n"
+    "          (DESC: Flat, exact, the default; HNSW<M>; IVF<n>,Flat;\n"
+    "          IVF<n>,PQ<m>. --metric defaults to ip, --listen to\n"
+    "          " CLI_DEFAULT_ENDPOINT "; --replicas needs --repl-listen)\n"
     "          [--id NAME] [--map-size-gb N] [--no-sync] [--threads N]\n"
     "          [--query-threads N]\n"
     "          [--max-msg-mb N] [--endpoint-file FILE] [--log-level LEVEL]\n"
@@ -1402,6 +1405,15 @@ int main(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];
+    /* `kbsync COMMAND --help`: the usage, on stdout, exit 0 (ingest has a
+     * longer text of its own). */
+    if (strcmp(cmd, "ingest"))
+        for (int i = 2; i < argc && strcmp(argv[i], "--"); i++)
+            if (!strcmp(argv[i], "--help") ||
+                (argc == 3 && !strcmp(argv[i], "-h"))) {
+                fputs(USAGE, stdout);
+                return 0;
+            }
     if (!strcmp(cmd, "leader") || !strcmp(cmd, "replica"))
         huge_pages_reexec(argv);
     kb_log_setup(KB_LOG_INFO, cmd);

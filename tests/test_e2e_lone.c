@@ -553,10 +553,32 @@ static void test_e2e_lone_slow_reader_stays_bounded(void **state)
     zmq_ctx_term(ctx);
 }
 
+/* `kbsync COMMAND --help` prints the usage on stdout and exits 0 (it was
+ * "bad option" and exit 2 for every command but ingest). */
+static void test_e2e_lone_help(void **state)
+{
+    (void)state;
+    static char out[1 << 16];
+    const char *cmds[] = {"leader", "replica", "query", "status", "delete",
+                          "verify", "list", "rebuild"};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        assert_int_equal(
+            kbp_run(out, sizeof out, "'%s' %s --help 2>/dev/null", kbp_bin(),
+                    cmds[i]),
+            0);
+        assert_non_null(strstr(out, "usage: kbsync <command>"));
+    }
+    assert_int_equal(kbp_run(out, sizeof out, "'%s' leader --bogus 2>&1",
+                             kbp_bin()),
+                     2);
+    assert_non_null(strstr(out, "bad option for leader"));
+}
+
 int main(void)
 {
     atexit(kbp_kill_all);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_e2e_lone_help),
         cmocka_unit_test_setup_teardown(
             test_e2e_lone_ingest_query_delete_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_lone_huge_pages, setup,
