@@ -1042,9 +1042,10 @@ static size_t file_spans(ingest_t *g, const char *text, size_t n, size_t from)
     ck.pos = from;
     size_t ns = 0, s, e;
     while (cli_chunker_next(&ck, &s, &e)) {
-        /* Nothing to embed (e.g. a "----" rule alone): the node would refuse
-         * it, and a search could never find it by its words. */
-        if (!idx_embed_has_words(text + s, e - s))
+        /* Nothing for the built-in embedder (e.g. a "----" rule alone):
+         * the node would refuse it, and a search could never find it by its
+         * words. Your model server (--embed-url) may see more in it. */
+        if (!g->emb_cfg.url && !idx_embed_has_words(text + s, e - s))
             continue;
         if (2 * ns + 2 > g->spancap) {
             size_t cap = g->spancap ? g->spancap * 2 : 256;
@@ -1338,6 +1339,17 @@ static void ingest_jsonl(ingest_t *g, const cli_file_t *f)
             jsonl_field_bad(g, f, &lr, rec.line, "text",
                             "contains a NUL character (\\u0000), which "
                             "\"text\" may not");
+        /* What the leader would refuse for this record alone, refused here
+         * so that it does not take its batch with it. */
+        else if (!rec.embedding && rec.text_len == 0)
+            jsonl_field_bad(g, f, &lr, rec.line, "record",
+                            "has neither \"text\" nor \"embedding\"");
+        else if (!rec.embedding && !g->emb_cfg.url &&
+                 !idx_embed_has_words(rec.text, rec.text_len))
+            jsonl_field_bad(g, f, &lr, rec.line, "text",
+                            "has no word to embed (no letter, digit or "
+                            "non-ASCII character): add an \"embedding\" "
+                            "or leave the record out");
         else
             ingest_add(g,
                        doc_new(rec.id, rec.id_len, rec.text, rec.text_len,

@@ -62,8 +62,13 @@ int main(int argc, char **argv)
 }
 ]=])
 
-# Every faiss_ function called in indexer/*.c must be in the probe.
-file(GLOB _kb_idx_src ${CMAKE_CURRENT_LIST_DIR}/../indexer/*.c)
+# Every faiss_ function called in indexer/*.c and *.h must be in the probe.
+# The files are configure dependencies, so an edit re-runs this check.
+file(GLOB _kb_idx_src ${CMAKE_CURRENT_LIST_DIR}/../indexer/*.c
+     ${CMAKE_CURRENT_LIST_DIR}/../indexer/*.h
+     ${CMAKE_CURRENT_LIST_DIR}/../indexer/include/*.h)
+list(FILTER _kb_idx_src EXCLUDE REGEX "faiss_c_ext\\.h$")
+set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${_kb_idx_src})
 foreach(_f ${_kb_idx_src})
   file(READ ${_f} _txt)
   string(REGEX MATCHALL "faiss_[A-Za-z0-9_]+[ \t\n]*\\(" _calls "${_txt}")

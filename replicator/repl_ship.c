@@ -802,8 +802,12 @@ static void on_hello(repl_leader_t *l, peer_t *p, const Kbsync__ReplHello *h)
     p->durable = p->received = p->sent;
     /* Applied (searchable) only up to what the replica could search when it
      * said hello: its staged records above that become searchable when it
-     * reads this welcome, and its next ack says so. */
-    p->acked = h->searchable_lsn < p->sent ? h->searchable_lsn : p->sent;
+     * reads this welcome, and its next ack says so. 0 is "not said" (a
+     * replica of an earlier release, or one with nothing searchable yet):
+     * then, as before, its applied LSN counts. */
+    p->acked = h->searchable_lsn && h->searchable_lsn < p->sent
+                   ? h->searchable_lsn
+                   : p->sent;
     p->snapshot_lsn = snap || resume ? w.snapshot_lsn : 0;
     p->warned_behind = 0;
     p->beat_us = 0;

@@ -404,6 +404,26 @@ static void test_e2e_ingest_errors_and_encoding(void **state)
     KBT_CONTAINS(out, "Café crème");
     KBT_CONTAINS(out, "\"source\":\"latin.txt\"");
 
+    /* JSONL records the leader would refuse fail alone, naming their line,
+     * and do not take their batch with them. */
+    snprintf(j, sizeof j, "%s/words.jsonl", e->dir);
+    f = fopen(j, "w");
+    fputs("{\"id\": \"w1\", \"text\": \"one\"}\n"
+          "{\"id\": \"w2\", \"text\": \"----\"}\n"
+          "{\"id\": \"w3\", \"metadata\": {\"a\": 1}}\n"
+          "{\"id\": \"w4\", \"text\": \"four\"}\n",
+          f);
+    fclose(f);
+    double v0 = status_num(e, "version");
+    ingest(e, r, "--max-errors 2 '%s'", j);
+    assert_int_equal(r->rc, 1);
+    KBT_CONTAINS(r->out, "words.jsonl:2:");
+    KBT_CONTAINS(r->out, "has no word to embed");
+    KBT_CONTAINS(r->out, "words.jsonl:3: record: has neither");
+    KBT_U64_EQ(r->written, 2);
+    KBT_U64_EQ(r->failed, 2);
+    KBT_U64_EQ(status_num(e, "version"), v0 + 2);
+
     /* A file without a word (a rule alone) has no chunk to write: the node
      * would refuse its text, so the ingest leaves it out and succeeds. */
     snprintf(t, sizeof t, "%s/rule.md", e->dir);

@@ -1435,12 +1435,106 @@ static void test_e2e_repl_log_level_honoured(void **state)
     assert_int_equal(log_lines_with(c->leader.log, " INFO: "), 0);
 }
 
+/* The version the leader's status gives replica id ("version": its applied
+ * position as the leader counts it), -1 when it is not listed. */
+static int leader_sees(cluster_t *c, const char *id)
+{
+    cJSON *s = status(&c->leader);
+    int v = -1;
+    const cJSON *r;
+    cJSON_ArrayForEach(r, cJSON_GetObjectItem(s, "replicas"))
+    {
+        if (!strcmp(cJSON_GetObjectItem(r, "id")->valuestring, id))
+            v = (int)kbp_num(r, "version");
+    }
+    cJSON_Delete(s);
+    return v;
+}
+
+/* A replica that says hello holding staged records (durable, not yet
+ * searchable) is counted as applied only up to its searchable_lsn until its
+ * next ack: an `all` or quorum write must not be answered on records a
+ * query there cannot see yet. A peer plays replica r2 by hand. */
+static void test_e2e_repl_hello_counts_searchable_only(void **state)
+{
+    cluster_t *c = *state;
+    start_leader(c, NULL, NULL);
+    char path[400];
+    snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
+    write_jsonl(path, "a", 0, 5);
+    assert_int_equal(ingest(c, "async", path, NULL), 0); /* LSNs 1..5 */
+    void *ctx = zmq_ctx_new();
+    void *r2 = peer_connect(ctx, c, "r2");
+    /* From scratch: the leader streams LSNs 1..5; note the last one's
+     * commit time, which a hello at LSN 5 must name. */
+    peer_hello(r2, 2, "r2");
+    uint64_t last = 0, last_us = 0;
+    for (int i = 0; i < 50 && last < 5; i++) {
+        Kbsync__ReplMessage *m = peer_recv(r2, 2000);
+        assert_non_null(m);
+        if (m->body_case == KBSYNC__REPL_MESSAGE__BODY_RECORDS)
+            for (size_t k = 0; k < m->records->n_records; k++) {
+                Kbsync__LogRecord *lr = kbsync__log_record__unpack(
+                    NULL, m->records->records[k].len,
+                    m->records->records[k].data);
+                assert_non_null(lr);
+                last = lr->lsn;
+                last_us = lr->commit_time_us;
+                kbsync__log_record__free_unpacked(lr, NULL);
+            }
+        kbsync__repl_message__free_unpacked(m, NULL);
+    }
+    assert_int_equal(last, 5);
+    /* Hello again (as after a reconnect) holding 1..5, of which only 1..4
+     * are searchable. */
+    Kbsync__ReplHello h = KBSYNC__REPL_HELLO__INIT;
+    h.protocol_version = 2;
+    h.replica_id = "r2";
+    h.applied_lsn = 5;
+    h.applied_commit_us = last_us;
+    h.searchable_lsn = 4;
+    Kbsync__ReplMessage hm = KBSYNC__REPL_MESSAGE__INIT;
+    hm.protocol_version = 2;
+    hm.body_case = KBSYNC__REPL_MESSAGE__BODY_HELLO;
+    hm.hello = &h;
+    peer_send(r2, &hm);
+    Kbsync__ReplMessage *m = NULL;
+    for (int i = 0; i < 50; i++) { /* beats may come first */
+        m = peer_recv(r2, 2000);
+        assert_non_null(m);
+        if (m->body_case == KBSYNC__REPL_MESSAGE__BODY_WELCOME)
+            break;
+        kbsync__repl_message__free_unpacked(m, NULL);
+        m = NULL;
+    }
+    assert_non_null(m);
+    assert_false(m->welcome->diverged);
+    kbsync__repl_message__free_unpacked(m, NULL);
+    assert_int_equal(leader_sees(c, "r2"), 4);
+    /* Its ack after the welcome made them searchable: now 5. */
+    Kbsync__ReplAck ack = KBSYNC__REPL_ACK__INIT;
+    ack.applied_lsn = ack.durable_lsn = ack.received_lsn = 5;
+    Kbsync__ReplMessage am = KBSYNC__REPL_MESSAGE__INIT;
+    am.protocol_version = 2;
+    am.body_case = KBSYNC__REPL_MESSAGE__BODY_ACK;
+    am.ack = &ack;
+    peer_send(r2, &am);
+    int v = -1;
+    for (int i = 0; i < 50 && (v = leader_sees(c, "r2")) != 5; i++)
+        usleep(20000);
+    assert_int_equal(v, 5);
+    zmq_close(r2);
+    zmq_ctx_term(ctx);
+}
+
 int main(void)
 {
     atexit(kbp_kill_all);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_e2e_repl_log_level_honoured,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_e2e_repl_hello_counts_searchable_only, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_e2e_repl_all_mode_visible_on_every_replica, setup, teardown),
         cmocka_unit_test_setup_teardown(
