@@ -306,7 +306,7 @@ inline uint32_t eight_digits_value(const char *p)
  * or when compute_float_64 cannot decide); the caller then classifies the
  * token and uses slow_double(). compute_float_64 and the power bounds are
  * internals of simdjson 3.0.x (Debian 12), not its public API: CMakeLists.txt
- * compiles and runs a check of them at configure time (KB_SIMDJSON_FAST_FLOATS)
+ * compiles and runs a check of them at configure time (KB_SIMDJSON_FAST_FLOATS_*)
  * and, when another simdjson lacks them or they behave otherwise, builds with
  * KB_JSON_NO_FAST_FLOATS and says so: then this function returns false and
  * every number goes through strtod (values identical, ingest slower).
