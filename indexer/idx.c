@@ -1786,7 +1786,22 @@ int idx_check_query(const idx_kb_t *ix, const idx_query_t *q, char *err,
     if (q->k > KB_MAX_K)
         return kb_seterr(err, errlen, KB_EINVAL,
                          "k = %u is above the maximum %u", q->k, KB_MAX_K);
-    if (q->vec) {
+    if (q->vec && !ix) { /* no knowledge base yet: what needs no dim */
+        char what[16];
+        size_t bad;
+        if (q->vec_len == 0 || q->vec_len > KB_MAX_DIM)
+            return kb_seterr(err, errlen, KB_EDIM,
+                             "query vector has %zu values (1..%u allowed)",
+                             q->vec_len, KB_MAX_DIM);
+        if (floats_bad(q->vec, q->vec_len, what, &bad))
+            return bad == q->vec_len
+                       ? kb_seterr(err, errlen, KB_ENONFINITE,
+                                   "query vector's squared norm is above "
+                                   "%.3g: a score could overflow",
+                                   FLT_MAX / 4.0)
+                       : kb_seterr(err, errlen, KB_ENONFINITE,
+                                   "query vector[%zu] is %s", bad, what);
+    } else if (q->vec) {
         if (q->vec_len != ix->dim)
             return kb_seterr(err, errlen, KB_EDIM,
                              "query vector has %zu values, the knowledge base "
@@ -1809,6 +1824,10 @@ int idx_check_query(const idx_kb_t *ix, const idx_query_t *q, char *err,
     } else if (!q->text || !q->text_len) {
         return kb_seterr(err, errlen, KB_EINVAL,
                          "query has neither a vector nor text");
+    } else if (!ix) {
+        if (!idx_embed_has_words(q->text, q->text_len))
+            return kb_seterr(err, errlen, KB_EINVAL,
+                             "query text has no words to embed");
     } else {
         float buf[KB_MAX_DIM];
         idx_embed_text(q->text, q->text_len, buf, ix->dim);
@@ -1820,7 +1839,7 @@ int idx_check_query(const idx_kb_t *ix, const idx_query_t *q, char *err,
         return kb_seterr(err, errlen, KB_EINVAL,
                          "ef_search = %u is above the maximum %u",
                          q->ef_search, IDX_MAX_EF_SEARCH);
-    if (q->nprobe && ix->nlist && q->nprobe > ix->nlist)
+    if (ix && q->nprobe && ix->nlist && q->nprobe > ix->nlist)
         return kb_seterr(err, errlen, KB_EINVAL,
                          "nprobe = %u is above the index's %u lists",
                          q->nprobe, ix->nlist);

@@ -369,8 +369,7 @@ static uint64_t read_index_begin(void *ctx)
 static int read_check(void *ctx, const Kbsync__QueryRequest *q, char *err,
                       size_t errlen)
 {
-    idx_kb_t *ix = node_idx(ctx);
-    return ix ? qry_pool_check(ix, q, err, errlen) : 0;
+    return qry_pool_check(node_idx(ctx), q, err, errlen);
 }
 
 static qry_read_node_t read_node(node_t *n)

@@ -162,7 +162,7 @@ void qry_read_admit(qry_read_t *r, void *router, const qry_read_node_t *node,
         node->run(node->ctx, peer, req);
         return;
     }
-    if (node->check && node->has_kb &&
+    if (node->check &&
         (rc = node->check(node->ctx, req->query, err, sizeof err))) {
         kb_wire_send_error(router, peer, req->request_id, rc, err);
         kbsync__request__free_unpacked(req, NULL);

@@ -547,6 +547,73 @@ static void test_node_duplicate_ids_in_one_request(void **state)
     expect_state(f->c, 4, 1);
 }
 
+static int free_port(void);
+
+/* A replica that never reached its leader has no knowledge base, so it
+ * cannot check a vector's dimension; it still refuses at once what needs
+ * none (k, both vector and text, a text without words, non-finite values)
+ * instead of letting the query wait and get KB_ESTALE. A fine query waits. */
+static void test_node_replica_before_contact_checks_what_it_can(void **state)
+{
+    fx_t *f = *state;
+    node_run_t rn;
+    char rdir[320], rep[320], lep[64], err[512] = "";
+    snprintf(rdir, sizeof rdir, "%s/lonely", f->tmp);
+    snprintf(rep, sizeof rep, "%s/lonely.ep", f->tmp);
+    snprintf(lep, sizeof lep, "tcp://127.0.0.1:%d", free_port());
+    node_config_t rc = {.role = NODE_REPLICA, .max_msg = 64u << 20};
+    rc.replica.id = "lonely";
+    rc.replica.leader = lep; /* nothing listens there */
+    rc.replica.data_dir = rdir;
+    rc.replica.nosync = 1;
+    if (node_start_cfg(&rn, NULL, rep, &rc))
+        fail_msg("replica did not start: %s", rn.err);
+    qry_client_t *c = NULL;
+    KBT_OK(qry_client_open(rn.endpoint, &c, err, sizeof err), err);
+    float v[DIM], nan_v[DIM];
+    kbt_rand_unit(v, DIM, 1);
+    memcpy(nan_v, v, sizeof v);
+    nan_v[2] = NAN;
+    static const struct {
+        int k;
+        const float *vec;
+        const char *text;
+        int code;
+        const char *needle;
+    } bad[] = {
+        {KB_MAX_K + 1, NULL, "words", KB_EINVAL, "1001"},
+        {5, NULL, "--- !!", KB_EINVAL, "no words"},
+        {5, NULL, NULL, KB_ENONFINITE, "NaN"},
+        {5, NULL, "words", KB_EINVAL, "both"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        Kbsync__QueryRequest q;
+        Kbsync__Request req;
+        const float *vec = i == 2 ? nan_v : i == 3 ? v : bad[i].vec;
+        query_init(&q, &req, vec, DIM, bad[i].text, (uint32_t)bad[i].k);
+        q.min_version = 1;
+        q.wait_ms = 8000;
+        uint64_t t0 = kb_mono_us();
+        Kbsync__Response *r = call(c, &req);
+        expect_error(r, bad[i].code, bad[i].needle);
+        kbsync__response__free_unpacked(r, NULL);
+        assert_true(kb_mono_us() - t0 < 4000000u);
+    }
+    /* A fine one waits, then is refused for freshness. */
+    Kbsync__QueryRequest q;
+    Kbsync__Request req;
+    query_init(&q, &req, v, DIM, NULL, 5);
+    q.min_version = 1;
+    q.wait_ms = 300;
+    uint64_t t0 = kb_mono_us();
+    Kbsync__Response *r = call(c, &req);
+    expect_error(r, KB_ESTALE, "after waiting 300 ms");
+    kbsync__response__free_unpacked(r, NULL);
+    assert_true(kb_mono_us() - t0 >= 250000u);
+    qry_client_close(&c);
+    assert_int_equal(node_stop(&rn), 0);
+}
+
 static void test_node_errors_change_nothing(void **state)
 {
     fx_t *f = *state;
@@ -1401,6 +1468,7 @@ int main(void)
         T(test_node_query_text),
         T(test_node_delete_write_result),
         T(test_node_duplicate_ids_in_one_request),
+        T(test_node_replica_before_contact_checks_what_it_can),
         T(test_node_errors_change_nothing),
         T(test_node_bad_protocol_version),
         T(test_node_garbage_bytes),

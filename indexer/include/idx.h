@@ -230,7 +230,9 @@ typedef struct idx_view {
 /* Checks a query without running it: k, vector size and values, text,
  * ef_search (1..4096), nprobe (1..the IVF's nlist), filters (count, key and
  * value sizes). Returns 0, or KB_EINVAL / KB_EDIM / KB_ENONFINITE naming
- * the field and the bound. Any thread. */
+ * the field and the bound. ix may be NULL (a replica before its knowledge
+ * base arrived): then only what needs no dim, metric or nlist is checked.
+ * Any thread. */
 int idx_check_query(const idx_kb_t *ix, const idx_query_t *q, char *err,
                     size_t errlen);
 

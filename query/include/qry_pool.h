@@ -78,8 +78,8 @@ void qry_pool_stats(qry_pool_t *p, qry_pool_stats_t *st);
 
 /* Checks a query against the knowledge base ix as a reader would before
  * searching (one of vector and text, k, filters, search parameters, the
- * vector's dimension and values). Returns 0, or a code with err set. Any
- * thread. */
+ * vector's dimension and values); ix NULL: what needs no knowledge base.
+ * Returns 0, or a code with err set. Any thread. */
 int qry_pool_check(idx_kb_t *ix, const Kbsync__QueryRequest *r, char *err,
                    size_t errlen);
 

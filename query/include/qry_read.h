@@ -35,8 +35,9 @@ typedef struct qry_read_node {
     uint64_t (*ri_begin)(void *ctx);
     uint64_t ri_seq, ri_lsn;
     /* Checks a query that is about to wait (or be refused for freshness)
-     * as the readers would: a malformed query is refused at once with its
-     * own error, not after a wait. NULL, or 0 = fine. */
+     * as the readers would (without a knowledge base, what needs none): a
+     * malformed query is refused at once with its own error, not after a
+     * wait. NULL, or 0 = fine. */
     int (*check)(void *ctx, const Kbsync__QueryRequest *q, char *err,
                  size_t errlen);
 } qry_read_node_t;
