@@ -1780,6 +1780,21 @@ static int floats_bad(const float *x, size_t n, char *what, size_t *bad)
     return check_floats(x, n, what, bad);
 }
 
+/* KB_ENONFINITE naming the first bad value of a query vector, or 0. */
+static int query_values_bad(const float *v, size_t n, char *err, size_t errlen)
+{
+    char what[16];
+    size_t bad;
+    if (!floats_bad(v, n, what, &bad))
+        return 0;
+    return bad == n ? kb_seterr(err, errlen, KB_ENONFINITE,
+                                "query vector's squared norm is above %.3g: "
+                                "a score could overflow",
+                                FLT_MAX / 4.0)
+                    : kb_seterr(err, errlen, KB_ENONFINITE,
+                                "query vector[%zu] is %s", bad, what);
+}
+
 int idx_check_query(const idx_kb_t *ix, const idx_query_t *q, char *err,
                     size_t errlen)
 {
@@ -1787,36 +1802,22 @@ int idx_check_query(const idx_kb_t *ix, const idx_query_t *q, char *err,
         return kb_seterr(err, errlen, KB_EINVAL,
                          "k = %u is above the maximum %u", q->k, KB_MAX_K);
     if (q->vec && !ix) { /* no knowledge base yet: what needs no dim */
-        char what[16];
-        size_t bad;
         if (q->vec_len == 0 || q->vec_len > KB_MAX_DIM)
             return kb_seterr(err, errlen, KB_EDIM,
                              "query vector has %zu values (1..%u allowed)",
                              q->vec_len, KB_MAX_DIM);
-        if (floats_bad(q->vec, q->vec_len, what, &bad))
-            return bad == q->vec_len
-                       ? kb_seterr(err, errlen, KB_ENONFINITE,
-                                   "query vector's squared norm is above "
-                                   "%.3g: a score could overflow",
-                                   FLT_MAX / 4.0)
-                       : kb_seterr(err, errlen, KB_ENONFINITE,
-                                   "query vector[%zu] is %s", bad, what);
+        int rc = query_values_bad(q->vec, q->vec_len, err, errlen);
+        if (rc)
+            return rc;
     } else if (q->vec) {
         if (q->vec_len != ix->dim)
             return kb_seterr(err, errlen, KB_EDIM,
                              "query vector has %zu values, the knowledge base "
                              "has dim %u",
                              q->vec_len, ix->dim);
-        char what[16];
-        size_t bad;
-        if (floats_bad(q->vec, ix->dim, what, &bad))
-            return bad == ix->dim
-                       ? kb_seterr(err, errlen, KB_ENONFINITE,
-                                   "query vector's squared norm is above "
-                                   "%.3g: a score could overflow",
-                                   FLT_MAX / 4.0)
-                       : kb_seterr(err, errlen, KB_ENONFINITE,
-                                   "query vector[%zu] is %s", bad, what);
+        int rc = query_values_bad(q->vec, ix->dim, err, errlen);
+        if (rc)
+            return rc;
         if (ix->metric == IDX_METRIC_COSINE && all_zero(q->vec, ix->dim))
             return kb_seterr(err, errlen, KB_EINVAL,
                              "query vector is all zeros: it has no "

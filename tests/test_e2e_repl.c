@@ -1057,18 +1057,12 @@ static Kbsync__ReplMessage *peer_recv(void *s, int ms)
     return m;
 }
 
+static int leader_sees(cluster_t *c, const char *id);
+
+/* Whether the leader's status lists replica id. */
 static int leader_lists(cluster_t *c, const char *id)
 {
-    cJSON *s = status(&c->leader);
-    int found = 0;
-    const cJSON *r;
-    cJSON_ArrayForEach(r, cJSON_GetObjectItem(s, "replicas"))
-    {
-        if (!strcmp(cJSON_GetObjectItem(r, "id")->valuestring, id))
-            found = 1;
-    }
-    cJSON_Delete(s);
-    return found;
+    return leader_sees(c, id) >= 0;
 }
 
 /* Plain mode authenticates no one, but a peer that claims a connected
