@@ -477,9 +477,7 @@ static void node_rebuild(node_t *n, const kb_peer_t *peer, uint64_t rid)
     idx_kb_t *ix = node_idx(n);
     if (!ix) {
         kb_wire_send_error(n->router, peer, rid, KB_EUNAVAIL,
-                           "replica has no knowledge base open: not yet "
-                           "received from its leader, or being replaced "
-                           "(a diverged tail dropped, or a start-over)");
+                           QRY_NO_KB_MSG);
         return;
     }
     idx_rebuild_start(ix);

@@ -479,9 +479,7 @@ static void run_batch(qry_pool_t *p, void *push, job_t *jobs, size_t n)
         for (size_t i = 0; i < n; i++)
             push_error(push, &jobs[i].peer, jobs[i].req->request_id,
                        KB_EUNAVAIL,
-                       "replica has no knowledge base open: not yet "
-                       "received from its leader, or being replaced (a "
-                       "diverged tail dropped, or a start-over)");
+                       QRY_NO_KB_MSG);
         return;
     }
     idx_query_t qs[QRY_BATCH_MAX];

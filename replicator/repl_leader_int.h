@@ -2,7 +2,8 @@
  * shared by its parts: repl_commit.c (client writes: validation, the
  * group commit, answers, `all` answers waiting for acks), repl_ship.c
  * (the replication socket: hellos, log shipping, heartbeats, acks, the
- * replica table) and repl_retain.c (log retention). Both run on the node loop only; nothing here is locked. */
+ * replica table) and repl_retain.c (log retention). All run on the node
+ * loop only; nothing here is locked. */
 #ifndef REPL_LEADER_INT_H
 #define REPL_LEADER_INT_H
 

@@ -76,6 +76,11 @@ void qry_pool_submit(qry_pool_t *p, const kb_peer_t *peer,
 /* Counters so far. */
 void qry_pool_stats(qry_pool_t *p, qry_pool_stats_t *st);
 
+/* The refusal (KB_EUNAVAIL) of a replica that has no knowledge base open. */
+#define QRY_NO_KB_MSG                                                          \
+    "replica has no knowledge base open: not yet received from its leader, " \
+    "or being replaced (a diverged tail dropped, or a start-over)"
+
 /* Checks a query against the knowledge base ix as a reader would before
  * searching (one of vector and text, k, filters, search parameters, the
  * vector's dimension and values); ix NULL: what needs no knowledge base.
