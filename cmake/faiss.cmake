@@ -20,6 +20,7 @@ set(_kb_faiss_probe_src [=[
 #include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/MetaIndexes_c.h>
+#include <faiss/c_api/clone_index_c.h>
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/index_factory_c.h>
 #include <faiss/c_api/index_io_c.h>
@@ -38,6 +39,9 @@ int main(int argc, char **argv)
         faiss_index_factory(&idx, 4, argv[0], METRIC_INNER_PRODUCT);
         faiss_Index_train(idx, 1, x);
         faiss_Index_add_with_ids(idx, 1, x, &l);
+        FaissIndex *copy = 0;
+        faiss_clone_index(idx, &copy);
+        faiss_Index_free(copy);
         faiss_Index_search(idx, 1, x, 1, &d, &l);
         faiss_SearchParametersIVF_new_with(&ivf, 0, 1, 0);
         faiss_SearchParametersHNSW_new_with(&hnsw, 0, 16);

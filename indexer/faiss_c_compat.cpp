@@ -18,6 +18,7 @@
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIDMap.h>
 #include <faiss/IndexIVF.h>
+#include <faiss/clone_index.h>
 #include <faiss/impl/HNSW.h>
 #include <faiss/impl/FaissException.h>
 #include <faiss/impl/IDSelector.h>
@@ -41,6 +42,7 @@
 #include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/MetaIndexes_c.h>
+#include <faiss/c_api/clone_index_c.h>
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/impl/AuxIndexStructures_c.h>
 #include <faiss/c_api/index_factory_c.h>
@@ -704,6 +706,56 @@ int faiss_IDSelectorRange_new(FaissIDSelectorRange **p_sel, idx_t imin,
 void faiss_IDSelector_free(FaissIDSelector *obj)
 {
     delete sel(obj);
+}
+
+/* ---- cloning ----------------------------------------------------------- */
+
+/* FAISS's deep copy, except for flat storage (an IndexFlat, IndexFlatIP or
+ * IndexFlatL2, alone or under an IDMap/IDMap2): its codes are copied once
+ * into an array with room for four times as many vectors, as
+ * reserve_for_add() would make on the next add. kbsync clones a large flat
+ * index to add to the copy outside its lock (idx_vec.h, "growth outside the
+ * lock"); with plain clone_index() the add would copy everything a second
+ * time. What the copy holds and how it behaves are those of clone_index(). */
+namespace
+{
+struct RoomyCloner : faiss::Cloner {
+    faiss::Index *clone_Index(const faiss::Index *index) override
+    {
+        const std::type_info &t = typeid(*index);
+        if (t != typeid(faiss::IndexFlat) && t != typeid(faiss::IndexFlatIP) &&
+            t != typeid(faiss::IndexFlatL2))
+            return faiss::Cloner::clone_Index(index);
+        auto *src = static_cast<const faiss::IndexFlat *>(index);
+        std::unique_ptr<faiss::IndexFlat> c;
+        if (t == typeid(faiss::IndexFlatIP))
+            c.reset(new faiss::IndexFlatIP(src->d));
+        else if (t == typeid(faiss::IndexFlatL2))
+            c.reset(new faiss::IndexFlatL2(src->d));
+        else
+            c.reset(new faiss::IndexFlat(src->d, src->metric_type));
+        c->metric_arg = src->metric_arg;
+        c->verbose = src->verbose;
+        c->is_trained = src->is_trained;
+        try {
+            c->codes.reserve(src->codes.size() * 4);
+        } catch (const std::bad_alloc &) {
+            /* the exact size below, as clone_index() would */
+        }
+        c->codes.assign(src->codes.begin(), src->codes.end());
+        c->ntotal = src->ntotal;
+        return c.release();
+    }
+};
+} // namespace
+
+int faiss_clone_index(const FaissIndex *index, FaissIndex **p_out)
+{
+    /* *p_out is written only on success. */
+    return guard([&] {
+        RoomyCloner cloner;
+        *p_out = handle(cloner.clone_Index(ix(index)));
+    });
 }
 
 /* ---- persistence ------------------------------------------------------- */

@@ -34,6 +34,7 @@
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -105,7 +106,10 @@ struct idx {
     pthread_mutex_t vmu; /* guards view */
     idx_view_t view;
     pthread_rwlock_t vlock; /* writers preferred; guards vec, merged,
-                               merge_paused */
+                               merge_paused; taken exclusively through
+                               vlock_wr() / vlock_merger() */
+    atomic_int vwant;       /* threads other than the merger waiting to
+                               take vlock exclusively */
     idx_vec_t *vec;
     uint64_t merged;      /* delta entries below are in vec */
     idx_stats_t stats_cache; /* index figures of the last idx_stats*()
@@ -132,9 +136,11 @@ struct idx {
     double rebuild_s;
 
     /* The merger thread moves delta entries and removals into vec. */
-    pthread_mutex_t mg_mu; /* guards mg_stop, mg_kick */
+    pthread_mutex_t mg_mu; /* guards mg_stop, mg_kick, mg_growing */
     pthread_cond_t mg_cv;
     int mg_stop, mg_kick, mg_started;
+    int mg_growing; /* merge_grown() reads vec and the delta unlocked */
+    uint64_t grows; /* mg_mu: grown copies swapped in */
     pthread_t mg_thr;
 
     /* Background rebuild. rb_mu guards rb_active, rb_stop, the journal and
@@ -1464,6 +1470,8 @@ int idx_publish(idx_kb_t *ix, uint64_t upto, char *err, size_t errlen)
  * skipped while a rebuild prepares the next index (merge_paused): the
  * rebuild takes over from the delta and the pending list at its swap. */
 
+static int merge_finish(idx_kb_t *ix, uint64_t version);
+
 /* One merge step, vlock held exclusively. Returns 1 when work remains. */
 static int merge_step(idx_kb_t *ix)
 {
@@ -1499,6 +1507,16 @@ static int merge_step(idx_kb_t *ix)
                  err);
         abort();
     }
+    return merge_finish(ix, version);
+}
+
+/* The end of a merge step, vlock held exclusively: tombstones the pending
+ * removals published at or before `version` whose labels vec holds, frees
+ * the delta blocks below `merged`. Returns 1 when delta entries remain. */
+static int merge_finish(idx_kb_t *ix, uint64_t version)
+{
+    char err[256];
+    uint64_t n = idx_delta_count(ix->delta);
     int64_t first_unmerged =
         ix->merged < n ? idx_delta_label(ix->delta, ix->merged) : INT64_MAX;
     pthread_mutex_lock(&ix->rm_mu);
@@ -1518,6 +1536,130 @@ static int merge_step(idx_kb_t *ix)
     free(done);
     idx_delta_free_below(ix->delta, ix->merged);
     return ix->merged < n;
+}
+
+/* VLOCK FOR WRITERS. The merger takes vlock exclusively step after step;
+ * the writer-preferring rwlock lets the waiting searches in between two
+ * steps, but not another thread waiting for it exclusively, which then
+ * waited for the merger's whole backlog (97 s for a checkpoint behind an
+ * HNSW merge of 50k vectors), and every search and status request waited
+ * behind it. So the others announce themselves (vlock_wr) and the merger
+ * lets them in before its next step (vlock_merger). */
+static void vlock_wr(idx_kb_t *ix)
+{
+    atomic_fetch_add(&ix->vwant, 1);
+    pthread_rwlock_wrlock(&ix->vlock);
+    atomic_fetch_sub(&ix->vwant, 1);
+}
+
+static void vlock_merger(idx_kb_t *ix)
+{
+    while (atomic_load(&ix->vwant))
+        nanosleep(&(struct timespec){0, 100000}, NULL);
+    pthread_rwlock_wrlock(&ix->vlock);
+}
+
+/* KBSYNC_TEST_FAULT=grow-pause-ms:N (tests only): the merger sleeps N ms
+ * after making a grown copy, before it takes vlock to swap it in, so that
+ * a test can search while the copy is being made. */
+static void grow_test_pause(void)
+{
+    const char *f = getenv("KBSYNC_TEST_FAULT");
+    const char *p = f ? strstr(f, "grow-pause-ms:") : NULL;
+    if (p) {
+        unsigned long ms = strtoul(p + 14, NULL, 10);
+        nanosleep(&(struct timespec){(time_t)(ms / 1000),
+                                     (long)(ms % 1000) * 1000000L},
+                  NULL);
+    }
+}
+
+/* A merge step whose add may reallocate a large flat index (idx_vec.h,
+ * "growth outside the lock"): the grown copy, with the step's vectors, is
+ * made with no lock held while searches go on; then, under vlock, it is
+ * swapped in if nothing paused merging meanwhile (a checkpoint reading vec,
+ * a rebuild), else dropped and the next step tries again. mg_growing keeps
+ * a rebuild from swapping vec or freeing the delta entries read here until
+ * this ends (grow_wait()). Returns -1 when it did nothing (no growth due;
+ * the ordinary step follows), else 1 when delta entries remain. */
+static int merge_grown(idx_kb_t *ix)
+{
+    char err[256];
+    pthread_rwlock_rdlock(&ix->vlock);
+    uint64_t from = ix->merged, n = idx_delta_count(ix->delta), m = 0;
+    uint64_t end = from + IDX_MERGE_CHUNK_FLAT < n ? from + IDX_MERGE_CHUNK_FLAT
+                                                   : n;
+    const float *x = NULL;
+    if (!ix->merge_paused && !ix->ck_pause && from < end) {
+        x = idx_delta_vector(ix->delta, from);
+        m = 1; /* entries are contiguous within a delta block */
+        while (from + m < end && idx_delta_vector(ix->delta, from + m) ==
+                                     x + (size_t)m * ix->dim)
+            m++;
+    }
+    int due = m && idx_vec_grow_due(ix->vec, (size_t)m);
+    if (due) {
+        pthread_mutex_lock(&ix->mg_mu);
+        ix->mg_growing = 1;
+        pthread_mutex_unlock(&ix->mg_mu);
+    }
+    idx_vec_t *vec = ix->vec;
+    pthread_rwlock_unlock(&ix->vlock);
+    if (!due)
+        return -1;
+
+    uint64_t t0 = kb_mono_us();
+    idx_vec_grown_t *g = NULL;
+    int64_t *labels = malloc(m * sizeof *labels);
+    int rc = labels ? 0 : kb_seterr(err, sizeof err, KB_ENOMEM, "out of memory");
+    for (uint64_t j = 0; !rc && j < m; j++)
+        labels[j] = idx_delta_label(ix->delta, from + j);
+    if (!rc)
+        rc = idx_vec_grow(vec, (size_t)m, x, labels, &g, err, sizeof err);
+    grow_test_pause();
+    uint64_t t1 = kb_mono_us();
+    int out = -1;
+    vlock_merger(ix);
+    if (!rc && (ix->merge_paused || ix->ck_pause || ix->merged != from))
+        rc = kb_seterr(err, sizeof err, KB_EUNAVAIL, "merging was paused");
+    if (!rc)
+        rc = idx_vec_adopt(ix->vec, g, err, sizeof err);
+    if (!rc) {
+        ix->merged = from + m;
+        pthread_mutex_lock(&ix->vmu);
+        uint64_t version = ix->view.version;
+        pthread_mutex_unlock(&ix->vmu);
+        out = merge_finish(ix, version);
+    }
+    uint64_t stored = idx_vec_stored(ix->vec);
+    pthread_rwlock_unlock(&ix->vlock);
+    pthread_mutex_lock(&ix->mg_mu);
+    ix->mg_growing = 0;
+    ix->grows += !rc;
+    pthread_cond_broadcast(&ix->mg_cv);
+    pthread_mutex_unlock(&ix->mg_mu);
+    idx_vec_grown_free(&g); /* the old index, after the swap */
+    free(labels);
+    if (!rc)
+        kb_info("vector index grown to %llu vectors beside the searches in "
+                "%.2f s (swapped in %.1f ms)",
+                (unsigned long long)stored, (double)(t1 - t0) / 1e6,
+                (double)(kb_mono_us() - t1) / 1e3);
+    else if (rc != KB_EUNAVAIL)
+        kb_warn("cannot grow the vector index beside the searches (%s); "
+                "growing it in place",
+                err);
+    return out;
+}
+
+/* Rebuild thread, before it swaps vec and frees delta blocks: waits for a
+ * grown copy being made from them (merge_grown()). */
+static void grow_wait(idx_kb_t *ix)
+{
+    pthread_mutex_lock(&ix->mg_mu);
+    while (ix->mg_growing)
+        pthread_cond_wait(&ix->mg_cv, &ix->mg_mu);
+    pthread_mutex_unlock(&ix->mg_mu);
 }
 
 static void *merger_main(void *arg)
@@ -1562,9 +1704,12 @@ static void *merger_main(void *arg)
         last_us = now;
         int more = 1;
         while (more) {
-            pthread_rwlock_wrlock(&ix->vlock);
-            more = ix->merge_paused || ix->ck_pause ? 0 : merge_step(ix);
-            pthread_rwlock_unlock(&ix->vlock);
+            more = graph ? -1 : merge_grown(ix);
+            if (more < 0) {
+                vlock_merger(ix);
+                more = ix->merge_paused || ix->ck_pause ? 0 : merge_step(ix);
+                pthread_rwlock_unlock(&ix->vlock);
+            }
             pthread_mutex_lock(&ix->mg_mu);
             if (ix->mg_stop)
                 more = 0;
@@ -1606,7 +1751,8 @@ static void *rebuild_main(void *arg)
     idx_store_rend(&t);
     const uint64_t S = ix->rb_version;
     ckpt_wait(ix); /* a checkpoint may be reading the index it replaces */
-    pthread_rwlock_wrlock(&ix->vlock);
+    grow_wait(ix); /* the merger may be copying it */
+    vlock_wr(ix);
     pthread_mutex_lock(&ix->fmu);
     pthread_mutex_lock(&ix->rb_mu);
     if (!rc && ix->rb_stop)
@@ -1704,7 +1850,7 @@ int idx_rebuild_start(idx_kb_t *ix)
     }
     /* The writer is between two writes: the snapshot is exactly the
      * published version; the merger stops before its next step. */
-    pthread_rwlock_wrlock(&ix->vlock);
+    vlock_wr(ix);
     pthread_mutex_lock(&ix->fmu);
     pthread_mutex_lock(&ix->rb_mu);
     ix->rb_active = 1;
@@ -1724,7 +1870,7 @@ int idx_rebuild_start(idx_kb_t *ix)
             (unsigned long long)dead, train ? ", training the index" : "");
     if (pthread_create(&ix->rb_thr, NULL, rebuild_main, ix)) {
         kb_warn("cannot start the index rebuild thread");
-        pthread_rwlock_wrlock(&ix->vlock);
+        vlock_wr(ix);
         pthread_mutex_lock(&ix->fmu);
         pthread_mutex_lock(&ix->rb_mu);
         ix->rb_active = 0;
@@ -2326,7 +2472,7 @@ static int ckpt_run(idx_kb_t *ix, uint32_t mbps, char *err, size_t errlen)
 {
     uint64_t t0 = kb_mono_us(), bytes = 0;
     ckpt_job_t j = {0};
-    pthread_rwlock_wrlock(&ix->vlock);
+    vlock_wr(ix);
     int rc = ckpt_capture(ix, &j, err, errlen);
     pthread_rwlock_unlock(&ix->vlock);
     if (!rc)
@@ -2343,7 +2489,7 @@ static int ckpt_run(idx_kb_t *ix, uint32_t mbps, char *err, size_t errlen)
         rc = idx_ckpt_write(ix->dir, &j.head, &src, mbps, ckpt_stopped, ix,
                             &bytes, err, errlen);
     }
-    pthread_rwlock_wrlock(&ix->vlock);
+    vlock_wr(ix);
     ix->ck_pause = 0;
     pthread_rwlock_unlock(&ix->vlock);
     merger_kick(ix);
@@ -2635,6 +2781,9 @@ unlocked:
     st->rebuilding = ix->rb_active;
     st->rebuilds = ix->rebuilds;
     pthread_mutex_unlock(&ix->rb_mu);
+    pthread_mutex_lock(&ix->mg_mu);
+    st->grows = ix->grows;
+    pthread_mutex_unlock(&ix->mg_mu);
     st->store_bytes = idx_store_bytes(ix->store);
     st->dim = ix->dim;
     st->metric = ix->meta->metric;

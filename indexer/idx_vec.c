@@ -15,6 +15,7 @@
 #include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/MetaIndexes_c.h>
+#include <faiss/c_api/clone_index_c.h>
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/impl/AuxIndexStructures_c.h>
 #include <faiss/c_api/index_factory_c.h>
@@ -225,6 +226,8 @@ struct idx_vec {
     uint32_t hnsw_m; /* HNSW: links per node (2M on level 0) */
     uint32_t nlist;  /* IVF: inverted lists */
     uint32_t pq_m;   /* IVF,PQ: sub-quantizers of 8 bits; 0 for IVF,Flat */
+    uint64_t room;   /* flat: vectors the array holds without reallocating,
+                        as far as this handle knows (0: unknown) */
     labelset_t ls;
 };
 
@@ -530,6 +533,93 @@ int idx_vec_remove(idx_vec_t *v, size_t n, const int64_t *labels, char *err,
     for (size_t i = 0; i < n; i++)
         ls_kill(&v->ls, labels[i]);
     return 0;
+}
+
+/* ---- growth outside the lock (idx_vec.h) ---- */
+
+struct idx_vec_grown {
+    FaissIndex *index; /* the grown copy, or after adopt the old index */
+    const FaissIndex *from; /* the index it was copied from */
+    idx_t from_n;           /* its vector count then */
+    size_t n;
+    int64_t *labels;
+};
+
+int idx_vec_grow_due(const idx_vec_t *v, size_t n)
+{
+    if (v->kind != VEC_FLAT || v->fallback || n == 0)
+        return 0;
+    uint64_t after = (uint64_t)faiss_Index_ntotal(v->index) + n;
+    return after > v->room &&
+           after * v->dim * sizeof(float) >= IDX_VEC_GROW_MIN_BYTES;
+}
+
+int idx_vec_grow(const idx_vec_t *v, size_t n, const float *x,
+                 const int64_t *labels, idx_vec_grown_t **out, char *err,
+                 size_t errlen)
+{
+    *out = NULL;
+    idx_vec_grown_t *g = calloc(1, sizeof *g);
+    float *y = NULL;
+    int rc = 0;
+    if (!g || !(g->labels = malloc((n ? n : 1) * sizeof *labels))) {
+        rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+        goto out;
+    }
+    memcpy(g->labels, labels, n * sizeof *labels);
+    g->n = n;
+    g->from = v->index;
+    g->from_n = faiss_Index_ntotal(v->index);
+    if ((rc = normalised(v, n, x, labels, "vector", &y, err, errlen)))
+        goto out;
+    /* The copy is exactly as large as the original: the add below is what
+     * reallocates, here in memory no search reads yet. */
+    if (faiss_clone_index(v->index, &g->index)) {
+        rc = vec_fail(err, errlen, "clone_index");
+        goto out;
+    }
+    if (n && faiss_Index_add_with_ids(g->index, (idx_t)n, y ? y : x,
+                                      labels)) {
+        rc = vec_fail(err, errlen, "add_with_ids");
+        goto out;
+    }
+out:
+    free(y);
+    if (rc)
+        idx_vec_grown_free(&g);
+    *out = g;
+    return rc;
+}
+
+int idx_vec_adopt(idx_vec_t *v, idx_vec_grown_t *g, char *err, size_t errlen)
+{
+    if (g->from != v->index || faiss_Index_ntotal(v->index) != g->from_n ||
+        !g->index)
+        return kb_seterr(err, errlen, KB_EUNAVAIL,
+                         "the index changed while its grown copy was made");
+    int rc = mark_stored(v, g->n, g->labels, err, errlen);
+    if (rc)
+        return rc;
+    FaissIndex *old = v->index;
+    v->index = g->index;
+    g->index = old;
+    g->from = NULL;
+    /* The add that grew the copy left room for at least as many vectors
+     * again as it held: FAISS resizes a std::vector, which at least doubles
+     * its capacity, and faiss_c_compat.cpp reserves four times. */
+    uint64_t had = (uint64_t)g->from_n;
+    v->room = had * 2 > had + g->n ? had * 2 : had + g->n;
+    return 0;
+}
+
+void idx_vec_grown_free(idx_vec_grown_t **g)
+{
+    if (!g || !*g)
+        return;
+    faiss_Index_free((*g)->index);
+    free((*g)->labels);
+    free(*g);
+    *g = NULL;
 }
 
 int idx_vec_train(idx_vec_t *v, size_t n, const float *x, char *err,

@@ -113,6 +113,43 @@ int idx_vec_add(idx_vec_t *v, size_t n, const float *x, const int64_t *labels,
 int idx_vec_remove(idx_vec_t *v, size_t n, const int64_t *labels, char *err,
                    size_t errlen);
 
+/* GROWTH OUTSIDE THE LOCK. A flat index keeps its vectors in one array
+ * that an add reallocates (and copies whole) when it is full: for 1M x 384
+ * that is 1.5 GB of fresh memory, about 1.6 s on the VM of FIGURES.md, and
+ * an add runs under the caller's exclusive lock, so searches stop for that
+ * long. Instead, when idx_vec_grow_due() says the next add of n vectors
+ * may reallocate a large array, the caller makes the grown copy with
+ * idx_vec_grow() while searches go on, then swaps it in with
+ * idx_vec_adopt() under its exclusive lock (a pointer swap plus the label
+ * bitmap), and frees the old array with idx_vec_grown_free() after
+ * unlocking. While the copy exists the index needs about twice its memory.
+ * Only flat indexes (an HNSW index grows in small merge chunks, an IVF's
+ * lists grow one by one). */
+#define IDX_VEC_GROW_MIN_BYTES (64u << 20) /* smaller arrays: add in place */
+typedef struct idx_vec_grown idx_vec_grown_t;
+
+/* 1 when adding n vectors may reallocate a flat array of at least
+ * IDX_VEC_GROW_MIN_BYTES (this handle's own account of the room left: none
+ * after a load, at least the array's size after a growth). Reads only. */
+int idx_vec_grow_due(const idx_vec_t *v, size_t n);
+
+/* A copy of v's FAISS index with x[0..n) (labels[0..n), ascending, not
+ * stored yet) added, in fresh memory with room for more. Reads v as a
+ * search does; the caller guarantees that nothing adds to, loads into or
+ * frees v until idx_vec_adopt() or idx_vec_grown_free(). Returns 0 or
+ * KB_EINVAL (a zero vector under cosine), KB_EINDEX, KB_ENOMEM. */
+int idx_vec_grow(const idx_vec_t *v, size_t n, const float *x,
+                 const int64_t *labels, idx_vec_grown_t **out, char *err,
+                 size_t errlen);
+
+/* Exclusive access: makes the grown copy v's index and marks its labels
+ * stored, as idx_vec_add() would have; *g then holds the old index, for
+ * idx_vec_grown_free() after the lock. KB_EUNAVAIL, nothing changed, if v
+ * was added to or swapped since idx_vec_grow(); KB_EINVAL as in add. */
+int idx_vec_adopt(idx_vec_t *v, idx_vec_grown_t *g, char *err,
+                  size_t errlen);
+void idx_vec_grown_free(idx_vec_grown_t **g);
+
 /* idx_vec_search_params() with default parameters (p = NULL). */
 int idx_vec_search(const idx_vec_t *v, size_t nq, const float *q, uint32_t k,
                    float *scores, int64_t *labels, char *err, size_t errlen);

@@ -1442,6 +1442,103 @@ static void write_range(idx_kb_t *ix, const char *prefix, int from, int to,
     free(meta);
 }
 
+static double mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Writes docs g<from>..g<to-1> of BIG_DIM dims (vector seed = number). */
+enum { BIG_DIM = 2048 };
+static void write_big(idx_kb_t *ix, int from, int to)
+{
+    enum { B = 500 };
+    idx_op_t ops[B];
+    char ids[B][16];
+    float *v = malloc((size_t)B * BIG_DIM * sizeof *v);
+    uint64_t lsns[B];
+    assert_non_null(v);
+    for (int at = from; at < to; at += B) {
+        int n = to - at < B ? to - at : B;
+        for (int i = 0; i < n; i++) {
+            snprintf(ids[i], sizeof ids[i], "g%d", at + i);
+            kbt_rand_unit(v + (size_t)i * BIG_DIM, BIG_DIM,
+                          (uint64_t)(at + i));
+            ops[i] = (idx_op_t){IDX_OP_UPSERT, ids[i], "t",
+                                v + (size_t)i * BIG_DIM, BIG_DIM, NULL};
+        }
+        char err[512] = "";
+        KBT_OK(idx_write(ix, ops, (size_t)n, 0, lsns, NULL, NULL, err,
+                         sizeof err),
+               err);
+    }
+    free(v);
+}
+
+/* A large flat index that must grow (here: the first merge after a reopen,
+ * whose loaded array has no room) grows beside the searches: a search
+ * made while the merger holds the grown copy (paused 1.5 s by the test
+ * hook) answers at once, then the swap brings every new document in. Fails
+ * when the growth runs in place under the index lock (grows stays 0) or the
+ * copy is made holding that lock (searches wait for the pause). */
+static void test_idx_flat_grows_beside_searches(void **state)
+{
+    fx_t *f = *state;
+    enum { N0 = 8300, N1 = 4200 }; /* 8,300 x 8 KiB > 64 MiB */
+    f->ix = kb_open(f->dir, BIG_DIM, "ip", "Flat", "n1");
+    write_big(f->ix, 0, N0);
+    idx_close(&f->ix);
+    setenv("KBSYNC_TEST_FAULT", "grow-pause-ms:1500", 1);
+    f->ix = kb_open(f->dir, 0, NULL, NULL, NULL);
+    uint64_t grows0 = stats(f->ix).grows;
+    write_big(f->ix, N0, N0 + N1); /* >= IDX_MERGE_MIN: merged at once */
+    float *q = malloc(BIG_DIM * sizeof *q);
+    assert_non_null(q);
+    double t_end = mono_ms() + 1300, worst = 0;
+    int searches = 0;
+    while (mono_ms() < t_end) {
+        kbt_rand_unit(q, BIG_DIM, (uint64_t)(N0 + searches % N1));
+        double t0 = mono_ms();
+        idx_hits_t h;
+        char err[512] = "";
+        KBT_OK(idx_search(f->ix, q, NULL, 0, 1, &h, err, sizeof err), err);
+        assert_int_equal(h.n, 1); /* found in the delta meanwhile */
+        idx_hits_free(&h);
+        double dt = mono_ms() - t0;
+        worst = dt > worst ? dt : worst;
+        searches++;
+    }
+    unsetenv("KBSYNC_TEST_FAULT");
+    assert_true(searches >= 3);
+    if (worst > 700)
+        fail_msg("a search took %.0f ms while the index grew", worst);
+    idx_stats_t st;
+    for (int i = 0; i < 1000; i++) {
+        st = stats(f->ix);
+        if (st.grows > grows0 && st.unmerged == 0)
+            break;
+        kbt_sleep_ms(10);
+    }
+    if (st.grows <= grows0 || st.unmerged)
+        fail_msg("the index did not grow beside the searches (grows %llu, "
+                 "%llu unmerged)",
+                 (unsigned long long)st.grows,
+                 (unsigned long long)st.unmerged);
+    KBT_U64(st.docs, N0 + N1);
+    for (int d = 0; d < N0 + N1; d += 997) { /* old and new, from FAISS */
+        kbt_rand_unit(q, BIG_DIM, (uint64_t)d);
+        idx_hits_t h;
+        char err[512] = "", id[16];
+        KBT_OK(idx_search(f->ix, q, NULL, 0, 1, &h, err, sizeof err), err);
+        snprintf(id, sizeof id, "g%d", d);
+        assert_int_equal(h.n, 1);
+        assert_string_equal(h.hit[0].id, id);
+        idx_hits_free(&h);
+    }
+    free(q);
+}
+
 static void test_idx_search_batch_equals_single_searches(void **state)
 {
     fx_t *f = *state;
@@ -2185,6 +2282,7 @@ int main(void)
         T(test_idx_write_precommit_ships_records),
         T(test_idx_write_failure_changes_nothing),
         T(test_idx_search_batch_equals_single_searches),
+        T(test_idx_flat_grows_beside_searches),
         T(test_idx_search_never_sees_half_applied_write),
         T(test_idx_flat_replace_delete_never_resurface),
         T(test_idx_hnsw_replace_delete_never_resurface),

@@ -594,6 +594,29 @@ static void test_idx_ckpt_truncate_drops_newer_checkpoint(void **state)
 }
 
 /* Checkpoints off: none written, none read. */
+/* A checkpoint (or a rebuild, or the writer) that needs the index lock
+ * exclusively gets it between two merge steps, not after the merger's
+ * whole backlog: the HNSW merger takes the lock step after step, and a
+ * thread waiting for it made every search and status request wait too
+ * (97 s behind 50k vectors). Fails when the merger does not let it in: the
+ * checkpoint then finds the backlog merged. */
+static void test_idx_ckpt_not_starved_by_merge_backlog(void **state)
+{
+    fx_t *f = *state;
+    idx_kb_t *ix = open_kb(f->dir, "HNSW32", 0);
+    put_range(ix, 0, 30000, 1);
+    uint64_t before = stats(ix).unmerged;
+    assert_true(before > 3000); /* the merger is busy for a while */
+    char err[512] = "";
+    KBT_OK(idx_checkpoint(ix, err, sizeof err), err);
+    uint64_t after = stats(ix).unmerged;
+    if (after == 0)
+        fail_msg("the checkpoint waited for the merge backlog (%llu vectors)",
+                 (unsigned long long)before);
+    wait_merged(ix);
+    idx_close(&ix);
+}
+
 static void test_idx_ckpt_off(void **state)
 {
     fx_t *f = *state;
@@ -623,6 +646,7 @@ int main(void)
         T(test_idx_ckpt_periodic),
         T(test_idx_ckpt_concurrent_with_searches_and_rebuild),
         T(test_idx_ckpt_truncate_drops_newer_checkpoint),
+        T(test_idx_ckpt_not_starved_by_merge_backlog),
         T(test_idx_ckpt_off),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

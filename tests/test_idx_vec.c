@@ -574,6 +574,80 @@ static void test_idx_vec_add_search_remove(void **state)
     idx_vec_free(&v);
 }
 
+/* Growth outside the lock (idx_vec.h): the grown copy is invisible until
+ * adopted, then holds every old vector and the new ones; a copy made
+ * before another add is refused and changes nothing. 4096 dims, so that
+ * 4,096 vectors reach IDX_VEC_GROW_MIN_BYTES (64 MiB). */
+static void test_idx_vec_grow_beside_searches(void **state)
+{
+    (void)state;
+    enum { D = 4096, N0 = 4090 };
+    idx_vec_t *v = vec_new(D, "Flat", IDX_METRIC_COSINE);
+    float *x = malloc((size_t)(N0 + 20) * D * sizeof *x);
+    int64_t *lab = malloc((N0 + 20) * sizeof *lab);
+    assert_true(x && lab);
+    for (int i = 0; i < N0 + 20; i++) {
+        kbt_rand_unit(x + (size_t)i * D, D, 7000 + i);
+        lab[i] = 1 + i;
+    }
+    char err[512] = "";
+    KBT_OK(idx_vec_add(v, N0, x, lab, err, sizeof err), err);
+    assert_int_equal(idx_vec_grow_due(v, 5), 0);  /* 4,095 vectors < 64 MiB */
+    assert_int_equal(idx_vec_grow_due(v, 10), 1); /* 4,100: a large array */
+
+    const float *xn = x + (size_t)N0 * D; /* the 10 new ones */
+    idx_vec_grown_t *g = NULL;
+    KBT_OK(idx_vec_grow(v, 10, xn, lab + N0, &g, err, sizeof err), err);
+    assert_non_null(g);
+    float s[2];
+    int64_t l[2];
+    KBT_OK(idx_vec_search(v, 1, xn, 1, s, l, err, sizeof err), err);
+    assert_int_not_equal(l[0], lab[N0]); /* not adopted yet: not there */
+    KBT_U64(idx_vec_count(v), N0);
+    KBT_OK(idx_vec_adopt(v, g, err, sizeof err), err);
+    idx_vec_grown_free(&g); /* the old index */
+    assert_null(g);
+    KBT_U64(idx_vec_count(v), N0 + 10);
+    assert_true(idx_vec_is_stored(v, lab[N0 + 9]));
+    for (int i = 0; i < N0 + 10; i += 409) { /* old and new find themselves */
+        KBT_OK(idx_vec_search(v, 1, x + (size_t)i * D, 1, s, l, err,
+                              sizeof err),
+               err);
+        assert_int_equal(l[0], lab[i]);
+        KBT_NEAR(s[0], 1.0, 1e-4);
+    }
+    /* Room for at least as many again: no copy for the next adds. */
+    assert_int_equal(idx_vec_grow_due(v, 10), 0);
+    assert_int_equal(idx_vec_grow_due(v, N0), 1);
+
+    /* A copy made before another add is refused; nothing changes. */
+    KBT_OK(idx_vec_grow(v, N0, x, lab, &g, err, sizeof err), err);
+    int64_t extra = 99999;
+    KBT_OK(idx_vec_add(v, 1, x + (size_t)(N0 + 10) * D, &extra, err,
+                       sizeof err),
+           err);
+    assert_int_equal(idx_vec_adopt(v, g, err, sizeof err), KB_EUNAVAIL);
+    idx_vec_grown_free(&g);
+    KBT_U64(idx_vec_count(v), N0 + 11);
+    /* Labels already stored are refused at adoption, as add refuses them. */
+    KBT_OK(idx_vec_grow(v, 10, xn, lab + N0, &g, err, sizeof err), err);
+    assert_int_equal(idx_vec_adopt(v, g, err, sizeof err), KB_EINVAL);
+    idx_vec_grown_free(&g);
+    KBT_U64(idx_vec_count(v), N0 + 11);
+    KBT_U64(idx_vec_stored(v), N0 + 11);
+    idx_vec_free(&v);
+
+    /* Small arrays, and kinds other than flat, grow in place. */
+    v = vec_new(DIM, "Flat", IDX_METRIC_L2);
+    assert_int_equal(idx_vec_grow_due(v, 1000000), 0); /* 61 MiB */
+    idx_vec_free(&v);
+    v = vec_new(D, "HNSW16", IDX_METRIC_L2);
+    assert_int_equal(idx_vec_grow_due(v, 100000), 0);
+    idx_vec_free(&v);
+    free(x);
+    free(lab);
+}
+
 static void test_idx_vec_label_errors(void **state)
 {
     (void)state;
@@ -1232,6 +1306,7 @@ int main(void)
         cmocka_unit_test(test_idx_vec_retry_when_nearest_are_dead),
         cmocka_unit_test(test_idx_vec_add_search_remove),
         cmocka_unit_test(test_idx_vec_label_errors),
+        cmocka_unit_test(test_idx_vec_grow_beside_searches),
         cmocka_unit_test(test_idx_vec_max_label_hides_newer),
         cmocka_unit_test(test_idx_vec_allow_filter),
         cmocka_unit_test(test_idx_vec_hnsw_ef_search_per_call),

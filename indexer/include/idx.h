@@ -288,6 +288,8 @@ typedef struct idx_stats {
     int trained;         /* 0: an IVF index still searching exactly */
     int rebuilding;      /* a background rebuild is running */
     uint64_t rebuilds;   /* background rebuilds completed */
+    uint64_t grows;      /* flat index arrays grown beside the searches
+                            (idx_vec.h, growth outside the lock) */
     uint64_t commits;    /* durable write transactions since open */
     uint64_t synced_commits, lazy_commits, store_syncs; /* idx_set_lazy() */
     double rebuild_s;    /* seconds the last index (re)build took; at
