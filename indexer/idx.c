@@ -174,6 +174,8 @@ struct idx {
     pthread_t ck_thr;
     uint64_t ck_start_us; /* writer thread: when the last one started */
     uint64_t ck_lsn, ck_us, ck_count;
+    uint64_t ck_extra; /* delta entries (unmerged vectors) the newest
+                          checkpoint holds */
     double ck_s;
 };
 
@@ -2498,6 +2500,7 @@ static int ckpt_run(idx_kb_t *ix, uint32_t mbps, char *err, size_t errlen)
         pthread_mutex_lock(&ix->ck_mu);
         ix->ck_lsn = j.head.lsn;
         ix->ck_us = j.head.written_us;
+        ix->ck_extra = j.nextra;
         ix->ck_s = secs;
         ix->ck_count++;
         pthread_mutex_unlock(&ix->ck_mu);
@@ -2560,6 +2563,26 @@ static void ckpt_join(idx_kb_t *ix, int stop)
 }
 
 /* Writer thread, from idx_maintain(). Never waits. */
+/* The newest checkpoint holds at least IDX_CKPT_RESAVE_MIN unmerged
+ * vectors and the index now holds every vector up to its version: a new
+ * checkpoint at the same version spares the next start that merge (minutes
+ * for an HNSW graph: a checkpoint taken during a bulk load held 50k).
+ * Writer thread; never waits for vlock (0 when it is busy). */
+#define IDX_CKPT_RESAVE_MIN 4096u
+static int ckpt_worth_resaving(idx_kb_t *ix)
+{
+    pthread_mutex_lock(&ix->ck_mu);
+    uint64_t extra = ix->ck_extra, lsn = ix->ck_lsn;
+    pthread_mutex_unlock(&ix->ck_mu);
+    if (extra < IDX_CKPT_RESAVE_MIN || pthread_rwlock_tryrdlock(&ix->vlock))
+        return 0;
+    uint64_t n = idx_delta_count(ix->delta);
+    int merged = ix->merged >= n ||
+                 idx_delta_label(ix->delta, ix->merged) > (int64_t)lsn;
+    pthread_rwlock_unlock(&ix->vlock);
+    return merged;
+}
+
 static void ckpt_maybe_start(idx_kb_t *ix)
 {
     if (ix->ck_off || ix->ck_ops == IDX_CKPT_NEVER || idx_loading(ix))
@@ -2571,8 +2594,9 @@ static void ckpt_maybe_start(idx_kb_t *ix)
     uint64_t now = kb_mono_us();
     idx_view_t v;
     idx_view(ix, &v);
-    if (active || v.version < lsn + ix->ck_ops ||
-        (ix->ck_start_us && now - ix->ck_start_us < ix->ck_secs * 1000000u))
+    if (active ||
+        (ix->ck_start_us && now - ix->ck_start_us < ix->ck_secs * 1000000u) ||
+        (v.version < lsn + ix->ck_ops && !ckpt_worth_resaving(ix)))
         return;
     pthread_mutex_lock(&ix->rb_mu);
     int rebuilding = ix->rb_active;
@@ -2612,8 +2636,8 @@ int idx_checkpoint(idx_kb_t *ix, char *err, size_t errlen)
 static void ckpt_at_close(idx_kb_t *ix)
 {
     char err[512];
-    if (ix->ck_off || ix->ck_skip_close || ix->view.version == ix->ck_lsn ||
-        idx_loading(ix))
+    if (ix->ck_off || ix->ck_skip_close || idx_loading(ix) ||
+        (ix->view.version == ix->ck_lsn && !ckpt_worth_resaving(ix)))
         return;
     if (ckpt_run(ix, 0, err, sizeof err))
         kb_warn("no checkpoint at close: %s", err);
@@ -2706,6 +2730,7 @@ static int ckpt_load(idx_kb_t *ix)
     ix->flt = l.flt;
     l.vec = NULL;
     l.flt = NULL;
+    ix->ck_extra = l.nx;
     idx_ckpt_loaded_free(&l);
     ix->ck_loaded = 1;
     ix->ck_lsn = h.lsn;
