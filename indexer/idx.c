@@ -88,6 +88,7 @@ struct idx {
     int confirmed_warned;
     uint64_t loading;     /* snapshot: not servable below this LSN (0: no);
                              atomic: readers check it */
+    uint64_t loading_ready; /* ... nor below this one (idx_set_loading) */
     /* Writer thread: published versions sampled every IDX_PUBHIST_MS, so
      * compaction can stay behind what searches may hold. */
     struct {
@@ -583,6 +584,7 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
             goto fail;
     }
     ix->loading = idx_store_get_u64(ix->store, "snapshot_until");
+    ix->loading_ready = idx_store_get_u64(ix->store, "snapshot_ready");
     ix->dim = ix->meta->dim;
     ix->metric = metric_code(ix->meta->metric);
     ix->nlist = ivf_nlist(ix->meta->index);
@@ -1226,7 +1228,8 @@ int idx_apply_log_staged(idx_kb_t *ix, size_t n, const void *const *recs,
     idx_view_t pub;
     idx_view(ix, &pub);
     const int direct = !rc && pub.version == lsn && r[n - 1]->lsn <= confirmed;
-    const int loaded = !rc && ix->loading && r[n - 1]->lsn >= ix->loading;
+    const int loaded = !rc && ix->loading && r[n - 1]->lsn >= ix->loading &&
+                       r[n - 1]->lsn >= ix->loading_ready;
     idx_wtxn_t *t = NULL;
     if (!rc)
         rc = idx_store_begin(ix->store, &t, err, errlen);
@@ -1239,6 +1242,8 @@ int idx_apply_log_staged(idx_kb_t *ix, size_t n, const void *const *recs,
                                   errlen);
     if (!rc && loaded) /* the snapshot is complete with this batch */
         rc = idx_store_put_u64(t, "snapshot_until", 0, err, errlen);
+    if (!rc && loaded && ix->loading_ready)
+        rc = idx_store_put_u64(t, "snapshot_ready", 0, err, errlen);
     for (size_t i = 0; i < n && !rc; i++) {
         int64_t old = -1;
         idx_store_next_raw(t, recs[i], lens[i]); /* keep the leader's bytes */
@@ -1268,6 +1273,7 @@ int idx_apply_log_staged(idx_kb_t *ix, size_t n, const void *const *recs,
                     (unsigned long long)r[n - 1]->lsn,
                     (unsigned long long)idx_store_count(ix->store));
             __atomic_store_n(&ix->loading, 0, __ATOMIC_RELEASE);
+            ix->loading_ready = 0;
         }
         if (direct)
             rc = idx_apply_vectors(ix, NULL, err, errlen); /* meta in r[] */
@@ -3187,11 +3193,19 @@ int idx_record_is_live(idx_kb_t *ix, uint64_t lsn, const void *bytes,
     return idx_store_is_live(ix->store, lsn, bytes, len);
 }
 
-int idx_set_loading(idx_kb_t *ix, uint64_t until, char *err, size_t errlen)
+int idx_set_loading(idx_kb_t *ix, uint64_t until, uint64_t ready, char *err,
+                    size_t errlen)
 {
-    int rc = idx_store_set_u64(ix->store, "snapshot_until", until, err, errlen);
+    if (!until)
+        ready = 0;
+    /* ready first: a crash between the two leaves a harmless mark */
+    int rc = idx_store_set_u64(ix->store, "snapshot_ready", ready, err, errlen);
     if (!rc)
+        rc = idx_store_set_u64(ix->store, "snapshot_until", until, err, errlen);
+    if (!rc) {
+        ix->loading_ready = ready;
         __atomic_store_n(&ix->loading, until, __ATOMIC_RELEASE);
+    }
     return rc;
 }
 

@@ -135,6 +135,7 @@ struct repl_leader {
     uint64_t rsamp_bytes; /* bytes of records up to rsamp_lsn */
     uint64_t retain_us;   /* monotonic: last retention pass */
     int retain_behind;    /* the last step stopped short of its cut */
+    uint64_t retain_version; /* published version at the last pass */
     uint64_t pins_us;     /* monotonic: pins last saved */
     uint64_t compacted_records, compacted_bytes; /* since the last log line */
     uint64_t compact_log_us;                     /* monotonic: that line */

@@ -426,12 +426,17 @@ uint64_t idx_store_size(idx_kb_t *ix);
 /* The first LSN from which the log holds every operation (1: all). */
 uint64_t idx_log_start(idx_kb_t *ix);
 
-/* Snapshot loading (replicas): until the version reaches `until`, the
- * store is a partial copy and must not be served. idx_set_loading()
- * records it durably (0 clears); records with gaps are accepted up to
- * until + 1; the mark goes in the transaction that reaches it.
- * idx_loading() returns it while loading, else 0. */
-int idx_set_loading(idx_kb_t *ix, uint64_t until, char *err, size_t errlen);
+/* Snapshot loading (replicas): until the version reaches both `until`
+ * (the snapshot's LSN) and `ready`, the store is a partial copy and must
+ * not be served. `ready` is the leader's head when the snapshot began: the
+ * leader's documents table lacks the documents that operations after
+ * `until` replaced (they were swept), so the copy is whole only once those
+ * operations are applied too. idx_set_loading() records both durably
+ * (until 0 clears); records with gaps are accepted up to until + 1; the
+ * marks go in the transaction that reaches them. idx_loading() returns
+ * `until` while loading, else 0. */
+int idx_set_loading(idx_kb_t *ix, uint64_t until, uint64_t ready, char *err,
+                    size_t errlen);
 uint64_t idx_loading(idx_kb_t *ix);
 
 /* The next idx_close() writes no checkpoint: the store is about to be
