@@ -51,6 +51,7 @@
 #define IDX_MERGE_IDLE_MS 50       /* merger's look when nothing signals */
 #define IDX_MERGE_MIN 4096         /* delta entries that start a flat merge */
 #define IDX_MERGE_MAX_AGE_MS 200   /* ... or the age of the last merge */
+#define IDX_GROW_BACKOFF_MS 10000  /* in-place growth after a failed copy */
 #define IDX_TRAIN_MAX 100000       /* vectors an IVF is trained on, at most */
 #define IDX_DEAD_MIN 1024          /* dead vectors before an automatic rebuild */
 #define IDX_FILTER_BRUTE_MIN 4096  /* candidates always scored exactly */
@@ -142,6 +143,8 @@ struct idx {
     int mg_stop, mg_kick, mg_started;
     int mg_growing; /* merge_grown() reads vec and the delta unlocked */
     uint64_t grows; /* mg_mu: grown copies swapped in */
+    uint64_t grow_backoff_us; /* vlock: no grown copy before (a failure) */
+    uint32_t grow_pause_ms;   /* KBSYNC_TEST_FAULT grow-pause-ms, at open */
     pthread_t mg_thr;
 
     /* Background rebuild. rb_mu guards rb_active, rb_stop, the journal and
@@ -523,6 +526,12 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
     ix->ck_ops = cfg->ckpt_ops ? cfg->ckpt_ops : IDX_CKPT_OPS_DEFAULT;
     ix->ck_secs = cfg->ckpt_secs ? cfg->ckpt_secs : IDX_CKPT_SECS_DEFAULT;
     ix->ck_off = cfg->ckpt_off;
+    {
+        const char *f = getenv("KBSYNC_TEST_FAULT");
+        const char *p = f ? strstr(f, "grow-pause-ms:") : NULL;
+        if (p)
+            ix->grow_pause_ms = (uint32_t)strtoul(p + 14, NULL, 10);
+    }
     if (!(ix->dir = strdup(cfg->dir))) {
         idx_close(&ix);
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
@@ -1491,6 +1500,12 @@ static int merge_step(idx_kb_t *ix)
     size_t chunk = strcmp(idx_vec_kind(ix->vec), "hnsw") ? IDX_MERGE_CHUNK_FLAT
                                                          : IDX_MERGE_CHUNK_GRAPH;
     uint64_t end = ix->merged + chunk < n ? ix->merged + chunk : n;
+    /* A step that would reallocate a large flat array under this lock is
+     * left to merge_grown() (the delta grew since it looked), unless
+     * growing beside the searches failed lately. */
+    if (end > ix->merged && kb_mono_us() >= ix->grow_backoff_us &&
+        idx_vec_grow_due(ix->vec, (size_t)(end - ix->merged)))
+        return 1;
     int rc = 0;
     int64_t *labels = malloc(chunk * sizeof *labels);
     if (!labels)
@@ -1567,19 +1582,16 @@ static void vlock_merger(idx_kb_t *ix)
     pthread_rwlock_wrlock(&ix->vlock);
 }
 
-/* KBSYNC_TEST_FAULT=grow-pause-ms:N (tests only): the merger sleeps N ms
- * after making a grown copy, before it takes vlock to swap it in, so that
- * a test can search while the copy is being made. */
-static void grow_test_pause(void)
+/* KBSYNC_TEST_FAULT=grow-pause-ms:N (tests only; read at open): the
+ * merger sleeps N ms after making a grown copy, before it takes vlock to
+ * swap it in, so that a test can search while the copy is being made. */
+static void grow_test_pause(const idx_kb_t *ix)
 {
-    const char *f = getenv("KBSYNC_TEST_FAULT");
-    const char *p = f ? strstr(f, "grow-pause-ms:") : NULL;
-    if (p) {
-        unsigned long ms = strtoul(p + 14, NULL, 10);
+    uint32_t ms = ix->grow_pause_ms;
+    if (ms)
         nanosleep(&(struct timespec){(time_t)(ms / 1000),
                                      (long)(ms % 1000) * 1000000L},
                   NULL);
-    }
 }
 
 /* A merge step whose add may reallocate a large flat index (idx_vec.h,
@@ -1594,18 +1606,13 @@ static int merge_grown(idx_kb_t *ix)
 {
     char err[256];
     pthread_rwlock_rdlock(&ix->vlock);
-    uint64_t from = ix->merged, n = idx_delta_count(ix->delta), m = 0;
-    uint64_t end = from + IDX_MERGE_CHUNK_FLAT < n ? from + IDX_MERGE_CHUNK_FLAT
-                                                   : n;
-    const float *x = NULL;
-    if (!ix->merge_paused && !ix->ck_pause && from < end) {
-        x = idx_delta_vector(ix->delta, from);
-        m = 1; /* entries are contiguous within a delta block */
-        while (from + m < end && idx_delta_vector(ix->delta, from + m) ==
-                                     x + (size_t)m * ix->dim)
-            m++;
-    }
-    int due = m && idx_vec_grow_due(ix->vec, (size_t)m);
+    uint64_t from = ix->merged, n = idx_delta_count(ix->delta);
+    uint64_t m = from + IDX_MERGE_CHUNK_FLAT < n ? IDX_MERGE_CHUNK_FLAT
+                                                 : n - from;
+    /* the whole step: what merge_step() would add in place */
+    int due = !ix->merge_paused && !ix->ck_pause && m &&
+              kb_mono_us() >= ix->grow_backoff_us &&
+              idx_vec_grow_due(ix->vec, (size_t)m);
     if (due) {
         pthread_mutex_lock(&ix->mg_mu);
         ix->mg_growing = 1;
@@ -1618,13 +1625,20 @@ static int merge_grown(idx_kb_t *ix)
 
     uint64_t t0 = kb_mono_us();
     idx_vec_grown_t *g = NULL;
+    /* The step's entries span delta blocks: gathered into one array. */
     int64_t *labels = malloc(m * sizeof *labels);
-    int rc = labels ? 0 : kb_seterr(err, sizeof err, KB_ENOMEM, "out of memory");
-    for (uint64_t j = 0; !rc && j < m; j++)
+    float *x = malloc(m * ix->dim * sizeof *x);
+    int rc = labels && x ? 0
+                         : kb_seterr(err, sizeof err, KB_ENOMEM, "out of memory");
+    for (uint64_t j = 0; !rc && j < m; j++) {
         labels[j] = idx_delta_label(ix->delta, from + j);
+        memcpy(x + j * ix->dim, idx_delta_vector(ix->delta, from + j),
+               ix->dim * sizeof *x);
+    }
     if (!rc)
         rc = idx_vec_grow(vec, (size_t)m, x, labels, &g, err, sizeof err);
-    grow_test_pause();
+    free(x);
+    grow_test_pause(ix);
     uint64_t t1 = kb_mono_us();
     int out = -1;
     vlock_merger(ix);
@@ -1653,10 +1667,16 @@ static int merge_grown(idx_kb_t *ix)
                 "%.2f s (swapped in %.1f ms)",
                 (unsigned long long)stored, (double)(t1 - t0) / 1e6,
                 (double)(kb_mono_us() - t1) / 1e3);
-    else if (rc != KB_EUNAVAIL)
+    else if (rc != KB_EUNAVAIL) {
+        /* The next steps add in place (under the lock), as before this
+         * existed; the copy is tried again after a while. */
+        vlock_merger(ix);
+        ix->grow_backoff_us = kb_mono_us() + IDX_GROW_BACKOFF_MS * 1000u;
+        pthread_rwlock_unlock(&ix->vlock);
         kb_warn("cannot grow the vector index beside the searches (%s); "
-                "growing it in place",
-                err);
+                "growing it in place for %d s",
+                err, IDX_GROW_BACKOFF_MS / 1000);
+    }
     return out;
 }
 
@@ -3191,6 +3211,11 @@ int idx_record_is_live(idx_kb_t *ix, uint64_t lsn, const void *bytes,
                        size_t len)
 {
     return idx_store_is_live(ix->store, lsn, bytes, len);
+}
+
+uint64_t idx_loading_ready(idx_kb_t *ix)
+{
+    return idx_loading(ix) ? ix->loading_ready : 0;
 }
 
 int idx_set_loading(idx_kb_t *ix, uint64_t until, uint64_t ready, char *err,

@@ -572,8 +572,9 @@ int idx_vec_grow(const idx_vec_t *v, size_t n, const float *x,
     g->from_n = faiss_Index_ntotal(v->index);
     if ((rc = normalised(v, n, x, labels, "vector", &y, err, errlen)))
         goto out;
-    /* The copy is exactly as large as the original: the add below is what
-     * reallocates, here in memory no search reads yet. */
+    /* The copy (which faiss_c_compat.cpp makes with room for four times
+     * as many vectors; a system faiss_c makes it exactly as large, and the
+     * add below then reallocates it) lives in memory no search reads yet. */
     if (faiss_clone_index(v->index, &g->index)) {
         rc = vec_fail(err, errlen, "clone_index");
         goto out;

@@ -123,8 +123,9 @@ int idx_vec_remove(idx_vec_t *v, size_t n, const int64_t *labels, char *err,
  * idx_vec_adopt() under its exclusive lock (a pointer swap plus the label
  * bitmap), and frees the old array with idx_vec_grown_free() after
  * unlocking. While the copy exists the index needs about twice its memory.
- * Only flat indexes (an HNSW index grows in small merge chunks, an IVF's
- * lists grow one by one). */
+ * Only flat indexes: an HNSW merge step is dominated by its graph inserts
+ * (its vector array still grows in place, four times at a time in
+ * faiss_c_compat.cpp), and an IVF's lists grow one by one. */
 #define IDX_VEC_GROW_MIN_BYTES (64u << 20) /* smaller arrays: add in place */
 typedef struct idx_vec_grown idx_vec_grown_t;
 

@@ -688,6 +688,25 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
             }
         }
     }
+    /* Loading a snapshot, past its LSN, and the leader's head is now below
+     * the one the copy must reach (its data directory was replaced, or a
+     * leader that lost writes): this partial copy can never become its
+     * state. A new snapshot. */
+    if (r->ix && !w->snapshot_lsn && idx_loading(r->ix) &&
+        w->head_lsn < idx_loading_ready(r->ix)) {
+        kb_warn("this replica was loading a snapshot to be complete at LSN "
+                "%llu, but the leader is at %llu: dropping the partial copy "
+                "and asking for a new snapshot",
+                (unsigned long long)idx_loading_ready(r->ix),
+                (unsigned long long)w->head_lsn);
+        if (replica_wipe(r))
+            kb_error("cannot empty %s for a snapshot: %s", r->cfg.data_dir,
+                     strerror(errno));
+        replica_back_off(r);
+        r->streaming = 0;
+        r->hello_us = 0;
+        return;
+    }
     if (!r->ix) {
         idx_config_t ic = {.dir = r->cfg.data_dir,
                            .dim = m->dim,

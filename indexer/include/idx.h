@@ -438,6 +438,8 @@ uint64_t idx_log_start(idx_kb_t *ix);
 int idx_set_loading(idx_kb_t *ix, uint64_t until, uint64_t ready, char *err,
                     size_t errlen);
 uint64_t idx_loading(idx_kb_t *ix);
+/* `ready` while loading, else 0. Writer thread. */
+uint64_t idx_loading_ready(idx_kb_t *ix);
 
 /* The next idx_close() writes no checkpoint: the store is about to be
  * moved aside, emptied or cut back. Writer thread. */
