@@ -1485,7 +1485,10 @@ int idx_publish(idx_kb_t *ix, uint64_t upto, char *err, size_t errlen)
  * entries or IDX_MERGE_MAX_AGE_MS (each one makes new searches wait for the
  * running ones); HNSW merges in small chunks continuously. A step is
  * skipped while a rebuild prepares the next index (merge_paused): the
- * rebuild takes over from the delta and the pending list at its swap. */
+ * rebuild takes over from the delta and the pending list at its swap. A
+ * step that would reallocate a large flat array is made on a copy outside
+ * vlock (merge_grown()), and before each step the merger lets in any other
+ * thread waiting for vlock exclusively (vlock_merger()). */
 
 static int merge_finish(idx_kb_t *ix, uint64_t version);
 
@@ -1652,6 +1655,10 @@ static int merge_grown(idx_kb_t *ix)
         uint64_t version = ix->view.version;
         pthread_mutex_unlock(&ix->vmu);
         out = merge_finish(ix, version);
+    } else if (rc != KB_EUNAVAIL) {
+        /* The next steps add in place (under the lock), as before this
+         * existed; the copy is tried again after a while. */
+        ix->grow_backoff_us = kb_mono_us() + IDX_GROW_BACKOFF_MS * 1000u;
     }
     uint64_t stored = idx_vec_stored(ix->vec);
     pthread_rwlock_unlock(&ix->vlock);
@@ -1667,16 +1674,10 @@ static int merge_grown(idx_kb_t *ix)
                 "%.2f s (swapped in %.1f ms)",
                 (unsigned long long)stored, (double)(t1 - t0) / 1e6,
                 (double)(kb_mono_us() - t1) / 1e3);
-    else if (rc != KB_EUNAVAIL) {
-        /* The next steps add in place (under the lock), as before this
-         * existed; the copy is tried again after a while. */
-        vlock_merger(ix);
-        ix->grow_backoff_us = kb_mono_us() + IDX_GROW_BACKOFF_MS * 1000u;
-        pthread_rwlock_unlock(&ix->vlock);
+    else if (rc != KB_EUNAVAIL)
         kb_warn("cannot grow the vector index beside the searches (%s); "
                 "growing it in place for %d s",
                 err, IDX_GROW_BACKOFF_MS / 1000);
-    }
     return out;
 }
 

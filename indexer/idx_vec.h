@@ -7,10 +7,10 @@
  *
  * THREAD SAFETY. Functions taking `const idx_vec_t *` (search, search_params,
  * count, dead, stored, is_live, kind, is_trained, needs_training, train_min,
- * reconstruct, score_labels, bytes) only read the handle and use no shared
- * scratch: any number of threads may call them at once on one index. add,
- * remove, train and free need exclusive access: the caller holds a write lock
- * (idx's vlock) that excludes every reader. The only process-wide state is
+ * reconstruct, score_labels, bytes, grow_due, grow) only read the handle
+ * and use no shared scratch: any number of threads may call them at once on
+ * one index. add, remove, train, adopt and free need exclusive access: the
+ * caller holds a write lock (idx's vlock) that excludes every reader. The only process-wide state is
  * what idx_vec_setup() sets. */
 #ifndef IDX_VEC_H
 #define IDX_VEC_H

@@ -921,6 +921,15 @@ static void assert_unchanged_hits(idx_kb_t *ix, idx_hits_t *want)
     snapshot_free(now);
 }
 
+/* Fails unless x and y answer every snapshot query alike. */
+static void assert_same_answers(idx_kb_t *x, idx_kb_t *y)
+{
+    idx_hits_t a[NQ];
+    snapshot(x, a);
+    assert_unchanged_hits(y, a);
+    snapshot_free(a);
+}
+
 static void test_idx_reopen_rebuilds_same_results(void **state)
 {
     fx_t *f = *state;
@@ -1036,13 +1045,7 @@ static void test_idx_apply_log_matches_leader(void **state)
     KBT_U64(rs.docs, ls.docs);
     KBT_U64(rs.vectors, ls.vectors);
 
-    idx_hits_t a[NQ], b[NQ];
-    snapshot(f->ix, a);
-    snapshot(f->rep, b);
-    for (int i = 0; i < NQ; i++)
-        assert_same_hits(&a[i], &b[i]);
-    snapshot_free(a);
-    snapshot_free(b);
+    assert_same_answers(f->ix, f->rep);
     idx_hits_t ha = search_text(f->ix, "replication log", 3);
     idx_hits_t hb = search_text(f->rep, "replication log", 3);
     assert_same_hits(&ha, &hb);
@@ -1063,12 +1066,7 @@ static void test_idx_apply_log_matches_leader(void **state)
     /* And the replica survives a reopen with the same answers. */
     idx_close(&f->rep);
     f->rep = kb_open(f->dir2, 0, NULL, NULL, NULL);
-    snapshot(f->ix, a);
-    snapshot(f->rep, b);
-    for (int i = 0; i < NQ; i++)
-        assert_same_hits(&a[i], &b[i]);
-    snapshot_free(a);
-    snapshot_free(b);
+    assert_same_answers(f->ix, f->rep);
     recs_free(&r);
 }
 
@@ -2059,13 +2057,7 @@ static void test_idx_snapshot_of_compacted_log_matches_leader(void **state)
     idx_stats_t rs = stats(f->rep);
     KBT_U64(rs.version, ls.version);
     KBT_U64(rs.docs, ls.docs);
-    idx_hits_t a[NQ], b[NQ];
-    snapshot(f->ix, a);
-    snapshot(f->rep, b);
-    for (int i = 0; i < NQ; i++)
-        assert_same_hits(&a[i], &b[i]);
-    snapshot_free(a);
-    snapshot_free(b);
+    assert_same_answers(f->ix, f->rep);
     recs_free(&r);
 }
 
@@ -2122,13 +2114,7 @@ static void test_idx_snapshot_served_only_with_the_kept_operations(void **state)
     KBT_OK(apply(f->rep, &r, k + 9, 1, err, sizeof err), err); /* LSN 30 */
     KBT_U64(idx_loading(f->rep), 0);
     KBT_U64(stats(f->rep).docs, 20);
-    idx_hits_t a[NQ], b[NQ];
-    snapshot(f->ix, a);
-    snapshot(f->rep, b);
-    for (int i = 0; i < NQ; i++)
-        assert_same_hits(&a[i], &b[i]);
-    snapshot_free(a);
-    snapshot_free(b);
+    assert_same_answers(f->ix, f->rep);
     recs_free(&r);
 }
 
