@@ -76,6 +76,18 @@ static void *scrub_main(void *arg)
         pthread_mutex_unlock(&sc->mu);
         if (stop)
             break;
+        /* Written by another process: a pass now, not at the next turn. */
+        uint64_t foreign = idx_store_foreign_txn(sc->s);
+        if (foreign) {
+            kb_warn("LMDB transaction %llu was committed to this store by "
+                    "another process, not by this node: checking the "
+                    "documents against their digest now",
+                    (unsigned long long)foreign);
+            pthread_mutex_lock(&sc->mu);
+            sc->st.foreign++;
+            pthread_mutex_unlock(&sc->mu);
+            want = 1;
+        }
         /* Due? D x the last pass since it ended (and every_ms since):
          * D = IDX_SCRUB_DUTY_IDLE once nothing was written for a second,
          * IDX_SCRUB_DUTY while writes flow. */

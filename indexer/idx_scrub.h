@@ -7,7 +7,10 @@
  * (and at least every_ms) has gone by since it ended: D = IDX_SCRUB_DUTY_IDLE when nothing was
  * written for a second (at most 1/8 of a core, so that an edit is found
  * within about a second on a quiet node of 100k documents), IDX_SCRUB_DUTY
- * while writes flow (at most 1/30 of a core, out of the writers' way). */
+ * while writes flow (at most 1/30 of a core, out of the writers' way).
+ * A commit to the store by another process (idx_store_foreign_txn: an
+ * operator's tool editing the data directory) starts a pass at the next
+ * look, whatever the schedule. */
 #ifndef IDX_SCRUB_H
 #define IDX_SCRUB_H
 
@@ -36,6 +39,8 @@ typedef struct idx_scrub_state {
     uint64_t bad_lsn;      /* the newest mismatch: at this LSN, */
     uint64_t bad_stored;   /* the kept digest */
     uint64_t bad_scanned;  /* and what the documents add up to */
+    uint64_t foreign;      /* commits of another process seen (each one
+                              starts a pass at once) */
 } idx_scrub_state_t;
 
 /* Starts the thread (every_ms >= 1). */

@@ -45,6 +45,11 @@ struct idx_store {
     int sync_failed; /* a flush failed: synced_lsn never moves again */
     uint64_t synced_lsn;
     uint64_t synced_commits, lazy_commits, syncs;
+    /* The id of this node's newest write transaction (set just before each
+     * commit; any thread reads it) and the newest id idx_store_foreign_txn()
+     * reported: an LMDB transaction id above both was committed by another
+     * process. */
+    uint64_t own_txnid, foreign_seen;
 };
 
 struct idx_wtxn {
@@ -77,6 +82,38 @@ static int store_fail(char *err, size_t errlen, int rc, const char *what)
                          mdb_strerror(rc));
     return kb_seterr(err, errlen, KB_ESTORE, "LMDB %s: %s", what,
                      mdb_strerror(rc));
+}
+
+/* Commits a write transaction of this node, its id noted first as the
+ * newest of ours (idx_store_foreign_txn() compares LMDB's newest with it);
+ * a failed commit puts the old id back. */
+static int txn_commit(idx_store_t *s, MDB_txn *txn)
+{
+    uint64_t prev = __atomic_load_n(&s->own_txnid, __ATOMIC_RELAXED);
+    const uint64_t id = (uint64_t)mdb_txn_id(txn);
+    __atomic_store_n(&s->own_txnid, id, __ATOMIC_SEQ_CST);
+    int rc = mdb_txn_commit(txn);
+    MDB_envinfo in;
+    if (rc)
+        __atomic_store_n(&s->own_txnid, prev, __ATOMIC_SEQ_CST);
+    else if (!mdb_env_info(s->env, &in) && in.me_last_txnid < id)
+        /* nothing to write: LMDB gave the id to no transaction */
+        __atomic_store_n(&s->own_txnid, (uint64_t)in.me_last_txnid,
+                         __ATOMIC_SEQ_CST);
+    return rc;
+}
+
+uint64_t idx_store_foreign_txn(idx_store_t *s)
+{
+    MDB_envinfo in;
+    if (mdb_env_info(s->env, &in)) /* LMDB's newest first, then ours */
+        return 0;
+    uint64_t last = in.me_last_txnid;
+    if (last <= __atomic_load_n(&s->own_txnid, __ATOMIC_SEQ_CST) ||
+        last <= s->foreign_seen)
+        return 0;
+    s->foreign_seen = last;
+    return last;
 }
 
 /* A random non-zero id (getrandom; the clock if that fails). */
@@ -286,7 +323,7 @@ int idx_store_open(const char *dir, uint64_t map_size, int nosync,
     if (!s->undo_from)
         s->undo_from = 1;
     if (!rc)
-        rc = mdb_txn_commit(txn);
+        rc = txn_commit(s, txn);
     else
         mdb_txn_abort(txn);
     if (rc) {
@@ -354,7 +391,7 @@ int idx_store_put_meta(idx_store_t *s, const Kbsync__KbMeta *meta, char *err,
     rc = mdb_put(txn, s->meta, &k, &v, MDB_RESERVE);
     if (!rc) {
         kbsync__kb_meta__pack(meta, v.mv_data);
-        rc = mdb_txn_commit(txn);
+        rc = txn_commit(s, txn);
     } else {
         mdb_txn_abort(txn);
     }
@@ -757,7 +794,7 @@ int idx_store_commit(idx_wtxn_t **tp, char *err, size_t errlen)
         return store_fail(err, errlen, rc, "commit (digest)");
     }
     uint64_t before = t->s->applied_lsn;
-    rc = mdb_txn_commit(t->txn);
+    rc = txn_commit(t->s, t->txn);
     if (rc == EIO) /* a flush failed (ENOSPC: no space for the pages;
                       nothing was flushed and the commit can be retried) */
         t->s->sync_failed = 1;
@@ -896,7 +933,7 @@ int idx_store_dedup_expire(idx_store_t *s, uint64_t before_us,
     if (c)
         mdb_cursor_close(c);
     if (!rc && *removed)
-        rc = mdb_txn_commit(txn);
+        rc = txn_commit(s, txn);
     else
         mdb_txn_abort(txn);
     if (left)
@@ -1480,7 +1517,7 @@ int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
     if (!rc && !(rc = digest_scan(s, txn, &dg, &dg_docs, NULL)))
         rc = digest_put(s, txn, dg);
     if (!rc)
-        rc = mdb_txn_commit(txn);
+        rc = txn_commit(s, txn);
     else
         mdb_txn_abort(txn);
     if (rc)
@@ -1537,7 +1574,7 @@ static int drop_finish(idx_store_t *s, MDB_txn *txn, int rc, drop_list_t *d,
     free(d->lsn);
     d->lsn = NULL;
     if (!rc)
-        rc = mdb_txn_commit(txn);
+        rc = txn_commit(s, txn);
     else
         mdb_txn_abort(txn);
     if (rc)

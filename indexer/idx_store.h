@@ -67,6 +67,12 @@ int idx_store_sync(idx_store_t *s, char *err, size_t errlen);
 void idx_store_sync_counts(const idx_store_t *s, uint64_t *synced_commits,
                            uint64_t *lazy_commits, uint64_t *syncs);
 
+/* Another process wrote to this store (LMDB lets one in: an operator's
+ * tool, a test's kb_tamper): returns the id of the newest LMDB transaction
+ * when one newer than this node's own commits (and than the last one this
+ * returned) exists, else 0. One thread at a time (the digest-check one). */
+uint64_t idx_store_foreign_txn(idx_store_t *s);
+
 /* Number of live documents (entries in `ids`). Writer thread only. */
 uint64_t idx_store_count(idx_store_t *s);
 

@@ -14,6 +14,7 @@
 #include "kbsync.pb-c.h"
 
 #include <errno.h>
+#include <lmdb.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -1361,6 +1362,91 @@ static void test_idx_write_precommit_ships_records(void **state)
     assert_int_equal(write1(f->ix, up("c", "", v[2], "")), 5);
 }
 
+
+/* ------------------------------------------------------- foreign edits */
+
+/* In a child process with an LMDB environment of its own: the first live
+ * document's stored record with its last byte changed, as an operator's
+ * tool editing the data directory would leave it. */
+static void edit_first_doc(const char *dir)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        MDB_env *env;
+        MDB_txn *txn;
+        MDB_dbi ids, log;
+        MDB_cursor *c;
+        MDB_val k, v, lk, lv;
+        int rc = mdb_env_create(&env);
+        rc = rc ? rc : mdb_env_set_maxdbs(env, 8);
+        rc = rc ? rc : mdb_env_open(env, dir, MDB_NOTLS, 0644);
+        rc = rc ? rc : mdb_txn_begin(env, NULL, 0, &txn);
+        rc = rc ? rc : mdb_dbi_open(txn, "ids", 0, &ids);
+        rc = rc ? rc : mdb_dbi_open(txn, "log", MDB_INTEGERKEY, &log);
+        rc = rc ? rc : mdb_cursor_open(txn, ids, &c);
+        rc = rc ? rc : mdb_cursor_get(c, &k, &v, MDB_FIRST);
+        if (!rc) {
+            lk = v;
+            rc = mdb_get(txn, log, &lk, &lv);
+        }
+        char *copy = rc ? NULL : malloc(lv.mv_size);
+        if (copy) {
+            memcpy(copy, lv.mv_data, lv.mv_size);
+            copy[lv.mv_size - 1] ^= 1;
+            lv.mv_data = copy;
+            rc = mdb_put(txn, log, &lk, &lv, 0);
+        }
+        rc = rc ? rc : mdb_txn_commit(txn);
+        _exit(rc || !copy ? 1 : 0);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+/* A document edited by another process is found by a digest check that
+ * starts at once, not at the next turn of the schedule (here 10 minutes
+ * away): within about a second. */
+static void test_idx_foreign_edit_starts_a_digest_check(void **state)
+{
+    fx_t *f = *state;
+    idx_config_t c = {.dir = f->dir,
+                      .dim = DIM,
+                      .nosync = 1,
+                      .scrub_ms = 600000};
+    char err[512] = "";
+    KBT_OK(idx_open(&c, &f->ix, err, sizeof err), err);
+    for (int i = 0; i < 50; i++) {
+        float v[DIM];
+        char id[16];
+        kbt_rand_unit(v, DIM, (unsigned)i + 1);
+        snprintf(id, sizeof id, "d%d", i);
+        write1(f->ix, up(id, "some text", v, ""));
+    }
+    idx_check_t ck;
+    for (int i = 0; i < 400; i++) { /* the first pass runs at start */
+        idx_check_state(f->ix, &ck);
+        if (ck.passes && ck.last_lsn == 50)
+            break;
+        usleep(10000);
+    }
+    KBT_U64(ck.last_lsn, 50);
+    KBT_U64(ck.mismatches, 0);
+    uint64_t passes = ck.passes;
+    edit_first_doc(f->dir);
+    uint64_t t0 = kb_mono_us();
+    while (kb_mono_us() - t0 < 3000000u) {
+        idx_check_state(f->ix, &ck);
+        if (ck.mismatches)
+            break;
+        usleep(10000);
+    }
+    assert_true(ck.passes > passes);
+    KBT_U64(ck.mismatches, 1);
+    assert_true(ck.bad_stored != ck.bad_scanned);
+}
+
 /* ------------------------------------------------------- store full */
 
 static void test_idx_write_failure_changes_nothing(void **state)
@@ -2330,6 +2416,7 @@ int main(void)
         T(test_idx_apply_log_refuses_bad_records),
         T(test_idx_write_precommit_ships_records),
         T(test_idx_write_failure_changes_nothing),
+        T(test_idx_foreign_edit_starts_a_digest_check),
         T(test_idx_search_batch_equals_single_searches),
         T(test_idx_flat_grows_beside_searches),
         T(test_idx_search_never_sees_half_applied_write),

@@ -10,6 +10,10 @@
 #include "kb_util.h"
 
 #include <errno.h>
+#include <lmdb.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define DIM 8
 
@@ -969,6 +973,57 @@ static void test_idx_store_lazy_commits_and_synced_lsn(void **state)
     KBT_U64(full + lazy + syncs, 0);
 }
 
+/* In a child process (LMDB lets a second process in; a forked child must
+ * open an environment of its own): one commit putting key in meta. */
+static void foreign_commit(const char *dir, const char *key)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        MDB_env *env;
+        MDB_txn *txn;
+        MDB_dbi meta;
+        MDB_val k = {strlen(key), (void *)key}, v = {1, "x"};
+        int rc = mdb_env_create(&env);
+        rc = rc ? rc : mdb_env_set_maxdbs(env, 8);
+        rc = rc ? rc : mdb_env_open(env, dir, MDB_NOTLS, 0644);
+        rc = rc ? rc : mdb_txn_begin(env, NULL, 0, &txn);
+        rc = rc ? rc : mdb_dbi_open(txn, "meta", 0, &meta);
+        rc = rc ? rc : mdb_put(txn, meta, &k, &v, 0);
+        rc = rc ? rc : mdb_txn_commit(txn);
+        _exit(rc ? 1 : 0);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+/* A commit by another process is reported once (with LMDB's transaction
+ * id), the store's own commits never, an empty commit of its own (no id
+ * taken) does not hide the next foreign one. */
+static void test_idx_store_foreign_commit_is_seen(void **state)
+{
+    fx_t *f = *state;
+    KBT_U64(idx_store_foreign_txn(f->s), 0);
+    idx_wtxn_t *t = begin(f->s);
+    upsert(t, 1, "a", "a1");
+    commit(&t);
+    KBT_U64(idx_store_foreign_txn(f->s), 0);
+    foreign_commit(f->dir, "operator");
+    uint64_t id = idx_store_foreign_txn(f->s);
+    assert_true(id > 0);
+    KBT_U64(idx_store_foreign_txn(f->s), 0); /* once */
+    t = begin(f->s);
+    upsert(t, 2, "b", "b2");
+    commit(&t);
+    KBT_U64(idx_store_foreign_txn(f->s), 0);
+    t = begin(f->s); /* writes nothing */
+    commit(&t);
+    KBT_U64(idx_store_foreign_txn(f->s), 0);
+    foreign_commit(f->dir, "operator2");
+    assert_true(idx_store_foreign_txn(f->s) > id);
+}
+
 int main(void)
 {
     kb_log_setup(KB_LOG_WARN, "test_idx_store");
@@ -991,6 +1046,7 @@ int main(void)
         T(test_idx_store_sweep_below_log_start),
         T(test_idx_store_digest_follows_every_write),
         T(test_idx_store_lazy_commits_and_synced_lsn),
+        T(test_idx_store_foreign_commit_is_seen),
     };
 #undef T
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
