@@ -2923,6 +2923,7 @@ void idx_check_state(idx_kb_t *ix, idx_check_t *out)
     out->last_ok = s.last_ok;
     out->last_stored = s.last_stored;
     out->last_scanned = s.last_scanned;
+    out->foreign = s.foreign;
 }
 
 uint64_t idx_check_request(idx_kb_t *ix)

@@ -21,6 +21,7 @@ struct idx_scrub {
     _Atomic int stop;   /* also read by a pass in progress */
     int want;           /* idx_scrub_request(): a pass as soon as possible */
     idx_scrub_state_t st;
+    kb_loglimit_t log_foreign; /* scrub thread only */
     pthread_t thr;
 };
 
@@ -79,10 +80,11 @@ static void *scrub_main(void *arg)
         /* Written by another process: a pass now, not at the next turn. */
         uint64_t foreign = idx_store_foreign_txn(sc->s);
         if (foreign) {
-            kb_warn("LMDB transaction %llu was committed to this store by "
-                    "another process, not by this node: checking the "
-                    "documents against their digest now",
-                    (unsigned long long)foreign);
+            kb_log_limited(&sc->log_foreign, KB_LOG_WARN,
+                           "LMDB transaction %llu was committed to this "
+                           "store by another process, not by this node: "
+                           "checking the documents against their digest now",
+                           (unsigned long long)foreign);
             pthread_mutex_lock(&sc->mu);
             sc->st.foreign++;
             pthread_mutex_unlock(&sc->mu);

@@ -10,7 +10,7 @@
  * while writes flow (at most 1/30 of a core, out of the writers' way).
  * A commit to the store by another process (idx_store_foreign_txn: an
  * operator's tool editing the data directory) starts a pass at the next
- * look, whatever the schedule. */
+ * look (after a pass in progress), whatever the schedule. */
 #ifndef IDX_SCRUB_H
 #define IDX_SCRUB_H
 
@@ -39,8 +39,8 @@ typedef struct idx_scrub_state {
     uint64_t bad_lsn;      /* the newest mismatch: at this LSN, */
     uint64_t bad_stored;   /* the kept digest */
     uint64_t bad_scanned;  /* and what the documents add up to */
-    uint64_t foreign;      /* commits of another process seen (each one
-                              starts a pass at once) */
+    uint64_t foreign;      /* looks that found a commit by another
+                              process (each starts a pass) */
 } idx_scrub_state_t;
 
 /* Starts the thread (every_ms >= 1). */

@@ -46,10 +46,10 @@ struct idx_store {
     uint64_t synced_lsn;
     uint64_t synced_commits, lazy_commits, syncs;
     /* The id of this node's newest write transaction (set just before each
-     * commit; any thread reads it) and the newest id idx_store_foreign_txn()
-     * reported: an LMDB transaction id above both was committed by another
-     * process. */
-    uint64_t own_txnid, foreign_seen;
+     * commit; any thread reads it); the newest id of another process's
+     * transaction that a commit of ours found before it (txn_commit), until
+     * idx_store_foreign_txn() takes it; the newest id that one reported. */
+    uint64_t own_txnid, foreign_pending, foreign_seen;
 };
 
 struct idx_wtxn {
@@ -84,36 +84,57 @@ static int store_fail(char *err, size_t errlen, int rc, const char *what)
                      mdb_strerror(rc));
 }
 
-/* Commits a write transaction of this node, its id noted first as the
- * newest of ours (idx_store_foreign_txn() compares LMDB's newest with it);
- * a failed commit puts the old id back. */
+/* Commits a write transaction of this node. Every one writes meta "txn"
+ * (its own LMDB transaction id), so that none is empty and each takes an
+ * id: then, under LMDB's writer lock, a transaction before this one that
+ * is not this node's newest was another process's (latched for
+ * idx_store_foreign_txn). The id is noted as the newest of ours before the
+ * commit; a failed commit puts the old one back. Frees txn, as
+ * mdb_txn_commit() does. */
 static int txn_commit(idx_store_t *s, MDB_txn *txn)
 {
     uint64_t prev = __atomic_load_n(&s->own_txnid, __ATOMIC_RELAXED);
-    const uint64_t id = (uint64_t)mdb_txn_id(txn);
+    uint64_t id = (uint64_t)mdb_txn_id(txn);
+    if (prev && id - 1 > prev) {
+        uint64_t was = __atomic_load_n(&s->foreign_pending, __ATOMIC_RELAXED);
+        while (was < id - 1 &&
+               !__atomic_compare_exchange_n(&s->foreign_pending, &was, id - 1,
+                                            0, __ATOMIC_SEQ_CST,
+                                            __ATOMIC_RELAXED))
+            ;
+    }
+    MDB_val k = {3, "txn"}, v = {sizeof id, &id};
+    int rc = mdb_put(txn, s->meta, &k, &v, 0);
+    if (rc) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
     __atomic_store_n(&s->own_txnid, id, __ATOMIC_SEQ_CST);
-    int rc = mdb_txn_commit(txn);
-    MDB_envinfo in;
+    rc = mdb_txn_commit(txn);
     if (rc)
         __atomic_store_n(&s->own_txnid, prev, __ATOMIC_SEQ_CST);
-    else if (!mdb_env_info(s->env, &in) && in.me_last_txnid < id)
-        /* nothing to write: LMDB gave the id to no transaction */
-        __atomic_store_n(&s->own_txnid, (uint64_t)in.me_last_txnid,
-                         __ATOMIC_SEQ_CST);
     return rc;
 }
 
 uint64_t idx_store_foreign_txn(idx_store_t *s)
 {
-    MDB_envinfo in;
-    if (mdb_env_info(s->env, &in)) /* LMDB's newest first, then ours */
+    uint64_t found =
+        __atomic_exchange_n(&s->foreign_pending, 0, __ATOMIC_SEQ_CST);
+    /* LMDB's newest id first (a read transaction's: the lock region's
+     * aligned counter), then ours: a commit of ours that is visible has
+     * its id noted already. */
+    MDB_txn *rt;
+    if (!mdb_txn_begin(s->env, NULL, MDB_RDONLY, &rt)) {
+        uint64_t last = (uint64_t)mdb_txn_id(rt);
+        mdb_txn_abort(rt);
+        if (last > __atomic_load_n(&s->own_txnid, __ATOMIC_SEQ_CST) &&
+            last > found)
+            found = last;
+    }
+    if (found <= s->foreign_seen)
         return 0;
-    uint64_t last = in.me_last_txnid;
-    if (last <= __atomic_load_n(&s->own_txnid, __ATOMIC_SEQ_CST) ||
-        last <= s->foreign_seen)
-        return 0;
-    s->foreign_seen = last;
-    return last;
+    s->foreign_seen = found;
+    return found;
 }
 
 /* A random non-zero id (getrandom; the clock if that fails). */

@@ -4,7 +4,8 @@
  * environment in DIR with four databases (store format 2):
  *   meta  "kb" -> KbMeta (dim, metric, index, node id, embedder); small u64
  *         settings by name: log_start, undo_from, staged, snapshot_until,
- *         store_id, pin:<replica id>
+ *         store_id, pin:<replica id>; txn (the id of the LMDB transaction
+ *         of the node's newest commit, written by each)
  *   log   LSN (u64) -> LogRecord, exactly the bytes streamed to replicas;
  *         an upsert's record holds the whole document, embedding included.
  *         From log_start on: every operation. Below it: only the records of
@@ -68,9 +69,12 @@ void idx_store_sync_counts(const idx_store_t *s, uint64_t *synced_commits,
                            uint64_t *lazy_commits, uint64_t *syncs);
 
 /* Another process wrote to this store (LMDB lets one in: an operator's
- * tool, a test's kb_tamper): returns the id of the newest LMDB transaction
- * when one newer than this node's own commits (and than the last one this
- * returned) exists, else 0. One thread at a time (the digest-check one). */
+ * tool, a test's kb_tamper): returns the id of the newest such LMDB
+ * transaction found since the last call (0: none). Found two ways: a
+ * commit of this node whose predecessor was not its own newest (every
+ * commit of the node writes meta "txn", so each takes an id), and LMDB's
+ * newest id above the node's newest when the node is not writing. One
+ * thread at a time (the digest-check one). */
 uint64_t idx_store_foreign_txn(idx_store_t *s);
 
 /* Number of live documents (entries in `ids`). Writer thread only. */

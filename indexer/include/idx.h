@@ -370,6 +370,7 @@ typedef struct idx_check {
     uint64_t started, ended; /* passes begun, and ended (done or failed) */
     uint64_t last_stored, last_scanned; /* the newest completed pass */
     uint64_t last_ok; /* its number among the passes begun */
+    uint64_t foreign; /* looks that found a commit by another process */
 } idx_check_t;
 /* Any thread. All zero when checks are off. */
 void idx_check_state(idx_kb_t *ix, idx_check_t *out);
