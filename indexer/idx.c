@@ -631,7 +631,7 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
     }
     ix->mg_started = 1;
     if (cfg->scrub_ms != IDX_SCRUB_OFF &&
-        idx_scrub_start(ix->store, cfg->scrub_ms, &ix->scrub)) {
+        idx_scrub_start(ix->store, cfg->scrub_ms, &ix->loading, &ix->scrub)) {
         rc = kb_seterr(err, errlen, KB_ENOMEM,
                        "cannot start the digest checks");
         goto fail;

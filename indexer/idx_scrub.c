@@ -15,6 +15,7 @@
 
 struct idx_scrub {
     idx_store_t *s;
+    const uint64_t *pause; /* non-zero: no scheduled pass (may be NULL) */
     uint32_t every_ms;
     pthread_mutex_t mu; /* guards st, want */
     pthread_cond_t cv;
@@ -105,6 +106,10 @@ static void *scrub_main(void *arg)
                                                          : sc->every_ms;
         if (!want && last_end && now - last_end < need_ms * 1000u)
             continue;
+        /* A snapshot being loaded: its documents are checked once it is
+         * complete, not every few seconds while it streams in. */
+        if (!want && sc->pause && __atomic_load_n(sc->pause, __ATOMIC_ACQUIRE))
+            continue;
         idx_store_digest_check_t c = {0};
         char err[256];
         uint64_t t0 = kb_mono_us();
@@ -125,12 +130,14 @@ static void *scrub_main(void *arg)
     return NULL;
 }
 
-int idx_scrub_start(idx_store_t *s, uint32_t every_ms, idx_scrub_t **out)
+int idx_scrub_start(idx_store_t *s, uint32_t every_ms, const uint64_t *pause,
+                    idx_scrub_t **out)
 {
     idx_scrub_t *sc = calloc(1, sizeof *sc);
     if (!sc)
         return KB_ENOMEM;
     sc->s = s;
+    sc->pause = pause;
     sc->every_ms = every_ms ? every_ms : 1000;
     pthread_mutex_init(&sc->mu, NULL);
     pthread_cond_init(&sc->cv, NULL);

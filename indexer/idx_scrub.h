@@ -43,8 +43,11 @@ typedef struct idx_scrub_state {
                               process (each starts a pass) */
 } idx_scrub_state_t;
 
-/* Starts the thread (every_ms >= 1). */
-int idx_scrub_start(idx_store_t *s, uint32_t every_ms, idx_scrub_t **out);
+/* Starts the thread (every_ms >= 1). While *pause (read atomically; pause
+ * may be NULL) is non-zero, no scheduled pass starts: requests and commits
+ * by another process still start one. */
+int idx_scrub_start(idx_store_t *s, uint32_t every_ms, const uint64_t *pause,
+                    idx_scrub_t **out);
 /* Stops and joins it; accepts NULL. */
 void idx_scrub_stop(idx_scrub_t **sc);
 void idx_scrub_get(idx_scrub_t *sc, idx_scrub_state_t *out);

@@ -2164,6 +2164,47 @@ static void test_idx_snapshot_of_compacted_log_matches_leader(void **state)
  * snapshot began (`ready`). Found by bench/run_storage.sh: a new replica
  * served 92,001 of 100,000 documents at LSN 392,000, failed its digest
  * check and started over, again and again. Fails when `ready` is ignored. */
+/* While a snapshot is being loaded no scheduled digest check runs (its
+ * documents are checked once complete); a requested one still does, and
+ * the schedule resumes when the snapshot is complete. */
+static void test_idx_no_scheduled_check_while_loading(void **state)
+{
+    fx_t *f = *state;
+    idx_config_t c = {.dir = f->dir2, .dim = DIM, .metric = "ip",
+                      .node_id = "replica", .nosync = 1, .replica = 1,
+                      .scrub_ms = 1};
+    char err[512] = "";
+    KBT_OK(idx_open(&c, &f->rep, err, sizeof err), err);
+    KBT_OK(idx_set_loading(f->rep, 20, 20, err, sizeof err), err);
+    idx_check_t ck;
+    usleep(300000); /* a pass that had begun before has ended */
+    idx_check_state(f->rep, &ck);
+    uint64_t started = ck.started;
+    usleep(1200000); /* unpaused, 1 ms apart: four looks, four passes */
+    idx_check_state(f->rep, &ck);
+    KBT_U64(ck.started, started);
+    uint64_t want = idx_check_request(f->rep);
+    for (int i = 0; i < 300 && ck.ended < want; i++) {
+        usleep(10000);
+        idx_check_state(f->rep, &ck);
+    }
+    assert_true(ck.ended >= want);
+    /* the snapshot completes: LSN 1..20 */
+    f->ix = kb_open(f->dir, DIM, "ip", NULL, "leader");
+    write_range(f->ix, "d", 0, 20, 1, NULL);
+    recs_t r;
+    read_log(f->ix, 1, &r);
+    KBT_OK(apply(f->rep, &r, 0, r.n, err, sizeof err), err);
+    assert_false(idx_loading(f->rep));
+    started = ck.started;
+    for (int i = 0; i < 200 && ck.started <= started + 1; i++) {
+        usleep(10000);
+        idx_check_state(f->rep, &ck);
+    }
+    assert_true(ck.started > started + 1);
+    recs_free(&r);
+}
+
 static void test_idx_snapshot_served_only_with_the_kept_operations(void **state)
 {
     fx_t *f = *state;
@@ -2439,6 +2480,7 @@ int main(void)
         T(test_idx_filter_numbers_as_written),
         T(test_idx_snapshot_of_compacted_log_matches_leader),
         T(test_idx_snapshot_served_only_with_the_kept_operations),
+        T(test_idx_no_scheduled_check_while_loading),
         T(test_idx_sweep_keeps_what_a_snapshot_needs),
         T(test_idx_unbounded_sweep_loses_snapshot_documents),
         T(test_idx_search_during_compaction_misses_nothing),
