@@ -607,16 +607,9 @@ int idx_vec_adopt(idx_vec_t *v, idx_vec_grown_t *g, char *err, size_t errlen)
     g->from = NULL;
     /* The add that grew the copy left room for at least as many vectors
      * again as it held: FAISS resizes a std::vector, which at least doubles
-     * its capacity. faiss_c_compat.cpp's clone reserved four times as many
-     * as it copied (unless that allocation failed: then a later add grows
-     * the array in place, slower, not wrong). */
+     * its capacity, and faiss_c_compat.cpp reserves four times. */
     uint64_t had = (uint64_t)g->from_n;
-#ifdef KB_FAISS_COMPAT
-    const uint64_t times = 4;
-#else
-    const uint64_t times = 2;
-#endif
-    v->room = had * times > had + g->n ? had * times : had + g->n;
+    v->room = had * 2 > had + g->n ? had * 2 : had + g->n;
     return 0;
 }
 

@@ -2156,14 +2156,6 @@ static void test_idx_snapshot_of_compacted_log_matches_leader(void **state)
     recs_free(&r);
 }
 
-/* The leader keeps the newest operations (the keep window) above its log
- * start, and sweeps the documents-table records they replaced: the table
- * alone is then NOT the state at the snapshot's LSN (start - 1), it lacks
- * those documents. A replica must not serve (nor check its digest) before
- * it has applied the kept operations too, up to the leader's head when the
- * snapshot began (`ready`). Found by bench/run_storage.sh: a new replica
- * served 92,001 of 100,000 documents at LSN 392,000, failed its digest
- * check and started over, again and again. Fails when `ready` is ignored. */
 /* While a snapshot is being loaded no scheduled digest check runs (its
  * documents are checked once complete); a requested one still does, and
  * the schedule resumes when the snapshot is complete. */
@@ -2180,7 +2172,7 @@ static void test_idx_no_scheduled_check_while_loading(void **state)
     usleep(300000); /* a pass that had begun before has ended */
     idx_check_state(f->rep, &ck);
     uint64_t started = ck.started;
-    usleep(1200000); /* unpaused, 1 ms apart: four looks, four passes */
+    usleep(1200000); /* without the pause: about four passes */
     idx_check_state(f->rep, &ck);
     KBT_U64(ck.started, started);
     uint64_t want = idx_check_request(f->rep);
@@ -2205,6 +2197,14 @@ static void test_idx_no_scheduled_check_while_loading(void **state)
     recs_free(&r);
 }
 
+/* The leader keeps the newest operations (the keep window) above its log
+ * start, and sweeps the documents-table records they replaced: the table
+ * alone is then NOT the state at the snapshot's LSN (start - 1), it lacks
+ * those documents. A replica must not serve (nor check its digest) before
+ * it has applied the kept operations too, up to the leader's head when the
+ * snapshot began (`ready`). Found by bench/run_storage.sh: a new replica
+ * served 92,001 of 100,000 documents at LSN 392,000, failed its digest
+ * check and started over, again and again. Fails when `ready` is ignored. */
 static void test_idx_snapshot_served_only_with_the_kept_operations(void **state)
 {
     fx_t *f = *state;
