@@ -5,6 +5,8 @@
  * rebuild after reopen and after a crash, and the replica apply path. */
 #include "kb_test.h"
 
+#include "kb_lmdb_child.h"
+
 #include "idx.h"
 #include "idx_embed.h"
 #include "idx_store.h"
@@ -14,7 +16,6 @@
 #include "kbsync.pb-c.h"
 
 #include <errno.h>
-#include <lmdb.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -1365,46 +1366,38 @@ static void test_idx_write_precommit_ships_records(void **state)
 
 /* ------------------------------------------------------- foreign edits */
 
-/* In a child process with an LMDB environment of its own: the first live
- * document's stored record with its last byte changed, as an operator's
- * tool editing the data directory would leave it. */
+/* As an operator's tool editing the data directory would (run by
+ * kbt_lmdb_child): the first live document's stored record with its last
+ * byte changed. */
+static int flip_first_doc(MDB_txn *txn, void *unused)
+{
+    (void)unused;
+    MDB_dbi ids, log;
+    MDB_cursor *c;
+    MDB_val k, v, lv;
+    int rc = mdb_dbi_open(txn, "ids", 0, &ids);
+    rc = rc ? rc : mdb_dbi_open(txn, "log", MDB_INTEGERKEY, &log);
+    rc = rc ? rc : mdb_cursor_open(txn, ids, &c);
+    rc = rc ? rc : mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    uint64_t label = 0;
+    if (!rc && v.mv_size == sizeof label)
+        memcpy(&label, v.mv_data, sizeof label);
+    MDB_val lk = {sizeof label, &label};
+    rc = rc ? rc : mdb_get(txn, log, &lk, &lv);
+    char *copy = rc ? NULL : malloc(lv.mv_size);
+    if (!copy)
+        return rc ? rc : ENOMEM;
+    memcpy(copy, lv.mv_data, lv.mv_size);
+    copy[lv.mv_size - 1] ^= 1;
+    lv.mv_data = copy;
+    rc = mdb_put(txn, log, &lk, &lv, 0);
+    free(copy);
+    return rc;
+}
+
 static void edit_first_doc(const char *dir)
 {
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        signal(SIGSEGV, SIG_DFL); /* not cmocka's: a crash ends the child */
-        signal(SIGABRT, SIG_DFL);
-        MDB_env *env;
-        MDB_txn *txn;
-        MDB_dbi ids, log;
-        MDB_cursor *c;
-        MDB_val k, v, lk, lv;
-        int rc = mdb_env_create(&env);
-        rc = rc ? rc : mdb_env_set_maxdbs(env, 8);
-        rc = rc ? rc : mdb_env_open(env, dir, MDB_NOTLS, 0644);
-        rc = rc ? rc : mdb_txn_begin(env, NULL, 0, &txn);
-        rc = rc ? rc : mdb_dbi_open(txn, "ids", 0, &ids);
-        rc = rc ? rc : mdb_dbi_open(txn, "log", MDB_INTEGERKEY, &log);
-        rc = rc ? rc : mdb_cursor_open(txn, ids, &c);
-        rc = rc ? rc : mdb_cursor_get(c, &k, &v, MDB_FIRST);
-        if (!rc) {
-            lk = v;
-            rc = mdb_get(txn, log, &lk, &lv);
-        }
-        char *copy = rc ? NULL : malloc(lv.mv_size);
-        if (copy) {
-            memcpy(copy, lv.mv_data, lv.mv_size);
-            copy[lv.mv_size - 1] ^= 1;
-            lv.mv_data = copy;
-            rc = mdb_put(txn, log, &lk, &lv, 0);
-        }
-        rc = rc ? rc : mdb_txn_commit(txn);
-        _exit(rc || !copy ? 1 : 0);
-    }
-    int st = 0;
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    kbt_lmdb_child(dir, flip_first_doc, NULL);
 }
 
 /* A document edited by another process is found by a digest check that

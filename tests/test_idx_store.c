@@ -5,16 +5,14 @@
  * abort, log order, LSN ordering (KB_EGAP) and document lookup by label. */
 #include "kb_test.h"
 
+#include "kb_lmdb_child.h"
+
 #include "idx_store.h"
 #include "kb_err.h"
 #include "kb_util.h"
 
 #include <errno.h>
-#include <lmdb.h>
-#include <signal.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #define DIM 8
 
@@ -974,31 +972,18 @@ static void test_idx_store_lazy_commits_and_synced_lsn(void **state)
     KBT_U64(full + lazy + syncs, 0);
 }
 
-/* In a child process (LMDB lets a second process in; a forked child must
- * open an environment of its own): one commit putting key in meta. */
+/* One commit by another process (kbt_lmdb_child): key put in meta. */
+static int put_meta_key(MDB_txn *txn, void *key)
+{
+    MDB_dbi meta;
+    MDB_val k = {strlen(key), key}, v = {1, "x"};
+    int rc = mdb_dbi_open(txn, "meta", 0, &meta);
+    return rc ? rc : mdb_put(txn, meta, &k, &v, 0);
+}
+
 static void foreign_commit(const char *dir, const char *key)
 {
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        signal(SIGSEGV, SIG_DFL); /* not cmocka's: a crash ends the child */
-        signal(SIGABRT, SIG_DFL);
-        MDB_env *env;
-        MDB_txn *txn;
-        MDB_dbi meta;
-        MDB_val k = {strlen(key), (void *)key}, v = {1, "x"};
-        int rc = mdb_env_create(&env);
-        rc = rc ? rc : mdb_env_set_maxdbs(env, 8);
-        rc = rc ? rc : mdb_env_open(env, dir, MDB_NOTLS, 0644);
-        rc = rc ? rc : mdb_txn_begin(env, NULL, 0, &txn);
-        rc = rc ? rc : mdb_dbi_open(txn, "meta", 0, &meta);
-        rc = rc ? rc : mdb_put(txn, meta, &k, &v, 0);
-        rc = rc ? rc : mdb_txn_commit(txn);
-        _exit(rc ? 1 : 0);
-    }
-    int st = 0;
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    kbt_lmdb_child(dir, put_meta_key, (void *)key);
 }
 
 /* A commit by another process is reported once (with LMDB's transaction
