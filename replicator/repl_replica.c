@@ -81,6 +81,10 @@
 /* ... and bytes: a transaction of large records must not keep the replica
  * from acknowledging for so long that the leader thinks it is gone. */
 #define REPLICA_MAX_BATCH_BYTES (8u << 20)
+/* A group commit is held back whole until it is complete (no part of it
+ * searchable alone) unless it grows past REPLICA_MAX_BATCH records or
+ * this many bytes; then it is applied in parts. */
+#define REPLICA_MAX_GROUP_BYTES ((size_t)64 << 20)
 #define REPLICA_STUCK_MS 1000   /* behind, yet no records: ask again */
 #define REPLICA_OFFSET_KEEP_US 10000000u /* clock-offset sample lifetime */
 #define REPLICA_COMPACT_MS 1000   /* a compaction pass this often */
@@ -153,7 +157,13 @@ struct repl_replica {
     Kbsync__ReplMessage **msgs;
     size_t nrec, nmsgs;
     size_t batch_bytes; /* bytes of rec[0..nrec) */
+    /* rec[0..hold_n) are a group commit (commit time hold_us) held back
+     * from the last batch, hold_bytes long: a large group arriving in many
+     * messages is looked at once per record, not once per message. */
+    size_t hold_n, hold_bytes;
+    uint64_t hold_us;
     int group_open; /* the last message's group commit goes on after it */
+    uint64_t crash_after_apply; /* KBSYNC_TEST_FAULT countdown (0 = off) */
 };
 
 static void batch_release(repl_replica_t *r);
@@ -227,6 +237,13 @@ int repl_replica_new(void *zctx, const repl_replica_config_t *cfg,
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     r->cfg = *cfg;
     r->zctx = zctx;
+    const char *fault = getenv("KBSYNC_TEST_FAULT");
+    if (fault && !strncmp(fault, "crash-after-apply:", 18)) {
+        r->crash_after_apply = strtoull(fault + 18, NULL, 10);
+        kb_warn("KBSYNC_TEST_FAULT: this replica exits after applying its "
+                "batch #%llu of records from the leader (tests only)",
+                (unsigned long long)r->crash_after_apply);
+    }
     pthread_mutex_init(&r->smu, NULL);
     r->rec = malloc(REPLICA_MAX_BATCH * sizeof *r->rec);
     r->len = malloc(REPLICA_MAX_BATCH * sizeof *r->len);
@@ -833,16 +850,17 @@ static void batch_release(repl_replica_t *r)
         kbsync__repl_message__free_unpacked(r->msgs[i], NULL);
     r->nmsgs = r->nrec = 0;
     r->batch_bytes = 0;
+    r->hold_n = r->hold_bytes = 0;
 }
 
 /* Keeps records [m, nrec) (copied, so that their messages can go) as the
- * start of the next batch, and frees the rest. 0, or -1 out of memory. */
-static int batch_hold_tail(repl_replica_t *r, size_t m)
+ * start of the next batch, and frees the rest. 0, or -1 out of memory.
+ * Records below hold_n are owned already (held back before), those from
+ * hold_n on borrow their messages' bytes; m is 0 or at least hold_n. */
+static int batch_hold_tail(repl_replica_t *r, size_t m, uint64_t us)
 {
     size_t keep = r->nrec - m;
-    for (size_t i = m; i < r->nrec; i++) {
-        if (r->own[i])
-            continue;
+    for (size_t i = m > r->hold_n ? m : r->hold_n; i < r->nrec; i++) {
         void *c = malloc(r->len[i]);
         if (!c)
             return -1;
@@ -850,24 +868,28 @@ static int batch_hold_tail(repl_replica_t *r, size_t m)
         r->rec[i] = c;
         r->own[i] = 1;
     }
-    for (size_t i = 0; i < m; i++)
-        if (r->own[i]) {
-            free((void *)r->rec[i]);
-            r->own[i] = 0;
+    size_t gone = 0;
+    if (m) {
+        for (size_t i = 0; i < m; i++) {
+            gone += r->len[i];
+            if (r->own[i]) {
+                free((void *)r->rec[i]);
+                r->own[i] = 0;
+            }
         }
-    memmove(r->rec, r->rec + m, keep * sizeof *r->rec);
-    memmove(r->len, r->len + m, keep * sizeof *r->len);
-    for (size_t i = 0; i < keep; i++)
-        r->own[i] = 1;
-    for (size_t i = keep; i < r->nrec; i++)
-        r->own[i] = 0;
+        memmove(r->rec, r->rec + m, keep * sizeof *r->rec);
+        memmove(r->len, r->len + m, keep * sizeof *r->len);
+        memmove(r->own, r->own + m, keep * sizeof *r->own);
+        memset(r->own + keep, 0, m * sizeof *r->own);
+    }
     for (size_t i = 0; i < r->nmsgs; i++)
         kbsync__repl_message__free_unpacked(r->msgs[i], NULL);
     r->nmsgs = 0;
     r->nrec = keep;
-    r->batch_bytes = 0;
-    for (size_t i = 0; i < keep; i++)
-        r->batch_bytes += r->len[i];
+    r->batch_bytes -= gone;
+    r->hold_n = keep;
+    r->hold_bytes = r->batch_bytes;
+    r->hold_us = us;
     return 0;
 }
 
@@ -883,13 +905,20 @@ static size_t batch_apply(repl_replica_t *r, int more)
         return 0;
     }
     size_t m = n;
+    uint64_t us = 0;
     if (more || r->group_open) {
-        uint64_t us = kb_wire_peek_u64(r->rec[n - 1], r->len[n - 1], 2);
-        while (m > 0 &&
+        us = kb_wire_peek_u64(r->rec[n - 1], r->len[n - 1], 2);
+        /* the records held back last time are all of one group: when the
+         * new ones continue it, they need not be looked at again */
+        size_t floor = r->hold_n && r->hold_us == us ? r->hold_n : 0;
+        while (m > floor &&
                kb_wire_peek_u64(r->rec[m - 1], r->len[m - 1], 2) == us)
             m--;
-        if (m == 0 && n == REPLICA_MAX_BATCH)
-            m = n; /* one group larger than a batch cannot be held whole */
+        if (m == floor)
+            m = 0;
+        if (m == 0 && (n == REPLICA_MAX_BATCH ||
+                       r->batch_bytes >= REPLICA_MAX_GROUP_BYTES))
+            m = n; /* a group this large cannot be held whole */
     }
     char err[512];
     /* Nobody waits for any of these records: one flush (lazy commit). */
@@ -899,7 +928,15 @@ static size_t batch_apply(repl_replica_t *r, int more)
     int rc = m ? idx_apply_log_staged(r->ix, m, r->rec, r->len,
                                       r->leader_committed, err, sizeof err)
                : 0;
-    if (!rc && batch_hold_tail(r, m))
+    /* KBSYNC_TEST_FAULT=crash-after-apply:N (tests only): die right after
+     * the Nth committed batch, so that a test can see what one batch made
+     * durable (a group held back whole, not part of it). */
+    if (!rc && m && r->crash_after_apply && --r->crash_after_apply == 0) {
+        kb_error("KBSYNC_TEST_FAULT: exiting after applying %zu records "
+                 "(tests only)", m);
+        _exit(99);
+    }
+    if (!rc && batch_hold_tail(r, m, us))
         rc = kb_seterr(err, sizeof err, KB_ENOMEM,
                        "out of memory holding back a partial group");
     if (rc)
@@ -1034,7 +1071,8 @@ size_t repl_replica_on_msg(repl_replica_t *r)
                     continue;
                 }
                 if (r->nrec == REPLICA_MAX_BATCH ||
-                    r->batch_bytes >= REPLICA_MAX_BATCH_BYTES) {
+                    r->batch_bytes - r->hold_bytes >=
+                        REPLICA_MAX_BATCH_BYTES) {
                     /* frees earlier messages; more of this one follows */
                     applied += batch_apply(r, 1);
                     full = 1;
