@@ -1,7 +1,8 @@
 /* test_idx_embed: the built-in lexical embedder of indexer/include/idx_embed.h. In:
  * short texts. Out: pass/fail on determinism, unit norm, the zero vector
  * for word-less text, case folding, word splitting, and that texts sharing
- * words are closer than unrelated ones. Pure function: no state. */
+ * words are closer than unrelated ones, and that the vectors are the same
+ * bits as the first version's. Pure function: no state. */
 #include "kb_test.h"
 
 #include "idx_embed.h"
@@ -184,6 +185,42 @@ static void test_idx_embed_dim_one(void **state)
     assert_true(x == 1.0f || x == -1.0f);
 }
 
+/* FNV-1a over the bits of a vector */
+static uint64_t fingerprint(const float *v, uint32_t dim)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (uint32_t i = 0; i < dim; i++) {
+        uint32_t u;
+        memcpy(&u, &v[i], sizeof u);
+        for (int b = 0; b < 4; b++)
+            h = (h ^ ((u >> (8 * b)) & 0xff)) * 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* Knowledge bases hold vectors embedded by earlier versions and are queried
+ * with vectors embedded now: a faster embedder must give the same bits.
+ * The fingerprints were taken from the first version (log1pf per bucket,
+ * a branch per sign); "vector" said 700 times puts buckets beyond the
+ * table of small values. */
+static void test_idx_embed_same_bits_as_before(void **state)
+{
+    (void)state;
+    static char rep[7 * 700 + 1];
+    for (int i = 0; i < 700; i++)
+        memcpy(rep + 7 * i, "vector ", 7);
+    const char *t = "Replicas apply the leader's log in LSN order; a query "
+                    "node answers with its version and staleness. "
+                    "\xc3\x9cNICODE w\xc3\xb6rds 42x";
+    float v[384];
+    embed(t, v, 384);
+    assert_int_equal(fingerprint(v, 384), 0x86b8ccca9d1976f0ull);
+    embed(rep, v, 384);
+    assert_int_equal(fingerprint(v, 384), 0xb6d738f08da9bc51ull);
+    embed(t, v, 7);
+    assert_int_equal(fingerprint(v, 7), 0xf79939bcc6a184c2ull);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -197,6 +234,7 @@ int main(void)
         cmocka_unit_test(test_idx_embed_shared_words_score_higher),
         cmocka_unit_test(test_idx_embed_dim_zero_is_einval),
         cmocka_unit_test(test_idx_embed_dim_one),
+        cmocka_unit_test(test_idx_embed_same_bits_as_before),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
