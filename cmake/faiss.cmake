@@ -164,6 +164,9 @@ if(NOT KB_FAISS_IMPL)
   # static CXX library is in their closure, but a consumer that forces
   # LINKER_LANGUAGE C (or links the archive by hand) must still resolve it.
   target_link_libraries(kb_faiss PUBLIC faiss OpenMP::OpenMP_CXX stdc++ m)
+  # What the compat unit does beyond the C API's contract, for the C code
+  # that sizes its expectations by it (idx_vec.c: a clone's room).
+  target_compile_definitions(kb_faiss INTERFACE KB_FAISS_COMPAT=1)
   set(KB_FAISS_IMPL "compat")
   get_target_property(_kb_faiss_loc faiss IMPORTED_LOCATION_NONE)
   message(STATUS "kb_faiss: no usable faiss_c library; building "

@@ -712,8 +712,8 @@ void faiss_IDSelector_free(FaissIDSelector *obj)
 
 /* FAISS's deep copy, except for flat storage (an IndexFlat, IndexFlatIP or
  * IndexFlatL2, alone or under an IDMap/IDMap2): its codes are copied once
- * into an array with room for four times as many vectors, as
- * reserve_for_add() would make on the next add. kbsync clones a large flat
+ * into an array with room for four times as many vectors (or the clone
+ * fails), as reserve_for_add() would make on the next add. kbsync clones a large flat
  * index to add to the copy outside its lock (idx_vec.h, "growth outside the
  * lock"); with plain clone_index() the add would copy everything a second
  * time. What the copy holds and how it behaves are those of clone_index(). */
@@ -737,11 +737,11 @@ struct RoomyCloner : faiss::Cloner {
         c->metric_arg = src->metric_arg;
         c->verbose = src->verbose;
         c->is_trained = src->is_trained;
-        try {
-            c->codes.reserve(src->codes.size() * 4);
-        } catch (const std::bad_alloc &) {
-            /* the exact size below, as clone_index() would */
-        }
+        /* When the room cannot be had, the clone fails (std::bad_alloc,
+         * a FaissErrorCode to the caller) rather than copy at the exact
+         * size: kbsync counts on the room (idx_vec.c, idx_vec_adopt), and
+         * a failed copy makes it grow the index in place for a while. */
+        c->codes.reserve(src->codes.size() * 4);
         c->codes.assign(src->codes.begin(), src->codes.end());
         c->ntotal = src->ntotal;
         return c.release();

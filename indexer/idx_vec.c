@@ -607,9 +607,16 @@ int idx_vec_adopt(idx_vec_t *v, idx_vec_grown_t *g, char *err, size_t errlen)
     g->from = NULL;
     /* The add that grew the copy left room for at least as many vectors
      * again as it held: FAISS resizes a std::vector, which at least doubles
-     * its capacity, and faiss_c_compat.cpp reserves four times. */
+     * its capacity. faiss_c_compat.cpp's clone reserved four times as many
+     * as it copied (when it cannot, the clone fails, and idx.c grows the
+     * index in place for a while: this room is never counted on falsely). */
     uint64_t had = (uint64_t)g->from_n;
-    v->room = had * 2 > had + g->n ? had * 2 : had + g->n;
+#ifdef KB_FAISS_COMPAT
+    const uint64_t times = 4;
+#else
+    const uint64_t times = 2;
+#endif
+    v->room = had * times > had + g->n ? had * times : had + g->n;
     return 0;
 }
 

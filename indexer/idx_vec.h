@@ -131,7 +131,9 @@ typedef struct idx_vec_grown idx_vec_grown_t;
 
 /* 1 when adding n vectors may reallocate a flat array of at least
  * IDX_VEC_GROW_MIN_BYTES (this handle's own account of the room left: none
- * after a load, at least the array's size after a growth). Reads only. */
+ * after a load, at least the array's size after a growth, three times it
+ * with faiss_c_compat.cpp, whose clone reserves four times what it copies;
+ * KB_FAISS_COMPAT is defined then). Reads only. */
 int idx_vec_grow_due(const idx_vec_t *v, size_t n);
 
 /* A copy of v's FAISS index with x[0..n) (labels[0..n), ascending, not

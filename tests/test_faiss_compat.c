@@ -8,6 +8,7 @@
 #include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/MetaIndexes_c.h>
+#include <faiss/c_api/clone_index_c.h>
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/impl/AuxIndexStructures_c.h>
 #include <faiss/c_api/index_factory_c.h>
@@ -26,6 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -806,6 +809,70 @@ static int teardown_dir(void **state)
     return rmdir(g_dir) == 0 || errno == ENOENT ? 0 : -1;
 }
 
+/* faiss_clone_index of an IDMap2,Flat: the copy answers as the original,
+ * and adding to it leaves the original alone. With faiss_c_compat.cpp the
+ * copy is made with room for four times the vectors (idx_vec.c counts on
+ * it), so when that much address space is not there the clone must fail
+ * with an error, not copy at the exact size (checked in a child under
+ * RLIMIT_AS; not under the sanitizers, which reserve terabytes). */
+static void test_faiss_compat_clone_flat(void **state)
+{
+    (void)state;
+    enum { D = 64, N = 100000 };
+    float *x = malloc(sizeof(float) * D * (size_t)N);
+    idx_t *ids = malloc(sizeof(idx_t) * N);
+    assert_non_null(x);
+    assert_non_null(ids);
+    fill_random(x, N, D, 11);
+    for (idx_t i = 0; i < N; i++)
+        ids[i] = 1000 + i;
+    FaissIndex *a = NULL, *b = NULL;
+    assert_int_equal(faiss_index_factory(&a, D, "IDMap2,Flat", METRIC_L2), 0);
+    assert_int_equal(faiss_Index_add_with_ids(a, N, x, ids), 0);
+    assert_int_equal(faiss_clone_index(a, &b), 0);
+    assert_int_equal(faiss_Index_ntotal(b), N);
+    float dist[2];
+    idx_t lab[2];
+    assert_int_equal(faiss_Index_search(b, 1, x + (size_t)D * 777, 1, dist,
+                                        lab),
+                     0);
+    assert_int_equal(lab[0], 1777);
+    idx_t extra = 5;
+    assert_int_equal(faiss_Index_add_with_ids(b, 1, x, &extra), 0);
+    assert_int_equal(faiss_Index_ntotal(b), N + 1);
+    assert_int_equal(faiss_Index_ntotal(a), N);
+    faiss_Index_free(b);
+#if defined(KB_FAISS_COMPAT) && !defined(__SANITIZE_ADDRESS__) &&             \
+    !defined(__SANITIZE_THREAD__)
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        /* room for the exact copy (25.6 MB) but not for four times it */
+        long pages = 0;
+        FILE *f = fopen("/proc/self/statm", "r");
+        if (!f || fscanf(f, "%ld", &pages) != 1)
+            _exit(3);
+        fclose(f);
+        struct rlimit rl;
+        rl.rlim_cur = rl.rlim_max =
+            (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (48u << 20);
+        if (setrlimit(RLIMIT_AS, &rl))
+            _exit(4);
+        FaissIndex *c = NULL;
+        int rc = faiss_clone_index(a, &c);
+        _exit(rc != 0 && c == NULL && faiss_get_last_error() ? 0 : 1);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        fail_msg("a clone without room for four times the vectors did not "
+                 "fail cleanly (child status 0x%x)", st);
+#endif
+    faiss_Index_free(a);
+    free(x);
+    free(ids);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -832,6 +899,7 @@ int main(void)
         cmocka_unit_test(test_faiss_compat_last_error_per_thread),
         cmocka_unit_test(test_faiss_compat_last_error_kept_after_success),
         cmocka_unit_test(test_faiss_compat_free_null_is_noop),
+        cmocka_unit_test(test_faiss_compat_clone_flat),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }
