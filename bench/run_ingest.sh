@@ -28,6 +28,8 @@ trap 'stop_all; [ -n "${KEEP:-}" ] || rm -rf "$W"' EXIT
 exec > >(tee "$OUT") 2>&1
 
 ms() { echo $(( ($2 - $1) / 1000000 )); }
+# cpu_s PID: user+system CPU seconds a process has used so far
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 # the node's own version: the first "version" key (a leader's status lists
 # its replicas' versions after it)
 version_of() { $B/kbsync status --to "$1" --json | grep -o '"version":[0-9]*' | head -1 | cut -d: -f2; }
@@ -84,7 +86,8 @@ echo "# leader $LEADER, replicas r1 $R1, r2 $R2 (dim 384, flat index, async writ
 CMD=("$B/kbsync" ingest --to "$LEADER" "${EXTRA[@]}" "$W/corpus")
 echo "== 1. first ingest: ${CMD[*]}"
 t0=$(date +%s%N)
-"${CMD[@]}" | tail -1 | tee "$W/first.json"
+TIMEFORMAT='client CPU: user %U s, system %S s'
+time ("${CMD[@]}" | tail -1 | tee "$W/first.json")
 t1=$(date +%s%N)
 V=$(version_of "$LEADER")
 until [ "$(version_of "$R1")" -ge "$V" ] && [ "$(version_of "$R2")" -ge "$V" ]; do sleep 0.01; done
@@ -94,6 +97,7 @@ echo "first ingest: $BYTES bytes, $V documents; leader acks after $FIRST_MS ms" 
      "= $(awk -v b="$BYTES" -v m="$FIRST_MS" 'BEGIN {printf "%.1f", b / 1e6 / (m / 1e3)}') MB/s;" \
      "both replicas applied all after $(ms "$t0" "$t2") ms" \
      "= $(awk -v b="$BYTES" -v m="$(ms "$t0" "$t2")" 'BEGIN {printf "%.1f", b / 1e6 / (m / 1e3)}') MB/s"
+echo "node CPU for the first ingest (s): leader $(cpu_s "${pids[0]}"), r1 $(cpu_s "${pids[1]}"), r2 $(cpu_s "${pids[2]}")"
 
 echo "== 2. resume of the complete ingest: ${CMD[*]:0:4} --resume ${EXTRA[*]} $W/corpus"
 t0=$(date +%s%N)
