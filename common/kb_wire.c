@@ -439,6 +439,43 @@ int kb_wire_socket_curve(void *ctx, int type, const char *endpoint, int bind,
     return 0;
 }
 
+int kb_wire_peek_bytes(const void *bytes, size_t len, unsigned field,
+                       const void **out, size_t *out_len)
+{
+    const uint8_t *p = bytes, *end = p + len;
+    int found = 1;
+    while (p < end) {
+        uint64_t key, v;
+        if (wire_varint(&p, end, &key) || (key >> 3) == 0)
+            return -1;
+        switch (key & 7) {
+        case 0: /* varint */
+            if (wire_varint(&p, end, &v))
+                return -1;
+            break;
+        case 1: /* 64-bit */
+        case 5: /* 32-bit */
+            if (end - p < ((key & 7) == 1 ? 8 : 4))
+                return -1;
+            p += (key & 7) == 1 ? 8 : 4;
+            break;
+        case 2: /* length-delimited */
+            if (wire_varint(&p, end, &v) || v > (uint64_t)(end - p))
+                return -1;
+            if ((key >> 3) == field) {
+                *out = p;
+                *out_len = (size_t)v;
+                found = 0;
+            }
+            p += v;
+            break;
+        default: /* groups (3, 4) are not used; 6, 7 do not exist */
+            return -1;
+        }
+    }
+    return found;
+}
+
 uint64_t kb_wire_peek_u64(const void *bytes, size_t len, unsigned field)
 {
     const uint8_t *p = bytes;

@@ -599,6 +599,57 @@ static void test_kb_wire_envelope_limits(void **state)
     pair_close(&p);
 }
 
+/* kb_wire_peek_bytes finds a document's metadata inside a packed
+ * LogRecord (as `list` reads it) without decoding, says when a field is
+ * absent, and refuses every truncation of the record. */
+static void test_kb_wire_peek_bytes(void **state)
+{
+    (void)state;
+    float emb[3] = {1, 2, 3};
+    Kbsync__Doc d = KBSYNC__DOC__INIT;
+    d.id = "doc-1";
+    d.text = "some text";
+    d.n_embedding = 3;
+    d.embedding = emb;
+    d.metadata_json = "{\"sha\":\"abc\"}";
+    Kbsync__LogRecord r = KBSYNC__LOG_RECORD__INIT;
+    r.lsn = 300;
+    r.commit_time_us = 1700000000000000ull;
+    r.op = KBSYNC__LOG_OP__LOG_OP_UPSERT;
+    r.doc = &d;
+    uint8_t buf[256];
+    size_t n = kbsync__log_record__get_packed_size(&r);
+    assert_true(n <= sizeof buf);
+    kbsync__log_record__pack(&r, buf);
+    const void *doc = NULL, *m = NULL;
+    size_t doc_len = 0, m_len = 0;
+    assert_int_equal(kb_wire_peek_bytes(buf, n, 4, &doc, &doc_len), 0);
+    assert_int_equal(kb_wire_peek_bytes(doc, doc_len, 4, &m, &m_len), 0);
+    assert_int_equal(m_len, strlen(d.metadata_json));
+    assert_memory_equal(m, d.metadata_json, m_len);
+    assert_int_equal(kb_wire_peek_bytes(doc, doc_len, 1, &m, &m_len), 0);
+    assert_int_equal(m_len, 5);
+    assert_memory_equal(m, "doc-1", 5);
+    /* the delete's id (field 5) is not in an upsert; a varint field is not
+     * length-delimited */
+    assert_int_equal(kb_wire_peek_bytes(buf, n, 5, &m, &m_len), 1);
+    assert_int_equal(kb_wire_peek_bytes(buf, n, 1, &m, &m_len), 1);
+    /* A cut never finds the document (it is the last field): a cut at a
+     * field boundary before it leaves a shorter well-formed record without
+     * it; every cut inside it is malformed. */
+    size_t doc_at = (size_t)((const uint8_t *)doc - buf); /* its bytes */
+    for (size_t cut = 1; cut < n; cut++) {
+        int rc = kb_wire_peek_bytes(buf, cut, 4, &m, &m_len);
+        if (rc == 0 || (cut >= doc_at && rc != -1))
+            fail_msg("a record cut at %zu of %zu bytes gave %d", cut, n, rc);
+    }
+    assert_int_equal(kb_wire_peek_bytes(buf, 0, 4, &doc, &doc_len), 1);
+    uint8_t bad[] = {0x22, 0x05, 'a'}; /* field 4, 5 bytes, 1 there */
+    assert_int_equal(kb_wire_peek_bytes(bad, sizeof bad, 4, &m, &m_len), -1);
+    uint8_t group[] = {0x23, 0x24}; /* a group: never used */
+    assert_int_equal(kb_wire_peek_bytes(group, 2, 4, &m, &m_len), -1);
+}
+
 static void test_kb_wire_socket_bad_endpoint(void **state)
 {
     (void)state;
@@ -642,6 +693,7 @@ int main(void)
         cmocka_unit_test(test_kb_wire_req_envelope_roundtrip),
         cmocka_unit_test(test_kb_wire_envelope_limits),
         cmocka_unit_test(test_kb_wire_socket_bad_endpoint),
+        cmocka_unit_test(test_kb_wire_peek_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

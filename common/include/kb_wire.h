@@ -79,6 +79,14 @@ int kb_wire_send_msg(void *sock, const void *protobuf_msg, int flags);
  * to it are varints (a LogRecord's lsn = 1, commit_time_us = 2), or 0. */
 uint64_t kb_wire_peek_u64(const void *bytes, size_t len, unsigned field);
 
+/* The bytes of length-delimited field `field` (a string, bytes or embedded
+ * message) of a serialized message, without decoding the rest: *out and
+ * *out_len point into bytes (the last occurrence, as a decoder keeps).
+ * Returns 0, 1 when the field is absent, or -1 when the message is not
+ * well-formed up to its end. */
+int kb_wire_peek_bytes(const void *bytes, size_t len, unsigned field,
+                       const void **out, size_t *out_len);
+
 /* Opens a socket of ZMQ type `type` (ZMQ_ROUTER, ...) on ctx and binds
  * (bind = 1) or connects it to endpoint, with linger 0. */
 int kb_wire_socket(void *ctx, int type, const char *endpoint, int bind,

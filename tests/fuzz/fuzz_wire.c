@@ -34,6 +34,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
     (void)kb_wire_check_strings(&kbsync__repl_message__descriptor, data, len,
                                 err, sizeof err);
     (void)kb_wire_peek_u64(data, len, 1);
+    {
+        /* whatever it finds lies inside the input */
+        const void *b = NULL;
+        size_t bl = 0;
+        if (kb_wire_peek_bytes(data, len, 4, &b, &bl) == 0 &&
+            ((const uint8_t *)b < data || bl > len ||
+             (const uint8_t *)b + bl > data + len))
+            __builtin_trap();
+    }
     (void)kb_utf8_check((const char *)data, len);
     return 0;
 }
