@@ -80,6 +80,9 @@ for i in range(n):
 print('# corpus: %d files, %.1f MB, %d source paragraphs' % (n, total / 1e6, len(paras)))
 EOF
 BYTES=$(find "$W/corpus" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
+# the corpus just written is still being flushed to disk: let that finish
+# first, so that the ingest is not timed against its writeback
+sync
 
 start_cluster
 echo "# leader $LEADER, replicas r1 $R1, r2 $R2 (dim 384, flat index, async writes)"

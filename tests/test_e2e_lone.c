@@ -12,6 +12,7 @@
 
 #include "kbsync.pb-c.h"
 
+#include <dirent.h>
 #include <zmq.h>
 
 #define DIM 16
@@ -182,6 +183,91 @@ static void test_e2e_lone_huge_pages(void **state)
     cJSON *st2 = status_json(e);
     cJSON_Delete(st2);
     assert_false(environ_has(e->leader, "glibc.malloc.hugetlb"));
+}
+
+/* Threads of a process now. */
+static int thread_count(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)))
+        n += de->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* `kbsync ingest --dry-run -` reading a pipe: its pid, blocked on stdin
+ * (write end in *wfd) once it has re-executed itself. */
+static pid_t ingest_on_pipe(int *wfd)
+{
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(p[0], 0);
+        close(p[0]);
+        close(p[1]);
+        int fd = open("/dev/null", O_WRONLY);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execl(kbp_bin(), kbp_bin(), "ingest", "--dry-run", "-", (char *)0);
+        _exit(127);
+    }
+    close(p[0]);
+    *wfd = p[1];
+    return pid;
+}
+
+static void ingest_finish(pid_t pid, int wfd)
+{
+    const char *line = "{\"id\":\"a\",\"text\":\"one word\"}\n";
+    assert_int_equal(write(wfd, line, strlen(line)), (ssize_t)strlen(line));
+    close(wfd);
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+/* `kbsync ingest` runs without OpenBLAS's threads (it never calls BLAS;
+ * they would spin on a core the nodes need), unless the user set a BLAS
+ * thread count. */
+static void test_e2e_lone_ingest_without_blas_threads(void **state)
+{
+    (void)state;
+    char *omp = getenv("OMP_NUM_THREADS") ? strdup(getenv("OMP_NUM_THREADS"))
+                                          : NULL;
+    unsetenv("OMP_NUM_THREADS"); /* the test environment sets it */
+    unsetenv("OPENBLAS_NUM_THREADS");
+    int wfd;
+    pid_t pid = ingest_on_pipe(&wfd);
+    int seen = 0;
+    for (int i = 0; i < 250 && !seen; i++) {
+        usleep(20000);
+        seen = environ_has(pid, "OPENBLAS_NUM_THREADS=1");
+    }
+    assert_true(seen);
+    usleep(200000); /* library start-up done; the process waits on stdin */
+    assert_int_equal(thread_count(pid), 1);
+    assert_comm_kbsync(pid);
+    ingest_finish(pid, wfd);
+
+    setenv("OPENBLAS_NUM_THREADS", "2", 1); /* the user's choice stays */
+    pid = ingest_on_pipe(&wfd);
+    usleep(300000);
+    assert_true(environ_has(pid, "OPENBLAS_NUM_THREADS=2"));
+    assert_false(environ_has(pid, "OPENBLAS_NUM_THREADS=1"));
+    ingest_finish(pid, wfd);
+    unsetenv("OPENBLAS_NUM_THREADS");
+    if (omp) {
+        setenv("OMP_NUM_THREADS", omp, 1);
+        free(omp);
+    }
 }
 
 static void test_e2e_lone_ingest_query_delete_restart(void **state)
@@ -579,6 +665,7 @@ int main(void)
     atexit(kbp_kill_all);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_e2e_lone_help),
+        cmocka_unit_test(test_e2e_lone_ingest_without_blas_threads),
         cmocka_unit_test_setup_teardown(
             test_e2e_lone_ingest_query_delete_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_lone_huge_pages, setup,
