@@ -12,7 +12,8 @@
 #     checking, extracting, chunking, hashing; nothing sent) and the
 #     resume's listing alone.
 # usage: bench/run_ingest.sh [N=10000] [--chunk-bytes N ...extra ingest options]
-# env: B=build dir (default build), KEEP=1 keeps the corpus dir.
+# env: B=build dir (default build), KEEP=1 keeps the corpus dir, ROUNDS=3
+# rounds of 1. and 2., each on a fresh cluster (the medians are printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}
@@ -84,8 +85,13 @@ BYTES=$(find "$W/corpus" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
 # first, so that the ingest is not timed against its writeback
 sync
 
+# Each round: a fresh leader + 2 replicas, the first ingest, then the resume
+# of that complete ingest. ROUNDS (default 3); the medians come last.
+ROUNDS=${ROUNDS:-3}
+: > "$W/rounds"
+for round in $(seq "$ROUNDS"); do
 start_cluster
-echo "# leader $LEADER, replicas r1 $R1, r2 $R2 (dim 384, flat index, async writes)"
+echo "# round $round: leader $LEADER, replicas r1 $R1, r2 $R2 (dim 384, flat index, async writes)"
 CMD=("$B/kbsync" ingest --to "$LEADER" "${EXTRA[@]}" "$W/corpus")
 echo "== 1. first ingest: ${CMD[*]}"
 t0=$(date +%s%N)
@@ -110,6 +116,19 @@ V2=$(version_of "$LEADER")
 RES_MS=$(ms "$t0" "$t1")
 echo "resume: $RES_MS ms = $(awk -v a="$RES_MS" -v b="$FIRST_MS" 'BEGIN {printf "%.1f", 100 * a / b}')% of the first ingest;" \
      "leader version $V before, $V2 after ($([ "$V" = "$V2" ] && echo "nothing written" || echo "WROTE $((V2 - V))"))"
+echo "$FIRST_MS $(ms "$t0" "$t2") $RES_MS" >> "$W/rounds"
+[ "$round" = "$ROUNDS" ] || stop_all
+done
+sort -n -k1 "$W/rounds" | awk -v b="$BYTES" -v n="$ROUNDS" '
+  {f[NR] = $1; r[NR] = $3; a[NR] = $2}
+  END {m = int((n + 1) / 2);
+       printf "medians of %d rounds: first ingest %d ms = %.1f MB/s (each round, MB/s:", n, f[m], b / 1e6 / (f[m] / 1e3);
+       for (i = 1; i <= n; i++) printf " %.1f", b / 1e6 / (f[i] / 1e3);
+       printf ")\n"}'
+awk '{print 100 * $3 / $1, $3}' "$W/rounds" | sort -n | awk -v n="$ROUNDS" '
+  {p[NR] = $1; t[NR] = $2} END {m = int((n + 1) / 2);
+  printf "resume: median %.1f%% of its round'"'"'s first ingest (each: ", p[m];
+  for (i = 1; i <= n; i++) printf "%s%.1f%% / %d ms", (i > 1 ? ", " : ""), p[i], t[i]; printf ")\n"}'
 
 echo "== 3. where the time goes"
 t0=$(date +%s%N)

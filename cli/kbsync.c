@@ -14,6 +14,7 @@
 #include "node.h"
 
 #include <cjson/cJSON.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -1343,46 +1344,34 @@ static int cmd_delete(int argc, char **argv)
     return 0;
 }
 
-/* Settings read only at process start, hence an exec of ourselves (same
- * pid, same arguments) with them in the environment:
- *  - Node processes run with glibc's malloc backing large allocations by
- *    transparent huge pages (the tunable glibc.malloc.hugetlb=1). The FAISS
- *    index grows by reallocating its vectors; on 4 KiB pages each growth
- *    faults every page in again, which cost a leader ingesting 100k 384-d
- *    documents about 45% of its CPU (docs/BENCHMARKS.md, "Write path").
- *    Only when the kernel gives huge pages on request ("[madvise]"; with
- *    "[always]" there is nothing to do); KBSYNC_HUGE_PAGES=0 turns it off.
- *  - `kbsync ingest` runs with OPENBLAS_NUM_THREADS=1 unless the user set
- *    the BLAS thread count (OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS,
- *    OMP_NUM_THREADS). It never calls BLAS (FAISS links it), yet OpenBLAS
- *    starts a thread per core when loaded, which spins on sched_yield for
- *    its first ~0.1 s: CPU taken from the nodes the ingest feeds (a fifth
- *    of a dry run's system time). */
-static void settings_reexec(char **argv, int node, int ingest)
+/* Node processes run with glibc's malloc backing large allocations by
+ * transparent huge pages (the tunable glibc.malloc.hugetlb=1, read only at
+ * process start, hence the exec of ourselves: same pid, same arguments).
+ * The FAISS index grows by reallocating its vectors; on 4 KiB pages each
+ * growth faults every page in again, which cost a leader ingesting 100k
+ * 384-d documents about 45% of its CPU (docs/BENCHMARKS.md, "Write path").
+ * Only when the kernel gives huge pages on request ("[madvise]"; with
+ * "[always]" there is nothing to do); KBSYNC_HUGE_PAGES=0 turns it off. */
+static void huge_pages_reexec(char **argv)
 {
     const char *off = getenv("KBSYNC_HUGE_PAGES");
     const char *tun = getenv("GLIBC_TUNABLES");
     const char *pre = getenv("LD_PRELOAD");
+    if ((off && !strcmp(off, "0")) ||
+        (tun && strstr(tun, "glibc.malloc.hugetlb")))
+        return;
     /* Under valgrind an exec would leave it (children are not traced by
      * default), and its own malloc ignores the tunable anyway. */
     if (pre && (strstr(pre, "vgpreload") || strstr(pre, "valgrind")))
         return;
-    int huge = 0, blas = 0;
-    if (node && !(off && !strcmp(off, "0")) &&
-        !(tun && strstr(tun, "glibc.malloc.hugetlb"))) {
-        char mode[128] = "";
-        FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
-        if (f) {
-            if (!fgets(mode, sizeof mode, f))
-                mode[0] = 0;
-            fclose(f);
-        }
-        huge = strstr(mode, "[madvise]") != NULL;
+    char mode[128] = "";
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (f) {
+        if (!fgets(mode, sizeof mode, f))
+            mode[0] = 0;
+        fclose(f);
     }
-    if (ingest && !getenv("OPENBLAS_NUM_THREADS") &&
-        !getenv("GOTO_NUM_THREADS") && !getenv("OMP_NUM_THREADS"))
-        blas = 1;
-    if (!huge && !blas)
+    if (!strstr(mode, "[madvise]"))
         return;
     /* Exec this binary by its path, so that the process keeps its name
      * (exec'ing /proc/self/exe would rename it "exe"); not when started
@@ -1396,29 +1385,31 @@ static void settings_reexec(char **argv, int node, int ingest)
     base = base ? base + 1 : self;
     if (!strncmp(base, "ld-", 3) || strstr(self, " (deleted)"))
         return;
-    char *old_tun = tun ? strdup(tun) : NULL;
-    if (huge) {
-        char val[1024];
-        int n = snprintf(val, sizeof val, "%s%sglibc.malloc.hugetlb=1",
-                         tun ? tun : "", tun && *tun ? ":" : "");
-        if (n < 0 || (size_t)n >= sizeof val ||
-            setenv("GLIBC_TUNABLES", val, 1))
-            huge = 0;
-    }
-    if (blas && setenv("OPENBLAS_NUM_THREADS", "1", 1))
-        blas = 0;
-    if (huge || blas)
-        execv(self, argv);
-    /* no exec (no /proc?): run on as we are, without the settings */
-    if (huge) {
-        if (old_tun)
-            setenv("GLIBC_TUNABLES", old_tun, 1);
-        else
-            unsetenv("GLIBC_TUNABLES");
-    }
-    if (blas)
-        unsetenv("OPENBLAS_NUM_THREADS");
-    free(old_tun);
+    char val[1024];
+    int n = snprintf(val, sizeof val, "%s%sglibc.malloc.hugetlb=1",
+                     tun ? tun : "", tun && *tun ? ":" : "");
+    if (n < 0 || (size_t)n >= sizeof val || setenv("GLIBC_TUNABLES", val, 1))
+        return;
+    execv(self, argv);
+    /* no exec (no /proc?): run on as we are, without the setting */
+    if (tun)
+        setenv("GLIBC_TUNABLES", tun, 1);
+    else
+        unsetenv("GLIBC_TUNABLES");
+}
+
+/* `kbsync ingest` never calls BLAS (FAISS links it), yet OpenBLAS starts a
+ * thread per further core when it is loaded, and that thread spins on
+ * sched_yield for its first ~0.1 s, on a core the nodes being fed need (a
+ * third of a dry run's system time). OpenBLAS's own shutdown call (exported
+ * for its fork handling; a later BLAS call would start the threads again)
+ * ends them at once. With another BLAS library there is nothing to do. */
+static void blas_threads_stop(void)
+{
+    int (*shutdown)(void) =
+        (int (*)(void))dlsym(RTLD_DEFAULT, "blas_thread_shutdown_");
+    if (shutdown)
+        shutdown();
 }
 
 int main(int argc, char **argv)
@@ -1438,8 +1429,10 @@ int main(int argc, char **argv)
                 fputs(USAGE, stdout);
                 return 0;
             }
-    int node = !strcmp(cmd, "leader") || !strcmp(cmd, "replica");
-    settings_reexec(argv, node, !strcmp(cmd, "ingest"));
+    if (!strcmp(cmd, "leader") || !strcmp(cmd, "replica"))
+        huge_pages_reexec(argv);
+    if (!strcmp(cmd, "ingest"))
+        blas_threads_stop();
     kb_log_setup(KB_LOG_INFO, cmd);
     argc--;
     argv++;
