@@ -964,8 +964,8 @@ static void put_le64(unsigned char *p, uint64_t v)
         p[i] = (unsigned char)(v >> (8 * i));
 }
 
-void cli_chunk_hash_hex(const char *text, size_t n, const cli_chunk_params_t *p,
-                        char hex[33])
+void cli_chunk_hash(const char *text, size_t n, const cli_chunk_params_t *p,
+                    uint64_t h[2])
 {
     unsigned char hdr[16 + 32];
     memcpy(hdr, "kbsync-chunk-v1", 16); /* with its NUL */
@@ -974,12 +974,26 @@ void cli_chunk_hash_hex(const char *text, size_t n, const cli_chunk_params_t *p,
     put_le64(hdr + 32, p->start);
     put_le64(hdr + 40, p->end);
     const char *salt = p->salt ? p->salt : "";
-    uint64_t h[2];
     cli_hash128(salt, strlen(salt), 0x6B6273796E63ull, h);
     cli_hash128(hdr, sizeof hdr, h[0] ^ h[1], h);
     cli_hash128(text, n, h[0] ^ rotl64(h[1], 1), h);
-    snprintf(hex, 33, "%016llx%016llx", (unsigned long long)h[0],
-             (unsigned long long)h[1]);
+}
+
+void cli_hash_hex(const uint64_t h[2], char hex[33])
+{
+    static const char digit[] = "0123456789abcdef";
+    for (int w = 0; w < 2; w++)
+        for (int i = 0; i < 16; i++)
+            hex[16 * w + i] = digit[(h[w] >> (60 - 4 * i)) & 15];
+    hex[32] = 0;
+}
+
+void cli_chunk_hash_hex(const char *text, size_t n, const cli_chunk_params_t *p,
+                        char hex[33])
+{
+    uint64_t h[2];
+    cli_chunk_hash(text, n, p, h);
+    cli_hash_hex(h, hex);
 }
 
 /* ================================================================= JSON */

@@ -160,9 +160,17 @@ typedef struct cli_chunk_params {
     const char *salt;
 } cli_chunk_params_t;
 
-/* The chunk's content hash as 32 lower-case hex digits + NUL: over its
- * text and the params (so a chunk whose text, offsets, chunking settings
- * or salt changed gets another hash). */
+/* The chunk's 128-bit content hash: over its text and the params (so a
+ * chunk whose text, offsets, chunking settings or salt changed gets
+ * another hash). */
+void cli_chunk_hash(const char *text, size_t n, const cli_chunk_params_t *p,
+                    uint64_t h[2]);
+
+/* A hash of cli_chunk_hash as stored in metadata "sha": 32 lower-case hex
+ * digits (h[0] then h[1], most significant first) + NUL. */
+void cli_hash_hex(const uint64_t h[2], char hex[33]);
+
+/* cli_chunk_hash, as cli_hash_hex writes it. */
 void cli_chunk_hash_hex(const char *text, size_t n, const cli_chunk_params_t *p,
                         char hex[33]);
 

@@ -1068,7 +1068,7 @@ static size_t file_spans(ingest_t *g, const char *text, size_t n, size_t from)
 /* Chunk i's (g->spans) hash and source offsets; base: the offset of
  * text's first byte in the file (a byte-order mark before HTML). */
 static void chunk_sha(const ingest_t *g, size_t i, const char *text,
-                      const cli_text_t *map, size_t base, char hex[33],
+                      const cli_text_t *map, size_t base, uint64_t h[2],
                       size_t *ss, size_t *se)
 {
     size_t s = g->spans[2 * i], e = g->spans[2 * i + 1];
@@ -1078,7 +1078,7 @@ static void chunk_sha(const ingest_t *g, size_t i, const char *text,
      * (or the built-in embedder, salt "") must rewrite every chunk. */
     cli_chunk_params_t par = {g->chunk, g->overlap, *ss, *se,
                               g->emb_cfg.url ? g->emb_cfg.model : ""};
-    cli_chunk_hash_hex(text + s, e - s, &par, hex);
+    cli_chunk_hash(text + s, e - s, &par, h);
 }
 
 /* Queues chunk i of file P (unless --resume finds it unchanged). */
@@ -1088,14 +1088,15 @@ static void file_chunk(ingest_t *g, const char *p, const known_file_t *k,
 {
     size_t s = g->spans[2 * i], e = g->spans[2 * i + 1], ss, se;
     char hex[33], id[KB_MAX_ID_LEN + 32], meta[KB_MAX_ID_LEN * 6 + 160];
-    chunk_sha(g, i, text, map, base, hex, &ss, &se);
+    uint64_t h[2];
+    chunk_sha(g, i, text, map, base, h, &ss, &se);
     g->docs_made++;
     const known_chunk_t *kc = k ? known_chunk(k, i) : NULL;
-    uint64_t h[2];
-    if (kc && !parse_sha(hex, 32, h) && kc->h[0] == h[0] && kc->h[1] == h[1]) {
+    if (kc && kc->h[0] == h[0] && kc->h[1] == h[1]) {
         g->unchanged++;
         return;
     }
+    cli_hash_hex(h, hex);
     int idl = snprintf(id, sizeof id, "%s#%zu", p, i);
     size_t ml = 0;
     memcpy(meta, "{\"source\":", 10);
@@ -1191,12 +1192,10 @@ static void file_prehash(ingest_t *g, const cli_file_t *f, pre_file_t *pf)
     }
     if (f->kind != CLI_KIND_HTML || map) {
         size_t ns = file_spans(g, text, n, map ? 0 : bom), ss, se;
-        char hex[33];
         pf->h = malloc((2 * ns + 1) * sizeof *pf->h);
-        for (size_t i = 0; pf->h && i < ns; i++) {
-            chunk_sha(g, i, text, map, map ? bom : 0, hex, &ss, &se);
-            parse_sha(hex, 32, pf->h + 2 * i);
-        }
+        for (size_t i = 0; pf->h && i < ns; i++)
+            chunk_sha(g, i, text, map, map ? bom : 0, pf->h + 2 * i, &ss,
+                      &se);
         pf->ns = ns;
     }
     cli_text_free(&html);

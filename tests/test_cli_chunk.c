@@ -264,6 +264,23 @@ static void test_cli_chunk_hash(void **state)
     assert_string_equal(h1, KBT_PINNED_HASH);
     cli_chunk_hash_hex("hello worle", 11, &p, h2);
     assert_string_not_equal(h1, h2);
+    /* the binary hash is what the hex spells, as printf would write it */
+    uint64_t bin[2];
+    cli_chunk_hash("hello world", 11, &p, bin);
+    char want[33];
+    const uint64_t vals[][2] = {{bin[0], bin[1]},
+                                {0, 1},
+                                {0xf00000000000000full, UINT64_MAX},
+                                {0x0123456789abcdefull, 0xfedcba9876543210ull}};
+    for (size_t i = 0; i < sizeof vals / sizeof *vals; i++) {
+        snprintf(want, sizeof want, "%016llx%016llx",
+                 (unsigned long long)vals[i][0],
+                 (unsigned long long)vals[i][1]);
+        cli_hash_hex(vals[i], h2);
+        assert_string_equal(h2, want);
+    }
+    cli_hash_hex(bin, h2);
+    assert_string_equal(h2, KBT_PINNED_HASH);
     cli_chunk_params_t q[] = {{999, 100, 0, 11, ""},
                               {1000, 99, 0, 11, ""},
                               {1000, 100, 1, 11, ""},
