@@ -779,6 +779,34 @@ static void test_idx_store_compact_keeps_live_documents(void **state)
     KBT_U64(idx_store_count(f->s), 3);
 }
 
+/* Compaction reads only records short enough to be a delete: a delete of
+ * the longest id allowed is still recognised as one and dropped. */
+static void test_idx_store_compact_delete_of_longest_id(void **state)
+{
+    fx_t *f = *state;
+    char id[KB_MAX_ID_LEN + 1];
+    memset(id, 'x', KB_MAX_ID_LEN);
+    id[KB_MAX_ID_LEN] = 0;
+    idx_wtxn_t *t = begin(f->s);
+    idx_store_keep_undo(t);
+    upsert(t, 1, id, "long one");
+    upsert(t, 2, "b", "b2");
+    del(t, 3, id, 0);
+    upsert(t, 4, "c", "c4");
+    commit(&t);
+    uint64_t removed = 0, bytes = 0;
+    char err[512] = "";
+    KBT_OK(idx_store_compact(f->s, 4, 100, &removed, &bytes, err, sizeof err),
+           err);
+    KBT_U64(removed, 2); /* the deleted document and the delete */
+    assert_null(rec_at(f->s, 1));
+    assert_null(rec_at(f->s, 3));
+    Kbsync__LogRecord *r = rec_at(f->s, 2);
+    assert_non_null(r);
+    kbsync__log_record__free_unpacked(r, NULL);
+    KBT_U64(idx_store_count(f->s), 2);
+}
+
 /* Without undo entries (written before format 2), compaction judges by the
  * id map: a replaced upsert goes only when a write below the cut replaced
  * it, and a live one always stays. */
@@ -1043,6 +1071,7 @@ int main(void)
         T(test_idx_store_truncate_by_undo),
         T(test_idx_store_compact_keeps_live_documents),
         T(test_idx_store_compact_without_undo),
+        T(test_idx_store_compact_delete_of_longest_id),
         T(test_idx_store_sweep_below_log_start),
         T(test_idx_store_digest_follows_every_write),
         T(test_idx_store_lazy_commits_and_synced_lsn),
