@@ -723,6 +723,30 @@ struct RoomyCloner : faiss::Cloner {
     faiss::Index *clone_Index(const faiss::Index *index) override
     {
         const std::type_info &t = typeid(*index);
+        /* An id map is copied here, not by faiss::Cloner, which copies the
+         * wrapper before cloning what it wraps and loses the copy when
+         * that clone throws (as the flat one below may, by design). The
+         * wrapper is built empty (owning nothing) and filled in, so that
+         * no failure can free the original's storage either. */
+        if (t == typeid(faiss::IndexIDMap) || t == typeid(faiss::IndexIDMap2)) {
+            auto *src = static_cast<const faiss::IndexIDMap *>(index);
+            std::unique_ptr<faiss::Index> inner(clone_Index(src->index));
+            std::unique_ptr<faiss::IndexIDMap> c;
+            if (t == typeid(faiss::IndexIDMap2)) {
+                auto *c2 = new faiss::IndexIDMap2();
+                c.reset(c2);
+                c2->rev_map =
+                    static_cast<const faiss::IndexIDMap2 *>(index)->rev_map;
+            } else {
+                c.reset(new faiss::IndexIDMap());
+            }
+            static_cast<faiss::Index &>(*c) =
+                static_cast<const faiss::Index &>(*src);
+            c->id_map = src->id_map;
+            c->index = inner.release();
+            c->own_fields = true;
+            return c.release();
+        }
         if (t != typeid(faiss::IndexFlat) && t != typeid(faiss::IndexFlatIP) &&
             t != typeid(faiss::IndexFlatL2))
             return faiss::Cloner::clone_Index(index);

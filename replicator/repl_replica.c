@@ -83,8 +83,12 @@
 #define REPLICA_MAX_BATCH_BYTES (8u << 20)
 /* A group commit is held back whole until it is complete (no part of it
  * searchable alone) unless it grows past REPLICA_MAX_BATCH records or
- * this many bytes; then it is applied in parts. */
-#define REPLICA_MAX_GROUP_BYTES ((size_t)64 << 20)
+ * this many bytes; then it is applied in parts. Half the leader's send
+ * window (REPL_WINDOW_BYTES, 64 MiB, repl_leader_int.h): the leader counts
+ * records in flight until they are acknowledged, and a held group is not,
+ * so a limit at the window could stop the leader sending the rest of the
+ * group the replica waits for. */
+#define REPLICA_MAX_GROUP_BYTES ((size_t)32 << 20)
 #define REPLICA_STUCK_MS 1000   /* behind, yet no records: ask again */
 #define REPLICA_OFFSET_KEEP_US 10000000u /* clock-offset sample lifetime */
 #define REPLICA_COMPACT_MS 1000   /* a compaction pass this often */

@@ -201,8 +201,8 @@ static int thread_count(pid_t pid)
     return n;
 }
 
-/* `kbsync ingest --dry-run -` reading a pipe: its pid, blocked on stdin
- * (write end in *wfd) once it has re-executed itself. */
+/* `kbsync ingest --dry-run -` reading a pipe: its pid (write end of its
+ * standard input in *wfd). */
 static pid_t ingest_on_pipe(int *wfd)
 {
     int p[2];
@@ -222,6 +222,27 @@ static pid_t ingest_on_pipe(int *wfd)
     close(p[0]);
     *wfd = p[1];
     return pid;
+}
+
+/* Whether pid runs kbsync and sits in read(0, ...): started, and waiting
+ * for its input. */
+static int reading_stdin(pid_t pid)
+{
+    char path[64], exe[4096], want[4096], sc[128] = "";
+    snprintf(path, sizeof path, "/proc/%d/exe", (int)pid);
+    ssize_t n = readlink(path, exe, sizeof exe - 1);
+    if (n <= 0 || !realpath(kbp_bin(), want))
+        return 0;
+    exe[n] = 0;
+    if (strcmp(exe, want))
+        return 0;
+    snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    int ok = fgets(sc, sizeof sc, f) && !strncmp(sc, "0 0x0 ", 6);
+    fclose(f);
+    return ok;
 }
 
 static void ingest_finish(pid_t pid, int wfd)
@@ -245,16 +266,27 @@ static void test_e2e_lone_ingest_without_blas_threads(void **state)
     char *omp = getenv("OMP_NUM_THREADS") ? strdup(getenv("OMP_NUM_THREADS"))
                                           : NULL;
     unsetenv("OMP_NUM_THREADS"); /* the test environment sets it */
+    char *blas = getenv("OPENBLAS_NUM_THREADS")
+                     ? strdup(getenv("OPENBLAS_NUM_THREADS"))
+                     : NULL;
     unsetenv("OPENBLAS_NUM_THREADS");
     int wfd;
     pid_t pid = ingest_on_pipe(&wfd);
-    usleep(300000); /* started; the process waits on stdin */
+    if (omp)
+        setenv("OMP_NUM_THREADS", omp, 1);
+    if (blas)
+        setenv("OPENBLAS_NUM_THREADS", blas, 1);
+    free(omp);
+    free(blas);
+    int ready = 0;
+    for (int i = 0; i < 500 && !ready; i++) {
+        ready = reading_stdin(pid);
+        if (!ready)
+            usleep(10000);
+    }
     int n = thread_count(pid);
     ingest_finish(pid, wfd);
-    if (omp) {
-        setenv("OMP_NUM_THREADS", omp, 1);
-        free(omp);
-    }
+    assert_true(ready);
     if (n != 1)
         fail_msg("kbsync ingest runs %d threads while it reads (1 wanted)",
                  n);

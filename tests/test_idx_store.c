@@ -779,29 +779,43 @@ static void test_idx_store_compact_keeps_live_documents(void **state)
     KBT_U64(idx_store_count(f->s), 3);
 }
 
-/* Compaction reads only records short enough to be a delete: a delete of
- * the longest id allowed is still recognised as one and dropped. */
+/* Compaction reads only records short enough to be a delete: the longest
+ * delete record there can be (an id of KB_MAX_ID_LEN bytes, a 9-byte LSN,
+ * a 10-byte commit time: 282 bytes) is still recognised as one and
+ * dropped. */
 static void test_idx_store_compact_delete_of_longest_id(void **state)
 {
     fx_t *f = *state;
     char id[KB_MAX_ID_LEN + 1];
     memset(id, 'x', KB_MAX_ID_LEN);
     id[KB_MAX_ID_LEN] = 0;
+    /* labels are int64: the largest LSN takes 9 varint bytes */
+    const uint64_t base = UINT64_C(1) << 62;
     idx_wtxn_t *t = begin(f->s);
     idx_store_keep_undo(t);
-    upsert(t, 1, id, "long one");
-    upsert(t, 2, "b", "b2");
-    del(t, 3, id, 0);
-    upsert(t, 4, "c", "c4");
-    commit(&t);
-    uint64_t removed = 0, bytes = 0;
+    upsert(t, base + 1, id, "long one");
+    upsert(t, base + 2, "b", "b2");
+    int64_t old = 0;
     char err[512] = "";
-    KBT_OK(idx_store_compact(f->s, 4, 100, &removed, &bytes, err, sizeof err),
+    KBT_OK(idx_store_delete(t, base + 3, UINT64_MAX, id, strlen(id), 0, &old,
+                            err, sizeof err),
+           err);
+    upsert(t, base + 4, "c", "c4");
+    commit(&t);
+    Kbsync__LogRecord *r = rec_at(f->s, (int64_t)(base + 3));
+    assert_non_null(r);
+    size_t len = kbsync__log_record__get_packed_size(r);
+    kbsync__log_record__free_unpacked(r, NULL);
+    if (len < KB_MAX_ID_LEN + 26)
+        fail_msg("the delete record is %zu bytes: not the longest", len);
+    uint64_t removed = 0, bytes = 0;
+    KBT_OK(idx_store_compact(f->s, base + 4, 100, &removed, &bytes, err,
+                             sizeof err),
            err);
     KBT_U64(removed, 2); /* the deleted document and the delete */
-    assert_null(rec_at(f->s, 1));
-    assert_null(rec_at(f->s, 3));
-    Kbsync__LogRecord *r = rec_at(f->s, 2);
+    assert_null(rec_at(f->s, (int64_t)(base + 1)));
+    assert_null(rec_at(f->s, (int64_t)(base + 3)));
+    r = rec_at(f->s, (int64_t)(base + 2));
     assert_non_null(r);
     kbsync__log_record__free_unpacked(r, NULL);
     KBT_U64(idx_store_count(f->s), 2);
