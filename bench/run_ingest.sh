@@ -120,7 +120,7 @@ echo "$FIRST_MS $(ms "$t0" "$t2") $RES_MS" >> "$W/rounds"
 [ "$round" = "$ROUNDS" ] || stop_all
 done
 sort -n -k1 "$W/rounds" | awk -v b="$BYTES" -v n="$ROUNDS" '
-  {f[NR] = $1; r[NR] = $3; a[NR] = $2}
+  {f[NR] = $1}
   END {m = int((n + 1) / 2);
        printf "medians of %d rounds: first ingest %d ms = %.1f MB/s (each round, MB/s:", n, f[m], b / 1e6 / (f[m] / 1e3);
        for (i = 1; i <= n; i++) printf " %.1f", b / 1e6 / (f[i] / 1e3);

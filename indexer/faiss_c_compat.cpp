@@ -713,10 +713,11 @@ void faiss_IDSelector_free(FaissIDSelector *obj)
 /* FAISS's deep copy, except for flat storage (an IndexFlat, IndexFlatIP or
  * IndexFlatL2, alone or under an IDMap/IDMap2): its codes are copied once
  * into an array with room for four times as many vectors (or the clone
- * fails), as reserve_for_add() would make on the next add. kbsync clones a large flat
- * index to add to the copy outside its lock (idx_vec.h, "growth outside the
- * lock"); with plain clone_index() the add would copy everything a second
- * time. What the copy holds and how it behaves are those of clone_index(). */
+ * fails), as reserve_for_add() would make on the next add. kbsync clones a
+ * large flat index to add to the copy outside its lock (idx_vec.h, "growth
+ * outside the lock"); with plain clone_index() the add would copy
+ * everything a second time. What the copy holds and how it behaves are
+ * those of clone_index(). */
 namespace
 {
 struct RoomyCloner : faiss::Cloner {

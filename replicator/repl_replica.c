@@ -16,9 +16,13 @@
  * for inspection) and start over from an empty knowledge base.
  *
  * APPLY
- * All ReplRecords waiting on the socket are applied as one LMDB transaction
- * (idx_apply_log_staged: fsync, then FAISS), then ReplAck{applied_lsn,
- * durable_lsn} goes back. Records above the leader's committed_lsn stay
+ * The ReplRecords waiting on the socket are applied in batches of up to
+ * REPLICA_MAX_BATCH records or REPLICA_MAX_BATCH_BYTES, one LMDB
+ * transaction each (idx_apply_log_staged: fsync, then FAISS), then
+ * ReplAck{applied_lsn, durable_lsn} goes back. A group commit that goes on
+ * past a batch (ReplRecords.group_open) is held back whole into the next
+ * one (hold_n), so that no part of it becomes searchable alone, up to
+ * REPLICA_MAX_GROUP_BYTES. Records above the leader's committed_lsn stay
  * staged (durable, not searchable) until a later message confirms them
  * (replica_publish). A snapshot welcome empties the directory and loads the
  * leader's documents first; no query is served until it is complete.
@@ -34,8 +38,9 @@
  * lag_ms = leader_now - commit time of the oldest unapplied write (LSN
  * applied + 1): exact when the last heartbeat or records message named that
  * LSN (next_lsn), otherwise measured from our newest write's commit time (an
- * upper bound; unknown when we hold none); 0 when lag_ops is 0. When the leader has been silent for more than REPLICA_SILENT_MS, writes
- * committed since cannot have arrived: lag_ms is then at least the silence,
+ * upper bound; unknown when we hold none); 0 when lag_ops is 0. When the
+ * leader has been silent for more than REPLICA_SILENT_MS, writes committed
+ * since cannot have arrived: lag_ms is then at least the silence,
  * so a cut-off replica shows its lag growing instead of freezing at 0. */
 #include "repl_replica.h"
 
