@@ -10,6 +10,8 @@
 #include "kb_util.h"
 
 #include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
@@ -498,4 +500,83 @@ uint64_t kb_wire_peek_u64(const void *bytes, size_t len, unsigned field)
             return v;
     }
     return 0;
+}
+
+/* ------------------------------------------------------ kb_arena */
+
+struct kb_arena_blk {
+    struct kb_arena_blk *next;
+    max_align_t data[];
+};
+
+#define ARENA_ALIGN (_Alignof(max_align_t))
+
+static void *arena_alloc(void *ctx, size_t size)
+{
+    kb_arena_t *a = ctx;
+    size_t need = (size + ARENA_ALIGN - 1) & ~(ARENA_ALIGN - 1);
+    if (need < size)
+        return NULL;
+    if (a->buf && need <= a->cap - a->used) {
+        void *p = a->buf + a->used;
+        a->used += need;
+        return p;
+    }
+    if (need > SIZE_MAX - sizeof(struct kb_arena_blk))
+        return NULL;
+    struct kb_arena_blk *b = malloc(sizeof *b + need);
+    if (!b)
+        return NULL;
+    b->next = a->own;
+    a->own = b;
+    a->spilled += need;
+    return b->data;
+}
+
+static void arena_nofree(void *ctx, void *p)
+{
+    (void)ctx;
+    (void)p;
+}
+
+void kb_arena_init(kb_arena_t *a)
+{
+    memset(a, 0, sizeof *a);
+    a->pc.alloc = arena_alloc;
+    a->pc.free = arena_nofree;
+    a->pc.allocator_data = a;
+}
+
+void kb_arena_reset(kb_arena_t *a)
+{
+    size_t want = a->used + a->spilled;
+    while (a->own) {
+        struct kb_arena_blk *b = a->own;
+        a->own = b->next;
+        free(b);
+    }
+    if (a->spilled && a->cap < KB_ARENA_MAX_BLOCK) {
+        /* next time in one block: what this round used, with room */
+        want += want / 4;
+        if (want > KB_ARENA_MAX_BLOCK)
+            want = KB_ARENA_MAX_BLOCK;
+        unsigned char *nb = malloc(want);
+        if (nb) {
+            free(a->buf);
+            a->buf = nb;
+            a->cap = want;
+        }
+    }
+    a->used = a->spilled = 0;
+}
+
+void kb_arena_free(kb_arena_t *a)
+{
+    while (a->own) {
+        struct kb_arena_blk *b = a->own;
+        a->own = b->next;
+        free(b);
+    }
+    free(a->buf);
+    kb_arena_init(a);
 }

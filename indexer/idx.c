@@ -134,6 +134,8 @@ struct idx {
     size_t add_n, add_cap;
     int64_t *rm_label;
     size_t rm_lab_n, rm_lab_cap;
+    kb_arena_t arena;     /* the records idx_apply_log_staged() decodes */
+    kb_arena_t pub_arena; /* ... and idx_publish() (called inside it) */
     uint64_t commits;
     double rebuild_s;
 
@@ -505,6 +507,8 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
     idx_kb_t *ix = calloc(1, sizeof *ix);
     if (!ix)
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
+    kb_arena_init(&ix->arena);
+    kb_arena_init(&ix->pub_arena);
     ix->confirmed_fd = -1;
     pthread_rwlockattr_t ra;
     pthread_rwlockattr_init(&ra);
@@ -696,6 +700,8 @@ void idx_close(idx_kb_t **ixp)
     free(ix->add_meta);
     free(ix->add_meta_len);
     free(ix->rm_label);
+    kb_arena_free(&ix->arena);
+    kb_arena_free(&ix->pub_arena);
     pthread_rwlock_destroy(&ix->vlock);
     pthread_mutex_destroy(&ix->vmu);
     pthread_mutex_destroy(&ix->rm_mu);
@@ -1196,7 +1202,7 @@ int idx_apply_log_staged(idx_kb_t *ix, size_t n, const void *const *recs,
      * changes nothing. */
     uint64_t prev = lsn;
     for (size_t i = 0; i < n && !rc; i++, prev = r[i - 1] ? r[i - 1]->lsn : prev) {
-        r[i] = kbsync__log_record__unpack(NULL, lens[i], recs[i]);
+        r[i] = kbsync__log_record__unpack(&ix->arena.pc, lens[i], recs[i]);
         if (!r[i]) {
             rc = kb_seterr(err, errlen, KB_EBADMSG,
                            "log record #%zu (%zu bytes) cannot be decoded", i,
@@ -1242,8 +1248,11 @@ int idx_apply_log_staged(idx_kb_t *ix, size_t n, const void *const *recs,
     idx_wtxn_t *t = NULL;
     if (!rc)
         rc = idx_store_begin(ix->store, &t, err, errlen);
-    if (!rc)
-        idx_store_keep_undo(t); /* a diverged tail can then go quickly */
+    /* Undo entries let a diverged tail go quickly. A snapshot's documents
+     * (up to ix->loading) are the leader's committed state and never go
+     * back: none for them (compaction then has none to walk or delete). */
+    if (!rc && !(ix->loading && r[n - 1]->lsn <= ix->loading))
+        idx_store_keep_undo(t);
     /* The staged mark: the first LSN that may not be confirmed, while any
      * record is staged (see STAGING). */
     if (!rc)
@@ -1291,9 +1300,7 @@ int idx_apply_log_staged(idx_kb_t *ix, size_t n, const void *const *recs,
     } else {
         ix->add_n = ix->rm_lab_n = 0;
     }
-    for (size_t i = 0; i < n; i++)
-        if (r[i])
-            kbsync__log_record__free_unpacked(r[i], NULL);
+    kb_arena_reset(&ix->arena); /* every r[i] */
     free(r);
     return rc;
 }
@@ -1421,7 +1428,8 @@ static int publish_visit(void *ctx, uint64_t lsn, const void *b, size_t len,
         p->r = m;
         p->cap = cap;
     }
-    Kbsync__LogRecord *r = kbsync__log_record__unpack(NULL, len, b);
+    Kbsync__LogRecord *r =
+        kbsync__log_record__unpack(&p->ix->pub_arena.pc, len, b);
     if (!r)
         return kb_seterr(p->err, p->errlen, KB_ECORRUPT,
                          "staged log record %llu cannot be decoded",
@@ -1463,8 +1471,7 @@ int idx_publish(idx_kb_t *ix, uint64_t upto, char *err, size_t errlen)
     } else {
         ix->add_n = ix->rm_lab_n = 0;
     }
-    for (size_t i = 0; i < p.n; i++)
-        kbsync__log_record__free_unpacked(p.r[i], NULL);
+    kb_arena_reset(&ix->pub_arena); /* every p.r[i] */
     free(p.r);
     return rc;
 }

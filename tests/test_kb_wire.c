@@ -11,6 +11,10 @@
 #include "kb_wire.h"
 
 #include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 #include <zmq.h>
 
 #define TIMEOUT_MS 5000
@@ -676,6 +680,93 @@ static void test_kb_wire_socket_bad_endpoint(void **state)
     zmq_ctx_term(ctx);
 }
 
+/* kb_arena: records decoded into it read back whole; allocations are
+ * aligned and never overlap; what one round spilled into blocks of its own
+ * is one block the next round (no spill, every pointer inside it); a
+ * request above KB_ARENA_MAX_BLOCK spills and does not grow the block past
+ * it; a truncated record is refused; free_unpacked on an arena message
+ * does nothing (ASan sees the blocks freed by reset and free). */
+static void test_kb_wire_arena(void **state)
+{
+    (void)state;
+    enum { ROUND = 200, DIM = 96 };
+    float emb[DIM];
+    for (int i = 0; i < DIM; i++)
+        emb[i] = (float)i * 0.5f;
+    Kbsync__Doc d = KBSYNC__DOC__INIT;
+    d.id = "doc-arena";
+    d.text = "text of the document";
+    d.n_embedding = DIM;
+    d.embedding = emb;
+    d.metadata_json = "{\"k\":1}";
+    Kbsync__LogRecord r = KBSYNC__LOG_RECORD__INIT;
+    r.lsn = 77;
+    r.op = KBSYNC__LOG_OP__LOG_OP_UPSERT;
+    r.doc = &d;
+    size_t n = kbsync__log_record__get_packed_size(&r);
+    uint8_t *buf = malloc(n);
+    assert_non_null(buf);
+    kbsync__log_record__pack(&r, buf);
+
+    kb_arena_t a;
+    kb_arena_init(&a);
+    Kbsync__LogRecord *got[ROUND];
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < ROUND; i++) {
+            got[i] = kbsync__log_record__unpack(&a.pc, n, buf);
+            assert_non_null(got[i]);
+            assert_int_equal(got[i]->lsn, 77);
+            assert_string_equal(got[i]->doc->id, "doc-arena");
+            assert_int_equal(got[i]->doc->n_embedding, DIM);
+            assert_memory_equal(got[i]->doc->embedding, emb, sizeof emb);
+            assert_int_equal((uintptr_t)got[i]->doc->embedding %
+                                 _Alignof(max_align_t),
+                             0);
+        }
+        /* nothing written since was overwritten by a later decode */
+        for (int i = 0; i < ROUND; i++) {
+            assert_string_equal(got[i]->doc->text, "text of the document");
+            assert_memory_equal(got[i]->doc->embedding, emb, sizeof emb);
+            if (i)
+                assert_ptr_not_equal(got[i]->doc->embedding,
+                                     got[i - 1]->doc->embedding);
+        }
+        if (round == 0) {
+            assert_true(a.spilled > 0); /* no block yet */
+        } else {
+            /* one block, sized by the round before: every decode in it */
+            assert_int_equal(a.spilled, 0);
+            assert_null(a.own);
+            for (int i = 0; i < ROUND; i++)
+                assert_true((unsigned char *)got[i] >= a.buf &&
+                            (unsigned char *)got[i] < a.buf + a.cap);
+        }
+        kbsync__log_record__free_unpacked(got[0], &a.pc); /* a no-op */
+        size_t used = a.used + a.spilled;
+        kb_arena_reset(&a);
+        assert_int_equal(a.used, 0);
+        assert_true(a.cap >= used);
+    }
+    /* truncated: refused, and the arena still works */
+    assert_null(kbsync__log_record__unpack(&a.pc, n - 3, buf));
+    assert_non_null(kbsync__log_record__unpack(&a.pc, n, buf));
+    kb_arena_reset(&a);
+    /* above the largest block: spilled, and the block stays at most that */
+    void *big = a.pc.alloc(a.pc.allocator_data, KB_ARENA_MAX_BLOCK + 1);
+    assert_non_null(big);
+    memset(big, 1, KB_ARENA_MAX_BLOCK + 1);
+    assert_true(a.spilled > KB_ARENA_MAX_BLOCK);
+    kb_arena_reset(&a);
+    assert_true(a.cap <= KB_ARENA_MAX_BLOCK);
+    assert_null(a.own);
+    /* an impossible size fails without touching anything */
+    assert_null(a.pc.alloc(a.pc.allocator_data, SIZE_MAX - 8));
+    kb_arena_free(&a);
+    assert_null(a.buf);
+    assert_int_equal(a.cap, 0);
+    free(buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -694,6 +785,7 @@ int main(void)
         cmocka_unit_test(test_kb_wire_envelope_limits),
         cmocka_unit_test(test_kb_wire_socket_bad_endpoint),
         cmocka_unit_test(test_kb_wire_peek_bytes),
+        cmocka_unit_test(test_kb_wire_arena),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -87,6 +87,29 @@ uint64_t kb_wire_peek_u64(const void *bytes, size_t len, unsigned field);
 int kb_wire_peek_bytes(const void *bytes, size_t len, unsigned field,
                        const void **out, size_t *out_len);
 
+/* A bump allocator for protobuf-c's unpack (kbsync__*__unpack(&a->pc,
+ * ...)): each allocation comes from one reused block, freeing is a no-op,
+ * and kb_arena_reset() drops everything at once. It spares the malloc and
+ * free of every field of every record a batch decodes, and the page faults
+ * of fresh heap when the allocator gave memory back between batches. A
+ * request the block cannot hold gets a block of its own (kept in a list
+ * until the reset, which then enlarges the main block to what was used, up
+ * to KB_ARENA_MAX_BLOCK). Messages decoded into an arena must be dropped
+ * before its reset; free_unpacked on them is allowed and does nothing. One
+ * thread at a time. */
+#define KB_ARENA_MAX_BLOCK ((size_t)16 << 20)
+typedef struct kb_arena {
+    ProtobufCAllocator pc; /* pass &a->pc to unpack */
+    unsigned char *buf;
+    size_t cap, used;
+    size_t spilled;     /* bytes of own blocks since the last reset */
+    struct kb_arena_blk *own;
+} kb_arena_t;
+
+void kb_arena_init(kb_arena_t *a);
+void kb_arena_reset(kb_arena_t *a);
+void kb_arena_free(kb_arena_t *a);
+
 /* Opens a socket of ZMQ type `type` (ZMQ_ROUTER, ...) on ctx and binds
  * (bind = 1) or connects it to endpoint, with linger 0. */
 int kb_wire_socket(void *ctx, int type, const char *endpoint, int bind,
