@@ -41,7 +41,11 @@
  *    chunks: the trees of one run mirror everything under the prefix, so
  *    other trees in the same knowledge base belong under another prefix.
  * 4. The listing is read once, before the writes: two runs on one prefix
- *    at the same time may each skip what the other changes.
+ *    at the same time may each skip what the other changes. It is read in
+ *    two ranges of ids side by side (split at the middle file of the walk,
+ *    two page requests in flight), by a thread, while the other threads
+ *    (one per core, up to 4) read and hash the files; a file whose hashes
+ *    all match is not read again.
  * A run killed part way leaves whole acknowledged batches, each chunk with
  * its sha, so the next --resume sends only the rest; a complete resume of
  * an unchanged tree sends nothing and the leader's version stays put.
@@ -61,6 +65,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -117,6 +122,15 @@ typedef struct ingest_slot {
 } ingest_slot_t;
 
 /* --resume: a file's chunk hashes, computed while the listing is read. */
+/* What a reader of files reuses from file to file: the file's bytes and
+ * its chunk spans. The main pass has g->scr; each pre-pass thread its own
+ * (RESUME). */
+typedef struct scratch {
+    char *buf;
+    size_t bufcap;
+    size_t *spans, spancap;
+} scratch_t;
+
 typedef struct pre_file {
     size_t ns;   /* chunks */
     uint64_t *h; /* 2 per chunk (owned); NULL: not computed */
@@ -168,10 +182,7 @@ typedef struct ingest {
     uint32_t *kidx; /* index + 1 into kf; 0 = empty */
     size_t kidxcap;
     pre_file_t *pre; /* one per file of the walk, or NULL */
-    /* reused buffers */
-    char *buf;
-    size_t bufcap;
-    size_t *spans, spancap;
+    scratch_t scr; /* the main pass's */
     /* figures */
     uint64_t written, failed, unchanged, deleted, missing, unreplicated;
     uint64_t version, errors, resent, answered_retried;
@@ -833,57 +844,98 @@ static const known_chunk_t *known_chunk(const known_file_t *k, uint64_t n)
     return lo < k->nc && k->c[lo].n == n ? &k->c[lo] : NULL;
 }
 
-/* One page of the listing; *after moves to its last id. */
-static int list_page(ingest_t *g, char **after, int *more)
+/* The listing (RESUME, step 1) reads two ranges of ids side by side over
+ * the one connection, so that the node makes one's next page while this
+ * side reads the other's: ids up to `upto` (the cursor stops at the first
+ * id past it), and ids after it. */
+typedef struct list_cursor {
+    char *after;      /* the next page starts after this id (owned) */
+    const char *upto; /* NULL: to the end */
+    uint64_t rid;     /* the page request in flight */
+    int done;
+} list_cursor_t;
+
+static int list_send(ingest_t *g, list_cursor_t *c)
 {
     Kbsync__ListRequest lq = KBSYNC__LIST_REQUEST__INIT;
     lq.prefix = (char *)g->prefix;
-    lq.after = *after;
+    lq.after = c->after;
     lq.limit = INGEST_LIST_PAGE;
     lq.meta_key = "sha";
     Kbsync__Request req = KBSYNC__REQUEST__INIT;
     req.body_case = KBSYNC__REQUEST__BODY_LIST;
     req.list = &lq;
-    Kbsync__Response *r;
     char err[512];
-    int rc = qry_client_call(g->cl, &req, g->timeout_ms, &r, err, sizeof err);
-    if (rc) {
+    int rc = qry_client_send(g->cl, &req, &c->rid, err, sizeof err);
+    if (rc)
         ingest_msg(g, "--resume: listing the leader's chunks: %s", err);
-        return rc;
-    }
-    if (r->error || !r->list) {
-        ingest_msg(g, "--resume: listing the leader's chunks: %s: %s",
-                   r->error ? kb_errname(r->error->code) : "?",
-                   r->error ? r->error->message : "no list result");
-        rc = r->error ? r->error->code : KB_EBADMSG;
-        kbsync__response__free_unpacked(r, NULL);
-        return rc;
-    }
-    if (r->list->version > g->version)
-        g->version = r->list->version;
-    for (size_t i = 0; !rc && i < r->list->n_entries; i++)
-        rc = known_add(g, r->list->entries[i]->id,
-                       r->list->entries[i]->meta_value);
-    *more = r->list->more && r->list->n_entries;
-    if (*more && !rc) {
-        free(*after);
-        *after = strdup(r->list->entries[r->list->n_entries - 1]->id);
-        rc = *after ? 0 : KB_ENOMEM;
-    }
-    kbsync__response__free_unpacked(r, NULL);
-    if (rc == KB_ENOMEM)
-        ingest_msg(g, "--resume: out of memory listing the leader's chunks");
     return rc;
 }
 
-/* Reads what the leader holds under the prefix (RESUME, step 1). */
-static int ingest_list(ingest_t *g)
+/* Books one page's entries for cursor c and moves it on. */
+static int list_take(ingest_t *g, list_cursor_t *c, const Kbsync__ListResult *l)
 {
-    char *after = strdup("");
-    int more = 1, rc = after ? 0 : KB_ENOMEM;
-    while (!rc && more)
-        rc = list_page(g, &after, &more);
-    free(after);
+    int rc = 0;
+    if (l->version > g->version)
+        g->version = l->version;
+    size_t i = 0;
+    for (; !rc && i < l->n_entries; i++) {
+        if (c->upto && strcmp(l->entries[i]->id, c->upto) > 0)
+            break; /* the next cursor's */
+        rc = known_add(g, l->entries[i]->id, l->entries[i]->meta_value);
+    }
+    c->done = i < l->n_entries || !l->more || !l->n_entries;
+    if (!c->done && !rc) {
+        free(c->after);
+        c->after = strdup(l->entries[l->n_entries - 1]->id);
+        rc = c->after ? 0 : KB_ENOMEM;
+    }
+    return rc;
+}
+
+/* Reads what the leader holds under the prefix (RESUME, step 1), in two
+ * ranges split at `split` (NULL or "": one). */
+static int ingest_list(ingest_t *g, const char *split)
+{
+    list_cursor_t cur[2] = {{strdup(""), split && *split ? split : NULL, 0, 0},
+                            {split && *split ? strdup(split) : NULL, NULL, 0,
+                             !(split && *split)}};
+    int rc = cur[0].after && (cur[1].done || cur[1].after) ? 0 : KB_ENOMEM;
+    for (int i = 0; i < 2 && !rc; i++)
+        if (!cur[i].done)
+            rc = list_send(g, &cur[i]);
+    while (!rc && !(cur[0].done && cur[1].done)) {
+        Kbsync__Response *r;
+        char err[512];
+        rc = qry_client_recv(g->cl, g->timeout_ms, &r, err, sizeof err);
+        if (rc) {
+            ingest_msg(g, "--resume: listing the leader's chunks: %s", err);
+            break;
+        }
+        list_cursor_t *c = NULL;
+        for (int i = 0; i < 2; i++)
+            if (!cur[i].done && r->request_id == cur[i].rid)
+                c = &cur[i];
+        if (!c && !(r->request_id == 0 && r->error)) {
+            kbsync__response__free_unpacked(r, NULL); /* a stale answer */
+            continue;
+        }
+        if (r->error || !r->list) {
+            ingest_msg(g, "--resume: listing the leader's chunks: %s: %s",
+                       r->error ? kb_errname(r->error->code) : "?",
+                       r->error ? r->error->message : "no list result");
+            rc = r->error ? r->error->code : KB_EBADMSG;
+        } else {
+            rc = list_take(g, c, r->list);
+            if (!rc && !c->done)
+                rc = list_send(g, c);
+        }
+        kbsync__response__free_unpacked(r, NULL);
+    }
+    if (rc == KB_ENOMEM)
+        ingest_msg(g, "--resume: out of memory listing the leader's chunks");
+    free(cur[0].after);
+    free(cur[1].after);
     for (size_t i = 0; i < g->nkf; i++)
         qsort(g->kf[i].c, g->kf[i].nc, sizeof *g->kf[i].c, cmp_chunk_n);
     return rc;
@@ -909,8 +961,8 @@ static void known_free(ingest_t *g)
 
 /* ================================================================ files */
 
-/* Reads the whole file into g->buf. Returns 0 or -errno. */
-static int read_all(ingest_t *g, const char *path, size_t *len)
+/* Reads the whole file into sc->buf. Returns 0 or -errno. */
+static int read_all(scratch_t *sc, const char *path, size_t *len)
 {
     *len = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -922,19 +974,19 @@ static int read_all(ingest_t *g, const char *path, size_t *len)
     size_t n = 0;
     int rc = 0;
     for (;;) {
-        if (n + want + 1 > g->bufcap) {
-            size_t cap = g->bufcap ? g->bufcap : 65536;
+        if (n + want + 1 > sc->bufcap) {
+            size_t cap = sc->bufcap ? sc->bufcap : 65536;
             while (cap < n + want + 1)
                 cap *= 2;
-            char *nb = realloc(g->buf, cap);
+            char *nb = realloc(sc->buf, cap);
             if (!nb) {
                 rc = -ENOMEM;
                 break;
             }
-            g->buf = nb;
-            g->bufcap = cap;
+            sc->buf = nb;
+            sc->bufcap = cap;
         }
-        ssize_t got = read(fd, g->buf + n, g->bufcap - n - 1);
+        ssize_t got = read(fd, sc->buf + n, sc->bufcap - n - 1);
         if (got < 0 && errno == EINTR)
             continue;
         if (got <= 0) {
@@ -956,36 +1008,37 @@ static int read_all(ingest_t *g, const char *path, size_t *len)
             ingest_bad(g, __VA_ARGS__);                                        \
     } while (0)
 
-/* The file's text as UTF-8 in *text (g->buf or *owned, which the caller
+/* The file's text as UTF-8 in *text (sc->buf or *owned, which the caller
  * frees). Returns 0, or -1 after reporting it as a bad record (unless
- * quiet). */
-static int file_text(ingest_t *g, const cli_file_t *f, const char **text,
-                     size_t *n, char **owned, int quiet)
+ * quiet: then g is only read, and any thread may call it). */
+static int file_text(ingest_t *g, scratch_t *sc, const cli_file_t *f,
+                     const char **text, size_t *n, char **owned, int quiet)
 {
     size_t len, bad;
     const char *why;
-    int rc = read_all(g, f->path, &len);
+    int rc = read_all(sc, f->path, &len);
     if (rc) {
         file_bad(g, quiet, "%s: cannot read: %s", f->path, strerror(-rc));
         return -1;
     }
-    *text = g->buf;
+    *text = sc->buf;
     *n = len;
-    if (!cli_utf8_check(g->buf, len, &bad, &why))
+    if (!cli_utf8_check(sc->buf, len, &bad, &why))
         return 0;
     uint64_t line, col;
     if (!g->encoding) {
-        cli_line_col(g->buf, bad, &line, &col);
+        cli_line_col(sc->buf, bad, &line, &col);
         file_bad(g, quiet,
                  "%s:%llu:%llu: text: %s (byte 0x%02x): not a UTF-8 text "
                  "file; give its encoding with --encoding (e.g. latin1)",
                  f->path, (unsigned long long)line, (unsigned long long)col,
-                 why, (unsigned char)g->buf[bad]);
+                 why, (unsigned char)sc->buf[bad]);
         return -1;
     }
     char err[256];
-    if (cli_decode(g->encoding, g->buf, len, owned, n, &bad, err, sizeof err)) {
-        cli_line_col(g->buf, bad, &line, &col);
+    if (cli_decode(g->encoding, sc->buf, len, owned, n, &bad, err,
+                   sizeof err)) {
+        cli_line_col(sc->buf, bad, &line, &col);
         file_bad(g, quiet, "%s:%llu:%llu: text: %s", f->path,
                  (unsigned long long)line, (unsigned long long)col, err);
         return -1;
@@ -1034,8 +1087,10 @@ static int check_path(ingest_t *g, const cli_file_t *f, const char *p,
     return 0;
 }
 
-/* The spans of text in g->spans (start, end pairs); returns their count. */
-static size_t file_spans(ingest_t *g, const char *text, size_t n, size_t from)
+/* The spans of text in sc->spans (start, end pairs); returns their
+ * count, or SIZE_MAX when out of memory. Reads g only. */
+static size_t file_spans(const ingest_t *g, scratch_t *sc, const char *text,
+                         size_t n, size_t from)
 {
     cli_chunker_t ck;
     cli_chunker_init(&ck, text, n, g->chunk, g->overlap);
@@ -1047,31 +1102,29 @@ static size_t file_spans(ingest_t *g, const char *text, size_t n, size_t from)
          * words. Your model server (--embed-url) may see more in it. */
         if (!g->emb_cfg.url && !idx_embed_has_words(text + s, e - s))
             continue;
-        if (2 * ns + 2 > g->spancap) {
-            size_t cap = g->spancap ? g->spancap * 2 : 256;
-            size_t *nsp = realloc(g->spans, cap * sizeof *nsp);
-            if (!nsp) {
-                ingest_msg(g, "out of memory");
-                ingest_stop(g);
-                return 0;
-            }
-            g->spans = nsp;
-            g->spancap = cap;
+        if (2 * ns + 2 > sc->spancap) {
+            size_t cap = sc->spancap ? sc->spancap * 2 : 256;
+            size_t *nsp = realloc(sc->spans, cap * sizeof *nsp);
+            if (!nsp)
+                return SIZE_MAX;
+            sc->spans = nsp;
+            sc->spancap = cap;
         }
-        g->spans[2 * ns] = s;
-        g->spans[2 * ns + 1] = e;
+        sc->spans[2 * ns] = s;
+        sc->spans[2 * ns + 1] = e;
         ns++;
     }
     return ns;
 }
 
-/* Chunk i's (g->spans) hash and source offsets; base: the offset of
+/* Chunk i's (sc->spans) hash and source offsets; base: the offset of
  * text's first byte in the file (a byte-order mark before HTML). */
-static void chunk_sha(const ingest_t *g, size_t i, const char *text,
+static void chunk_sha(const ingest_t *g, const scratch_t *sc, size_t i,
+                      const char *text,
                       const cli_text_t *map, size_t base, uint64_t h[2],
                       size_t *ss, size_t *se)
 {
-    size_t s = g->spans[2 * i], e = g->spans[2 * i + 1];
+    size_t s = sc->spans[2 * i], e = sc->spans[2 * i + 1];
     *ss = base + cli_text_src_start(map, s);
     *se = base + cli_text_src_end(map, e);
     /* The model server's model is part of what is stored: another model
@@ -1086,10 +1139,10 @@ static void file_chunk(ingest_t *g, const char *p, const known_file_t *k,
                        size_t i, const char *text, const cli_text_t *map,
                        size_t base)
 {
-    size_t s = g->spans[2 * i], e = g->spans[2 * i + 1], ss, se;
+    size_t s = g->scr.spans[2 * i], e = g->scr.spans[2 * i + 1], ss, se;
     char hex[33], id[KB_MAX_ID_LEN + 32], meta[KB_MAX_ID_LEN * 6 + 160];
     uint64_t h[2];
-    chunk_sha(g, i, text, map, base, h, &ss, &se);
+    chunk_sha(g, &g->scr, i, text, map, base, h, &ss, &se);
     g->docs_made++;
     const known_chunk_t *kc = k ? known_chunk(k, i) : NULL;
     if (kc && kc->h[0] == h[0] && kc->h[1] == h[1]) {
@@ -1126,7 +1179,12 @@ static void file_chunks(ingest_t *g, const cli_file_t *f, const char *p,
         text = html.s;
         n = html.n;
     }
-    size_t ns = file_spans(g, text, n, map ? 0 : bom);
+    size_t ns = file_spans(g, &g->scr, text, n, map ? 0 : bom);
+    if (ns == SIZE_MAX) {
+        ingest_msg(g, "out of memory");
+        ingest_stop(g);
+        ns = 0;
+    }
     if (!g->stopped && !check_path(g, f, p, ns ? ns - 1 : 0)) {
         for (size_t i = 0; i < ns && !g->stopped; i++)
             file_chunk(g, p, k, i, text, map, map ? bom : 0);
@@ -1166,7 +1224,7 @@ static void ingest_file(ingest_t *g, const cli_file_t *f, pre_file_t *pf)
     if (k && pre_unchanged(k, pf)) { /* not read again */
         g->unchanged += pf->ns;
         g->docs_made += pf->ns;
-    } else if (!file_text(g, f, &text, &n, &owned, 0)) {
+    } else if (!file_text(g, &g->scr, f, &text, &n, &owned, 0)) {
         file_chunks(g, f, p, k, text, n);
     }
     free(owned);
@@ -1174,13 +1232,16 @@ static void ingest_file(ingest_t *g, const cli_file_t *f, pre_file_t *pf)
 }
 
 /* The pre-pass of --resume over file f: its chunk hashes in *pf, quietly
- * (a bad file is left to the main pass, which says what is wrong). */
-static void file_prehash(ingest_t *g, const cli_file_t *f, pre_file_t *pf)
+ * (a bad file is left to the main pass, which says what is wrong). Reads g
+ * only: the pre-pass threads call it side by side, each with its own
+ * scratch. */
+static void file_prehash(const ingest_t *g, scratch_t *sc, const cli_file_t *f,
+                         pre_file_t *pf)
 {
     const char *text;
     size_t n;
     char *owned = NULL;
-    if (file_text(g, f, &text, &n, &owned, 1))
+    if (file_text((ingest_t *)g, sc, f, &text, &n, &owned, 1))
         return;
     size_t bom = n >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3) ? 3 : 0;
     cli_text_t html = {0}, *map = NULL;
@@ -1191,12 +1252,14 @@ static void file_prehash(ingest_t *g, const cli_file_t *f, pre_file_t *pf)
         n = html.n;
     }
     if (f->kind != CLI_KIND_HTML || map) {
-        size_t ns = file_spans(g, text, n, map ? 0 : bom), ss, se;
-        pf->h = malloc((2 * ns + 1) * sizeof *pf->h);
-        for (size_t i = 0; pf->h && i < ns; i++)
-            chunk_sha(g, i, text, map, map ? bom : 0, pf->h + 2 * i, &ss,
-                      &se);
-        pf->ns = ns;
+        size_t ns = file_spans(g, sc, text, n, map ? 0 : bom), ss, se;
+        if (ns != SIZE_MAX) {
+            pf->h = malloc((2 * ns + 1) * sizeof *pf->h);
+            for (size_t i = 0; pf->h && i < ns; i++)
+                chunk_sha(g, sc, i, text, map, map ? bom : 0, pf->h + 2 * i,
+                          &ss, &se);
+            pf->ns = ns;
+        }
     }
     cli_text_free(&html);
     free(owned);
@@ -1204,33 +1267,116 @@ static void file_prehash(ingest_t *g, const cli_file_t *f, pre_file_t *pf)
 
 typedef struct list_job {
     ingest_t *g;
+    const char *split;
     int rc;
 } list_job_t;
 
 static void *list_main(void *arg)
 {
     list_job_t *j = arg;
-    j->rc = ingest_list(j->g);
+    j->rc = ingest_list(j->g, j->split);
+    return NULL;
+}
+
+static int cmp_rel(const void *a, const void *b)
+{
+    return strcmp((*(const cli_file_t *const *)a)->rel,
+                  (*(const cli_file_t *const *)b)->rel);
+}
+
+/* Where the listing splits its two ranges: the id path of the middle
+ * file of the walk in id order (so that each range holds about half the
+ * chunks of a run like the last one). NULL (one range) for fewer than two
+ * files or without memory. The caller frees it. */
+static char *list_split(const ingest_t *g, const cli_walk_t *w)
+{
+    if (w->n < 2)
+        return NULL;
+    const cli_file_t **f = malloc(w->n * sizeof *f);
+    if (!f)
+        return NULL;
+    for (size_t i = 0; i < w->n; i++)
+        f[i] = &w->files[i];
+    qsort(f, w->n, sizeof *f, cmp_rel);
+    char *x = NULL;
+    if (asprintf(&x, "%s%s", g->prefix, f[w->n / 2]->rel) < 0)
+        x = NULL;
+    free(f);
+    return x;
+}
+
+/* The pre-pass threads take the files in turns from `next`. */
+#define INGEST_PREHASH_MAX_THREADS 4
+typedef struct prehash_job {
+    const ingest_t *g;
+    const cli_walk_t *w;
+    _Atomic size_t *next;
+    scratch_t sc;
+} prehash_job_t;
+
+static void prehash_files(prehash_job_t *j)
+{
+    for (;;) {
+        size_t i = atomic_fetch_add(j->next, 1);
+        if (i >= j->w->n)
+            break;
+        if (j->w->files[i].kind != CLI_KIND_JSONL)
+            file_prehash(j->g, &j->sc, &j->w->files[i], &j->g->pre[i]);
+    }
+}
+
+static void *prehash_main(void *arg)
+{
+    prehash_files(arg);
     return NULL;
 }
 
 /* RESUME, step 1, with the files' hashes computed meanwhile: the listing
  * is read by a thread (the only user of g->cl and of the known table until
- * it is joined) while this thread reads and hashes every file. A file
- * whose hashes then all match the listing is not read again; the others
- * are read once more, in the main pass. A complete resume then takes about
- * the longer of the two, not their sum. Returns the listing's result. */
+ * it is joined) while this thread and, on a machine with more than one
+ * core, up to INGEST_PREHASH_MAX_THREADS - 1 more read and hash the files
+ * (each file by one of them, into its own g->pre[i]; g is only read). A
+ * file whose hashes then all match the listing is not read again; the
+ * others are read once more, in the main pass. A complete resume then
+ * takes about the longer of the two, not their sum. Returns the
+ * listing's result. */
 static int ingest_list_and_prehash(ingest_t *g, const cli_walk_t *w)
 {
-    list_job_t j = {g, 0};
+    char *split = list_split(g, w);
+    list_job_t j = {g, split, 0};
     pthread_t t;
     g->pre = calloc(w->n + 1, sizeof *g->pre);
-    if (!g->pre || pthread_create(&t, NULL, list_main, &j))
-        return ingest_list(g); /* one after the other */
-    for (size_t i = 0; i < w->n && !g->stopped; i++)
-        if (w->files[i].kind != CLI_KIND_JSONL)
-            file_prehash(g, &w->files[i], &g->pre[i]);
+    if (!g->pre || pthread_create(&t, NULL, list_main, &j)) {
+        j.rc = ingest_list(g, split); /* one after the other */
+        free(split);
+        return j.rc;
+    }
+    _Atomic size_t next = 0;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    size_t nt = cores < 1 ? 1
+                : cores > INGEST_PREHASH_MAX_THREADS
+                    ? INGEST_PREHASH_MAX_THREADS
+                    : (size_t)cores;
+    if (nt > w->n)
+        nt = w->n ? w->n : 1;
+    prehash_job_t job[INGEST_PREHASH_MAX_THREADS];
+    pthread_t pt[INGEST_PREHASH_MAX_THREADS];
+    size_t started = 1;
+    for (size_t i = 0; i < nt; i++)
+        job[i] = (prehash_job_t){g, w, &next, {0}};
+    job[0].sc = g->scr; /* this thread's: the main pass's buffers */
+    while (started < nt &&
+           !pthread_create(&pt[started], NULL, prehash_main, &job[started]))
+        started++;
+    prehash_files(&job[0]);
+    g->scr = job[0].sc;
+    for (size_t i = 1; i < started; i++) {
+        pthread_join(pt[i], NULL);
+        free(job[i].sc.buf);
+        free(job[i].sc.spans);
+    }
     pthread_join(t, NULL);
+    free(split);
     return j.rc;
 }
 
@@ -1715,7 +1861,7 @@ int cli_ingest_main(int argc, char **argv)
     free(g.docs);
     free(g.dels);
     free(g.fl);
-    free(g.buf);
-    free(g.spans);
+    free(g.scr.buf);
+    free(g.scr.spans);
     return rc;
 }
