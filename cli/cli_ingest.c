@@ -893,25 +893,61 @@ static int list_take(ingest_t *g, list_cursor_t *c, const Kbsync__ListResult *l)
     return rc;
 }
 
-/* Reads what the leader holds under the prefix (RESUME, step 1), in two
- * ranges split at `split` (NULL or "": one). */
-static int ingest_list(ingest_t *g, const char *split)
+/* The listing's thread and what the main thread tells it: where to split
+ * (published once the walk is done; NULL or "": one range), and to give
+ * up (the walk failed). */
+typedef struct list_job {
+    ingest_t *g;
+    char *split;          /* owned; read after split_set */
+    atomic_int split_set; /* 1: split is final */
+    atomic_int cancel;
+    int rc;
+} list_job_t;
+
+#define INGEST_LIST_SLICE_MS 50 /* a cancel is seen this soon */
+
+/* Reads what the leader holds under the prefix (RESUME, step 1). It starts
+ * with one range; once the split is known, a range that has not passed it
+ * yet stops there and a second range starts after it. */
+static int ingest_list(list_job_t *job)
 {
-    list_cursor_t cur[2] = {{strdup(""), split && *split ? split : NULL, 0, 0},
-                            {split && *split ? strdup(split) : NULL, NULL, 0,
-                             !(split && *split)}};
-    int rc = cur[0].after && (cur[1].done || cur[1].after) ? 0 : KB_ENOMEM;
-    for (int i = 0; i < 2 && !rc; i++)
-        if (!cur[i].done)
-            rc = list_send(g, &cur[i]);
+    ingest_t *g = job->g;
+    list_cursor_t cur[2] = {{strdup(""), NULL, 0, 0}, {NULL, NULL, 0, 1}};
+    int split_taken = 0;
+    int rc = cur[0].after ? list_send(g, &cur[0]) : KB_ENOMEM;
+    uint64_t waited = 0;
     while (!rc && !(cur[0].done && cur[1].done)) {
+        if (!split_taken && atomic_load(&job->split_set)) {
+            split_taken = 1;
+            const char *x = job->split;
+            if (x && *x && !cur[0].done && strcmp(cur[0].after, x) < 0) {
+                cur[0].upto = x;
+                cur[1] = (list_cursor_t){strdup(x), NULL, 0, 0};
+                rc = cur[1].after ? list_send(g, &cur[1]) : KB_ENOMEM;
+                if (rc)
+                    break;
+            }
+        }
+        if (atomic_load(&job->cancel)) {
+            rc = -ECANCELED;
+            break;
+        }
         Kbsync__Response *r;
         char err[512];
-        rc = qry_client_recv(g->cl, g->timeout_ms, &r, err, sizeof err);
+        rc = qry_client_recv(g->cl, INGEST_LIST_SLICE_MS, &r, err, sizeof err);
+        if (rc == KB_ETIMEOUT &&
+            (waited += INGEST_LIST_SLICE_MS) < (uint64_t)g->timeout_ms) {
+            rc = 0;
+            continue;
+        }
         if (rc) {
+            if (rc == KB_ETIMEOUT)
+                snprintf(err, sizeof err, "no answer from %s within %d ms",
+                         g->ep, g->timeout_ms);
             ingest_msg(g, "--resume: listing the leader's chunks: %s", err);
             break;
         }
+        waited = 0;
         list_cursor_t *c = NULL;
         for (int i = 0; i < 2; i++)
             if (!cur[i].done && r->request_id == cur[i].rid)
@@ -1265,16 +1301,10 @@ static void file_prehash(const ingest_t *g, scratch_t *sc, const cli_file_t *f,
     free(owned);
 }
 
-typedef struct list_job {
-    ingest_t *g;
-    const char *split;
-    int rc;
-} list_job_t;
-
 static void *list_main(void *arg)
 {
     list_job_t *j = arg;
-    j->rc = ingest_list(j->g, j->split);
+    j->rc = ingest_list(j);
     return NULL;
 }
 
@@ -1331,25 +1361,50 @@ static void *prehash_main(void *arg)
     return NULL;
 }
 
-/* RESUME, step 1, with the files' hashes computed meanwhile: the listing
- * is read by a thread (the only user of g->cl and of the known table until
- * it is joined) while this thread and, on a machine with more than one
- * core, up to INGEST_PREHASH_MAX_THREADS - 1 more read and hash the files
- * (each file by one of them, into its own g->pre[i]; g is only read). A
- * file whose hashes then all match the listing is not read again; the
- * others are read once more, in the main pass. A complete resume then
- * takes about the longer of the two, not their sum. Returns the
- * listing's result. */
-static int ingest_list_and_prehash(ingest_t *g, const cli_walk_t *w)
-{
-    char *split = list_split(g, w);
-    list_job_t j = {g, split, 0};
+/* RESUME, step 1: the listing is read by a thread (the only user of g->cl
+ * and of the known table until it is joined), started before the walk
+ * (list_start) so that it runs while the files are found, and split in two
+ * ranges once they are. Meanwhile this thread and, on a machine with more
+ * than one core, up to INGEST_PREHASH_MAX_THREADS - 1 more read and hash
+ * the files (each file by one of them, into its own g->pre[i]; g is only
+ * read). A file whose hashes then all match the listing is not read
+ * again; the others are read once more, in the main pass. A complete
+ * resume then takes about the longer of the two, not their sum. */
+typedef struct lister {
+    list_job_t job;
     pthread_t t;
+    int running; /* else: not started (the listing runs in list_finish) */
+} lister_t;
+
+static void list_start(ingest_t *g, lister_t *l)
+{
+    memset(l, 0, sizeof *l);
+    l->job.g = g;
+    l->running = !pthread_create(&l->t, NULL, list_main, &l->job);
+}
+
+/* After the walk: splits the listing, hashes the files (w NULL: the walk
+ * failed; the listing is given up), waits for the listing. Returns its
+ * result. */
+static int list_finish(ingest_t *g, lister_t *l, const cli_walk_t *w)
+{
+    if (!w) {
+        atomic_store(&l->job.cancel, 1);
+        if (l->running)
+            pthread_join(l->t, NULL);
+        free(l->job.split);
+        return -ECANCELED;
+    }
+    l->job.split = list_split(g, w);
+    atomic_store(&l->job.split_set, 1);
     g->pre = calloc(w->n + 1, sizeof *g->pre);
-    if (!g->pre || pthread_create(&t, NULL, list_main, &j)) {
-        j.rc = ingest_list(g, split); /* one after the other */
-        free(split);
-        return j.rc;
+    if (!l->running || !g->pre) {
+        if (l->running)
+            pthread_join(l->t, NULL);
+        else
+            l->job.rc = ingest_list(&l->job); /* one after the other */
+        free(l->job.split);
+        return l->job.rc;
     }
     _Atomic size_t next = 0;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -1375,9 +1430,9 @@ static int ingest_list_and_prehash(ingest_t *g, const cli_walk_t *w)
         free(job[i].sc.buf);
         free(job[i].sc.spans);
     }
-    pthread_join(t, NULL);
-    free(split);
-    return j.rc;
+    pthread_join(l->t, NULL);
+    free(l->job.split);
+    return l->job.rc;
 }
 
 /* ================================================================ JSONL */
@@ -1821,13 +1876,7 @@ int cli_ingest_main(int argc, char **argv)
     int rc = ingest_options(&g, argc, argv);
     if (rc)
         return rc;
-    cli_walk_t w = {0};
-    if (ingest_walk(&g, &w, argc, argv)) {
-        cli_walk_free(&w);
-        return 1;
-    }
     g.tty = isatty(2);
-    g.t0 = kb_mono_us(); /* last_progress 0: drawn at the first file */
     g.docs = calloc(g.batch, sizeof *g.docs);
     g.dels = calloc(g.batch, sizeof *g.dels);
     g.fl = calloc(g.window, sizeof *g.fl);
@@ -1840,10 +1889,30 @@ int cli_ingest_main(int argc, char **argv)
         fprintf(stderr, "kbsync ingest: %s\n", err);
         return 1;
     }
-    if ((!g.dry_run && (g.embed_client || g.emb_cfg.url) &&
-         ingest_kb_dim(&g)) ||
-        (g.emb_cfg.url && !g.dry_run && ingest_embed_open(&g)) ||
-        (g.resume && ingest_list_and_prehash(&g, &w))) {
+    /* --resume: the listing starts now and runs while the files are found,
+     * unless the knowledge base's settings must be asked first (embedding
+     * here), which uses the connection too. */
+    lister_t lister;
+    int early = g.resume && !g.embed_client && !g.emb_cfg.url;
+    if (early)
+        list_start(&g, &lister);
+    cli_walk_t w = {0};
+    if (ingest_walk(&g, &w, argc, argv)) {
+        if (early)
+            list_finish(&g, &lister, NULL);
+        rc = 1;
+        goto out;
+    }
+    g.t0 = kb_mono_us(); /* last_progress 0: drawn at the first file */
+    int bad = (!g.dry_run && (g.embed_client || g.emb_cfg.url) &&
+               ingest_kb_dim(&g)) ||
+              (g.emb_cfg.url && !g.dry_run && ingest_embed_open(&g));
+    if (!bad && g.resume) {
+        if (!early)
+            list_start(&g, &lister);
+        bad = list_finish(&g, &lister, &w) != 0;
+    }
+    if (bad) {
         fprintf(stderr, "kbsync ingest: nothing sent\n");
         rc = 1;
     } else {
@@ -1851,6 +1920,7 @@ int cli_ingest_main(int argc, char **argv)
         ingest_summary(&g, (double)(kb_mono_us() - g.t0) / 1e6);
         rc = g.failed || g.unreplicated || g.stopped ? 1 : 0;
     }
+out:
     ingest_embed_close(&g);
     qry_client_close(&g.cl);
     for (size_t i = 0; g.pre && i < w.n; i++)

@@ -2645,6 +2645,7 @@ static void ckpt_maybe_start(idx_kb_t *ix)
         ckpt_set_active(ix, 0);
         return;
     }
+    pthread_setname_np(ix->ck_thr, "kb-ckpt");
     ix->ck_started = 1;
 }
 

@@ -8,7 +8,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #define SCRUB_WAKE_MS 250u   /* how often the thread looks whether one is due */
 #define SCRUB_QUIET_MS 1000u /* no write for this long: the node is quiet */
@@ -61,6 +63,10 @@ static int scrub_pass(idx_scrub_t *sc, idx_store_digest_check_t *c, char *err,
 static void *scrub_main(void *arg)
 {
     idx_scrub_t *sc = arg;
+    /* Below the node's other work (nice 10, as the checkpoint writer): a
+     * pass reads every document, and on a busy machine the readers and
+     * writers come first; the schedule below stretches with the pass. */
+    setpriority(PRIO_PROCESS, (id_t)gettid(), 10);
     uint64_t last_end = 0, last_ms = 0, seen_head = UINT64_MAX, changed = 0;
     for (;;) {
         struct timespec ts;
@@ -147,6 +153,7 @@ int idx_scrub_start(idx_store_t *s, uint32_t every_ms, const uint64_t *pause,
         free(sc);
         return KB_ENOMEM;
     }
+    pthread_setname_np(sc->thr, "kb-scrub");
     *out = sc;
     return 0;
 }

@@ -14,6 +14,7 @@
 
 #include "kb_proc.h"
 #include "kb_test.h"
+#include "kb_util.h"
 
 #include <pty.h>
 
@@ -347,6 +348,28 @@ static void test_e2e_ingest_prefixes_keep_trees_apart(void **state)
 
 /* Bad input: named with FILE:LINE:COLUMN: field, stops at --max-errors,
  * changes nothing of the bad records; --encoding decodes. */
+/* --resume starts listing the leader's chunks before it looks at the
+ * files: a path that is not there is still reported at once, and the run
+ * ends without waiting for a leader that does not answer (the listing is
+ * given up). Fails when the listing is joined without being cancelled
+ * (it would wait --timeout-ms for the silent leader). */
+static void test_e2e_ingest_resume_bad_path_ends_at_once(void **state)
+{
+    e2e_t *e = *state;
+    static char out[1 << 14];
+    uint64_t t0 = kb_mono_us();
+    int rc = kbp_run(out, sizeof out,
+                     "'%s' ingest --to tcp://127.0.0.1:9 --timeout-ms 20000 "
+                     "--resume '%s/no-such-tree' 2>&1",
+                     kbp_bin(), e->dir);
+    uint64_t ms = (kb_mono_us() - t0) / 1000u;
+    assert_int_equal(rc, 1);
+    KBT_CONTAINS(out, "no-such-tree");
+    KBT_CONTAINS(out, "nothing sent");
+    if (ms > 5000)
+        fail_msg("the run took %llu ms", (unsigned long long)ms);
+}
+
 static void test_e2e_ingest_errors_and_encoding(void **state)
 {
     e2e_t *e = *state;
@@ -533,6 +556,8 @@ int main(void)
             test_e2e_ingest_prefixes_keep_trees_apart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_ingest_errors_and_encoding,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_e2e_ingest_resume_bad_path_ends_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_ingest_progress_terminal_only,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(

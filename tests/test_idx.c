@@ -15,6 +15,7 @@
 #include "kb_util.h"
 #include "kbsync.pb-c.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -2149,6 +2150,65 @@ static void test_idx_snapshot_of_compacted_log_matches_leader(void **state)
     recs_free(&r);
 }
 
+/* The nice value of this process's thread named `name` (/proc), or -100
+ * when there is none. */
+static int thread_nice(const char *name)
+{
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    int nice = -100;
+    while (d && nice == -100 && (e = readdir(d))) {
+        char path[300], comm[64] = "", stat[1024];
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        if (!fgets(comm, sizeof comm, f))
+            comm[0] = 0;
+        fclose(f);
+        comm[strcspn(comm, "\n")] = 0;
+        if (strcmp(comm, name))
+            continue;
+        snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
+        if (!(f = fopen(path, "r")))
+            continue;
+        size_t n = fread(stat, 1, sizeof stat - 1, f);
+        fclose(f);
+        stat[n] = 0;
+        /* after "(comm) ": state, then fields 4..19; nice is field 19 */
+        const char *p = strrchr(stat, ')');
+        int field = 2;
+        for (; p && *p && field < 19; p++)
+            if (*p == ' ')
+                field++;
+        if (p && field == 19)
+            nice = atoi(p);
+    }
+    if (d)
+        closedir(d);
+    return nice;
+}
+
+/* The background digest check runs below the node's other threads (nice
+ * 10): on a busy machine readers and writers come first. Fails when the
+ * thread keeps the process's nice value. */
+static void test_idx_digest_check_thread_is_niced(void **state)
+{
+    fx_t *f = *state;
+    idx_config_t c = {.dir = f->dir2, .dim = DIM, .metric = "ip",
+                      .node_id = "replica", .nosync = 1, .replica = 1,
+                      .scrub_ms = 1};
+    char err[512] = "";
+    KBT_OK(idx_open(&c, &f->rep, err, sizeof err), err);
+    int nice = -100;
+    for (int i = 0; i < 100 && nice != 10; i++) {
+        usleep(10000); /* the thread sets it when it starts */
+        nice = thread_nice("kb-scrub");
+    }
+    if (nice != 10)
+        fail_msg("the digest check thread runs at nice %d (want 10)", nice);
+}
+
 /* While a snapshot is being loaded no scheduled digest check runs (its
  * documents are checked once complete); a requested one still does, and
  * the schedule resumes when the snapshot is complete. */
@@ -2473,6 +2533,7 @@ int main(void)
         T(test_idx_filter_numbers_as_written),
         T(test_idx_snapshot_of_compacted_log_matches_leader),
         T(test_idx_snapshot_served_only_with_the_kept_operations),
+        T(test_idx_digest_check_thread_is_niced),
         T(test_idx_no_scheduled_check_while_loading),
         T(test_idx_sweep_keeps_what_a_snapshot_needs),
         T(test_idx_unbounded_sweep_loses_snapshot_documents),
