@@ -183,6 +183,7 @@ typedef struct ingest {
     size_t kidxcap;
     pre_file_t *pre; /* one per file of the walk, or NULL */
     scratch_t scr; /* the main pass's */
+    uint32_t list_page; /* ids per ListRequest (INGEST_LIST_PAGE) */
     /* figures */
     uint64_t written, failed, unchanged, deleted, missing, unreplicated;
     uint64_t version, errors, resent, answered_retried;
@@ -860,7 +861,7 @@ static int list_send(ingest_t *g, list_cursor_t *c)
     Kbsync__ListRequest lq = KBSYNC__LIST_REQUEST__INIT;
     lq.prefix = (char *)g->prefix;
     lq.after = c->after;
-    lq.limit = INGEST_LIST_PAGE;
+    lq.limit = g->list_page;
     lq.meta_key = "sha";
     Kbsync__Request req = KBSYNC__REQUEST__INIT;
     req.body_case = KBSYNC__REQUEST__BODY_LIST;
@@ -1332,6 +1333,15 @@ static char *list_split(const ingest_t *g, const cli_walk_t *w)
     if (asprintf(&x, "%s%s", g->prefix, f[w->n / 2]->rel) < 0)
         x = NULL;
     free(f);
+    /* It goes to the node as ListRequest.after, which must be an id the
+     * node would take (not too long, UTF-8): otherwise one range. */
+    size_t bad;
+    const char *why;
+    if (x && (strlen(x) > KB_MAX_ID_LEN ||
+              cli_utf8_check(x, strlen(x), &bad, &why))) {
+        free(x);
+        x = NULL;
+    }
     return x;
 }
 
@@ -1876,6 +1886,12 @@ int cli_ingest_main(int argc, char **argv)
     int rc = ingest_options(&g, argc, argv);
     if (rc)
         return rc;
+    /* KBSYNC_TEST_LIST_PAGE=N (tests only): smaller listing pages, so that
+     * a small tree is listed in many pages and both ranges. */
+    const char *lp = getenv("KBSYNC_TEST_LIST_PAGE");
+    g.list_page = lp && atoi(lp) > 0 && atoi(lp) <= (int)INGEST_LIST_PAGE
+                      ? (uint32_t)atoi(lp)
+                      : INGEST_LIST_PAGE;
     g.tty = isatty(2);
     g.docs = calloc(g.batch, sizeof *g.docs);
     g.dels = calloc(g.batch, sizeof *g.dels);

@@ -1250,8 +1250,11 @@ int idx_apply_log_staged(idx_kb_t *ix, size_t n, const void *const *recs,
         rc = idx_store_begin(ix->store, &t, err, errlen);
     /* Undo entries let a diverged tail go quickly. A snapshot's documents
      * (up to ix->loading) are the leader's committed state and never go
-     * back: none for them (compaction then has none to walk or delete). */
-    if (!rc && !(ix->loading && r[n - 1]->lsn <= ix->loading))
+     * back: an entry only where one replaced a document (none on a fresh
+     * store), so that compaction has none to walk or delete. */
+    if (!rc && ix->loading && r[n - 1]->lsn <= ix->loading)
+        idx_store_keep_undo_replaced(t);
+    else if (!rc)
         idx_store_keep_undo(t);
     /* The staged mark: the first LSN that may not be confirmed, while any
      * record is staged (see STAGING). */
@@ -3227,6 +3230,11 @@ int idx_record_is_live(idx_kb_t *ix, uint64_t lsn, const void *bytes,
                        size_t len)
 {
     return idx_store_is_live(ix->store, lsn, bytes, len);
+}
+
+uint64_t idx_undo_count(idx_kb_t *ix)
+{
+    return idx_store_undo_count(ix->store);
 }
 
 uint64_t idx_loading_ready(idx_kb_t *ix)

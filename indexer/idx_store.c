@@ -59,7 +59,8 @@ struct idx_wtxn {
     int64_t ndocs_delta;        /* ids added - ids removed in this txn */
     const void *raw;            /* idx_store_next_raw(): bytes to store */
     size_t rawlen;
-    int undo;                   /* idx_store_keep_undo(): record old labels */
+    int undo; /* idx_store_keep_undo(): record old labels (2: only the
+                 labels of documents replaced) */
     int lazy;                   /* begun with MDB_NOMETASYNC */
     uint64_t staged;            /* the staged mark after this txn */
     uint64_t digest;            /* the store's digest as of this txn */
@@ -564,7 +565,7 @@ static int store_put_log(idx_wtxn_t *t, const Kbsync__LogRecord *rec,
  * id back without reading the log. */
 static int store_put_undo(idx_wtxn_t *t, uint64_t lsn, int64_t old_label)
 {
-    if (!t->undo)
+    if (!t->undo || (t->undo == 2 && old_label < 0))
         return 0;
     uint64_t key = lsn, val = old_label < 0 ? UINT64_MAX : (uint64_t)old_label;
     MDB_val k = u64_val(&key), v = u64_val(&val);
@@ -714,6 +715,11 @@ int idx_store_log_get(idx_rtxn_t *t, uint64_t lsn, const void **bytes,
 void idx_store_keep_undo(idx_wtxn_t *t)
 {
     t->undo = 1;
+}
+
+void idx_store_keep_undo_replaced(idx_wtxn_t *t)
+{
+    t->undo = 2;
 }
 
 void idx_store_next_raw(idx_wtxn_t *t, const void *bytes, size_t len)
@@ -1202,6 +1208,19 @@ uint64_t idx_store_bytes(idx_store_t *s)
     if (mdb_env_info(s->env, &info) || mdb_env_stat(s->env, &st))
         return 0;
     return (uint64_t)(info.me_last_pgno + 1) * st.ms_psize;
+}
+
+uint64_t idx_store_undo_count(idx_store_t *s)
+{
+    MDB_txn *txn;
+    MDB_stat st;
+    uint64_t n = 0;
+    if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn))
+        return 0;
+    if (!mdb_stat(txn, s->undo, &st))
+        n = st.ms_entries;
+    mdb_txn_abort(txn);
+    return n;
 }
 
 /* Walks `log` from LSN `from` in transaction txn. With end_call, cb is

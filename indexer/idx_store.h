@@ -80,6 +80,9 @@ uint64_t idx_store_foreign_txn(idx_store_t *s);
 /* Number of live documents (entries in `ids`). Writer thread only. */
 uint64_t idx_store_count(idx_store_t *s);
 
+/* Entries in `undo` (0 on failure). Any thread. */
+uint64_t idx_store_undo_count(idx_store_t *s);
+
 /* --- writing ------------------------------------------------------------
  * begin, then any number of upsert/delete with strictly increasing LSNs,
  * then commit (durable when it returns 0) or abort. old_label receives the
@@ -102,6 +105,10 @@ void idx_store_next_raw(idx_wtxn_t *t, const void *bytes, size_t len);
  * replica's apply): idx_store_truncate() then restores ids without reading
  * the log. */
 void idx_store_keep_undo(idx_wtxn_t *t);
+/* The same, but only for writes that replaced a document (a snapshot's
+ * documents: they are never cut back, and compaction needs an entry only
+ * to drop what a write replaced, which on a fresh store is nothing). */
+void idx_store_keep_undo_replaced(idx_wtxn_t *t);
 /* Replicas: records from LSN `first` on in this store may not be committed
  * on the leader yet (they are staged: durable, not searchable). Recorded in
  * `meta` inside t, so that a crash can never leave such records looking

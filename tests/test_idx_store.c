@@ -821,6 +821,38 @@ static void test_idx_store_compact_delete_of_longest_id(void **state)
     KBT_U64(idx_store_count(f->s), 2);
 }
 
+/* A snapshot's documents (idx_store_keep_undo_replaced): an undo entry
+ * only for a write that replaced a document, and compaction still drops
+ * the record it replaced. Fails when every write gets one, and when the
+ * replacing write gets none (record 1 would stay). */
+static void test_idx_store_undo_only_for_replaced(void **state)
+{
+    fx_t *f = *state;
+    idx_wtxn_t *t = begin(f->s);
+    idx_store_keep_undo_replaced(t);
+    upsert(t, 1, "a", "a1");
+    upsert(t, 2, "b", "b2");
+    upsert(t, 3, "a", "a3"); /* replaces 1 */
+    commit(&t);
+    KBT_U64(idx_store_undo_count(f->s), 1);
+    t = begin(f->s);
+    idx_store_keep_undo(t);
+    upsert(t, 4, "c", "c4"); /* the log after a snapshot: every write */
+    commit(&t);
+    KBT_U64(idx_store_undo_count(f->s), 2);
+    uint64_t removed = 0, bytes = 0;
+    char err[512] = "";
+    KBT_OK(idx_store_compact(f->s, 4, 100, &removed, &bytes, err, sizeof err),
+           err);
+    KBT_U64(removed, 1);
+    assert_null(rec_at(f->s, 1));
+    Kbsync__LogRecord *r = rec_at(f->s, 2);
+    assert_non_null(r);
+    kbsync__log_record__free_unpacked(r, NULL);
+    assert_int_equal(label_of(f->s, "a"), 3);
+    assert_int_equal(label_of(f->s, "b"), 2);
+}
+
 /* Without undo entries (written before format 2), compaction judges by the
  * id map: a replaced upsert goes only when a write below the cut replaced
  * it, and a live one always stays. */
@@ -1085,6 +1117,7 @@ int main(void)
         T(test_idx_store_truncate_by_undo),
         T(test_idx_store_compact_keeps_live_documents),
         T(test_idx_store_compact_without_undo),
+        T(test_idx_store_undo_only_for_replaced),
         T(test_idx_store_compact_delete_of_longest_id),
         T(test_idx_store_sweep_below_log_start),
         T(test_idx_store_digest_follows_every_write),

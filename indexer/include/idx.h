@@ -442,6 +442,9 @@ uint64_t idx_loading(idx_kb_t *ix);
 /* `ready` while loading, else 0. Writer thread. */
 uint64_t idx_loading_ready(idx_kb_t *ix);
 
+/* Undo entries kept (idx_store_undo_count). Any thread. */
+uint64_t idx_undo_count(idx_kb_t *ix);
+
 /* The next idx_close() writes no checkpoint: the store is about to be
  * moved aside, emptied or cut back. Writer thread. */
 void idx_skip_close_checkpoint(idx_kb_t *ix);
