@@ -373,6 +373,33 @@ static void test_e2e_ingest_resume_bad_path_ends_at_once(void **state)
         fail_msg("the run took %llu ms", (unsigned long long)ms);
 }
 
+/* The resume's listing splits its two ranges at the middle file's id
+ * path: when that path cannot be an id (too long), the listing still
+ * works (one range) and only that file is refused. Before: the node
+ * refused the split as ListRequest.after and nothing at all was sent. */
+static void test_e2e_ingest_resume_split_at_a_bad_path(void **state)
+{
+    e2e_t *e = *state;
+    run_t *r = calloc(1, sizeof *r);
+    char t[300], cmd[4096], longdir[300];
+    memset(longdir, 'y', 200);
+    longdir[200] = 0;
+    snprintf(t, sizeof t, "%s/split", e->dir);
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p '%s/x' '%s/%s/yy' '%s/z' && "
+             "echo 'first words here' > '%s/x/a.txt' && "
+             "echo 'middle words here' > '%s/%s/yy/%s.txt' && "
+             "echo 'last words here' > '%s/z/c.txt'",
+             t, t, longdir, t, t, t, longdir, longdir, t);
+    assert_int_equal(system(cmd), 0);
+    ingest(e, r, "--keep-going --resume '%s'", t);
+    KBT_CONTAINS(r->out, "bytes, over the 256");
+    if (strstr(r->out, "nothing sent"))
+        fail_msg("the resume gave up: %s", r->out);
+    KBT_U64_EQ(r->written, 2);
+    free(r);
+}
+
 /* Bad input: named with FILE:LINE:COLUMN: field, stops at --max-errors,
  * changes nothing of the bad records; --encoding decodes. */
 static void test_e2e_ingest_errors_and_encoding(void **state)
@@ -563,6 +590,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_e2e_ingest_resume_bad_path_ends_at_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_e2e_ingest_resume_split_at_a_bad_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_ingest_progress_terminal_only,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(
