@@ -998,16 +998,21 @@ static void known_free(ingest_t *g)
 
 /* ================================================================ files */
 
-/* Reads the whole file into sc->buf. Returns 0 or -errno. */
-static int read_all(scratch_t *sc, const char *path, size_t *len)
+/* Reads the whole file into sc->buf; `size` (the walk's stat; 0: not
+ * known) sizes the first read, and a file that grew since is read to its
+ * end all the same. Returns 0 or -errno. */
+static int read_all(scratch_t *sc, const char *path, uint64_t size,
+                    size_t *len)
 {
     *len = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -errno;
     struct stat st;
-    size_t want =
-        fstat(fd, &st) == 0 && st.st_size > 0 ? (size_t)st.st_size : 65536;
+    size_t want = size > 0 && size < SIZE_MAX / 2 ? (size_t)size
+                  : fstat(fd, &st) == 0 && st.st_size > 0
+                      ? (size_t)st.st_size
+                      : 65536;
     size_t n = 0;
     int rc = 0;
     for (;;) {
@@ -1053,7 +1058,7 @@ static int file_text(ingest_t *g, scratch_t *sc, const cli_file_t *f,
 {
     size_t len, bad;
     const char *why;
-    int rc = read_all(sc, f->path, &len);
+    int rc = read_all(sc, f->path, f->size, &len);
     if (rc) {
         file_bad(g, quiet, "%s: cannot read: %s", f->path, strerror(-rc));
         return -1;
