@@ -5,9 +5,11 @@ first use (into $KBF_PROTO_DIR, else a directory next to the run's data), so
 this harness talks to the nodes exactly as a client written from the schema
 would. Nothing here is hand-written protobuf.
 """
+import atexit
 import hashlib
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,12 +38,16 @@ CODE_NAMES = {
 }
 
 
-def load(out_dir):
+def load(out_dir=None):
     """Generates kbsync_pb2 from the schema (when it is older than the
-    schema or absent) and imports it."""
+    schema or absent) and imports it. Without out_dir (KBF_PROTO_DIR) it
+    goes to a temporary directory that is removed when the process ends."""
     global pb
     if pb is not None:
         return pb
+    if not out_dir:
+        out_dir = tempfile.mkdtemp(prefix="kbf-proto-")
+        atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
     os.makedirs(out_dir, exist_ok=True)
     gen = os.path.join(out_dir, "kbsync_pb2.py")
     if (not os.path.exists(gen)

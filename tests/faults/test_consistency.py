@@ -66,8 +66,7 @@ def violations(acked, reads):
 
 class Consistency(unittest.TestCase):
     def setUp(self):
-        kbproto.load(os.environ.get("KBF_PROTO_DIR",
-                                    tempfile.mkdtemp(prefix="kbf-proto-")))
+        kbproto.load(os.environ.get("KBF_PROTO_DIR"))
         self.pb = kbproto.pb
         self.tmp = tempfile.mkdtemp(prefix="kbcons-")
         self.ctx = zmq.Context()

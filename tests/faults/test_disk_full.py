@@ -129,8 +129,7 @@ class Nodes:
 class DiskFull(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        kbproto.load(os.environ.get("KBF_PROTO_DIR",
-                                    tempfile.mkdtemp(prefix="kbf-proto-")))
+        kbproto.load(os.environ.get("KBF_PROTO_DIR"))
         cls.pb = kbproto.pb
 
     def setUp(self):

@@ -33,8 +33,7 @@ DOCS = 30000  # 6,000 requests of 5 (chunk cuts fall inside them)
 
 class ReplicaGroups(unittest.TestCase):
     def setUp(self):
-        kbproto.load(os.environ.get("KBF_PROTO_DIR",
-                                    tempfile.mkdtemp(prefix="kbf-proto-")))
+        kbproto.load(os.environ.get("KBF_PROTO_DIR"))
         self.tmp = tempfile.mkdtemp(prefix="kbgroups-")
         self.procs = []
 
