@@ -121,7 +121,6 @@ typedef struct ingest_slot {
     float *vecs;        /* vectors the docs point at (owned), or NULL */
 } ingest_slot_t;
 
-/* --resume: a file's chunk hashes, computed while the listing is read. */
 /* What a reader of files reuses from file to file: the file's bytes and
  * its chunk spans. The main pass has g->scr; each pre-pass thread its own
  * (RESUME). */
@@ -131,6 +130,7 @@ typedef struct scratch {
     size_t *spans, spancap;
 } scratch_t;
 
+/* --resume: a file's chunk hashes, computed while the listing is read. */
 typedef struct pre_file {
     size_t ns;   /* chunks */
     uint64_t *h; /* 2 per chunk (owned); NULL: not computed */

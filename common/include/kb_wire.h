@@ -2,7 +2,8 @@
  * socket. Out: decoded Requests with the sender's envelope, and Responses
  * sent back to that envelope. ZMQ errors become -errno / KB_ENET here, once.
  * Sockets are passed as void * so that no header outside this file's .c
- * needs <zmq.h>. No state. */
+ * needs <zmq.h>. No state of its own; also kb_arena, a caller-owned bump
+ * allocator for decoding many messages at once (replicas' apply). */
 #ifndef KB_WIRE_H
 #define KB_WIRE_H
 
