@@ -33,6 +33,7 @@
 #include "kb_util.h"
 
 #include <ctype.h>
+#include <fcntl.h>
 #include <dirent.h>
 #include <errno.h>
 #include <iconv.h>
@@ -63,9 +64,10 @@ int cli_kind_of(const char *name, int in_dir)
     return 0;
 }
 
-/* Takes path and rel (malloc'd) in all cases. */
-static int walk_push(cli_walk_t *w, char *path, char *rel, uint64_t size,
-                     int kind)
+/* Takes path and rel (malloc'd) in all cases; st: the file's stat, NULL
+ * for standard input. */
+static int walk_push(cli_walk_t *w, char *path, char *rel,
+                     const struct stat *st, int kind)
 {
     if (!path || !rel)
         goto oom;
@@ -77,8 +79,18 @@ static int walk_push(cli_walk_t *w, char *path, char *rel, uint64_t size,
         w->files = nf;
         w->cap = ncap;
     }
-    w->files[w->n++] = (cli_file_t){path, rel, size, kind};
-    w->total_bytes += size;
+    cli_file_t *f = &w->files[w->n++];
+    *f = (cli_file_t){path, rel, 0, kind, 0, 0, 0, 0};
+    if (st && S_ISREG(st->st_mode)) {
+        f->size = (uint64_t)st->st_size;
+        f->dev = (uint64_t)st->st_dev;
+        f->ino = (uint64_t)st->st_ino;
+        f->mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 +
+                      st->st_mtim.tv_nsec;
+        f->ctime_ns = (int64_t)st->st_ctim.tv_sec * 1000000000 +
+                      st->st_ctim.tv_nsec;
+    }
+    w->total_bytes += f->size;
     return 0;
 oom:
     free(path);
@@ -100,21 +112,64 @@ static char *join(const char *a, const char *b)
     return p;
 }
 
-static int cmp_str(const void *a, const void *b)
+/* An entry of a directory, as the walk sees it. */
+typedef struct dir_ent {
+    char *name;
+    int what;       /* ENT_* */
+    struct stat st; /* ENT_FILE: the file's (a link's target's) */
+} dir_ent_t;
+
+enum { ENT_SKIP, ENT_DIR, ENT_FILE };
+
+static int cmp_ent(const void *a, const void *b)
 {
-    return strcmp(*(char *const *)a, *(char *const *)b);
+    return strcmp(((const dir_ent_t *)a)->name, ((const dir_ent_t *)b)->name);
 }
 
-/* The names in directory dir (without "." entries), sorted; *names
- * malloc'd, each name too. */
-static int read_names(const char *dir, char ***names, size_t *n, char *err,
-                      size_t errlen)
+/* What entry e of the open directory d (path dir) is: a directory to walk
+ * (not a link to one), a file to read (a regular file of a kind ingest
+ * reads, or a link to one; its stat in e->st), or nothing to do. The stat
+ * is made relative to d: no lookup of the whole path per file. */
+static int ent_classify(DIR *d, const char *dir, const struct dirent *de,
+                        dir_ent_t *e, char *err, size_t errlen)
+{
+    int kind = cli_kind_of(de->d_name, 1);
+    e->what = ENT_SKIP;
+    if (de->d_type == DT_DIR) {
+        e->what = ENT_DIR;
+        return 0;
+    }
+    if (!kind || (de->d_type != DT_REG && de->d_type != DT_LNK &&
+                  de->d_type != DT_UNKNOWN))
+        return 0;
+    int fd = dirfd(d);
+    if (fstatat(fd, de->d_name, &e->st, AT_SYMLINK_NOFOLLOW) != 0)
+        return kb_seterr(err, errlen, -errno, "%s/%s: cannot read: %s", dir,
+                         de->d_name, strerror(errno));
+    if (S_ISDIR(e->st.st_mode)) /* DT_UNKNOWN */
+        e->what = ENT_DIR;
+    else if (S_ISLNK(e->st.st_mode))
+        /* a dangling link is not a file; a link to a directory is not
+         * walked */
+        e->what = fstatat(fd, de->d_name, &e->st, 0) == 0 &&
+                          S_ISREG(e->st.st_mode)
+                      ? ENT_FILE
+                      : ENT_SKIP;
+    else if (S_ISREG(e->st.st_mode))
+        e->what = ENT_FILE;
+    return 0;
+}
+
+/* The entries of directory dir (without "." names) that the walk goes
+ * into or reads, sorted by name; *ents malloc'd, each name too. */
+static int read_ents(const char *dir, dir_ent_t **ents, size_t *n, char *err,
+                     size_t errlen)
 {
     DIR *d = opendir(dir);
     if (!d)
         return kb_seterr(err, errlen, -errno, "%s: cannot read: %s", dir,
                          strerror(errno));
-    char **v = NULL;
+    dir_ent_t *v = NULL;
     size_t nv = 0, cap = 0;
     struct dirent *e;
     int rc = 0;
@@ -123,14 +178,17 @@ static int read_names(const char *dir, char ***names, size_t *n, char *err,
             continue;
         if (nv == cap) {
             cap = cap ? cap * 2 : 32;
-            char **nn = realloc(v, cap * sizeof *nn);
+            dir_ent_t *nn = realloc(v, cap * sizeof *nn);
             if (!nn) {
                 rc = KB_ENOMEM;
                 break;
             }
             v = nn;
         }
-        if (!(v[nv] = strdup(e->d_name)))
+        rc = ent_classify(d, dir, e, &v[nv], err, errlen);
+        if (rc || v[nv].what == ENT_SKIP)
+            continue;
+        if (!(v[nv].name = strdup(e->d_name)))
             rc = KB_ENOMEM;
         else
             nv++;
@@ -143,12 +201,12 @@ static int read_names(const char *dir, char ***names, size_t *n, char *err,
         kb_seterr(err, errlen, rc, "%s: out of memory", dir);
     if (rc) {
         for (size_t i = 0; i < nv; i++)
-            free(v[i]);
+            free(v[i].name);
         free(v);
         return rc;
     }
-    qsort(v, nv, sizeof *v, cmp_str);
-    *names = v;
+    qsort(v, nv, sizeof *v, cmp_ent);
+    *ents = v;
     *n = nv;
     return 0;
 }
@@ -157,14 +215,14 @@ static int read_names(const char *dir, char ***names, size_t *n, char *err,
 static int walk_dir(cli_walk_t *w, const char *dir, const char *relp, char *err,
                     size_t errlen)
 {
-    char **names = NULL;
+    dir_ent_t *ents = NULL;
     size_t nn = 0;
-    int rc = read_names(dir, &names, &nn, err, errlen);
+    int rc = read_ents(dir, &ents, &nn, err, errlen);
     for (size_t i = 0; !rc && i < nn; i++) {
-        char *path = join(dir, names[i]);
-        size_t lr = strlen(relp), ln = strlen(names[i]);
+        const char *name = ents[i].name;
+        char *path = join(dir, name);
+        size_t lr = strlen(relp), ln = strlen(name);
         char *rel = malloc(lr + ln + 2);
-        struct stat st;
         if (!path || !rel) {
             free(path);
             free(rel);
@@ -172,34 +230,22 @@ static int walk_dir(cli_walk_t *w, const char *dir, const char *relp, char *err,
             break;
         }
         memcpy(rel, relp, lr);
-        memcpy(rel + lr, names[i], ln + 1);
-        int link = lstat(path, &st) == 0 && S_ISLNK(st.st_mode);
-        if ((link ? stat(path, &st) : lstat(path, &st)) != 0) {
-            /* a dangling link is not a file; anything else is an error */
-            if (!link)
-                rc = kb_seterr(err, errlen, -errno, "%s: cannot read: %s", path,
-                               strerror(errno));
-            free(path);
-            free(rel);
-        } else if (S_ISDIR(st.st_mode) && !link) {
+        memcpy(rel + lr, name, ln + 1);
+        if (ents[i].what == ENT_DIR) {
             rel[lr + ln] = '/';
             rel[lr + ln + 1] = 0;
             rc = walk_dir(w, path, rel, err, errlen);
             free(path);
             free(rel);
-        } else if (S_ISREG(st.st_mode) && cli_kind_of(names[i], 1)) {
-            rc = walk_push(w, path, rel, (uint64_t)st.st_size,
-                           cli_kind_of(names[i], 1));
+        } else {
+            rc = walk_push(w, path, rel, &ents[i].st, cli_kind_of(name, 1));
             if (rc)
                 kb_seterr(err, errlen, rc, "%s: out of memory", dir);
-        } else {
-            free(path);
-            free(rel);
         }
     }
     for (size_t i = 0; i < nn; i++)
-        free(names[i]);
-    free(names);
+        free(ents[i].name);
+    free(ents);
     return rc;
 }
 
@@ -211,7 +257,7 @@ static int cmp_file_rel(const void *a, const void *b)
 int cli_walk_arg(cli_walk_t *w, const char *arg, char *err, size_t errlen)
 {
     if (!strcmp(arg, "-"))
-        return walk_push(w, strdup("-"), strdup("-"), 0, CLI_KIND_JSONL);
+        return walk_push(w, strdup("-"), strdup("-"), NULL, CLI_KIND_JSONL);
     struct stat st;
     if (stat(arg, &st) != 0)
         return kb_seterr(err, errlen, -errno, "%s: cannot read: %s", arg,
@@ -219,8 +265,7 @@ int cli_walk_arg(cli_walk_t *w, const char *arg, char *err, size_t errlen)
     if (!S_ISDIR(st.st_mode)) {
         const char *base = strrchr(arg, '/');
         base = base ? base + 1 : arg;
-        int rc = walk_push(w, strdup(arg), strdup(base),
-                           S_ISREG(st.st_mode) ? (uint64_t)st.st_size : 0,
+        int rc = walk_push(w, strdup(arg), strdup(base), &st,
                            cli_kind_of(base, 0));
         if (rc)
             kb_seterr(err, errlen, rc, "%s: out of memory", arg);

@@ -25,6 +25,10 @@ typedef struct cli_file {
     char *rel;     /* the id path (owned): see cli_walk_arg */
     uint64_t size; /* bytes, from stat (0 for standard input) */
     int kind;      /* CLI_KIND_* */
+    /* the rest of the walk's stat, which tells a changed file apart
+     * (cli_hcache); all 0 for standard input */
+    uint64_t dev, ino;
+    int64_t mtime_ns, ctime_ns;
 } cli_file_t;
 
 typedef struct cli_walk {

@@ -46,6 +46,11 @@
  *    two page requests in flight), by a thread, while the other threads
  *    (one per core, up to 4) read and hash the files; a file whose hashes
  *    all match is not read again.
+ * 5. The hash cache (cli_hcache.h; --no-cache: none): a run records each
+ *    file's chunk hashes with its stat, so the next --resume takes those of
+ *    a file whose device, inode, size, mtime and ctime are the same
+ *    instead of reading it. Only what a file holds is taken from the
+ *    cache; what the leader holds always comes from the listing.
  * A run killed part way leaves whole acknowledged batches, each chunk with
  * its sha, so the next --resume sends only the rest; a complete resume of
  * an unchanged tree sends nothing and the leader's version stays put.
@@ -53,6 +58,7 @@
 #include "cli.h"
 #include "cli_chunk.h"
 #include "cli_embed.h"
+#include "cli_hcache.h"
 
 #include "idx_embed.h"
 #include "kb_err.h"
@@ -98,6 +104,12 @@ static const char INGEST_USAGE[] =
     "  --sync-deletes      --resume, and delete the chunks of files gone "
     "from\n"
     "                      the trees (everything under --id-prefix)\n"
+    "  --no-cache          read and hash every file (else --resume takes the\n"
+    "                      chunk hashes of a file whose inode, size, mtime\n"
+    "                      and ctime are as when a run last read it)\n"
+    "  --cache-dir D       where those are kept (default $KBSYNC_CACHE_DIR,\n"
+    "                      else $XDG_CACHE_HOME/kbsync, else "
+    "~/.cache/kbsync)\n"
     "  --id-prefix P       put P in front of chunk ids (one per tree)\n"
     "  --encoding E        decode files that are not UTF-8 from E (iconv:\n"
     "                      latin1, cp1252, utf-16, ...)\n"
@@ -134,6 +146,7 @@ typedef struct scratch {
 typedef struct pre_file {
     size_t ns;   /* chunks */
     uint64_t *h; /* 2 per chunk (owned); NULL: not computed */
+    int cached;  /* h came from the hash cache, not from reading the file */
 } pre_file_t;
 
 /* --resume: one file's chunks as the leader listed them. */
@@ -155,6 +168,8 @@ typedef struct ingest {
     int mode;        /* repl_mode_t, 0 = the leader's default */
     uint32_t quorum; /* K of quorum:K */
     int dry_run, timeout_ms, resume, sync_deletes, tty;
+    int no_cache;          /* --no-cache */
+    const char *cache_dir; /* --cache-dir, or NULL: cli_hcache_default_dir */
     int embed_client;   /* --embed-on client: texts embedded here */
     uint32_t embed_dim; /* texts embedded here, this dim; 0 = not here */
     /* --embed-url: texts embedded by the user's model server (cli_embed),
@@ -183,9 +198,15 @@ typedef struct ingest {
     size_t kidxcap;
     pre_file_t *pre; /* one per file of the walk, or NULL */
     scratch_t scr; /* the main pass's */
+    /* the hash cache (NULL: none) and the chunk hashes of the file the
+     * main pass is at, for it */
+    cli_hcache_t *hc;
+    uint64_t *fh;
+    size_t fhcap;
     uint32_t list_page; /* ids per ListRequest (INGEST_LIST_PAGE) */
     /* figures */
     uint64_t written, failed, unchanged, deleted, missing, unreplicated;
+    uint64_t cached; /* files whose chunk hashes came from the cache */
     uint64_t version, errors, resent, answered_retried;
     uint64_t nfiles, files_done, total_bytes, bytes_done, docs_made;
     uint64_t t0, last_progress;
@@ -1185,6 +1206,10 @@ static void file_chunk(ingest_t *g, const char *p, const known_file_t *k,
     char hex[33], id[KB_MAX_ID_LEN + 32], meta[KB_MAX_ID_LEN * 6 + 160];
     uint64_t h[2];
     chunk_sha(g, &g->scr, i, text, map, base, h, &ss, &se);
+    if (g->fh) {
+        g->fh[2 * i] = h[0];
+        g->fh[2 * i + 1] = h[1];
+    }
     g->docs_made++;
     const known_chunk_t *kc = k ? known_chunk(k, i) : NULL;
     if (kc && kc->h[0] == h[0] && kc->h[1] == h[1]) {
@@ -1202,6 +1227,44 @@ static void file_chunk(ingest_t *g, const char *p, const known_file_t *k,
                            "\"sha\":\"%s\"}",
                            i, ss, se, hex);
     ingest_add(g, doc_new(id, (size_t)idl, text + s, e - s, NULL, 0, meta, ml));
+}
+
+/* Records file f's chunk hashes in the hash cache; without memory the
+ * cache is given up (nothing is saved), the run goes on. */
+static void ingest_cache_put(ingest_t *g, const cli_file_t *f,
+                             const uint64_t *h, size_t ns)
+{
+    if (g->hc && cli_hcache_put(g->hc, f, h, ns)) {
+        cli_hcache_free(g->hc);
+        g->hc = NULL;
+    }
+}
+
+/* Room in g->fh for ns chunks' hashes (none: g->fh NULL, no cache). */
+static void ingest_fh_reserve(ingest_t *g, size_t ns)
+{
+    if (!g->hc) {
+        free(g->fh);
+        g->fh = NULL;
+        g->fhcap = 0;
+        return;
+    }
+    if (2 * ns <= g->fhcap && g->fh)
+        return;
+    size_t cap = g->fhcap ? g->fhcap : 256;
+    while (cap < 2 * ns)
+        cap *= 2;
+    uint64_t *n = realloc(g->fh, cap * sizeof *n);
+    if (!n) {
+        free(g->fh);
+        g->fh = NULL;
+        g->fhcap = 0;
+        cli_hcache_free(g->hc);
+        g->hc = NULL;
+        return;
+    }
+    g->fh = n;
+    g->fhcap = cap;
 }
 
 /* Chunks a file's text and queues what is new (and, with --resume, the
@@ -1228,11 +1291,14 @@ static void file_chunks(ingest_t *g, const cli_file_t *f, const char *p,
         ns = 0;
     }
     if (!g->stopped && !check_path(g, f, p, ns ? ns - 1 : 0)) {
+        ingest_fh_reserve(g, ns);
         for (size_t i = 0; i < ns && !g->stopped; i++)
             file_chunk(g, p, k, i, text, map, map ? bom : 0);
         for (size_t j = 0; k && j < k->nc && !g->stopped; j++)
             if (k->c[j].n >= ns)
                 ingest_del(g, p, k->c[j].n);
+        if (g->fh && !g->stopped)
+            ingest_cache_put(g, f, g->fh, ns);
     }
     cli_text_free(&html);
 }
@@ -1263,9 +1329,12 @@ static void ingest_file(ingest_t *g, const cli_file_t *f, pre_file_t *pf)
     const char *text;
     size_t n;
     char *owned = NULL;
+    if (pf && pf->cached)
+        g->cached++;
     if (k && pre_unchanged(k, pf)) { /* not read again */
         g->unchanged += pf->ns;
         g->docs_made += pf->ns;
+        ingest_cache_put(g, f, pf->h, pf->ns);
     } else if (!file_text(g, &g->scr, f, &text, &n, &owned, 0)) {
         file_chunks(g, f, p, k, text, n);
     }
@@ -1365,8 +1434,19 @@ static void prehash_files(prehash_job_t *j)
         size_t i = atomic_fetch_add(j->next, 1);
         if (i >= j->w->n)
             break;
-        if (j->w->files[i].kind != CLI_KIND_JSONL)
-            file_prehash(j->g, &j->sc, &j->w->files[i], &j->g->pre[i]);
+        const cli_file_t *f = &j->w->files[i];
+        pre_file_t *pf = &j->g->pre[i];
+        size_t ns;
+        const uint64_t *h =
+            f->kind == CLI_KIND_JSONL ? NULL : cli_hcache_get(j->g->hc, f, &ns);
+        if (h && (pf->h = malloc((2 * ns + 1) * sizeof *pf->h))) {
+            if (ns)
+                memcpy(pf->h, h, 2 * ns * sizeof *h);
+            pf->ns = ns;
+            pf->cached = 1;
+        } else if (f->kind != CLI_KIND_JSONL) {
+            file_prehash(j->g, &j->sc, f, pf);
+        }
     }
 }
 
@@ -1644,6 +1724,7 @@ static void ingest_summary(ingest_t *g, double secs)
         cJSON_AddNumberToObject(o, "unreplicated", (double)g->unreplicated);
     if (g->resume) {
         cJSON_AddNumberToObject(o, "unchanged", (double)g->unchanged);
+        cJSON_AddNumberToObject(o, "cached", (double)g->cached);
         cJSON_AddNumberToObject(o, "deleted", (double)g->deleted);
         if (g->missing)
             cJSON_AddNumberToObject(o, "missing", (double)g->missing);
@@ -1674,6 +1755,8 @@ enum {
     OPT_ENCODING,
     OPT_MAX_ERRORS,
     OPT_EMBED_ON,
+    OPT_NO_CACHE,
+    OPT_CACHE_DIR,
 };
 
 static int ingest_check_options(ingest_t *g, int argc);
@@ -1699,6 +1782,8 @@ static int ingest_options(ingest_t *g, int argc, char **argv)
         {"id-prefix", required_argument, 0, OPT_PREFIX},
         {"encoding", required_argument, 0, OPT_ENCODING},
         {"embed-on", required_argument, 0, OPT_EMBED_ON},
+        {"no-cache", no_argument, 0, OPT_NO_CACHE},
+        {"cache-dir", required_argument, 0, OPT_CACHE_DIR},
         {"help", no_argument, 0, 'h'},
         CLI_CLIENT_KEY_OPTIONS,
         CLI_EMBED_OPTIONS,
@@ -1736,6 +1821,8 @@ static int ingest_options(ingest_t *g, int argc, char **argv)
         case OPT_RESUME: g->resume = 1; break;
         case OPT_PREFIX: g->prefix = optarg; break;
         case OPT_ENCODING: g->encoding = optarg; break;
+        case OPT_NO_CACHE: g->no_cache = 1; break;
+        case OPT_CACHE_DIR: g->cache_dir = optarg; break;
         case OPT_EMBED_ON:
             if (strcmp(optarg, "client") && strcmp(optarg, "node"))
                 return ingest_usage("--embed-on takes client or node");
@@ -1792,6 +1879,67 @@ static int ingest_walk(ingest_t *g, cli_walk_t *w, int argc, char **argv)
     g->nfiles = w->n;
     g->total_bytes = w->total_bytes;
     return 0;
+}
+
+/* Opens the hash cache for this run's roots and settings (not for a dry
+ * run, nor with --no-cache, nor without a directory for it). What the
+ * hashes depend on besides the files' bytes is in the key: the chunking
+ * settings, the embedding salt, the encoding, and this program's binary
+ * (a rebuilt or upgraded kbsync may chunk otherwise). The roots are too,
+ * so that each tree has a cache file of its own. */
+static void ingest_cache_open(ingest_t *g, const cli_walk_t *w, int argc,
+                              char **argv, int64_t walk_ns)
+{
+    if (g->dry_run || g->no_cache)
+        return;
+    size_t texts = 0;
+    for (size_t i = 0; i < w->n; i++)
+        texts += w->files[i].kind != CLI_KIND_JSONL;
+    char *dir = g->cache_dir ? strdup(g->cache_dir) : cli_hcache_default_dir();
+    if (!texts || !dir) {
+        free(dir);
+        return;
+    }
+    struct stat exe = {0};
+    (void)stat("/proc/self/exe", &exe);
+    char *key = NULL;
+    size_t kl = 0;
+    FILE *k = open_memstream(&key, &kl);
+    if (!k) {
+        free(dir);
+        return;
+    }
+    fprintf(k,
+            "kbsync ingest hash cache 1\nexe %llu %llu %lld.%09ld\n"
+            "chunk %zu overlap %zu\nembed %d %s\nencoding %s\n",
+            (unsigned long long)exe.st_ino, (unsigned long long)exe.st_size,
+            (long long)exe.st_mtim.tv_sec, exe.st_mtim.tv_nsec, g->chunk,
+            g->overlap, g->emb_cfg.url != NULL,
+            g->emb_cfg.url ? g->emb_cfg.model : "",
+            g->encoding ? g->encoding : "");
+    for (int i = optind; i < argc; i++) {
+        char *rp = realpath(argv[i], NULL);
+        fprintf(k, "root %s\n", rp ? rp : argv[i]);
+        free(rp);
+    }
+    int bad = fclose(k) != 0;
+    const char *why = NULL;
+    if (!bad)
+        (void)cli_hcache_open(&g->hc, dir, key, walk_ns, &why);
+    free(key);
+    free(dir);
+}
+
+/* Writes the hash cache for the next run; a failure is only told. */
+static void ingest_cache_save(ingest_t *g)
+{
+    char err[512];
+    if (g->hc && cli_hcache_save(g->hc, err, sizeof err))
+        ingest_msg(g, "hash cache not saved (the next --resume reads every "
+                      "file): %s",
+                   err);
+    cli_hcache_free(g->hc);
+    g->hc = NULL;
 }
 
 /* This run's identity for idempotent retries: unique per host and run. */
@@ -1918,6 +2066,7 @@ int cli_ingest_main(int argc, char **argv)
     if (early)
         list_start(&g, &lister);
     cli_walk_t w = {0};
+    int64_t walk_ns = (int64_t)kb_wall_us() * 1000;
     if (ingest_walk(&g, &w, argc, argv)) {
         if (early)
             list_finish(&g, &lister, NULL);
@@ -1925,6 +2074,7 @@ int cli_ingest_main(int argc, char **argv)
         goto out;
     }
     g.t0 = kb_mono_us(); /* last_progress 0: drawn at the first file */
+    ingest_cache_open(&g, &w, argc, argv, walk_ns);
     int bad = (!g.dry_run && (g.embed_client || g.emb_cfg.url) &&
                ingest_kb_dim(&g)) ||
               (g.emb_cfg.url && !g.dry_run && ingest_embed_open(&g));
@@ -1938,6 +2088,7 @@ int cli_ingest_main(int argc, char **argv)
         rc = 1;
     } else {
         ingest_run(&g, &w);
+        ingest_cache_save(&g);
         ingest_summary(&g, (double)(kb_mono_us() - g.t0) / 1e6);
         rc = g.failed || g.unreplicated || g.stopped ? 1 : 0;
     }
@@ -1954,5 +2105,7 @@ out:
     free(g.fl);
     free(g.scr.buf);
     free(g.scr.spans);
+    free(g.fh);
+    cli_hcache_free(g.hc);
     return rc;
 }

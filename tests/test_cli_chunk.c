@@ -496,6 +496,22 @@ static void test_cli_chunk_walk(void **state)
         assert_string_equal(w.files[i].path, p);
     }
     KBT_U64(w.total_bytes, 2 + 1 + 1 + 8 + 8 + 1 + 8);
+    /* each file's stat, for the hash cache; a link's is its target's */
+    for (size_t i = 0; i < w.n; i++) {
+        struct stat st;
+        kbt_path(p, sizeof p, d, rel[i]);
+        assert_int_equal(stat(p, &st), 0);
+        KBT_U64(w.files[i].dev, (uint64_t)st.st_dev);
+        KBT_U64(w.files[i].ino, (uint64_t)st.st_ino);
+        KBT_U64(w.files[i].size, (uint64_t)st.st_size);
+        KBT_U64((uint64_t)w.files[i].mtime_ns,
+                (uint64_t)st.st_mtim.tv_sec * 1000000000u +
+                    (uint64_t)st.st_mtim.tv_nsec);
+        KBT_U64((uint64_t)w.files[i].ctime_ns,
+                (uint64_t)st.st_ctim.tv_sec * 1000000000u +
+                    (uint64_t)st.st_ctim.tv_nsec);
+    }
+    KBT_U64(w.files[2].ino, w.files[1].ino); /* link.txt -> b.md */
     KBT_OK(cli_walk_check_unique(&w, err, sizeof err), err);
 
     /* a file named on the command line: its base name; any extension */
@@ -508,6 +524,7 @@ static void test_cli_chunk_walk(void **state)
     assert_int_equal(w.files[8].kind, CLI_KIND_JSONL);
     KBT_OK(cli_walk_arg(&w, "-", err, sizeof err), err);
     assert_int_equal(w.files[9].kind, CLI_KIND_JSONL);
+    KBT_U64(w.files[9].ino, 0); /* standard input: never cached */
     KBT_OK(cli_walk_check_unique(&w, err, sizeof err), err);
     /* the same ids twice: refused, naming both */
     kbt_path(p, sizeof p, d, "sub.txt");

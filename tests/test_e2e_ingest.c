@@ -16,7 +16,10 @@
 #include "kb_test.h"
 #include "kb_util.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <pty.h>
+#include <sys/stat.h>
 
 /* Two figures that must be equal, printed as integers. */
 #define KBT_U64_EQ(a, b)                                                       \
@@ -43,6 +46,10 @@ static int setup(void **state)
     snprintf(e->log, sizeof e->log, "%s/leader.log", e->dir);
     snprintf(e->tree, sizeof e->tree, "%s/tree", e->dir);
     *state = e;
+    /* each test's hash cache in its own directory, removed with it */
+    char cache[300];
+    snprintf(cache, sizeof cache, "%s/cache", e->dir);
+    setenv("KBSYNC_CACHE_DIR", cache, 1);
     char dim[16];
     snprintf(dim, sizeof dim, "%d", DIM);
     char *argv[] = {
@@ -129,7 +136,7 @@ static void make_tree(const e2e_t *e)
 
 typedef struct run {
     int rc;
-    double written, failed, unchanged, deleted, version;
+    double written, failed, unchanged, deleted, version, cached;
     char out[1 << 16]; /* stderr and stdout */
 } run_t;
 
@@ -151,6 +158,7 @@ static void ingest(e2e_t *e, run_t *r, const char *fmt, ...)
     r->unchanged = kbp_num(s, "unchanged");
     r->deleted = kbp_num(s, "deleted");
     r->version = kbp_num(s, "version");
+    r->cached = kbp_num(s, "cached");
     cJSON_Delete(s);
 }
 
@@ -322,6 +330,98 @@ static void test_e2e_ingest_resume_update_delete(void **state)
     KBT_U64_EQ(r->written + r->deleted, 0);
     KBT_U64_EQ(status_num(e, "version"), v);
     unsetenv("KBSYNC_TEST_LIST_PAGE");
+    free(r);
+}
+
+/* The names of the cache files in e's cache directory: how many. */
+static int cache_files(const e2e_t *e, char *last, size_t cap)
+{
+    char d[300];
+    snprintf(d, sizeof d, "%s/cache", e->dir);
+    DIR *dir = opendir(d);
+    int n = 0;
+    struct dirent *de;
+    while (dir && (de = readdir(dir)))
+        if (!strncmp(de->d_name, "ingest-", 7)) {
+            n++;
+            snprintf(last, cap, "%s/%s", d, de->d_name);
+        }
+    if (dir)
+        closedir(dir);
+    return n;
+}
+
+/* The hash cache: a resume of an unchanged tree reads no file; a file
+ * rewritten in place with its size and mtime put back (only its ctime
+ * tells) is read and its changed chunk written; --no-cache reads every
+ * file; a damaged cache file is ignored and replaced. */
+static void test_e2e_ingest_resume_hash_cache(void **state)
+{
+    e2e_t *e = *state;
+    run_t *r = calloc(1, sizeof *r);
+    make_tree(e);
+    /* files changed within CLI_HCACHE_RACY_NS of a run are not cached */
+    usleep(2200 * 1000);
+    ingest(e, r, "'%s'", e->tree);
+    assert_int_equal(r->rc, 0);
+    const int total = (int)r->written;
+    char cpath[600];
+    assert_int_equal(cache_files(e, cpath, sizeof cpath), 1);
+
+    ingest(e, r, "--resume '%s'", e->tree);
+    assert_int_equal(r->rc, 0);
+    KBT_U64_EQ(r->written, 0);
+    KBT_U64_EQ(r->unchanged, total);
+    KBT_U64_EQ(r->cached, NFILES);
+
+    /* f03 (text): one byte of its last paragraph changed in place */
+    char p3[400];
+    tree_path(e, 3, p3, sizeof p3);
+    struct stat st0, st1;
+    assert_int_equal(stat(p3, &st0), 0);
+    FILE *f = fopen(p3, "r+");
+    assert_non_null(f);
+    char *buf = calloc(1, (size_t)st0.st_size + 1);
+    assert_int_equal(fread(buf, 1, (size_t)st0.st_size, f), st0.st_size);
+    char *o = strstr(buf + st0.st_size / 2, "orig");
+    assert_non_null(o);
+    assert_int_equal(fseek(f, o - buf, SEEK_SET), 0);
+    fputs("ORIG", f);
+    assert_int_equal(fclose(f), 0);
+    free(buf);
+    struct timespec t[2] = {st0.st_atim, st0.st_mtim};
+    assert_int_equal(utimensat(AT_FDCWD, p3, t, 0), 0);
+    assert_int_equal(stat(p3, &st1), 0);
+    KBT_U64_EQ(st1.st_size, st0.st_size);
+    KBT_U64_EQ(st1.st_mtim.tv_nsec, st0.st_mtim.tv_nsec);
+    ingest(e, r, "--resume '%s'", e->tree);
+    assert_int_equal(r->rc, 0);
+    if (r->written < 1)
+        fail_msg("the changed chunk of f03 was not written: %s", r->out);
+    KBT_U64_EQ(r->written + r->unchanged, total);
+    KBT_U64_EQ(r->cached, NFILES - 1);
+
+    /* --no-cache: every file read; still nothing to write */
+    ingest(e, r, "--resume --no-cache '%s'", e->tree);
+    assert_int_equal(r->rc, 0);
+    KBT_U64_EQ(r->written, 0);
+    KBT_U64_EQ(r->cached, 0);
+
+    /* a damaged cache file: ignored (every file read), then replaced */
+    f = fopen(cpath, "r+");
+    assert_non_null(f);
+    fseek(f, 100, SEEK_SET);
+    fputs("damage", f);
+    fclose(f);
+    ingest(e, r, "--resume '%s'", e->tree);
+    assert_int_equal(r->rc, 0);
+    KBT_U64_EQ(r->written, 0);
+    KBT_U64_EQ(r->cached, 0);
+    ingest(e, r, "--resume '%s'", e->tree);
+    KBT_U64_EQ(r->written, 0);
+    /* all but f03, changed too recently to be recorded yet */
+    KBT_U64_EQ(r->cached, NFILES - 1);
+    assert_int_equal(cache_files(e, cpath, sizeof cpath), 1);
     free(r);
 }
 
@@ -582,6 +682,8 @@ int main(void)
 {
     atexit(kbp_kill_all);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_e2e_ingest_resume_hash_cache,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_ingest_resume_update_delete,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(
