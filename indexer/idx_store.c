@@ -1031,7 +1031,7 @@ int idx_store_list(idx_rtxn_t *t, const char *prefix, size_t plen,
     MDB_cursor *cur;
     MDB_val k, v;
     *more = 0;
-    *lsn = t->s->applied_lsn;
+    *lsn = 0; /* the newest record in this transaction (none: 0) */
     int rc = mdb_cursor_open(t->txn, t->s->log, &cur);
     if (rc)
         return store_fail(err, errlen, rc, "list: open log cursor");

@@ -423,33 +423,24 @@ static void node_unpark(node_t *n)
     qry_read_release(n->reads, n->router, &rn);
 }
 
-/* ListRequest: the leader's live documents by id (idx_list). Replicas
- * refuse it: their stores may hold records the leader has not confirmed
- * yet, which a listing must not show. */
-static void node_list(node_t *n, const kb_peer_t *peer, uint64_t rid,
-                      const Kbsync__ListRequest *q)
+/* ListRequest: the leader's live documents by id (idx_list), read by a
+ * reader thread (qry_pool: LISTINGS); takes req. Replicas refuse it: their
+ * stores may hold records the leader has not confirmed yet, which a
+ * listing must not show. */
+static void node_list(node_t *n, const kb_peer_t *peer, Kbsync__Request *req)
 {
-    char err[512];
     if (n->replica) {
+        char err[512];
         const char *ep = repl_replica_leader_endpoint(n->replica);
         snprintf(err, sizeof err,
                  "this node is replica %s; list documents on the leader at %s",
                  n->cfg->replica.id, *ep ? ep : n->cfg->replica.leader);
-        kb_wire_send_error(n->router, peer, rid, KB_ENOTLEADER, err);
+        kb_wire_send_error(n->router, peer, req->request_id, KB_ENOTLEADER,
+                           err);
+        kbsync__request__free_unpacked(req, NULL);
         return;
     }
-    Kbsync__ListResult lr;
-    int rc = idx_list(node_idx(n), q, &lr, err, sizeof err);
-    if (rc) {
-        kb_wire_send_error(n->router, peer, rid, rc, err);
-        return;
-    }
-    Kbsync__Response r = KBSYNC__RESPONSE__INIT;
-    r.request_id = rid;
-    r.body_case = KBSYNC__RESPONSE__BODY_LIST;
-    r.list = &lr;
-    kb_wire_send_response(n->router, peer, &r);
-    idx_list_free(&lr);
+    qry_pool_submit(n->pool, peer, req);
 }
 
 /* ------------------------------------------------------------ requests */
@@ -615,10 +606,12 @@ static void node_dispatch(node_t *n, const kb_peer_t *peer,
             node_query(n, peer, req); /* takes req */
             return;
         }
+        if (req->body_case == KBSYNC__REQUEST__BODY_LIST) {
+            node_list(n, peer, req); /* takes req */
+            return;
+        }
         if (req->body_case == KBSYNC__REQUEST__BODY_STATUS)
             node_status(n, peer, rid);
-        else if (req->body_case == KBSYNC__REQUEST__BODY_LIST)
-            node_list(n, peer, rid, req->list);
         else
             node_rebuild(n, peer, rid);
         break;

@@ -902,6 +902,106 @@ static void test_node_pipelined_read_your_writes(void **state)
     }
 }
 
+/* Sends an upsert of one document id (vector v) without waiting. */
+static uint64_t send_upsert(qry_client_t *c, const char *id, float *v)
+{
+    char err[512] = "";
+    Kbsync__Doc d = KBSYNC__DOC__INIT;
+    d.id = (char *)id;
+    d.embedding = v;
+    d.n_embedding = DIM;
+    Kbsync__Doc *dp = &d;
+    Kbsync__UpsertRequest up = KBSYNC__UPSERT_REQUEST__INIT;
+    up.n_docs = 1;
+    up.docs = &dp;
+    Kbsync__Request req = KBSYNC__REQUEST__INIT;
+    req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
+    req.upsert = &up;
+    uint64_t rid;
+    KBT_OK(qry_client_send(c, &req, &rid, err, sizeof err), err);
+    return rid;
+}
+
+static uint64_t send_list(qry_client_t *c, const char *prefix)
+{
+    char err[512] = "";
+    Kbsync__ListRequest lq = KBSYNC__LIST_REQUEST__INIT;
+    lq.prefix = (char *)prefix;
+    lq.limit = 10000;
+    Kbsync__Request req = KBSYNC__REQUEST__INIT;
+    req.body_case = KBSYNC__REQUEST__BODY_LIST;
+    req.list = &lq;
+    uint64_t rid;
+    KBT_OK(qry_client_send(c, &req, &rid, err, sizeof err), err);
+    return rid;
+}
+
+/* Listings run on the reader threads: one sent behind the same client's
+ * writes still sees them all (it waits for their commit, as a query
+ * does); listings from two clients side by side while a third writes get
+ * whole, ordered pages consistent with their version. */
+static void test_node_list_on_readers(void **state)
+{
+    fx_t *f = *state;
+    float v[DIM];
+    kbt_rand_unit(v, DIM, 71);
+    char err[512] = "", id[32];
+    uint64_t rid[6];
+    for (int i = 0; i < 5; i++) {
+        snprintf(id, sizeof id, "p%d", i);
+        rid[i] = send_upsert(f->c, id, v);
+    }
+    rid[5] = send_list(f->c, "p");
+    for (int i = 0; i < 6; i++) {
+        Kbsync__Response *r = NULL;
+        KBT_OK(qry_client_recv(f->c, TIMEOUT_MS, &r, err, sizeof err), err);
+        KBT_U64(r->request_id, rid[i]);
+        if (i < 5) {
+            expect_ok(r, KBSYNC__RESPONSE__BODY_WRITE);
+        } else {
+            expect_ok(r, KBSYNC__RESPONSE__BODY_LIST);
+            assert_int_equal(r->list->n_entries, 5);
+            KBT_U64(r->list->version, 5);
+            assert_string_equal(r->list->entries[4]->id, "p4");
+        }
+        kbsync__response__free_unpacked(r, NULL);
+    }
+
+    qry_client_t *c2 = NULL, *w = NULL;
+    KBT_OK(qry_client_open(f->node.endpoint, &c2, err, sizeof err), err);
+    KBT_OK(qry_client_open(f->node.endpoint, &w, err, sizeof err), err);
+    enum { ROUNDS = 20, WRITES = 10 };
+    for (int round = 0; round < ROUNDS; round++) {
+        for (int i = 0; i < WRITES; i++) {
+            snprintf(id, sizeof id, "w%03d-%d", round, i);
+            send_upsert(w, id, v);
+        }
+        send_list(f->c, "");
+        send_list(c2, "");
+        qry_client_t *lc[2] = {f->c, c2};
+        for (int k = 0; k < 2; k++) {
+            Kbsync__Response *r = NULL;
+            KBT_OK(qry_client_recv(lc[k], TIMEOUT_MS, &r, err, sizeof err),
+                   err);
+            expect_ok(r, KBSYNC__RESPONSE__BODY_LIST);
+            /* one read transaction: every document up to its version */
+            KBT_U64(r->list->n_entries, r->list->version);
+            for (size_t j = 1; j < r->list->n_entries; j++)
+                assert_true(strcmp(r->list->entries[j - 1]->id,
+                                   r->list->entries[j]->id) < 0);
+            kbsync__response__free_unpacked(r, NULL);
+        }
+    }
+    for (int i = 0; i < ROUNDS * WRITES; i++) {
+        Kbsync__Response *r = NULL;
+        KBT_OK(qry_client_recv(w, TIMEOUT_MS, &r, err, sizeof err), err);
+        expect_ok(r, KBSYNC__RESPONSE__BODY_WRITE);
+        kbsync__response__free_unpacked(r, NULL);
+    }
+    qry_client_close(&c2);
+    qry_client_close(&w);
+}
+
 static void test_node_two_clients_group_commit(void **state)
 {
     fx_t *f = *state;
@@ -1476,6 +1576,7 @@ int main(void)
         T(test_node_far_oversize_dropped),
         T(test_node_req_socket),
         T(test_node_pipelined_read_your_writes),
+        T(test_node_list_on_readers),
         T(test_node_two_clients_group_commit),
         T(test_node_cannot_start),
         T(test_node_concurrent_queries_batched),

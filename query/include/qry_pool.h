@@ -69,7 +69,8 @@ typedef struct qry_pool_stats {
 int qry_pool_new(const qry_pool_config_t *cfg, qry_pool_t **out, char *err,
                  size_t errlen);
 
-/* Queues a query request (body QUERY) from peer; takes ownership of req. */
+/* Queues a query request (body QUERY), or a leader's listing page (body
+ * LIST), from peer; takes ownership of req. */
 void qry_pool_submit(qry_pool_t *p, const kb_peer_t *peer,
                      Kbsync__Request *req);
 
