@@ -7,7 +7,9 @@
 #  1. first ingest: MB/s of file bytes (target >= 20), until the leader
 #     acknowledged everything and until both replicas applied it;
 #  2. --resume of the complete ingest: its time (target <= 10% of the
-#     first) and that it writes nothing (leader version unchanged);
+#     first) and that it writes nothing (leader version unchanged); then
+#     the same with --no-cache (every file read and hashed again, as on a
+#     machine without the first run's hash cache);
 #  3. where the time goes: the same ingest with --dry-run (reading,
 #     checking, extracting, chunking, hashing; nothing sent) and the
 #     resume's listing alone.
@@ -102,6 +104,7 @@ V=$(version_of "$LEADER")
 until [ "$(version_of "$R1")" -ge "$V" ] && [ "$(version_of "$R2")" -ge "$V" ]; do sleep 0.01; done
 t2=$(date +%s%N)
 FIRST_MS=$(ms "$t0" "$t1")
+BOTH_MS=$(ms "$t0" "$t2")
 echo "first ingest: $BYTES bytes, $V documents; leader acks after $FIRST_MS ms" \
      "= $(awk -v b="$BYTES" -v m="$FIRST_MS" 'BEGIN {printf "%.1f", b / 1e6 / (m / 1e3)}') MB/s;" \
      "both replicas applied all after $(ms "$t0" "$t2") ms" \
@@ -116,7 +119,12 @@ V2=$(version_of "$LEADER")
 RES_MS=$(ms "$t0" "$t1")
 echo "resume: $RES_MS ms = $(awk -v a="$RES_MS" -v b="$FIRST_MS" 'BEGIN {printf "%.1f", 100 * a / b}')% of the first ingest;" \
      "leader version $V before, $V2 after ($([ "$V" = "$V2" ] && echo "nothing written" || echo "WROTE $((V2 - V))"))"
-echo "$FIRST_MS $(ms "$t0" "$t2") $RES_MS" >> "$W/rounds"
+t0=$(date +%s%N)
+"$B/kbsync" ingest --to "$LEADER" --resume --no-cache "${EXTRA[@]}" "$W/corpus" | tail -1
+t1=$(date +%s%N)
+NC_MS=$(ms "$t0" "$t1")
+echo "resume --no-cache: $NC_MS ms = $(awk -v a="$NC_MS" -v b="$FIRST_MS" 'BEGIN {printf "%.1f", 100 * a / b}')% of the first ingest"
+echo "$FIRST_MS $BOTH_MS $RES_MS $NC_MS" >> "$W/rounds"
 [ "$round" = "$ROUNDS" ] || stop_all
 done
 sort -n -k1 "$W/rounds" | awk -v b="$BYTES" -v n="$ROUNDS" '
@@ -128,6 +136,10 @@ sort -n -k1 "$W/rounds" | awk -v b="$BYTES" -v n="$ROUNDS" '
 awk '{print 100 * $3 / $1, $3}' "$W/rounds" | sort -n | awk -v n="$ROUNDS" '
   {p[NR] = $1; t[NR] = $2} END {m = int((n + 1) / 2);
   printf "resume: median %.1f%% of its round'"'"'s first ingest (each: ", p[m];
+  for (i = 1; i <= n; i++) printf "%s%.1f%% / %d ms", (i > 1 ? ", " : ""), p[i], t[i]; printf ")\n"}'
+awk '{print 100 * $4 / $1, $4}' "$W/rounds" | sort -n | awk -v n="$ROUNDS" '
+  {p[NR] = $1; t[NR] = $2} END {m = int((n + 1) / 2);
+  printf "resume --no-cache: median %.1f%% (each: ", p[m];
   for (i = 1; i <= n; i++) printf "%s%.1f%% / %d ms", (i > 1 ? ", " : ""), p[i], t[i]; printf ")\n"}'
 
 echo "== 3. where the time goes"
