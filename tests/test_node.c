@@ -856,6 +856,26 @@ static void test_node_req_socket(void **state)
     raw_close(&raw);
 }
 
+/* Sends an upsert of one document id (vector v) without waiting. */
+static uint64_t send_upsert(qry_client_t *c, const char *id, float *v)
+{
+    char err[512] = "";
+    Kbsync__Doc d = KBSYNC__DOC__INIT;
+    d.id = (char *)id;
+    d.embedding = v;
+    d.n_embedding = DIM;
+    Kbsync__Doc *dp = &d;
+    Kbsync__UpsertRequest up = KBSYNC__UPSERT_REQUEST__INIT;
+    up.n_docs = 1;
+    up.docs = &dp;
+    Kbsync__Request req = KBSYNC__REQUEST__INIT;
+    req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
+    req.upsert = &up;
+    uint64_t rid;
+    KBT_OK(qry_client_send(c, &req, &rid, err, sizeof err), err);
+    return rid;
+}
+
 static void test_node_pipelined_read_your_writes(void **state)
 {
     fx_t *f = *state;
@@ -867,18 +887,7 @@ static void test_node_pipelined_read_your_writes(void **state)
     for (int i = 0; i < 5; i++) {
         char id[16];
         snprintf(id, sizeof id, "p%d", i);
-        Kbsync__Doc d = KBSYNC__DOC__INIT;
-        d.id = id;
-        d.embedding = v;
-        d.n_embedding = DIM;
-        Kbsync__Doc *dp = &d;
-        Kbsync__UpsertRequest up = KBSYNC__UPSERT_REQUEST__INIT;
-        up.n_docs = 1;
-        up.docs = &dp;
-        Kbsync__Request req = KBSYNC__REQUEST__INIT;
-        req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
-        req.upsert = &up;
-        KBT_OK(qry_client_send(f->c, &req, &rid[i], err, sizeof err), err);
+        rid[i] = send_upsert(f->c, id, v);
     }
     Kbsync__QueryRequest q;
     Kbsync__Request qreq;
@@ -900,26 +909,6 @@ static void test_node_pipelined_read_your_writes(void **state)
         }
         kbsync__response__free_unpacked(r, NULL);
     }
-}
-
-/* Sends an upsert of one document id (vector v) without waiting. */
-static uint64_t send_upsert(qry_client_t *c, const char *id, float *v)
-{
-    char err[512] = "";
-    Kbsync__Doc d = KBSYNC__DOC__INIT;
-    d.id = (char *)id;
-    d.embedding = v;
-    d.n_embedding = DIM;
-    Kbsync__Doc *dp = &d;
-    Kbsync__UpsertRequest up = KBSYNC__UPSERT_REQUEST__INIT;
-    up.n_docs = 1;
-    up.docs = &dp;
-    Kbsync__Request req = KBSYNC__REQUEST__INIT;
-    req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
-    req.upsert = &up;
-    uint64_t rid;
-    KBT_OK(qry_client_send(c, &req, &rid, err, sizeof err), err);
-    return rid;
 }
 
 static uint64_t send_list(qry_client_t *c, const char *prefix)
@@ -1016,19 +1005,7 @@ static void test_node_two_clients_group_commit(void **state)
         for (int c = 0; c < 2; c++) {
             char id[32];
             snprintf(id, sizeof id, "c%d-%d", c, i);
-            Kbsync__Doc d = KBSYNC__DOC__INIT;
-            d.id = id;
-            d.embedding = v;
-            d.n_embedding = DIM;
-            Kbsync__Doc *dp = &d;
-            Kbsync__UpsertRequest up = KBSYNC__UPSERT_REQUEST__INIT;
-            up.n_docs = 1;
-            up.docs = &dp;
-            Kbsync__Request req = KBSYNC__REQUEST__INIT;
-            req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
-            req.upsert = &up;
-            uint64_t rid;
-            KBT_OK(qry_client_send(cs[c], &req, &rid, err, sizeof err), err);
+            send_upsert(cs[c], id, v);
         }
     /* Every write got its own LSN; each client's in increasing order. */
     int seen[2 * PER + 1] = {0};
@@ -1284,18 +1261,7 @@ static void test_node_query_never_forces_a_commit(void **state)
     for (int i = 0; i < W; i++) {
         char id[16];
         snprintf(id, sizeof id, "w%d", i);
-        Kbsync__Doc d = KBSYNC__DOC__INIT;
-        d.id = id;
-        d.embedding = v;
-        d.n_embedding = DIM;
-        Kbsync__Doc *dp = &d;
-        Kbsync__UpsertRequest up = KBSYNC__UPSERT_REQUEST__INIT;
-        up.n_docs = 1;
-        up.docs = &dp;
-        Kbsync__Request req = KBSYNC__REQUEST__INIT;
-        req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
-        req.upsert = &up;
-        KBT_OK(qry_client_send(f->c, &req, &rid[2 * i], err, sizeof err), err);
+        rid[2 * i] = send_upsert(f->c, id, v);
         Kbsync__QueryRequest q;
         Kbsync__Request qreq;
         query_init(&q, &qreq, v, DIM, NULL, 50);
