@@ -6,7 +6,6 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -61,39 +60,13 @@ static int scrub_pass(idx_scrub_t *sc, idx_store_digest_check_t *c, char *err,
     return rc;
 }
 
-/* PRIORITY. A pass reads every document; on a busy machine the readers,
- * the writers, the checkpoint writer (nice 10) and the clients on the same
- * machine come first. Scheduled passes run SCHED_IDLE (the CPU no other
- * thread wants, else a sliver; the schedule stretches with the pass): at
- * nice 10, three nodes' passes on two cores took a share from each
- * `ingest --resume` beside them. A pass someone waits for (`kbsync
- * verify`, or a commit by another process) runs at nice 10, so that it
- * ends soon on a busy machine too. Leaving SCHED_IDLE for nice 10 needs
- * CAP_SYS_NICE or an RLIMIT_NICE of 10 or more; without either the thread
- * stays at nice 10 throughout. */
-static int may_leave_idle(void)
-{
-    struct rlimit rl;
-    return geteuid() == 0 ||
-           (getrlimit(RLIMIT_NICE, &rl) == 0 &&
-            (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= 10));
-}
-
-/* Puts this thread in SCHED_IDLE (idle) or back at nice 10 (!idle). */
-static void scrub_priority(int *policy, int idle)
-{
-    int want = idle ? SCHED_IDLE : SCHED_OTHER;
-    struct sched_param sp = {0};
-    if (*policy == want || pthread_setschedparam(pthread_self(), want, &sp))
-        return;
-    *policy = want; /* the nice value (10) is kept across SCHED_IDLE */
-}
-
 static void *scrub_main(void *arg)
 {
     idx_scrub_t *sc = arg;
+    /* Below the node's other work (nice 10, as the checkpoint writer): a
+     * pass reads every document, and on a busy machine the readers and
+     * writers come first; the schedule below stretches with the pass. */
     setpriority(PRIO_PROCESS, (id_t)gettid(), 10);
-    int policy = SCHED_OTHER, idle_ok = may_leave_idle();
     uint64_t last_end = 0, last_ms = 0, seen_head = UINT64_MAX, changed = 0;
     for (;;) {
         struct timespec ts;
@@ -143,8 +116,6 @@ static void *scrub_main(void *arg)
          * complete, not every few seconds while it streams in. */
         if (!want && sc->pause && __atomic_load_n(sc->pause, __ATOMIC_ACQUIRE))
             continue;
-        if (idle_ok)
-            scrub_priority(&policy, !want);
         idx_store_digest_check_t c = {0};
         char err[256];
         uint64_t t0 = kb_mono_us();
