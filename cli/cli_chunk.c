@@ -129,7 +129,10 @@ static int cmp_ent(const void *a, const void *b)
 /* What entry e of the open directory d (path dir) is: a directory to walk
  * (not a link to one), a file to read (a regular file of a kind ingest
  * reads, or a link to one; its stat in e->st), or nothing to do. The stat
- * is made relative to d: no lookup of the whole path per file. */
+ * is made relative to d: no lookup of the whole path per file. The entry's
+ * type from readdir spares a stat of directories and of files of other
+ * kinds; where the file system does not give it (DT_UNKNOWN: some XFS,
+ * NFS, FUSE mounts) the stat decides. */
 static int ent_classify(DIR *d, const char *dir, const struct dirent *de,
                         dir_ent_t *e, char *err, size_t errlen)
 {
@@ -139,15 +142,17 @@ static int ent_classify(DIR *d, const char *dir, const struct dirent *de,
         e->what = ENT_DIR;
         return 0;
     }
-    if (!kind || (de->d_type != DT_REG && de->d_type != DT_LNK &&
-                  de->d_type != DT_UNKNOWN))
+    if (de->d_type != DT_UNKNOWN &&
+        (!kind || (de->d_type != DT_REG && de->d_type != DT_LNK)))
         return 0;
     int fd = dirfd(d);
     if (fstatat(fd, de->d_name, &e->st, AT_SYMLINK_NOFOLLOW) != 0)
         return kb_seterr(err, errlen, -errno, "%s/%s: cannot read: %s", dir,
                          de->d_name, strerror(errno));
-    if (S_ISDIR(e->st.st_mode)) /* DT_UNKNOWN */
+    if (S_ISDIR(e->st.st_mode))
         e->what = ENT_DIR;
+    else if (!kind)
+        e->what = ENT_SKIP;
     else if (S_ISLNK(e->st.st_mode))
         /* a dangling link is not a file; a link to a directory is not
          * walked */

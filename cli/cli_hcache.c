@@ -4,14 +4,14 @@
  * THE FILE (all integers 64-bit, in the host's byte order, which the
  * header records: a cache is not carried between machines)
  *
- *   header  "KBHCACH1", 0x0102030405060708, key hash (2 words),
+ *   header  "KBHCACH2", 0x0102030405060708, key hash (2 words),
  *           files, 0, 0, 0                                   (8 words)
- *   files   dev, ino, size, mtime ns, ctime ns, chunks n,
- *           then 2n words of chunk hashes                    (each)
+ *   files   dev, ino, size, mtime ns, ctime ns, kind (CLI_KIND_*),
+ *           chunks n, then 2n words of chunk hashes          (each)
  *   trailer cli_hash128 of everything before it              (2 words)
  *
- * A file is looked up by (dev, ino) and used only if size and both times
- * match too. Nothing in it is trusted before the trailer, the header and
+ * A file is looked up by (dev, ino) and used only if size, both times and
+ * the kind it is read as (two hard links, a.txt and a.html) match too. Nothing in it is trusted before the trailer, the header and
  * every length have been checked against the bytes read: a torn write (it
  * is renamed into place, but not synced: a crash can leave it empty or
  * short), another program's file or a file from another version is
@@ -33,14 +33,17 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HC_MAGIC 0x3148434143484B42ull /* "KBHCACH1" read as a word */
+#define HC_MAGIC 0x3248434143484B42ull /* "KBHCACH2" read as a word */
 #define HC_ORDER 0x0102030405060708ull
 #define HC_HEADER 8 /* words */
-#define HC_REC 6    /* words before a file's hashes */
+#define HC_REC 7    /* words before a file's hashes */
+#define HC_NS 6     /* the word of a record that holds its chunk count */
 #define HC_SEED 0x6B62686361636865ull
 
 struct cli_hcache {
     char *path;
+    const char *off; /* why the directory is not used (NULL: it is); then
+                        get and put do nothing and save says why */
     uint64_t keyh[2];
     int64_t racy_before; /* files changed at or after this are not put */
     /* what was read (mapped, read-only): the words and an index of file
@@ -77,7 +80,7 @@ static uint64_t mix(uint64_t dev, uint64_t ino)
  * rename, never changed in place, so the mapping stays whole. */
 static const char *hc_read(cli_hcache_t *c)
 {
-    int fd = open(c->path, O_RDONLY | O_CLOEXEC);
+    int fd = open(c->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
         return errno == ENOENT ? "no cache file yet" : "cannot open it";
     struct stat st;
@@ -134,18 +137,36 @@ static const char *hc_index(cli_hcache_t *c)
     c->nslot = ns;
     size_t at = HC_HEADER;
     for (uint64_t i = 0; i < nf; i++) {
-        if (n - at < HC_REC || w[at + 5] > (n - at - HC_REC) / 2 ||
+        if (n - at < HC_REC || w[at + HC_NS] > (n - at - HC_REC) / 2 ||
             at >= UINT32_MAX)
             return "a record runs past the end";
         size_t s = mix(w[at], w[at + 1]) & (ns - 1);
         while (c->slot[s])
             s = (s + 1) & (ns - 1);
         c->slot[s] = (uint32_t)at + 1;
-        at += HC_REC + 2 * (size_t)w[at + 5];
+        at += HC_REC + 2 * (size_t)w[at + HC_NS];
     }
     if (at != n)
         return "bytes after the last record";
     c->nfiles = nf;
+    return NULL;
+}
+
+/* NULL when dir is fit to hold the cache: this user's, written by no one
+ * else (a cache planted by another user could make changed files look
+ * unchanged), or not there yet (made 0700). */
+static const char *hc_dir_bad(const char *dir)
+{
+    struct stat st;
+    if (!*dir)
+        return "no cache directory";
+    if (stat(dir, &st) != 0)
+        return errno == ENOENT ? NULL : "the cache directory cannot be read";
+    if (!S_ISDIR(st.st_mode))
+        return "the cache directory is not a directory";
+    if (st.st_uid != geteuid() || (st.st_mode & 022))
+        return "the cache directory is another user's or writable by "
+               "others: not used";
     return NULL;
 }
 
@@ -164,7 +185,9 @@ int cli_hcache_open(cli_hcache_t **cp, const char *dir, const char *key,
         free(c);
         return KB_ENOMEM;
     }
-    const char *w = hc_read(c);
+    const char *w = c->off = hc_dir_bad(dir);
+    if (!w)
+        w = hc_read(c);
     if (!w)
         w = hc_index(c);
     if (w) { /* start empty */
@@ -189,7 +212,8 @@ static size_t hc_find(const cli_hcache_t *c, const cli_file_t *f)
     for (; c->slot[s]; s = (s + 1) & (c->nslot - 1)) {
         const uint64_t *r = c->rd + c->slot[s] - 1;
         if (r[0] == f->dev && r[1] == f->ino && r[2] == f->size &&
-            (int64_t)r[3] == f->mtime_ns && (int64_t)r[4] == f->ctime_ns)
+            (int64_t)r[3] == f->mtime_ns && (int64_t)r[4] == f->ctime_ns &&
+            r[5] == (uint64_t)f->kind)
             return c->slot[s] - 1;
     }
     return SIZE_MAX;
@@ -201,7 +225,7 @@ const uint64_t *cli_hcache_get(const cli_hcache_t *c, const cli_file_t *f,
     size_t at = hc_find(c, f);
     if (at == SIZE_MAX)
         return NULL;
-    *ns = (size_t)c->rd[at + 5];
+    *ns = (size_t)c->rd[at + HC_NS];
     return c->rd + at + HC_REC;
 }
 
@@ -228,7 +252,7 @@ static int wr_reserve(cli_hcache_t *c, size_t need)
 /* Appends record r (HC_REC words, then its hashes h) to wr. */
 static int wr_put(cli_hcache_t *c, const uint64_t *r, const uint64_t *h)
 {
-    size_t ns = (size_t)r[5];
+    size_t ns = (size_t)r[HC_NS];
     if (wr_reserve(c, HC_HEADER + HC_REC + 2 * ns))
         return KB_ENOMEM;
     memcpy(c->wr + c->nwr, r, HC_REC * sizeof *r);
@@ -259,13 +283,13 @@ int cli_hcache_put(cli_hcache_t *c, const cli_file_t *f, const uint64_t *h,
 {
     /* changed too recently to be told apart from a change still to come
      * (f->ino 0: standard input or a file whose stat is not known) */
-    if (!c || !f->ino || f->mtime_ns >= c->racy_before ||
+    if (!c || c->off || !f->ino || f->mtime_ns >= c->racy_before ||
         f->ctime_ns >= c->racy_before)
         return 0;
     c->nput++;
     if (!c->diverged) {
         size_t at = hc_find(c, f);
-        if (at != SIZE_MAX && c->rd[at + 5] == ns &&
+        if (at != SIZE_MAX && c->rd[at + HC_NS] == ns &&
             (!ns || !memcmp(c->rd + at + HC_REC, h, 2 * ns * sizeof *h))) {
             if (c->nsame == c->capsame) {
                 size_t cap = c->capsame ? 2 * c->capsame : 1024;
@@ -281,8 +305,13 @@ int cli_hcache_put(cli_hcache_t *c, const cli_file_t *f, const uint64_t *h,
         if (hc_diverge(c))
             return KB_ENOMEM;
     }
-    uint64_t r[HC_REC] = {f->dev, f->ino, f->size, (uint64_t)f->mtime_ns,
-                          (uint64_t)f->ctime_ns, ns};
+    uint64_t r[HC_REC] = {f->dev,
+                          f->ino,
+                          f->size,
+                          (uint64_t)f->mtime_ns,
+                          (uint64_t)f->ctime_ns,
+                          (uint64_t)f->kind,
+                          ns};
     return wr_put(c, r, h);
 }
 
@@ -366,6 +395,8 @@ static void hc_trim(const char *dir)
 /* mkdir -p dir (0700: the cache tells what files a user has). */
 static int mkdirs(const char *dir)
 {
+    if (!*dir)
+        return -ENOENT;
     char *p = strdup(dir);
     if (!p)
         return -ENOMEM;
@@ -387,9 +418,22 @@ static int mkdirs(const char *dir)
 
 int cli_hcache_save(cli_hcache_t *c, char *err, size_t errlen)
 {
-    /* the same records as the file read: nothing to write */
-    if (!c->diverged && c->nsame == c->nfiles && c->nfiles)
+    if (c->off) {
+        char *d = strdup(c->path), *sl = d ? strrchr(d, '/') : NULL;
+        if (sl)
+            *sl = 0;
+        kb_seterr(err, errlen, -EIO, "%s: %s", d ? d : "?", c->off);
+        free(d);
+        return -EIO;
+    }
+    if (!c->nput && !c->nfiles) /* nothing to keep */
         return 0;
+    /* the same records as the file read: nothing to write; its time tells
+     * that it was used (the least recently used go first, hc_trim) */
+    if (!c->diverged && c->nsame == c->nfiles) {
+        utimensat(AT_FDCWD, c->path, NULL, AT_SYMLINK_NOFOLLOW);
+        return 0;
+    }
     if (!c->diverged && hc_diverge(c))
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     if (wr_reserve(c, HC_HEADER + 2))
@@ -401,9 +445,19 @@ int cli_hcache_save(cli_hcache_t *c, char *err, size_t errlen)
         *slash = 0;
     char *tmp = NULL;
     int rc = mkdirs(dir);
-    if (rc) {
-        kb_seterr(err, errlen, -EIO, "%s: cannot make the directory: %s",
-                  dir, strerror(-rc));
+    const char *bad = rc ? NULL : hc_dir_bad(dir);
+    if (rc || bad || (c->nwr + 2) * 8 > CLI_HCACHE_MAX_BYTES) {
+        if (rc)
+            kb_seterr(err, errlen, -EIO, "%s: cannot make the directory: %s",
+                      dir, strerror(-rc));
+        else if (bad)
+            kb_seterr(err, errlen, -EIO, "%s: %s", dir, bad);
+        else
+            kb_seterr(err, errlen, -EIO,
+                      "%s: would be %zu bytes, over the %llu a cache file "
+                      "may have",
+                      c->path, (c->nwr + 2) * 8,
+                      (unsigned long long)CLI_HCACHE_MAX_BYTES);
         free(dir);
         return -EIO;
     }

@@ -1329,9 +1329,8 @@ static void ingest_file(ingest_t *g, const cli_file_t *f, pre_file_t *pf)
     const char *text;
     size_t n;
     char *owned = NULL;
-    if (pf && pf->cached)
-        g->cached++;
     if (k && pre_unchanged(k, pf)) { /* not read again */
+        g->cached += pf->cached;
         g->unchanged += pf->ns;
         g->docs_made += pf->ns;
         ingest_cache_put(g, f, pf->h, pf->ns);
@@ -1850,6 +1849,8 @@ static int ingest_check_options(ingest_t *g, int argc)
     if (2 * g->overlap >= g->chunk)
         return ingest_usage("--overlap-bytes must be less than half of "
                             "--chunk-bytes");
+    if (g->cache_dir && !*g->cache_dir)
+        return ingest_usage("--cache-dir is empty (--no-cache: no cache)");
     if (strlen(g->prefix) >= KB_MAX_ID_LEN)
         return ingest_usage("--id-prefix is longer than an id may be");
     if (g->encoding && cli_encoding_ok(g->encoding)) {
@@ -1930,11 +1931,12 @@ static void ingest_cache_open(ingest_t *g, const cli_walk_t *w, int argc,
     free(dir);
 }
 
-/* Writes the hash cache for the next run; a failure is only told. */
+/* Writes the hash cache for the next run (not after a stopped run: the
+ * files it did not reach would drop out of it); a failure is only told. */
 static void ingest_cache_save(ingest_t *g)
 {
     char err[512];
-    if (g->hc && cli_hcache_save(g->hc, err, sizeof err))
+    if (g->hc && !g->stopped && cli_hcache_save(g->hc, err, sizeof err))
         ingest_msg(g, "hash cache not saved (the next --resume reads every "
                       "file): %s",
                    err);

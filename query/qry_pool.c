@@ -17,9 +17,11 @@
  *
  * LISTINGS
  * A leader's ListRequest pages (idx_list: one LMDB read transaction each)
- * run here too, each alone, taken at once (no gathering): a page of 10,000
- * documents reads 10,000 log records, which on the loop thread held up
- * writes and acknowledgements, and which `ingest --resume`'s two ranges
+ * run here too, each alone, in their turn with the queries (a waiting
+ * listing wakes a reader even where queries would gather; a reader on a
+ * listing does not count as busy for the gathering of queries): a page of
+ * 10,000 documents reads 10,000 log records, which on the loop thread held
+ * up writes and acknowledgements, and which `ingest --resume`'s two ranges
  * need side by side on two cores. */
 #include "qry_pool.h"
 
@@ -53,7 +55,7 @@ struct qry_pool {
     job_t *q;
     size_t nq, qcap;
     int stop;
-    int busy; /* readers inside a batch */
+    int busy; /* readers inside a batch of queries (not a listing) */
     size_t nlist; /* listings in q */
     size_t last_batch; /* size of the last batch a reader took */
     pthread_t *thr;
@@ -672,12 +674,16 @@ static void *reader_main(void *arg)
             break;
         }
         size_t n = take_batch(p, jobs);
-        p->last_batch = n;
-        p->busy++;
+        /* a listing neither gathers queries nor makes them wait (n is 0
+         * when other readers emptied the queue during the linger) */
+        int queries = !n || !is_list(&jobs[0]);
+        if (queries)
+            p->last_batch = n;
+        p->busy += queries;
         pthread_mutex_unlock(&p->mu);
         run_batch(p, push, jobs, n);
         pthread_mutex_lock(&p->mu);
-        p->busy--;
+        p->busy -= queries;
         pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
         for (size_t i = 0; i < n; i++)

@@ -107,6 +107,9 @@ static void test_cli_hcache_round_trip(void **state)
     f = file_at(2, 200);
     f.dev = 43;
     assert_null(cli_hcache_get(c, &f, &ns));
+    f = file_at(2, 200);
+    f.kind = CLI_KIND_HTML; /* a hard link read as HTML */
+    assert_null(cli_hcache_get(c, &f, &ns));
     cli_hcache_free(c);
 
     /* another key (other settings or roots): another file, empty */
@@ -198,7 +201,7 @@ static void test_cli_hcache_bad_files_ignored(void **state)
     size_t len;
     uint64_t *good = read_cache(d, path, sizeof path, &len);
     size_t nw = len / 8;
-    assert_int_equal(len, 8 * (8 + 3 * 6 + 2 * (3 + 4 + 5) + 2));
+    assert_int_equal(len, 8 * (8 + 3 * 7 + 2 * (3 + 4 + 5) + 2));
     uint64_t *w = malloc(len);
 
     /* a flipped bit anywhere */
@@ -219,13 +222,13 @@ static void test_cli_hcache_bad_files_ignored(void **state)
         uint64_t value;
         const char *why;
     } bad[] = {
-        {0, 0x3248434143484B42ull, "not a cache file"}, /* "KBHCACH2" */
+        {0, 0x3148434143484B42ull, "not a cache file"}, /* "KBHCACH1" */
         {1, 0x0807060504030201ull, "not a cache file"}, /* byte order */
         {2, 12345, "other settings"},                  /* another key */
         {4, 1000000, "impossible"},                    /* file count */
         {4, 2, "bytes after"},                         /* one file left over */
         {4, 4, "runs past"},                           /* one file missing */
-        {8 + 5, 1u << 30, "runs past"},                /* a chunk count */
+        {8 + 6, 1u << 30, "runs past"},                /* a chunk count */
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         memcpy(w, good, len);
@@ -254,6 +257,9 @@ static void test_cli_hcache_unchanged_run_writes_nothing(void **state)
     char path[512];
     snprintf(path, sizeof path, "%s", cli_hcache_path(c));
     struct stat st0, st1;
+    struct timespec hour_ago[2] = {{time(NULL) - 3600, 0},
+                                   {time(NULL) - 3600, 0}};
+    assert_int_equal(utimensat(AT_FDCWD, path, hour_ago, 0), 0);
     assert_int_equal(stat(path, &st0), 0);
     uint64_t h[2 * 5];
     for (uint64_t i = 1; i <= 3; i++) { /* the same three again */
@@ -265,6 +271,8 @@ static void test_cli_hcache_unchanged_run_writes_nothing(void **state)
     cli_hcache_free(c);
     assert_int_equal(stat(path, &st1), 0);
     KBT_U64(st1.st_ino, st0.st_ino); /* not replaced */
+    /* but its time says it was used (for hc_trim) */
+    assert_true(st1.st_mtim.tv_sec > time(NULL) - 60);
 
     /* one file's hashes differ: the file is written anew, with all three */
     c = open_ok(d, "k", NULL);
@@ -370,6 +378,34 @@ static void test_cli_hcache_dirs(void **state)
     assert_int_not_equal(cli_hcache_save(c, err, sizeof err), 0);
     if (!strstr(err, "file/sub") || !strstr(err, "directory"))
         fail_msg("error: %s", err);
+    cli_hcache_free(c);
+
+    /* a directory others may write in: not used, and save says why */
+    kbt_path(p, sizeof p, d, "shared");
+    assert_int_equal(mkdir(p, 0700), 0);
+    put_three(p, "k");
+    assert_int_equal(chmod(p, 0777), 0);
+    const char *why = NULL;
+    c = open_ok(p, "k", &why);
+    assert_non_null(why);
+    assert_non_null(strstr(why, "writable by others"));
+    size_t ns;
+    f = file_at(1, 100);
+    assert_null(cli_hcache_get(c, &f, &ns));
+    assert_int_equal(cli_hcache_put(c, &f, h, 1), 0);
+    assert_int_equal(cli_hcache_recorded(c), 0);
+    assert_int_not_equal(cli_hcache_save(c, err, sizeof err), 0);
+    if (!strstr(err, "shared") || !strstr(err, "writable by others"))
+        fail_msg("error: %s", err);
+    cli_hcache_free(c);
+    assert_int_equal(chmod(p, 0700), 0);
+    c = open_ok(p, "k", NULL);
+    assert_int_equal(cli_hcache_loaded(c), 3);
+    cli_hcache_free(c);
+    /* an empty directory name: not used */
+    c = open_ok("", "k", &why);
+    assert_non_null(why);
+    assert_int_not_equal(cli_hcache_save(c, err, sizeof err), 0);
     cli_hcache_free(c);
 
     /* the default: $KBSYNC_CACHE_DIR, $XDG_CACHE_HOME/kbsync,

@@ -419,8 +419,8 @@ static void test_e2e_ingest_resume_hash_cache(void **state)
     KBT_U64_EQ(r->cached, 0);
     ingest(e, r, "--resume '%s'", e->tree);
     KBT_U64_EQ(r->written, 0);
-    /* all but f03, changed too recently to be recorded yet */
-    KBT_U64_EQ(r->cached, NFILES - 1);
+    /* all (f03 too, if its change is 2 s old by now: CLI_HCACHE_RACY_NS) */
+    assert_true(r->cached >= NFILES - 1);
     assert_int_equal(cache_files(e, cpath, sizeof cpath), 1);
     free(r);
 }
