@@ -50,16 +50,23 @@ static void save_ok(cli_hcache_t *c)
     KBT_OK(cli_hcache_save(c, err, sizeof err), err);
 }
 
+/* Puts files 1..n (file i: inode i, 100 * i bytes, i + 2 chunks whose
+ * hashes are seeded i, except file 3's, seeded seed3). */
+static void put_files(cli_hcache_t *c, uint64_t n, uint64_t seed3)
+{
+    uint64_t h[2 * 5];
+    for (uint64_t i = 1; i <= n; i++) {
+        cli_file_t f = file_at(i, 100 * i);
+        hashes(h, (size_t)i + 2, i == 3 ? seed3 : i);
+        assert_int_equal(cli_hcache_put(c, &f, h, (size_t)i + 2), 0);
+    }
+}
+
 /* Three files put and saved, for the next open. */
 static void put_three(const char *dir, const char *key)
 {
     cli_hcache_t *c = open_ok(dir, key, NULL);
-    uint64_t h[2 * 5];
-    for (uint64_t i = 1; i <= 3; i++) {
-        cli_file_t f = file_at(i, 100 * i);
-        hashes(h, (size_t)i + 2, i);
-        assert_int_equal(cli_hcache_put(c, &f, h, (size_t)i + 2), 0);
-    }
+    put_files(c, 3, 3);
     assert_int_equal(cli_hcache_recorded(c), 3);
     save_ok(c);
     cli_hcache_free(c);
@@ -262,11 +269,7 @@ static void test_cli_hcache_unchanged_run_writes_nothing(void **state)
     assert_int_equal(utimensat(AT_FDCWD, path, hour_ago, 0), 0);
     assert_int_equal(stat(path, &st0), 0);
     uint64_t h[2 * 5];
-    for (uint64_t i = 1; i <= 3; i++) { /* the same three again */
-        cli_file_t f = file_at(i, 100 * i);
-        hashes(h, (size_t)i + 2, i);
-        assert_int_equal(cli_hcache_put(c, &f, h, (size_t)i + 2), 0);
-    }
+    put_files(c, 3, 3); /* the same three again */
     save_ok(c);
     cli_hcache_free(c);
     assert_int_equal(stat(path, &st1), 0);
@@ -276,11 +279,7 @@ static void test_cli_hcache_unchanged_run_writes_nothing(void **state)
 
     /* one file's hashes differ: the file is written anew, with all three */
     c = open_ok(d, "k", NULL);
-    for (uint64_t i = 1; i <= 3; i++) {
-        cli_file_t f = file_at(i, 100 * i);
-        hashes(h, (size_t)i + 2, i == 3 ? 99 : i);
-        assert_int_equal(cli_hcache_put(c, &f, h, (size_t)i + 2), 0);
-    }
+    put_files(c, 3, 99);
     save_ok(c);
     cli_hcache_free(c);
     assert_int_equal(stat(path, &st1), 0);
@@ -298,11 +297,7 @@ static void test_cli_hcache_unchanged_run_writes_nothing(void **state)
 
     /* a file fewer (gone from the tree): written, without it */
     assert_int_equal(stat(path, &st0), 0);
-    for (uint64_t i = 1; i <= 2; i++) {
-        f = file_at(i, 100 * i);
-        hashes(h, (size_t)i + 2, i);
-        assert_int_equal(cli_hcache_put(c, &f, h, (size_t)i + 2), 0);
-    }
+    put_files(c, 2, 3);
     save_ok(c);
     cli_hcache_free(c);
     assert_int_equal(stat(path, &st1), 0);

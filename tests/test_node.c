@@ -856,10 +856,18 @@ static void test_node_req_socket(void **state)
     raw_close(&raw);
 }
 
+/* Sends req without waiting for its answer; returns its request id. */
+static uint64_t send_req(qry_client_t *c, Kbsync__Request *req)
+{
+    char err[512] = "";
+    uint64_t rid;
+    KBT_OK(qry_client_send(c, req, &rid, err, sizeof err), err);
+    return rid;
+}
+
 /* Sends an upsert of one document id (vector v) without waiting. */
 static uint64_t send_upsert(qry_client_t *c, const char *id, float *v)
 {
-    char err[512] = "";
     Kbsync__Doc d = KBSYNC__DOC__INIT;
     d.id = (char *)id;
     d.embedding = v;
@@ -871,9 +879,7 @@ static uint64_t send_upsert(qry_client_t *c, const char *id, float *v)
     Kbsync__Request req = KBSYNC__REQUEST__INIT;
     req.body_case = KBSYNC__REQUEST__BODY_UPSERT;
     req.upsert = &up;
-    uint64_t rid;
-    KBT_OK(qry_client_send(c, &req, &rid, err, sizeof err), err);
-    return rid;
+    return send_req(c, &req);
 }
 
 static void test_node_pipelined_read_your_writes(void **state)
@@ -913,16 +919,13 @@ static void test_node_pipelined_read_your_writes(void **state)
 
 static uint64_t send_list(qry_client_t *c, const char *prefix)
 {
-    char err[512] = "";
     Kbsync__ListRequest lq = KBSYNC__LIST_REQUEST__INIT;
     lq.prefix = (char *)prefix;
     lq.limit = 10000;
     Kbsync__Request req = KBSYNC__REQUEST__INIT;
     req.body_case = KBSYNC__REQUEST__BODY_LIST;
     req.list = &lq;
-    uint64_t rid;
-    KBT_OK(qry_client_send(c, &req, &rid, err, sizeof err), err);
-    return rid;
+    return send_req(c, &req);
 }
 
 /* Listings run on the reader threads: one sent behind the same client's
