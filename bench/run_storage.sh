@@ -78,29 +78,20 @@ settle() {
   echo "did not settle in 240 s"; exit 1
 }
 
-# A new, unnamed replica: seconds until it serves the leader's version.
+# A new, unnamed replica: seconds until it serves the leader's version,
+# timed by bench/new_replica.py, which starts it and polls its status from
+# one process over one connection. (Polling with a `kbsync status` per try
+# cost ~30 ms of CPU a poll, taken from the replica being timed on the 2
+# cores: 1.25-1.73 s where this measures 0.93-1.27 s.)
 new_replica() {
-  local name=$1 v t0 t1
+  local name=$1 v out
   v=$(field "$LEADER" version)
   rm -rf "$W/$name"
-  t0=$(date +%s%N)
-  $B/kbsync replica --data "$W/$name" --id "$name" --leader "$REPL" \
-    --listen 'tcp://127.0.0.1:*' --endpoint-file "$W/$name.ep" \
-    >/dev/null 2>"$W/$name.log" &
-  local pid=$!
-  local ep; ep=$(wait_ep "$W/$name.ep")
-  # Polled without Python: on 2 cores a Python start every 10 ms takes a
-  # good part of a core from the replica being timed.
-  until st=$($B/kbsync status --to "$ep" --json 2>/dev/null) &&
-        [ "$(echo "$st" | grep -o '"version":[0-9]*' | head -1 | cut -d: -f2)" -ge "$v" ] &&
-        [ -z "$(echo "$st" | grep -o '"snapshot":{')" ]; do
-    sleep 0.01
-  done
-  t1=$(date +%s%N)
-  kill $pid; wait $pid 2>/dev/null || true
-  local s; s=$(calc "($t1 - $t0) / 1000000000" 3)
+  out=$(PYTHONPATH="$PWD/$B/python" /usr/bin/python3 bench/new_replica.py \
+        "$B/kbsync" "$v" "$W/$name" "$name" "$REPL" "$W/$name.log")
+  local s; s=$(echo "$out" | python3 -c "import json,sys; print(json.load(sys.stdin)['seconds'])")
   local lmb; lmb=$(mb "$W/L")
-  echo "new replica $name: serving version $v after $s s (leader data file $lmb MB: $(calc "$lmb / $s" 0) MB/s); $(grep -c 'loading a snapshot' "$W/$name.log") snapshot(s)"
+  echo "new replica $name: serving version $v after $s s (leader data file $lmb MB: $(calc "$lmb / $s" 0) MB/s); $(grep -c 'loading a snapshot' "$W/$name.log") snapshot(s); $out"
   # the replica's own account: its log's times of the snapshot's start and end
   local a b
   a=$(grep -m1 'loading a snapshot' "$W/$name.log" | cut -d' ' -f1)

@@ -1,0 +1,71 @@
+"""Times a new replica: starts `kbsync replica` on an empty directory and
+polls its status from this one process (one DEALER socket, every 5 ms)
+until it serves the given version with no snapshot in progress. Prints one
+JSON line: seconds from the start to serving, and the replica's CPU.
+
+The poller is started before the replica and keeps one connection, so the
+timing does not pay a process start per poll: on 2 cores a CLI started every
+few milliseconds takes a good part of a core from the replica being timed.
+
+usage: python3 new_replica.py KBSYNC_BIN VERSION DATA_DIR ID LEADER_REPL_EP
+       [LOG_FILE]   (with BUILD/python on PYTHONPATH)
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import kbsync
+from kbsync import KbsyncError
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    hz = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / hz, int(fields[12]) / hz
+
+
+def main():
+    exe, version, data, rid, leader = sys.argv[1:6]
+    log = sys.argv[6] if len(sys.argv) > 6 else os.devnull
+    version = int(version)
+    ep = "tcp://127.0.0.1:%d" % free_port()
+    cl = kbsync.Client([ep], timeout=0.5, retries=0)
+    with open(log, "w") as lf:
+        t0 = time.monotonic()
+        p = subprocess.Popen([exe, "replica", "--data", data, "--id", rid,
+                              "--leader", leader, "--listen", ep],
+                             stdout=subprocess.DEVNULL, stderr=lf)
+    polls = 0
+    try:
+        while True:
+            polls += 1
+            try:
+                st = cl.status(ep)
+                if st.version >= version and not st.snapshot_lsn:
+                    break
+            except KbsyncError:
+                pass
+            if p.poll() is not None:
+                sys.exit("the replica exited with %d" % p.returncode)
+            time.sleep(0.005)
+        t1 = time.monotonic()
+        user, system = cpu_seconds(p.pid)
+    finally:
+        p.terminate()
+        p.wait()
+    print(json.dumps({"seconds": round(t1 - t0, 3), "version": st.version,
+                      "cpu_user": user, "cpu_sys": system, "polls": polls}))
+
+
+if __name__ == "__main__":
+    main()
