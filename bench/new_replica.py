@@ -1,7 +1,8 @@
 """Times a new replica: starts `kbsync replica` on an empty directory and
 polls its status from this one process (one DEALER socket, every 5 ms)
 until it serves the given version with no snapshot in progress. Prints one
-JSON line: seconds from the start to serving, and the replica's CPU.
+JSON line: seconds from the start to serving, and the replica's CPU (in
+all and per thread with 10 ms or more, user and system seconds).
 
 The poller is started before the replica and keeps one connection, so the
 timing does not pay a process start per poll: on 2 cores a CLI started every
@@ -34,6 +35,13 @@ def cpu_seconds(pid):
     return int(fields[11]) / hz, int(fields[12]) / hz
 
 
+def cpu_seconds_task(pid, tid):
+    with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    hz = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / hz, int(fields[12]) / hz
+
+
 def main():
     exe, version, data, rid, leader = sys.argv[1:6]
     log = sys.argv[6] if len(sys.argv) > 6 else os.devnull
@@ -43,7 +51,8 @@ def main():
     with open(log, "w") as lf:
         t0 = time.monotonic()
         p = subprocess.Popen([exe, "replica", "--data", data, "--id", rid,
-                              "--leader", leader, "--listen", ep],
+                              "--leader", leader, "--listen", ep] +
+                             os.environ.get("RX", "").split(),
                              stdout=subprocess.DEVNULL, stderr=lf)
     polls = 0
     try:
@@ -60,11 +69,24 @@ def main():
             time.sleep(0.005)
         t1 = time.monotonic()
         user, system = cpu_seconds(p.pid)
+        threads = {}
+        for tid in os.listdir("/proc/%d/task" % p.pid):
+            try:
+                with open("/proc/%d/task/%s/comm" % (p.pid, tid)) as f:
+                    name = f.read().strip()
+                u, s = cpu_seconds_task(p.pid, tid)
+            except OSError:
+                continue
+            if u + s >= 0.01:
+                threads[name + "/" + tid] = [u, s]
     finally:
         p.terminate()
         p.wait()
     print(json.dumps({"seconds": round(t1 - t0, 3), "version": st.version,
-                      "cpu_user": user, "cpu_sys": system, "polls": polls}))
+                      "cpu_user": user, "cpu_sys": system, "polls": polls,
+                      "commits": [st.commits, st.synced_commits, st.lazy_commits,
+                                  st.store_syncs],
+                      "threads_cpu_user_sys": threads}))
 
 
 if __name__ == "__main__":
