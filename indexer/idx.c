@@ -2876,11 +2876,6 @@ void idx_set_lazy(idx_kb_t *ix, int on)
     idx_store_set_lazy(ix->store, on);
 }
 
-void idx_set_deferred(idx_kb_t *ix, int on)
-{
-    idx_store_set_deferred(ix->store, on, NULL, 0);
-}
-
 uint64_t idx_synced(const idx_kb_t *ix)
 {
     return idx_store_synced(ix->store);

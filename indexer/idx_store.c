@@ -11,7 +11,6 @@
 
 #include <errno.h>
 #include <lmdb.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,17 +43,8 @@ struct idx_store {
      * idx_store_sync(). synced_lsn: every record up to it is on disk. */
     int nosync, lazy, env_lazy;
     int sync_failed; /* a flush failed: synced_lsn never moves again */
-    uint64_t synced_lsn; /* atomic: the flusher thread raises it too */
-    uint64_t synced_commits, lazy_commits, syncs; /* syncs: atomic */
-    /* Deferred commits (idx_store_set_deferred): MDB_NOSYNC, and the
-     * flusher thread fdatasyncs the file up to fl_want (the newest LSN
-     * committed: its pages were written before the flush starts). */
-    int deferred, env_nosync, fl_running, fl_stop;
-    pthread_t fl_thread;
-    pthread_mutex_t fl_mu;
-    pthread_cond_t fl_cv;
-    uint64_t fl_want, fl_done; /* fl_mu */
-    int fl_fd;
+    uint64_t synced_lsn;
+    uint64_t synced_commits, lazy_commits, syncs;
     /* The id of this node's newest write transaction (set just before each
      * commit; any thread reads it); the newest id of another process's
      * transaction that a commit of ours found before it (txn_commit), until
@@ -65,7 +55,6 @@ struct idx_store {
 struct idx_wtxn {
     idx_store_t *s;
     MDB_txn *txn;
-    int deferred; /* begun with MDB_NOSYNC (idx_store_set_deferred) */
     uint64_t last_lsn, last_us; /* newest record written in this txn */
     int64_t ndocs_delta;        /* ids added - ids removed in this txn */
     const void *raw;            /* idx_store_next_raw(): bytes to store */
@@ -373,95 +362,14 @@ int idx_store_open(const char *dir, uint64_t map_size, int nosync,
         return store_fail(err, errlen, rc, "flush at open");
     }
     s->synced_lsn = s->applied_lsn;
-    pthread_mutex_init(&s->fl_mu, NULL);
-    pthread_cond_init(&s->fl_cv, NULL);
     *out = s;
     return 0;
-}
-
-/* synced_lsn only grows: the writer and the flusher both raise it. */
-static void synced_raise(idx_store_t *s, uint64_t lsn)
-{
-    uint64_t was = __atomic_load_n(&s->synced_lsn, __ATOMIC_RELAXED);
-    while (was < lsn &&
-           !__atomic_compare_exchange_n(&s->synced_lsn, &was, lsn, 0,
-                                        __ATOMIC_RELEASE, __ATOMIC_RELAXED))
-        ;
-}
-
-static void *flusher_main(void *arg)
-{
-    idx_store_t *s = arg;
-    pthread_mutex_lock(&s->fl_mu);
-    while (!s->fl_stop) {
-        if (s->fl_want <= s->fl_done) {
-            pthread_cond_wait(&s->fl_cv, &s->fl_mu);
-            continue;
-        }
-        uint64_t target = s->fl_want;
-        pthread_mutex_unlock(&s->fl_mu);
-        int rc = fdatasync(s->fl_fd);
-        pthread_mutex_lock(&s->fl_mu);
-        if (rc) {
-            /* as idx_store_sync(): never count anything as on disk again */
-            __atomic_store_n(&s->sync_failed, 1, __ATOMIC_RELEASE);
-            kb_error("cannot flush the store to disk: %s; nothing after LSN "
-                     "%llu is reported durable until the node is restarted",
-                     strerror(errno),
-                     (unsigned long long)idx_store_synced(s));
-            break;
-        }
-        s->fl_done = target;
-        __atomic_fetch_add(&s->syncs, 1, __ATOMIC_RELAXED);
-        if (!__atomic_load_n(&s->sync_failed, __ATOMIC_ACQUIRE))
-            synced_raise(s, target);
-    }
-    pthread_mutex_unlock(&s->fl_mu);
-    return NULL;
-}
-
-static void flusher_stop(idx_store_t *s)
-{
-    if (!s->fl_running)
-        return;
-    pthread_mutex_lock(&s->fl_mu);
-    s->fl_stop = 1;
-    pthread_cond_signal(&s->fl_cv);
-    pthread_mutex_unlock(&s->fl_mu);
-    pthread_join(s->fl_thread, NULL);
-    s->fl_running = 0;
-}
-
-void idx_store_set_deferred(idx_store_t *s, int on, char *err, size_t errlen)
-{
-    (void)err;
-    (void)errlen;
-    if (s->nosync || !on == !s->deferred)
-        return;
-    if (!on) {
-        s->deferred = 0;
-        flusher_stop(s);
-        return;
-    }
-    int fd;
-    if (mdb_env_get_fd(s->env, &fd))
-        return; /* commits flush as before */
-    s->fl_fd = fd;
-    s->fl_stop = 0;
-    s->fl_want = s->fl_done = 0;
-    if (pthread_create(&s->fl_thread, NULL, flusher_main, s))
-        return;
-    s->fl_running = 1;
-    s->deferred = 1;
 }
 
 void idx_store_close(idx_store_t **s)
 {
     if (!s || !*s)
         return;
-    flusher_stop(*s);
-    pthread_mutex_destroy(&(*s)->fl_mu);
-    pthread_cond_destroy(&(*s)->fl_cv);
     mdb_env_close((*s)->env);
     free(*s);
     *s = NULL;
@@ -527,16 +435,14 @@ void idx_store_set_lazy(idx_store_t *s, int on)
 
 uint64_t idx_store_synced(const idx_store_t *s)
 {
-    uint64_t synced = __atomic_load_n(&s->synced_lsn, __ATOMIC_ACQUIRE);
-    uint64_t applied = __atomic_load_n(&s->applied_lsn, __ATOMIC_ACQUIRE);
-    return synced < applied ? synced : applied;
+    return s->synced_lsn < s->applied_lsn ? s->synced_lsn : s->applied_lsn;
 }
 
 int idx_store_sync(idx_store_t *s, char *err, size_t errlen)
 {
-    if (__atomic_load_n(&s->synced_lsn, __ATOMIC_ACQUIRE) >= s->applied_lsn)
+    if (s->synced_lsn >= s->applied_lsn)
         return 0;
-    if (__atomic_load_n(&s->sync_failed, __ATOMIC_ACQUIRE))
+    if (s->sync_failed)
         return kb_seterr(err, errlen, KB_ESTORE,
                          "an earlier flush to disk failed: what it held may "
                          "not be on disk, so nothing after LSN %llu is "
@@ -547,11 +453,11 @@ int idx_store_sync(idx_store_t *s, char *err, size_t errlen)
         /* Linux may mark the pages of a failed writeback clean: a later
          * flush that succeeds would not have written them. Never count
          * anything as on disk again in this process. */
-        __atomic_store_n(&s->sync_failed, 1, __ATOMIC_RELEASE);
+        s->sync_failed = 1;
         return store_fail(err, errlen, rc, "flush to disk");
     }
-    __atomic_fetch_add(&s->syncs, 1, __ATOMIC_RELAXED);
-    synced_raise(s, s->applied_lsn);
+    s->syncs++;
+    s->synced_lsn = s->applied_lsn;
     return 0;
 }
 
@@ -560,7 +466,7 @@ void idx_store_sync_counts(const idx_store_t *s, uint64_t *synced_commits,
 {
     *synced_commits = s->synced_commits;
     *lazy_commits = s->lazy_commits;
-    *syncs = __atomic_load_n(&s->syncs, __ATOMIC_RELAXED);
+    *syncs = s->syncs;
 }
 
 uint64_t idx_store_count(idx_store_t *s)
@@ -586,15 +492,6 @@ int idx_store_begin(idx_store_t *s, idx_wtxn_t **t, char *err, size_t errlen)
             return store_fail(err, errlen, rc, "set commit mode");
         }
         s->env_lazy = w->lazy;
-    }
-    w->deferred = s->deferred && !s->nosync;
-    if (!rc && w->deferred != s->env_nosync) {
-        rc = mdb_env_set_flags(s->env, MDB_NOSYNC, w->deferred);
-        if (rc) {
-            free(w);
-            return store_fail(err, errlen, rc, "set commit mode");
-        }
-        s->env_nosync = w->deferred;
     }
     rc = mdb_txn_begin(s->env, NULL, 0, &w->txn);
     if (rc) {
@@ -927,35 +824,24 @@ int idx_store_commit(idx_wtxn_t **tp, char *err, size_t errlen)
     rc = txn_commit(t->s, t->txn);
     if (rc == EIO) /* a flush failed (ENOSPC: no space for the pages;
                       nothing was flushed and the commit can be retried) */
-        __atomic_store_n(&t->s->sync_failed, 1, __ATOMIC_RELEASE);
+        t->s->sync_failed = 1;
     if (!rc) {
         /* A lazy commit's fdatasync also flushed the meta page the commit
-         * before it left unsynced: everything before this one is on disk.
-         * A deferred commit is on disk when the flusher says so. */
-        if (__atomic_load_n(&t->s->sync_failed, __ATOMIC_ACQUIRE) ||
-            t->deferred)
+         * before it left unsynced: everything before this one is on disk. */
+        if (t->s->sync_failed)
             ; /* pages a failed flush dropped may be missing: see below */
         else if (t->s->nosync)
-            synced_raise(t->s, t->last_lsn);
+            t->s->synced_lsn = t->last_lsn;
         else if (t->lazy)
-            synced_raise(t->s, before);
+            t->s->synced_lsn = before;
         else
-            synced_raise(t->s, t->last_lsn);
-        if (t->deferred && t->last_lsn) {
-            pthread_mutex_lock(&t->s->fl_mu);
-            if (t->last_lsn > t->s->fl_want)
-                t->s->fl_want = t->last_lsn;
-            pthread_cond_signal(&t->s->fl_cv);
-            pthread_mutex_unlock(&t->s->fl_mu);
-        }
-        if (t->deferred)
-            ; /* flushed by the flusher: its flushes count in syncs */
-        else if (t->lazy)
+            t->s->synced_lsn = t->last_lsn;
+        if (t->lazy)
             t->s->lazy_commits++;
         else if (!t->s->nosync)
             t->s->synced_commits++;
         t->s->digest = t->digest;
-        __atomic_store_n(&t->s->applied_lsn, t->last_lsn, __ATOMIC_RELEASE);
+        t->s->applied_lsn = t->last_lsn;
         t->s->applied_us = t->last_us;
         t->s->ndocs = (uint64_t)((int64_t)t->s->ndocs + t->ndocs_delta);
         t->s->staged = t->staged;
@@ -1526,8 +1412,6 @@ int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
                        char *err, size_t errlen)
 {
     *dropped = 0;
-    /* no flush of records about to go may report them durable later */
-    idx_store_set_deferred(s, 0, err, errlen);
     if (keep + 1 < s->log_start)
         return kb_seterr(err, errlen, KB_ECORRUPT,
                          "cannot go back to LSN %llu: the log below %llu is "
@@ -1683,9 +1567,6 @@ int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
     MDB_stat st;
     if (!mdb_txn_begin(s->env, NULL, MDB_RDONLY, &rt)) {
         store_load_state(s, rt);
-        /* the records above keep are gone: new ones take their LSNs */
-        if (__atomic_load_n(&s->synced_lsn, __ATOMIC_ACQUIRE) > s->applied_lsn)
-            __atomic_store_n(&s->synced_lsn, s->applied_lsn, __ATOMIC_RELEASE);
         if (!mdb_stat(rt, s->ids, &st))
             s->ndocs = st.ms_entries;
         mdb_txn_abort(rt);

@@ -59,20 +59,7 @@ void idx_store_state(const idx_store_t *s, uint64_t *lsn, uint64_t *commit_us);
  * commits after idx_store_synced(), never corrupt the store. No effect
  * with nosync. Writer thread only, as are the three below. */
 void idx_store_set_lazy(idx_store_t *s, int on);
-/* Deferred commits, for a replica loading a snapshot (nothing is served
- * and nobody waits for it): while on, write transactions commit with
- * MDB_NOSYNC, no disk flush, and a flusher thread of the store flushes the
- * file behind them (fdatasync), so that the writer never waits for the
- * disk; idx_store_synced() moves when a flush returns. A crash of the
- * process loses nothing (the page cache holds every commit, in order); a
- * crash of the machine can leave the store torn (LMDB's MDB_NOSYNC), so
- * the caller must be able to tell one happened and discard the store
- * (repl_replica.c: a marker file with the boot id). Off: the flusher is
- * stopped (after the flush it is in); the next full commit or
- * idx_store_sync() puts everything on disk. No effect with nosync. */
-void idx_store_set_deferred(idx_store_t *s, int on, char *err,
-                            size_t errlen);
-/* Newest LSN known to be on disk (<= the applied one). Any thread. */
+/* Newest LSN known to be on disk (<= the applied one). */
 uint64_t idx_store_synced(const idx_store_t *s);
 /* Flushes lazy commits to disk (nothing to do: returns 0 at once). */
 int idx_store_sync(idx_store_t *s, char *err, size_t errlen);

@@ -51,7 +51,6 @@
 #include "kb_wire.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -150,10 +149,6 @@ struct repl_replica {
     uint64_t snap_start_us;   /* monotonic */
     uint64_t snap_start_docs; /* documents held when this session started */
     uint64_t snap_log_us;     /* monotonic: the last progress line */
-    /* Loading a snapshot with deferred commits (see DEFERRED FLUSHES):
-     * deferred while on; marker while DIR/snapshot.loading exists. */
-    int deferred, marker;
-    uint64_t acked_durable; /* durable_lsn of the last ack sent */
     char leader_ep[256];
     uint64_t dup_records;
     kb_loglimit_t log_refused, log_sync;
@@ -201,137 +196,6 @@ static void replica_discard_ix(repl_replica_t *r)
     if (r->ix)
         idx_skip_close_checkpoint(r->ix);
     replica_set_ix(r, NULL);
-    r->deferred = 0;
-}
-
-/* DEFERRED FLUSHES. A replica loading a snapshot serves nothing and nobody
- * waits for it, yet flushing each batch it commits made it wait for the
- * disk about 40 times per 200 MB (a third of its loading time). So while it
- * loads, its commits do not flush (idx_set_deferred): a flusher thread
- * flushes behind them, and acknowledgements still say only what is on
- * disk. A killed process loses nothing that way (the page cache keeps
- * every commit, in order: LMDB is intact), but a crash of the machine can
- * leave the store torn, and LMDB cannot tell. So before the first deferred
- * commit the replica writes DIR/snapshot.loading with the kernel's boot id
- * (flushed, with the directory), and removes it once everything it loaded
- * is on disk. At start, a marker from another boot means the machine went
- * down while the copy was being loaded: the directory is emptied and the
- * snapshot loaded again (it was never served: loading replicas refuse
- * queries). A marker of this boot (the process was killed) is kept until
- * the flush at open has put the store on disk. */
-#define REPLICA_MARKER "snapshot.loading"
-
-static int boot_id(char *out, size_t n)
-{
-    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
-    if (!f)
-        return -1;
-    int ok = fgets(out, (int)n, f) != NULL;
-    fclose(f);
-    if (!ok)
-        return -1;
-    out[strcspn(out, "\n")] = 0;
-    return *out ? 0 : -1;
-}
-
-static void marker_path(const repl_replica_t *r, char *out, size_t n)
-{
-    snprintf(out, n, "%s/%s", r->cfg.data_dir, REPLICA_MARKER);
-}
-
-static int fsync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
-}
-
-/* Before a snapshot's first deferred commit: the marker, then deferred
- * commits. Without a boot id or a marker on disk, commits flush as
- * before. */
-static void replica_defer(repl_replica_t *r)
-{
-    if (r->deferred || r->cfg.nosync || !r->ix)
-        return;
-    char id[64], path[4096];
-    if (boot_id(id, sizeof id))
-        return;
-    marker_path(r, path, sizeof path);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    int ok = fd >= 0 && dprintf(fd, "%s\n", id) > 0 && fsync(fd) == 0;
-    if (fd >= 0 && close(fd))
-        ok = 0;
-    if (!ok || fsync_dir(r->cfg.data_dir)) {
-        kb_warn("cannot write %s (%s): loading the snapshot with a flush "
-                "per commit", path, strerror(errno));
-        return;
-    }
-    r->marker = 1;
-    r->deferred = 1;
-    idx_set_deferred(r->ix, 1);
-}
-
-/* Writer thread, each tick: deferred commits end when loading does; the
- * marker goes once everything is on disk. */
-static void replica_undefer(repl_replica_t *r)
-{
-    if (r->deferred && (!r->ix || !idx_loading(r->ix))) {
-        r->deferred = 0;
-        if (r->ix) {
-            uint64_t t0 = kb_mono_us();
-            char err[512];
-            idx_set_deferred(r->ix, 0);
-            if (idx_sync(r->ix, err, sizeof err))
-                kb_log_limited(&r->log_sync, KB_LOG_WARN,
-                               "cannot flush the loaded snapshot to disk: "
-                               "%s; trying again", err);
-            else
-                kb_info("the snapshot is on disk (the last flush took "
-                        "%.0f ms)", (double)(kb_mono_us() - t0) / 1e3);
-        }
-    }
-    if (r->marker && !r->deferred && r->ix) {
-        uint64_t committed;
-        idx_state(r->ix, &committed, NULL);
-        if (idx_synced(r->ix) < committed)
-            return; /* the lazy flush in repl_replica_tick() comes first */
-        char path[4096];
-        marker_path(r, path, sizeof path);
-        if ((unlink(path) && errno != ENOENT) ||
-            fsync_dir(r->cfg.data_dir)) {
-            kb_log_limited(&r->log_sync, KB_LOG_WARN, "cannot remove %s: %s",
-                           path, strerror(errno));
-            return;
-        }
-        r->marker = 0;
-    }
-}
-
-/* At start, before the store is opened: a marker of another boot empties
- * DIR (see DEFERRED FLUSHES). Returns 0, or -1 with errno. */
-static int replica_wipe(repl_replica_t *r);
-static int replica_check_marker(repl_replica_t *r)
-{
-    char path[4096], was[64] = "", now[64] = "";
-    marker_path(r, path, sizeof path);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    if (fgets(was, sizeof was, f))
-        was[strcspn(was, "\n")] = 0;
-    fclose(f);
-    if (!boot_id(now, sizeof now) && *was && !strcmp(was, now)) {
-        r->marker = 1; /* removed once the store is on disk */
-        return 0;
-    }
-    kb_warn("%s was loading a snapshot when its machine stopped (boot %s, "
-            "now %s): what it loaded may not all be on disk, so it is "
-            "emptied and the snapshot loaded again",
-            r->cfg.data_dir, *was ? was : "?", *now ? now : "?");
-    return replica_wipe(r);
 }
 
 static int replica_connect(repl_replica_t *r, char *err, size_t errlen)
@@ -410,12 +274,6 @@ int repl_replica_new(void *zctx, const repl_replica_config_t *cfg,
                        .scrub_ms = cfg->scrub_ms,
                        .ckpt_off = cfg->ckpt_off};
     char why[512];
-    if (replica_check_marker(r)) {
-        int e = errno;
-        repl_replica_free(&r);
-        return kb_seterr(err, errlen, KB_ESTORE, "cannot empty %s: %s",
-                         cfg->data_dir, strerror(e));
-    }
     int rc = idx_open(&ic, &r->ix, why, sizeof why);
     if (rc && rc != KB_EINVAL) {
         repl_replica_free(&r);
@@ -531,7 +389,6 @@ static void replica_ack(repl_replica_t *r)
     uint64_t committed;
     idx_state(r->ix, &committed, NULL);
     a.durable_lsn = idx_synced(r->ix);
-    r->acked_durable = a.durable_lsn;
     a.applied_lsn = v.version < a.durable_lsn ? v.version : a.durable_lsn;
     if (committed > r->received)
         r->received = committed;
@@ -747,15 +604,12 @@ static int replica_wipe(repl_replica_t *r)
     char aside[4096];
     snprintf(aside, sizeof aside, "%s.old-%llu", r->cfg.data_dir,
              (unsigned long long)kb_mono_us());
-    r->marker = 0;
     if (rename(r->cfg.data_dir, aside) == 0)
         return nftw(aside, rm_visit, 16, FTW_DEPTH | FTW_PHYS) ? -1 : 0;
     /* DIR may be a mount point: remove what is inside instead. */
     idx_remove_derived(r->cfg.data_dir);
-    /* the marker last: if this stops halfway, the next start wipes again */
-    const char *files[] = {"data.mdb", "lock.mdb", "confirmed",
-                           REPLICA_MARKER};
-    for (size_t i = 0; i < 4; i++) {
+    const char *files[] = {"data.mdb", "lock.mdb", "confirmed"};
+    for (size_t i = 0; i < 3; i++) {
         char f[4096];
         snprintf(f, sizeof f, "%s/%s", r->cfg.data_dir, files[i]);
         if (unlink(f) && errno != ENOENT)
@@ -941,7 +795,6 @@ static void on_welcome(repl_replica_t *r, const Kbsync__ReplWelcome *w)
             return;
         }
         r->snap_docs_total = w->snapshot_docs;
-        replica_defer(r);
         kb_info("loading a snapshot from the leader: %llu documents up to "
                 "LSN %llu, then its log; queries are refused (KB_EUNAVAIL) "
                 "until it is complete",
@@ -1332,18 +1185,10 @@ int repl_replica_tick(repl_replica_t *r)
         }
     }
     int lazy_left = -1; /* ms until the lazy commits are due on disk */
-    replica_undefer(r);
     if (r->ix) {
         uint64_t committed;
         idx_state(r->ix, &committed, NULL);
-        if (r->deferred) {
-            /* the flusher thread flushes: acknowledge what it put on
-             * disk, and look again soon (the leader's window waits) */
-            if (r->streaming && idx_synced(r->ix) > r->acked_durable)
-                replica_ack(r);
-            if (idx_synced(r->ix) < committed)
-                lazy_left = 1;
-        } else if (idx_synced(r->ix) < committed) {
+        if (idx_synced(r->ix) < committed) {
             uint64_t due = r->lazy_us + REPLICA_LAZY_SYNC_MS * 1000u;
             char err[512];
             if (now < due) {

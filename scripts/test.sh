@@ -30,5 +30,5 @@ if [ "${KB_TEST_SANITIZE:-1}" != 0 ]; then
   bash scripts/build.sh build-tsan Tsan
   # libgomp and OpenBLAS are not instrumented: tests/tsan.supp names them.
   (cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/../tests/tsan.supp" \
-     ctest --output-on-failure -j2 --timeout 900 -R '^test_(idx|idx_store|idx_ckpt|idx_vec|idx_delta|qry_pool|node|cli_embed)$')
+     ctest --output-on-failure -j2 --timeout 900 -R '^test_(idx|idx_ckpt|idx_vec|idx_delta|qry_pool|node|cli_embed)$')
 fi

@@ -666,23 +666,17 @@ static void test_e2e_repl_leader_kill9_loses_nothing(void **state)
         assert_int_equal(rank_on(&c->r[r], 9, "b-9", NULL), 0);
 }
 
-/* Lines of the file that hold needle. */
-static int file_count(const char *path, const char *needle)
+static int file_has(const char *path, const char *needle)
 {
     FILE *f = fopen(path, "r");
     if (!f)
         return 0;
     char line[4096];
     int found = 0;
-    while (fgets(line, sizeof line, f))
-        found += strstr(line, needle) != NULL;
+    while (!found && fgets(line, sizeof line, f))
+        found = strstr(line, needle) != NULL;
     fclose(f);
     return found;
-}
-
-static int file_has(const char *path, const char *needle)
-{
-    return file_count(path, needle) > 0;
 }
 
 /* The leader dies after shipping a group to the replicas and before its own
@@ -914,41 +908,23 @@ static int loading(const node_t *n)
     return l;
 }
 
-/* Waits until replica i's DIR/snapshot.loading is gone. */
-static void wait_marker_gone(const cluster_t *c, int i)
-{
-    char mk[sizeof c->r[i].data + 32];
-    snprintf(mk, sizeof mk, "%.300s/snapshot.loading", c->r[i].data);
-    for (int t = 0; t < 200 && access(mk, F_OK) == 0; t++)
-        usleep(25000);
-    assert_int_not_equal(access(mk, F_OK), 0);
-}
-
-/* A cluster whose leader keeps no log below its head, n big documents on
- * it and r1, and r2 killed with its directory gone: its next start loads a
- * snapshot. */
-static void snapshot_setup(cluster_t *c, int n)
-{
-    start_cluster(c, "--log-keep-ops", "0");
-    char path[400];
-    snprintf(path, sizeof path, "%s/s.jsonl", c->dir);
-    write_big_jsonl(path, n);
-    assert_int_equal(ingest(c, "async", path, NULL), 0);
-    assert_true(wait_version(&c->r[0], n, 30000) >= n);
-    assert_true(wait_log_start(&c->leader, n * 2 / 3, 10000) > n * 2 / 3);
-    stop_node(&c->r[1], SIGKILL);
-    char cmd[800];
-    snprintf(cmd, sizeof cmd, "rm -rf '%.300s'", c->r[1].data);
-    assert_int_equal(system(cmd), 0);
-}
-
 /* kill -9 of the replica, then of the leader, in the middle of a snapshot:
  * while loading, the replica answers no query; it resumes or starts again,
  * and ends with the leader's documents. */
 static void test_e2e_repl_kill9_during_snapshot(void **state)
 {
     cluster_t *c = *state;
-    snapshot_setup(c, 30000);
+    start_cluster(c, "--log-keep-ops", "0");
+    char path[400];
+    snprintf(path, sizeof path, "%s/s.jsonl", c->dir);
+    write_big_jsonl(path, 30000);
+    assert_int_equal(ingest(c, "async", path, NULL), 0);
+    assert_true(wait_version(&c->r[0], 30000, 30000) >= 30000);
+    assert_true(wait_log_start(&c->leader, 20000, 10000) > 20000);
+    stop_node(&c->r[1], SIGKILL);
+    char cmd[800];
+    snprintf(cmd, sizeof cmd, "rm -rf '%.300s'", c->r[1].data);
+    assert_int_equal(system(cmd), 0);
     static char out[1 << 16];
     char v[1024];
     int killed = 0;
@@ -975,12 +951,6 @@ static void test_e2e_repl_kill9_during_snapshot(void **state)
         }
         if (round == 0) {
             stop_node(&c->r[1], SIGKILL);
-            /* killed while loading with deferred commits: its marker
-             * (unless the load ended since we looked) */
-            char mk[sizeof c->r[1].data + 32];
-            snprintf(mk, sizeof mk, "%.300s/snapshot.loading", c->r[1].data);
-            assert_true(access(mk, F_OK) == 0 ||
-                        file_has(c->r[1].log, "the snapshot is on disk"));
         } else {
             stop_node(&c->leader, SIGKILL);
             usleep(300000);
@@ -993,72 +963,7 @@ static void test_e2e_repl_kill9_during_snapshot(void **state)
     expect_same(c, &c->r[1], 30000, "s");
     assert_false(loading(&c->r[1]));
     assert_true(file_has(c->r[1].log, "snapshot complete"));
-    wait_marker_gone(c, 1);
     print_message("killed %d times during the snapshot\n", killed);
-}
-
-/* DEFERRED FLUSHES (repl_replica.c): a replica loading a snapshot commits
- * without flushing (its commits are neither flushed in full nor lazy) and
- * a flusher thread puts them on disk; DIR/snapshot.loading, with the boot
- * id, exists until all of it is. A marker of another boot (the machine
- * went down while loading) empties the directory and the snapshot is loaded
- * again; one of this boot (only the process died) keeps the copy. */
-static void test_e2e_repl_snapshot_deferred_flushes_and_boot_marker(
-    void **state)
-{
-    cluster_t *c = *state;
-    snapshot_setup(c, 8000);
-    start_replica(c, 1);
-    expect_same(c, &c->r[1], 8000, "s");
-    assert_true(file_has(c->r[1].log, "snapshot complete"));
-    assert_true(file_has(c->r[1].log, "the snapshot is on disk"));
-    wait_marker_gone(c, 1);
-    /* The snapshot's records were committed without a flush (not lazily,
-     * as records no writer waits for are otherwise), and the flusher's
-     * flushes are counted. (synced_commits: the loading marks.) */
-    cJSON *s = status(&c->r[1]);
-    assert_non_null(s);
-    print_message("snapshot: %.0f commits, %.0f flushed in full, %.0f lazy, "
-                  "%.0f store flushes\n",
-                  kbp_num(s, "commits"), kbp_num(s, "synced_commits"),
-                  kbp_num(s, "lazy_commits"), kbp_num(s, "store_syncs"));
-    assert_true(kbp_num(s, "commits") >= 2);
-    assert_true(kbp_num(s, "lazy_commits") == 0);
-    assert_true(kbp_num(s, "store_syncs") >= 1);
-    cJSON_Delete(s);
-
-    /* A marker of this boot: the process died, the copy stays. */
-    stop_node(&c->r[1], SIGKILL);
-    char mk[sizeof c->r[1].data + 32], id[64] = "";
-    snprintf(mk, sizeof mk, "%.300s/snapshot.loading", c->r[1].data);
-    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
-    assert_non_null(f);
-    assert_non_null(fgets(id, sizeof id, f));
-    fclose(f);
-    f = fopen(mk, "w");
-    assert_non_null(f);
-    fputs(id, f);
-    fclose(f);
-    start_replica(c, 1);
-    expect_same(c, &c->r[1], 8000, "s");
-    wait_marker_gone(c, 1);
-    assert_false(file_has(c->r[1].log, "when its machine stopped"));
-    assert_int_equal(file_count(c->r[1].log, "loading a snapshot from the"),
-                     1);
-
-    /* A marker of another boot: emptied, loaded again. */
-    stop_node(&c->r[1], SIGKILL);
-    f = fopen(mk, "w");
-    assert_non_null(f);
-    fputs("00000000-0000-0000-0000-000000000000\n", f);
-    fclose(f);
-    start_replica(c, 1);
-    expect_same(c, &c->r[1], 8000, "s");
-    assert_true(file_has(c->r[1].log, "when its machine stopped"));
-    /* the first start and this one loaded a snapshot; the one between not */
-    assert_int_equal(file_count(c->r[1].log, "loading a snapshot from the"),
-                     2);
-    wait_marker_gone(c, 1);
 }
 
 /* A replica whose log shares no record with its leader's (here: the
@@ -1662,9 +1567,6 @@ int main(void)
             test_e2e_repl_catch_up_bounded_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_e2e_repl_plain_tcp_only_on_loopback, setup, teardown),
-        cmocka_unit_test_setup_teardown(
-            test_e2e_repl_snapshot_deferred_flushes_and_boot_marker, setup,
-            teardown),
         cmocka_unit_test_setup_teardown(test_e2e_repl_kill9_during_snapshot,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(

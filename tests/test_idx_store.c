@@ -1046,69 +1046,6 @@ static void test_idx_store_lazy_commits_and_synced_lsn(void **state)
     KBT_U64(full + lazy + syncs, 0);
 }
 
-/* Deferred commits (idx_store_set_deferred): a commit does not flush,
- * counts in neither commit count, and idx_store_synced() moves only when
- * the flusher thread's flush returns; turned off, the next commit flushes
- * everything; a truncation stops the flusher and never reports a dropped
- * LSN durable; with nosync it does nothing. */
-static void test_idx_store_deferred_commits_flushed_behind(void **state)
-{
-    fx_t *f = *state;
-    char dir[400], err[512] = "";
-    kbt_path(dir, sizeof dir, f->tmp, "deferred");
-    idx_store_t *s = NULL;
-    KBT_OK(idx_store_open(dir, 0, 0, &s, err, sizeof err), err);
-    uint64_t full, lazy, syncs;
-    idx_store_set_deferred(s, 1, err, sizeof err);
-    idx_store_set_lazy(s, 1); /* deferred wins over lazy */
-    for (uint64_t lsn = 1; lsn <= 40; lsn++) {
-        idx_wtxn_t *t = begin(s);
-        char id[16];
-        snprintf(id, sizeof id, "d%llu", (unsigned long long)lsn);
-        upsert(t, lsn, id, "text");
-        commit(&t);
-        assert_true(idx_store_synced(s) <= lsn);
-    }
-    /* the flusher catches up on its own */
-    for (int i = 0; i < 400 && idx_store_synced(s) < 40; i++)
-        usleep(5000);
-    KBT_U64(idx_store_synced(s), 40);
-    idx_store_sync_counts(s, &full, &lazy, &syncs);
-    KBT_U64(full + lazy, 0);
-    assert_true(syncs >= 1 && syncs <= 40);
-    /* off: commits flush again */
-    idx_store_set_deferred(s, 0, err, sizeof err);
-    idx_store_set_lazy(s, 0);
-    idx_wtxn_t *t = begin(s);
-    upsert(t, 41, "e", "text");
-    commit(&t);
-    KBT_U64(idx_store_synced(s), 41);
-    idx_store_sync_counts(s, &full, &lazy, &syncs);
-    KBT_U64(full, 1);
-    /* a truncation while deferred: the flusher stops, LSN 42.. are gone and
-     * the ones written again later are not durable before their flush */
-    idx_store_set_deferred(s, 1, err, sizeof err);
-    t = begin(s);
-    upsert(t, 42, "f", "text");
-    upsert(t, 43, "g", "text");
-    commit(&t);
-    uint64_t dropped = 0;
-    KBT_OK(idx_store_truncate(s, 41, &dropped, err, sizeof err), err);
-    KBT_U64(dropped, 2);
-    assert_true(idx_store_synced(s) <= 41);
-    idx_store_close(&s);
-    KBT_OK(idx_store_open(dir, 0, 0, &s, err, sizeof err), err);
-    expect_state(s, 41, 1041);
-    idx_store_close(&s);
-    /* nosync (the fixture's store): nothing happens */
-    idx_store_set_deferred(f->s, 1, err, sizeof err);
-    t = begin(f->s);
-    upsert(t, 1, "a", "a1");
-    commit(&t);
-    KBT_U64(idx_store_synced(f->s), 1);
-    idx_store_set_deferred(f->s, 0, err, sizeof err);
-}
-
 /* One commit by another process (kbt_lmdb_child): key put in meta. */
 static int put_meta_key(MDB_txn *txn, void *key)
 {
@@ -1185,7 +1122,6 @@ int main(void)
         T(test_idx_store_sweep_below_log_start),
         T(test_idx_store_digest_follows_every_write),
         T(test_idx_store_lazy_commits_and_synced_lsn),
-        T(test_idx_store_deferred_commits_flushed_behind),
         T(test_idx_store_foreign_commit_is_seen),
     };
 #undef T

@@ -319,9 +319,6 @@ void idx_state(const idx_kb_t *ix, uint64_t *version, uint64_t *commit_us);
  * idx_synced() is the newest LSN known on disk. Writer thread only. */
 void idx_set_lazy(idx_kb_t *ix, int on);
 uint64_t idx_synced(const idx_kb_t *ix);
-/* Deferred commits (idx_store_set_deferred): no flush in the commit, a
- * flusher thread behind it. Writer thread only. */
-void idx_set_deferred(idx_kb_t *ix, int on);
 int idx_sync(idx_kb_t *ix, char *err, size_t errlen);
 
 /* idx_stats() without the index figures (vectors, dead, bytes, kind, ...:
