@@ -401,8 +401,8 @@ static void test_e2e_repl_flushes_per_commit(void **state)
     assert_int_equal((int)kbp_num(rs, "lazy_commits"), rlazy);
     /* each commit the replica made for them was flushed in full (not
      * compared with lnew: the leader's count also holds its own retention
-     * pins and compaction, which a slow run can fit in; >=: so does the
-     * replica's, with its compaction passes, flushed in full too) */
+     * pins and compaction, which a slow run can fit in; >=: the replica
+     * also commits marks of its own in full, e.g. its staged mark) */
     int rnew = (int)kbp_num(rs, "commits") - rcommits;
     assert_true(rnew >= 1);
     assert_true((int)kbp_num(rs, "synced_commits") >= rnew);
