@@ -116,7 +116,8 @@ t1=$(date +%s%N)
 echo "ingest + replicas + compaction settled in $(( (t1-t0)/1000000 )) ms"
 sizes "after 1 ingest"
 L1=$(stat -c %s "$W/L/data.mdb"); A1=$(stat -c %s "$W/r1/data.mdb")
-DL1=$(dirmb "$W/L"); DA1=$(dirmb "$W/r1")
+B1=$(stat -c %s "$W/r2/data.mdb")
+DL1=$(dirmb "$W/L"); DA1=$(dirmb "$W/r1"); DB1=$(dirmb "$W/r2")
 new_replica n1
 S1=$NEW_S
 echo "== 2. ingest the same docs 3 more times"
@@ -126,7 +127,11 @@ done
 settle
 sizes "after 4 ingests"
 L4=$(stat -c %s "$W/L/data.mdb"); A4=$(stat -c %s "$W/r1/data.mdb")
-echo "ratio 4 ingests / 1 ingest: data.mdb leader $(calc "$L4 / $L1")x, r1 $(calc "$A4 / $A1")x; whole directory leader $(calc "$(dirmb "$W/L") / $DL1")x, r1 $(calc "$(dirmb "$W/r1") / $DA1")x (target <= 1.3x)"
+B4=$(stat -c %s "$W/r2/data.mdb")
+echo "ratio 4 ingests / 1 ingest: data.mdb leader $(calc "$L4 / $L1")x, r1 $(calc "$A4 / $A1")x, r2 $(calc "$B4 / $B1")x; whole directory leader $(calc "$(dirmb "$W/L") / $DL1")x, r1 $(calc "$(dirmb "$W/r1") / $DA1")x, r2 $(calc "$(dirmb "$W/r2") / $DB1")x (target <= 1.3x)"
+for ep in "$LEADER" "$R1" "$R2"; do
+  echo "  $(field "$ep" node_id): digest checks $(field "$ep" digest_checks), gave way to writes $(field "$ep" digest_check_yields)"
+done
 new_replica n4
 echo "new replica time, 4x-ingested / once-ingested: $(calc "$NEW_S / $S1")x (target <= 1.2x, and <= 2 s for 100k)"
 grep -h "log compacted" "$W/L.log" | tail -2

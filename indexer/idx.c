@@ -635,7 +635,8 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
     }
     ix->mg_started = 1;
     if (cfg->scrub_ms != IDX_SCRUB_OFF &&
-        idx_scrub_start(ix->store, cfg->scrub_ms, &ix->loading, &ix->scrub)) {
+        idx_scrub_start(ix->store, cfg->scrub_ms, cfg->scrub_hold_ms,
+                        &ix->loading, &ix->scrub)) {
         rc = kb_seterr(err, errlen, KB_ENOMEM,
                        "cannot start the digest checks");
         goto fail;
@@ -2930,7 +2931,8 @@ void idx_check_state(idx_kb_t *ix, idx_check_t *out)
     out->bad_stored = s.bad_stored;
     out->bad_scanned = s.bad_scanned;
     out->started = s.started;
-    out->ended = s.passes + s.failed;
+    out->ended = s.passes + s.failed + s.yielded;
+    out->yielded = s.yielded;
     out->last_ok = s.last_ok;
     out->last_stored = s.last_stored;
     out->last_scanned = s.last_scanned;
@@ -2947,7 +2949,7 @@ int idx_check_now(idx_kb_t *ix, uint64_t *lsn, uint64_t *stored,
 {
     idx_store_digest_check_t c;
     int rc = ix->scrub ? idx_scrub_run(ix->scrub, &c, err, errlen)
-                       : idx_store_digest_check(ix->store, &c, NULL, err,
+                       : idx_store_digest_check(ix->store, &c, NULL, 0, err,
                                                 errlen);
     if (!rc) {
         *lsn = c.lsn;

@@ -19,6 +19,7 @@ struct idx_scrub {
     idx_store_t *s;
     const uint64_t *pause; /* non-zero: no scheduled pass (may be NULL) */
     uint32_t every_ms;
+    uint32_t hold_ms;
     pthread_mutex_t mu; /* guards st, want */
     pthread_cond_t cv;
     _Atomic int stop;   /* also read by a pass in progress */
@@ -28,15 +29,15 @@ struct idx_scrub {
     pthread_t thr;
 };
 
-static int scrub_pass(idx_scrub_t *sc, idx_store_digest_check_t *c, char *err,
-                      size_t errlen)
+static int scrub_pass(idx_scrub_t *sc, idx_store_digest_check_t *c,
+                      uint64_t hold_us, char *err, size_t errlen)
 {
     pthread_mutex_lock(&sc->mu);
     uint64_t seq = ++sc->st.started;
     sc->want = 0;
     pthread_mutex_unlock(&sc->mu);
     uint64_t t0 = kb_mono_us();
-    int rc = idx_store_digest_check(sc->s, c, &sc->stop, err, errlen);
+    int rc = idx_store_digest_check(sc->s, c, &sc->stop, hold_us, err, errlen);
     uint64_t ms = (kb_mono_us() - t0) / 1000u;
     pthread_mutex_lock(&sc->mu);
     if (!rc) {
@@ -53,6 +54,8 @@ static int scrub_pass(idx_scrub_t *sc, idx_store_digest_check_t *c, char *err,
             sc->st.bad_stored = c->stored;
             sc->st.bad_scanned = c->scanned;
         }
+    } else if (rc == -EAGAIN) {
+        sc->st.yielded++;
     } else {
         sc->st.failed++;
     }
@@ -68,6 +71,7 @@ static void *scrub_main(void *arg)
      * writers come first; the schedule below stretches with the pass. */
     setpriority(PRIO_PROCESS, (id_t)gettid(), 10);
     uint64_t last_end = 0, last_ms = 0, seen_head = UINT64_MAX, changed = 0;
+    uint64_t last_ok = kb_mono_us(); /* a completed pass (or the start) */
     for (;;) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -116,11 +120,20 @@ static void *scrub_main(void *arg)
          * complete, not every few seconds while it streams in. */
         if (!want && sc->pause && __atomic_load_n(sc->pause, __ATOMIC_ACQUIRE))
             continue;
+        /* A requested pass, one for a foreign commit, one on a quiet node
+         * and one after SCRUB_INSIST_MS without a completed pass run to
+         * the end whatever is written meanwhile. */
+        uint64_t hold_us = 0;
+        if (!want && duty == IDX_SCRUB_DUTY &&
+            now - last_ok < IDX_SCRUB_INSIST_MS * 1000ull)
+            hold_us = sc->hold_ms * 1000ull;
         idx_store_digest_check_t c = {0};
         char err[256];
         uint64_t t0 = kb_mono_us();
-        int rc = scrub_pass(sc, &c, err, sizeof err);
-        if (rc && !sc->stop)
+        int rc = scrub_pass(sc, &c, hold_us, err, sizeof err);
+        if (!rc)
+            last_ok = kb_mono_us();
+        if (rc && rc != -EAGAIN && !sc->stop)
             kb_warn("digest check: %s", err);
         else if (!rc && c.stored != c.scanned)
             kb_error("digest check: the %llu documents at LSN %llu add up to "
@@ -136,8 +149,8 @@ static void *scrub_main(void *arg)
     return NULL;
 }
 
-int idx_scrub_start(idx_store_t *s, uint32_t every_ms, const uint64_t *pause,
-                    idx_scrub_t **out)
+int idx_scrub_start(idx_store_t *s, uint32_t every_ms, uint32_t hold_ms,
+                    const uint64_t *pause, idx_scrub_t **out)
 {
     idx_scrub_t *sc = calloc(1, sizeof *sc);
     if (!sc)
@@ -145,6 +158,7 @@ int idx_scrub_start(idx_store_t *s, uint32_t every_ms, const uint64_t *pause,
     sc->s = s;
     sc->pause = pause;
     sc->every_ms = every_ms ? every_ms : 1000;
+    sc->hold_ms = hold_ms ? hold_ms : IDX_SCRUB_HOLD_MS;
     pthread_mutex_init(&sc->mu, NULL);
     pthread_cond_init(&sc->cv, NULL);
     if (pthread_create(&sc->thr, NULL, scrub_main, sc)) {
@@ -194,5 +208,5 @@ uint64_t idx_scrub_request(idx_scrub_t *sc)
 int idx_scrub_run(idx_scrub_t *sc, idx_store_digest_check_t *c, char *err,
                   size_t errlen)
 {
-    return scrub_pass(sc, c, err, errlen);
+    return scrub_pass(sc, c, 0, err, errlen);
 }

@@ -7,7 +7,9 @@
  * (and at least every_ms) has gone by since it ended: D = IDX_SCRUB_DUTY_IDLE when nothing was
  * written for a second (at most 1/8 of a core, so that an edit is found
  * within about a second on a quiet node of 100k documents), IDX_SCRUB_DUTY
- * while writes flow (at most 1/30 of a core, out of the writers' way).
+ * while writes flow (at most 1/30 of a core, out of the writers' way; and
+ * a pass then gives way to them rather than hold its read transaction
+ * long, see IDX_SCRUB_HOLD_MS).
  * A commit to the store by another process (idx_store_foreign_txn: an
  * operator's tool editing the data directory) starts a pass at the next
  * look (after a pass in progress), whatever the schedule. */
@@ -20,6 +22,13 @@
 
 #define IDX_SCRUB_DUTY 30
 #define IDX_SCRUB_DUTY_IDLE 8
+/* While writes flow, a scheduled pass gives way (idx_store_digest_check's
+ * hold_us) once its read transaction has been open this long and a write
+ * committed since: LMDB cannot reuse the pages freed meanwhile, and a pass
+ * at nice 10 on a busy machine could hold it for seconds. A pass insists
+ * (no limit) when none has completed for IDX_SCRUB_INSIST_MS. */
+#define IDX_SCRUB_HOLD_MS 200u
+#define IDX_SCRUB_INSIST_MS 60000u
 
 typedef struct idx_scrub idx_scrub_t;
 
@@ -28,6 +37,8 @@ typedef struct idx_scrub_state {
     uint64_t started;      /* passes begun */
     uint64_t passes;       /* completed */
     uint64_t failed;       /* ended by an error or by idx_scrub_stop */
+    uint64_t yielded;      /* gave way to writes (scheduled passes while
+                              writes flow: see idx_scrub.c) */
     uint64_t last_ok;      /* the newest completed pass: its number among
                               those begun (started) */
     uint64_t last_stored;  /* the last completed pass: the kept digest */
@@ -43,17 +54,18 @@ typedef struct idx_scrub_state {
                               process (each starts a pass) */
 } idx_scrub_state_t;
 
-/* Starts the thread (every_ms >= 1). While *pause (read atomically; pause
- * may be NULL) is non-zero, no scheduled pass starts: requests and commits
- * by another process still start one. */
-int idx_scrub_start(idx_store_t *s, uint32_t every_ms, const uint64_t *pause,
-                    idx_scrub_t **out);
+/* Starts the thread (every_ms >= 1; hold_ms 0 = IDX_SCRUB_HOLD_MS). While
+ * *pause (read atomically; pause may be NULL) is non-zero, no scheduled
+ * pass starts: requests and commits by another process still start one. */
+int idx_scrub_start(idx_store_t *s, uint32_t every_ms, uint32_t hold_ms,
+                    const uint64_t *pause, idx_scrub_t **out);
 /* Stops and joins it; accepts NULL. */
 void idx_scrub_stop(idx_scrub_t **sc);
 void idx_scrub_get(idx_scrub_t *sc, idx_scrub_state_t *out);
 /* Asks the thread for a pass as soon as possible; returns the number of
  * passes begun that includes it (its result is the newest once
- * st.passes + st.failed reaches that number). */
+ * st.passes + st.failed + st.yielded reaches that number; a requested
+ * pass never gives way). */
 uint64_t idx_scrub_request(idx_scrub_t *sc);
 /* One pass now, on the calling thread (counted like the others). Returns
  * 0 (see c) or a negative code with err set. */

@@ -188,9 +188,20 @@ static uint64_t label_hash(MDB_txn *txn, MDB_dbi log, int64_t label)
 }
 
 /* Recomputes the digest from every live document in txn. */
-static int digest_scan(idx_store_t *s, MDB_txn *txn, uint64_t *digest,
-                       uint64_t *docs, const _Atomic int *stop)
+/* Whether a write transaction committed after txn began (the pages it
+ * freed cannot be reused while txn is open). */
+static int store_moved(idx_store_t *s, MDB_txn *txn)
 {
+    MDB_envinfo info;
+    return !mdb_env_info(s->env, &info) &&
+           info.me_last_txnid != mdb_txn_id(txn);
+}
+
+static int digest_scan(idx_store_t *s, MDB_txn *txn, uint64_t *digest,
+                       uint64_t *docs, const _Atomic int *stop,
+                       uint64_t hold_us)
+{
+    uint64_t t0 = hold_us ? kb_mono_us() : 0;
     MDB_cursor *cur;
     MDB_val k, v;
     *digest = *docs = 0;
@@ -213,6 +224,11 @@ static int digest_scan(idx_store_t *s, MDB_txn *txn, uint64_t *digest,
         *digest += idx_store_record_hash(lv.mv_data, lv.mv_size);
         if ((++*docs & 1023) == 0 && stop && *stop) {
             rc = KB_EUNAVAIL;
+            break;
+        }
+        if ((*docs & 1023) == 0 && hold_us && kb_mono_us() - t0 > hold_us &&
+            store_moved(s, txn)) {
+            rc = -EAGAIN;
             break;
         }
     }
@@ -323,7 +339,7 @@ int idx_store_open(const char *dir, uint64_t map_size, int nosync,
             s->digest = get_u64(v.mv_data);
         } else if (g == MDB_NOTFOUND) { /* older store: computed once */
             uint64_t docs;
-            rc = digest_scan(s, txn, &s->digest, &docs, NULL);
+            rc = digest_scan(s, txn, &s->digest, &docs, NULL, 0);
             if (!rc)
                 rc = digest_put(s, txn, s->digest);
         } else {
@@ -1554,7 +1570,7 @@ int idx_store_truncate(idx_store_t *s, uint64_t keep, uint64_t *dropped,
     if (cur)
         mdb_cursor_close(cur);
     uint64_t dg = 0, dg_docs;
-    if (!rc && !(rc = digest_scan(s, txn, &dg, &dg_docs, NULL)))
+    if (!rc && !(rc = digest_scan(s, txn, &dg, &dg_docs, NULL, 0)))
         rc = digest_put(s, txn, dg);
     if (!rc)
         rc = txn_commit(s, txn);
@@ -1858,7 +1874,8 @@ uint64_t idx_store_head(idx_store_t *s)
 }
 
 int idx_store_digest_check(idx_store_t *s, idx_store_digest_check_t *c,
-                           const _Atomic int *stop, char *err, size_t errlen)
+                           const _Atomic int *stop, uint64_t hold_us,
+                           char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
     MDB_txn *txn;
@@ -1876,10 +1893,18 @@ int idx_store_digest_check(idx_store_t *s, idx_store_digest_check_t *c,
     if (!rc && !mdb_get(txn, s->meta, &dk, &dv) && dv.mv_size == 8)
         c->stored = get_u64(dv.mv_data);
     if (!rc)
-        rc = digest_scan(s, txn, &c->scanned, &c->docs, stop);
+        rc = digest_scan(s, txn, &c->scanned, &c->docs, stop, hold_us);
     mdb_txn_abort(txn);
     if (rc == KB_EUNAVAIL)
         return kb_seterr(err, errlen, rc, "digest check stopped");
+    if (rc == -EAGAIN)
+        return kb_seterr(err, errlen, rc,
+                         "digest check gave way to writes: its read "
+                         "transaction was open over %llu ms (%llu documents "
+                         "read), and LMDB cannot reuse the pages writes free "
+                         "meanwhile",
+                         (unsigned long long)(hold_us / 1000),
+                         (unsigned long long)c->docs);
     if (rc)
         return store_fail(err, errlen, rc, "digest check");
     return 0;

@@ -216,10 +216,14 @@ typedef struct idx_store_digest_check {
     uint64_t lsn, stored, scanned, docs;
 } idx_store_digest_check_t;
 /* stop (may be NULL): when it turns non-zero the walk gives up within
- * 1,024 documents with KB_EUNAVAIL. */
+ * 1,024 documents with KB_EUNAVAIL. hold_us (0: no limit): once its read
+ * transaction has been open that long and a write transaction committed
+ * since it began, the walk gives up within 1,024 documents with -EAGAIN
+ * (an open read transaction keeps LMDB from reusing the pages later
+ * writes free, and the data file grows). */
 int idx_store_digest_check(idx_store_t *s, idx_store_digest_check_t *c,
-                           const _Atomic int *stop, char *err,
-                           size_t errlen);
+                           const _Atomic int *stop, uint64_t hold_us,
+                           char *err, size_t errlen);
 /* The newest LSN in the log, read in its own read transaction (any
  * thread; 0 when empty or on error). */
 uint64_t idx_store_head(idx_store_t *s);

@@ -315,6 +315,10 @@ char *node_metrics_render(const Kbsync__NodeState *s, size_t *len)
     counter(&b, "kbsync_digest_check_mismatches_total",
             "Digest checks that found the documents changed outside kbsync.",
             (double)s->digest_check_mismatches);
+    counter(&b, "kbsync_digest_check_yields_total",
+            "Scheduled digest checks that stopped to let writes reuse "
+            "freed pages.",
+            (double)s->digest_check_yields);
 
     if (s->role && !strcmp(s->role, "leader")) {
         gauge(&b, "kbsync_idempotency_entries",

@@ -2214,6 +2214,44 @@ static void test_idx_digest_check_thread_is_niced(void **state)
         fail_msg("the digest check thread runs at nice %d (want 10)", nice);
 }
 
+/* While writes flow, a scheduled digest check gives way rather than hold
+ * its read transaction past the hold limit (LMDB could not reuse the pages
+ * the writes free, and the data file would grow); once the writes stop, a
+ * pass runs to the end. Here the limit is 1 ms and a pass reads 20,000
+ * documents. Fails when scheduled passes get no limit. */
+static void test_idx_scheduled_check_gives_way_to_writes(void **state)
+{
+    fx_t *f = *state;
+    idx_config_t c = {.dir = f->dir, .dim = DIM, .metric = "ip",
+                      .nosync = 1, .scrub_ms = 1, .scrub_hold_ms = 1};
+    char err[512] = "";
+    KBT_OK(idx_open(&c, &f->ix, err, sizeof err), err);
+    for (int i = 0; i < 20000; i += 5000)
+        write_range(f->ix, "d", i, i + 5000, 1, NULL);
+    idx_check_t ck = {0};
+    double t0 = mono_ms();
+    for (int i = 0; mono_ms() - t0 < 5000 && ck.yielded < 2; i++) {
+        write_range(f->ix, "w", i % 100, i % 100 + 1, i, NULL);
+        idx_check_state(f->ix, &ck);
+    }
+    if (ck.yielded < 2)
+        fail_msg("no scheduled pass gave way to 5 s of writes (%llu passes "
+                 "completed, the last in %llu ms)",
+                 (unsigned long long)ck.passes,
+                 (unsigned long long)ck.last_ms);
+    /* quiet: the next pass completes, and finds the documents intact */
+    uint64_t passes = ck.passes, lsn = 0;
+    idx_state(f->ix, &lsn, NULL);
+    for (int i = 0; i < 500 && !(ck.passes > passes && ck.last_lsn == lsn);
+         i++) {
+        usleep(10000);
+        idx_check_state(f->ix, &ck);
+    }
+    assert_true(ck.passes > passes);
+    KBT_U64(ck.last_lsn, lsn);
+    KBT_U64(ck.mismatches, 0);
+}
+
 /* While a snapshot is being loaded no scheduled digest check runs (its
  * documents are checked once complete); a requested one still does, and
  * the schedule resumes when the snapshot is complete. */
@@ -2545,6 +2583,7 @@ int main(void)
         T(test_idx_snapshot_served_only_with_the_kept_operations),
         T(test_idx_digest_check_thread_is_niced),
         T(test_idx_no_scheduled_check_while_loading),
+        T(test_idx_scheduled_check_gives_way_to_writes),
         T(test_idx_sweep_keeps_what_a_snapshot_needs),
         T(test_idx_unbounded_sweep_loses_snapshot_documents),
         T(test_idx_search_during_compaction_misses_nothing),

@@ -12,6 +12,7 @@
 #include "kb_util.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
 
 #define DIM 8
@@ -930,7 +931,7 @@ static void expect_digest(idx_store_t *s)
 {
     idx_store_digest_check_t c;
     char err[512] = "";
-    KBT_OK(idx_store_digest_check(s, &c, NULL, err, sizeof err), err);
+    KBT_OK(idx_store_digest_check(s, &c, NULL, 0, err, sizeof err), err);
     KBT_U64(c.stored, c.scanned);
     KBT_U64(c.stored, idx_store_digest(s));
     KBT_U64(c.docs, idx_store_count(s));
@@ -987,6 +988,89 @@ static void test_idx_store_digest_follows_every_write(void **state)
     commit(&t);
     assert_true(idx_store_digest(s2) != after2);
     idx_store_close(&s2);
+}
+
+/* A writer that commits one upsert per transaction until told to stop. */
+typedef struct {
+    idx_store_t *s;
+    uint64_t lsn; /* the last one written */
+    _Atomic int stop, commits;
+} churn_t;
+
+static void *churn_main(void *arg)
+{
+    churn_t *c = arg;
+    char err[512] = "";
+    while (!c->stop) {
+        idx_wtxn_t *t = NULL;
+        if (idx_store_begin(c->s, &t, err, sizeof err))
+            break;
+        Kbsync__Doc d;
+        float emb[DIM];
+        make_doc(&d, emb, "churn", "churn", ++c->lsn);
+        int64_t old;
+        if (idx_store_upsert(t, c->lsn, 1000 + c->lsn, &d, &old, err,
+                             sizeof err) ||
+            idx_store_commit(&t, err, sizeof err)) {
+            idx_store_abort(&t);
+            break;
+        }
+        c->commits++;
+    }
+    return NULL;
+}
+
+/* A digest check with a hold limit gives way (-EAGAIN) once its read
+ * transaction is older than the limit and a write committed meanwhile
+ * (LMDB cannot reuse the pages freed while it is open), and only then: with
+ * no write it runs to the end however long it takes; without a limit it
+ * always does, and its digest matches. Fails when the limit is ignored,
+ * or applied without a write. */
+static void test_idx_store_digest_check_gives_way_to_writes(void **state)
+{
+    fx_t *f = *state;
+    char err[512] = "";
+    idx_wtxn_t *t = begin(f->s);
+    char id[32];
+    for (uint64_t i = 1; i <= 4096; i++) {
+        snprintf(id, sizeof id, "doc%llu", (unsigned long long)i);
+        upsert(t, i, id, "some text of a document");
+    }
+    commit(&t);
+    idx_store_digest_check_t c;
+    /* no write: the 1 us limit is long past, but nothing is held back */
+    KBT_OK(idx_store_digest_check(f->s, &c, NULL, 1, err, sizeof err), err);
+    KBT_U64(c.docs, 4096);
+    KBT_U64(c.scanned, c.stored);
+    churn_t ch = {.s = f->s, .lsn = 4096};
+    pthread_t thr;
+    assert_int_equal(pthread_create(&thr, NULL, churn_main, &ch), 0);
+    while (ch.commits < 10)
+        usleep(100);
+    int gave_way = 0, completed = 0;
+    for (int i = 0; i < 200 && (gave_way < 3 || completed < 3); i++) {
+        int rc = idx_store_digest_check(f->s, &c, NULL, 1, err, sizeof err);
+        if (rc == -EAGAIN) {
+            gave_way++;
+            assert_non_null(strstr(err, "gave way to writes"));
+            assert_true(c.docs < 4097);
+        } else {
+            KBT_OK(rc, err);
+        }
+        /* without a limit: always to the end, consistent */
+        KBT_OK(idx_store_digest_check(f->s, &c, NULL, 0, err, sizeof err),
+               err);
+        KBT_U64(c.scanned, c.stored);
+        KBT_U64(c.docs, 4097);
+        completed++;
+    }
+    ch.stop = 1;
+    pthread_join(thr, NULL);
+    if (gave_way < 3)
+        fail_msg("a check with a 1 us hold limit gave way %d times while "
+                 "%d commits were made",
+                 gave_way, (int)ch.commits);
+    expect_digest(f->s);
 }
 
 /* Lazy commits (idx_store_set_lazy): a lazy commit is on disk only once
@@ -1121,6 +1205,7 @@ int main(void)
         T(test_idx_store_compact_delete_of_longest_id),
         T(test_idx_store_sweep_below_log_start),
         T(test_idx_store_digest_follows_every_write),
+        T(test_idx_store_digest_check_gives_way_to_writes),
         T(test_idx_store_lazy_commits_and_synced_lsn),
         T(test_idx_store_foreign_commit_is_seen),
     };

@@ -58,8 +58,11 @@ typedef struct idx_config {
     int ckpt_off;       /* 1 = neither write nor load checkpoints */
     /* Digest checks (anti-entropy): a background pass recomputes the
      * documents' digest at most every scrub_ms (0 = 1000; IDX_SCRUB_OFF =
-     * never) and at most 1/30 of a core. */
+     * never) and at most 1/30 of a core. While writes flow, a scheduled
+     * pass gives way once its read transaction has been open scrub_hold_ms
+     * (0 = IDX_SCRUB_HOLD_MS) and a write committed since. */
     uint32_t scrub_ms;
+    uint32_t scrub_hold_ms;
 } idx_config_t;
 
 #define IDX_SCRUB_OFF UINT32_MAX
@@ -367,10 +370,12 @@ typedef struct idx_check {
     uint64_t passes, last_ms, last_lsn, docs;
     uint64_t mismatches; /* passes that found the documents changed */
     uint64_t bad_lsn, bad_stored, bad_scanned; /* the newest mismatch */
-    uint64_t started, ended; /* passes begun, and ended (done or failed) */
+    uint64_t started, ended; /* passes begun, and ended (done, failed or
+                                gave way) */
     uint64_t last_stored, last_scanned; /* the newest completed pass */
     uint64_t last_ok; /* its number among the passes begun */
     uint64_t foreign; /* looks that found a commit by another process */
+    uint64_t yielded; /* scheduled passes that gave way to writes */
 } idx_check_t;
 /* Any thread. All zero when checks are off. */
 void idx_check_state(idx_kb_t *ix, idx_check_t *out);
