@@ -34,6 +34,10 @@ static int scrub_pass(idx_scrub_t *sc, idx_store_digest_check_t *c,
 {
     pthread_mutex_lock(&sc->mu);
     uint64_t seq = ++sc->st.started;
+    /* A request that came after the caller looked owns this pass (its
+     * number is the one idx_scrub_request returned): it runs to the end. */
+    if (sc->want)
+        hold_us = 0;
     sc->want = 0;
     pthread_mutex_unlock(&sc->mu);
     uint64_t t0 = kb_mono_us();
@@ -120,12 +124,12 @@ static void *scrub_main(void *arg)
          * complete, not every few seconds while it streams in. */
         if (!want && sc->pause && __atomic_load_n(sc->pause, __ATOMIC_ACQUIRE))
             continue;
-        /* A requested pass, one for a foreign commit, one on a quiet node
-         * and one after SCRUB_INSIST_MS without a completed pass run to
-         * the end whatever is written meanwhile. */
+        /* A requested pass, one for a foreign commit and one after
+         * IDX_SCRUB_INSIST_MS without a completed pass run to the end
+         * whatever is written meanwhile; the others give way to writes
+         * (a pass begun on a quiet node too, when writes resume). */
         uint64_t hold_us = 0;
-        if (!want && duty == IDX_SCRUB_DUTY &&
-            now - last_ok < IDX_SCRUB_INSIST_MS * 1000ull)
+        if (!want && now - last_ok < IDX_SCRUB_INSIST_MS * 1000ull)
             hold_us = sc->hold_ms * 1000ull;
         idx_store_digest_check_t c = {0};
         char err[256];

@@ -7,9 +7,9 @@
  * (and at least every_ms) has gone by since it ended: D = IDX_SCRUB_DUTY_IDLE when nothing was
  * written for a second (at most 1/8 of a core, so that an edit is found
  * within about a second on a quiet node of 100k documents), IDX_SCRUB_DUTY
- * while writes flow (at most 1/30 of a core, out of the writers' way; and
- * a pass then gives way to them rather than hold its read transaction
- * long, see IDX_SCRUB_HOLD_MS).
+ * while writes flow (at most 1/30 of a core, out of the writers' way). A
+ * scheduled pass gives way to writes rather than hold its read
+ * transaction long (IDX_SCRUB_HOLD_MS).
  * A commit to the store by another process (idx_store_foreign_txn: an
  * operator's tool editing the data directory) starts a pass at the next
  * look (after a pass in progress), whatever the schedule. */
@@ -22,11 +22,12 @@
 
 #define IDX_SCRUB_DUTY 30
 #define IDX_SCRUB_DUTY_IDLE 8
-/* While writes flow, a scheduled pass gives way (idx_store_digest_check's
- * hold_us) once its read transaction has been open this long and a write
- * committed since: LMDB cannot reuse the pages freed meanwhile, and a pass
- * at nice 10 on a busy machine could hold it for seconds. A pass insists
- * (no limit) when none has completed for IDX_SCRUB_INSIST_MS. */
+/* A scheduled pass gives way (idx_store_digest_check's hold_us) once its
+ * read transaction has been open this long and a write committed since:
+ * LMDB cannot reuse the pages freed meanwhile, and a pass at nice 10 on a
+ * busy machine could hold it for seconds. A requested pass, one for a
+ * commit by another process, and one when none has completed for
+ * IDX_SCRUB_INSIST_MS (counted from the thread's start) run to the end. */
 #define IDX_SCRUB_HOLD_MS 200u
 #define IDX_SCRUB_INSIST_MS 60000u
 
@@ -37,8 +38,8 @@ typedef struct idx_scrub_state {
     uint64_t started;      /* passes begun */
     uint64_t passes;       /* completed */
     uint64_t failed;       /* ended by an error or by idx_scrub_stop */
-    uint64_t yielded;      /* gave way to writes (scheduled passes while
-                              writes flow: see idx_scrub.c) */
+    uint64_t yielded;      /* scheduled passes that gave way to writes
+                              (IDX_SCRUB_HOLD_MS) */
     uint64_t last_ok;      /* the newest completed pass: its number among
                               those begun (started) */
     uint64_t last_stored;  /* the last completed pass: the kept digest */

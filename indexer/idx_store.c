@@ -210,6 +210,12 @@ static int digest_scan(idx_store_t *s, MDB_txn *txn, uint64_t *digest,
         return rc;
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        /* before a document (never after the last one): give way? */
+        if (*docs && (*docs & 1023) == 0 && hold_us &&
+            kb_mono_us() - t0 > hold_us && store_moved(s, txn)) {
+            rc = -EAGAIN;
+            break;
+        }
         if (v.mv_size != 8) {
             rc = MDB_CORRUPTED;
             break;
@@ -224,11 +230,6 @@ static int digest_scan(idx_store_t *s, MDB_txn *txn, uint64_t *digest,
         *digest += idx_store_record_hash(lv.mv_data, lv.mv_size);
         if ((++*docs & 1023) == 0 && stop && *stop) {
             rc = KB_EUNAVAIL;
-            break;
-        }
-        if ((*docs & 1023) == 0 && hold_us && kb_mono_us() - t0 > hold_us &&
-            store_moved(s, txn)) {
-            rc = -EAGAIN;
             break;
         }
     }
@@ -1900,10 +1901,10 @@ int idx_store_digest_check(idx_store_t *s, idx_store_digest_check_t *c,
     if (rc == -EAGAIN)
         return kb_seterr(err, errlen, rc,
                          "digest check gave way to writes: its read "
-                         "transaction was open over %llu ms (%llu documents "
+                         "transaction was open over %.1f ms (%llu documents "
                          "read), and LMDB cannot reuse the pages writes free "
                          "meanwhile",
-                         (unsigned long long)(hold_us / 1000),
+                         (double)hold_us / 1000.0,
                          (unsigned long long)c->docs);
     if (rc)
         return store_fail(err, errlen, rc, "digest check");

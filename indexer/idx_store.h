@@ -218,7 +218,8 @@ typedef struct idx_store_digest_check {
 /* stop (may be NULL): when it turns non-zero the walk gives up within
  * 1,024 documents with KB_EUNAVAIL. hold_us (0: no limit): once its read
  * transaction has been open that long and a write transaction committed
- * since it began, the walk gives up within 1,024 documents with -EAGAIN
+ * since it began, the walk gives up at the next multiple of 1,024
+ * documents read (not after the last one) with -EAGAIN
  * (an open read transaction keeps LMDB from reusing the pages later
  * writes free, and the data file grows). */
 int idx_store_digest_check(idx_store_t *s, idx_store_digest_check_t *c,

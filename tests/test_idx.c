@@ -2230,19 +2230,21 @@ static void test_idx_scheduled_check_gives_way_to_writes(void **state)
         write_range(f->ix, "d", i, i + 5000, 1, NULL);
     idx_check_t ck = {0};
     double t0 = mono_ms();
-    for (int i = 0; mono_ms() - t0 < 5000 && ck.yielded < 2; i++) {
+    /* a pass that gave way sets the next one 30 x its duration later:
+     * seconds under TSan on a loaded machine */
+    for (int i = 0; mono_ms() - t0 < 30000 && ck.yielded < 2; i++) {
         write_range(f->ix, "w", i % 100, i % 100 + 1, i, NULL);
         idx_check_state(f->ix, &ck);
     }
     if (ck.yielded < 2)
-        fail_msg("no scheduled pass gave way to 5 s of writes (%llu passes "
+        fail_msg("no scheduled pass gave way to 30 s of writes (%llu passes "
                  "completed, the last in %llu ms)",
                  (unsigned long long)ck.passes,
                  (unsigned long long)ck.last_ms);
     /* quiet: the next pass completes, and finds the documents intact */
     uint64_t passes = ck.passes, lsn = 0;
     idx_state(f->ix, &lsn, NULL);
-    for (int i = 0; i < 500 && !(ck.passes > passes && ck.last_lsn == lsn);
+    for (int i = 0; i < 3000 && !(ck.passes > passes && ck.last_lsn == lsn);
          i++) {
         usleep(10000);
         idx_check_state(f->ix, &ck);

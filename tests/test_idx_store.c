@@ -994,7 +994,7 @@ static void test_idx_store_digest_follows_every_write(void **state)
 typedef struct {
     idx_store_t *s;
     uint64_t lsn; /* the last one written */
-    _Atomic int stop, commits;
+    _Atomic int stop, commits, done;
 } churn_t;
 
 static void *churn_main(void *arg)
@@ -1017,6 +1017,7 @@ static void *churn_main(void *arg)
         }
         c->commits++;
     }
+    c->done = 1;
     return NULL;
 }
 
@@ -1045,8 +1046,9 @@ static void test_idx_store_digest_check_gives_way_to_writes(void **state)
     churn_t ch = {.s = f->s, .lsn = 4096};
     pthread_t thr;
     assert_int_equal(pthread_create(&thr, NULL, churn_main, &ch), 0);
-    while (ch.commits < 10)
+    for (int i = 0; i < 100000 && ch.commits < 10 && !ch.done; i++)
         usleep(100);
+    assert_true(ch.commits >= 10);
     int gave_way = 0, completed = 0;
     for (int i = 0; i < 200 && (gave_way < 3 || completed < 3); i++) {
         int rc = idx_store_digest_check(f->s, &c, NULL, 1, err, sizeof err);

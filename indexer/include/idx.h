@@ -58,9 +58,9 @@ typedef struct idx_config {
     int ckpt_off;       /* 1 = neither write nor load checkpoints */
     /* Digest checks (anti-entropy): a background pass recomputes the
      * documents' digest at most every scrub_ms (0 = 1000; IDX_SCRUB_OFF =
-     * never) and at most 1/30 of a core. While writes flow, a scheduled
-     * pass gives way once its read transaction has been open scrub_hold_ms
-     * (0 = IDX_SCRUB_HOLD_MS) and a write committed since. */
+     * never) and at most 1/30 of a core. A scheduled pass gives way once
+     * its read transaction has been open scrub_hold_ms (0 =
+     * IDX_SCRUB_HOLD_MS) and a write committed since. */
     uint32_t scrub_ms;
     uint32_t scrub_hold_ms;
 } idx_config_t;
