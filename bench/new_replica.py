@@ -6,6 +6,14 @@ and per thread with 10 ms or more, user and system seconds) and its commit
 counters (commits, synced_commits, lazy_commits, store_syncs). $RX, if
 set, is added to the replica's options (e.g. RX=--no-sync).
 
+A loading replica answers a status request only between the batches it
+applies, so its polls come tens of ms apart (about 20 polls in 1.8 s) and
+the polled time can be late by up to one such gap (23 and 40 ms after the
+log line below in one bench/run_storage.sh run). With LOG_FILE, "logged_seconds" is also printed: from the
+start to the time stamp of the replica's own log line "snapshot complete
+at LSN N ... serving from now on" (when N >= VERSION), written just before
+it starts serving.
+
 The poller is started before the replica and keeps one connection, so the
 timing does not pay a process start per poll: on 2 cores a CLI started every
 few milliseconds takes a good part of a core from the replica being timed.
@@ -13,6 +21,7 @@ few milliseconds takes a good part of a core from the replica being timed.
 usage: python3 new_replica.py KBSYNC_BIN VERSION DATA_DIR ID LEADER_REPL_EP
        [LOG_FILE]   (with BUILD/python on PYTHONPATH)
 """
+import datetime
 import json
 import os
 import socket
@@ -39,6 +48,27 @@ def cpu_seconds(stat_path):
     return int(fields[11]) / hz, int(fields[12]) / hz
 
 
+def logged_serving(log, version, t0_wall):
+    """Seconds from t0_wall to the replica's "snapshot complete" log line
+    for an LSN >= version, or None."""
+    try:
+        with open(log) as f:
+            for line in f:
+                if "snapshot complete at LSN" not in line:
+                    continue
+                lsn = int(line.split("snapshot complete at LSN ")[1]
+                          .split(":")[0])
+                if lsn < version:
+                    continue
+                ts = datetime.datetime.strptime(
+                    line.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                    tzinfo=datetime.timezone.utc).timestamp()
+                return round(ts - t0_wall, 3)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def main():
     exe, version, data, rid, leader = sys.argv[1:6]
     log = sys.argv[6] if len(sys.argv) > 6 else os.devnull
@@ -47,6 +77,7 @@ def main():
     cl = kbsync.Client([ep], timeout=0.5, retries=0)
     with open(log, "w") as lf:
         t0 = time.monotonic()
+        t0_wall = time.time()
         p = subprocess.Popen([exe, "replica", "--data", data, "--id", rid,
                               "--leader", leader, "--listen", ep] +
                              os.environ.get("RX", "").split(),
@@ -79,7 +110,9 @@ def main():
     finally:
         p.terminate()
         p.wait()
-    print(json.dumps({"seconds": round(t1 - t0, 3), "version": st.version,
+    print(json.dumps({"seconds": round(t1 - t0, 3),
+                      "logged_seconds": logged_serving(log, version, t0_wall),
+                      "version": st.version,
                       "cpu_user": user, "cpu_sys": system, "polls": polls,
                       "commits": [st.commits, st.synced_commits, st.lazy_commits,
                                   st.store_syncs],

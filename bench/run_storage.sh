@@ -8,7 +8,9 @@
 #  2. a new replica (empty directory, not named) of the once-ingested and of
 #     the 4x-ingested knowledge base: seconds from its start until it serves
 #     the leader's version, and the snapshot's transfer rate (the leader's
-#     data file size / that time).
+#     data file size / that time); polled (bench/new_replica.py: a loading
+#     replica answers between batches, so up to one batch late) and by the
+#     replica's own log line that it serves.
 # usage: bench/run_storage.sh [N=100000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,8 +92,9 @@ new_replica() {
   out=$(PYTHONPATH="$PWD/$B/python" /usr/bin/python3 bench/new_replica.py \
         "$B/kbsync" "$v" "$W/$name" "$name" "$REPL" "$W/$name.log")
   local s; s=$(echo "$out" | python3 -c "import json,sys; print(json.load(sys.stdin)['seconds'])")
+  local ls; ls=$(echo "$out" | python3 -c "import json,sys; print(json.load(sys.stdin)['logged_seconds'] or 0)")
   local lmb; lmb=$(mb "$W/L")
-  echo "new replica $name: serving version $v after $s s (leader data file $lmb MB: $(calc "$lmb / $s" 0) MB/s); $(grep -c 'loading a snapshot' "$W/$name.log") snapshot(s); $out"
+  echo "new replica $name: serving version $v after $s s (leader data file $lmb MB: $(calc "$lmb / $s" 0) MB/s); by its own log line, serving after $ls s ($(calc "$lmb / ($ls + 0.000001)" 0) MB/s); $(grep -c 'loading a snapshot' "$W/$name.log") snapshot(s); $out"
   # the replica's own account: its log's times of the snapshot's start and end
   local a b
   a=$(grep -m1 'loading a snapshot' "$W/$name.log" | cut -d' ' -f1)
