@@ -92,9 +92,9 @@ new_replica() {
   out=$(PYTHONPATH="$PWD/$B/python" /usr/bin/python3 bench/new_replica.py \
         "$B/kbsync" "$v" "$W/$name" "$name" "$REPL" "$W/$name.log")
   local s; s=$(echo "$out" | python3 -c "import json,sys; print(json.load(sys.stdin)['seconds'])")
-  local ls; ls=$(echo "$out" | python3 -c "import json,sys; print(json.load(sys.stdin)['logged_seconds'] or 0)")
+  local logged; logged=$(echo "$out" | python3 -c "import json,sys; print(json.load(sys.stdin)['logged_seconds'] or 0)")
   local lmb; lmb=$(mb "$W/L")
-  echo "new replica $name: serving version $v after $s s (leader data file $lmb MB: $(calc "$lmb / $s" 0) MB/s); by its own log line, serving after $ls s ($(calc "$lmb / ($ls + 0.000001)" 0) MB/s); $(grep -c 'loading a snapshot' "$W/$name.log") snapshot(s); $out"
+  echo "new replica $name: serving version $v after $s s (leader data file $lmb MB: $(calc "$lmb / $s" 0) MB/s); by its own log line, serving after $logged s ($(calc "$lmb / ($logged + 0.000001)" 0) MB/s); $(grep -c 'loading a snapshot' "$W/$name.log") snapshot(s); $out"
   # the replica's own account: its log's times of the snapshot's start and end
   local a b
   a=$(grep -m1 'loading a snapshot' "$W/$name.log" | cut -d' ' -f1)

@@ -187,7 +187,6 @@ static uint64_t label_hash(MDB_txn *txn, MDB_dbi log, int64_t label)
     return idx_store_record_hash(v.mv_data, v.mv_size);
 }
 
-/* Recomputes the digest from every live document in txn. */
 /* Whether a write transaction committed after txn began (the pages it
  * freed cannot be reused while txn is open). */
 static int store_moved(idx_store_t *s, MDB_txn *txn)
@@ -197,6 +196,8 @@ static int store_moved(idx_store_t *s, MDB_txn *txn)
            info.me_last_txnid != mdb_txn_id(txn);
 }
 
+/* Recomputes the digest from every live document in txn; with hold_us,
+ * gives way (-EAGAIN) as idx_store_digest_check() says. */
 static int digest_scan(idx_store_t *s, MDB_txn *txn, uint64_t *digest,
                        uint64_t *docs, const _Atomic int *stop,
                        uint64_t hold_us)
