@@ -636,17 +636,30 @@ static void test_e2e_lone_slow_reader_stays_bounded(void **state)
     assert_int_equal(kbp_run(out, sizeof out, "'%s' ingest --to '%s' '%s'",
                              kbp_bin(), e->ep, path),
                      0);
+    /* until the node has gone through the flood (on a loaded machine it
+     * can take longer than the 1.5 s above): half of it dropped */
     cJSON *st = status_json(e);
+    double dropped = 0;
+    for (int i = 0; i < 300; i++) {
+        dropped = kbp_num(st, "dropped_client_answers") +
+                  kbp_num(st, "dropped_client_requests");
+        if (dropped >= nflood / 2)
+            break;
+        cJSON_Delete(st);
+        usleep(100000);
+        st = status_json(e);
+    }
     double queued = kbp_num(st, "client_queue_bytes");
-    double dropped = kbp_num(st, "dropped_client_answers") +
-                     kbp_num(st, "dropped_client_requests");
     long rss1 = rss_mb(e->leader);
     /* the flooding client is listed first, at its limit: over it, or just
      * below it when the kernel's socket buffers took one more answer
      * after the last one was dropped (then the drops say it was over) */
     const cJSON *cq = cJSON_GetArrayItem(cJSON_GetObjectItem(st, "client_queues"), 0);
     assert_non_null(cq);
-    assert_true(kbp_num(cq, "bytes") > 4.0 * 1048576 - 1.5 * 1048576);
+    if (!(kbp_num(cq, "bytes") > 4.0 * 1048576 - 1.5 * 1048576))
+        fail_msg("the first client listed has %.0f bytes queued (want over "
+                 "2.5 MB); %.0f dropped, %.0f bytes queued in all",
+                 kbp_num(cq, "bytes"), dropped, queued);
     assert_true(cJSON_IsTrue(cJSON_GetObjectItem(cq, "over_limit")) ||
                 dropped >= nflood / 2);
     cJSON_Delete(st);
@@ -655,8 +668,11 @@ static void test_e2e_lone_slow_reader_stays_bounded(void **state)
      * says nothing there; the queue and the drops still do */
     rss1 = rss0;
 #endif
+    /* resident memory: far below the 480 MB of every answer kept; what
+     * malloc keeps of the dropped answers' memory varies (growth of 175 -
+     * 22 = 153 MB seen once in a full-suite run, so 250 MB) */
     if (queued > 4.0 * 1048576 + 2.5 * 1048576 || dropped < nflood / 2 ||
-        rss1 - rss0 > 150)
+        rss1 - rss0 > 250)
         fail_msg("slow reader: %.0f bytes queued (limit 4 MB + one answer), "
                  "%.0f answers/requests dropped, resident %ld -> %ld MB",
                  queued, dropped, rss0, rss1);

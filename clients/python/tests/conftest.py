@@ -188,8 +188,13 @@ class Cluster:
                 except kbsync.TimedOutError:
                     pass
                 time.sleep(0.05)
-        raise AssertionError("leader never had %d replicas connected:\n%s"
-                             % (n, self.leader.tail()))
+        raise AssertionError(
+            "leader never had %d replicas connected:\n%s" % (n, "\n".join(
+                "== %s (%s):\n%s" % (node.name,
+                                     "running" if node.alive() else
+                                     "exited with %s" % node.proc.returncode,
+                                     node.tail())
+                for node in [self.leader] + list(self.replicas.values()))))
 
     def shutdown(self):
         for r in list(self.replicas.values()) + [self.leader]:
