@@ -636,7 +636,7 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
     ix->mg_started = 1;
     if (cfg->scrub_ms != IDX_SCRUB_OFF &&
         idx_scrub_start(ix->store, cfg->scrub_ms, cfg->scrub_hold_ms,
-                        &ix->loading, &ix->scrub)) {
+                        cfg->scrub_unchanged_ms, &ix->loading, &ix->scrub)) {
         rc = kb_seterr(err, errlen, KB_ENOMEM,
                        "cannot start the digest checks");
         goto fail;
@@ -2937,6 +2937,7 @@ void idx_check_state(idx_kb_t *ix, idx_check_t *out)
     out->last_stored = s.last_stored;
     out->last_scanned = s.last_scanned;
     out->foreign = s.foreign;
+    out->unchanged = s.unchanged;
 }
 
 uint64_t idx_check_request(idx_kb_t *ix)

@@ -20,6 +20,7 @@ struct idx_scrub {
     const uint64_t *pause; /* non-zero: no scheduled pass (may be NULL) */
     uint32_t every_ms;
     uint32_t hold_ms;
+    uint32_t unchanged_ms;
     pthread_mutex_t mu; /* guards st, want */
     pthread_cond_t cv;
     _Atomic int stop;   /* also read by a pass in progress */
@@ -76,6 +77,15 @@ static void *scrub_main(void *arg)
     setpriority(PRIO_PROCESS, (id_t)gettid(), 10);
     uint64_t last_end = 0, last_ms = 0, seen_head = UINT64_MAX, changed = 0;
     uint64_t last_ok = kb_mono_us(); /* a completed pass (or the start) */
+    /* ... or a look that found the store as a completed pass saw it (the
+     * IDX_SCRUB_INSIST_MS rule: a node idle for a minute has not gone a
+     * minute unchecked) */
+    uint64_t last_sure = last_ok;
+    /* The store as the newest completed pass began (have_clean): while it
+     * stays so, that pass's verdict stands and no scheduled pass is due
+     * until unchanged_ms after it. */
+    idx_store_stamp_t clean;
+    int have_clean = 0;
     for (;;) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -124,19 +134,43 @@ static void *scrub_main(void *arg)
          * complete, not every few seconds while it streams in. */
         if (!want && sc->pause && __atomic_load_n(sc->pause, __ATOMIC_ACQUIRE))
             continue;
+        /* Nothing written since the last completed pass began, through
+         * LMDB or to the file (its stamp was taken 3 s or more after the
+         * last write before it): a pass would read the same bytes again
+         * (from the page cache, as a rule). Re-checked unchanged_ms after
+         * that pass all the same. */
+        idx_store_stamp_t stamp;
+        int stamped = !idx_store_stamp(sc->s, &stamp);
+        if (!want && have_clean && stamped &&
+            idx_store_stamp_equal(&stamp, &clean) &&
+            now - last_ok < sc->unchanged_ms * 1000ull) {
+            last_sure = now;
+            pthread_mutex_lock(&sc->mu);
+            sc->st.unchanged++;
+            pthread_mutex_unlock(&sc->mu);
+            continue;
+        }
         /* A requested pass, one for a foreign commit and one after
          * IDX_SCRUB_INSIST_MS without a completed pass run to the end
          * whatever is written meanwhile; the others give way to writes
          * (a pass begun on a quiet node too, when writes resume). */
         uint64_t hold_us = 0;
-        if (!want && now - last_ok < IDX_SCRUB_INSIST_MS * 1000ull)
+        if (!want && now - last_sure < IDX_SCRUB_INSIST_MS * 1000ull)
             hold_us = sc->hold_ms * 1000ull;
         idx_store_digest_check_t c = {0};
         char err[256];
         uint64_t t0 = kb_mono_us();
         int rc = scrub_pass(sc, &c, hold_us, err, sizeof err);
         if (!rc)
-            last_ok = kb_mono_us();
+            last_ok = last_sure = kb_mono_us();
+        /* a stamp taken within a few seconds of a write is no proof that
+         * nothing changed later (coarse file times): not kept */
+        if (!rc && stamped && stamp.settled) {
+            clean = stamp;
+            have_clean = 1;
+        } else if (!rc) {
+            have_clean = 0;
+        }
         if (rc && rc != -EAGAIN && !sc->stop)
             kb_warn("digest check: %s", err);
         else if (!rc && c.stored != c.scanned)
@@ -154,7 +188,8 @@ static void *scrub_main(void *arg)
 }
 
 int idx_scrub_start(idx_store_t *s, uint32_t every_ms, uint32_t hold_ms,
-                    const uint64_t *pause, idx_scrub_t **out)
+                    uint32_t unchanged_ms, const uint64_t *pause,
+                    idx_scrub_t **out)
 {
     idx_scrub_t *sc = calloc(1, sizeof *sc);
     if (!sc)
@@ -163,6 +198,7 @@ int idx_scrub_start(idx_store_t *s, uint32_t every_ms, uint32_t hold_ms,
     sc->pause = pause;
     sc->every_ms = every_ms ? every_ms : 1000;
     sc->hold_ms = hold_ms ? hold_ms : IDX_SCRUB_HOLD_MS;
+    sc->unchanged_ms = unchanged_ms ? unchanged_ms : IDX_SCRUB_UNCHANGED_MS;
     pthread_mutex_init(&sc->mu, NULL);
     pthread_cond_init(&sc->cv, NULL);
     if (pthread_create(&sc->thr, NULL, scrub_main, sc)) {

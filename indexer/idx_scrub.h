@@ -4,10 +4,13 @@
  * one read transaction and compare it with the stored one, and their
  * outcome. Owns one thread. A pass costs about one read of the documents.
  * The thread looks every 250 ms and runs a pass when D x the last pass
- * (and at least every_ms) has gone by since it ended: D = IDX_SCRUB_DUTY_IDLE when nothing was
- * written for a second (at most 1/8 of a core, so that an edit is found
- * within about a second on a quiet node of 100k documents), IDX_SCRUB_DUTY
- * while writes flow (at most 1/30 of a core, out of the writers' way). A
+ * (and at least every_ms) has gone by since it ended: D =
+ * IDX_SCRUB_DUTY_IDLE when nothing was written for a second (at most 1/8
+ * of a core, so that an edit is found within about a second on a quiet
+ * node of 100k documents), IDX_SCRUB_DUTY while writes flow (at most 1/30
+ * of a core, out of the writers' way); and only once the store changed
+ * since the last completed pass began, or IDX_SCRUB_UNCHANGED_MS after it
+ * (an idle node does not re-read unchanged documents all the time). A
  * scheduled pass gives way to writes rather than hold its read
  * transaction long (IDX_SCRUB_HOLD_MS).
  * A commit to the store by another process (idx_store_foreign_txn: an
@@ -26,10 +29,17 @@
  * read transaction has been open this long and a write committed since:
  * LMDB cannot reuse the pages freed meanwhile, and a pass at nice 10 on a
  * busy machine could hold it for seconds. A requested pass, one for a
- * commit by another process, and one when none has completed for
- * IDX_SCRUB_INSIST_MS (counted from the thread's start) run to the end. */
+ * commit by another process, and one when for IDX_SCRUB_INSIST_MS
+ * (counted from the thread's start) none has completed nor has the store
+ * been found unchanged since one did, run to the end. */
 #define IDX_SCRUB_HOLD_MS 200u
 #define IDX_SCRUB_INSIST_MS 60000u
+/* A store unchanged since the newest completed pass began (the same LMDB
+ * transaction id, data file size and times: idx_store_stamp, settled when
+ * that pass began) gets no scheduled pass for this long after it: a pass
+ * would read the same bytes. A write through LMDB or to the file makes
+ * one due again. */
+#define IDX_SCRUB_UNCHANGED_MS 300000u
 
 typedef struct idx_scrub idx_scrub_t;
 
@@ -53,13 +63,17 @@ typedef struct idx_scrub_state {
     uint64_t bad_scanned;  /* and what the documents add up to */
     uint64_t foreign;      /* looks that found a commit by another
                               process (each starts a pass) */
+    uint64_t unchanged;    /* looks that found a pass due but the store
+                              unchanged since the last completed one */
 } idx_scrub_state_t;
 
-/* Starts the thread (every_ms >= 1; hold_ms 0 = IDX_SCRUB_HOLD_MS). While
+/* Starts the thread (every_ms >= 1; hold_ms 0 = IDX_SCRUB_HOLD_MS;
+ * unchanged_ms 0 = IDX_SCRUB_UNCHANGED_MS). While
  * *pause (read atomically; pause may be NULL) is non-zero, no scheduled
  * pass starts: requests and commits by another process still start one. */
 int idx_scrub_start(idx_store_t *s, uint32_t every_ms, uint32_t hold_ms,
-                    const uint64_t *pause, idx_scrub_t **out);
+                    uint32_t unchanged_ms, const uint64_t *pause,
+                    idx_scrub_t **out);
 /* Stops and joins it; accepts NULL. */
 void idx_scrub_stop(idx_scrub_t **sc);
 void idx_scrub_get(idx_scrub_t *sc, idx_scrub_state_t *out);

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define STORE_DEFAULT_MAP (64ull << 30)
@@ -136,6 +137,44 @@ uint64_t idx_store_foreign_txn(idx_store_t *s)
         return 0;
     s->foreign_seen = found;
     return found;
+}
+
+int idx_store_stamp(idx_store_t *s, idx_store_stamp_t *out)
+{
+    memset(out, 0, sizeof *out);
+    MDB_txn *rt;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &rt);
+    if (rc)
+        return rc;
+    out->txnid = (uint64_t)mdb_txn_id(rt);
+    mdb_txn_abort(rt);
+    int fd;
+    struct stat st;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now); /* before the file's times */
+    rc = mdb_env_get_fd(s->env, &fd);
+    if (!rc && fstat(fd, &st))
+        rc = errno;
+    if (rc) {
+        memset(out, 0, sizeof *out);
+        return rc;
+    }
+    out->size = (uint64_t)st.st_size;
+    out->mtime_s = st.st_mtim.tv_sec;
+    out->mtime_ns = st.st_mtim.tv_nsec;
+    out->ctime_s = st.st_ctim.tv_sec;
+    out->ctime_ns = st.st_ctim.tv_nsec;
+    int64_t newest = out->mtime_s > out->ctime_s ? out->mtime_s : out->ctime_s;
+    out->settled = (int64_t)now.tv_sec - newest > IDX_STORE_STAMP_SETTLE_S;
+    return 0;
+}
+
+int idx_store_stamp_equal(const idx_store_stamp_t *a,
+                          const idx_store_stamp_t *b)
+{
+    return a->txnid && a->txnid == b->txnid && a->size == b->size &&
+           a->mtime_s == b->mtime_s && a->mtime_ns == b->mtime_ns &&
+           a->ctime_s == b->ctime_s && a->ctime_ns == b->ctime_ns;
 }
 
 /* A random non-zero id (getrandom; the clock if that fails). */

@@ -77,6 +77,29 @@ void idx_store_sync_counts(const idx_store_t *s, uint64_t *synced_commits,
  * thread at a time (the digest-check one). */
 uint64_t idx_store_foreign_txn(idx_store_t *s);
 
+/* What tells whether the stored bytes may have changed: LMDB's newest
+ * transaction id (any process's commit) and the data file's size and
+ * modification and change times (a write to the file that bypasses LMDB:
+ * a tool, a flipped bit written back). Equal stamps taken at two moments:
+ * nothing was written in between, through LMDB or the file, provided the
+ * first one is `settled`: its file times at least IDX_STORE_STAMP_SETTLE_S
+ * older than the clock when it was taken. (File systems keep times in
+ * steps, up to 2 s on some; a write in the same step as the one before
+ * would leave them unchanged.) */
+typedef struct idx_store_stamp {
+    uint64_t txnid, size;
+    int64_t mtime_s, mtime_ns, ctime_s, ctime_ns;
+    int settled; /* not compared */
+} idx_store_stamp_t;
+
+#define IDX_STORE_STAMP_SETTLE_S 3
+
+/* Takes the stamp now. Returns 0, or an LMDB or errno code (then the
+ * stamp is zeroed and should be taken as "may have changed"). Any thread. */
+int idx_store_stamp(idx_store_t *s, idx_store_stamp_t *out);
+int idx_store_stamp_equal(const idx_store_stamp_t *a,
+                          const idx_store_stamp_t *b);
+
 /* Number of live documents (entries in `ids`). Writer thread only. */
 uint64_t idx_store_count(idx_store_t *s);
 

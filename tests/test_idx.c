@@ -16,6 +16,8 @@
 #include "kbsync.pb-c.h"
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <errno.h>
 #include <sys/resource.h>
 #include <pthread.h>
@@ -1451,6 +1453,125 @@ static void test_idx_foreign_edit_starts_a_digest_check(void **state)
     assert_true(ck.bad_stored != ck.bad_scanned);
 }
 
+/* Flips the case of the first letter of every copy of needle in DIR's
+ * data file with plain writes to the file, past LMDB (as a tool rewriting
+ * bytes, or a bit flip written back, would); returns the copies changed.
+ * Stale copies in pages LMDB freed are changed too: harmless. */
+static int rewrite_in_file(const char *dir, const char *needle)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    int fd = open(path, O_RDWR);
+    assert_true(fd >= 0);
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    char *buf = malloc((size_t)st.st_size);
+    assert_non_null(buf);
+    assert_int_equal(pread(fd, buf, (size_t)st.st_size, 0), st.st_size);
+    size_t nl = strlen(needle);
+    int n = 0;
+    for (char *p = buf; (p = memmem(p, (size_t)(buf + st.st_size - p),
+                                    needle, nl)) != NULL;
+         p += nl) {
+        char c = (char)(*p ^ 0x20);
+        assert_int_equal(pwrite(fd, &c, 1, p - buf), 1);
+        n++;
+    }
+    free(buf);
+    close(fd);
+    return n;
+}
+
+/* An idle node does not re-read documents nobody changed: once a pass
+ * has checked the store, no scheduled pass runs while LMDB's newest
+ * transaction and the data file's size and times stay the same (here the
+ * schedule alone would run one every 250 ms). Bytes rewritten in the
+ * file past LMDB make a pass due at once, and it finds them. Fails when
+ * unchanged stores are checked again and again, and when a write to the
+ * file is not noticed. */
+static void test_idx_idle_store_is_not_checked_again(void **state)
+{
+    fx_t *f = *state;
+    idx_config_t c = {.dir = f->dir, .dim = DIM, .nosync = 1, .scrub_ms = 1};
+    char err[512] = "";
+    KBT_OK(idx_open(&c, &f->ix, err, sizeof err), err);
+    float v[DIM];
+    for (int i = 0; i < 50; i++) {
+        char id[16], text[64];
+        kbt_rand_unit(v, DIM, (unsigned)i + 1);
+        snprintf(id, sizeof id, "d%d", i);
+        snprintf(text, sizeof text, "needle-%d-of-an-idle-store", i);
+        write1(f->ix, up(id, text, v, ""));
+    }
+    /* passes go on until one begins 3 s after the last write (file times
+     * move in steps: idx_store_stamp's settled), then looks skip them */
+    idx_check_t ck = {0};
+    uint64_t base = UINT64_MAX;
+    for (int i = 0; i < 1500; i++) {
+        usleep(10000);
+        idx_check_state(f->ix, &ck);
+        if (ck.passes && ck.last_lsn == 50 && base == UINT64_MAX)
+            base = ck.unchanged;
+        if (base != UINT64_MAX && ck.unchanged > base)
+            break;
+    }
+    KBT_U64(ck.last_lsn, 50);
+    KBT_U64(ck.mismatches, 0);
+    if (base == UINT64_MAX || ck.unchanged <= base)
+        fail_msg("no look found the store unchanged in 15 s (%llu passes)",
+                 (unsigned long long)ck.passes);
+    uint64_t started = ck.started, unchanged = ck.unchanged;
+    usleep(1300000);
+    idx_check_state(f->ix, &ck);
+    if (ck.started != started)
+        fail_msg("%llu passes over an unchanged store in 1.3 s",
+                 (unsigned long long)(ck.started - started));
+    assert_true(ck.unchanged > unchanged);
+    assert_true(rewrite_in_file(f->dir, "needle-7-of") >= 1);
+    uint64_t t0 = kb_mono_us();
+    while (kb_mono_us() - t0 < 3000000u && !ck.mismatches) {
+        usleep(10000);
+        idx_check_state(f->ix, &ck);
+    }
+    if (!ck.mismatches)
+        fail_msg("bytes rewritten in the data file not found in 3 s (%llu "
+                 "passes begun since)",
+                 (unsigned long long)(ck.started - started));
+    KBT_U64(ck.foreign, 0); /* not through LMDB */
+    assert_true(ck.bad_stored != ck.bad_scanned);
+}
+
+/* ... but checks it again unchanged_ms after the last pass all the same
+ * (here 500 ms; 5 minutes by default). Fails when an unchanged store is
+ * never checked again. */
+static void test_idx_unchanged_store_is_rechecked(void **state)
+{
+    fx_t *f = *state;
+    idx_config_t c = {.dir = f->dir, .dim = DIM, .nosync = 1, .scrub_ms = 1,
+                      .scrub_unchanged_ms = 500};
+    char err[512] = "";
+    KBT_OK(idx_open(&c, &f->ix, err, sizeof err), err);
+    float v[DIM];
+    kbt_rand_unit(v, DIM, 7);
+    write1(f->ix, up("only", "one document", v, ""));
+    idx_check_t ck = {0};
+    for (int i = 0; i < 1500 && !ck.unchanged; i++) {
+        usleep(10000);
+        idx_check_state(f->ix, &ck);
+    }
+    assert_true(ck.unchanged > 0);
+    uint64_t passes = ck.passes;
+    for (int i = 0; i < 500 && ck.passes < passes + 2; i++) {
+        usleep(10000);
+        idx_check_state(f->ix, &ck);
+    }
+    if (ck.passes < passes + 2)
+        fail_msg("an unchanged store was checked %llu times in 5 s with "
+                 "a 500 ms re-check",
+                 (unsigned long long)(ck.passes - passes));
+    KBT_U64(ck.mismatches, 0);
+}
+
 /* ------------------------------------------------------- store full */
 
 static void test_idx_write_failure_changes_nothing(void **state)
@@ -2262,7 +2383,7 @@ static void test_idx_no_scheduled_check_while_loading(void **state)
     fx_t *f = *state;
     idx_config_t c = {.dir = f->dir2, .dim = DIM, .metric = "ip",
                       .node_id = "replica", .nosync = 1, .replica = 1,
-                      .scrub_ms = 1};
+                      .scrub_ms = 1, .scrub_unchanged_ms = 1};
     char err[512] = "";
     KBT_OK(idx_open(&c, &f->rep, err, sizeof err), err);
     KBT_OK(idx_set_loading(f->rep, 20, 20, err, sizeof err), err);
@@ -2570,6 +2691,8 @@ int main(void)
         T(test_idx_write_precommit_ships_records),
         T(test_idx_write_failure_changes_nothing),
         T(test_idx_foreign_edit_starts_a_digest_check),
+        T(test_idx_idle_store_is_not_checked_again),
+        T(test_idx_unchanged_store_is_rechecked),
         T(test_idx_search_batch_equals_single_searches),
         T(test_idx_flat_grows_beside_searches),
         T(test_idx_search_never_sees_half_applied_write),

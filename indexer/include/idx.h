@@ -60,9 +60,12 @@ typedef struct idx_config {
      * documents' digest at most every scrub_ms (0 = 1000; IDX_SCRUB_OFF =
      * never) and at most 1/30 of a core. A scheduled pass gives way once
      * its read transaction has been open scrub_hold_ms (0 =
-     * IDX_SCRUB_HOLD_MS) and a write committed since. */
+     * IDX_SCRUB_HOLD_MS) and a write committed since. A store unchanged
+     * since the last completed pass gets the next one scrub_unchanged_ms
+     * after it (0 = IDX_SCRUB_UNCHANGED_MS, 5 minutes). */
     uint32_t scrub_ms;
     uint32_t scrub_hold_ms;
+    uint32_t scrub_unchanged_ms;
 } idx_config_t;
 
 #define IDX_SCRUB_OFF UINT32_MAX
@@ -376,6 +379,8 @@ typedef struct idx_check {
     uint64_t last_ok; /* its number among the passes begun */
     uint64_t foreign; /* looks that found a commit by another process */
     uint64_t yielded; /* scheduled passes that gave way to writes */
+    uint64_t unchanged; /* looks that skipped a due pass: the store was
+                           unchanged since the last completed one */
 } idx_check_t;
 /* Any thread. All zero when checks are off. */
 void idx_check_state(idx_kb_t *ix, idx_check_t *out);
