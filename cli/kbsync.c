@@ -917,6 +917,8 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
                                 (double)s->digest_check_mismatches);
         cJSON_AddNumberToObject(o, "digest_check_yields",
                                 (double)s->digest_check_yields);
+        cJSON_AddNumberToObject(o, "digest_check_skips",
+                                (double)s->digest_check_skips);
         cJSON_AddNumberToObject(o, "digest_resyncs", (double)s->digest_resyncs);
         if (!strcmp(s->role, "leader")) {
             cJSON_AddNumberToObject(o, "idempotency_entries",
@@ -1013,12 +1015,14 @@ static int cmd_status_or_rebuild(int argc, char **argv, int rebuild)
                (unsigned long long)(s->durable_version ? s->durable_version
                                                        : s->version));
         printf("  digest %016llx at LSN %llu; %llu background checks (last "
-               "%llu ms; %llu gave way to writes), %llu mismatches%s\n",
+               "%llu ms; %llu gave way to writes; %llu skipped, the store "
+               "unchanged), %llu mismatches%s\n",
                (unsigned long long)s->digest,
                (unsigned long long)s->digest_lsn,
                (unsigned long long)s->digest_checks,
                (unsigned long long)s->digest_check_ms,
                (unsigned long long)s->digest_check_yields,
+               (unsigned long long)s->digest_check_skips,
                (unsigned long long)s->digest_check_mismatches,
                s->digest_resyncs ? " (copied anew from the leader)" : "");
         if (s->snapshot_lsn)

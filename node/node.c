@@ -259,6 +259,7 @@ static void node_state(node_t *n, Kbsync__NodeState *s, uint64_t *hist,
             s->digest_check_ms = ck.last_ms;
             s->digest_check_mismatches = ck.mismatches;
             s->digest_check_yields = ck.yielded;
+            s->digest_check_skips = ck.unchanged;
         }
     } else {
         s->node_id = (char *)n->cfg->replica.id;

@@ -319,6 +319,10 @@ char *node_metrics_render(const Kbsync__NodeState *s, size_t *len)
             "Scheduled digest checks that stopped to let writes reuse "
             "freed pages.",
             (double)s->digest_check_yields);
+    counter(&b, "kbsync_digest_check_skips_total",
+            "Scheduled digest checks skipped: the store was unchanged since "
+            "the last completed one.",
+            (double)s->digest_check_skips);
 
     if (s->role && !strcmp(s->role, "leader")) {
         gauge(&b, "kbsync_idempotency_entries",

@@ -28,21 +28,30 @@ def _die_with_parent():
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+_handed_out = set()
+
+
 def free_port(host="127.0.0.1"):
     """A free port below Linux's ephemeral range (32768-60999), so that no
-    client connection takes it while a node that listens on it restarts."""
+    client connection takes it while a node that listens on it restarts.
+    Never the same one twice in this process (a node may not have bound
+    the last one yet), and from 26000-31999, apart from the Python client
+    tests' 20000-25999 (ctest runs the two side by side)."""
     import random
     for _ in range(1000):
-        port = random.randrange(20000, 32000)
+        port = random.randrange(26000, 32000)
+        if port in _handed_out:
+            continue
         s = socket.socket()
         try:
             s.bind((host, port))
+            _handed_out.add(port)
             return port
         except OSError:
             continue
         finally:
             s.close()
-    raise RuntimeError("no free port in 20000-32000")
+    raise RuntimeError("no free port in 26000-31999")
 
 
 def _sh(*args, check=True):
