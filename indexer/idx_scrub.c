@@ -151,7 +151,8 @@ static void *scrub_main(void *arg)
             continue;
         }
         /* A requested pass, one for a foreign commit and one after
-         * IDX_SCRUB_INSIST_MS without a completed pass run to the end
+         * IDX_SCRUB_INSIST_MS without a completed pass (nor a look that
+         * found the store as one left it: last_sure) run to the end
          * whatever is written meanwhile; the others give way to writes
          * (a pass begun on a quiet node too, when writes resume). */
         uint64_t hold_us = 0;

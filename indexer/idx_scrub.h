@@ -8,9 +8,10 @@
  * IDX_SCRUB_DUTY_IDLE when nothing was written for a second (at most 1/8
  * of a core, so that an edit is found within about a second on a quiet
  * node of 100k documents), IDX_SCRUB_DUTY while writes flow (at most 1/30
- * of a core, out of the writers' way); and only once the store changed
- * since the last completed pass began, or IDX_SCRUB_UNCHANGED_MS after it
- * (an idle node does not re-read unchanged documents all the time). A
+ * of a core, out of the writers' way); but not while the store is
+ * unchanged since the last completed pass began (its stamp settled, see
+ * idx_store_stamp) until IDX_SCRUB_UNCHANGED_MS after that pass (an idle
+ * node does not re-read unchanged documents all the time). A
  * scheduled pass gives way to writes rather than hold its read
  * transaction long (IDX_SCRUB_HOLD_MS).
  * A commit to the store by another process (idx_store_foreign_txn: an

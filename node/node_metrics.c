@@ -320,8 +320,8 @@ char *node_metrics_render(const Kbsync__NodeState *s, size_t *len)
             "freed pages.",
             (double)s->digest_check_yields);
     counter(&b, "kbsync_digest_check_skips_total",
-            "Scheduled digest checks skipped: the store was unchanged since "
-            "the last completed one.",
+            "Looks of the digest-check thread that skipped a due pass: the "
+            "store was unchanged since the last completed one.",
             (double)s->digest_check_skips);
 
     if (s->role && !strcmp(s->role, "leader")) {

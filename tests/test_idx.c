@@ -2384,6 +2384,8 @@ static void test_idx_no_scheduled_check_while_loading(void **state)
     idx_config_t c = {.dir = f->dir2, .dim = DIM, .metric = "ip",
                       .node_id = "replica", .nosync = 1, .replica = 1,
                       .scrub_ms = 1, .scrub_unchanged_ms = 1};
+    /* (unchanged_ms 1: an idle store would otherwise get no pass either,
+     * and the pause could go unnoticed) */
     char err[512] = "";
     KBT_OK(idx_open(&c, &f->rep, err, sizeof err), err);
     KBT_OK(idx_set_loading(f->rep, 20, 20, err, sizeof err), err);

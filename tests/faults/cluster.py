@@ -35,11 +35,17 @@ def free_port(host="127.0.0.1"):
     """A free port below Linux's ephemeral range (32768-60999), so that no
     client connection takes it while a node that listens on it restarts.
     Never the same one twice in this process (a node may not have bound
-    the last one yet), and from 26000-31999, apart from the Python client
-    tests' 20000-25999 (ctest runs the two side by side)."""
+    the last one yet), and from KB_TEST_PORTS=LO-HI when set (CMakeLists.txt
+    gives each ctest entry that starts nodes its own range, since ctest
+    runs them side by side), else 24000-31999."""
     import random
+    lo, hi = 24000, 31999
+    try:
+        lo, hi = (int(x) for x in os.environ["KB_TEST_PORTS"].split("-"))
+    except (KeyError, ValueError):
+        pass
     for _ in range(1000):
-        port = random.randrange(26000, 32000)
+        port = random.randrange(lo, hi + 1)
         if port in _handed_out:
             continue
         s = socket.socket()
@@ -51,7 +57,7 @@ def free_port(host="127.0.0.1"):
             continue
         finally:
             s.close()
-    raise RuntimeError("no free port in 26000-31999")
+    raise RuntimeError("no free port in %d-%d" % (lo, hi))
 
 
 def _sh(*args, check=True):

@@ -42,14 +42,25 @@ def kbsync_binary():
 _handed_out = set()
 
 
+def port_range(default):
+    """KB_TEST_PORTS=LO-HI (CMakeLists.txt gives each ctest entry that
+    starts nodes on fixed ports its own range, since ctest runs them side
+    by side), else default."""
+    try:
+        lo, hi = os.environ["KB_TEST_PORTS"].split("-")
+        return int(lo), int(hi)
+    except (KeyError, ValueError):
+        return default
+
+
 def free_port():
     """A free port below Linux's ephemeral range, so that no client
     connection takes it while a node that listens on it restarts. Never
     the same one twice in this process (a node may not have bound the
-    last one yet), and from 20000-25999, apart from the fault suite's
-    26000-31999 (ctest runs the two side by side)."""
+    last one yet), and from this test's range (port_range)."""
+    lo, hi = port_range((20000, 23999))
     for _ in range(1000):
-        port = random.randrange(20000, 26000)
+        port = random.randrange(lo, hi + 1)
         if port in _handed_out:
             continue
         s = socket.socket()
