@@ -118,21 +118,29 @@ static int txn_commit(idx_store_t *s, MDB_txn *txn)
     return rc;
 }
 
+/* LMDB's newest transaction id, any process's (a read transaction's: the
+ * lock region's aligned counter, not the mapped meta page). */
+static int newest_txnid(idx_store_t *s, uint64_t *id)
+{
+    MDB_txn *rt;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &rt);
+    if (rc)
+        return rc;
+    *id = (uint64_t)mdb_txn_id(rt);
+    mdb_txn_abort(rt);
+    return 0;
+}
+
 uint64_t idx_store_foreign_txn(idx_store_t *s)
 {
     uint64_t found =
         __atomic_exchange_n(&s->foreign_pending, 0, __ATOMIC_SEQ_CST);
-    /* LMDB's newest id first (a read transaction's: the lock region's
-     * aligned counter), then ours: a commit of ours that is visible has
-     * its id noted already. */
-    MDB_txn *rt;
-    if (!mdb_txn_begin(s->env, NULL, MDB_RDONLY, &rt)) {
-        uint64_t last = (uint64_t)mdb_txn_id(rt);
-        mdb_txn_abort(rt);
-        if (last > __atomic_load_n(&s->own_txnid, __ATOMIC_SEQ_CST) &&
-            last > found)
-            found = last;
-    }
+    /* LMDB's newest id first, then ours: a commit of ours that is
+     * visible has its id noted already. */
+    uint64_t last;
+    if (!newest_txnid(s, &last) &&
+        last > __atomic_load_n(&s->own_txnid, __ATOMIC_SEQ_CST) && last > found)
+        found = last;
     if (found <= s->foreign_seen)
         return 0;
     s->foreign_seen = found;
@@ -142,12 +150,9 @@ uint64_t idx_store_foreign_txn(idx_store_t *s)
 int idx_store_stamp(idx_store_t *s, idx_store_stamp_t *out)
 {
     memset(out, 0, sizeof *out);
-    MDB_txn *rt;
-    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &rt);
+    int rc = newest_txnid(s, &out->txnid);
     if (rc)
         return rc;
-    out->txnid = (uint64_t)mdb_txn_id(rt);
-    mdb_txn_abort(rt);
     int fd;
     struct stat st;
     struct timespec now;
