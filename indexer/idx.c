@@ -634,8 +634,13 @@ int idx_open(const idx_config_t *cfg, idx_kb_t **out, char *err, size_t errlen)
         goto fail;
     }
     ix->mg_started = 1;
-    if (cfg->scrub_ms != IDX_SCRUB_OFF &&
-        idx_scrub_start(ix->store, cfg->scrub_ms, cfg->scrub_hold_ms,
+    /* With the checks off (IDX_SCRUB_OFF) the thread still runs the
+     * passes `kbsync verify` asks for, off the node's loop. */
+    if (idx_scrub_start(ix->store,
+                        cfg->scrub_ms == IDX_SCRUB_OFF
+                            ? IDX_SCRUB_REQUESTS_ONLY
+                            : cfg->scrub_ms,
+                        cfg->scrub_hold_ms,
                         cfg->scrub_unchanged_ms, &ix->loading, &ix->scrub)) {
         rc = kb_seterr(err, errlen, KB_ENOMEM,
                        "cannot start the digest checks");

@@ -102,6 +102,9 @@ static void *scrub_main(void *arg)
         pthread_mutex_unlock(&sc->mu);
         if (stop)
             break;
+        /* Checks off: requested passes only. */
+        if (!want && sc->every_ms == IDX_SCRUB_REQUESTS_ONLY)
+            continue;
         /* Written by another process: a pass now, not at the next turn. */
         uint64_t foreign = idx_store_foreign_txn(sc->s);
         if (foreign) {

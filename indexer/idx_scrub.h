@@ -68,8 +68,12 @@ typedef struct idx_scrub_state {
                               unchanged since the last completed one */
 } idx_scrub_state_t;
 
-/* Starts the thread (every_ms >= 1; hold_ms 0 = IDX_SCRUB_HOLD_MS;
- * unchanged_ms 0 = IDX_SCRUB_UNCHANGED_MS). While
+/* every_ms for a thread that runs requested passes only (background
+ * checks off): no schedule, no look for commits by another process. */
+#define IDX_SCRUB_REQUESTS_ONLY UINT32_MAX
+
+/* Starts the thread (every_ms >= 1, or IDX_SCRUB_REQUESTS_ONLY; hold_ms
+ * 0 = IDX_SCRUB_HOLD_MS; unchanged_ms 0 = IDX_SCRUB_UNCHANGED_MS). While
  * *pause (read atomically; pause may be NULL) is non-zero, no scheduled
  * pass starts: requests and commits by another process still start one. */
 int idx_scrub_start(idx_store_t *s, uint32_t every_ms, uint32_t hold_ms,

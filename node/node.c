@@ -502,7 +502,10 @@ static void verify_answer(node_t *n, const kb_peer_t *peer, uint64_t rid,
 
 /* kbsync verify: asks the digest-check thread for a pass now and answers
  * when it has ended (node_verify_release); the loop goes on meanwhile.
- * With checks off, the check runs here, on the loop. */
+ * The thread runs with the background checks off too (requested passes
+ * only), so verifies never run on the loop and at most NODE_VERIFY_MAX
+ * wait either way; without a thread (none here today) the check would
+ * run on the loop. */
 static void node_verify(node_t *n, const kb_peer_t *peer, uint64_t rid,
                         uint64_t at_lsn)
 {

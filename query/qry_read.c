@@ -17,7 +17,16 @@
  * leader for its committed LSN (repl_replica_read_index_begin(), with a
  * request sent after the query arrived), and once the answer comes the
  * query waits like a min_version read for that LSN. No answer within
- * wait_ms: KB_ESTALE saying the leader did not answer. */
+ * wait_ms: KB_ESTALE saying the leader did not answer.
+ *
+ * BOUNDED READS
+ * max_lag_ms is checked by the reader that answers. On a replica caught up
+ * as far as it knows, lag_ms is the age of the leader's last message (up
+ * to a heartbeat, 100 ms, on a live link); when that alone is above the
+ * bound and the leader was heard within QRY_BOUNDED_ASK_MS, the query is
+ * parked and the replica asks the leader for a read index like a strong
+ * read; the answer refreshes the contact and the query runs (not waiting
+ * for that LSN: the readers measure the lag it leaves). */
 #include "qry_read.h"
 
 #include "kb_err.h"
@@ -31,6 +40,7 @@ typedef struct parked {
     Kbsync__Request *req;
     uint64_t deadline_us;
     uint64_t ri_need; /* strong read: the read-index seq awaited (0: none) */
+    int bounded;      /* a bounded read asking the leader (see admit) */
 } parked_t;
 
 struct qry_read {
@@ -111,16 +121,17 @@ static void refuse(void *router, const qry_read_node_t *node,
                    const kb_peer_t *peer, Kbsync__Request *req, int waited)
 {
     char err[512];
-    if (waited == 2) {
+    if (waited == 2 || waited == 3) {
         Kbsync__NodeState s;
         node->state(node->ctx, &s);
         snprintf(err, sizeof err,
-                 "strong read refused: node %s could not learn the leader's "
+                 "%s read refused: node %s could not learn the leader's "
                  "committed version within %u ms (leader contact %llu ms "
-                 "ago; node at version %llu)",
-                 s.node_id, wait_ms(req->query),
-                 (unsigned long long)s.leader_contact_ms,
-                 (unsigned long long)s.version);
+                 "ago; node at version %llu, lag %llu ms%s)",
+                 waited == 3 ? "bounded" : "strong", s.node_id,
+                 wait_ms(req->query), (unsigned long long)s.leader_contact_ms,
+                 (unsigned long long)s.version, (unsigned long long)s.lag_ms,
+                 waited == 3 ? ", above max_lag_ms" : "");
     } else if (!waited) {
         snprintf(err, sizeof err,
                  "min_version %llu is above the leader's version %llu: no "
@@ -157,7 +168,24 @@ void qry_read_admit(qry_read_t *r, void *router, const qry_read_node_t *node,
     if (strong && node->leader && node->version > req->query->min_version)
         req->query->min_version = node->version;
     uint64_t want = req->query->min_version;
-    if ((!strong || node->leader) &&
+    /* A bounded read on a replica that holds every write it knows of, and
+     * whose lag_ms is above the bound only because the leader's last
+     * message is that old (lag_ms is then the contact age: writes since
+     * cannot have arrived), asks the leader for its committed version
+     * first, unless the leader has been silent for longer than a live one
+     * is: an idle knowledge base would otherwise refuse tight bounds
+     * between heartbeats. The readers check the bound again on the answer
+     * (query/qry_pool.c). */
+    int ask = 0;
+    if (!strong && node->ri_begin && node->has_kb && node->state &&
+        (req->query->max_lag_ms ||
+         req->query->consistency == KBSYNC__READ_LEVEL__READ_BOUNDED)) {
+        Kbsync__NodeState s;
+        node->state(node->ctx, &s);
+        ask = s.lag_ops == 0 && s.lag_ms > req->query->max_lag_ms &&
+              s.leader_contact_ms <= QRY_BOUNDED_ASK_MS;
+    }
+    if ((!strong || node->leader) && !ask &&
         (!want || (node->has_kb && want <= node->version))) {
         node->run(node->ctx, peer, req);
         return;
@@ -186,8 +214,10 @@ void qry_read_admit(qry_read_t *r, void *router, const qry_read_node_t *node,
     }
     r->p[r->n].peer = *peer;
     r->p[r->n].req = req;
-    r->p[r->n].ri_need = strong && node->ri_begin ? node->ri_begin(node->ctx)
-                                                  : 0;
+    r->p[r->n].ri_need = (strong || ask) && node->ri_begin
+                             ? node->ri_begin(node->ctx)
+                             : 0;
+    r->p[r->n].bounded = ask;
     r->p[r->n].deadline_us =
         kb_mono_us() + (uint64_t)wait_ms(req->query) * 1000u;
     r->n++;
@@ -200,7 +230,9 @@ void qry_read_release(qry_read_t *r, void *router, const qry_read_node_t *node)
     for (size_t i = 0; i < r->n; i++) {
         parked_t *w = &r->p[i];
         if (w->ri_need && node->ri_seq >= w->ri_need) {
-            if (node->ri_lsn > w->req->query->min_version)
+            /* A bounded read needs the answer's fresh contact, not that
+             * version: the readers measure its lag when they answer. */
+            if (!w->bounded && node->ri_lsn > w->req->query->min_version)
                 w->req->query->min_version = node->ri_lsn;
             w->ri_need = 0;
         }
@@ -208,7 +240,8 @@ void qry_read_release(qry_read_t *r, void *router, const qry_read_node_t *node)
             w->req->query->min_version <= node->version)
             node->run(node->ctx, &w->peer, w->req);
         else if (now >= w->deadline_us)
-            refuse(router, node, &w->peer, w->req, w->ri_need ? 2 : 1);
+            refuse(router, node, &w->peer, w->req,
+                   !w->ri_need ? 1 : w->bounded ? 3 : 2);
         else
             r->p[keep++] = *w;
     }

@@ -38,10 +38,15 @@
  * lag_ms = leader_now - commit time of the oldest unapplied write (LSN
  * applied + 1): exact when the last heartbeat or records message named that
  * LSN (next_lsn), otherwise measured from our newest write's commit time (an
- * upper bound; unknown when we hold none); 0 when lag_ops is 0. When the
- * leader has been silent for more than REPLICA_SILENT_MS, writes committed
- * since cannot have arrived: lag_ms is then at least the silence,
- * so a cut-off replica shows its lag growing instead of freezing at 0. */
+ * upper bound; unknown when we hold none). With lag_ops 0 it is the age of
+ * the leader's last message (leader_contact_ms): a write committed after
+ * that message cannot have arrived, so no smaller figure is safe; it stays
+ * under REPL_BEAT_MS + delivery on a live link, and grows while the leader
+ * is silent. Behind (lag_ops > 0) and silent for more than
+ * REPLICA_SILENT_MS, lag_ms is at least the silence as well, so a cut-off
+ * replica shows its lag growing instead of freezing. lag_ms is therefore
+ * never below the true lag; a bounded read that the contact age alone
+ * exceeds asks the leader first (query/qry_read.c). */
 #include "repl_replica.h"
 
 #include "kb_sec.h"
@@ -1284,8 +1289,13 @@ void repl_replica_staleness(repl_replica_t *r, const idx_view_t *view,
                  : leader_now > oldest ? (leader_now - oldest) / 1000u
                                        : 0;
     }
-    if (leader_sent_us && s->leader_contact_ms > REPLICA_SILENT_MS &&
-        s->leader_contact_ms > lag_ms)
+    /* Writes committed after the leader sent its last message cannot have
+     * reached us: caught up as far as we know (lag_ops 0), the oldest write
+     * we may lack is no older than that message, so the contact age is the
+     * upper bound (an idle leader sends one every REPL_BEAT_MS). Behind,
+     * a long silence raises the figure the same way. */
+    if (leader_sent_us && s->leader_contact_ms > lag_ms &&
+        (!s->lag_ops || s->leader_contact_ms > REPLICA_SILENT_MS))
         lag_ms = s->leader_contact_ms;
     s->lag_ms = lag_ms;
 }

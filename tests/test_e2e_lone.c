@@ -682,6 +682,40 @@ static void test_e2e_lone_slow_reader_stays_bounded(void **state)
 
 /* `kbsync COMMAND --help` prints the usage on stdout and exits 0 (it was
  * "bad option" and exit 2 for every command but ingest). */
+/* With the background digest checks off (--digest-check-ms 0), `kbsync
+ * verify` still runs on the digest-check thread, off the node's loop (so
+ * its 16-request limit holds and other clients are served meanwhile):
+ * each verify shows as a pass in status, and no pass runs unasked. */
+static void test_e2e_lone_verify_with_checks_off(void **state)
+{
+    e2e_t *e = *state;
+    char dim[16];
+    snprintf(dim, sizeof dim, "%d", DIM);
+    char *argv[] = {"kbsync",          "leader",  "--data",
+                    e->data,           "--dim",   dim,
+                    "--listen",        "tcp://127.0.0.1:*",
+                    "--endpoint-file", e->epfile, "--digest-check-ms",
+                    "0",               NULL};
+    e->leader = kbp_spawn(e->log, argv);
+    assert_true(e->leader > 0);
+    assert_int_equal(kbp_wait_file(e->epfile, e->ep, sizeof e->ep, 20000), 0);
+    char path[600];
+    static char out[1 << 16];
+    snprintf(path, sizeof path, "%s/docs.jsonl", e->dir);
+    write_jsonl(path, 0, 50, 0);
+    assert_int_equal(kbp_run(out, sizeof out, "'%s' ingest --to '%s' '%s'",
+                             kbp_bin(), e->ep, path),
+                     0);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(kbp_run(out, sizeof out, "'%s' verify --to '%s'",
+                                 kbp_bin(), e->ep),
+                         0);
+    usleep(1500000); /* a scheduled pass would have run by now */
+    cJSON *st = status_json(e);
+    assert_int_equal((int)kbp_num(st, "digest_checks"), 2);
+    cJSON_Delete(st);
+}
+
 static void test_e2e_lone_help(void **state)
 {
     (void)state;
@@ -706,6 +740,8 @@ int main(void)
     atexit(kbp_kill_all);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_e2e_lone_help),
+        cmocka_unit_test_setup_teardown(test_e2e_lone_verify_with_checks_off,
+                                        setup, teardown),
         cmocka_unit_test(test_e2e_lone_ingest_without_blas_threads),
         cmocka_unit_test_setup_teardown(
             test_e2e_lone_ingest_query_delete_restart, setup, teardown),

@@ -538,6 +538,75 @@ static void test_e2e_repl_async_converges_and_lag_is_reported(void **state)
     cJSON_Delete(s2);
 }
 
+/* A bounded read on replica n (--consistency bounded:MS, --wait-ms WAIT):
+ * 1 answered (its lag_ms in *lag), 0 refused with KB_ESTALE. */
+static int bounded_on(const node_t *n, int ms, int wait, int *lag)
+{
+    static char out[1 << 16];
+    char v[1024];
+    int rc = kbp_run(out, sizeof out,
+                     "'%s' query --to '%s' -k 1 --json --vector '%s' "
+                     "--consistency bounded:%d --wait-ms %d 2>&1",
+                     kbp_bin(), n->ep, kbp_vector_arg(0, DIM, v, sizeof v),
+                     ms, wait);
+    if (rc) {
+        assert_non_null(strstr(out, "KB_ESTALE"));
+        return 0;
+    }
+    cJSON *q = kbp_last_json(out);
+    assert_non_null(q);
+    *lag = (int)kbp_num(q, "lag_ms");
+    cJSON_Delete(q);
+    return 1;
+}
+
+/* lag_ms is never below the true lag, so a bounded read is never answered
+ * staler than asked: a replica that holds every write it knows of can
+ * vouch only for the time since the leader's last message (a write
+ * committed since then may be on its way). Such a bounded read asks the
+ * leader first, so tight bounds are answered on an idle knowledge base. */
+static void test_e2e_repl_bounded_reads_never_staler(void **state)
+{
+    cluster_t *c = *state;
+    start_cluster(c, NULL, NULL);
+    char path[400];
+    snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
+    write_jsonl(path, "a", 0, 20);
+    assert_int_equal(ingest(c, "all", path, NULL), 0);
+    /* Idle: heartbeats every 100 ms, so the leader's last message is
+     * older than 20 ms most of the time; each read asks the leader. */
+    int answered = 0, lag = -1;
+    for (int i = 0; i < 10; i++) {
+        if (bounded_on(&c->r[0], 20, 1000, &lag)) {
+            answered++;
+            assert_true(lag <= 20);
+        }
+        usleep(37000);
+    }
+    assert_true(answered >= 8);
+    /* The leader stops: after 100 ms of silence (under the 300 ms after
+     * which a silence also counts when behind), the caught-up replica
+     * reports at least that silence, and refuses a 50 ms bound. */
+    kill(c->leader.pid, SIGSTOP);
+    usleep(100000);
+    cJSON *st = status(&c->r[0]);
+    int refused = !bounded_on(&c->r[0], 50, 200, &lag);
+    kill(c->leader.pid, SIGCONT);
+    assert_non_null(st);
+    assert_int_equal((int)kbp_num(st, "lag_ops"), 0);
+    assert_true(kbp_num(st, "lag_ms") >= 100);
+    assert_true(kbp_num(st, "lag_ms") >= kbp_num(st, "leader_contact_ms"));
+    cJSON_Delete(st);
+    assert_true(refused);
+    /* The leader answers again: so does the bound. */
+    int ok = 0;
+    for (int i = 0; i < 40 && !ok; i++)
+        if (!(ok = bounded_on(&c->r[0], 50, 1000, &lag)))
+            usleep(50000);
+    assert_true(ok);
+    assert_true(lag <= 50);
+}
+
 static void test_e2e_repl_replica_restart_catches_up(void **state)
 {
     cluster_t *c = *state;
@@ -1542,6 +1611,8 @@ int main(void)
             test_e2e_repl_all_mode_visible_on_every_replica, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_e2e_repl_async_converges_and_lag_is_reported, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_e2e_repl_bounded_reads_never_staler, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_e2e_repl_replica_restart_catches_up, setup, teardown),
         cmocka_unit_test_setup_teardown(

@@ -18,6 +18,11 @@
 
 #define QRY_WAIT_DEFAULT_MS 1000
 #define QRY_WAIT_MAX_MS 60000
+/* A bounded read on a replica whose lag_ms exceeds the bound only by the
+ * age of the leader's last message asks the leader first when that age is
+ * at most this (a live leader sends one every 100 ms); past it, the bound
+ * is refused at once by the readers. */
+#define QRY_BOUNDED_ASK_MS 300
 
 typedef struct qry_read qry_read_t;
 

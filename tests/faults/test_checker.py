@@ -290,12 +290,15 @@ class CheckerTest(unittest.TestCase):
 
     def test_max_lag_within_tolerance(self):
         h = base()
-        # Version 3 while LSN 4 was acknowledged 0.3 s earlier: within the
-        # documented 300 ms silence rule plus a heartbeat.
-        h["ops"][7].update(version=3, hits={"k1": "a2"}, inv=3.1 + 0.3 +
-                           0.5, cmp=3.95)
+        # Version 3 while LSN 4 was acknowledged 515 ms earlier: 15 ms over
+        # a 500 ms bound, within the tolerance (rounding, clock estimate)...
+        h["ops"][7].update(version=3, hits={"k1": "a2"}, inv=3.1 + 0.515,
+                           cmp=3.95)
         h["ops"][7]["max_lag_ms"] = 500
         self.assertEqual(kinds(h), [])
+        # ...and 60 ms over it is a violation.
+        h["ops"][7].update(inv=3.1 + 0.56)
+        self.assertEqual(kinds(h), ["max-lag"])
 
     def test_version_backwards(self):
         def m(h):
