@@ -405,6 +405,15 @@ int kb_wire_socket_curve(void *ctx, int type, const char *endpoint, int bind,
                          const struct kb_curve *curve, void **out, char *err,
                          size_t errlen)
 {
+    return kb_wire_socket_opts(ctx, type, endpoint, bind, curve, NULL, out,
+                               err, errlen);
+}
+
+int kb_wire_socket_opts(void *ctx, int type, const char *endpoint, int bind,
+                        const struct kb_curve *curve,
+                        const kb_sockopts_t *opts, void **out, char *err,
+                        size_t errlen)
+{
     *out = NULL;
     void *s = zmq_socket(ctx, type);
     if (!s)
@@ -412,6 +421,17 @@ int kb_wire_socket_curve(void *ctx, int type, const char *endpoint, int bind,
                          zmq_strerror(errno));
     int zero = 0, one = 1;
     zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    if (opts && opts->sndhwm)
+        zmq_setsockopt(s, ZMQ_SNDHWM, &opts->sndhwm, sizeof opts->sndhwm);
+    if (opts && opts->heartbeat_ivl_ms) {
+        zmq_setsockopt(s, ZMQ_HEARTBEAT_IVL, &opts->heartbeat_ivl_ms,
+                       sizeof opts->heartbeat_ivl_ms);
+        zmq_setsockopt(s, ZMQ_HEARTBEAT_TIMEOUT, &opts->heartbeat_tmo_ms,
+                       sizeof opts->heartbeat_tmo_ms);
+    }
+    if (opts && opts->maxmsgsize)
+        zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &opts->maxmsgsize,
+                       sizeof opts->maxmsgsize);
     if (curve && curve->pub[0]) {
         /* Before bind/connect: a connection takes the settings it finds. */
         int bad = zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, curve->pub, 40) ||

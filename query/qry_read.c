@@ -41,11 +41,13 @@ typedef struct parked {
     uint64_t deadline_us;
     uint64_t ri_need; /* strong read: the read-index seq awaited (0: none) */
     int bounded;      /* a bounded read asking the leader (see admit) */
+    size_t bytes;     /* its packed size, counted in qry_read.bytes */
 } parked_t;
 
 struct qry_read {
     parked_t *p;
     size_t n, cap;
+    size_t bytes; /* packed size of the parked requests */
 };
 
 static uint32_t wait_ms(const Kbsync__QueryRequest *q)
@@ -200,6 +202,22 @@ void qry_read_admit(qry_read_t *r, void *router, const qry_read_node_t *node,
         refuse(router, node, peer, req, 0);
         return;
     }
+    /* Waiting reads hold their requests until answered or wait_ms ends
+     * (up to a minute), and no answer is due to count against the
+     * client's queue: bounded in number and bytes. */
+    size_t bytes =
+        protobuf_c_message_get_packed_size((const ProtobufCMessage *)req);
+    if (r->n >= QRY_PARKED_MAX || r->bytes + bytes > QRY_PARKED_MAX_BYTES) {
+        char err[256];
+        snprintf(err, sizeof err,
+                 "too many reads waiting on this node (%zu, %.1f MB; at "
+                 "most %d, %d MB); ask again once some are answered",
+                 r->n, (double)r->bytes / 1048576.0, QRY_PARKED_MAX,
+                 QRY_PARKED_MAX_BYTES >> 20);
+        kb_wire_send_error(router, peer, req->request_id, KB_EUNAVAIL, err);
+        kbsync__request__free_unpacked(req, NULL);
+        return;
+    }
     if (r->n == r->cap) {
         size_t cap = r->cap ? r->cap * 2 : 16;
         parked_t *p = realloc(r->p, cap * sizeof *p);
@@ -218,6 +236,8 @@ void qry_read_admit(qry_read_t *r, void *router, const qry_read_node_t *node,
                              ? node->ri_begin(node->ctx)
                              : 0;
     r->p[r->n].bounded = ask;
+    r->p[r->n].bytes = bytes;
+    r->bytes += bytes;
     r->p[r->n].deadline_us =
         kb_mono_us() + (uint64_t)wait_ms(req->query) * 1000u;
     r->n++;
@@ -237,13 +257,16 @@ void qry_read_release(qry_read_t *r, void *router, const qry_read_node_t *node)
             w->ri_need = 0;
         }
         if (!w->ri_need && node->has_kb &&
-            w->req->query->min_version <= node->version)
+            w->req->query->min_version <= node->version) {
+            r->bytes -= w->bytes;
             node->run(node->ctx, &w->peer, w->req);
-        else if (now >= w->deadline_us)
+        } else if (now >= w->deadline_us) {
+            r->bytes -= w->bytes;
             refuse(router, node, &w->peer, w->req,
                    !w->ri_need ? 1 : w->bounded ? 3 : 2);
-        else
+        } else {
             r->p[keep++] = *w;
+        }
     }
     r->n = keep;
 }

@@ -22,6 +22,12 @@
  * ZeroMQ or in flight) stays bounded whatever the records' size. */
 #define REPL_WINDOW_BYTES (64u << 20)
 #define REPL_FLIGHT 256 /* messages tracked for the byte window */
+/* The largest message a replica sends the leader (hello, ack, read index:
+ * a few KB): larger ones are dropped by ZeroMQ with their connection. */
+#define REPL_IN_MAX_BYTES (1 << 20)
+/* Entries of a diverged hello's recent-records list looked up (a replica
+ * sends about 100; each costs the loop one LMDB read). */
+#define REPL_RECENT_MAX 1024
 #define REPL_MAX_CLIENT_ID 64 /* bytes of an idempotent write's client_id */
 #define REPL_DEDUP_KEY (REPL_MAX_CLIENT_ID + 1 + 8)
 #define REPL_DEDUP_STEP 10000 /* results expired per tick at most */

@@ -242,11 +242,19 @@ static void send_error_to(repl_leader_t *l, const void *rid, size_t len,
     zmq_send(l->sock, buf, n, ZMQ_DONTWAIT);
 }
 
+/* Lines a replication peer can cause at its own pace (hellos that
+ * diverge, acks that lose it its place, digest mismatches): one a second
+ * per kind, then a count (kb_log_limited). The leader's replication runs
+ * on the node loop only. */
+static kb_loglimit_t log_lost, log_diverged, log_digest;
+
 static void peer_lost(peer_t *p, const char *why)
 {
     if (p->online)
-        kb_warn("replica %s: %s; marked disconnected (applied LSN %llu)", p->id,
-                why, (unsigned long long)p->acked);
+        kb_log_limited(&log_lost, KB_LOG_WARN,
+                       "replica %s: %s; marked disconnected (applied LSN "
+                       "%llu)",
+                       p->id, why, (unsigned long long)p->acked);
     p->online = 0;
 }
 
@@ -282,7 +290,7 @@ static void check_digest(repl_leader_t *l, peer_t *p, const Kbsync__ReplAck *a)
              "knowledge base again",
              (unsigned long long)a->digest_lsn, (unsigned long long)a->digest,
              (unsigned long long)mine);
-    kb_error("replica %s: %s", p->id, msg);
+    kb_log_limited(&log_digest, KB_LOG_ERROR, "replica %s: %s", p->id, msg);
     send_error_to(l, p->id, strlen(p->id), KB_ECORRUPT, msg);
     peer_lost(p, "digest mismatch");
 }
@@ -447,16 +455,26 @@ int repl_leader_new(idx_kb_t *ix, void *zctx, const repl_leader_config_t *cfg,
             cv.server[0] = '\0';
             cv.domain = "kbsync-repl";
         }
-        int rc = kb_wire_socket_curve(zctx, ZMQ_ROUTER, cfg->repl_listen, 1,
-                                      cfg->curve ? &cv : NULL, &l->sock, err,
-                                      errlen);
+        /* Set before the bind, which is when a listener takes them (set
+         * after it, as until Dec 7, they never applied): a deep send queue
+         * per replica, ZMTP heartbeats that close a dead connection within
+         * 3 s, and no message larger than a replica ever sends (hellos and
+         * acks are a few KB: a larger one closes its connection before
+         * the leader buffers it). */
+        kb_sockopts_t so = {.sndhwm = 100000,
+                            .heartbeat_ivl_ms = 1000,
+                            .heartbeat_tmo_ms = 3000,
+                            .maxmsgsize = REPL_IN_MAX_BYTES};
+        int rc = kb_wire_socket_opts(zctx, ZMQ_ROUTER, cfg->repl_listen, 1,
+                                     cfg->curve ? &cv : NULL, &so, &l->sock,
+                                     err, errlen);
         if (cfg->curve)
             explicit_bzero(&cv, sizeof cv);
         if (rc) {
             free(l);
             return rc;
         }
-        int one = 1, hwm = 100000, ivl = 1000, tmo = 3000;
+        int one = 1;
         zmq_setsockopt(l->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
         /* No ZMQ_ROUTER_HANDOVER: a second connection under a routing id
          * that is connected is refused by ZeroMQ, so a peer that claims a
@@ -464,9 +482,6 @@ int repl_leader_new(idx_kb_t *ix, void *zctx, const repl_leader_config_t *cfg,
          * comes back while its old connection is half-open is let in once
          * ZMTP heartbeats close the dead one (within 3 s), or at once when
          * its old connection was closed (a process that exits). */
-        zmq_setsockopt(l->sock, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl);
-        zmq_setsockopt(l->sock, ZMQ_HEARTBEAT_TIMEOUT, &tmo, sizeof tmo);
-        zmq_setsockopt(l->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
         char ep[256];
         size_t eplen = sizeof ep;
         zmq_getsockopt(l->sock, ZMQ_LAST_ENDPOINT, ep, &eplen);
@@ -772,14 +787,18 @@ static void on_hello(repl_leader_t *l, peer_t *p, const Kbsync__ReplHello *h)
         size_t n = h->n_recent_lsn < h->n_recent_commit_us
                        ? h->n_recent_lsn
                        : h->n_recent_commit_us;
+        if (n > REPL_RECENT_MAX) /* a replica sends about 100 */
+            n = REPL_RECENT_MAX;
         for (size_t i = 0; i < n && !w.keep_lsn; i++)
             if (h->recent_lsn[i] && h->recent_lsn[i] <= st.version &&
                 idx_commit_time(l->ix, h->recent_lsn[i]) ==
                     h->recent_commit_us[i])
                 w.keep_lsn = h->recent_lsn[i];
-        kb_error("%s; telling it to %s", reason,
-                 w.keep_lsn ? "drop what follows the last record we share"
-                            : "start over");
+        kb_log_limited(&log_diverged, KB_LOG_ERROR, "%s; telling it to %s",
+                       reason,
+                       w.keep_lsn ? "drop what follows the last record we "
+                                    "share"
+                                  : "start over");
         if (w.keep_lsn)
             kb_info("replica %s keeps its log up to LSN %llu", p->id,
                     (unsigned long long)w.keep_lsn);
@@ -833,6 +852,12 @@ void repl_leader_on_repl(repl_leader_t *l, void *router)
         }
         Kbsync__ReplMessage *m =
             kbsync__repl_message__unpack(NULL, b.len, b.data);
+        /* Strings end up in status answers and logs: UTF-8 only, as on
+         * the client socket. */
+        char bad_str[160];
+        int bad_utf8 = m && kb_wire_check_strings(
+                                &kbsync__repl_message__descriptor, b.data,
+                                b.len, bad_str, sizeof bad_str);
         /* A peer enters the table only by saying hello, in our protocol
          * version, with a routing id equal to its replica id (ZeroMQ's
          * generated ids never match). */
@@ -840,7 +865,11 @@ void repl_leader_on_repl(repl_leader_t *l, void *router)
                     m->body_case == KBSYNC__REPL_MESSAGE__BODY_HELLO;
         const char *refuse = NULL;
         char why[160];
-        if (hello && (m->hello->protocol_version != KB_REPL_PROTOCOL_VERSION ||
+        if (bad_utf8) {
+            refuse = bad_str;
+            rc = KB_EINVAL;
+        } else if (hello &&
+                   (m->hello->protocol_version != KB_REPL_PROTOCOL_VERSION ||
                       m->protocol_version != KB_REPL_PROTOCOL_VERSION)) {
             snprintf(why, sizeof why,
                      "hello in replication protocol %u (message %u); this "
@@ -931,7 +960,10 @@ void repl_leader_on_repl(repl_leader_t *l, void *router)
                 if (m->ack->applied_lsn > p->acked)
                     p->acked = m->ack->applied_lsn;
                 flight_ack(p, p->acked);
-                if (m->ack->durable_lsn > p->durable)
+                /* Never beyond what it was sent: a receipt's stage is a
+                 * lower bound on what the replica reached. */
+                if (m->ack->durable_lsn > p->durable &&
+                    m->ack->durable_lsn <= p->sent)
                     p->durable = m->ack->durable_lsn;
                 if (m->ack->received_lsn > p->received &&
                     m->ack->received_lsn <= p->sent)

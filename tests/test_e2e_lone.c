@@ -656,9 +656,11 @@ static void test_e2e_lone_slow_reader_stays_bounded(void **state)
      * after the last one was dropped (then the drops say it was over) */
     const cJSON *cq = cJSON_GetArrayItem(cJSON_GetObjectItem(st, "client_queues"), 0);
     assert_non_null(cq);
-    if (!(kbp_num(cq, "bytes") > 4.0 * 1048576 - 1.5 * 1048576))
+    /* (the kernel's socket buffers took up to 1.6 MB more in a loaded
+     * ctest -j2 run: over half the limit) */
+    if (!(kbp_num(cq, "bytes") > 4.0 * 1048576 - 2.0 * 1048576))
         fail_msg("the first client listed has %.0f bytes queued (want over "
-                 "2.5 MB); %.0f dropped, %.0f bytes queued in all",
+                 "2 MB); %.0f dropped, %.0f bytes queued in all",
                  kbp_num(cq, "bytes"), dropped, queued);
     assert_true(cJSON_IsTrue(cJSON_GetObjectItem(cq, "over_limit")) ||
                 dropped >= nflood / 2);

@@ -1226,6 +1226,110 @@ static void test_e2e_repl_impostors_are_refused(void **state)
     zmq_ctx_term(ctx);
 }
 
+/* Lines of file path that contain needle. */
+static int file_count(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        n += strstr(line, needle) != NULL;
+    fclose(f);
+    return n;
+}
+
+static void peer_ack(void *s, uint64_t applied, uint64_t durable)
+{
+    Kbsync__ReplAck ack = KBSYNC__REPL_ACK__INIT;
+    ack.applied_lsn = applied;
+    ack.durable_lsn = durable;
+    Kbsync__ReplMessage am = KBSYNC__REPL_MESSAGE__INIT;
+    am.protocol_version = 2;
+    am.body_case = KBSYNC__REPL_MESSAGE__BODY_ACK;
+    am.ack = &ack;
+    peer_send(s, &am);
+}
+
+/* Messages on the replication socket that a replica never sends: strings
+ * that are not UTF-8 (they would reach status answers), durable LSNs
+ * beyond what was sent (a receipt's stage is a lower bound), a message
+ * far larger than any hello or ack (cut off before the leader buffers
+ * it), and acks that cost a peer its place, many times a second (one log
+ * line a second, then a count). */
+static void test_e2e_repl_hostile_peer_messages(void **state)
+{
+    cluster_t *c = *state;
+    start_leader(c, NULL, NULL);
+    char path[400];
+    snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
+    write_jsonl(path, "a", 0, 5);
+    assert_int_equal(ingest(c, "async", path, NULL), 0);
+    void *ctx = zmq_ctx_new();
+
+    /* 1. a replica id that is not UTF-8 */
+    void *bad = peer_connect(ctx, c, "\xff\xfe");
+    peer_hello(bad, 2, "\xff\xfe");
+    Kbsync__ReplMessage *m = peer_recv(bad, 5000);
+    assert_non_null(m);
+    assert_int_equal(m->body_case, KBSYNC__REPL_MESSAGE__BODY_ERROR);
+    assert_int_equal(m->error->code, KB_EINVAL);
+    kbsync__repl_message__free_unpacked(m, NULL);
+    zmq_close(bad);
+
+    /* 2. an ack whose durable LSN is beyond anything sent */
+    void *p = peer_connect(ctx, c, "rd");
+    peer_hello(p, 2, "rd");
+    m = peer_recv(p, 5000);
+    assert_non_null(m);
+    assert_int_equal(m->body_case, KBSYNC__REPL_MESSAGE__BODY_WELCOME);
+    kbsync__repl_message__free_unpacked(m, NULL);
+    peer_ack(p, 0, UINT64_MAX);
+    usleep(300000);
+    cJSON *st = status(&c->leader);
+    assert_non_null(st);
+    const cJSON *r;
+    int seen = 0;
+    cJSON_ArrayForEach(r, cJSON_GetObjectItem(st, "replicas"))
+    {
+        if (strcmp(cJSON_GetObjectItem(r, "id")->valuestring, "rd"))
+            continue;
+        seen = 1;
+        assert_true(kbp_num(r, "durable_version") <= 5);
+        assert_true(kbp_num(r, "received_version") <= 5);
+    }
+    assert_true(seen);
+    cJSON_Delete(st);
+
+    /* 3. acks of LSNs never sent, 30 times in about a second: each loses
+     * the peer its place (it says hello again), one line a second */
+    for (int i = 0; i < 30; i++) {
+        peer_hello(p, 2, "rd");
+        peer_ack(p, 1000000, 0);
+        usleep(30000);
+    }
+    zmq_close(p);
+
+    /* 4. 2 MiB of bytes: dropped with the connection by ZeroMQ, never
+     * read into the leader (which would log it as undecodable) */
+    void *big = peer_connect(ctx, c, "rbig");
+    size_t n = 2u << 20;
+    char *junk = malloc(n);
+    memset(junk, 0xff, n);
+    assert_int_equal(zmq_send(big, junk, n, 0), (int)n);
+    free(junk);
+    usleep(500000);
+    zmq_close(big);
+    zmq_ctx_term(ctx);
+    st = status(&c->leader); /* the leader serves on */
+    assert_non_null(st);
+    assert_int_equal((int)kbp_num(st, "version"), 5);
+    cJSON_Delete(st);
+    assert_false(file_has(c->leader.log, "(2097152 bytes)"));
+    assert_true(file_count(c->leader.log, "marked disconnected") <= 3);
+}
+
 /* The newest queued_bytes the leader reports for replica id (-1: none). */
 static double queued_bytes(const cJSON *leader_status, const char *id)
 {
@@ -1632,6 +1736,8 @@ int main(void)
             test_e2e_repl_leader_killed_between_commit_and_acks, setup,
             teardown),
         cmocka_unit_test_setup_teardown(test_e2e_repl_impostors_are_refused,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_e2e_repl_hostile_peer_messages,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_repl_curve_keys_and_roles,
                                         setup, teardown),

@@ -150,6 +150,43 @@ static void expect_refusal(fx_t *f, uint64_t rid, int code, const char *needle)
     kbsync__response__free_unpacked(r, NULL);
 }
 
+/* Waiting reads are bounded in number (QRY_PARKED_MAX) and in bytes
+ * (QRY_PARKED_MAX_BYTES): past either, KB_EUNAVAIL at once, nothing
+ * parked; a read that left makes room again. */
+static void test_parked_reads_are_bounded(void **state)
+{
+    fx_t *f = *state;
+    for (uint64_t i = 0; i < QRY_PARKED_MAX; i++)
+        qry_read_admit(f->r, f->router, &f->node, &f->peer,
+                       mkreq(1000 + i, 11, 60000,
+                             KBSYNC__READ_LEVEL__READ_DEFAULT));
+    assert_null(answer(f, 50)); /* all parked */
+    qry_read_admit(f->r, f->router, &f->node, &f->peer,
+                   mkreq(99, 11, 60000, KBSYNC__READ_LEVEL__READ_DEFAULT));
+    expect_refusal(f, 99, KB_EUNAVAIL, "too many reads waiting");
+    qry_read_free(&f->r, NULL);
+    assert_int_equal(qry_read_new(&f->r), 0);
+
+    /* 12 MiB requests: 21 fit in 256 MiB, the 22nd does not */
+    size_t tl = 12u << 20;
+    char *text = malloc(tl + 1);
+    assert_non_null(text);
+    memset(text, 'a', tl);
+    text[tl] = '\0';
+    for (uint64_t i = 0; i < 22; i++) {
+        Kbsync__Request *q =
+            mkreq(2000 + i, 11, 60000, KBSYNC__READ_LEVEL__READ_DEFAULT);
+        q->query->text = strdup(text);
+        assert_non_null(q->query->text);
+        qry_read_admit(f->r, f->router, &f->node, &f->peer, q);
+    }
+    expect_refusal(f, 2021, KB_EUNAVAIL, "too many reads waiting");
+    assert_null(answer(f, 50));
+    qry_read_free(&f->r, NULL);
+    assert_int_equal(qry_read_new(&f->r), 0);
+    free(text);
+}
+
 static void test_level_derived_from_fields(void **state)
 {
     (void)state;
@@ -277,6 +314,7 @@ int main(void)
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_level_derived_from_fields),
+        T(test_parked_reads_are_bounded),
         T(test_reached_version_runs_at_once),
         T(test_leader_refuses_unknown_version_at_once),
         T(test_wait_ms_default_and_cap),

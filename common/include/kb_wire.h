@@ -124,4 +124,20 @@ int kb_wire_socket_curve(void *ctx, int type, const char *endpoint, int bind,
                          const struct kb_curve *curve, void **out, char *err,
                          size_t errlen);
 
+/* Options a connection takes when it is made: ZeroMQ copies them into a
+ * listener at bind (and a connecter at connect), so setting them later
+ * changes nothing for that endpoint. 0 = ZeroMQ's default. */
+typedef struct kb_sockopts {
+    int sndhwm;           /* messages queued per peer */
+    int heartbeat_ivl_ms; /* ZMTP PINGs this often */
+    int heartbeat_tmo_ms; /* connection closed without an answer this long */
+    int64_t maxmsgsize;   /* larger messages close their connection */
+} kb_sockopts_t;
+
+/* kb_wire_socket_curve with opts (NULL: none) set before bind/connect. */
+int kb_wire_socket_opts(void *ctx, int type, const char *endpoint, int bind,
+                        const struct kb_curve *curve,
+                        const kb_sockopts_t *opts, void **out, char *err,
+                        size_t errlen);
+
 #endif

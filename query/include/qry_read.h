@@ -23,6 +23,10 @@
  * at most this (a live leader sends one every 100 ms); past it, the bound
  * is refused at once by the readers. */
 #define QRY_BOUNDED_ASK_MS 300
+/* Reads waiting at once on one node (for min_version, or the leader's read
+ * index), in number and packed bytes: past either, KB_EUNAVAIL. */
+#define QRY_PARKED_MAX 10000
+#define QRY_PARKED_MAX_BYTES (256 << 20)
 
 typedef struct qry_read qry_read_t;
 
