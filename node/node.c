@@ -362,6 +362,25 @@ static void read_state(void *ctx, Kbsync__NodeState *s)
     node_state(ctx, s, NULL, 0);
 }
 
+/* qry_read's cheap view of where the node stands: no index lock (a
+ * bounded read's admission runs on the loop, which must never wait behind
+ * a merge step or a search). */
+static void read_staleness(void *ctx, Kbsync__NodeState *s)
+{
+    node_t *n = ctx;
+    kbsync__node_state__init(s);
+    idx_kb_t *ix = node_idx(n);
+    if (n->replica) {
+        s->node_id = (char *)n->cfg->replica.id;
+        repl_replica_staleness(n->replica, NULL, s);
+    } else if (ix) {
+        idx_view_t v;
+        idx_view(ix, &v);
+        s->node_id = ((const Kbsync__KbMeta *)idx_meta(ix))->node_id;
+        s->version = s->leader_version = v.version;
+    }
+}
+
 static uint64_t read_index_begin(void *ctx)
 {
     node_t *n = ctx;
@@ -380,6 +399,7 @@ static qry_read_node_t read_node(node_t *n)
                          .leader = !n->replica,
                          .run = read_run,
                          .state = read_state,
+                         .staleness = read_staleness,
                          .check = read_check};
     if (n->replica) {
         r.ri_begin = read_index_begin;

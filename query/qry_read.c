@@ -119,13 +119,22 @@ static int check_level(const Kbsync__QueryRequest *q, char *err, size_t cap)
     }
 }
 
+/* Where the node stands, cheaply (see qry_read_node_t.staleness). */
+static void standing(const qry_read_node_t *node, Kbsync__NodeState *s)
+{
+    if (node->staleness)
+        node->staleness(node->ctx, s);
+    else
+        node->state(node->ctx, s);
+}
+
 static void refuse(void *router, const qry_read_node_t *node,
                    const kb_peer_t *peer, Kbsync__Request *req, int waited)
 {
     char err[512];
     if (waited == 2 || waited == 3) {
         Kbsync__NodeState s;
-        node->state(node->ctx, &s);
+        standing(node, &s);
         snprintf(err, sizeof err,
                  "%s read refused: node %s could not learn the leader's "
                  "committed version within %u ms (leader contact %llu ms "
@@ -142,7 +151,7 @@ static void refuse(void *router, const qry_read_node_t *node,
                  (unsigned long long)node->version);
     } else {
         Kbsync__NodeState s;
-        node->state(node->ctx, &s);
+        standing(node, &s);
         snprintf(err, sizeof err,
                  "node %s is at version %llu, below the requested "
                  "min_version %llu, after waiting %u ms (leader_version "
@@ -179,11 +188,12 @@ void qry_read_admit(qry_read_t *r, void *router, const qry_read_node_t *node,
      * between heartbeats. The readers check the bound again on the answer
      * (query/qry_pool.c). */
     int ask = 0;
-    if (!strong && node->ri_begin && node->has_kb && node->state &&
+    if (!strong && node->ri_begin && node->has_kb &&
+        (node->state || node->staleness) &&
         (req->query->max_lag_ms ||
          req->query->consistency == KBSYNC__READ_LEVEL__READ_BOUNDED)) {
         Kbsync__NodeState s;
-        node->state(node->ctx, &s);
+        standing(node, &s);
         ask = s.lag_ops == 0 && s.lag_ms > req->query->max_lag_ms &&
               s.leader_contact_ms <= QRY_BOUNDED_ASK_MS;
     }

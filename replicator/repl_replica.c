@@ -113,7 +113,8 @@ struct repl_replica {
     int streaming;
     uint64_t hello_us, ack_us, heard_us; /* monotonic */
     uint64_t received; /* newest LSN read off the connection this session */
-    /* Read index (strong reads): one ReplReadIndex in flight at a time;
+    /* Read index (strong reads, and bounded reads that ask, see
+     * query/qry_read.c): one ReplReadIndex in flight at a time;
      * reads that arrive meanwhile wait for the next one. */
     uint64_t ri_sent;    /* seq of the newest request sent */
     uint64_t ri_sent_us; /* monotonic: when (re)sent */
@@ -246,6 +247,10 @@ int repl_replica_new(void *zctx, const repl_replica_config_t *cfg,
     if (!cfg->id || !*cfg->id || strlen(cfg->id) >= 64)
         return kb_seterr(err, errlen, KB_EINVAL,
                          "replica id must be 1 to 63 bytes");
+    /* The leader refuses a hello whose strings are not UTF-8. */
+    if (kb_utf8_check(cfg->id, strlen(cfg->id)) != strlen(cfg->id))
+        return kb_seterr(err, errlen, KB_EINVAL,
+                         "replica id \"%s\" is not valid UTF-8", cfg->id);
     repl_replica_t *r = calloc(1, sizeof *r);
     if (!r)
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");

@@ -794,14 +794,14 @@ static void on_hello(repl_leader_t *l, peer_t *p, const Kbsync__ReplHello *h)
                 idx_commit_time(l->ix, h->recent_lsn[i]) ==
                     h->recent_commit_us[i])
                 w.keep_lsn = h->recent_lsn[i];
-        kb_log_limited(&log_diverged, KB_LOG_ERROR, "%s; telling it to %s",
-                       reason,
-                       w.keep_lsn ? "drop what follows the last record we "
-                                    "share"
-                                  : "start over");
         if (w.keep_lsn)
-            kb_info("replica %s keeps its log up to LSN %llu", p->id,
-                    (unsigned long long)w.keep_lsn);
+            kb_log_limited(&log_diverged, KB_LOG_ERROR,
+                           "%s; telling it to drop what follows the last "
+                           "record we share: it keeps its log up to LSN %llu",
+                           reason, (unsigned long long)w.keep_lsn);
+        else
+            kb_log_limited(&log_diverged, KB_LOG_ERROR,
+                           "%s; telling it to start over", reason);
         p->online = 0; /* not a follower until it says hello from scratch */
     }
     Kbsync__ReplMessage m = KBSYNC__REPL_MESSAGE__INIT;

@@ -1328,6 +1328,17 @@ static void test_e2e_repl_hostile_peer_messages(void **state)
     cJSON_Delete(st);
     assert_false(file_has(c->leader.log, "(2097152 bytes)"));
     assert_true(file_count(c->leader.log, "marked disconnected") <= 3);
+
+    /* 5. a replica started with an id that is not UTF-8 stops at once,
+     * rather than asking a leader that refuses it forever */
+    static char out[1 << 14];
+    int rc = kbp_run(out, sizeof out,
+                     "timeout 20 '%s' replica --data '%s/rbad' --id "
+                     "\"$(printf 'r\\351')\" --leader '%s' --listen "
+                     "'tcp://127.0.0.1:*' 2>&1",
+                     kbp_bin(), c->dir, c->repl_ep);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "not valid UTF-8"));
 }
 
 /* The newest queued_bytes the leader reports for replica id (-1: none). */

@@ -1,7 +1,9 @@
 /* qry_read: read consistency in the node loop, before a query reaches the
  * readers. In: query requests and the node's applied version. Out: each
  * query either run now, parked until the node applies its min_version or
- * (strong reads on a replica) the leader's read index, then handed to the
+ * (strong reads on a replica, and bounded reads whose bound only the age
+ * of the leader's last message exceeds) the leader's read index, then
+ * handed to the
  * readers, or refused with KB_ESTALE: at once on a leader
  * (no such write was acknowledged), after wait_ms on a replica, naming both
  * versions and the node's lag. Owns the parked requests. Node loop only.
@@ -39,7 +41,13 @@ typedef struct qry_read_node {
     uint64_t version;
     void (*run)(void *ctx, const kb_peer_t *peer, Kbsync__Request *req);
     void (*state)(void *ctx, Kbsync__NodeState *s);
-    /* Replicas, strong reads: asks the leader for a read index and returns
+    /* The node's id, version, leader_version, lag_ops, lag_ms and
+     * leader_contact_ms only, without waiting for any lock the readers or
+     * the merger hold (state() may wait for the index lock: status only).
+     * NULL: state() is used. */
+    void (*staleness)(void *ctx, Kbsync__NodeState *s);
+    /* Replicas, strong reads and bounded reads that ask (see
+     * qry_read_admit): asks the leader for a read index and returns
      * the request seq to wait for; ri_seq/ri_lsn: the newest answer. */
     uint64_t (*ri_begin)(void *ctx);
     uint64_t ri_seq, ri_lsn;

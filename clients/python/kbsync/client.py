@@ -159,7 +159,8 @@ class Client:
                       "strong"
     mode              default write mode: "async", "all", "majority",
                       "quorum:K"; None = the leader's --write-mode
-    wait_ms           default wait of session and strong reads (node
+    wait_ms           default wait of session and strong reads, and of
+                      bounded reads a replica checks with the leader (node
                       default 1000, at most 60000)
     replica_timeout   seconds to wait for a replica before falling back;
                       default max(2, wait + 1)
