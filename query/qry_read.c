@@ -194,7 +194,10 @@ void qry_read_admit(qry_read_t *r, void *router, const qry_read_node_t *node,
          req->query->consistency == KBSYNC__READ_LEVEL__READ_BOUNDED)) {
         Kbsync__NodeState s;
         standing(node, &s);
-        ask = s.lag_ops == 0 && s.lag_ms > req->query->max_lag_ms &&
+        /* (within QRY_BOUNDED_SLACK_MS of the bound too: the readers
+         * measure again a little later, when they answer) */
+        ask = s.lag_ops == 0 &&
+              s.lag_ms + QRY_BOUNDED_SLACK_MS > req->query->max_lag_ms &&
               s.leader_contact_ms <= QRY_BOUNDED_ASK_MS;
     }
     if ((!strong || node->leader) && !ask &&
