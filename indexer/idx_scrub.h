@@ -69,7 +69,8 @@ typedef struct idx_scrub_state {
 } idx_scrub_state_t;
 
 /* every_ms for a thread that runs requested passes only (background
- * checks off): no schedule, no look for commits by another process. */
+ * checks off): no schedule, and a commit by another process starts no
+ * pass by itself. */
 #define IDX_SCRUB_REQUESTS_ONLY UINT32_MAX
 
 /* Starts the thread (every_ms >= 1, or IDX_SCRUB_REQUESTS_ONLY; hold_ms

@@ -251,6 +251,17 @@ static int ingest(cluster_t *c, const char *mode, const char *file,
     return rc;
 }
 
+/* Writes DIR/PREFIX.jsonl with docs PREFIX-0 .. PREFIX-(n-1) and ingests it
+ * in `mode`, which must succeed. */
+static void ingest_docs(cluster_t *c, const char *prefix, int n,
+                        const char *mode)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/%s.jsonl", c->dir, prefix);
+    write_jsonl(path, prefix, 0, n);
+    assert_int_equal(ingest(c, mode, path, NULL), 0);
+}
+
 /* Queries node n with doc's vector; returns the rank of id in the hits
  * (-1 absent) and the answer's version in *version. */
 static int rank_on(const node_t *n, int doc, const char *id, int *version)
@@ -569,10 +580,7 @@ static void test_e2e_repl_bounded_reads_never_staler(void **state)
 {
     cluster_t *c = *state;
     start_cluster(c, NULL, NULL);
-    char path[400];
-    snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
-    write_jsonl(path, "a", 0, 20);
-    assert_int_equal(ingest(c, "all", path, NULL), 0);
+    ingest_docs(c, "a", 20, "all");
     /* Idle: heartbeats every 100 ms, so the leader's last message is
      * older than 20 ms most of the time; each read asks the leader. */
     int answered = 0, lag = -1;
@@ -611,10 +619,9 @@ static void test_e2e_repl_replica_restart_catches_up(void **state)
 {
     cluster_t *c = *state;
     start_cluster(c, NULL, NULL);
+    ingest_docs(c, "a", 100, "all");
     char path[400];
     snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
-    write_jsonl(path, "a", 0, 100);
-    assert_int_equal(ingest(c, "all", path, NULL), 0);
     /* r2 dies; async writes go on without it */
     kill(c->r[1].pid, SIGKILL);
     waitpid(c->r[1].pid, NULL, 0);
@@ -736,17 +743,23 @@ static void test_e2e_repl_leader_kill9_loses_nothing(void **state)
         assert_int_equal(rank_on(&c->r[r], 9, "b-9", NULL), 0);
 }
 
-static int file_has(const char *path, const char *needle)
+/* Lines of file path that contain needle. */
+static int file_count(const char *path, const char *needle)
 {
     FILE *f = fopen(path, "r");
     if (!f)
         return 0;
     char line[4096];
-    int found = 0;
-    while (!found && fgets(line, sizeof line, f))
-        found = strstr(line, needle) != NULL;
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        n += strstr(line, needle) != NULL;
     fclose(f);
-    return found;
+    return n;
+}
+
+static int file_has(const char *path, const char *needle)
+{
+    return file_count(path, needle) > 0;
 }
 
 /* The leader dies after shipping a group to the replicas and before its own
@@ -917,10 +930,9 @@ static void test_e2e_repl_snapshot_when_behind_or_new(void **state)
     start_replica(c, 1);
     wait_connected(c, "r1", 1);
     wait_connected(c, "r2", 1);
+    ingest_docs(c, "a", 6000, "async");
     char path[400];
     snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
-    write_jsonl(path, "a", 0, 6000);
-    assert_int_equal(ingest(c, "async", path, NULL), 0);
     assert_true(wait_version(&c->r[1], 6000, 20000) >= 6000);
     stop_node(&c->r[1], SIGKILL);
     wait_connected(c, "r2", 0);
@@ -1045,10 +1057,9 @@ static void test_e2e_repl_diverged_without_shared_record_starts_over(
 {
     cluster_t *c = *state;
     start_cluster(c, NULL, NULL);
+    ingest_docs(c, "a", 50, "all");
     char path[400];
     snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
-    write_jsonl(path, "a", 0, 50);
-    assert_int_equal(ingest(c, "all", path, NULL), 0);
     stop_node(&c->leader, SIGKILL);
     char cmd[800];
     snprintf(cmd, sizeof cmd, "rm -rf '%.300s'", c->leader.data);
@@ -1226,20 +1237,6 @@ static void test_e2e_repl_impostors_are_refused(void **state)
     zmq_ctx_term(ctx);
 }
 
-/* Lines of file path that contain needle. */
-static int file_count(const char *path, const char *needle)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    char line[4096];
-    int n = 0;
-    while (fgets(line, sizeof line, f))
-        n += strstr(line, needle) != NULL;
-    fclose(f);
-    return n;
-}
-
 static void peer_ack(void *s, uint64_t applied, uint64_t durable)
 {
     Kbsync__ReplAck ack = KBSYNC__REPL_ACK__INIT;
@@ -1262,10 +1259,7 @@ static void test_e2e_repl_hostile_peer_messages(void **state)
 {
     cluster_t *c = *state;
     start_leader(c, NULL, NULL);
-    char path[400];
-    snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
-    write_jsonl(path, "a", 0, 5);
-    assert_int_equal(ingest(c, "async", path, NULL), 0);
+    ingest_docs(c, "a", 5, "async");
     void *ctx = zmq_ctx_new();
 
     /* 1. a replica id that is not UTF-8 */
@@ -1607,10 +1601,7 @@ static void test_e2e_repl_log_level_honoured(void **state)
     start_replica(c, 1);
     wait_connected(c, "r1", 1);
     wait_connected(c, "r2", 1);
-    char path[400];
-    snprintf(path, sizeof path, "%s/a.jsonl", c->dir);
-    write_jsonl(path, "a", 0, 5);
-    assert_int_equal(ingest(c, "all", path, NULL), 0);
+    ingest_docs(c, "a", 5, "all");
     /* r2 at the default level says what it does; r1 and the leader, asked
      * for warnings or errors only, say nothing at INFO. */
     assert_true(log_lines_with(c->r[1].log, " INFO: ") > 0);

@@ -26,7 +26,7 @@
  * is refused at once by the readers. */
 #define QRY_BOUNDED_ASK_MS 300
 /* ...or comes within this of the bound: the readers check it again when
- * they answer, a few ms later (without it, 1-2 of 400 idle bounded:20
+ * they answer, a few ms later (without it, 1-3 of 400 idle bounded:20
  * reads were refused at 21 ms). */
 #define QRY_BOUNDED_SLACK_MS 10
 /* Reads waiting at once on one node (for min_version, or the leader's read
