@@ -28,6 +28,14 @@ uint64_t kb_mono_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+void kb_abstime_in(struct timespec *ts, uint64_t us)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    uint64_t ns = (uint64_t)ts->tv_nsec + (us % 1000000u) * 1000u;
+    ts->tv_sec += (time_t)(us / 1000000u + ns / 1000000000u);
+    ts->tv_nsec = (long)(ns % 1000000000u);
+}
+
 uint64_t kb_wall_us(void)
 {
     struct timespec ts;

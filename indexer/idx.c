@@ -1717,12 +1717,7 @@ static void *merger_main(void *arg)
         pthread_mutex_lock(&ix->mg_mu);
         if (!ix->mg_kick && !ix->mg_stop) {
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += IDX_MERGE_IDLE_MS * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            kb_abstime_in(&ts, IDX_MERGE_IDLE_MS * 1000u);
             pthread_cond_timedwait(&ix->mg_cv, &ix->mg_mu, &ts);
         }
         int stop = ix->mg_stop;
@@ -2211,9 +2206,9 @@ void idx_view(idx_kb_t *ix, idx_view_t *v)
 }
 
 /* Turns labels into hits: each label names its document's log record. */
-static int resolve_hits(idx_kb_t *ix, idx_rtxn_t *t, const float *scores,
-                        const int64_t *labels, uint32_t k, idx_hits_t *out,
-                        char *err, size_t errlen)
+static int resolve_hits(idx_rtxn_t *t, const float *scores,
+                        const int64_t *labels, uint32_t k, size_t max_bytes,
+                        idx_hits_t *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
     struct hits_priv *p =
@@ -2224,6 +2219,7 @@ static int resolve_hits(idx_kb_t *ix, idx_rtxn_t *t, const float *scores,
         free(hit);
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     }
+    size_t bytes = 0;
     for (uint32_t i = 0; i < k && labels[i] >= 0; i++) {
         const void *b;
         size_t len;
@@ -2242,6 +2238,25 @@ static int resolve_hits(idx_kb_t *ix, idx_rtxn_t *t, const float *scores,
             continue;
         }
         const Kbsync__Doc *d = rec->doc;
+        /* what this hit adds to the answer (its strings, and a few bytes
+         * of framing, score and version) */
+        bytes += strlen(d->id) + strlen(d->text ? d->text : "") +
+                 strlen(d->metadata_json ? d->metadata_json : "") +
+                 IDX_HIT_OVERHEAD;
+        if (max_bytes && bytes > max_bytes) {
+            kbsync__log_record__free_unpacked(rec, NULL);
+            size_t got = p->n;
+            idx_hits_t h = {.n = p->n, .hit = hit, .priv = p};
+            idx_hits_free(&h);
+            int mib = max_bytes >= (1u << 20);
+            return kb_seterr(err, errlen, KB_ETOOBIG,
+                             "the answer would be larger than the message "
+                             "limit of %zu %s (--max-msg-mb): %zu bytes at "
+                             "hit %zu of the %u asked for; ask for fewer "
+                             "hits (a smaller k)",
+                             mib ? max_bytes >> 20 : max_bytes,
+                             mib ? "MiB" : "bytes", bytes, got + 1, k);
+        }
         p->rec[p->n] = rec;
         hit[p->n].id = d->id;
         hit[p->n].text = d->text;
@@ -2250,17 +2265,54 @@ static int resolve_hits(idx_kb_t *ix, idx_rtxn_t *t, const float *scores,
         hit[p->n].version = rec->lsn;
         p->n++;
     }
-    (void)ix;
     out->n = p->n;
     out->hit = hit;
     out->priv = p;
     return 0;
 }
 
-int idx_search_batch(idx_kb_t *ix, size_t nq, const idx_query_t *q,
-                     idx_hits_t *out, idx_view_t *view, char *err,
+/* A searched batch whose hits are read one query at a time (FOUND in
+ * idx.h): the FAISS results, and the read transaction they are read in. */
+struct idx_found {
+    size_t nq;
+    uint32_t kmax;
+    uint32_t *k;
+    float *scores;
+    int64_t *labels;
+    idx_rtxn_t *t;
+};
+
+void idx_found_free(idx_found_t **fp)
+{
+    idx_found_t *f = fp ? *fp : NULL;
+    if (!f)
+        return;
+    idx_store_rend(&f->t);
+    free(f->k);
+    free(f->scores);
+    free(f->labels);
+    free(f);
+    *fp = NULL;
+}
+
+int idx_found_hits(idx_found_t *f, size_t i, size_t max_bytes, idx_hits_t *out,
+                   char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    if (i >= f->nq)
+        return kb_seterr(err, errlen, KB_EINVAL,
+                         "no query %zu in a batch "
+                         "of %zu",
+                         i, f->nq);
+    return resolve_hits(f->t, f->scores + i * f->kmax, f->labels + i * f->kmax,
+                        f->k[i], max_bytes, out, err, errlen);
+}
+
+int idx_search_found(idx_kb_t *ix, size_t nq, const idx_query_t *q,
+                     idx_found_t **out, idx_view_t *view, char *err,
                      size_t errlen)
 {
+    *out = NULL;
     if (nq == 0)
         return 0;
     uint32_t kmax = 0;
@@ -2270,15 +2322,24 @@ int idx_search_batch(idx_kb_t *ix, size_t nq, const idx_query_t *q,
             kmax = k;
     }
     /* Everything a search writes is its own: query vectors, results. */
+    idx_found_t *f = calloc(1, sizeof *f);
     float *x = malloc(sizeof(float) * ix->dim * nq);
-    float *scores = malloc(sizeof(float) * kmax * nq);
-    int64_t *labels = malloc(sizeof(int64_t) * kmax * nq);
     int rc = 0;
-    if (!x || !scores || !labels) {
+    if (f) {
+        f->nq = nq;
+        f->kmax = kmax;
+        f->k = malloc(sizeof *f->k * nq);
+        f->scores = malloc(sizeof(float) * kmax * nq);
+        f->labels = malloc(sizeof(int64_t) * kmax * nq);
+    }
+    if (!f || !x || !f->k || !f->scores || !f->labels) {
         rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
         goto done;
     }
+    float *scores = f->scores;
+    int64_t *labels = f->labels;
     for (size_t i = 0; i < nq; i++) {
+        f->k[i] = q[i].k ? q[i].k : 10;
         float *xi = x + i * ix->dim;
         if (q[i].vec) {
             memcpy(xi, q[i].vec, sizeof(float) * ix->dim);
@@ -2358,15 +2419,10 @@ again:;
         idx_store_rend(&t);
         goto again;
     }
-    for (size_t i = 0; i < nq && !rc; i++) {
-        uint32_t k = q[i].k ? q[i].k : 10;
-        rc = resolve_hits(ix, t, scores + i * kmax, labels + i * kmax, k,
-                          &out[i], err, errlen);
-        if (rc)
-            for (size_t j = 0; j < i; j++)
-                idx_hits_free(&out[j]);
-    }
-    idx_store_rend(&t);
+    if (!rc)
+        f->t = t; /* the hits are read in it (idx_found_hits) */
+    else
+        idx_store_rend(&t);
     {
         uint64_t took = kb_mono_us() - t_search,
                  cur = __atomic_load_n(&ix->search_max_us, __ATOMIC_RELAXED);
@@ -2378,8 +2434,25 @@ again:;
     }
 done:
     free(x);
-    free(scores);
-    free(labels);
+    if (rc)
+        idx_found_free(&f);
+    *out = f;
+    return rc;
+}
+
+int idx_search_batch(idx_kb_t *ix, size_t nq, const idx_query_t *q,
+                     idx_hits_t *out, idx_view_t *view, char *err,
+                     size_t errlen)
+{
+    idx_found_t *f;
+    int rc = idx_search_found(ix, nq, q, &f, view, err, errlen);
+    for (size_t i = 0; i < nq && !rc; i++) {
+        rc = idx_found_hits(f, i, 0, &out[i], err, errlen);
+        if (rc)
+            for (size_t j = 0; j < i; j++)
+                idx_hits_free(&out[j]);
+    }
+    idx_found_free(&f);
     return rc;
 }
 

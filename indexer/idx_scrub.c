@@ -88,12 +88,7 @@ static void *scrub_main(void *arg)
     int have_clean = 0;
     for (;;) {
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += (long)SCRUB_WAKE_MS * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        kb_abstime_in(&ts, (uint64_t)SCRUB_WAKE_MS * 1000u);
         pthread_mutex_lock(&sc->mu);
         while (!sc->stop && !sc->want &&
                pthread_cond_timedwait(&sc->cv, &sc->mu, &ts) != ETIMEDOUT)

@@ -792,7 +792,13 @@ static int node_open(node_t *n, char *err, size_t errlen)
     qry_pool_config_t pc = {.threads = n->threads,
                             .zctx = n->ctx,
                             .answer_ep = aep,
-                            .src = {n, src_acquire, src_release, src_state}};
+                            .src = {n, src_acquire, src_release, src_state},
+                            .outq = n->outq,
+                            /* the message limit, both ways (at least
+                             * 1 MiB: tests take requests of a few KB) */
+                            .max_answer = n->cfg->max_msg > (1u << 20)
+                                              ? n->cfg->max_msg
+                                              : (1u << 20)};
     rc = qry_pool_new(&pc, &n->pool, err, errlen);
     if (!rc && qry_read_new(&n->reads))
         rc = kb_seterr(err, errlen, KB_ENOMEM, "out of memory");

@@ -4,7 +4,20 @@
  * Prometheus conventions: the kbsync_ prefix, base units (seconds, bytes),
  * _total for counters, a _seconds histogram per write mode and read level.
  * Versions are LSNs (gauges); lags are given in operations and seconds, as
- * `status` gives them in ops and ms. docs/MONITORING.md lists every name. */
+ * `status` gives them in ops and ms. docs/MONITORING.md lists every name.
+ *
+ * SLOW PEERS
+ * At most METRICS_MAX_CONN connections; libmicrohttpd closes one idle for
+ * 10 s, but a peer that sends one header line every few seconds is never
+ * idle: 16 of them kept every scrape out. So each connection serves one
+ * request (every answer says "Connection: close", so that peers that send
+ * small requests over and over on one connection cannot keep it either)
+ * and must be done within METRICS_REQUEST_MS of its start: a watchdog
+ * thread shuts down (shutdown(2)) the socket of one that is not, and
+ * libmicrohttpd then closes it. The table of sockets is
+ * filled and emptied by libmicrohttpd's connection notices, under `mu`;
+ * libmicrohttpd gives the CLOSED notice before it closes a socket, so the
+ * watchdog never shuts down a descriptor that was closed and reused. */
 #include "node_metrics.h"
 
 #include "kb_err.h"
@@ -15,14 +28,25 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <microhttpd.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <zmq.h>
 
 #define METRICS_ENDPOINT "inproc://kbsync-metrics"
 #define METRICS_WAIT_MS 5000
+#define METRICS_MAX_CONN 16
+#define METRICS_REQUEST_MS 10000 /* see SLOW PEERS */
+#define METRICS_WATCH_MS 500
+
+typedef struct mconn {
+    int fd;            /* -1: free */
+    uint64_t since_us; /* its start */
+} mconn_t;
 
 struct node_metrics {
     void *zctx;
@@ -30,6 +54,13 @@ struct node_metrics {
     void *req;   /* the HTTP thread's side, created there */
     struct MHD_Daemon *d;
     unsigned port;
+    pthread_mutex_t mu; /* conn, stop */
+    pthread_cond_t cv;
+    mconn_t conn[METRICS_MAX_CONN];
+    int stop, watching;
+    pthread_t watch;
+    uint64_t cut; /* connections shut down by the watchdog */
+    kb_loglimit_t log_cut;
 };
 
 /* ------------------------------------------------------------ rendering */
@@ -439,6 +470,57 @@ reset:
     return NULL;
 }
 
+/* libmicrohttpd's connection notices (its thread). */
+static void on_connection(void *cls, struct MHD_Connection *c,
+                          void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    node_metrics_t *m = cls;
+    pthread_mutex_lock(&m->mu);
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        *socket_context = NULL;
+        for (int i = 0; ci && i < METRICS_MAX_CONN; i++)
+            if (m->conn[i].fd < 0) {
+                m->conn[i].fd = ci->connect_fd;
+                m->conn[i].since_us = kb_mono_us();
+                *socket_context = &m->conn[i];
+                break;
+            }
+    } else if (*socket_context) {
+        ((mconn_t *)*socket_context)->fd = -1;
+        *socket_context = NULL;
+    }
+    pthread_mutex_unlock(&m->mu);
+}
+
+static void *watch_main(void *arg)
+{
+    node_metrics_t *m = arg;
+    pthread_mutex_lock(&m->mu);
+    while (!m->stop) {
+        struct timespec ts;
+        kb_abstime_in(&ts, METRICS_WATCH_MS * 1000u);
+        pthread_cond_timedwait(&m->cv, &m->mu, &ts);
+        uint64_t now = kb_mono_us();
+        for (int i = 0; !m->stop && i < METRICS_MAX_CONN; i++) {
+            mconn_t *k = &m->conn[i];
+            if (k->fd < 0 || now - k->since_us < METRICS_REQUEST_MS * 1000u)
+                continue;
+            shutdown(k->fd, SHUT_RDWR); /* libmicrohttpd closes it */
+            k->since_us = now;
+            m->cut++;
+            kb_log_limited(&m->log_cut, KB_LOG_WARN,
+                           "metrics: closed a connection not done within %d "
+                           "ms of its start (%llu so far)",
+                           METRICS_REQUEST_MS, (unsigned long long)m->cut);
+        }
+    }
+    pthread_mutex_unlock(&m->mu);
+    return NULL;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
                                   const char *url, const char *method,
                                   const char *version, const char *upload,
@@ -476,6 +558,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
     }
     if (!r)
         return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result rc = MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
     return rc;
@@ -520,6 +603,16 @@ int node_metrics_start(void *zctx, const char *listen, node_metrics_t **out,
     if (!m)
         return kb_seterr(err, errlen, KB_ENOMEM, "out of memory");
     m->zctx = zctx;
+    pthread_mutex_init(&m->mu, NULL);
+    pthread_cond_init(&m->cv, NULL);
+    for (int i = 0; i < METRICS_MAX_CONN; i++)
+        m->conn[i].fd = -1;
+    if (pthread_create(&m->watch, NULL, watch_main, m)) {
+        node_metrics_stop(&m);
+        return kb_seterr(err, errlen, KB_ENOMEM,
+                         "cannot start the metrics watchdog thread");
+    }
+    m->watching = 1;
     m->rep = zmq_socket(zctx, ZMQ_REP);
     int zero = 0;
     if (!m->rep || zmq_setsockopt(m->rep, ZMQ_LINGER, &zero, sizeof zero) ||
@@ -530,12 +623,14 @@ int node_metrics_start(void *zctx, const char *listen, node_metrics_t **out,
         return rc;
     }
     /* One polling thread: scrapes are rare; at most 16 connections, idle
-     * ones closed after 10 s, so a crowd of idle peers cannot pin it. */
+     * ones closed after 10 s, slow ones after 10 s (SLOW PEERS), so a
+     * crowd of peers cannot pin it. */
     m->d = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO,
-        ntohs(sa.sin_port), NULL, NULL, on_request, m, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_LIMIT, (unsigned)16,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO, ntohs(sa.sin_port),
+        NULL, NULL, on_request, m, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)METRICS_MAX_CONN,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(METRICS_REQUEST_MS / 1000),
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, m, MHD_OPTION_END);
     if (!m->d) {
         int rc = kb_seterr(err, errlen, KB_ENET,
                            "--metrics-listen %s: cannot listen there (in "
@@ -569,12 +664,28 @@ void node_metrics_stop(node_metrics_t **mp)
     node_metrics_t *m = mp ? *mp : NULL;
     if (!m)
         return;
+    if (m->watching) {
+        pthread_mutex_lock(&m->mu);
+        m->stop = 1;
+        pthread_cond_signal(&m->cv);
+        pthread_mutex_unlock(&m->mu);
+        pthread_join(m->watch, NULL);
+        /* and the connections still open: libmicrohttpd's stop would wait
+         * for their idle timeout (up to 10 s) */
+        pthread_mutex_lock(&m->mu);
+        for (int i = 0; i < METRICS_MAX_CONN; i++)
+            if (m->conn[i].fd >= 0)
+                shutdown(m->conn[i].fd, SHUT_RDWR);
+        pthread_mutex_unlock(&m->mu);
+    }
     if (m->d)
         MHD_stop_daemon(m->d); /* joins its thread: req is ours now */
     if (m->req)
         zmq_close(m->req);
     if (m->rep)
         zmq_close(m->rep);
+    pthread_mutex_destroy(&m->mu);
+    pthread_cond_destroy(&m->cv);
     free(m);
     *mp = NULL;
 }

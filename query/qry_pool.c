@@ -3,9 +3,10 @@
  * ANSWERS
  * A reader never touches the client ROUTER socket (ZeroMQ sockets belong to
  * one thread). It packs each Response and pushes it on its own PUSH socket
- * as [1 byte: envelope frame count n][n envelope frames][payload]; the node
- * loop forwards that to the ROUTER without copying (qry_pool_forward),
- * counting each answer against its client until ZeroMQ has written it
+ * as [1 byte: envelope frame count n, plus OUTQ_COUNTED when counted][n
+ * envelope frames][payload]; the node loop forwards that to the ROUTER
+ * without copying (qry_pool_forward). Each answer counts against its
+ * client from the moment its reader builds it until ZeroMQ has written it
  * (CLIENT QUEUES, below).
  *
  * READ CONSISTENCY AT ANSWER TIME
@@ -42,9 +43,16 @@
 #include <unistd.h>
 #include <zmq.h>
 
+typedef struct outq_entry outq_entry_t;
+#define OUTQ_COUNTED                                                           \
+    0x80 /* in an answer's first byte: counted by a reader                     \
+            (CLIENT QUEUES) */
+
 typedef struct job {
     kb_peer_t peer;
     Kbsync__Request *req;
+    outq_entry_t *e; /* its client's queue entry, pinned (or NULL) */
+    struct qry_pool *pool;
 } job_t;
 
 struct qry_pool {
@@ -65,10 +73,16 @@ struct qry_pool {
 
 /* ------------------------------------------------------------- answers */
 
-/* Pushes resp for peer to the loop. */
-static void push_response(void *push, const kb_peer_t *peer,
-                          Kbsync__Response *resp)
+static void outq_count(outq_entry_t *e, size_t len);
+static int client_over(qry_pool_t *p, const job_t *j);
+
+/* Pushes resp for job j's client to the loop, counted against it; drops it
+ * when that client is over its limit (CLIENT QUEUES). */
+static void push_response(void *push, const job_t *j, Kbsync__Response *resp)
 {
+    const kb_peer_t *peer = &j->peer;
+    if (client_over(j->pool, j))
+        return;
     resp->protocol_version = KB_PROTOCOL_VERSION;
     if (resp->error)
         kb_metrics_error(resp->error->code);
@@ -82,6 +96,10 @@ static void push_response(void *push, const kb_peer_t *peer,
     }
     kbsync__response__pack(resp, buf);
     unsigned char n = (unsigned char)peer->nframes;
+    if (j->e) {
+        outq_count(j->e, len); /* before the loop can see it */
+        n |= OUTQ_COUNTED;
+    }
     zmq_send(push, &n, 1, ZMQ_SNDMORE);
     for (size_t i = 0; i < peer->nframes; i++)
         zmq_send(push, peer->frame[i], peer->len[i], ZMQ_SNDMORE);
@@ -92,8 +110,8 @@ static void push_response(void *push, const kb_peer_t *peer,
     free(buf);
 }
 
-static void push_error(void *push, const kb_peer_t *peer, uint64_t rid,
-                       int code, const char *msg)
+static void push_error(void *push, const job_t *j, uint64_t rid, int code,
+                       const char *msg)
 {
     Kbsync__Error e = KBSYNC__ERROR__INIT;
     e.code = code;
@@ -101,7 +119,7 @@ static void push_error(void *push, const kb_peer_t *peer, uint64_t rid,
     Kbsync__Response r = KBSYNC__RESPONSE__INIT;
     r.request_id = rid;
     r.error = &e;
-    push_response(push, peer, &r);
+    push_response(push, j, &r);
 }
 
 /* ------------------------------------------------------- client queues
@@ -110,27 +128,40 @@ static void push_error(void *push, const kb_peer_t *peer, uint64_t rid,
  * A client that sends queries and never reads the answers would otherwise
  * make the node hold them all (the ROUTER queues up to its high-water mark
  * of 100,000 messages per client, and answers can be megabytes). Each
- * answer the loop forwards is counted against its client (by routing id)
- * until ZeroMQ's I/O thread has written it to the connection and frees it:
- * the answer travels as a message whose free function lowers the count.
- * A client over --max-client-queue-mb gets no more answers, and its new
- * requests are dropped unanswered, until it reads (docs/PROTOCOL.md).
- * Entries are allocated one by one and never move while they count bytes
- * (the I/O thread holds pointers to them); entries at zero go when the
- * table is rebuilt. */
+ * answer counts against its client (by routing id) from the moment a
+ * reader has built it until ZeroMQ's I/O thread has written it to the
+ * connection and frees it: the answer travels as a message whose free
+ * function lowers the count. A client over --max-client-queue-mb gets no
+ * more answers, and its new requests are dropped unanswered, until it
+ * reads (docs/PROTOCOL.md).
+ * The readers look before each answer they build: a reader answering a
+ * batch of 64 queries of one client, each answer tens of MB, builds answers
+ * only until the client is over its limit (when answers were counted only
+ * as the loop forwarded them, a batch's 64 answers were all built first:
+ * 130 pipelined k=1000 queries over 24 KB texts took 3 GB). The loop pins a
+ * client's entry (refs) for each of its queries it hands to the readers, so the
+ * reader can count into it. Entries are allocated one by one and never move
+ * while they count bytes or are pinned (readers and the I/O thread hold
+ * pointers to them); entries at zero go when the table is rebuilt. */
 
-typedef struct outq_entry {
+struct outq_entry {
     atomic_uint_fast64_t bytes;
+    atomic_uint refs; /* queries of this client held by the pool */
     size_t len;
     unsigned char rid[256];
-} outq_entry_t;
+};
 
 struct qry_outq {
-    uint64_t limit;
+    uint64_t limit;      /* set before the readers start, then only read */
     outq_entry_t **slot; /* open addressing by hash of the routing id */
     size_t cap, used;
-    uint64_t dropped_answers, dropped_requests;
+    _Atomic uint64_t dropped_answers, dropped_requests;
 };
+
+static void outq_count(outq_entry_t *e, size_t len)
+{
+    atomic_fetch_add(&e->bytes, len);
+}
 
 typedef struct outq_held {
     zmq_msg_t msg;
@@ -183,13 +214,24 @@ static outq_entry_t **outq_find(qry_outq_t *q, const void *rid, size_t len)
     }
 }
 
+/* Whether no answer and no query points at e (loop thread). refs first:
+ * only the loop raises it from 0, and bytes rise only while a reader holds
+ * a ref, so a reader that counted an answer and then let go is seen (bytes
+ * read second). The other order could miss both and free e under a
+ * counted answer, whose free function would then lower a new entry's
+ * count below zero: that client's count would stay near 2^64. */
+static int outq_idle(outq_entry_t *e)
+{
+    return !atomic_load(&e->refs) && !atomic_load(&e->bytes);
+}
+
 /* Rebuilds the table without the entries at zero, doubling it if it is
  * still more than half full. */
 static int outq_rebuild(qry_outq_t *q)
 {
     size_t live = 0;
     for (size_t i = 0; i < q->cap; i++)
-        if (q->slot[i] && atomic_load(&q->slot[i]->bytes))
+        if (q->slot[i] && !outq_idle(q->slot[i]))
             live++;
     size_t cap = q->cap;
     while (live * 2 >= cap)
@@ -205,8 +247,8 @@ static int outq_rebuild(qry_outq_t *q)
         outq_entry_t *e = old[i];
         if (!e)
             continue;
-        if (!atomic_load(&e->bytes)) {
-            free(e); /* no message points at it any more */
+        if (outq_idle(e)) {
+            free(e); /* no message or query points at it any more */
             continue;
         }
         *outq_find(q, e->rid, e->len) = e;
@@ -233,6 +275,7 @@ static outq_entry_t *outq_get(qry_outq_t *q, const void *rid, size_t len)
     if (!e)
         return NULL;
     atomic_init(&e->bytes, 0);
+    atomic_init(&e->refs, 0);
     e->len = len;
     memcpy(e->rid, rid, len);
     *s = e;
@@ -263,8 +306,8 @@ void qry_outq_stats(qry_outq_t *q, qry_outq_stats_t *st)
         if (q->limit && b > q->limit)
             st->clients_over++;
     }
-    st->dropped_answers = q->dropped_answers;
-    st->dropped_requests = q->dropped_requests;
+    st->dropped_answers = atomic_load(&q->dropped_answers);
+    st->dropped_requests = atomic_load(&q->dropped_requests);
 }
 
 size_t qry_outq_top(qry_outq_t *q, size_t max, char (*rid_hex)[512],
@@ -302,7 +345,7 @@ size_t qry_outq_top(qry_outq_t *q, size_t max, char (*rid_hex)[512],
 void qry_outq_count_dropped_request(qry_outq_t *q)
 {
     if (q)
-        q->dropped_requests++;
+        atomic_fetch_add(&q->dropped_requests, 1);
 }
 
 /* ZeroMQ's free function of a counted answer (its I/O thread, or the loop
@@ -328,6 +371,8 @@ int qry_pool_forward(void *answers, void *router, qry_outq_t *q,
     }
     /* The pushed parts arrive together: the rest is there. */
     int more = zmq_msg_more(&m);
+    int counted = zmq_msg_size(&m) == 1 &&
+                  (*(unsigned char *)zmq_msg_data(&m) & OUTQ_COUNTED);
     zmq_msg_close(&m);
     outq_entry_t *e = NULL;
     int first = 1, drop = 0;
@@ -341,14 +386,17 @@ int qry_pool_forward(void *answers, void *router, qry_outq_t *q,
         if (first && q) {
             /* the routing id: whose queue this answer joins */
             e = outq_get(q, zmq_msg_data(&m), zmq_msg_size(&m));
-            drop = e && q->limit && atomic_load(&e->bytes) > q->limit;
+            /* A counted answer was built while its client was within its
+             * limit (its reader looked): it goes. */
+            drop =
+                !counted && e && q->limit && atomic_load(&e->bytes) > q->limit;
             if (drop) {
-                q->dropped_answers++;
+                atomic_fetch_add(&q->dropped_answers, 1);
                 /* its queries still waiting would only be dropped too:
                  * the readers need not search them */
-                q->dropped_requests +=
-                    qry_pool_drop_client(pool, zmq_msg_data(&m),
-                                         zmq_msg_size(&m));
+                atomic_fetch_add(&q->dropped_requests,
+                                 qry_pool_drop_client(pool, zmq_msg_data(&m),
+                                                      zmq_msg_size(&m)));
             }
         }
         first = 0;
@@ -356,15 +404,20 @@ int qry_pool_forward(void *answers, void *router, qry_outq_t *q,
             zmq_msg_close(&m);
             continue; /* the envelope did not go either: drop all of it */
         }
+        /* (a counted answer's entry is found: it counts bytes, so it
+         * stayed in the table) */
         if (!more && e) {
             /* the payload: counted until ZeroMQ frees it */
             outq_held_t *h = malloc(sizeof *h);
+            if (!h && counted)
+                atomic_fetch_sub(&e->bytes, zmq_msg_size(&m)); /* sent as is */
             if (h) {
                 zmq_msg_init(&h->msg);
                 zmq_msg_move(&h->msg, &m);
                 h->e = e;
                 h->size = zmq_msg_size(&h->msg);
-                atomic_fetch_add(&e->bytes, h->size);
+                if (!counted)
+                    atomic_fetch_add(&e->bytes, h->size);
                 atomic_init(&h->ready, 0);
                 atomic_store_explicit(&h->ready, 1, memory_order_release);
                 zmq_msg_close(&m);
@@ -395,25 +448,26 @@ static int is_list(const job_t *j)
 static void run_list(qry_pool_t *p, void *push, const job_t *j)
 {
     char err[512];
+    if (client_over(p, j))
+        return; /* not built (CLIENT QUEUES) */
     qry_source_t *src = &p->cfg.src;
     idx_kb_t *ix = src->acquire(src->ctx);
     if (!ix) {
-        push_error(push, &j->peer, j->req->request_id, KB_EUNAVAIL,
-                   QRY_NO_KB_MSG);
+        push_error(push, j, j->req->request_id, KB_EUNAVAIL, QRY_NO_KB_MSG);
         return;
     }
     Kbsync__ListResult lr;
     int rc = idx_list(ix, j->req->list, &lr, err, sizeof err);
     src->release(src->ctx);
     if (rc) {
-        push_error(push, &j->peer, j->req->request_id, rc, err);
+        push_error(push, j, j->req->request_id, rc, err);
         return;
     }
     Kbsync__Response r = KBSYNC__RESPONSE__INIT;
     r.request_id = j->req->request_id;
     r.body_case = KBSYNC__RESPONSE__BODY_LIST;
     r.list = &lr;
-    push_response(push, &j->peer, &r);
+    push_response(push, j, &r);
     idx_list_free(&lr);
 }
 
@@ -442,8 +496,7 @@ static void answer_hits(void *push, const job_t *j, const idx_hits_t *h,
     if (!hits || !hp) {
         free(hits);
         free(hp);
-        push_error(push, &j->peer, j->req->request_id, KB_ENOMEM,
-                   "out of memory");
+        push_error(push, j, j->req->request_id, KB_ENOMEM, "out of memory");
         return;
     }
     for (size_t i = 0; i < h->n; i++) {
@@ -466,7 +519,7 @@ static void answer_hits(void *push, const job_t *j, const idx_hits_t *h,
     r.request_id = j->req->request_id;
     r.body_case = KBSYNC__RESPONSE__BODY_QUERY;
     r.query = &qr;
-    push_response(push, &j->peer, &r);
+    push_response(push, j, &r);
     free(hits);
     free(hp);
 }
@@ -511,6 +564,20 @@ int qry_pool_check(idx_kb_t *ix, const Kbsync__QueryRequest *r, char *err,
     return check_query(ix, r, &q, kv, err, errlen);
 }
 
+/* Whether job j's client is over its answer limit (CLIENT QUEUES): then
+ * nothing is built for j, and the client's queries still queued are
+ * dropped too; both counted. Reader threads. */
+static int client_over(qry_pool_t *p, const job_t *j)
+{
+    qry_outq_t *q = p->cfg.outq;
+    if (!j->e || !q || !q->limit || atomic_load(&j->e->bytes) <= q->limit)
+        return 0;
+    atomic_fetch_add(&q->dropped_answers, 1);
+    atomic_fetch_add(&q->dropped_requests,
+                     qry_pool_drop_client(p, j->e->rid, j->e->len));
+    return 1;
+}
+
 static void run_batch(qry_pool_t *p, void *push, job_t *jobs, size_t n)
 {
     if (n == 1 && is_list(&jobs[0])) {
@@ -522,8 +589,7 @@ static void run_batch(qry_pool_t *p, void *push, job_t *jobs, size_t n)
     idx_kb_t *ix = src->acquire(src->ctx);
     if (!ix) {
         for (size_t i = 0; i < n; i++)
-            push_error(push, &jobs[i].peer, jobs[i].req->request_id,
-                       KB_EUNAVAIL,
+            push_error(push, &jobs[i], jobs[i].req->request_id, KB_EUNAVAIL,
                        QRY_NO_KB_MSG);
         return;
     }
@@ -535,19 +601,18 @@ static void run_batch(qry_pool_t *p, void *push, job_t *jobs, size_t n)
         const Kbsync__QueryRequest *r = jobs[i].req->query;
         int rc = check_query(ix, r, &qs[m], kv[m], err, sizeof err);
         if (rc) {
-            push_error(push, &jobs[i].peer, jobs[i].req->request_id, rc, err);
+            push_error(push, &jobs[i], jobs[i].req->request_id, rc, err);
             continue;
         }
         ok[m++] = &jobs[i];
     }
     if (m) {
-        idx_hits_t hits[QRY_BATCH_MAX];
+        idx_found_t *found = NULL;
         idx_view_t view;
-        int rc = idx_search_batch(ix, m, qs, hits, &view, err, sizeof err);
+        int rc = idx_search_found(ix, m, qs, &found, &view, err, sizeof err);
         if (rc) {
             for (size_t i = 0; i < m; i++)
-                push_error(push, &ok[i]->peer, ok[i]->req->request_id, rc,
-                           err);
+                push_error(push, ok[i], ok[i]->req->request_id, rc, err);
         } else {
             /* Counted before the answers go out: a client that reads its
              * answers and then asks for status sees them counted. */
@@ -558,14 +623,16 @@ static void run_batch(qry_pool_t *p, void *push, job_t *jobs, size_t n)
             src->state(src->ctx, ix, &view, &s);
             for (size_t i = 0; i < m; i++) {
                 const Kbsync__QueryRequest *r = ok[i]->req->query;
-                if (r->min_version > s.version) {
+                if (client_over(p, ok[i])) {
+                    /* dropped, not built (CLIENT QUEUES) */
+                } else if (r->min_version > s.version) {
                     snprintf(err, sizeof err,
                              "node %s is at version %llu, below the "
                              "requested min_version %llu",
                              s.node_id, (unsigned long long)s.version,
                              (unsigned long long)r->min_version);
-                    push_error(push, &ok[i]->peer, ok[i]->req->request_id,
-                               KB_ESTALE, err);
+                    push_error(push, ok[i], ok[i]->req->request_id, KB_ESTALE,
+                               err);
                 } else if ((r->max_lag_ms ||
                             r->consistency ==
                                 KBSYNC__READ_LEVEL__READ_BOUNDED) &&
@@ -576,14 +643,24 @@ static void run_batch(qry_pool_t *p, void *push, job_t *jobs, size_t n)
                              s.node_id, (unsigned long long)s.lag_ms,
                              (unsigned long long)s.lag_ops,
                              (unsigned long long)r->max_lag_ms);
-                    push_error(push, &ok[i]->peer, ok[i]->req->request_id,
-                               KB_ESTALE, err);
+                    push_error(push, ok[i], ok[i]->req->request_id, KB_ESTALE,
+                               err);
                 } else {
-                    answer_hits(push, ok[i], &hits[i], &s);
+                    /* One answer's documents at a time, read in the
+                     * search's transaction. */
+                    idx_hits_t h;
+                    int hrc = idx_found_hits(found, i, p->cfg.max_answer, &h,
+                                             err, sizeof err);
+                    if (hrc)
+                        push_error(push, ok[i], ok[i]->req->request_id, hrc,
+                                   err);
+                    else
+                        answer_hits(push, ok[i], &h, &s);
+                    idx_hits_free(&h);
                 }
-                idx_hits_free(&hits[i]);
             }
         }
+        idx_found_free(&found);
     }
     src->release(src->ctx);
 }
@@ -613,6 +690,16 @@ static size_t take_batch(qry_pool_t *p, job_t *out)
     if (n && is_list(&out[0]))
         p->nlist--;
     return n;
+}
+
+/* A job's end: its request freed, its client's entry unpinned. */
+static void job_done(job_t *j)
+{
+    kbsync__request__free_unpacked(j->req, NULL);
+    if (j->e)
+        atomic_fetch_sub(&j->e->refs, 1);
+    j->req = NULL;
+    j->e = NULL;
 }
 
 typedef struct reader {
@@ -659,12 +746,7 @@ static void *reader_main(void *arg)
          * At low load (last batch of one) nothing waits. */
         if (!p->stop && p->last_batch > 1 && p->nq * 2 < p->last_batch) {
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += QRY_LINGER_US * 1000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            kb_abstime_in(&ts, QRY_LINGER_US);
             while (!p->stop && p->nq * 2 < p->last_batch &&
                    pthread_cond_timedwait(&p->cv, &p->mu, &ts) == 0)
                 ;
@@ -687,7 +769,7 @@ static void *reader_main(void *arg)
         pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
         for (size_t i = 0; i < n; i++)
-            kbsync__request__free_unpacked(jobs[i].req, NULL);
+            job_done(&jobs[i]);
     }
     free(jobs);
     zmq_close(push);
@@ -756,6 +838,15 @@ void qry_pool_submit(qry_pool_t *p, const kb_peer_t *peer,
     }
     p->q[p->nq].peer = *peer;
     p->q[p->nq].req = req;
+    p->q[p->nq].pool = p;
+    /* pinned until the job is done (NULL without a table or memory: then
+     * the loop counts the answer when it forwards it) */
+    outq_entry_t *e = p->cfg.outq && peer->nframes
+                          ? outq_get(p->cfg.outq, peer->frame[0], peer->len[0])
+                          : NULL;
+    if (e)
+        atomic_fetch_add(&e->refs, 1);
+    p->q[p->nq].e = e;
     p->nlist += is_list(&p->q[p->nq]);
     p->nq++;
     pthread_cond_broadcast(&p->cv);
@@ -773,7 +864,7 @@ size_t qry_pool_drop_client(qry_pool_t *p, const void *rid, size_t len)
         if (j->peer.nframes && j->peer.len[0] == len &&
             !memcmp(j->peer.frame[0], rid, len)) {
             p->nlist -= is_list(j);
-            kbsync__request__free_unpacked(j->req, NULL);
+            job_done(j);
             dropped++;
         } else {
             p->q[keep++] = *j;
@@ -808,7 +899,7 @@ void qry_pool_free(qry_pool_t **pp, void *router)
             kb_wire_send_error(router, &p->q[i].peer,
                                p->q[i].req->request_id, KB_EUNAVAIL,
                                "node is shutting down");
-        kbsync__request__free_unpacked(p->q[i].req, NULL);
+        job_done(&p->q[i]);
     }
     free(p->q);
     free(p->thr);

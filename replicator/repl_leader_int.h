@@ -12,6 +12,8 @@
 #include "kb_err.h"
 #include "kb_util.h"
 
+#include <stdatomic.h>
+
 #define REPL_BEAT_MS 100
 #define REPL_DEAD_MS 1000
 #define REPL_MAX_PEERS 64
@@ -32,8 +34,19 @@
 #define REPL_DEDUP_KEY (REPL_MAX_CLIENT_ID + 1 + 8)
 #define REPL_DEDUP_STEP 10000 /* results expired per tick at most */
 
+/* What ZeroMQ still holds for one replica (routing id): the bytes of the
+ * messages the leader handed it and that its I/O thread has neither
+ * written to the connection nor dropped with it, across sessions (see
+ * QUEUED in repl_ship.c). Freed when the last reference goes: the peer
+ * entry's, and one per such message. */
+typedef struct peer_q {
+    _Atomic uint64_t bytes;
+    _Atomic unsigned refs;
+} peer_q_t;
+
 typedef struct peer {
     char id[64];
+    peer_q_t *q;       /* NULL until the first message to it */
     int named;         /* listed in --replicas */
     int online;        /* said Hello and heard from within REPL_DEAD_MS */
     uint64_t acked;    /* LSN the replica applied (durable, searchable) */

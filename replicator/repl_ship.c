@@ -31,7 +31,18 @@
  * leader_now_us, next_lsn, next_commit_us}: the newest write, the leader's
  * clock, and the commit time of the oldest write that replica has not
  * acknowledged. Replicas ack at the same rate; that is how both sides tell
- * a live peer from a dead one. */
+ * a live peer from a dead one.
+ *
+ * QUEUED
+ * The window (REPL_WINDOW records, REPL_WINDOW_BYTES bytes beyond the last
+ * ack) starts again with every hello. What an earlier session left in
+ * ZeroMQ's queue for that routing id is not gone, though: a peer that
+ * repeated its hello without reading had 64 MiB queued per hello (2.8 GB
+ * of leader memory after 40). So every message to a replica carries a
+ * free function that lowers its peer_q_t count when ZeroMQ's I/O thread
+ * has written it or dropped it with the connection, and the leader sends
+ * no records to a replica with REPL_WINDOW_BYTES or more still queued,
+ * whichever session queued them. */
 #include "repl_leader_int.h"
 
 #include "kb_sec.h"
@@ -54,6 +65,109 @@ static void printable(char *out, size_t cap, const uint8_t *b, size_t len)
     out[n] = '\0';
 }
 
+/* ------------------------------------------------------------- QUEUED */
+
+/* Drops one reference (the loop's, or a message's from ZeroMQ's I/O
+ * thread); accepts NULL. */
+static void peer_q_release(peer_q_t *q)
+{
+    if (q && atomic_fetch_sub(&q->refs, 1) == 1)
+        free(q);
+}
+
+/* The bytes ZeroMQ still holds for p. */
+static uint64_t peer_queued(const peer_t *p)
+{
+    return p->q ? atomic_load(&p->q->bytes) : 0;
+}
+
+/* A message's data, shared by the copies sent to several replicas. */
+typedef struct sent_buf {
+    _Atomic unsigned refs;
+    size_t len;
+    unsigned char data[];
+} sent_buf_t;
+
+/* One replica's copy of a message: what its free function gives back. */
+typedef struct sent_copy {
+    sent_buf_t *b;
+    peer_q_t *q;
+    atomic_int ready; /* release/acquire: the hand-over to ZeroMQ's I/O
+                         thread, visible to ThreadSanitizer */
+} sent_copy_t;
+
+static sent_buf_t *sent_buf_new(size_t len)
+{
+    sent_buf_t *b = malloc(sizeof *b + (len ? len : 1));
+    if (b) {
+        atomic_init(&b->refs, 1);
+        b->len = len;
+    }
+    return b;
+}
+
+static void sent_buf_release(sent_buf_t *b)
+{
+    if (b && atomic_fetch_sub(&b->refs, 1) == 1)
+        free(b);
+}
+
+static void sent_copy_free(void *data, void *hint)
+{
+    (void)data;
+    sent_copy_t *c = hint;
+    (void)atomic_load_explicit(&c->ready, memory_order_acquire);
+    atomic_fetch_sub(&c->q->bytes, c->b->len);
+    peer_q_release(c->q);
+    sent_buf_release(c->b);
+    free(c);
+}
+
+/* Sends b to replica p (routing frame, then its own copy of b), counted
+ * in p's queue until ZeroMQ frees it. Returns 0, -EAGAIN (its queue is
+ * full: try later), -EHOSTUNREACH (gone) or KB_ENOMEM (nothing went). */
+static int send_counted(repl_leader_t *l, peer_t *p, sent_buf_t *b)
+{
+    /* Everything allocated before the routing frame goes: once it is sent
+     * with SNDMORE the body must follow, or the next message would become
+     * its body. */
+    if (!p->q && (p->q = malloc(sizeof *p->q))) {
+        atomic_init(&p->q->bytes, 0);
+        atomic_init(&p->q->refs, 1);
+    }
+    sent_copy_t *c = p->q ? malloc(sizeof *c) : NULL;
+    zmq_msg_t m;
+    if (!c || zmq_msg_init_data(&m, b->data, b->len, sent_copy_free, c)) {
+        free(c);
+        return KB_ENOMEM;
+    }
+    c->b = b;
+    c->q = p->q;
+    atomic_fetch_add(&b->refs, 1);
+    atomic_fetch_add(&p->q->refs, 1);
+    atomic_fetch_add(&p->q->bytes, b->len);
+    atomic_init(&c->ready, 0);
+    atomic_store_explicit(&c->ready, 1, memory_order_release);
+    int rc = 0;
+    if (zmq_send(l->sock, p->id, strlen(p->id), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        rc = errno == EAGAIN ? -EAGAIN : -EHOSTUNREACH;
+    else if (zmq_msg_send(&m, l->sock, ZMQ_DONTWAIT) < 0)
+        rc = -EHOSTUNREACH; /* the routing frame went: the peer is gone */
+    if (rc)
+        zmq_msg_close(&m); /* calls sent_copy_free: uncounted */
+    return rc;
+}
+
+/* At the leader's end: the table lets go of its queue counts (messages
+ * ZeroMQ still holds keep theirs until it frees them). */
+static void peers_release(repl_leader_t *l)
+{
+    for (size_t i = 0; i < l->npeers; i++) {
+        peer_q_release(l->peer[i].q);
+        l->peer[i].q = NULL;
+    }
+}
+
 static peer_t *peer_find(repl_leader_t *l, const char *id, size_t len, int add)
 {
     for (size_t i = 0; i < l->npeers; i++)
@@ -70,8 +184,11 @@ static peer_t *peer_find(repl_leader_t *l, const char *id, size_t len, int add)
         uint64_t now = kb_mono_us(), oldest = UINT64_MAX;
         for (size_t i = 0; i < l->npeers; i++) {
             peer_t *q = &l->peer[i];
+            /* (not one with messages still queued: its count would go
+             * with it, and its next hello would get a window anew) */
             if (!q->named && q->heard_us < oldest &&
-                now - q->heard_us > REPL_DEAD_MS * 1000u) {
+                now - q->heard_us > REPL_DEAD_MS * 1000u &&
+                peer_queued(q) == 0) {
                 oldest = q->heard_us;
                 p = q;
             }
@@ -88,6 +205,7 @@ static peer_t *peer_find(repl_leader_t *l, const char *id, size_t len, int add)
     } else {
         p = &l->peer[l->npeers++];
     }
+    peer_q_release(p->q); /* an entry making way: its messages keep it */
     memset(p, 0, sizeof *p);
     memcpy(p->id, id, len);
     p->heard_us = kb_mono_us();
@@ -125,10 +243,13 @@ static void flight_ack(peer_t *p, uint64_t acked)
     }
 }
 
-/* Whether p may be sent more: records and bytes in flight. */
+/* Whether p may be sent more: records and bytes in flight in this
+ * session, and bytes still queued for it from any session (QUEUED). */
 static int peer_has_room(const peer_t *p)
 {
-    return p->sent - p->acked < REPL_WINDOW && p->inflight < REPL_WINDOW_BYTES;
+    return p->sent - p->acked < REPL_WINDOW &&
+           p->inflight < REPL_WINDOW_BYTES &&
+           peer_queued(p) < REPL_WINDOW_BYTES;
 }
 
 static void ship_reset(shipment_t *s)
@@ -178,35 +299,20 @@ static void fill_beat(repl_leader_t *l, const peer_t *p, Kbsync__ReplBeat *b)
     }
 }
 
-static void free_packed(void *data, void *hint)
-{
-    (void)hint;
-    free(data);
-}
-
-/* Sends a packed ReplMessage (buf, len; ownership taken) to replica p.
- * Returns 0, -EAGAIN (its queue is full: try later) or -EHOSTUNREACH. */
+/* Sends a packed ReplMessage (buf, len; copied) to replica p, counted in
+ * its queue. Returns as send_counted. */
 static int send_to_peer(repl_leader_t *l, peer_t *p, const void *buf,
                         size_t len)
 {
     /* Allocate before the routing frame goes: once it is sent with SNDMORE
      * the body must follow, or the next message would become its body. */
-    void *copy = malloc(len ? len : 1);
-    if (!copy)
+    sent_buf_t *b = sent_buf_new(len);
+    if (!b)
         return KB_ENOMEM;
-    memcpy(copy, buf, len);
-    if (zmq_send(l->sock, p->id, strlen(p->id), ZMQ_SNDMORE | ZMQ_DONTWAIT) <
-        0) {
-        free(copy);
-        return errno == EAGAIN ? -EAGAIN : -EHOSTUNREACH;
-    }
-    zmq_msg_t m;
-    zmq_msg_init_data(&m, copy, len, free_packed, NULL);
-    if (zmq_msg_send(&m, l->sock, ZMQ_DONTWAIT) < 0) {
-        zmq_msg_close(&m);
-        return -EHOSTUNREACH; /* the routing frame went: the peer is gone */
-    }
-    return 0;
+    memcpy(b->data, buf, len);
+    int rc = send_counted(l, p, b);
+    sent_buf_release(b);
+    return rc;
 }
 
 
@@ -347,30 +453,22 @@ static int ship_send(repl_leader_t *l, peer_t **targets, size_t nt)
     m.body_case = KBSYNC__REPL_MESSAGE__BODY_RECORDS;
     m.records = &rr;
     size_t len = kbsync__repl_message__get_packed_size(&m);
-    void *buf = malloc(len);
+    sent_buf_t *b = sent_buf_new(len);
     int sent = 0;
-    zmq_msg_t packed;
-    if (!buf || zmq_msg_init_data(&packed, buf, len, free_packed, NULL)) {
-        free(buf);
+    if (!b) {
         ship_reset(s);
         return 0;
     }
-    kbsync__repl_message__pack(&m, buf);
+    kbsync__repl_message__pack(&m, b->data);
     for (size_t i = 0; i < nt; i++) {
         peer_t *p = targets[i];
-        if (zmq_send(l->sock, p->id, strlen(p->id),
-                     ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-            if (errno == EAGAIN)
-                s->stalled = 1;
-            else
-                peer_lost(p, "connection gone");
+        /* its own copy of the message on the shared bytes (QUEUED) */
+        int rc = send_counted(l, p, b);
+        if (rc == -EAGAIN || rc == KB_ENOMEM) {
+            s->stalled = 1; /* try again later */
             continue;
         }
-        zmq_msg_t copy;
-        zmq_msg_init(&copy);
-        zmq_msg_copy(&copy, &packed);
-        if (zmq_msg_send(&copy, l->sock, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&copy);
+        if (rc) {
             peer_lost(p, "connection gone");
             continue;
         }
@@ -378,7 +476,7 @@ static int ship_send(repl_leader_t *l, peer_t **targets, size_t nt)
         flight_push(p, s->last, s->bytes);
         sent++;
     }
-    zmq_msg_close(&packed);
+    sent_buf_release(b);
     ship_reset(s);
     return sent;
 }
@@ -508,6 +606,7 @@ void repl_leader_free(repl_leader_t **lp)
     if (!lp || !*lp)
         return;
     repl_leader_t *l = *lp;
+    peers_release(l);
     repl__clear_queue(l);
     repl__retain_free(l);
     free(l->ship.rec);
@@ -1012,11 +1111,18 @@ int repl_leader_tick(repl_leader_t *l, void *router)
         }
     }
     /* Entries of replicas not named in --replicas go when they are gone:
-     * ids made up by passing peers must not fill the table. */
+     * ids made up by passing peers must not fill the table. Not while
+     * ZeroMQ still holds messages for one, though (QUEUED): its next hello
+     * must find them counted. */
     size_t kept = 0;
-    for (size_t i = 0; i < l->npeers; i++)
-        if (l->peer[i].named || l->peer[i].online)
+    for (size_t i = 0; i < l->npeers; i++) {
+        if (l->peer[i].named || l->peer[i].online || peer_queued(&l->peer[i]))
             l->peer[kept++] = l->peer[i];
+        else
+            peer_q_release(l->peer[i].q); /* its messages keep theirs */
+    }
+    for (size_t i = kept; i < l->npeers; i++)
+        l->peer[i].q = NULL; /* moved down, or released above */
     l->npeers = kept;
     repl__release_parked(l, router);
     if (l->sock)
@@ -1063,7 +1169,12 @@ void repl_leader_replicas(repl_leader_t *l, Kbsync__ReplicaState ***out,
         r->version = p->acked;
         r->durable_version = p->durable > p->acked ? p->durable : p->acked;
         r->snapshot = p->online && p->snapshot_lsn != 0;
-        r->queued_bytes = p->online ? p->inflight : 0;
+        /* what the leader holds for it: in flight in this session, or
+         * still queued in ZeroMQ from any (QUEUED) */
+        uint64_t held = peer_queued(p);
+        if (p->online && p->inflight > held)
+            held = p->inflight;
+        r->queued_bytes = held;
         r->received_version =
             p->received > r->durable_version ? p->received : r->durable_version;
         stage_lag(l, st.version, now, p->acked, &r->lag_ops, &r->lag_ms);

@@ -157,6 +157,23 @@ static inline double kbp_num(const cJSON *o, const char *key)
     return cJSON_IsNumber(v) ? v->valuedouble : -1;
 }
 
+/* A memory figure of a process from /proc/PID/status ("VmRSS", "VmHWM"),
+ * in MB (-1 when unreadable). */
+static inline long kbp_status_mb(pid_t pid, const char *what)
+{
+    char path[64], line[256], fmt[32];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    snprintf(fmt, sizeof fmt, "%s: %%ld", what);
+    FILE *f = fopen(path, "r");
+    long kb = -1024;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, fmt, &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb / 1024;
+}
+
 /* Deterministic test vectors: component j of document doc, in [-1, 1]. */
 static inline float kbp_vec(int doc, int j)
 {
@@ -165,6 +182,26 @@ static inline float kbp_vec(int doc, int j)
     x *= 0x5bd1e995u;
     x ^= x >> 15;
     return (float)((x % 2001u) / 1000.0 - 1.0);
+}
+
+/* Writes a JSONL file of n documents big-<i>: text `word` repeated
+ * `times` times, and kbp_vec's embedding of dim values. */
+static inline void kbp_write_big_docs(const char *path, int n, int dim,
+                                      const char *word, int times)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return;
+    for (int i = 0; i < n; i++) {
+        fprintf(f, "{\"id\": \"big-%d\", \"text\": \"", i);
+        for (int j = 0; j < times; j++)
+            fputs(word, f);
+        fprintf(f, "\", \"embedding\": [");
+        for (int j = 0; j < dim; j++)
+            fprintf(f, "%s%.9g", j ? "," : "", kbp_vec(i, j));
+        fprintf(f, "]}\n");
+    }
+    fclose(f);
 }
 
 /* Writes document doc's vector as a JSON array for --vector. */

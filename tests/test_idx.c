@@ -1776,6 +1776,58 @@ static void test_idx_search_batch_equals_single_searches(void **state)
     }
 }
 
+/* FOUND: the hits read one query at a time equal the batch's, and with a
+ * byte bound the read stops with KB_ETOOBIG at the first hit past it (an
+ * answer of exactly the bound is given). */
+static void test_idx_found_hits_bounded(void **state)
+{
+    fx_t *f = *state;
+    f->ix = kb_open(f->dir, DIM, "ip", NULL, "n1");
+    write_range(f->ix, "d", 0, 300, 100, NULL);
+    enum { NB = 4, K = 5 };
+    float q[NB][DIM];
+    idx_query_t qs[NB];
+    for (int i = 0; i < NB; i++) {
+        kbt_rand_unit(q[i], DIM, 7000 + (uint64_t)i);
+        qs[i] = (idx_query_t){.vec = q[i], .vec_len = DIM, .k = K};
+    }
+    idx_found_t *fd = NULL;
+    idx_view_t view;
+    char err[512] = "";
+    KBT_OK(idx_search_found(f->ix, NB, qs, &fd, &view, err, sizeof err), err);
+    assert_non_null(fd);
+    KBT_U64(view.version, 300);
+    for (int i = 0; i < NB; i++) {
+        idx_hits_t all, one = search(f->ix, q[i], K);
+        KBT_OK(idx_found_hits(fd, (size_t)i, 0, &all, err, sizeof err), err);
+        assert_same_hits(&all, &one);
+        size_t b1 = 0, ball = 0;
+        for (size_t h = 0; h < all.n; h++) {
+            size_t b = strlen(all.hit[h].id) + strlen(all.hit[h].text) +
+                       strlen(all.hit[h].metadata) + IDX_HIT_OVERHEAD;
+            if (h == 0)
+                b1 = b;
+            ball += b;
+        }
+        idx_hits_t cut;
+        KBT_OK(idx_found_hits(fd, (size_t)i, ball, &cut, err, sizeof err), err);
+        assert_same_hits(&cut, &one);
+        idx_hits_free(&cut);
+        assert_int_equal(
+            idx_found_hits(fd, (size_t)i, b1, &cut, err, sizeof err),
+            KB_ETOOBIG);
+        assert_int_equal(cut.n, 0);
+        assert_non_null(strstr(err, "at hit 2 of the 5 asked for"));
+        idx_hits_free(&all);
+        idx_hits_free(&one);
+    }
+    idx_hits_t none;
+    assert_int_equal(idx_found_hits(fd, NB, 0, &none, err, sizeof err),
+                     KB_EINVAL);
+    idx_found_free(&fd);
+    assert_null(fd);
+}
+
 /* Writer: rewrites the same GEN_DOCS ids with a new generation, one write
  * per generation (more vectors than one exclusive hold adds). Readers:
  * every answer must show exactly one generation, never a mix (the new
@@ -2696,6 +2748,7 @@ int main(void)
         T(test_idx_idle_store_is_not_checked_again),
         T(test_idx_unchanged_store_is_rechecked),
         T(test_idx_search_batch_equals_single_searches),
+        T(test_idx_found_hits_bounded),
         T(test_idx_flat_grows_beside_searches),
         T(test_idx_search_never_sees_half_applied_write),
         T(test_idx_flat_replace_delete_never_resurface),

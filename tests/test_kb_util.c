@@ -81,6 +81,17 @@ static void test_clocks(void **state)
     assert_true(w0 > UINT64_C(1577836800000000));
     assert_true(w1 < UINT64_C(4102444800000000));
     assert_true(w1 >= w0);
+    /* kb_abstime_in: the wall clock that far ahead, nanoseconds normal */
+    for (uint64_t us = 0; us < 3000000u; us += 499999u) {
+        struct timespec at;
+        uint64_t before = kb_wall_us();
+        kb_abstime_in(&at, us);
+        uint64_t after = kb_wall_us();
+        assert_true(at.tv_nsec >= 0 && at.tv_nsec < 1000000000L);
+        uint64_t at_us =
+            (uint64_t)at.tv_sec * 1000000u + (uint64_t)at.tv_nsec / 1000u;
+        assert_true(at_us + 1 >= before + us && at_us <= after + us);
+    }
 }
 
 /* ------------------------------------------------------------ logging */

@@ -245,6 +245,9 @@ static int free_port(void)
     return port;
 }
 
+/* Seconds http_get waits for each read. */
+static int http_timeout_s = 15;
+
 /* GET path from 127.0.0.1:port; the HTTP status in *code, the body in a
  * malloc'd string (NULL when the connection failed). */
 static char *http_get(int port, const char *path, int *code)
@@ -254,6 +257,8 @@ static char *http_get(int port, const char *path, int *code)
     a.sin_family = AF_INET;
     a.sin_port = htons((uint16_t)port);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct timeval tv = {.tv_sec = http_timeout_s};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     if (connect(s, (struct sockaddr *)&a, sizeof a)) {
         close(s);
         return NULL;
@@ -414,12 +419,72 @@ static void test_node_metrics_endpoint_of_real_nodes(void **state)
     free(nf);
 }
 
+/* 16 peers that each send one header line every 2 s (never idle, never
+ * done) held every connection the endpoint takes, and scrapes were shut
+ * out for as long as they kept on; so would peers sending a small request
+ * every 2 s on one kept-alive connection. Now a connection serves one
+ * request and is closed 10 s after its start: then a scrape gets in. Half
+ * the peers here drip header lines, half send whole requests. */
+static void test_node_metrics_slow_peers_cut(void **state)
+{
+    fx_t *f = *state;
+    f->lead_port = free_port();
+    start(f, "leader", f->lead_ep, f->lead_port, "leader --dim 8");
+    enum { NSLOW = 16 };
+    int s[NSLOW];
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)f->lead_port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int i = 0; i < NSLOW; i++) {
+        s[i] = socket(AF_INET, SOCK_STREAM, 0);
+        assert_int_equal(connect(s[i], (struct sockaddr *)&a, sizeof a), 0);
+        const char *first = i % 2 ? "GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+                                  : "GET /metrics HTTP/1.1\r\n";
+        assert_true(send(s[i], first, strlen(first), MSG_NOSIGNAL) > 0);
+    }
+    /* 13 s of dripping: past the 10 s every request has */
+    int cut = 0;
+    for (int t = 0; t < 13; t++) {
+        sleep(1);
+        for (int i = 0; i < NSLOW; i++) {
+            if (s[i] < 0 || t % 2)
+                continue;
+            const char *more =
+                i % 2 ? "GET /x HTTP/1.1\r\nHost: a\r\n\r\n" : "X-Slow: 1\r\n";
+            if (send(s[i], more, strlen(more), MSG_NOSIGNAL | MSG_DONTWAIT) <
+                0) {
+                close(s[i]);
+                s[i] = -1;
+                cut++;
+            }
+        }
+    }
+    /* while they still drip, a scrape is served at once (3 s: the
+     * endpoint's own idle timeout, 10 s, cannot be what lets it in) */
+    int code = 0;
+    http_timeout_s = 3;
+    char *page = http_get(f->lead_port, "/metrics", &code);
+    http_timeout_s = 15;
+    for (int i = 0; i < NSLOW; i++)
+        if (s[i] >= 0)
+            close(s[i]);
+    if (!page || code != 200)
+        fail_msg("a scrape after 13 s of 16 slow peers: HTTP %d (%d of them "
+                 "seen cut)",
+                 code, cut);
+    assert_true(sample(page, "kbsync_version") >= 0);
+    free(page);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_node_metrics_render_format),
-        cmocka_unit_test_setup_teardown(test_node_metrics_endpoint_of_real_nodes,
+        cmocka_unit_test_setup_teardown(test_node_metrics_slow_peers_cut,
                                         e2e_setup, e2e_teardown),
+        cmocka_unit_test_setup_teardown(
+            test_node_metrics_endpoint_of_real_nodes, e2e_setup, e2e_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -37,6 +37,11 @@ uint32_t kb_crc32c(uint32_t crc, const void *buf, size_t n);
 uint64_t kb_mono_us(void);
 uint64_t kb_wall_us(void);
 
+struct timespec;
+/* The CLOCK_REALTIME time us microseconds from now, for
+ * pthread_cond_timedwait. */
+void kb_abstime_in(struct timespec *ts, uint64_t us);
+
 enum { KB_LOG_DEBUG = 0, KB_LOG_INFO = 1, KB_LOG_WARN = 2, KB_LOG_ERROR = 3 };
 
 /* Sets the minimum level printed (default KB_LOG_INFO) and the name printed

@@ -252,6 +252,24 @@ int idx_search_batch(idx_kb_t *ix, size_t nq, const idx_query_t *q,
                      idx_hits_t *out, idx_view_t *view, char *err,
                      size_t errlen);
 
+/* FOUND: the same search, with the hits read one query at a time, so that
+ * a caller answering a batch holds one answer's documents at a time.
+ * idx_search_found searches and sets *out (NULL when nq is 0; on error no
+ * *out needs freeing); its read transaction stays open until
+ * idx_found_free, so every query's hits come from the searched version.
+ * idx_found_hits fills out (free with idx_hits_free()) with query i's hits;
+ * with max_bytes > 0 it stops with KB_ETOOBIG, naming the hit, when the
+ * hits' strings (id, text, metadata) and IDX_HIT_OVERHEAD bytes per hit
+ * would exceed max_bytes. One thread at a time per idx_found_t. */
+typedef struct idx_found idx_found_t;
+#define IDX_HIT_OVERHEAD 32 /* answer bytes of a hit besides its strings */
+int idx_search_found(idx_kb_t *ix, size_t nq, const idx_query_t *q,
+                     idx_found_t **out, idx_view_t *view, char *err,
+                     size_t errlen);
+int idx_found_hits(idx_found_t *f, size_t i, size_t max_bytes, idx_hits_t *out,
+                   char *err, size_t errlen);
+void idx_found_free(idx_found_t **f);
+
 /* One query (checked here) with a query vector of dim floats (or, with
  * text, the built-in embedding of the text: pass q = NULL). Fills *out;
  * free with idx_hits_free(). Scores: inner product or cosine (higher =

@@ -51,11 +51,20 @@ typedef struct qry_source {
                   Kbsync__NodeState *s);
 } qry_source_t;
 
+typedef struct qry_outq qry_outq_t;
+
 typedef struct qry_pool_config {
     int threads;           /* reader threads, >= 1 */
     void *zctx;            /* ZeroMQ context (borrowed) */
     const char *answer_ep; /* inproc endpoint the loop PULLs answers from */
     qry_source_t src;
+    /* The clients' answer queues (borrowed; may be NULL): readers count
+     * each answer against its client as they build it, and build none for
+     * a client over its limit (CLIENT QUEUES in qry_pool.c). */
+    qry_outq_t *outq;
+    /* Largest answer a reader builds (bytes of the hits' strings; 0 = no
+     * bound): a query whose hits would exceed it is refused KB_ETOOBIG. */
+    size_t max_answer;
 } qry_pool_config_t;
 
 typedef struct qry_pool_stats {
@@ -95,10 +104,10 @@ int qry_pool_check(idx_kb_t *ix, const Kbsync__QueryRequest *r, char *err,
 void qry_pool_free(qry_pool_t **p, void *router);
 
 /* Unread answers per client (CLIENT QUEUES in qry_pool.c): the bytes of
- * query answers handed to the ROUTER and not yet written to the client's
- * connection, counted per routing id. Used by the node loop only, except
- * for the counters, which ZeroMQ's I/O thread lowers. */
-typedef struct qry_outq qry_outq_t;
+ * query answers built by the readers and not yet written to the client's
+ * connection, counted per routing id. The table is the node loop's; the
+ * counters are atomic (readers raise them, ZeroMQ's I/O thread lowers
+ * them). */
 /* limit: bytes a client may have unread before its answers and requests
  * are dropped (0 = no limit). */
 int qry_outq_new(uint64_t limit, qry_outq_t **out);
