@@ -73,39 +73,41 @@ struct qry_pool {
 
 /* ------------------------------------------------------------- answers */
 
-static void outq_count(outq_entry_t *e, size_t len);
+static int outq_admit(qry_pool_t *p, const job_t *j, size_t len);
 static int client_over(qry_pool_t *p, const job_t *j);
 
 /* Pushes resp for job j's client to the loop, counted against it; drops it
- * when that client is over its limit (CLIENT QUEUES). */
+ * when that client is over its limit (CLIENT QUEUES, outq_admit). */
 static void push_response(void *push, const job_t *j, Kbsync__Response *resp)
 {
     const kb_peer_t *peer = &j->peer;
-    if (client_over(j->pool, j))
-        return;
     resp->protocol_version = KB_PROTOCOL_VERSION;
-    if (resp->error)
-        kb_metrics_error(resp->error->code);
-    else if (resp->query)
-        kb_metrics_query(resp->query->level, kb_mono_us() - peer->t_us);
     size_t len = kbsync__response__get_packed_size(resp);
     void *buf = malloc(len ? len : 1);
     if (!buf) {
         kb_error("out of memory packing an answer of %zu bytes; dropped", len);
         return;
     }
+    /* counted before the loop can see it, or dropped */
+    if (!outq_admit(j->pool, j, len)) {
+        free(buf);
+        return;
+    }
+    if (resp->error)
+        kb_metrics_error(resp->error->code);
+    else if (resp->query)
+        kb_metrics_query(resp->query->level, kb_mono_us() - peer->t_us);
     kbsync__response__pack(resp, buf);
     unsigned char n = (unsigned char)peer->nframes;
-    if (j->e) {
-        outq_count(j->e, len); /* before the loop can see it */
+    if (j->e)
         n |= OUTQ_COUNTED;
-    }
     zmq_send(push, &n, 1, ZMQ_SNDMORE);
     for (size_t i = 0; i < peer->nframes; i++)
         zmq_send(push, peer->frame[i], peer->len[i], ZMQ_SNDMORE);
-    /* Copied into ZeroMQ's own buffer, not handed over: the answer is a
-     * few KB, and a buffer that crosses threads inside libzmq is invisible
-     * to ThreadSanitizer's happens-before tracking. */
+    /* Copied into ZeroMQ's own buffer, not handed over: a buffer that
+     * crosses threads inside libzmq is invisible to ThreadSanitizer's
+     * happens-before tracking (most answers are a few KB; a large one is
+     * held twice until this returns). */
     zmq_send(push, buf, len, 0);
     free(buf);
 }
@@ -138,11 +140,14 @@ static void push_error(void *push, const job_t *j, uint64_t rid, int code,
  * batch of 64 queries of one client, each answer tens of MB, builds answers
  * only until the client is over its limit (when answers were counted only
  * as the loop forwarded them, a batch's 64 answers were all built first:
- * 130 pipelined k=1000 queries over 24 KB texts took 3 GB). The loop pins a
- * client's entry (refs) for each of its queries it hands to the readers, so the
- * reader can count into it. Entries are allocated one by one and never move
- * while they count bytes or are pinned (readers and the I/O thread hold
- * pointers to them); entries at zero go when the table is rebuilt. */
+ * 130 pipelined k=1000 queries over 24 KB texts took 3 GB), and counts an
+ * answer in the same atomic step as it looks again (outq_admit): one answer
+ * at most takes a client past its limit, whatever the number of readers.
+ * The loop pins a client's entry (refs) for each of its queries it hands to
+ * the readers, so the reader can count into it. Entries are allocated one by
+ * one and never move while they count bytes or are pinned (readers and the I/O
+ * thread hold pointers to them); entries at zero go when the table is rebuilt.
+ */
 
 struct outq_entry {
     atomic_uint_fast64_t bytes;
@@ -158,10 +163,6 @@ struct qry_outq {
     _Atomic uint64_t dropped_answers, dropped_requests;
 };
 
-static void outq_count(outq_entry_t *e, size_t len)
-{
-    atomic_fetch_add(&e->bytes, len);
-}
 
 typedef struct outq_held {
     zmq_msg_t msg;
@@ -576,6 +577,28 @@ static int client_over(qry_pool_t *p, const job_t *j)
     atomic_fetch_add(&q->dropped_requests,
                      qry_pool_drop_client(p, j->e->rid, j->e->len));
     return 1;
+}
+
+/* Counts an answer of len bytes against job j's client, unless the client
+ * was over its limit already: then the answer is dropped (counted, and the
+ * client's queries still queued with it). Returns 1 when it may go. The
+ * look and the count are one step, so however many readers answer one
+ * client at once, one answer at most takes it past the limit. */
+static int outq_admit(qry_pool_t *p, const job_t *j, size_t len)
+{
+    qry_outq_t *q = p->cfg.outq;
+    if (!j->e)
+        return 1;
+    /* compare-and-swap, so that a refused answer never shows in the count,
+     * even for a moment */
+    uint_fast64_t had = atomic_load(&j->e->bytes);
+    while (!q || !q->limit || had <= q->limit)
+        if (atomic_compare_exchange_weak(&j->e->bytes, &had, had + len))
+            return 1;
+    atomic_fetch_add(&q->dropped_answers, 1);
+    atomic_fetch_add(&q->dropped_requests,
+                     qry_pool_drop_client(p, j->e->rid, j->e->len));
+    return 0;
 }
 
 static void run_batch(qry_pool_t *p, void *push, job_t *jobs, size_t n)

@@ -1116,7 +1116,10 @@ int repl_leader_tick(repl_leader_t *l, void *router)
      * must find them counted. */
     size_t kept = 0;
     for (size_t i = 0; i < l->npeers; i++) {
-        if (l->peer[i].named || l->peer[i].online || peer_queued(&l->peer[i]))
+        peer_t *p = &l->peer[i];
+        if (!p->named && !p->online)
+            p->snapshot_lsn = 0; /* nor pins a snapshot, nor resumes it */
+        if (p->named || p->online || peer_queued(p))
             l->peer[kept++] = l->peer[i];
         else
             peer_q_release(l->peer[i].q); /* its messages keep theirs */
