@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <zmq.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -172,6 +173,28 @@ static inline long kbp_status_mb(pid_t pid, const char *what)
     if (f)
         fclose(f);
     return kb / 1024;
+}
+
+/* A DEALER that reads (almost) nothing: receive high-water mark rcvhwm,
+ * a socket buffer of rcvbuf bytes, no linger; routing id rid (NULL: ZeroMQ
+ * picks one); connected to ep. NULL on error. */
+static inline void *kbp_non_reader(void *ctx, const char *ep, int rcvhwm,
+                                   int rcvbuf, const char *rid)
+{
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    int zero = 0;
+    if (!s)
+        return NULL;
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(s, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
+    zmq_setsockopt(s, ZMQ_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    if (rid)
+        zmq_setsockopt(s, ZMQ_ROUTING_ID, rid, strlen(rid));
+    if (zmq_connect(s, ep)) {
+        zmq_close(s);
+        return NULL;
+    }
+    return s;
 }
 
 /* Deterministic test vectors: component j of document doc, in [-1, 1]. */

@@ -558,21 +558,87 @@ static void write_big_docs(e2e_t *e, char *path, size_t pathlen, int n,
     kbp_write_big_docs(path, n, DIM, "word word ", words);
 }
 
+/* Starts a leader of DIM dimensions on e with one more option and its
+ * value (e.g. "--max-client-queue-mb", "16"), and a second pair (or
+ * NULL). */
+static void start_leader_opts(e2e_t *e, const char *o1, const char *v1,
+                              const char *o2, const char *v2)
+{
+    unlink(e->epfile);
+    char dim[16];
+    snprintf(dim, sizeof dim, "%d", DIM);
+    char *argv[] = {"kbsync", "leader", "--data", e->data, "--dim", dim,
+                    "--listen", "tcp://127.0.0.1:*", "--endpoint-file",
+                    e->epfile, (char *)o1, (char *)v1, (char *)o2,
+                    (char *)v2, NULL};
+    e->leader = kbp_spawn(e->log, argv);
+    assert_true(e->leader > 0);
+    assert_int_equal(kbp_wait_file(e->epfile, e->ep, sizeof e->ep, 20000), 0);
+}
+
+/* Sends request r (its protocol version and id set here) on s. */
+static void send_request(void *s, Kbsync__Request *r, uint64_t rid)
+{
+    r->protocol_version = 1;
+    r->request_id = rid;
+    uint8_t buf[512];
+    assert_true(kbsync__request__get_packed_size(r) <= sizeof buf);
+    size_t n = kbsync__request__pack(r, buf);
+    assert_int_equal(zmq_send(s, buf, n, 0), (int)n);
+}
+
+/* Sends a k-NN query for vec (DIM floats) on s. */
+static void send_query(void *s, uint64_t rid, const float *vec, uint32_t k)
+{
+    Kbsync__QueryRequest q = KBSYNC__QUERY_REQUEST__INIT;
+    q.k = k;
+    q.n_vector = DIM;
+    q.vector = (float *)vec;
+    Kbsync__Request r = KBSYNC__REQUEST__INIT;
+    r.body_case = KBSYNC__REQUEST__BODY_QUERY;
+    r.query = &q;
+    send_request(s, &r, rid);
+}
+
+/* Polls status every 50 ms (at most 30 s) until the node counts at least
+ * want answers and requests dropped for unread clients; returns that
+ * count, and the queued answer bytes then in *queued. */
+static double wait_dropped(e2e_t *e, double want, double *queued)
+{
+    double dropped = 0;
+    for (int i = 0; i < 600; i++) {
+        cJSON *st = status_json(e);
+        dropped = kbp_num(st, "dropped_client_answers") +
+                  kbp_num(st, "dropped_client_requests");
+        *queued = kbp_num(st, "client_queue_bytes");
+        cJSON_Delete(st);
+        if (dropped >= want)
+            break;
+        usleep(50000);
+    }
+    return dropped;
+}
+
+/* Writes documents doc-0 .. doc-(n-1) (write_jsonl) to e->dir/NAME.jsonl
+ * and ingests them into the node at e->ep. */
+static void ingest_n(e2e_t *e, const char *name, int n)
+{
+    char path[600];
+    static char out[1 << 16];
+    snprintf(path, sizeof path, "%s/%s.jsonl", e->dir, name);
+    write_jsonl(path, 0, n, 0);
+    assert_int_equal(kbp_run(out, sizeof out, "'%s' ingest --to '%s' '%s'",
+                             kbp_bin(), e->ep, path),
+                     0);
+}
+
 /* A client that sends queries with megabyte answers and never reads them:
  * the node keeps at most --max-client-queue-mb of its answers, drops the
  * rest and its later requests, and serves other clients meanwhile. */
 static void test_e2e_lone_slow_reader_stays_bounded(void **state)
 {
     e2e_t *e = *state;
-    unlink(e->epfile);
-    char dim[16];
-    snprintf(dim, sizeof dim, "%d", DIM);
-    char *argv[] = {"kbsync", "leader", "--data", e->data, "--dim", dim,
-                    "--listen", "tcp://127.0.0.1:*", "--endpoint-file",
-                    e->epfile, "--max-client-queue-mb", "16", NULL};
-    e->leader = kbp_spawn(e->log, argv);
-    assert_true(e->leader > 0);
-    assert_int_equal(kbp_wait_file(e->epfile, e->ep, sizeof e->ep, 20000), 0);
+    start_leader_opts(e, "--max-client-queue-mb", "16", NULL, NULL);
     /* 20 documents of 60 KB of text: a k=20 answer is about 1.2 MB */
     char path[400];
     write_big_docs(e, path, sizeof path, 20, 6000);
@@ -583,14 +649,9 @@ static void test_e2e_lone_slow_reader_stays_bounded(void **state)
     long rss0 = rss_mb(e->leader);
 
     void *ctx = zmq_ctx_new();
-    void *slow = zmq_socket(ctx, ZMQ_DEALER);
     /* a few unread answers, then its I/O thread stops reading too */
-    int zero = 0, few = 4;
-    zmq_setsockopt(slow, ZMQ_LINGER, &zero, sizeof zero);
-    zmq_setsockopt(slow, ZMQ_RCVHWM, &few, sizeof few);
-    int rcvbuf = 65536;
-    zmq_setsockopt(slow, ZMQ_RCVBUF, &rcvbuf, sizeof rcvbuf);
-    assert_int_equal(zmq_connect(slow, e->ep), 0);
+    void *slow = kbp_non_reader(ctx, e->ep, 4, 65536, NULL);
+    assert_non_null(slow);
     float vec[DIM];
     for (int j = 0; j < DIM; j++)
         vec[j] = 1.0f;
@@ -602,30 +663,14 @@ static void test_e2e_lone_slow_reader_stays_bounded(void **state)
 #else
     const int nflood = 400;
 #endif
-    for (int i = 0; i < nflood; i++) {
-        Kbsync__QueryRequest q = KBSYNC__QUERY_REQUEST__INIT;
-        q.k = 20;
-        q.n_vector = DIM;
-        q.vector = vec;
-        Kbsync__Request r = KBSYNC__REQUEST__INIT;
-        r.protocol_version = 1;
-        r.request_id = (uint64_t)i + 1;
-        r.body_case = KBSYNC__REQUEST__BODY_QUERY;
-        r.query = &q;
-        uint8_t buf[512];
-        size_t n = kbsync__request__pack(&r, buf);
-        assert_int_equal(zmq_send(slow, buf, n, 0), (int)n);
-    }
+    for (int i = 0; i < nflood; i++)
+        send_query(slow, (uint64_t)i + 1, vec, 20);
     /* meanwhile another client is served */
     usleep(1500000);
     cJSON *q = query_json(e, 0, 1);
     assert_non_null(q);
     cJSON_Delete(q);
-    snprintf(path, sizeof path, "%s/small.jsonl", e->dir);
-    write_jsonl(path, 0, 5, 0);
-    assert_int_equal(kbp_run(out, sizeof out, "'%s' ingest --to '%s' '%s'",
-                             kbp_bin(), e->ep, path),
-                     0);
+    ingest_n(e, "small", 5);
     /* until the node has gone through the flood (on a loaded machine it
      * can take longer than the 1.5 s above): half of it dropped */
     cJSON *st = status_json(e);
@@ -688,22 +733,6 @@ static long hwm_mb(pid_t pid, int reset_peak)
     return kbp_status_mb(pid, "VmHWM");
 }
 
-static void send_query(void *s, uint64_t rid, const float *vec, uint32_t k)
-{
-    Kbsync__QueryRequest q = KBSYNC__QUERY_REQUEST__INIT;
-    q.k = k;
-    q.n_vector = DIM;
-    q.vector = (float *)vec;
-    Kbsync__Request r = KBSYNC__REQUEST__INIT;
-    r.protocol_version = 1;
-    r.request_id = rid;
-    r.body_case = KBSYNC__REQUEST__BODY_QUERY;
-    r.query = &q;
-    uint8_t buf[512];
-    size_t n = kbsync__request__pack(&r, buf);
-    assert_int_equal(zmq_send(s, buf, n, 0), (int)n);
-}
-
 /* One query on its own DEALER; returns the decoded answer (assert). */
 static Kbsync__Response *ask(void *ctx, const char *ep, uint64_t rid,
                              const float *vec, uint32_t k)
@@ -735,16 +764,7 @@ static Kbsync__Response *ask(void *ctx, const char *ep, uint64_t rid,
 static void test_e2e_lone_big_answers_bounded(void **state)
 {
     e2e_t *e = *state;
-    unlink(e->epfile);
-    char dim[16];
-    snprintf(dim, sizeof dim, "%d", DIM);
-    char *argv[] = {"kbsync", "leader", "--data", e->data, "--dim", dim,
-                    "--listen", "tcp://127.0.0.1:*", "--endpoint-file",
-                    e->epfile, "--max-client-queue-mb", "4", "--max-msg-mb",
-                    "12", NULL};
-    e->leader = kbp_spawn(e->log, argv);
-    assert_true(e->leader > 0);
-    assert_int_equal(kbp_wait_file(e->epfile, e->ep, sizeof e->ep, 20000), 0);
+    start_leader_opts(e, "--max-client-queue-mb", "4", "--max-msg-mb", "12");
     /* 30 documents of 500 KB of text: a k=20 answer is about 10 MB, a
      * k=30 one 15 MB */
     char path[400];
@@ -773,30 +793,16 @@ static void test_e2e_lone_big_answers_bounded(void **state)
 
     /* (2) */
     long hwm0 = hwm_mb(e->leader, 1);
-    void *slow = zmq_socket(ctx, ZMQ_DEALER);
-    int zero = 0, few = 1, rcvbuf = 65536;
-    zmq_setsockopt(slow, ZMQ_LINGER, &zero, sizeof zero);
-    zmq_setsockopt(slow, ZMQ_RCVHWM, &few, sizeof few);
-    zmq_setsockopt(slow, ZMQ_RCVBUF, &rcvbuf, sizeof rcvbuf);
-    assert_int_equal(zmq_connect(slow, e->ep), 0);
+    void *slow = kbp_non_reader(ctx, e->ep, 1, 65536, NULL);
+    assert_non_null(slow);
     const int nflood = 64;
     for (int i = 0; i < nflood; i++)
         send_query(slow, (uint64_t)i + 10, vec, 20);
     /* until the node has gone through them: all but a few dropped (the
      * few that the client's socket buffers took, each time the count fell
      * back to the limit) */
-    cJSON *st = NULL;
-    double dropped = 0;
-    for (int i = 0; i < 600 && dropped < nflood - 8; i++) {
-        cJSON_Delete(st);
-        usleep(50000);
-        st = status_json(e);
-        dropped = kbp_num(st, "dropped_client_answers") +
-                  kbp_num(st, "dropped_client_requests");
-    }
+    double queued = 0, dropped = wait_dropped(e, nflood - 8, &queued);
     long hwm1 = hwm_mb(e->leader, 0);
-    double queued = kbp_num(st, "client_queue_bytes");
-    cJSON_Delete(st);
     /* meanwhile another client is served */
     r = ask(ctx, e->ep, 3, vec, 1);
     assert_null(r->error);
@@ -821,6 +827,37 @@ static void test_e2e_lone_big_answers_bounded(void **state)
     zmq_ctx_term(ctx);
 }
 
+/* Listing pages count against the client's queue like query answers: a
+ * client that pipelines 300 pages of 10,000 ids and reads none gets no
+ * more pages built once it is over --max-client-queue-mb (the pages were
+ * built, counted and all sent on before: the first review of 6c79d4c). */
+static void test_e2e_lone_list_pages_bounded(void **state)
+{
+    e2e_t *e = *state;
+    start_leader_opts(e, "--max-client-queue-mb", "1", NULL, NULL);
+    ingest_n(e, "many", 10000);
+    void *ctx = zmq_ctx_new();
+    void *slow = kbp_non_reader(ctx, e->ep, 1, 65536, NULL);
+    assert_non_null(slow);
+    const int npages = 300; /* ~170 KB each: 50 MB if all were kept */
+    for (int i = 0; i < npages; i++) {
+        Kbsync__ListRequest l = KBSYNC__LIST_REQUEST__INIT;
+        l.limit = 10000;
+        Kbsync__Request r = KBSYNC__REQUEST__INIT;
+        r.body_case = KBSYNC__REQUEST__BODY_LIST;
+        r.list = &l;
+        send_request(slow, &r, (uint64_t)i + 1);
+    }
+    double queued = 0, dropped = wait_dropped(e, npages - 40, &queued);
+    /* all but what the socket buffers took (a few MB: tens of pages) */
+    if (dropped < npages - 40 || queued > 1.5 * 1048576)
+        fail_msg("%d pipelined pages of 10,000 ids, none read: %.0f "
+                 "dropped, %.0f bytes queued (limit 1 MB + one page)",
+                 npages, dropped, queued);
+    zmq_close(slow);
+    zmq_ctx_term(ctx);
+}
+
 /* `kbsync COMMAND --help` prints the usage on stdout and exits 0 (it was
  * "bad option" and exit 2 for every command but ingest). */
 /* With the background digest checks off (--digest-check-ms 0), `kbsync
@@ -840,13 +877,8 @@ static void test_e2e_lone_verify_with_checks_off(void **state)
     e->leader = kbp_spawn(e->log, argv);
     assert_true(e->leader > 0);
     assert_int_equal(kbp_wait_file(e->epfile, e->ep, sizeof e->ep, 20000), 0);
-    char path[600];
+    ingest_n(e, "docs", 50);
     static char out[1 << 16];
-    snprintf(path, sizeof path, "%s/docs.jsonl", e->dir);
-    write_jsonl(path, 0, 50, 0);
-    assert_int_equal(kbp_run(out, sizeof out, "'%s' ingest --to '%s' '%s'",
-                             kbp_bin(), e->ep, path),
-                     0);
     for (int i = 0; i < 2; i++)
         assert_int_equal(kbp_run(out, sizeof out, "'%s' verify --to '%s'",
                                  kbp_bin(), e->ep),
@@ -888,6 +920,8 @@ int main(void)
             test_e2e_lone_ingest_query_delete_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_lone_huge_pages, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_e2e_lone_list_pages_bounded,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_lone_big_answers_bounded,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_e2e_lone_slow_reader_stays_bounded,

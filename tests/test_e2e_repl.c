@@ -1376,13 +1376,8 @@ static void test_e2e_repl_repeated_hellos_bounded(void **state)
     ingest_big(c, 1);
     long rss0 = kbp_status_mb(c->leader.pid, "VmRSS");
     void *ctx = zmq_ctx_new();
-    void *p = zmq_socket(ctx, ZMQ_DEALER);
-    int zero = 0, one = 1, small = 4096;
-    zmq_setsockopt(p, ZMQ_LINGER, &zero, sizeof zero);
-    zmq_setsockopt(p, ZMQ_RCVHWM, &one, sizeof one);
-    zmq_setsockopt(p, ZMQ_RCVBUF, &small, sizeof small);
-    zmq_setsockopt(p, ZMQ_ROUTING_ID, "rh", 2);
-    assert_int_equal(zmq_connect(p, c->repl_ep), 0);
+    void *p = kbp_non_reader(ctx, c->repl_ep, 1, 4096, "rh");
+    assert_non_null(p);
     /* 4 hellos 0.4 s apart, then 4 that are 1.5 s apart: the leader
      * marks a replica gone after 1 s without a word and drops the table
      * entry of an unnamed one, which must not take its queue count with
