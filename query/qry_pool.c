@@ -44,9 +44,8 @@
 #include <zmq.h>
 
 typedef struct outq_entry outq_entry_t;
-#define OUTQ_COUNTED                                                           \
-    0x80 /* in an answer's first byte: counted by a reader                     \
-            (CLIENT QUEUES) */
+/* In an answer's first byte: counted by its reader (CLIENT QUEUES). */
+#define OUTQ_COUNTED 0x80
 
 typedef struct job {
     kb_peer_t peer;
@@ -565,6 +564,16 @@ int qry_pool_check(idx_kb_t *ix, const Kbsync__QueryRequest *r, char *err,
     return check_query(ix, r, &q, kv, err, errlen);
 }
 
+/* Job j's answer is dropped, its client being over its limit: counted, and
+ * the client's queries still queued dropped with it (counted too). */
+static void drop_for_client(qry_pool_t *p, const job_t *j)
+{
+    qry_outq_t *q = p->cfg.outq;
+    atomic_fetch_add(&q->dropped_answers, 1);
+    atomic_fetch_add(&q->dropped_requests,
+                     qry_pool_drop_client(p, j->e->rid, j->e->len));
+}
+
 /* Whether job j's client is over its answer limit (CLIENT QUEUES): then
  * nothing is built for j, and the client's queries still queued are
  * dropped too; both counted. Reader threads. */
@@ -573,9 +582,7 @@ static int client_over(qry_pool_t *p, const job_t *j)
     qry_outq_t *q = p->cfg.outq;
     if (!j->e || !q || !q->limit || atomic_load(&j->e->bytes) <= q->limit)
         return 0;
-    atomic_fetch_add(&q->dropped_answers, 1);
-    atomic_fetch_add(&q->dropped_requests,
-                     qry_pool_drop_client(p, j->e->rid, j->e->len));
+    drop_for_client(p, j);
     return 1;
 }
 
@@ -595,9 +602,7 @@ static int outq_admit(qry_pool_t *p, const job_t *j, size_t len)
     while (!q || !q->limit || had <= q->limit)
         if (atomic_compare_exchange_weak(&j->e->bytes, &had, had + len))
             return 1;
-    atomic_fetch_add(&q->dropped_answers, 1);
-    atomic_fetch_add(&q->dropped_requests,
-                     qry_pool_drop_client(p, j->e->rid, j->e->len));
+    drop_for_client(p, j);
     return 0;
 }
 

@@ -42,7 +42,9 @@
  * free function that lowers its peer_q_t count when ZeroMQ's I/O thread
  * has written it or dropped it with the connection, and the leader sends
  * no records to a replica with REPL_WINDOW_BYTES or more still queued,
- * whichever session queued them. */
+ * whichever session queued them. The table entry of an unnamed replica
+ * that went away stays while messages for it are still queued (without a
+ * snapshot pin), so that its next hello finds them counted. */
 #include "repl_leader_int.h"
 
 #include "kb_sec.h"
@@ -299,22 +301,6 @@ static void fill_beat(repl_leader_t *l, const peer_t *p, Kbsync__ReplBeat *b)
     }
 }
 
-/* Sends a packed ReplMessage (buf, len; copied) to replica p, counted in
- * its queue. Returns as send_counted. */
-static int send_to_peer(repl_leader_t *l, peer_t *p, const void *buf,
-                        size_t len)
-{
-    /* Allocate before the routing frame goes: once it is sent with SNDMORE
-     * the body must follow, or the next message would become its body. */
-    sent_buf_t *b = sent_buf_new(len);
-    if (!b)
-        return KB_ENOMEM;
-    memcpy(b->data, buf, len);
-    int rc = send_counted(l, p, b);
-    sent_buf_release(b);
-    return rc;
-}
-
 
 /* With CURVE: whether the key a message came with (its ZAP user id) has
  * the role replica:<rid>. */
@@ -401,17 +387,18 @@ static void check_digest(repl_leader_t *l, peer_t *p, const Kbsync__ReplAck *a)
     peer_lost(p, "digest mismatch");
 }
 
-
+/* Packs m and sends it to replica p, counted in its queue (QUEUED).
+ * Returns as send_counted; a peer found gone is marked so. */
 static int send_msg(repl_leader_t *l, peer_t *p, Kbsync__ReplMessage *m)
 {
     m->protocol_version = KB_REPL_PROTOCOL_VERSION;
-    size_t len = kbsync__repl_message__get_packed_size(m);
-    void *buf = malloc(len ? len : 1);
-    if (!buf)
+    /* packed straight into the buffer ZeroMQ sends (send_counted) */
+    sent_buf_t *b = sent_buf_new(kbsync__repl_message__get_packed_size(m));
+    if (!b)
         return KB_ENOMEM;
-    kbsync__repl_message__pack(m, buf);
-    int rc = send_to_peer(l, p, buf, len);
-    free(buf);
+    kbsync__repl_message__pack(m, b->data);
+    int rc = send_counted(l, p, b);
+    sent_buf_release(b);
     if (rc == -EHOSTUNREACH)
         peer_lost(p, "connection gone");
     return rc;
